@@ -1,0 +1,1 @@
+"""shield worker agent: joins a PS, computes per-file gradients with torch."""

@@ -1,0 +1,1 @@
+"""shield parameter server: placement, Byzantine-robust aggregation and the training daemon."""
