@@ -1,0 +1,5 @@
+import sys
+
+from shield_ps.cli import main
+
+sys.exit(main())
