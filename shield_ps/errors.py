@@ -58,3 +58,15 @@ class TrainingError(ShieldPSError):
     """The run cannot go on (e.g. too few files survived a step)."""
 
     code = "training"
+
+
+class ViewError(ShieldPSError):
+    """A run's metrics cannot be read for viewing or plotting."""
+
+    code = "view"
+
+
+class PlotError(ViewError):
+    """A plot cannot be made (matplotlib missing, no data in the runs)."""
+
+    code = "plot"
