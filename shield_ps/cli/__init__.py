@@ -15,7 +15,9 @@ from shield_ps.cli.args import OneLineErrorParser
 from shield_ps.errors import ShieldPSError
 
 #: subcommand name -> module under ``shield_ps.cli`` that implements it.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "plot": "shield_ps.cli.plot",
+}
 
 log = logging.getLogger("shield_ps")
 
