@@ -1,0 +1,140 @@
+"""Shared machinery of the aggregators: input checks, column blocks and Gram-matrix passes.
+
+Every aggregator reads its (n, d) float32 input in column blocks of about :data:`BLOCK_BYTES`, so the working set of
+one block stays in cache and no aggregator holds more than a block-sized temporary beside its (d,) output. Quantities
+that need the whole vectors (pairwise distances, distances to a point that is a combination of the rows) come from
+the n x n Gram matrix, accumulated block by block in float64.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from shield_ps.errors import AggregationError
+
+#: Bytes of one (n, width) float32 column block; 1 MiB keeps a block in L2.
+BLOCK_BYTES = 1 << 20
+
+
+def block_width(n: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Columns per block for n rows of float32, a multiple of 64 and at least 256."""
+    width = block_bytes // (4 * max(n, 1))
+    return max(256, width - width % 64)
+
+
+def column_blocks(d: int, width: int) -> Iterator[slice]:
+    """Consecutive column slices of at most ``width`` covering ``range(d)``."""
+    for start in range(0, d, width):
+        yield slice(start, min(start + width, d))
+
+
+def check_matrix(name: str, X: object) -> np.ndarray:
+    """Return ``X`` if it is a 2-D float32 array with n >= 1 rows and d >= 1 columns, else raise AggregationError."""
+    if not isinstance(X, np.ndarray):
+        raise AggregationError(f"{name}: X must be a numpy array of shape (n, d), got {type(X).__name__}")
+    if X.ndim != 2:
+        raise AggregationError(f"{name}: X must have shape (n, d), got {X.ndim} dimension(s) {X.shape}")
+    if X.dtype != np.float32:
+        raise AggregationError(f"{name}: X must be float32, got {X.dtype}")
+    n, d = X.shape
+    if n < 1 or d < 1:
+        raise AggregationError(f"{name}: X must have n >= 1 rows and d >= 1 columns, got shape {X.shape}")
+    return X
+
+
+def check_finite(name: str, X: np.ndarray) -> None:
+    """Raise AggregationError naming the first row with a NaN or Inf (one blocked read pass)."""
+    for cols in column_blocks(X.shape[1], block_width(X.shape[0])):
+        bad = ~np.isfinite(X[:, cols])
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise AggregationError(
+                f"{name}: row {int(row)} has a non-finite entry at column {int(col) + cols.start}; "
+                "non-finite vectors must be rejected by the vote")
+
+
+def check_count(name: str, label: str, value: object, low: int, high: int, why: str) -> int:
+    """Return ``value`` as an int if ``low <= value <= high``, else raise AggregationError with the numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise AggregationError(f"{name}: {label} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise AggregationError(f"{name}: {label}={int(value)} out of range [{low}, {high}] ({why})")
+    return int(value)
+
+
+def for_each_block(X: np.ndarray, work: Callable[[slice], None], threads: int = 1) -> None:
+    """Call ``work(cols)`` for every column block of X, on ``threads`` threads (numpy releases the GIL in sort and
+    in ufuncs, so two threads use two cores)."""
+    blocks = list(column_blocks(X.shape[1], block_width(X.shape[0])))
+    if threads <= 1 or len(blocks) < 2:
+        for cols in blocks:
+            work(cols)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(work, blocks):
+            pass
+
+
+def gram(X: np.ndarray | Sequence[np.ndarray], extra: np.ndarray | None = None) -> np.ndarray:
+    """The float64 Gram matrix of the rows of X, each block centred on its column mean before the float32 product.
+
+    Distances are translation invariant, so centring changes no distance but removes most of the cancellation in
+    ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>``. With ``extra`` (a (d,) vector) the result is the (n+1) x (n+1) Gram
+    matrix of X with ``extra`` appended as a last row. X may also be a sequence of equal-length 1-D vectors.
+    """
+    n, d = len(X), X[0].shape[0]
+    rows = n + (extra is not None)
+    total = np.zeros((rows, rows), dtype=np.float64)
+    width = block_width(rows)
+    buf = np.empty((rows, width), dtype=np.float32)
+    for cols in column_blocks(d, width):
+        block = buf[:, : cols.stop - cols.start]
+        if isinstance(X, np.ndarray):
+            block[:n] = X[:, cols]
+        else:
+            for i, row in enumerate(X):
+                block[i] = row[cols]
+        if extra is not None:
+            block[n] = extra[cols]
+        block -= block.mean(axis=0, dtype=np.float32)
+        total += block @ block.T
+    return total
+
+
+def squared_distances(G: np.ndarray) -> np.ndarray:
+    """Pairwise squared Euclidean distances from a Gram matrix (clipped at 0, exact zeros on the diagonal)."""
+    diag = np.diag(G)
+    D = diag[:, None] + diag[None, :] - 2.0 * G
+    np.maximum(D, 0.0, out=D)
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def distances_to_combination(G: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Squared distances from every row to the point ``coef @ rows`` (``coef`` summing to 1), from the Gram matrix."""
+    Gc = G @ coef
+    return np.maximum(np.diag(G) - 2.0 * Gc + coef @ Gc, 0.0)
+
+
+def combine_rows(X: np.ndarray, coef: np.ndarray, extra: np.ndarray | None = None,
+                 extra_coef: float = 0.0) -> np.ndarray:
+    """``coef @ X`` (+ ``extra_coef * extra``) as float32, accumulated in float64 block by block."""
+    n, d = X.shape
+    out = np.empty(d, dtype=np.float32)
+    coef64 = np.asarray(coef, dtype=np.float64)
+    rows = np.flatnonzero(coef64)
+    if rows.size == 0 and extra is None:
+        out[:] = 0.0
+        return out
+    dense = rows.size * 2 > n
+    for cols in column_blocks(d, block_width(n)):
+        if dense:
+            acc = coef64 @ X[:, cols]
+        else:
+            acc = coef64[rows] @ X[rows, cols]
+        if extra is not None and extra_coef:
+            acc += extra_coef * extra[cols]
+        out[cols] = acc
+    return out

@@ -1,0 +1,97 @@
+"""Bulyan (El Mhamdi, Guerraoui and Rouault, ICML 2018) and the one-shot variant of the original ByzShield code.
+
+Bulyan first selects theta = n - 2s vectors by repeated Krum (each round picks the best-scored vector among those
+left and removes it), then, coordinate by coordinate, averages the beta = theta - 2s selected values closest to
+their median. Both stages share one Gram matrix and one blocked sort.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shield_ps.byzantine.aggregators._blocks import for_each_block, gram, squared_distances
+from shield_ps.byzantine.aggregators.krum import best_by_score, krum_scores
+from shield_ps.byzantine.aggregators.order import sorted_block
+from shield_ps.errors import AggregationError
+
+
+def _check_s(name: str, n: int, s: object, factor: int) -> int:
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+        raise AggregationError(f"{name}: s must be a non-negative integer, got {s!r}")
+    need = factor * int(s) + 3
+    if n < need:
+        raise AggregationError(f"{name} needs n >= {factor}s+3; got n={n}, s={int(s)} (n must be >= {need})")
+    return int(s)
+
+
+def iterated_krum(D: np.ndarray, s: int, count: int) -> np.ndarray:
+    """Indices chosen by ``count`` rounds of Krum on the vectors not chosen yet (Bulyan's selection stage).
+
+    A round on n' vectors scores each by its max(1, n' - s - 2) nearest remaining neighbours, as Flower's Bulyan.
+    """
+    left = list(range(D.shape[0]))
+    chosen: list[int] = []
+    for _ in range(count):
+        if len(left) == 1:
+            chosen.append(left.pop())
+            continue
+        sub = D[np.ix_(left, left)]
+        neighbours = min(max(len(left) - s - 2, 1), len(left) - 1)
+        best = int(best_by_score(krum_scores(sub, neighbours), 1, sub)[0])
+        chosen.append(left.pop(best))
+    return np.asarray(chosen, dtype=np.intp)
+
+
+def closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
+    """Per row of the row-sorted (w, theta) array S: the mean of the ``beta`` values closest to the row's median.
+
+    Those values form a contiguous window of the sorted row; of the theta - beta + 1 windows the one with the
+    smallest largest distance to the median wins (the lower window on ties).
+    """
+    w, theta = S.shape
+    half = theta // 2
+    med = S[:, half] if theta % 2 else (S[:, half - 1] + S[:, half]) / np.float32(2)
+    med = med[:, None]
+    radius = np.maximum(med - S[:, : theta - beta + 1], S[:, beta - 1:] - med)
+    start = np.argmin(radius, axis=1)
+    sums = np.zeros((w, theta + 1), dtype=np.float64)
+    np.cumsum(S, axis=1, dtype=np.float64, out=sums[:, 1:])
+    rows = np.arange(w)
+    return (sums[rows, start + beta] - sums[rows, start]) / beta
+
+
+def _coordinate_stage(X: np.ndarray, chosen: np.ndarray, reduce_block, threads: int) -> np.ndarray:
+    """Apply ``reduce_block`` to the row-sorted (width, len(chosen)) blocks of the chosen rows of X."""
+    out = np.empty(X.shape[1], dtype=np.float32)
+    rows = np.sort(chosen)
+    every = rows.size == X.shape[0]
+
+    def work(cols: slice) -> None:
+        block = sorted_block(X, cols) if every else np.ascontiguousarray(X[rows, cols].T)
+        if not every:
+            block.sort(axis=1)
+        out[cols] = reduce_block(block)
+
+    for_each_block(X, work, threads)
+    return out
+
+
+def bulyan(X: np.ndarray, *, s: int, threads: int = 1) -> np.ndarray:
+    """Bulyan over Krum: theta = n - 2s vectors chosen by iterated Krum, then per coordinate the mean of the
+    beta = n - 4s values closest to their median. Needs n >= 4s + 3."""
+    n = X.shape[0]
+    s = _check_s("bulyan", n, s, 4)
+    theta, beta = n - 2 * s, n - 4 * s
+    chosen = iterated_krum(squared_distances(gram(X)), s, theta) if s else np.arange(n)
+    return _coordinate_stage(X, chosen, lambda S: closest_to_median_mean(S, beta), threads)
+
+
+def bulyan_byzshield(X: np.ndarray, *, s: int, threads: int = 1) -> np.ndarray:
+    """Bulyan as the original ByzShield code runs it: the n - s - 2 best Krum scores are selected in one shot, then
+    per coordinate the s largest and s smallest selected values are dropped and the middle n - 3s - 2 averaged
+    (its centred index window). Needs n >= 3s + 3 so that one value is left."""
+    n = X.shape[0]
+    s = _check_s("bulyan-byzshield", n, s, 3)
+    theta = n - s - 2
+    D = squared_distances(gram(X))
+    chosen = best_by_score(krum_scores(D, n - s - 2), theta, D)
+    return _coordinate_stage(X, chosen, lambda S: S[:, s:theta - s].mean(axis=1, dtype=np.float64), threads)

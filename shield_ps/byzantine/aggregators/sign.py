@@ -1,0 +1,27 @@
+"""signSGD with majority vote (Bernstein et al., ICLR 2019), with the bucketing of the original ByzShield code."""
+from __future__ import annotations
+
+import numpy as np
+
+from shield_ps.byzantine.aggregators._blocks import block_width, check_count, column_blocks
+
+
+def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0) -> np.ndarray:
+    """The coordinate-wise majority of signs, as float32 in {-1, 0, 1}.
+
+    With ``buckets`` = N < n the rows are shuffled by ``default_rng(seed)`` into N groups; each group votes with the
+    sign of its sum and the output is the sign of the sum of the group votes (the original code's two-stage vote).
+    """
+    n, d = X.shape
+    buckets = n if buckets is None else check_count("sign-sgd", "buckets", buckets, 1, n, f"n={n} rows")
+    groups = ([np.arange(n)] if buckets == n else
+              np.array_split(np.random.default_rng(seed).permutation(n), buckets))
+    out = np.empty(d, dtype=np.float32)
+    for cols in column_blocks(d, block_width(n)):
+        block = X[:, cols]
+        if buckets == n:
+            votes = np.sign(block).sum(axis=0)
+        else:
+            votes = sum(np.sign(block[np.sort(rows)].sum(axis=0, dtype=np.float64)) for rows in groups)
+        out[cols] = np.sign(votes)
+    return out
