@@ -17,6 +17,7 @@ def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every:
              step_s: float = 0.5, final: bool = True) -> Iterator[dict[str, Any]]:
     """Yield job, worker, step, eval and (if ``final``) summary events of a fake run of ``steps`` steps."""
     rng = random.Random(seed)
+    byzantine = tuple(b for b in byzantine if b < workers)
     now = start_time
     yield {"kind": "job", "time": now, "scheme": "mols", "workers": workers, "files": files, "replication": 3,
            "files_per_worker": files * 3 // workers, "network": "LeNet", "dataset": "MNIST", "batch_size": 250,

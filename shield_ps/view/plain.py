@@ -42,14 +42,15 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
     done, total = progress(state)
     vote, times = state.vote, state.phases_last
     assert vote is not None
-    parts = [f"step {done}/{total or '?'}", f"ep {state.epoch}", f"lr {fmt.lr(state.lr)}", f"loss {fmt.num(state.loss)}",
+    parts = [f"step {done}/{total or '?'}", f"ep {state.epoch}", f"lr {fmt.lr(state.lr)}",
+             f"loss {fmt.num(state.loss)}",
              f"won {vote.won}/{vote.files}", f"dropped {vote.dropped}", f"corrupted {vote.corrupted}"]
     if vote.flagged:
         parts.append(f"flagged {fmt.ids(vote.flagged)}")
     if vote.erased:
         parts.append(f"erased {fmt.ids(vote.erased)}")
     if "total" in times:
-        parts.append(f"{times['total']:.3f}s")
+        parts.append(f"in {times['total']:.3f}s")
     parts.append(f"eta {fmt.duration(eta_seconds(state))}")
     return " ".join(parts)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -42,7 +43,7 @@ class _ModeSpec:
 
 
 _MODES: dict[ViewMode, _ModeSpec] = {
-    ViewMode.LIVE: _ModeSpec(live=True, line_kinds=frozenset({EventKind.JOB, EventKind.EVAL})),
+    ViewMode.LIVE: _ModeSpec(live=True, line_kinds=frozenset({EventKind.EVAL})),
     ViewMode.PLAIN: _ModeSpec(live=False, line_kinds=frozenset(EventKind)),
     ViewMode.QUIET: _ModeSpec(live=False, line_kinds=frozenset({EventKind.EVAL})),
 }
@@ -98,6 +99,8 @@ class View:
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
         self._closed = False
+        self._drawn: ViewState | None = None  #: the state the live panel last showed
+        self._drawn_at = 0.0
 
     @property
     def state(self) -> ViewState:
@@ -110,13 +113,13 @@ class View:
             return
         if self._spec.live:
             self._live = Live(console=self.console, get_renderable=lambda: LivePanel(self._state),
-                              auto_refresh=False, transient=False)
+                              auto_refresh=False, transient=False, redirect_stdout=False, redirect_stderr=False)
             self._live.start()
         self._thread = threading.Thread(target=self._pump, name="shield-view", daemon=True)
         self._thread.start()
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Take one run event (``docs/metrics.md``). Cheap and non-blocking; malformed events are counted, not raised."""
+        """Take one run event (``docs/metrics.md``): cheap, non-blocking; a malformed one is counted, not raised."""
         with self._fold_lock:
             before = self._state
             after = fold(before, event)
@@ -143,9 +146,11 @@ class View:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        self._flush()
-        if self._live is not None:
-            self._live.stop()
+        try:
+            self._flush()
+        finally:
+            if self._live is not None:
+                self._live.stop()
         if self._spec.live:
             self.console.print(render_summary(self._state))
         else:
@@ -188,7 +193,8 @@ class View:
         if self._dropped:
             dropped, self._dropped = self._dropped, 0
             self._print(f"({dropped} lines dropped: the output was too slow)")
-        if self._live is not None:
+        if self._live is not None and (self._drawn is not self._state or time.monotonic() - self._drawn_at > 1.0):
+            self._drawn, self._drawn_at = self._state, time.monotonic()
             self._live.refresh()
 
     def _print(self, line: str) -> None:

@@ -142,6 +142,13 @@ def _int(event: Mapping[str, Any], key: str, default: int | None = None) -> int:
     return value
 
 
+def _count(event: Mapping[str, Any], key: str, default: int | None = 0) -> int:
+    value = _int(event, key, default)
+    if value < 0:
+        raise BadEvent(f"{key}: expected a count >= 0, got {value}")
+    return value
+
+
 def _str(event: Mapping[str, Any], key: str, default: str = "?") -> str:
     value = event.get(key, default)
     if value is None:
@@ -169,23 +176,23 @@ def _fold_job(state: ViewState, event: Mapping[str, Any]) -> ViewState:
     if not 0 <= workers <= MAX_WORKERS:
         raise BadEvent(f"workers: {workers} out of range")
     job = JobInfo(
-        scheme=_str(event, "scheme"), workers=workers, files=_int(event, "files", 0),
-        replication=_int(event, "replication", 0), network=_str(event, "network"), dataset=_str(event, "dataset"),
-        batch_size=_int(event, "batch_size", 0), aggregator=_str(event, "aggregator"),
-        attack=_str(event, "attack", "none"), byzantine=_int(event, "byzantine", 0),
-        total_steps=_int(event, "total_steps", 0), steps_per_epoch=_int(event, "steps_per_epoch", 0),
-        start_step=_int(event, "start_step", 0), resumed=bool(event.get("resumed", False)),
+        scheme=_str(event, "scheme"), workers=workers, files=_count(event, "files"),
+        replication=_count(event, "replication"), network=_str(event, "network"), dataset=_str(event, "dataset"),
+        batch_size=_count(event, "batch_size"), aggregator=_str(event, "aggregator"),
+        attack=_str(event, "attack", "none"), byzantine=_count(event, "byzantine"),
+        total_steps=_count(event, "total_steps"), steps_per_epoch=_count(event, "steps_per_epoch"),
+        start_step=_count(event, "start_step"), resumed=bool(event.get("resumed", False)),
     )
     # A resumed run starts a new rate window (the gap while it was down is not step time) and a new summary.
     return replace(state, job=job, workers=_grow(state.workers, workers), recent=(), summary=None)
 
 
 def _fold_step(state: ViewState, event: Mapping[str, Any]) -> ViewState:
-    step, time = _int(event, "step"), _num(event, "time")
+    step, time = _count(event, "step", None), _num(event, "time")
     flagged, erased = _ids(event, "flagged"), _ids(event, "erased")
     vote = VoteOutcome(
-        step=step, files=_int(event, "files", 0), won=_int(event, "files_won", 0),
-        dropped=_int(event, "files_dropped", 0), corrupted=_int(event, "files_corrupted", 0),
+        step=step, files=_count(event, "files"), won=_count(event, "files_won"),
+        dropped=_count(event, "files_dropped"), corrupted=_count(event, "files_corrupted"),
         flagged=flagged, erased=erased,
     )
     times = event.get("times") or {}
@@ -197,11 +204,12 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> ViewState:
     workers = tuple(
         replace(w, flagged_now=i in flagged_set, disagreements=w.disagreements + (i in flagged_set),
                 erasures=w.erasures + (i in erased_set))
+        if w.flagged_now or i in flagged_set or i in erased_set else w
         for i, w in enumerate(workers)
     )
     recent = (state.recent + ((step, time),))[-RATE_WINDOW:] if time is not None else state.recent
     return replace(
-        state, step=step, epoch=_int(event, "epoch", state.epoch or 0), lr=_num(event, "lr"),
+        state, step=step, epoch=_count(event, "epoch", state.epoch or 0), lr=_num(event, "lr"),
         loss=_num(event, "loss"), vote=vote, steps_seen=state.steps_seen + 1,
         files_corrupted=state.files_corrupted + vote.corrupted, files_dropped=state.files_dropped + vote.dropped,
         workers=workers, phases_last=phases,
@@ -230,17 +238,17 @@ def _fold_eval(state: ViewState, event: Mapping[str, Any]) -> ViewState:
     top1 = _num(event, "top1")
     if top1 is None:
         raise BadEvent("top1: missing")
-    result = EvalResult(step=_int(event, "step"), top1=top1, top5=_num(event, "top5"), loss=_num(event, "loss"))
+    result = EvalResult(step=_count(event, "step", None), top1=top1, top5=_num(event, "top5"), loss=_num(event, "loss"))
     best = top1 if state.best_top1 is None else max(state.best_top1, top1)
     return replace(state, last_eval=result, best_top1=best)
 
 
 def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> ViewState:
     summary = Summary(
-        steps=_int(event, "steps", state.steps_seen), wall_s=_num(event, "wall_s", 0.0) or 0.0,
+        steps=_count(event, "steps", state.steps_seen), wall_s=_num(event, "wall_s", 0.0) or 0.0,
         best_top1=_num(event, "best_top1"), final_top1=_num(event, "final_top1"),
-        files_corrupted=_int(event, "files_corrupted", state.files_corrupted),
-        files_dropped=_int(event, "files_dropped", state.files_dropped),
+        files_corrupted=_count(event, "files_corrupted", state.files_corrupted),
+        files_dropped=_count(event, "files_dropped", state.files_dropped),
         flagged_workers=_ids(event, "flagged_workers"), reason=_str(event, "reason", "completed")[:200],
     )
     return replace(state, summary=summary)

@@ -1,0 +1,132 @@
+"""The view model: run events folded into an immutable state, by golden values and properties."""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shield_ps.view.fake import fake_run
+from shield_ps.view.state import (EventKind, ViewState, WorkerState, eta_seconds, final_summary, fold, fold_all,
+                                  phase_means, progress, seconds_per_step)
+
+
+def _step(step: int, time: float, **fields: object) -> dict:
+    event = {"kind": "step", "time": time, "step": step, "epoch": 0, "lr": 0.1, "loss": 1.0, "files": 10,
+             "files_won": 10, "files_dropped": 0, "files_corrupted": 0, "flagged": [], "erased": [],
+             "times": {"compute": 0.5, "gather": 0.25, "total": 1.0}}
+    event.update(fields)
+    return event
+
+
+def _job(**fields: object) -> dict:
+    event = {"kind": "job", "time": 0.0, "scheme": "mols", "workers": 4, "files": 10, "replication": 3,
+             "total_steps": 20, "steps_per_epoch": 5, "start_step": 0}
+    event.update(fields)
+    return event
+
+
+def test_fake_run_totals_match_its_summary() -> None:
+    events = list(fake_run(steps=30, workers=9, eval_every=7, byzantine=(2, 5)))
+    state = fold_all(events)
+    summary = events[-1]
+    steps = [e for e in events if e["kind"] == "step"]
+    assert state.malformed == 0
+    assert state.steps_seen == 30 and progress(state) == (30, 30)
+    assert state.files_corrupted == summary["files_corrupted"] == sum(e["files_corrupted"] for e in steps)
+    assert state.files_dropped == summary["files_dropped"]
+    assert state.best_top1 == max(e["top1"] for e in events if e["kind"] == "eval") == summary["best_top1"]
+    assert state.last_eval is not None and state.last_eval.step == 30
+    disagreements = [sum(w in e["flagged"] for e in steps) for w in range(9)]
+    assert [w.disagreements for w in state.workers] == disagreements
+    assert {i for i, n in enumerate(disagreements) if n} == {2, 5}
+    assert final_summary(state).reason == "completed"
+
+
+def test_fold_returns_new_states_and_leaves_the_old_alone() -> None:
+    before = fold(ViewState(), _job())
+    after = fold(before, _step(0, 1.0, flagged=[1], files_corrupted=2))
+    assert before.step is None and before.workers[1].disagreements == 0
+    assert after.step == 0 and after.workers[1].disagreements == 1 and after.workers[1].flagged_now
+    again = fold(after, _step(1, 2.0))
+    assert not again.workers[1].flagged_now and again.workers[1].disagreements == 1
+    assert fold(before, _step(0, 1.0, flagged=[1], files_corrupted=2)) == after
+
+
+def test_eta_from_the_recent_step_rate() -> None:
+    state = fold_all([_job(total_steps=20)] + [_step(s, 2.0 * s) for s in range(10)])
+    assert progress(state) == (10, 20)
+    assert seconds_per_step(state) == 2.0
+    assert eta_seconds(state) == 20.0
+    assert eta_seconds(fold_all([_job(), _step(0, 1.0)])) is None  # one step: no rate yet
+
+
+def test_resume_restarts_the_rate_window_but_keeps_totals() -> None:
+    state = fold_all([_job()] + [_step(s, float(s), files_corrupted=1) for s in range(5)])
+    resumed = fold(state, _job(time=1000.0, start_step=5, resumed=True))
+    assert resumed.recent == () and resumed.files_corrupted == 5 and resumed.job is not None
+    assert resumed.job.resumed and resumed.job.start_step == 5
+    resumed = fold_all([_step(5, 1001.0), _step(6, 1002.0)], resumed)
+    assert seconds_per_step(resumed) == 1.0
+
+
+def test_worker_events_track_state_and_keep_the_last_compute_time() -> None:
+    state = fold_all([_job(),
+                      {"kind": "worker", "time": 1.0, "step": 0, "worker": 2, "state": "computing", "compute_s": 0.3},
+                      {"kind": "worker", "time": 2.0, "step": 0, "worker": 2, "state": "late", "compute_s": None,
+                       "address": "10.0.0.2:9000"}])
+    worker = state.workers[2]
+    assert worker.state is WorkerState.LATE and worker.compute_s == 0.3 and worker.address == "10.0.0.2:9000"
+    assert state.workers[0].state is WorkerState.UNKNOWN and len(state.workers) == 4
+
+
+def test_phase_means_and_a_summary_built_without_a_summary_event() -> None:
+    state = fold_all([_job(), _step(0, 1.0, flagged=[3]), _step(1, 3.0, times={"compute": 1.5, "total": 2.0}),
+                      {"kind": "eval", "time": 3.0, "step": 2, "top1": 0.5, "top5": 0.9, "loss": 1.2}])
+    assert phase_means(state) == {"compute": 1.0, "gather": 0.125, "total": 1.5}
+    summary = final_summary(state)
+    assert summary.reason == "no summary received" and summary.steps == 2 and summary.wall_s == 3.0
+    assert summary.flagged_workers == (3,) and summary.best_top1 == summary.final_top1 == 0.5
+
+
+MALFORMED = [
+    None, 7, "step", [], {}, {"kind": "nope", "time": 1.0}, {"kind": "step"},
+    _step("3", 1.0), _step(True, 1.0), _step(1, float("nan")), _step(1, 1.0, lr="fast"),
+    _step(1, 1.0, flagged=[1, "2"]), _step(1, 1.0, flagged=[10**9]), _step(1, 1.0, flagged=[[1]]),
+    _step(1, 1.0, times=[0.1]), _step(1, 1.0, times={"compute": "x"}),
+    {"kind": "worker", "time": 1.0, "worker": 10**9, "state": "done"},
+    {"kind": "worker", "time": 1.0, "worker": -1, "state": "done"},
+    {"kind": "worker", "time": 1.0, "worker": 1, "state": "dancing"},
+    {"kind": "eval", "time": 1.0, "step": 1, "top1": None},
+    _job(workers=10**9), _job(workers="many"), _step(-1, 1.0), _step(1, 1.0, files_corrupted=-5),
+]
+
+
+def test_malformed_events_are_counted_and_change_nothing_else() -> None:
+    base = fold_all([_job(), _step(0, 1.0)])
+    for event in MALFORMED:
+        after = fold(base, event)
+        assert after.malformed == base.malformed + 1, event
+        assert fold(after, {"kind": "step"}).malformed == base.malformed + 2
+
+
+SCALARS = st.none() | st.booleans() | st.integers(-3, 10**10) | st.floats() | st.text(max_size=4)
+JSON = SCALARS | st.lists(SCALARS, max_size=4) | st.dictionaries(st.sampled_from(["compute", "total", "x"]), SCALARS,
+                                                                 max_size=3)
+FIELDS = ["time", "step", "epoch", "lr", "loss", "files", "files_won", "files_dropped", "files_corrupted", "flagged",
+          "erased", "times", "worker", "state", "compute_s", "address", "top1", "top5", "workers", "total_steps",
+          "steps", "wall_s", "flagged_workers", "reason"]
+EVENTS = st.fixed_dictionaries({"kind": st.sampled_from([k.value for k in EventKind] + ["x"])},
+                               optional={name: JSON for name in FIELDS})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(EVENTS, max_size=6))
+def test_hostile_events_never_raise_and_keep_the_state_sane(events: list[dict]) -> None:
+    state = fold_all(events)
+    assert isinstance(state, ViewState)
+    assert len(state.workers) <= 4096
+    assert min(state.files_corrupted, state.files_dropped, state.steps_seen, state.malformed) >= 0
+    assert state.step is None or state.step >= 0
+    for value in (state.lr, state.loss, state.now):
+        assert value is None or math.isfinite(value)
