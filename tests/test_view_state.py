@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shield_ps.view.fake import fake_run
-from shield_ps.view.state import (EventKind, ViewState, WorkerState, eta_seconds, final_summary, fold, fold_all,
+from shield_ps.view.state import (EventKind, ViewState, WorkerState, epochs, eta_seconds, final_summary, fold, fold_all,
                                   phase_means, progress, seconds_per_step)
 
 
@@ -58,6 +58,8 @@ def test_eta_from_the_recent_step_rate() -> None:
     assert progress(state) == (10, 20)
     assert seconds_per_step(state) == 2.0
     assert eta_seconds(state) == 20.0
+    assert epochs(state) == (1, 4) and epochs(fold(state, _step(10, 20.0, epoch=2))) == (3, 4)
+    assert epochs(fold_all([_job(steps_per_epoch=0), _step(0, 1.0)])) is None
     assert eta_seconds(fold_all([_job(), _step(0, 1.0)])) is None  # one step: no rate yet
 
 

@@ -8,15 +8,13 @@ sink (``shield_ps.view.sink``) owns ``rich.Live``.
 """
 from __future__ import annotations
 
-import math
-
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.panel import Panel
 from rich.text import Text
 
 from shield_ps.view import fmt
 from shield_ps.view.plain import job_title
-from shield_ps.view.state import PHASES, ViewState, WorkerState, WorkerView, eta_seconds, progress
+from shield_ps.view.state import PHASES, ViewState, WorkerState, WorkerView, epochs, eta_seconds, progress
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)
     WorkerState.UNKNOWN: ("----", "dim"),
@@ -48,13 +46,12 @@ def _bar(fraction: float, width: int, style: str) -> Text:
 
 def _progress_row(state: ViewState, width: int) -> Text:
     done, total = progress(state)
-    epochs = ""
-    if state.job and state.job.steps_per_epoch and state.epoch is not None and total:
-        epochs = f" ep {state.epoch + 1}/{math.ceil(total / state.job.steps_per_epoch)}"
+    epoch = epochs(state)
+    epoch_text = f" ep {epoch[0]}/{epoch[1]}" if epoch else ""
     elapsed = (state.now - state.started) if state.now is not None and state.started is not None else None
     label = Text.assemble(("step ", "bold"), f"{done}/{total or '?'} ")
     percent = f"{100 * done / total:3.0f}%" if total else "  ?%"
-    tail = Text(f" {percent}{epochs} {fmt.duration(elapsed)} eta {fmt.duration(eta_seconds(state))}")
+    tail = Text(f" {percent}{epoch_text} {fmt.duration(elapsed)} eta {fmt.duration(eta_seconds(state))}")
     bar_width = max(width - len(label) - len(tail), 4)
     return label + _bar(done / total if total else 0.0, bar_width, "bright_magenta") + tail
 

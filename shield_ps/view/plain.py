@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
-from shield_ps.view.state import EventKind, ViewState, WorkerState, eta_seconds, event_kind, progress
+from shield_ps.view.state import EventKind, ViewState, WorkerState, epochs, eta_seconds, event_kind, progress
 
 #: worker states worth a log line.
 NOTABLE_WORKER_STATES = frozenset({WorkerState.CONNECTED, WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT})
@@ -42,7 +42,9 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
     done, total = progress(state)
     vote, times = state.vote, state.phases_last
     assert vote is not None
-    parts = [f"step {done}/{total or '?'}", f"ep {state.epoch}", f"lr {fmt.lr(state.lr)}",
+    epoch = epochs(state)
+    parts = [f"step {done}/{total or '?'}", f"ep {epoch[0]}/{epoch[1]}" if epoch else f"ep {state.epoch}",
+             f"lr {fmt.lr(state.lr)}",
              f"loss {fmt.num(state.loss)}",
              f"won {vote.won}/{vote.files}", f"dropped {vote.dropped}", f"corrupted {vote.corrupted}"]
     if vote.flagged:

@@ -305,6 +305,14 @@ def progress(state: ViewState) -> tuple[int, int]:
     return (min(done, total) if total else done), total
 
 
+def epochs(state: ViewState) -> tuple[int, int] | None:
+    """(current epoch counted from 1, total epochs), or None when the job gave no epoch size."""
+    done, total = progress(state)
+    if state.job is None or not state.job.steps_per_epoch or state.epoch is None or not total:
+        return None
+    return state.epoch + 1, -(-total // state.job.steps_per_epoch)
+
+
 def seconds_per_step(state: ViewState) -> float | None:
     """Mean wall time between the recent step events (None until two steps are seen)."""
     if len(state.recent) < 2:
