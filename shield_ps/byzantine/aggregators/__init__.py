@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -20,6 +21,8 @@ from shield_ps.errors import AggregationError
 
 if TYPE_CHECKING:
     from shield_ps.byzantine.placement import Placement
+
+log = logging.getLogger(__name__)
 
 
 class Aggregator(str, enum.Enum):
@@ -105,9 +108,9 @@ def aggregate(name: Aggregator | str, X: np.ndarray, *, check_finite_input: bool
 def default_byzantine_count(placement: "Placement", q: int, *, time_limit: float | None = None) -> int:
     """The default s of the robust aggregators for q Byzantine workers: the number of files the adversary can
     corrupt after the vote. ByzShield schemes (MOLS, Ramanujan): c_max(q) from the worst-case analysis (Konstantinidis
-    and Ramamoorthy, MLSys 2021, Sec. 4); DETOX and plain majority vote over groups: floor(q / r'); baseline: q."""
-    from shield_ps.byzantine.analysis import worst_case
+    and Ramamoorthy, MLSys 2021, Sec. 5; its proven upper bound if ``time_limit`` cuts the search short); DETOX and plain majority vote over groups: floor(q / r'); baseline: q."""
     from shield_ps.byzantine.placement import Scheme
+    from shield_ps.byzantine.worst_case import worst_case
 
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q <= placement.K:
         raise AggregationError(f"q must be an integer in [0, K={placement.K}], got {q!r}")
@@ -116,7 +119,11 @@ def default_byzantine_count(placement: "Placement", q: int, *, time_limit: float
         return q
     if placement.scheme in (Scheme.DETOX, Scheme.MAJ_VOTE):
         return min(q // placement.r_prime, placement.f)
-    return int(worst_case(placement, q, time_limit=time_limit).c_max)
+    found = worst_case(placement, q, time_limit=time_limit)
+    if not found.exact:
+        log.warning("c_max(q=%d) not proven within %s s: using its upper bound %d (best set found: %d files)",
+                    q, time_limit, found.upper_bound, found.c_max)
+    return int(found.upper_bound)
 
 
 __all__ = [
