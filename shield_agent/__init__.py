@@ -1,1 +1,20 @@
-"""shield worker agent: joins a PS, computes per-file gradients with torch."""
+"""shield worker agent: joins a PS, computes per-file gradients with torch.
+
+``build_model`` is resolved lazily so that importing :mod:`shield_agent` does not import torch.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shield_agent.zoo.models import build_model
+
+__all__ = ["build_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_model":
+        from shield_agent.zoo.models import build_model
+
+        return build_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,171 @@
+"""Deterministic per-file gradients: the agent's compute core.
+
+Step ``t``'s batch is a pure function of ``(seed, t)``: an epoch-wise permutation of the training set, seeded by
+``(seed, epoch)``, cut into consecutive batches of ``b`` samples (the last partial batch of an epoch is dropped).
+File ``i`` of ``f`` is the contiguous slice ``[i*b/f, (i+1)*b/f)`` of that batch, and its augmentation is drawn from
+an RNG seeded by ``(seed, t, i)``. With a fixed torch thread count and deterministic algorithms, honest workers that
+compute the same file get bit-identical gradients, which is what ByzShield's majority vote relies on (Konstantinidis &
+Ramamoorthy, MLSys 2021, Sec. 3: each file is processed by r workers and the majority of the r results wins).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from shield_agent.errors import ComputeError
+from shield_agent.zoo.datasets import DATASETS, BatchTransform, load_dataset, parse_dataset
+from shield_agent.zoo.flat import FlatParameters
+from shield_agent.zoo.models import build_seeded_model, parse_network
+
+log = logging.getLogger(__name__)
+
+# Domain-separation tags so the permutation, augmentation and BN-calibration streams never share a seed.
+_TAG_PERMUTATION = 0x5045524D
+_TAG_AUGMENT = 0x41554720
+_TAG_CALIBRATE = 0x43414C42
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """What an agent needs to compute any file of any step; every agent of a job gets the same spec."""
+
+    network: str
+    dataset: str
+    data_dir: str
+    seed: int
+    batch_size: int
+    num_files: int
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ComputeError(f"seed must be >= 0, got {self.seed}")
+        if self.batch_size < 1 or self.num_files < 1 or self.threads < 1:
+            raise ComputeError("batch_size, num_files and threads must all be >= 1 "
+                               f"(got {self.batch_size}, {self.num_files}, {self.threads})")
+        if self.batch_size % self.num_files:
+            raise ComputeError(f"batch size {self.batch_size} is not a multiple of the number of files "
+                               f"{self.num_files}")
+
+    @property
+    def file_size(self) -> int:
+        """Samples per file, ``b / f``."""
+        return self.batch_size // self.num_files
+
+
+@dataclass(frozen=True)
+class FileGradient:
+    """One file's result: the mean-loss gradient (float32, flat), its mean loss, sample count and wall time."""
+
+    gradient: np.ndarray
+    loss: float
+    samples: int
+    seconds: float
+
+
+def seeded_rng(*words: int) -> np.random.Generator:
+    """A numpy Generator that is a pure function of the non-negative integers ``words``."""
+    return np.random.default_rng(np.random.SeedSequence(list(words)))
+
+
+class BatchSchedule:
+    """Sample indices of every step and file (see module docstring), for a training set of ``num_samples``."""
+
+    def __init__(self, seed: int, num_samples: int, batch_size: int, num_files: int) -> None:
+        if batch_size > num_samples:
+            raise ComputeError(f"batch size {batch_size} exceeds the {num_samples} training samples")
+        self.seed, self.num_samples = seed, num_samples
+        self.batch_size, self.file_size = batch_size, batch_size // num_files
+        self.num_files = num_files
+        self.steps_per_epoch = num_samples // batch_size
+        self._epoch = -1
+        self._permutation = torch.empty(0, dtype=torch.int64)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The training-set permutation of ``epoch`` (cached for the current epoch)."""
+        if epoch != self._epoch:
+            order = seeded_rng(self.seed, epoch, _TAG_PERMUTATION).permutation(self.num_samples)
+            self._permutation, self._epoch = torch.from_numpy(order), epoch
+        return self._permutation
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Indices of step ``step``'s whole batch."""
+        if step < 0:
+            raise ComputeError(f"step must be >= 0, got {step}")
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.batch_size
+        return self.permutation(epoch)[start:start + self.batch_size]
+
+    def file(self, step: int, file: int) -> torch.Tensor:
+        """Indices of file ``file`` of step ``step``: the slice ``[file*b/f, (file+1)*b/f)`` of its batch."""
+        if not 0 <= file < self.num_files:
+            raise ComputeError(f"file {file} out of range for {self.num_files} files")
+        start = file * self.file_size
+        return self.batch(step)[start:start + self.file_size]
+
+
+def configure_torch(threads: int) -> None:
+    """Fix the intra-op thread count and demand deterministic kernels (idempotent; call from the computing
+    thread)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if not torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(True)
+
+
+class GradientComputer:
+    """Computes file gradients for one job. Not thread-safe: use one instance from one thread at a time."""
+
+    def __init__(self, spec: ComputeSpec) -> None:
+        self.spec = spec
+        network, dataset = parse_network(spec.network), parse_dataset(spec.dataset)
+        configure_torch(spec.threads)
+        self.data = load_dataset(dataset, spec.data_dir)
+        self.transform = BatchTransform(DATASETS[dataset])
+        self.model = build_seeded_model(network, dataset, spec.seed)
+        self.model.train()
+        self.flat = FlatParameters(self.model)
+        self._initial = self.flat.values()
+        self.num_params: int = self.flat.num_params
+        self.schedule = BatchSchedule(spec.seed, len(self.data.train_labels), spec.batch_size, spec.num_files)
+        self.steps_per_epoch: int = self.schedule.steps_per_epoch
+        log.info("compute: %s on %s, %d parameters, %d steps per epoch, %d samples per file, %d thread(s)",
+                 network.value, dataset.value, self.num_params, self.steps_per_epoch, spec.file_size, spec.threads)
+
+    def initial_parameters(self) -> np.ndarray:
+        """The job's initial parameter vector (float32, deterministic from the spec's seed)."""
+        return self._initial.copy()
+
+    def parameters_view(self) -> np.ndarray:
+        """The model's own flat parameter storage. Decode a received vector straight into it and pass it to
+        :meth:`file_gradient` to skip one copy per file."""
+        return self.flat.array
+
+    def file_inputs(self, step: int, file: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (augmented, normalised) input batch and labels of ``file`` at ``step``."""
+        indices = self.schedule.file(step, file)
+        rng = seeded_rng(self.spec.seed, step, file, _TAG_AUGMENT)
+        images = self.transform(self.data.train_images.index_select(0, indices), rng)
+        return images, self.data.train_labels.index_select(0, indices)
+
+    def file_gradient(self, params: np.ndarray, step: int, file: int, out: np.ndarray | None = None) -> FileGradient:
+        """Gradient of the mean cross-entropy over file ``file`` of step ``step`` at ``params``, computed in train
+        mode. Written into ``out`` (float32, ``(num_params,)``) when given, else into a new array."""
+        started = time.perf_counter()
+        configure_torch(self.spec.threads)
+        if out is None:
+            out = np.empty(self.num_params, dtype=np.float32)
+        self.flat.check(out, "gradient output")
+        self.flat.load(params)
+        images, labels = self.file_inputs(step, file)
+        for p in self.flat.params:
+            p.grad = None
+        loss = F.cross_entropy(self.model(images), labels)
+        loss.backward()
+        self.flat.gradient(out)
+        return FileGradient(out, float(loss.detach()), len(labels), time.perf_counter() - started)

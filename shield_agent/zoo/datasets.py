@@ -1,0 +1,132 @@
+"""Datasets: names, shapes, the paper's normalisation and augmentation, and in-memory loading.
+
+Images are kept as uint8 tensors (N, C, H, W); :class:`BatchTransform` turns a gathered batch into normalised float32
+input, augmenting (reflect-pad 4, random 32x32 crop, horizontal flip) from an explicit numpy RNG so that a file's
+input is a pure function of the RNG's seed.
+"""
+from __future__ import annotations
+
+import enum
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from shield_agent.errors import DatasetError
+from shield_agent.zoo import readers
+from shield_agent.zoo.mnist_idx import load_mnist_arrays
+
+
+class Dataset(str, enum.Enum):
+    """Datasets by the names the CLI accepts."""
+
+    MNIST = "MNIST"
+    CIFAR10 = "Cifar10"
+    CIFAR100 = "Cifar100"
+    SVHN = "SVHN"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape and preprocessing of one dataset. ``mean``/``std`` are per channel on the [0, 1] scale; ``augment``
+    turns on reflect-pad 4 + random crop + horizontal flip for training batches."""
+
+    num_classes: int
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    load: Callable[[Path], readers.Arrays]
+
+
+#: Normalisation as in the ByzShield experiments.
+DATASETS: dict[Dataset, DatasetInfo] = {
+    Dataset.MNIST: DatasetInfo(10, 1, 28, 28, (0.1307,), (0.3081,), False, load_mnist_arrays),
+    Dataset.CIFAR10: DatasetInfo(10, 3, 32, 32, (125.3 / 255, 123.0 / 255, 113.9 / 255),
+                                 (63.0 / 255, 62.1 / 255, 66.7 / 255), True, readers.load_cifar10),
+    Dataset.CIFAR100: DatasetInfo(100, 3, 32, 32, (125.3 / 255, 123.0 / 255, 113.9 / 255),
+                                  (63.0 / 255, 62.1 / 255, 66.7 / 255), True, readers.load_cifar100),
+    Dataset.SVHN: DatasetInfo(10, 3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), True,
+                              readers.load_svhn),
+}
+
+
+def parse_dataset(name: str | Dataset) -> Dataset:
+    """The :class:`Dataset` for a CLI name (case-insensitive); :class:`DatasetError` naming the choices otherwise."""
+    if isinstance(name, Dataset):
+        return name
+    for member in Dataset:
+        if member.value.lower() == str(name).lower():
+            return member
+    raise DatasetError(f"unknown dataset {name!r} (choose from {', '.join(m.value for m in Dataset)})")
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset in memory: uint8 images (N, C, H, W) and int64 labels for both splits."""
+
+    dataset: Dataset
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.dataset]
+
+
+def load_dataset(dataset: str | Dataset, data_dir: str | Path) -> ImageData:
+    """Load ``dataset`` from ``data_dir`` (no download; see ``shield-agent prepare``). Cached per process."""
+    return _load_cached(parse_dataset(dataset), Path(data_dir).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(dataset: Dataset, data_dir: Path) -> ImageData:
+    if not data_dir.is_dir():
+        raise DatasetError(f"{dataset.value}: data directory {data_dir} does not exist")
+    train_x, train_y, test_x, test_y = DATASETS[dataset].load(data_dir)
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (train_x, train_y, test_x, test_y)]
+    for t in tensors:
+        t.requires_grad_(False)
+    return ImageData(dataset, *tensors)
+
+
+class BatchTransform:
+    """uint8 images -> normalised float32 input, optionally augmented. Deterministic given the RNG passed in."""
+
+    PAD = 4
+
+    def __init__(self, info: DatasetInfo) -> None:
+        self.info = info
+        std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = mean / std
+
+    def __call__(self, images: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Normalise ``images`` (n, C, H, W) uint8; when ``rng`` is given and the dataset augments, also apply
+        reflect-pad + random crop + horizontal flip drawn from ``rng``."""
+        x = images.to(torch.float32).mul_(self._scale).sub_(self._shift)
+        if rng is not None and self.info.augment:
+            x = self._augment(x, rng)
+        return x
+
+    def _augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pad = self.PAD
+        offsets = torch.from_numpy(rng.integers(0, 2 * pad + 1, size=(n, 2)))
+        flips = torch.from_numpy(rng.random(n) < 0.5)
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        rows = offsets[:, :1] + torch.arange(h)
+        cols = torch.arange(w).expand(n, w)
+        cols = torch.where(flips[:, None], w - 1 - cols, cols) + offsets[:, 1:]
+        index_n = torch.arange(n).view(n, 1, 1, 1)
+        index_c = torch.arange(c).view(1, c, 1, 1)
+        return padded[index_n, index_c, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]

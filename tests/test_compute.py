@@ -1,0 +1,138 @@
+"""The compute core: job-spec validation, the step/file schedule, file gradients against plain torch autograd,
+and bit-identical gradients across threads and processes."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shield_agent.compute import BatchSchedule, ComputeSpec, FileGradient, GradientComputer
+from shield_agent.errors import ComputeError
+from shield_agent.zoo.models import build_seeded_model
+from wire.digest import digest_bytes as _digest_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+
+
+def digest_bytes(vector: np.ndarray) -> bytes:
+    return _digest_bytes(vector.view(np.uint8))
+
+
+def lenet_spec(**overrides) -> ComputeSpec:
+    fields = dict(network="LeNet", dataset="MNIST", data_dir=MNIST_DIR, seed=3, batch_size=40, num_files=4)
+    fields.update(overrides)
+    return ComputeSpec(**fields)
+
+
+@pytest.fixture(scope="module")
+def lenet() -> GradientComputer:
+    return GradientComputer(lenet_spec())
+
+
+@pytest.mark.parametrize("fields", [dict(batch_size=30, num_files=4), dict(seed=-1), dict(num_files=0),
+                                    dict(threads=0), dict(batch_size=0)])
+def test_spec_rejects_what_it_cannot_honour(fields):
+    with pytest.raises(ComputeError):
+        lenet_spec(**fields)
+
+
+def test_batch_larger_than_the_training_set_is_refused():
+    with pytest.raises(ComputeError, match="exceeds"):
+        BatchSchedule(seed=0, num_samples=10, batch_size=20, num_files=2)
+
+
+def test_schedule_is_a_pure_function_of_seed_and_step():
+    a, b = BatchSchedule(5, 100, 20, 4), BatchSchedule(5, 100, 20, 4)
+    assert a.steps_per_epoch == 5
+    for step in (7, 0, 12, 3):  # out of order on purpose: the cache must not matter
+        assert torch.equal(a.batch(step), b.batch(step))
+    assert not torch.equal(a.batch(0), BatchSchedule(6, 100, 20, 4).batch(0))
+
+
+def test_files_partition_the_batch_and_an_epoch_covers_the_data_once():
+    schedule = BatchSchedule(seed=1, num_samples=103, batch_size=20, num_files=4)
+    assert schedule.steps_per_epoch == 5
+    for step in range(10):
+        files = [schedule.file(step, i) for i in range(4)]
+        assert all(len(f) == 5 for f in files)
+        assert torch.equal(torch.cat(files), schedule.batch(step))
+    epoch0 = torch.cat([schedule.batch(s) for s in range(5)])
+    epoch1 = torch.cat([schedule.batch(s) for s in range(5, 10)])
+    assert len(set(epoch0.tolist())) == 100 and len(set(epoch1.tolist())) == 100
+    assert not torch.equal(epoch0, epoch1)
+    with pytest.raises(ComputeError):
+        schedule.file(0, 4)
+    with pytest.raises(ComputeError):
+        schedule.batch(-1)
+
+
+def test_initial_parameters_follow_the_seed(lenet):
+    assert lenet.num_params == 431_080
+    assert lenet.steps_per_epoch == 8000 // 40
+    params = lenet.initial_parameters()
+    assert params.dtype == np.float32 and params.shape == (431_080,)
+    reference = torch.nn.utils.parameters_to_vector(build_seeded_model("LeNet", "MNIST", 3).parameters())
+    assert np.array_equal(params, reference.detach().numpy())
+    other = GradientComputer(lenet_spec(seed=4)).initial_parameters()
+    assert not np.array_equal(params, other)
+
+
+def test_file_gradient_equals_plain_autograd_on_the_same_samples(lenet):
+    rng = np.random.default_rng(0)
+    params = lenet.initial_parameters() + rng.normal(0, 0.01, lenet.num_params).astype(np.float32)
+    out = np.full(lenet.num_params, np.nan, dtype=np.float32)
+    result = lenet.file_gradient(params, step=5, file=2, out=out)
+    assert isinstance(result, FileGradient) and result.gradient is out
+    assert result.samples == 10 and result.seconds > 0
+
+    model = build_seeded_model("LeNet", "MNIST", 0)
+    torch.nn.utils.vector_to_parameters(torch.from_numpy(params.copy()), model.parameters())
+    images, labels = lenet.file_inputs(5, 2)
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+    assert result.loss == pytest.approx(loss.item(), rel=1e-6)
+    assert np.abs(out).sum() > 0
+
+
+def test_mean_of_file_gradients_is_the_batch_gradient(lenet):
+    params = lenet.initial_parameters()
+    files = [lenet.file_gradient(params, 9, i).gradient for i in range(4)]
+    model = build_seeded_model("LeNet", "MNIST", 3)
+    indices = lenet.schedule.batch(9)
+    images = lenet.transform(lenet.data.train_images[indices])
+    torch.nn.functional.cross_entropy(model(images), lenet.data.train_labels[indices]).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
+    np.testing.assert_allclose(np.mean(files, axis=0), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_parameters_view_and_worker_threads_give_identical_bits(lenet):
+    params = lenet.initial_parameters() * np.float32(0.9)
+    reference = digest_bytes(lenet.file_gradient(params, 11, 1).gradient)
+    view = lenet.parameters_view()
+    view[:] = params
+    assert digest_bytes(lenet.file_gradient(view, 11, 1).gradient) == reference
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(lenet.file_gradient, params, 11, 1).result()
+    assert digest_bytes(result.gradient) == reference
+    assert digest_bytes(lenet.file_gradient(params, 11, 2).gradient) != reference
+
+
+@pytest.mark.parametrize("bad", [np.zeros(10, np.float32), np.zeros(431_080, np.float64), [0.0] * 431_080])
+def test_malformed_parameter_vectors_are_refused(lenet, bad):
+    with pytest.raises(ComputeError, match="float32 of shape"):
+        lenet.file_gradient(bad, 0, 0)
+
+
+def test_file_out_of_range_is_refused(lenet):
+    with pytest.raises(ComputeError, match="out of range"):
+        lenet.file_gradient(lenet.initial_parameters(), 0, 4)
