@@ -1,0 +1,346 @@
+"""Live connections on 127.0.0.1 (port 0): handshake, request/reply, vectors, roles, bad auth, slow and silent peers."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import numpy as np
+import pytest
+
+import wire
+from wire import auth
+from wire.frames import PREFIX, PREFIX_SIZE, Kind, Limits, encode_frame, parse_header, parse_prefix
+
+TOKEN = "t" * 32
+FAST = wire.Timeouts(handshake=5, request=5, send=5, idle=10, heartbeat=2)
+D = 300_001
+
+
+def run(coro: Awaitable[Any], limit: float = 15) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, limit))
+
+
+@contextlib.asynccontextmanager
+async def serving(on_connection: Callable, **kw: Any) -> AsyncIterator[wire.Server]:
+    kw.setdefault("timeouts", FAST)
+    server = await wire.serve("127.0.0.1", 0, on_connection, token=TOKEN, **kw)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+class RawPeer:
+    """A hand-driven client speaking raw frames (for replays, garbage and peers that stop reading)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawPeer:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, kind: Kind, header: dict) -> None:
+        self.writer.write(encode_frame(kind, header))
+        await self.writer.drain()
+
+    async def recv(self) -> Any:
+        limits = Limits()
+        header_len, payload_len = parse_prefix(await self.reader.readexactly(PREFIX_SIZE), limits)
+        frame = parse_header(await self.reader.readexactly(header_len), payload_len, limits)
+        await self.reader.readexactly(payload_len)
+        return frame
+
+    async def handshake(self, token: str = TOKEN, role: str = "agent", name: str = "raw") -> list:
+        """Authenticate; returns the frames sent, so a test can replay them."""
+        cnonce = auth.new_nonce()
+        hello = {"version": wire.PROTOCOL_VERSION, "role": role, "name": name, "nonce": cnonce}
+        await self.send(Kind.HELLO, hello)
+        challenge = await self.recv()
+        mac = auth.client_mac(token.encode(), challenge.header["nonce"], auth.Role(role), name, cnonce)
+        authmsg = {"nonce": challenge.header["nonce"], "mac": mac}
+        await self.send(Kind.AUTH, authmsg)
+        return [hello, authmsg]
+
+    async def closed_with(self) -> str | None:
+        """Read until EOF; the code of the ERROR frame seen, if any."""
+        code = None
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                frame = await self.recv()
+                if frame.kind is Kind.ERROR:
+                    code = frame.header["code"]
+        return code
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def echo(conn: wire.Connection) -> None:
+    """Server owner: replies to every request with the same kind and header; echoes vectors back."""
+    async for msg in conn:
+        if msg.vector is not None:
+            buf = np.empty(msg.vector.n, np.float32)
+            digest = await msg.read_vector_into(buf)
+            await conn.send_vector(Kind.VECTOR, {"digest": digest}, buf, codec=msg.vector.codec, reply_to=msg)
+        elif msg.id is not None:
+            await conn.reply(msg, msg.kind if msg.kind in auth.ROLE_SENDS[auth.Role.AGENT] else Kind.JOB, msg.header)
+
+
+async def good_round_trip(port: int) -> None:
+    conn = await wire.connect("127.0.0.1", port, token=TOKEN, name="good", timeouts=FAST)
+    reply = await conn.request(Kind.DIGESTS, {"d": [b"x" * 32]})
+    assert reply.header == {"d": [b"x" * 32]}
+    await conn.close()
+
+
+def test_handshake_assigns_ids_and_roles() -> None:
+    async def main() -> None:
+        seen: list = []
+
+        async def owner(conn: wire.Connection) -> None:
+            seen.append(conn.peer)
+            await conn.recv()
+
+        async with serving(owner) as server:
+            a = await wire.connect("127.0.0.1", server.port, token=TOKEN, name="a", timeouts=FAST)
+            b = await wire.connect("127.0.0.1", server.port, token=TOKEN, role="observer", name="b", timeouts=FAST)
+            assert (a.peer.id, b.peer.id) == (0, 1)
+            await a.send(Kind.LEAVE)
+            await b.send(Kind.LEAVE)
+            await a.wait_closed()
+            await b.wait_closed()
+        assert seen == [wire.Peer("agent", "a", 0), wire.Peer("observer", "b", 1)]
+    run(main())
+
+
+SERVER_SENDS = [k for k in Kind if k not in (Kind.ERROR, Kind.HEARTBEAT)]  # heartbeats are swallowed
+
+
+def test_every_kind_round_trips_live() -> None:
+    async def main() -> None:
+        async def owner(conn: wire.Connection) -> None:
+            for kind in SERVER_SENDS:
+                await conn.send(kind, {"kind": kind.value, "n": [1, 2.5, None, b"\x00"]})
+            await echo(conn)
+
+        async with serving(owner) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            got = [await conn.recv() for _ in SERVER_SENDS]
+            assert [(m.kind, m.header["kind"]) for m in got] == [(k, k.value) for k in SERVER_SENDS]
+            for kind in auth.ROLE_SENDS[auth.Role.AGENT] - {Kind.ERROR, Kind.HEARTBEAT, Kind.VECTOR}:
+                assert (await conn.request(kind, {"k": kind.value})).header == {"k": kind.value}
+            await conn.close()
+    run(main())
+
+
+@pytest.mark.parametrize("codec", list(wire.Codec))
+def test_vectors_round_trip_with_digests_into_reused_buffer(codec: wire.Codec) -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            dest = np.empty(D, np.float32)
+            for seed in (1, 2):
+                x = np.random.default_rng(seed).standard_normal(D).astype(np.float32)
+                enc = wire.encode_vector(x, codec, chunk_elems=65536)
+                reply = await conn.request(Kind.VECTOR, {"seed": seed}, vector=enc)
+                assert reply.vector is not None and reply.vector.codec is codec
+                assert await reply.read_vector_into(dest) == wire.vector_digest(x) == reply.header["digest"]
+                assert dest.tobytes() == x.tobytes()
+            await conn.close()
+    run(main())
+
+
+def test_one_encoded_step_broadcast_to_two_agents() -> None:
+    x = np.random.default_rng(3).standard_normal(D).astype(np.float32)
+
+    async def main() -> None:
+        async def owner(conn: wire.Connection) -> None:
+            enc = wire.encode_vector(x, wire.Codec.ZSTD)
+            reply = await conn.request(Kind.STEP, {"t": 0, "lr": 0.1}, vector=enc)
+            assert reply.kind is Kind.DIGESTS and reply.header["digests"] == [wire.vector_digest(x)]
+            await conn.send(Kind.LEAVE)
+
+        async def agent() -> None:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            params = np.empty(D, np.float32)
+            async for msg in conn:
+                if msg.kind is Kind.STEP:
+                    await conn.reply(msg, Kind.DIGESTS, {"digests": [await msg.read_vector_into(params)]})
+                elif msg.kind is Kind.LEAVE:
+                    break
+            await conn.close()
+
+        async with serving(owner) as server:
+            await asyncio.gather(agent(), agent())
+    run(main())
+
+
+def test_wrong_size_or_dtype_is_refused_and_connection_stays_usable() -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            enc = wire.encode_vector(np.ones(D, np.float32), wire.Codec.LZ4)
+            for bad in (np.empty(D - 1, np.float32), np.empty(D, np.float64), np.empty((1, D), np.float32)):
+                reply = await conn.request(Kind.VECTOR, {}, vector=enc)
+                with pytest.raises(wire.VectorError):
+                    await reply.read_vector_into(bad)
+            assert (await conn.request(Kind.JOB, {"still": "ok"})).header == {"still": "ok"}
+            await conn.close()
+    run(main())
+
+
+def test_error_reply_raises_remote_error_and_close_fails_pending() -> None:
+    async def main() -> None:
+        async def owner(conn: wire.Connection) -> None:
+            msg = await conn.recv()
+            await conn.reply(msg, Kind.ERROR, {"code": "no-such-file", "reason": "file 9"})
+            await conn.recv()  # a second request: never answered
+            await conn.close("bye", code="shutdown")
+
+        async with serving(owner) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            with pytest.raises(wire.RemoteError) as err:
+                await conn.request(Kind.JOB, {})
+            assert err.value.remote_code == "no-such-file"
+            with pytest.raises(wire.ConnectionClosed) as closed:
+                await conn.request(Kind.JOB, {})
+            assert closed.value.remote_code == "shutdown"
+            with pytest.raises(wire.ConnectionClosed):
+                await conn.send(Kind.JOB)
+            await conn.close()
+            await conn.close()  # idempotent
+    run(main())
+
+
+def test_request_timeout_then_late_reply_is_dropped() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def owner(conn: wire.Connection) -> None:
+            first = await conn.recv()
+            await release.wait()
+            await conn.send_vector(Kind.VECTOR, {}, np.ones(1000, np.float32), reply_to=first)
+            await echo(conn)
+
+        async with serving(owner) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            with pytest.raises(wire.WireTimeoutError):
+                await conn.request(Kind.JOB, {}, timeout=0.2)
+            release.set()
+            assert (await conn.request(Kind.JOB, {"n": 2})).header == {"n": 2}
+            await conn.close()
+    run(main())
+
+
+def test_wrong_token_is_refused_and_server_keeps_serving() -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            with pytest.raises(wire.AuthError):
+                await wire.connect("127.0.0.1", server.port, token="w" * 32, timeouts=FAST)
+            await good_round_trip(server.port)
+    run(main())
+
+
+@pytest.mark.parametrize("hello", [
+    {"version": 1, "role": "admin", "name": "x", "nonce": b"n" * 32},
+    {"version": 2, "role": "agent", "name": "x", "nonce": b"n" * 32},
+    {"version": 1, "role": "agent", "name": "x", "nonce": b"short"},
+    {"version": 1, "role": "agent", "name": "x" * 1000, "nonce": b"n" * 32},
+])
+def test_bad_hello_is_refused(hello: dict) -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            peer = await RawPeer.open(server.port)
+            await peer.send(Kind.HELLO, hello)
+            assert await peer.closed_with() == "auth"
+            peer.close()
+            await good_round_trip(server.port)
+    run(main())
+
+
+def test_replayed_auth_is_refused() -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            first = await RawPeer.open(server.port)
+            hello, authmsg = await first.handshake()
+            assert (await first.recv()).kind is Kind.WELCOME
+            second = await RawPeer.open(server.port)
+            await second.send(Kind.HELLO, hello)
+            assert (await second.recv()).kind is Kind.CHALLENGE
+            await second.send(Kind.AUTH, authmsg)  # the captured answer to another nonce
+            assert await second.closed_with() == "auth"
+            first.close()
+            second.close()
+            await good_round_trip(server.port)
+    run(main())
+
+
+def test_client_refuses_a_server_without_the_token() -> None:
+    async def main() -> None:
+        async def fake_ps(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = RawPeer(reader, writer)
+            await peer.recv()
+            await peer.send(Kind.CHALLENGE, {"nonce": auth.new_nonce()})
+            await peer.recv()
+            await peer.send(Kind.WELCOME, {"id": 0, "mac": b"\x00" * 32})
+            await peer.closed_with()
+
+        fake = await asyncio.start_server(fake_ps, "127.0.0.1", 0)
+        with pytest.raises(wire.AuthError):
+            await wire.connect("127.0.0.1", fake.sockets[0].getsockname()[1], token=TOKEN, timeouts=FAST)
+        fake.close()
+        await fake.wait_closed()
+    run(main())
+
+
+def test_observer_cannot_submit_gradients() -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            obs = await wire.connect("127.0.0.1", server.port, token=TOKEN, role="observer", timeouts=FAST)
+            with pytest.raises(wire.ConnectionClosed) as closed:
+                await obs.request(Kind.VECTOR, {}, vector=wire.encode_vector(np.ones(10, np.float32)))
+            assert closed.value.remote_code == "role"
+            await obs.close()
+            await good_round_trip(server.port)
+    run(main())
+
+
+def test_peer_that_stops_reading_gets_backpressure_then_timeout() -> None:
+    async def main() -> None:
+        outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+        x = wire.encode_vector(np.ones(1 << 20, np.float32), wire.Codec.NONE)
+        limits = Limits(max_write_buffer=1 << 20)
+        timeouts = wire.Timeouts(handshake=5, request=5, send=0.5, idle=10, heartbeat=2)
+
+        async def owner(conn: wire.Connection) -> None:
+            if conn.peer.name == "good":
+                return await echo(conn)
+            sent = 0
+            try:
+                for _ in range(500):  # 2 GB at most: far more than any socket buffer
+                    await conn.send(Kind.STEP, {}, vector=x)
+                    sent += 1
+            except wire.WireTimeoutError as exc:
+                outcome.set_result((sent, exc, conn.closed))
+
+        async with serving(owner, limits=limits, timeouts=timeouts) as server:
+            peer = await RawPeer.open(server.port)
+            await peer.handshake()
+            sent, exc, closed = await outcome  # the peer never reads a byte past WELCOME
+            assert sent < 500 and closed and exc.code == "timeout"
+            peer.close()
+            await good_round_trip(server.port)
+    run(main())
+
+
+def test_silent_peer_is_dropped_after_idle_timeout() -> None:
+    async def main() -> None:
+        timeouts = wire.Timeouts(handshake=5, request=5, send=5, idle=0.6, heartbeat=0.2)
+        async with serving(echo, timeouts=timeouts) as server:
+            peer = await RawPeer.open(server.port)
+            await peer.handshake()
+            assert await peer.closed_with() == "timeout"  # heartbeats arrive, then the ERROR
+            peer.close()
+    run(main())

@@ -1,0 +1,444 @@
+"""One framed connection over asyncio (with :mod:`wire.server`, the only code that touches sockets).
+
+:class:`Connection` is the transport's ``BufferedProtocol``: bytes are received straight into the reader's buffer or a
+payload's destination. Requests carry ids and resolve futures; every other message goes to the owner's inbox
+(``await conn.recv()`` or ``async for msg in conn``). Outbound frames are serialised by a lock; above
+``Limits.max_write_buffer`` the sender waits for the peer (backpressure), and a peer that does not read for
+``Timeouts.send`` seconds is dropped. The keepalive task sends HEARTBEATs and drops a peer silent for
+``Timeouts.idle``. ``close()`` is idempotent and fails every pending request and vector receive.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+from wire.codec import Codec, EncodedVector, encode_vector, check_dest
+from wire.errors import (ConnectionClosed, ProtocolError, RemoteError, RoleError, VectorError, WireError,
+                         WireTimeoutError)
+from wire.frames import Frame, Kind, Limits, encode_frame
+from wire.reader import DiscardSink, FrameReader
+from wire.receive import VectorSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Named deadlines, in seconds."""
+
+    handshake: float = 10.0  # HELLO .. WELCOME
+    request: float = 60.0  # default for Connection.request
+    send: float = 30.0  # a peer that takes nothing for this long (backpressure) is dropped
+    idle: float = 60.0  # a peer that sends nothing (not even HEARTBEAT) for this long is dropped
+    heartbeat: float = 10.0  # we send HEARTBEAT after this long without sending anything
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ValueError(f"Timeouts.{f.name} must be > 0")
+        if self.heartbeat >= self.idle:
+            raise ValueError("Timeouts.heartbeat must be shorter than Timeouts.idle")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end, as established by the handshake."""
+
+    role: str
+    name: str
+    id: int
+
+
+class Message:
+    """A received message. If ``vector`` is set its payload is still on the wire: the connection reads nothing else
+    until you call :meth:`read_vector_into` or :meth:`discard` (do it promptly, or the idle deadline drops the peer)."""
+
+    __slots__ = ("kind", "header", "id", "reply_to", "vector", "_conn", "_consumed")
+
+    def __init__(self, frame: Frame, conn: Connection) -> None:
+        self.kind, self.header, self.id = frame.kind, frame.header, frame.msg_id
+        self.reply_to, self.vector = frame.reply_to, frame.vector
+        self._conn = conn
+        self._consumed = frame.vector is None
+
+    def __repr__(self) -> str:
+        return f"Message({self.kind.value}, id={self.id}, re={self.reply_to}, vector={self.vector is not None})"
+
+    async def read_vector_into(self, dest: Any, *, digest: bool = True) -> bytes | None:
+        """Receive the vector into ``dest`` (writable 1-D float32, exactly ``vector.n`` long, reused across steps) and
+        return the BLAKE3-256 of its raw bytes (``None`` if not ``digest``). A wrong size or dtype raises
+        :class:`VectorError` after discarding the payload (the connection stays usable); a corrupt chunk raises it
+        and closes the connection. Cancelling this call closes the connection."""
+        if self.vector is None:
+            raise VectorError(f"{self.kind.value} message carries no vector")
+        if self._consumed:
+            raise RuntimeError("vector already consumed")
+        self._consumed = True
+        conn = self._conn
+        conn._check_open()
+        try:
+            view = check_dest(self.vector, dest)
+        except VectorError:
+            conn._attach(DiscardSink(sum(self.vector.sizes), conn._discard_buf))
+            raise
+        sink = VectorSink(self.vector, view, digest=digest, scratch=conn._scratch, wake=conn._pump,
+                          on_error=conn._fail)
+        conn._sinks.add(sink)
+        try:
+            conn._attach(sink)
+            return await sink.result()
+        except asyncio.CancelledError:
+            conn._shutdown(ConnectionClosed("vector receive cancelled"), code="cancelled")
+            raise
+        finally:
+            conn._sinks.discard(sink)
+
+    def discard(self) -> None:
+        """Skip this message's vector payload (no-op without one)."""
+        if not self._consumed:
+            self._consumed = True
+            self._conn._attach(DiscardSink(sum(self.vector.sizes), self._conn._discard_buf))  # type: ignore
+
+
+class Connection(asyncio.BufferedProtocol):
+    """A framed, authenticated connection (made by :func:`wire.serve` / :func:`wire.connect`)."""
+
+    def __init__(self, limits: Limits, timeouts: Timeouts, *, header_cap: int | None = None) -> None:
+        self.limits, self.timeouts = limits, timeouts
+        self.reader = FrameReader(limits, self._on_frame, header_cap=header_cap)
+        self.peer: Peer | None = None
+        self.allowed_kinds: frozenset[Kind] | None = None  # inbound policy (set by the server from the role)
+        self.close_error: WireError | None = None
+        self.transport: asyncio.Transport | None = None
+        self.bytes_out = 0
+        self._loop = asyncio.get_running_loop()
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._inbox_event = asyncio.Event()
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._next_id = 0
+        self._send_lock = asyncio.Lock()
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._mid_frame = False
+        self._reading = True
+        self._closed = False
+        self._lost = self._loop.create_future()
+        self._keepalive: asyncio.Task | None = None
+        self._sinks: set[VectorSink] = set()
+        self._scratch: list[bytearray] = []
+        self._discard_buf = memoryview(bytearray(256 * 1024))
+        self._awaiting_since = 0.0
+        self.last_recv = self.last_send = time.monotonic()
+
+    # ---- public API -------------------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def bytes_in(self) -> int:
+        return self.reader.bytes_in
+
+    async def send(self, kind: Kind, header: dict[str, Any] | None = None, *, vector: EncodedVector | None = None,
+                   reply_to: Message | int | None = None) -> None:
+        """Send one message (with an already encoded vector, e.g. one parameter vector broadcast to every agent).
+        Returns when the frame is handed to the transport, below the backpressure mark; with codec ``none`` only
+        once the source array's bytes are out of the process (so it may be changed afterwards)."""
+        re = reply_to.id if isinstance(reply_to, Message) else reply_to
+        if isinstance(reply_to, Message) and re is None:
+            raise ValueError("that message was not a request: it has no id to reply to")
+        await self._send_frame(kind, header, vector, None, re)
+
+    async def send_vector(self, kind: Kind, header: dict[str, Any] | None, array: Any, *,
+                          codec: Codec | str = Codec.LZ4, level: int = 1, reply_to: Message | int | None = None,
+                          **encode_kwargs: Any) -> None:
+        """Encode ``array`` (1-D float32) in a worker thread, then :meth:`send` it."""
+        encoded = await self._loop.run_in_executor(
+            None, lambda: encode_vector(array, codec, level, **encode_kwargs))
+        await self.send(kind, header, vector=encoded, reply_to=reply_to)
+
+    async def request(self, kind: Kind, header: dict[str, Any] | None = None, *,
+                      vector: EncodedVector | None = None, timeout: float | None = None) -> Message:
+        """Send a request and wait for the reply (matched by id). An ERROR reply raises :class:`RemoteError`; no reply
+        within ``timeout`` (default ``Timeouts.request``) raises :class:`WireTimeoutError` (a late reply is dropped)."""
+        self._next_id += 1
+        msg_id = self._next_id
+        fut: asyncio.Future[Message] = self._loop.create_future()
+        self._pending[msg_id] = fut
+        try:
+            await self._send_frame(kind, header, vector, msg_id, None)
+            limit = self.timeouts.request if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(fut, limit)
+            except asyncio.TimeoutError:
+                raise WireTimeoutError(f"no reply to {Kind(kind).value} within {limit}s") from None
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def reply(self, to: Message, kind: Kind, header: dict[str, Any] | None = None, *,
+                    vector: EncodedVector | None = None) -> None:
+        """Answer request ``to``."""
+        await self.send(kind, header, vector=vector, reply_to=to)
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The next message that is not a reply; :class:`ConnectionClosed` once closed and drained."""
+        while not self._inbox:
+            if self._closed:
+                raise self._closed_error()
+            self._inbox_event.clear()
+            try:
+                await asyncio.wait_for(self._inbox_event.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise WireTimeoutError(f"no message within {timeout}s") from None
+        msg = self._inbox.popleft()
+        self._update_reading()
+        return msg
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.recv()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    async def close(self, reason: str = "closed", *, code: str | None = None) -> None:
+        """Close (idempotent). With ``code``, first tell the peer why in an ERROR frame. Waits for every task."""
+        self._shutdown(ConnectionClosed(reason), code=code)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport is gone and every task of this connection has ended."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), 5.0)
+        except asyncio.TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
+        tasks = [t for t in [self._keepalive, *(s.task for s in self._sinks)] if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def start(self) -> None:
+        """Start heartbeats and the idle deadline (done by serve/connect after the handshake)."""
+        if self._keepalive is None and not self._closed:
+            self._keepalive = self._loop.create_task(self._keep_alive())
+
+    # ---- sending ----------------------------------------------------------------------------------------------
+    async def _send_frame(self, kind: Kind, header: dict[str, Any] | None, vector: EncodedVector | None,
+                          msg_id: int | None, reply_to: int | None) -> None:
+        if vector is not None and not isinstance(vector, EncodedVector):
+            raise TypeError("vector must be an EncodedVector (see wire.encode_vector or Connection.send_vector)")
+        head = encode_frame(kind, header, msg_id=msg_id, reply_to=reply_to,
+                            vector=None if vector is None else vector.desc, limits=self.limits)
+        async with self._send_lock:
+            self._check_open()
+            self._write(head)
+            if vector is not None:
+                self._mid_frame = True
+                for chunk in vector.chunks:
+                    self._write(chunk)
+                    await self._drain()
+                self._mid_frame = False
+            await self._drain()
+            if vector is not None and vector.desc.codec is Codec.NONE:
+                await self._flush()
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._check_open()
+        self.transport.write(data)  # type: ignore[union-attr]
+        self.bytes_out += len(data)
+        self.last_send = time.monotonic()
+
+    async def _drain(self) -> None:
+        while self._write_paused:
+            self._check_open()
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drain_waiter), self.timeouts.send)
+            except asyncio.TimeoutError:
+                exc = WireTimeoutError(f"peer took nothing for {self.timeouts.send}s")
+                self._shutdown(exc, code=None, abort=True)
+                raise exc from None
+        self._check_open()
+
+    async def _flush(self) -> None:
+        """Wait until the transport holds none of our bytes (they may be views of the caller's array)."""
+        if self.transport is None or self.transport.get_write_buffer_size() == 0:
+            return
+        high = self.limits.max_write_buffer
+        self.transport.set_write_buffer_limits(high=1, low=0)  # pause now, resume at empty
+        try:
+            await self._drain()
+        finally:
+            if not self._closed:
+                self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # ---- receiving --------------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        high = self.limits.max_write_buffer
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if not self._closed:
+            try:
+                return self.reader.get_buffer(sizehint)
+            except WireError as exc:
+                self._fail(exc)
+        return self._discard_buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closed:
+            return
+        self.last_recv = time.monotonic()
+        try:
+            self.reader.buffer_updated(nbytes)
+        except WireError as exc:
+            self._fail(exc)
+            return
+        self._update_reading()
+
+    def eof_received(self) -> bool:
+        self._shutdown(ConnectionClosed("peer closed the connection"), code=None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown(ConnectionClosed(f"connection lost: {exc}" if exc else "peer closed the connection"),
+                       code=None)
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if self.allowed_kinds is not None and frame.kind not in self.allowed_kinds:
+            raise RoleError(f"{frame.kind.value} not allowed here")
+        if frame.kind is Kind.HEARTBEAT:
+            return
+        if frame.kind is Kind.ERROR and frame.reply_to is None:
+            code, reason = _error_fields(frame.header)
+            self._shutdown(ConnectionClosed(f"peer closed: {code}: {reason}", remote_code=code), code=None)
+            return
+        msg = Message(frame, self)
+        if frame.payload_len:
+            self._awaiting_since = time.monotonic()
+        if frame.reply_to is None:
+            self._inbox.append(msg)
+            self._inbox_event.set()
+            return
+        fut = self._pending.pop(frame.reply_to, None)
+        if fut is None or fut.done():
+            msg.discard()  # a reply nobody waits for any more (or never did)
+        elif frame.kind is Kind.ERROR:
+            fut.set_exception(RemoteError(*_error_fields(frame.header)))
+        else:
+            fut.set_result(msg)
+
+    def _attach(self, sink: Any) -> None:
+        try:
+            self.reader.attach(sink)
+        except WireError as exc:
+            self._fail(exc)
+        self._update_reading()
+
+    def _pump(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.reader.pump()
+        except WireError as exc:
+            self._fail(exc)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._closed or self.transport is None:
+            return
+        want = not self.reader.blocked and len(self._inbox) < self.limits.max_inbox
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    # ---- lifetime ---------------------------------------------------------------------------------------------
+    async def _keep_alive(self) -> None:
+        t = self.timeouts
+        tick = min(t.heartbeat, t.idle) / 4
+        while not self._closed:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if self.reader.awaiting_sink and now - self._awaiting_since > t.idle:
+                self._shutdown(WireTimeoutError("a vector payload was never read"), code="timeout")
+                return
+            if not self._reading:
+                self.last_recv = now  # we stopped reading, not the peer's fault
+            if now - self.last_recv > t.idle:
+                self._shutdown(WireTimeoutError(f"nothing received for {t.idle}s"), code="timeout")
+                return
+            if now - self.last_send >= t.heartbeat and not self._send_lock.locked():
+                try:
+                    await self.send(Kind.HEARTBEAT)
+                except WireError:
+                    return
+
+    def _check_open(self) -> None:
+        if self._closed or self.transport is None or self.transport.is_closing():
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosed:
+        exc = self.close_error
+        if isinstance(exc, ConnectionClosed):
+            return ConnectionClosed(exc.reason, exc.remote_code)
+        return ConnectionClosed(str(exc) if exc else "not connected", getattr(exc, "code", None))
+
+    def _fail(self, exc: WireError) -> None:
+        """The peer broke the protocol: tell it why, then close."""
+        if isinstance(exc, ProtocolError):
+            log.warning("closing connection to %s: %s (%s)", self.peer, exc, exc.code)
+        self._shutdown(exc, code=exc.code)
+
+    def _shutdown(self, exc: WireError, *, code: str | None, abort: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.close_error = exc
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if code is not None and not self._mid_frame:
+                try:
+                    transport.write(encode_frame(Kind.ERROR, {"code": code, "reason": str(exc)[:500]}))
+                except Exception:  # the ERROR frame is a courtesy; closing must not fail
+                    pass
+            transport.abort() if abort else transport.close()
+        elif transport is None and not self._lost.done():
+            self._lost.set_result(None)
+        closed = self._closed_error()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(closed)
+                fut.exception()
+        self._pending.clear()
+        for sink in list(self._sinks):
+            sink.fail(closed)
+        self._inbox_event.set()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if self._keepalive is not None and self._keepalive is not asyncio.current_task():
+            self._keepalive.cancel()
+
+
+def _error_fields(header: dict[str, Any]) -> tuple[str, str]:
+    code, reason = header.get("code"), header.get("reason")
+    return (code if type(code) is str else "unknown")[:64], (reason if type(reason) is str else "")[:500]

@@ -1,0 +1,183 @@
+"""Listening and dialling: :func:`serve`, :func:`connect`, the handshake driver and :func:`install_event_loop`.
+
+A server runs ``on_connection(conn)`` in its own task for every authenticated peer and closes the connection when it
+returns. A peer that misbehaves (bad bytes, bad auth, forbidden kind, too slow) only ever loses its own connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Awaitable, Callable
+
+from wire import auth
+from wire.auth import Role
+from wire.conn import Connection, Peer, Timeouts
+from wire.errors import AuthError, ConnectionClosed, WireError, WireTimeoutError
+from wire.frames import PROTOCOL_VERSION, Kind, Limits
+
+log = logging.getLogger(__name__)
+
+OnConnection = Callable[[Connection], Awaitable[None]]
+Admit = Callable[[Role, str], int]
+
+
+def install_event_loop() -> bool:
+    """Use uvloop's event loop policy when uvloop is installed (call before ``asyncio.run``); True if it is."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def _expect(conn: Connection, kind: Kind, timeout: float) -> dict:
+    try:
+        msg = await conn.recv(timeout)
+    except WireTimeoutError:
+        raise WireTimeoutError(f"handshake: no {kind.value} within {timeout}s") from None
+    except ConnectionClosed as exc:
+        if exc.remote_code in ("auth", "role", "frame", "limit", "protocol"):
+            raise AuthError(f"peer refused: {exc.reason}") from None
+        raise
+    if msg.kind is Kind.ERROR:
+        raise AuthError(f"peer refused: {msg.header.get('code')}: {msg.header.get('reason')}")
+    if msg.kind is not kind:
+        raise AuthError(f"handshake: expected {kind.value}, got {msg.kind.value}")
+    return msg.header
+
+
+async def _server_handshake(conn: Connection, token: bytes, nonces: auth.NonceBook, admit: Admit,
+                            deadline: float) -> Peer:
+    conn.allowed_kinds = frozenset({Kind.HELLO, Kind.AUTH, Kind.ERROR})
+    role, name, client_nonce = auth.parse_hello(await _expect(conn, Kind.HELLO, deadline))
+    server_nonce = nonces.issue()
+    await conn.send(Kind.CHALLENGE, {"nonce": server_nonce})
+    echoed, mac = auth.parse_auth(await _expect(conn, Kind.AUTH, deadline))
+    if echoed != server_nonce:
+        raise AuthError("unknown or replayed nonce")
+    nonces.redeem(echoed)
+    if not auth.mac_ok(auth.client_mac(token, server_nonce, role, name, client_nonce), mac):
+        raise AuthError("bad MAC (wrong token?)")
+    peer_id = admit(role, name)
+    await conn.send(Kind.WELCOME, {"id": peer_id, "mac": auth.server_mac(token, client_nonce, server_nonce, peer_id)})
+    conn.allowed_kinds = auth.ROLE_SENDS[role]
+    return Peer(role.value, name, peer_id)
+
+
+async def _client_handshake(conn: Connection, token: bytes, role: Role, name: str, deadline: float) -> Peer:
+    client_nonce = auth.new_nonce()
+    await conn.send(Kind.HELLO, {"version": PROTOCOL_VERSION, "role": role.value, "name": name,
+                                 "nonce": client_nonce})
+    server_nonce = auth.parse_challenge(await _expect(conn, Kind.CHALLENGE, deadline))
+    mac = auth.client_mac(token, server_nonce, role, name, client_nonce)
+    await conn.send(Kind.AUTH, {"nonce": server_nonce, "mac": mac})
+    peer_id, server_proof = auth.parse_welcome(await _expect(conn, Kind.WELCOME, deadline))
+    if not auth.mac_ok(auth.server_mac(token, client_nonce, server_nonce, peer_id), server_proof):
+        raise AuthError("server failed to prove it holds the token")
+    return Peer(role.value, name, peer_id)
+
+
+class Server:
+    """A listening socket and the connections it accepted. ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, on_connection: OnConnection, token: bytes, limits: Limits, timeouts: Timeouts,
+                 admit: Admit | None) -> None:
+        self._on_connection = on_connection
+        self._token = token
+        self.limits, self.timeouts = limits, timeouts
+        counter = itertools.count()
+        self._admit: Admit = admit or (lambda role, name: next(counter))
+        self._nonces = auth.NonceBook()
+        self._tasks: set[asyncio.Task] = set()
+        self.connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._closed = False
+        self.host, self.port = "", 0
+
+    def _protocol(self) -> Connection:
+        conn = Connection(self.limits, self.timeouts, header_cap=self.limits.handshake_header_bytes)
+        if self._closed or len(self.connections) >= self.limits.max_connections:
+            conn._loop.call_soon(lambda: conn._shutdown(ConnectionClosed("server busy or closing"), code="busy"))
+        else:
+            task = asyncio.get_running_loop().create_task(self._handle(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return conn
+
+    async def _handle(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        try:
+            await asyncio.sleep(0)  # let connection_made run
+            conn.peer = await asyncio.wait_for(
+                _server_handshake(conn, self._token, self._nonces, self._admit, self.timeouts.handshake),
+                self.timeouts.handshake)
+            conn.reader.header_cap = self.limits.max_header_bytes
+            conn.start()
+            await self._on_connection(conn)
+        except (asyncio.TimeoutError, WireTimeoutError):
+            conn._shutdown(WireTimeoutError("handshake timed out"), code="timeout")
+        except ConnectionClosed:
+            pass
+        except WireError as exc:
+            log.info("dropping %s: %s", conn.peer, exc)
+            conn._shutdown(exc, code=exc.code)
+        except Exception as exc:  # the owner's bug must not take the server down
+            log.exception("on_connection failed for %s", conn.peer)
+            conn._shutdown(ConnectionClosed(f"internal error: {type(exc).__name__}"), code="internal")
+        finally:
+            await conn.close()
+            self.connections.discard(conn)
+
+    async def close(self) -> None:
+        """Stop listening, close every connection, wait for every task (idempotent)."""
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn._shutdown(ConnectionClosed("server closing"), code="shutdown")
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve(host: str, port: int, on_connection: OnConnection, *, token: str | bytes,
+                limits: Limits | None = None, timeouts: Timeouts | None = None, admit: Admit | None = None,
+                backlog: int = 128) -> Server:
+    """Listen on ``host:port`` (0 = any free port) and run ``on_connection(conn)`` for every authenticated peer.
+    ``admit(role, name) -> id`` assigns peer ids (default 0, 1, 2, ...; raise :class:`AuthError` to refuse)."""
+    server = Server(on_connection, auth.token_bytes(token), limits or Limits(), timeouts or Timeouts(), admit)
+    loop = asyncio.get_running_loop()
+    server._server = await loop.create_server(server._protocol, host, port, backlog=backlog)
+    server.host, server.port = server._server.sockets[0].getsockname()[:2]
+    return server
+
+
+async def connect(host: str, port: int, *, token: str | bytes, role: Role | str = Role.AGENT, name: str = "",
+                  limits: Limits | None = None, timeouts: Timeouts | None = None) -> Connection:
+    """Dial a server, authenticate (both ways), start heartbeats; the connection's ``peer.id`` is our assigned id."""
+    key, role = auth.token_bytes(token), Role(role)
+    limits, timeouts = limits or Limits(), timeouts or Timeouts()
+    loop = asyncio.get_running_loop()
+    _, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: Connection(limits, timeouts), host, port), timeouts.handshake)
+    try:
+        conn.peer = await asyncio.wait_for(_client_handshake(conn, key, role, name, timeouts.handshake),
+                                           timeouts.handshake)
+    except BaseException as exc:
+        code = exc.code if isinstance(exc, WireError) else "cancelled"
+        conn._shutdown(exc if isinstance(exc, WireError) else ConnectionClosed("handshake aborted"), code=code)
+        await conn.wait_closed()
+        if isinstance(exc, asyncio.TimeoutError):
+            raise WireTimeoutError("handshake timed out") from None
+        raise
+    conn.start()
+    return conn
