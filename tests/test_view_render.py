@@ -76,6 +76,18 @@ def test_short_terminal_shrinks_phases_to_one_stacked_bar() -> None:
     assert any("compute" in line and "gather" in line and "%" in line for line in lines)
 
 
+@pytest.mark.parametrize("width", [80, 140])
+def test_many_workers_still_fit_and_the_flagged_ones_stay_visible(width: int) -> None:
+    events = list(fake_run(steps=20, workers=100, byzantine=(3, 7, 55, 90)))
+    state = fold_all(events[: len(events) // 2])
+    lines = _screen(state, width, 24)
+    assert len(lines) <= 24
+    text = "\n".join(lines)
+    assert "more workers not shown" in text
+    for worker in (3, 7, 55, 90):
+        assert f"{worker:>2} done" in text and f"x{state.workers[worker].disagreements}" in text
+
+
 def test_panel_before_the_job_is_announced() -> None:
     text = "\n".join(_screen(ViewState(), 80, 24))
     assert "not announced" in text and "step 0/?" in text

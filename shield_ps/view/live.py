@@ -1,7 +1,7 @@
 """The rich live view: one panel rendered from a :class:`ViewState`, sized to the terminal.
 
 ``LivePanel(state)`` is a rich renderable; it picks its layout when rendered, from the width and height rich gives it:
-on 80x24 the workers are a compact grid and the step phases are bars below; from 120 columns the worker grid and the
+on 80x24 the workers are a compact grid and the step phases are bars below; from about 130 columns the worker grid and the
 phase bars sit side by side; on a short terminal the phases shrink to one stacked bar. The panel is built from
 fixed-width ``Text`` lines (no tables), so a redraw costs about a millisecond. Nothing here touches the terminal: the
 sink (``shield_ps.view.sink``) owns ``rich.Live``.
@@ -28,7 +28,8 @@ STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label,
 PHASE_STYLE: dict[str, str] = {"broadcast": "bright_cyan", "compute": "bright_green", "gather": "bright_blue",
                                "vote": "bright_magenta", "aggregate": "bright_yellow", "update": "bright_red"}
 WORKER_CELL = 19  #: columns one worker takes in the grid, the gap included
-WIDE = 120  #: from this width, workers and phases sit side by side
+PHASE_COLUMN_MIN, PHASE_COLUMN = 46, 60  #: columns the phase bars take beside the workers; the workers get the rest
+SIDE_BY_SIDE_CELLS = 4  #: workers and phases sit side by side once this many worker cells fit in a row (~130 cols)
 BAR = "━"
 
 
@@ -97,7 +98,14 @@ def _worker_cell(index: int, worker: WorkerView) -> Text:
     return _fit(text, WORKER_CELL)
 
 
-def _workers(state: ViewState, width: int) -> list[Text]:
+def _interest(item: tuple[int, WorkerView]) -> tuple[bool, bool, int, int]:
+    index, worker = item
+    trouble = worker.state in (WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT, WorkerState.UNKNOWN)
+    return (not worker.flagged_now, not trouble, -worker.disagreements, index)
+
+
+def _workers(state: ViewState, width: int, max_rows: int | None = None) -> list[Text]:
+    """A header and a grid of worker cells; past ``max_rows`` rows, only the workers worth a look, by id."""
     workers = state.workers
     counts: dict[WorkerState, int] = {}
     for worker in workers:
@@ -108,8 +116,17 @@ def _workers(state: ViewState, width: int) -> list[Text]:
     if flagged:
         head.append(f"  {flagged} flagged", style="bold red")
     per_row = max(1, width // WORKER_CELL)
-    cells = [_worker_cell(i, w) for i, w in enumerate(workers)]
-    return [head] + [Text("").join(cells[row:row + per_row]) for row in range(0, len(cells), per_row)]
+    shown = list(enumerate(workers))
+    hidden = 0
+    if max_rows is not None and len(shown) > per_row * max(max_rows, 1):
+        keep = per_row * max(max_rows - 1, 1)
+        shown = sorted(sorted(shown, key=_interest)[:keep])
+        hidden = len(workers) - keep
+    cells = [_worker_cell(i, w) for i, w in shown]
+    lines = [head] + [Text("").join(cells[row:row + per_row]) for row in range(0, len(cells), per_row)]
+    if hidden:
+        lines.append(Text(f"… {hidden} more workers not shown (the quietest)", style="dim"))
+    return lines
 
 
 def _phase_bars(state: ViewState, width: int) -> list[Text]:
@@ -154,13 +171,18 @@ def render(state: ViewState, width: int = 80, height: int | None = None) -> Pane
     inner = width - 4
     lines = [Text(job_title(state, steps=False), style="bold"), _progress_row(state, inner), _metrics_row(state),
              _vote_row(state)]
-    if width >= WIDE:
-        left = inner // 2
-        lines += _side_by_side(_workers(state, left), _phase_bars(state, inner - left - 2), left)
+    room = None if height is None else height - 2 - len(lines)  # lines left inside the border
+    right = min(PHASE_COLUMN, max(PHASE_COLUMN_MIN, inner // 3))
+    left = inner - right - 2
+    if left >= SIDE_BY_SIDE_CELLS * WORKER_CELL:
+        workers = _workers(state, left, max_rows=None if room is None else room - 1)
+        lines += _side_by_side(workers, _phase_bars(state, right), left)
     else:
         workers = _workers(state, inner)
-        tall_enough = height is None or 2 + len(lines) + len(workers) + 1 + len(PHASES) <= height
-        lines += workers + (_phase_bars(state, inner) if tall_enough else _phase_stack(state, inner))
+        if room is None or len(workers) + 1 + len(PHASES) <= room:
+            lines += workers + _phase_bars(state, inner)
+        else:
+            lines += _workers(state, inner, max_rows=room - 1 - 2) + _phase_stack(state, inner)
     for line in lines:
         line.no_wrap, line.overflow = True, "ellipsis"
     status = "finished: " + state.summary.reason if state.summary else "running"
