@@ -1,0 +1,249 @@
+"""The agent's network side: join a PS, receive the job, compute files per step, answer fetches.
+
+One session per connection: the PS sends JOB (a request; we load the data, build the model and reply JOB with our
+parameter count), then for every step a STEP with the parameter vector. We compute our files one by one in a worker
+thread (torch releases the GIL, so the event loop keeps answering heartbeats) and send a DIGESTS message per file as
+soon as it is ready. The PS then FETCHes the payload of one file from one holder; we reply with a VECTOR.
+
+A new STEP while the previous step is still being computed (the PS gave up on us) cancels the old computation after
+its current file. The PS ends the run with LEAVE; a dropped connection is retried with exponential backoff unless
+the agent was started with ``reconnect=False`` (local agents, which must die with their PS).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shield_agent.errors import ComputeError, ShieldAgentError
+from wire import Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+
+log = logging.getLogger(__name__)
+
+_MAX_FILES_PER_WORKER = 1 << 16
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """How to reach the PS and what this machine brings (everything else comes from the PS's JOB)."""
+
+    host: str
+    port: int
+    token: str
+    data_dir: str
+    threads: int | None = None
+    name: str = ""
+    reconnect: bool = True
+    max_backoff: float = 30.0
+    lie_factor: float | None = None  # testing only: a real Byzantine agent that sends factor * gradient
+
+
+@dataclass(frozen=True)
+class AgentJob:
+    """The job as the PS describes it in JOB (validated: the PS is authenticated, but we still check types)."""
+
+    worker: int
+    files: tuple[int, ...]
+    network: str
+    dataset: str
+    seed: int
+    batch_size: int
+    num_files: int
+    threads: int
+    codec: str
+    codec_level: int
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> "AgentJob":
+        try:
+            files = header["files"]
+            if not isinstance(files, list) or len(files) > _MAX_FILES_PER_WORKER:
+                raise TypeError("files")
+            job = cls(
+                worker=_int(header["worker"]), files=tuple(_int(f) for f in files),
+                network=_str(header["network"]), dataset=_str(header["dataset"]), seed=_int(header["seed"]),
+                batch_size=_int(header["batch_size"]), num_files=_int(header["num_files"]),
+                threads=_int(header["threads"]), codec=_str(header["codec"]),
+                codec_level=_int(header["codec_level"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ComputeError(f"malformed JOB from the PS: {exc}") from None
+        if any(not 0 <= f < job.num_files for f in job.files):
+            raise ComputeError(f"JOB assigns files {list(job.files)} outside 0..{job.num_files - 1}")
+        Codec(job.codec)
+        return job
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 256:
+        raise TypeError(f"expected a short string, got {type(value).__name__}")
+    return value
+
+
+class _StepWork:
+    """The computation of one step: our files in order, cancellable between files."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.done: set[int] = set()
+        self.cancelled = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class AgentSession:
+    """One authenticated connection to the PS, from JOB to LEAVE or disconnect."""
+
+    def __init__(self, options: AgentOptions, conn: Any) -> None:
+        self.options = options
+        self.conn = conn
+        self.job: AgentJob | None = None
+        self.computer: Any = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shield-compute")
+        self._params: list[np.ndarray] = []
+        self._grads: dict[int, np.ndarray] = {}
+        self._work: _StepWork | None = None
+        self.finished = False
+
+    async def run(self) -> None:
+        try:
+            async for msg in self.conn:
+                await self._dispatch(msg)
+                if self.finished:
+                    break
+        finally:
+            if self._work is not None:
+                self._work.cancelled = True
+                if self._work.task is not None:
+                    await asyncio.gather(self._work.task, return_exceptions=True)
+            self._executor.shutdown(wait=True)
+
+    async def _dispatch(self, msg: Message) -> None:
+        if msg.kind is Kind.JOB:
+            await self._on_job(msg)
+        elif msg.kind is Kind.STEP:
+            await self._on_step(msg)
+        elif msg.kind is Kind.FETCH:
+            await self._on_fetch(msg)
+        elif msg.kind is Kind.LEAVE:
+            log.info("the PS ended the run: %s", msg.header.get("reason", ""))
+            self.finished = True
+        else:
+            msg.discard()
+            log.warning("ignoring unexpected %s from the PS", msg.kind.value)
+
+    async def _on_job(self, msg: Message) -> None:
+        from shield_agent.compute import ComputeSpec, GradientComputer
+
+        job = AgentJob.from_header(msg.header)
+        threads = self.options.threads or job.threads
+        spec = ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed, job.batch_size,
+                           job.num_files, threads)
+        loop = asyncio.get_running_loop()
+        try:
+            self.computer = await loop.run_in_executor(self._executor, GradientComputer, spec)
+        except ShieldAgentError as exc:
+            await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
+            raise
+        d = self.computer.num_params
+        self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
+        self._grads = {f: np.empty(d, np.float32) for f in job.files}
+        self.job = job
+        log.info("worker %d: files %s, %d parameters", job.worker, list(job.files), d)
+        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker})
+
+    async def _on_step(self, msg: Message) -> None:
+        if self.job is None or msg.vector is None:
+            msg.discard()
+            raise ComputeError("STEP before JOB, or without parameters")
+        step = _int(msg.header.get("step"))
+        previous = self._work
+        if previous is not None:
+            previous.cancelled = True
+        params = self._params[step % 2]
+        await msg.read_vector_into(params, digest=False)
+        if previous is not None and previous.task is not None:
+            await asyncio.gather(previous.task, return_exceptions=True)
+        work = _StepWork(step)
+        work.task = asyncio.get_running_loop().create_task(self._compute(work, params))
+        self._work = work
+
+    async def _compute(self, work: _StepWork, params: np.ndarray) -> None:
+        assert self.job is not None
+        loop = asyncio.get_running_loop()
+        for file in self.job.files:
+            if work.cancelled:
+                return
+            out = self._grads[file]
+            result = await loop.run_in_executor(self._executor, self.computer.file_gradient, params, work.step,
+                                                file, out)
+            if self.options.lie_factor is not None:
+                out *= np.float32(self.options.lie_factor)
+            digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
+            if work.cancelled:
+                return
+            work.done.add(file)
+            loss = result.loss if math.isfinite(result.loss) else None
+            try:
+                await self.conn.send(Kind.DIGESTS, {"step": work.step, "file": file, "digest": digest,
+                                                    "loss": loss, "seconds": result.seconds})
+            except ConnectionClosed:
+                return
+
+    async def _on_fetch(self, msg: Message) -> None:
+        work, job = self._work, self.job
+        try:
+            step, file = _int(msg.header.get("step")), _int(msg.header.get("file"))
+        except TypeError:
+            await self.conn.reply(msg, Kind.ERROR, {"code": "bad_fetch", "reason": "step and file must be integers"})
+            return
+        if job is None or work is None or work.step != step or file not in work.done:
+            await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
+                                                    "reason": f"file {file} of step {step} is not computed here"})
+            return
+        await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, self._grads[file],
+                                    codec=Codec(job.codec), level=job.codec_level, reply_to=msg)
+
+
+async def run_agent(options: AgentOptions) -> int:
+    """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed."""
+    backoff = 0.5
+    while True:
+        try:
+            conn = await connect(options.host, options.port, token=options.token, role="agent", name=options.name)
+        except (OSError, WireError, asyncio.TimeoutError) as exc:
+            if not options.reconnect:
+                log.error("cannot join %s:%d: %s", options.host, options.port, exc)
+                return 1
+            log.warning("cannot join %s:%d (%s); retrying in %.1fs", options.host, options.port, exc, backoff)
+            await asyncio.sleep(backoff * (1 + random.random() / 4))
+            backoff = min(backoff * 2, options.max_backoff)
+            continue
+        log.info("joined %s:%d as peer %d", options.host, options.port, conn.peer.id)
+        backoff = 0.5
+        session = AgentSession(options, conn)
+        try:
+            await session.run()
+        except ShieldAgentError as exc:
+            log.error("%s", exc)
+            await conn.close(str(exc), code=exc.code)
+            return 2
+        finally:
+            await conn.close("agent leaving")
+        if session.finished:
+            return 0
+        if not options.reconnect:
+            log.warning("lost the PS (%s); not reconnecting", conn.close_error)
+            return 1
+        log.warning("lost the PS (%s); reconnecting", conn.close_error)
