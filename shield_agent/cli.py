@@ -14,7 +14,9 @@ from typing import NoReturn, Sequence
 from shield_agent.errors import ShieldAgentError
 
 #: subcommand name -> implementing module.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "join": "shield_agent.cli_join",
+}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
