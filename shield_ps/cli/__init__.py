@@ -16,6 +16,7 @@ from shield_ps.errors import ShieldPSError
 
 #: subcommand name -> module under ``shield_ps.cli`` that implements it.
 COMMANDS: dict[str, str] = {
+    "analyze": "shield_ps.cli.analyze",
     "plot": "shield_ps.cli.plot",
 }
 
