@@ -11,8 +11,17 @@ import logging
 import sys
 from typing import NoReturn, Sequence
 
+from shield_ops.errors import ShieldOpsError
+
 #: subcommand name -> implementing module.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "up": "shield_ops.commands.up",
+    "status": "shield_ops.commands.status",
+    "down": "shield_ops.commands.down",
+    "logs": "shield_ops.commands.logs",
+    "ssh": "shield_ops.commands.ssh",
+    "exec": "shield_ops.commands.execute",
+}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -39,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(importlib.import_module(COMMANDS[args.command]).run(args) or 0)
+    except ShieldOpsError as exc:
+        print(f"shield-ops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,166 @@
+"""Deploy and start the shield runtime on nodes over SSH: wheel, venv, data, then daemons with pidfiles and logs.
+
+Remote layout (relative to the login directory): ``shield/{venv,wheels,data,run,logs}``, ``shield/token`` (0600),
+``shield/DEPLOYED`` (the deploy hash, so an unchanged node is skipped), ``shield/{ps,agent}.pid``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncssh
+
+from shield_ops.config import ClusterConfig
+from shield_ops.errors import RemoteError, ShieldOpsError
+from shield_ops.remote import quote, run, upload
+
+log = logging.getLogger(__name__)
+
+ROOT = "shield"
+HOME_ROOT = '"$HOME/shield"'
+IGNORED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache",
+                                 ".hypothesis", ".benchmarks", "runs", ".whl", ".gl", "*.png", ".venv", "venv")
+
+
+def project_root() -> Path:
+    """The source checkout this shield_ops was imported from."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "setup.cfg").exists() and not (root / "pyproject.toml").exists():
+        raise ShieldOpsError(f"{root} is not a source checkout of shield; pass --wheel PATH to deploy a built wheel")
+    return root
+
+
+def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
+    """``pip wheel --no-deps`` of this project, built from a scratch copy so the checkout is left untouched."""
+    source = source or project_root()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="shield-wheel-") as tmp:
+        copy = Path(tmp) / "src"
+        shutil.copytree(source, copy, ignore=IGNORED)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out_dir),
+               str(copy)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise ShieldOpsError(f"building the wheel failed: {done.stderr.strip().splitlines()[-1:]}")
+    wheels = sorted(out_dir.glob("shield-*.whl"), key=lambda p: p.stat().st_mtime)
+    if not wheels:
+        raise ShieldOpsError(f"pip wheel produced no shield-*.whl in {out_dir}")
+    return wheels[-1]
+
+
+def deploy_hash(cfg: ClusterConfig, wheel: Path, token: bytes) -> str:
+    """What a deployed node must match to be skipped: the wheel, the deploy fields and the token."""
+    digest = hashlib.sha256(wheel.read_bytes())
+    digest.update(cfg.deploy_fingerprint().encode())
+    digest.update(hashlib.sha256(token).digest())
+    return digest.hexdigest()[:32]
+
+
+def _data_files(cfg: ClusterConfig) -> list[tuple[Path, str]]:
+    if cfg.upload_data is None:
+        return []
+    return [(p, f"{ROOT}/data/{p.name}") for p in sorted(cfg.upload_data.iterdir()) if p.is_file()]
+
+
+async def deploy_node(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, wheel: Path, token_path: Path,
+                      digest: str) -> bool:
+    """Install the wheel into ``shield/venv`` and prepare the data; False when the node already has ``digest``."""
+    await run(conn, f"mkdir -p {ROOT}/wheels {ROOT}/logs {ROOT}/data {ROOT}/run && chmod 700 {ROOT} && "
+                    "{ command -v cloud-init >/dev/null 2>&1 && cloud-init status --wait >/dev/null 2>&1; true; }",
+              what="preparing directories", timeout=900)
+    marker = await run(conn, f"cat {ROOT}/DEPLOYED 2>/dev/null || true", what="reading the deploy marker")
+    if marker.stdout.strip() == digest:
+        return False
+    await upload(conn, [(wheel, f"{ROOT}/wheels/{wheel.name}")] + _data_files(cfg))
+    await upload(conn, [(token_path, f"{ROOT}/token")], mode=0o600)
+    venv = (f"cd {HOME_ROOT} && {{ [ -x venv/bin/python ] || {quote([cfg.python])} -m venv --system-site-packages "
+            f"{quote(cfg.venv_args)} venv; }}")
+    await run(conn, venv, what="creating the venv", timeout=300)
+    install = (f"cd {HOME_ROOT} && {{ venv/bin/python -m pip uninstall -y -q shield >/dev/null 2>&1; true; }} && "
+               f"venv/bin/python -m pip install -q --disable-pip-version-check {quote(cfg.pip_args)} "
+               f"wheels/{quote([wheel.name])}")
+    await run(conn, install, what="installing the wheel", timeout=1800)
+    if cfg.prepare:
+        await run(conn, f"cd {HOME_ROOT} && venv/bin/shield-agent prepare --dataset {quote([cfg.dataset])} "
+                        f"--data-dir \"$HOME/{ROOT}/data\"", what="shield-agent prepare", timeout=1800)
+    await run(conn, f"echo {digest} > {ROOT}/DEPLOYED", what="writing the deploy marker")
+    return True
+
+
+def ps_command(cfg: ClusterConfig) -> list[str]:
+    return (["venv/bin/shield-ps", "serve", "--host", "0.0.0.0", "--port", str(cfg.ps_port),
+             "--token-file", f"$HOME/{ROOT}/token", "--data-dir", f"$HOME/{ROOT}/data",
+             "--train-dir", f"$HOME/{ROOT}/run", "--workers", str(cfg.agents.count)] + list(cfg.ps.args))
+
+
+def agent_command(cfg: ClusterConfig, ps_host: str) -> list[str]:
+    return (["venv/bin/shield-agent", "join", f"{ps_host}:{cfg.ps_port}", "--token-file", f"$HOME/{ROOT}/token",
+             "--data-dir", f"$HOME/{ROOT}/data"] + list(cfg.agents.args))
+
+
+def _shell(args: list[str]) -> str:
+    # "$HOME/..." must expand remotely; everything else is quoted.
+    return " ".join(f'"{a}"' if a.startswith("$HOME/") else quote([a]) for a in args)
+
+
+def daemon_script(role: str, args: list[str]) -> str:
+    """Start ``args`` as a daemon (new session, logs, pidfile) unless the pidfile names a live process."""
+    pid, log_file = f"{role}.pid", f"logs/{role}.log"
+    return (f"cd {HOME_ROOT} && if [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; then echo running; else "
+            f"setsid nohup {_shell(args)} > {log_file} 2>&1 < /dev/null & echo $! > {pid}; echo started; fi")
+
+
+def alive_script(role: str) -> str:
+    return (f"cd {HOME_ROOT} && kill -0 \"$(cat {role}.pid 2>/dev/null)\" 2>/dev/null || "
+            f"{{ echo '{role} exited:'; tail -n 15 logs/{role}.log; exit 3; }}")
+
+
+async def start_daemon(conn: asyncssh.SSHClientConnection, role: str, args: list[str]) -> bool:
+    """True when started now, False when it was already running."""
+    result = await run(conn, daemon_script(role, args), what=f"starting {role}")
+    return result.stdout.strip().endswith("started")
+
+
+async def wait_listening(conn: asyncssh.SSHClientConnection, port: int, timeout_s: float) -> None:
+    """Poll on the PS node until its port accepts connections, failing early (with the log) if it exits."""
+    probe = (f"{alive_script('ps')} && venv/bin/python -c "
+             f"\"import socket; socket.create_connection(('127.0.0.1', {port}), 2).close()\" 2>/dev/null")
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = await run(conn, probe, check=False, what="probing the PS port")
+        if result.exit_status == 0:
+            return
+        if result.exit_status == 3:
+            raise RemoteError(" | ".join(result.stdout.strip().splitlines()[-6:]))
+        if asyncio.get_running_loop().time() > deadline:
+            raise RemoteError(f"the PS did not listen on port {port} within {timeout_s:.0f}s; "
+                              "see `shield-ops logs`, or raise deploy.start_timeout")
+        await asyncio.sleep(1.0)
+
+
+async def check_alive(conn: asyncssh.SSHClientConnection, role: str, grace_s: float = 1.0) -> None:
+    await asyncio.sleep(grace_s)
+    result = await run(conn, alive_script(role), check=False, what=f"checking {role}")
+    if result.exit_status != 0:
+        raise RemoteError(" | ".join(result.stdout.strip().splitlines()[-6:]))
+
+
+PROBE_SCRIPT = (
+    f"cd {HOME_ROOT} 2>/dev/null || exit 0; echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
+    "for r in ps agent; do [ -f $r.pid ] || continue; "
+    "if kill -0 \"$(cat $r.pid)\" 2>/dev/null; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
+    "done; [ -f run/metrics.jsonl ] && tail -n 500 run/metrics.jsonl | cut -c1-65536 | "
+    "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; true"
+)
+
+
+def stop_script() -> str:
+    """Stop both daemons (their whole sessions) and remove the pidfiles."""
+    return (f"cd {HOME_ROOT} 2>/dev/null || exit 0; for r in ps agent; do [ -f $r.pid ] || continue; "
+            "p=$(cat $r.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; rm -f $r.pid; done; true")

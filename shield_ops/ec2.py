@@ -1,0 +1,294 @@
+"""EC2 through aiobotocore: the cluster's key pair, security group and spot instances, found by tag.
+
+The endpoint follows botocore's standard resolution (``AWS_ENDPOINT_URL_EC2`` / ``AWS_ENDPOINT_URL``), so LocalStack
+or moto need no flag of ours. Every resource we create carries ``shield:cluster=NAME``; discovery and deletion go by
+that tag only (never by key name or group name), in the manner of Ray's autoscaler node provider.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from botocore.exceptions import ClientError, WaiterError
+
+from shield_ops.config import ClusterConfig
+from shield_ops.errors import CapacityError, ProvisionError
+from shield_ops.nodes import Node
+
+log = logging.getLogger(__name__)
+
+#: capacity errors worth retrying in another (instance type, zone) pool.
+CAPACITY_CODES = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "SpotMaxPriceTooLow",
+    "Unsupported", "InsufficientFreeAddressesInSubnet",
+})
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+WAITER_DELAY_S = 5
+
+
+@contextlib.asynccontextmanager
+async def ec2_client(region: str) -> AsyncIterator[Any]:
+    """An aiobotocore EC2 client for ``region`` (credentials and endpoint from the standard chain)."""
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("ec2", region_name=region) as client:
+        yield client
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def tag_filters(cfg: ClusterConfig) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{k}", "Values": [v]} for k, v in cfg.tags.items()]
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _refused(action: str, exc: ClientError) -> ProvisionError:
+    err = exc.response.get("Error", {})
+    return ProvisionError(f"EC2 refused {action}: {err.get('Code')}: {err.get('Message')}")
+
+
+# ------------------------------------------------------------------------------------------- discovery
+async def find_instances(client: Any, cfg: ClusterConfig) -> list[Node]:
+    """Every live (not terminated) instance carrying this cluster's tag."""
+    filters = tag_filters(cfg) + [{"Name": "instance-state-name", "Values": LIVE_STATES}]
+    nodes: list[Node] = []
+    paginator = client.get_paginator("describe_instances")
+    async for page in paginator.paginate(Filters=filters):
+        for reservation in page["Reservations"]:
+            nodes.extend(Node.from_ec2(inst) for inst in reservation["Instances"])
+    return nodes
+
+
+async def find_key_pair(client: Any, cfg: ClusterConfig) -> dict[str, Any] | None:
+    """The tagged key pair named ``shield-NAME``; a same-named key pair without our tag is refused."""
+    tagged = (await client.describe_key_pairs(Filters=tag_filters(cfg)))["KeyPairs"]
+    if tagged:
+        return tagged[0]
+    try:
+        await client.describe_key_pairs(KeyNames=[cfg.resource_name])
+    except ClientError as exc:
+        if _code(exc).startswith("InvalidKeyPair"):
+            return None
+        raise _refused("DescribeKeyPairs", exc) from None
+    raise ProvisionError(f"a key pair named {cfg.resource_name} exists without the tag shield:cluster={cfg.name}; "
+                         "it is not ours: delete or rename it, or choose another cluster.name")
+
+
+async def find_security_group(client: Any, cfg: ClusterConfig, vpc_id: str) -> dict[str, Any] | None:
+    filters = tag_filters(cfg) + [{"Name": "vpc-id", "Values": [vpc_id]}]
+    groups = (await client.describe_security_groups(Filters=filters))["SecurityGroups"]
+    return groups[0] if groups else None
+
+
+async def resolve_vpc(client: Any, cfg: ClusterConfig) -> str:
+    if cfg.vpc_id:
+        return cfg.vpc_id
+    vpcs = (await client.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}]))["Vpcs"]
+    if not vpcs:
+        raise ProvisionError(f"region {cfg.region} has no default VPC; set network.vpc_id in the config")
+    return str(vpcs[0]["VpcId"])
+
+
+async def subnets_by_zone(client: Any, cfg: ClusterConfig, vpc_id: str) -> dict[str, str]:
+    """Zone -> subnet id, in the configured zone order (all zones of the VPC when none are configured)."""
+    subnets = (await client.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]))["Subnets"]
+    by_zone: dict[str, str] = {}
+    for subnet in sorted(subnets, key=lambda s: (not s.get("DefaultForAz", False), s["SubnetId"])):
+        by_zone.setdefault(subnet["AvailabilityZone"], subnet["SubnetId"])
+    if not cfg.zones:
+        return dict(sorted(by_zone.items()))
+    missing = [z for z in cfg.zones if z not in by_zone]
+    if missing:
+        raise ProvisionError(f"network.zones: no subnet of {vpc_id} in {', '.join(missing)}; "
+                             f"use zones from {', '.join(sorted(by_zone)) or '(none)'}")
+    return {z: by_zone[z] for z in cfg.zones}
+
+
+# ------------------------------------------------------------------------------------------- creation
+async def import_key_pair(client: Any, cfg: ClusterConfig, public_key: bytes) -> None:
+    spec = [{"ResourceType": "key-pair", "Tags": tag_list(cfg.tags)}]
+    try:
+        await client.import_key_pair(KeyName=cfg.resource_name, PublicKeyMaterial=public_key, TagSpecifications=spec)
+    except ClientError as exc:
+        raise _refused("ImportKeyPair", exc) from None
+
+
+def ingress_rules(cfg: ClusterConfig, group_id: str, cidr: str) -> list[dict[str, Any]]:
+    """All traffic inside the cluster (self-referencing rule); SSH and the PS port only from the operator."""
+    return [
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id, "Description": "intra-cluster"}]},
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": cidr, "Description": "shield-ops operator ssh"}]},
+        {"IpProtocol": "tcp", "FromPort": cfg.ps_port, "ToPort": cfg.ps_port,
+         "IpRanges": [{"CidrIp": cidr, "Description": "shield-ps watch"}]},
+    ]
+
+
+def _has_rule(group: dict[str, Any], rule: dict[str, Any]) -> bool:
+    for perm in group.get("IpPermissions", []):
+        if perm.get("IpProtocol") != rule["IpProtocol"] or perm.get("FromPort") != rule.get("FromPort"):
+            continue
+        if "UserIdGroupPairs" in rule:
+            wanted = rule["UserIdGroupPairs"][0]["GroupId"]
+            if any(p.get("GroupId") == wanted for p in perm.get("UserIdGroupPairs", [])):
+                return True
+        elif any(r.get("CidrIp") == rule["IpRanges"][0]["CidrIp"] for r in perm.get("IpRanges", [])):
+            return True
+    return False
+
+
+async def ensure_security_group(client: Any, cfg: ClusterConfig, vpc_id: str, cidr: str) -> tuple[str, bool]:
+    """Create the tagged group if missing and add any missing rule; returns (group id, created)."""
+    group = await find_security_group(client, cfg, vpc_id)
+    created = group is None
+    try:
+        if group is None:
+            spec = [{"ResourceType": "security-group", "Tags": tag_list(cfg.tags)}]
+            reply = await client.create_security_group(
+                GroupName=cfg.resource_name, Description=f"shield cluster {cfg.name}", VpcId=vpc_id,
+                TagSpecifications=spec)
+            group = {"GroupId": reply["GroupId"], "IpPermissions": []}
+        missing = [r for r in ingress_rules(cfg, group["GroupId"], cidr) if not _has_rule(group, r)]
+        if missing:
+            await client.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=missing)
+    except ClientError as exc:
+        raise _refused("the security group setup", exc) from None
+    return str(group["GroupId"]), created
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What one node is launched with (same AMI, key and group for all; type and zone come from the retry loop)."""
+
+    node: str
+    role: str
+    instance_types: tuple[str, ...]
+    user_data: str
+
+
+def _run_params(cfg: ClusterConfig, spec: LaunchSpec, itype: str, subnet: str, group_id: str) -> dict[str, Any]:
+    tags = {**cfg.tags, "shield:role": spec.role, "shield:node": spec.node, "Name": f"{cfg.resource_name}-{spec.node}"}
+    spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if cfg.max_price is not None:
+        spot["MaxPrice"] = f"{cfg.max_price:.4f}"
+    return {
+        "ImageId": cfg.ami, "InstanceType": itype, "MinCount": 1, "MaxCount": 1, "KeyName": cfg.resource_name,
+        "SubnetId": subnet, "SecurityGroupIds": [group_id],
+        "UserData": spec.user_data,  # botocore base64-encodes it
+        "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot},
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "BlockDeviceMappings": [{"DeviceName": cfg.root_device,
+                                 "Ebs": {"VolumeSize": cfg.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list(tags)},
+                              {"ResourceType": "volume", "Tags": tag_list(tags)}],
+    }
+
+
+async def launch(client: Any, cfg: ClusterConfig, spec: LaunchSpec, subnets: dict[str, str], group_id: str,
+                 on_retry: Callable[[str], None] = lambda _msg: None) -> Node:
+    """Launch one spot instance, trying (type, zone) pools in order on capacity errors, at most
+    ``spot.max_launch_attempts`` times; other errors fail at once."""
+    pools = [(t, z) for t in spec.instance_types for z in subnets][: cfg.max_launch_attempts]
+    tried: list[str] = []
+    for itype, zone in pools:
+        try:
+            reply = await client.run_instances(**_run_params(cfg, spec, itype, subnets[zone], group_id))
+            return Node.from_ec2(reply["Instances"][0])
+        except ClientError as exc:
+            if _code(exc) not in CAPACITY_CODES:
+                raise _refused(f"RunInstances for {spec.node} ({itype} in {zone})", exc) from None
+            tried.append(f"{itype}@{zone}: {_code(exc)}")
+            on_retry(f"{itype} in {zone}: {_code(exc)}, trying the next pool")
+    raise CapacityError(f"no spot capacity for {spec.node} after {len(tried)} attempt(s) ({'; '.join(tried)}); "
+                        "add instance types or zones, raise spot.max_launch_attempts or spot.max_price, or retry later")
+
+
+async def wait_state(client: Any, waiter_name: str, instance_ids: list[str], timeout_s: float = 600) -> None:
+    """Wait with botocore's waiter (``instance_running`` / ``instance_terminated``) until ``timeout_s``."""
+    if not instance_ids:
+        return
+    waiter = client.get_waiter(waiter_name)
+    try:
+        await waiter.wait(InstanceIds=instance_ids,
+                          WaiterConfig={"Delay": WAITER_DELAY_S, "MaxAttempts": max(1, int(timeout_s // WAITER_DELAY_S))})
+    except WaiterError as exc:
+        raise ProvisionError(f"{waiter_name} for {', '.join(instance_ids)} did not complete: {exc}") from None
+
+
+async def describe(client: Any, instance_ids: list[str]) -> list[Node]:
+    reply = await client.describe_instances(InstanceIds=instance_ids)
+    return [Node.from_ec2(i) for r in reply["Reservations"] for i in r["Instances"]]
+
+
+# ------------------------------------------------------------------------------------------- deletion
+async def terminate(client: Any, cfg: ClusterConfig, nodes: list[Node]) -> None:
+    """Terminate ``nodes``, re-checking the cluster tag of each id first (never by key name)."""
+    ids = [n.instance_id for n in nodes]
+    if not ids:
+        return
+    tagged = {n.instance_id for n in await find_instances(client, cfg)}
+    foreign = [i for i in ids if i not in tagged]
+    if foreign:
+        raise ProvisionError(f"refusing to terminate {', '.join(foreign)}: not tagged shield:cluster={cfg.name}")
+    try:
+        await client.terminate_instances(InstanceIds=ids)
+    except ClientError as exc:
+        raise _refused("TerminateInstances", exc) from None
+
+
+async def delete_security_group(client: Any, group_id: str, attempts: int = 30) -> None:
+    """Delete the group, retrying while terminated instances' interfaces still hold it."""
+    for attempt in range(attempts):
+        try:
+            await client.delete_security_group(GroupId=group_id)
+            return
+        except ClientError as exc:
+            if _code(exc) != "DependencyViolation" or attempt == attempts - 1:
+                raise _refused(f"DeleteSecurityGroup {group_id}", exc) from None
+            await asyncio.sleep(WAITER_DELAY_S)
+
+
+async def delete_key_pair(client: Any, key: dict[str, Any]) -> None:
+    """Delete a key pair that was found by its tag (``key`` comes from a tag-filtered describe)."""
+    try:
+        await client.delete_key_pair(KeyName=key["KeyName"])
+    except ClientError as exc:
+        raise _refused(f"DeleteKeyPair {key.get('KeyName')}", exc) from None
+
+
+# ------------------------------------------------------------------------------------------- prices
+async def spot_prices(client: Any, instance_types: set[str]) -> dict[tuple[str, str], float]:
+    """Latest Linux spot price per (instance type, zone) from the price history (empty when unavailable)."""
+    if not instance_types:
+        return {}
+    try:
+        reply = await client.describe_spot_price_history(
+            InstanceTypes=sorted(instance_types), ProductDescriptions=["Linux/UNIX"],
+            StartTime=dt.datetime.now(dt.timezone.utc))
+    except ClientError as exc:
+        log.warning("no spot price history: %s", exc)
+        return {}
+    latest: dict[tuple[str, str], tuple[dt.datetime, float]] = {}
+    for entry in reply.get("SpotPriceHistory", []):
+        key = (entry["InstanceType"], entry.get("AvailabilityZone", "?"))
+        stamp = entry.get("Timestamp") or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        if key not in latest or stamp > latest[key][0]:
+            latest[key] = (stamp, float(entry["SpotPrice"]))
+    return {k: v for k, (_, v) in latest.items()}
+
+
+def hourly_price(prices: dict[tuple[str, str], float], itype: str, zone: str | None = None) -> float | None:
+    """The price of ``itype`` in ``zone``, or the cheapest zone's when ``zone`` is unknown."""
+    if zone is not None and (itype, zone) in prices:
+        return prices[(itype, zone)]
+    candidates = [p for (t, _), p in prices.items() if t == itype]
+    return min(candidates) if candidates else None

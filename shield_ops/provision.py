@@ -1,0 +1,205 @@
+"""The provisioning stage of ``up`` and the whole of ``down``: plan, key pair, security group, spot instances.
+
+Idempotent by construction: the plan is computed from what EC2 reports under the cluster tag, so a second ``up``
+keeps everything and launches only nodes that are missing (e.g. an agent lost to a spot interruption).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from shield_ops import ec2
+from shield_ops.config import ClusterConfig
+from shield_ops.errors import ProvisionError, ShieldOpsError
+from shield_ops.nodes import Node, NodeState, sort_key
+from shield_ops.state import ClusterState
+from shield_ops.ui import Reporter
+
+log = logging.getLogger(__name__)
+
+CHECKIP = ("checkip.amazonaws.com", 80)
+
+
+@dataclass
+class Plan:
+    """What ``up`` will create and keep, with the estimated hourly price of the whole cluster."""
+
+    vpc_id: str
+    subnets: dict[str, str]
+    key_pair: dict[str, Any] | None
+    security_group: dict[str, Any] | None
+    keep: dict[str, Node]
+    launch: list[str]
+    duplicates: list[Node] = field(default_factory=list)
+    hourly_usd: float | None = None
+
+    @property
+    def creates_anything(self) -> bool:
+        return self.key_pair is None or self.security_group is None or bool(self.launch)
+
+    def lines(self, cfg: ClusterConfig) -> list[str]:
+        def verb(thing: Any) -> str:
+            return "keep  " if thing is not None else "create"
+        out = [f"cluster {cfg.name} in {cfg.region} (vpc {self.vpc_id}, zones {', '.join(self.subnets)})",
+               f"  {verb(self.key_pair)} key pair {cfg.resource_name}",
+               f"  {verb(self.security_group)} security group {cfg.resource_name} "
+               f"(ssh + port {cfg.ps_port} from {cfg.operator_cidr}, all traffic within the group)"]
+        for name in sorted(set(self.keep) | set(self.launch), key=sort_key):
+            if name in self.keep:
+                node = self.keep[name]
+                out.append(f"  keep   {name}: {node.instance_id} {node.instance_type} {node.zone} {node.ec2_state}")
+            else:
+                types = (cfg.ps if name == "ps" else cfg.agents).instance_types
+                out.append(f"  launch {name}: spot {' | '.join(types)}")
+        for node in self.duplicates:
+            out.append(f"  note   {node.instance_id} duplicates {node.name}; left alone (`down` removes it)")
+        price = f"${self.hourly_usd:.3f}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
+        out.append(f"  estimated spot price of the whole cluster: {price}")
+        return out
+
+
+async def detect_cidr(timeout: float = 10.0) -> str:
+    """The operator's public address as a /32 (plain HTTP to checkip.amazonaws.com)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*CHECKIP), timeout)
+        writer.write(f"GET / HTTP/1.1\r\nHost: {CHECKIP[0]}\r\nConnection: close\r\n\r\n".encode())
+        body = (await asyncio.wait_for(reader.read(4096), timeout)).split(b"\r\n\r\n", 1)[-1]
+        writer.close()
+        return f"{ipaddress.ip_address(body.decode().strip())}/32"
+    except (OSError, asyncio.TimeoutError, ValueError, UnicodeDecodeError) as exc:
+        raise ShieldOpsError(f"network.operator_cidr = \"auto\": cannot detect your address ({exc}); "
+                             "write it explicitly, e.g. \"203.0.113.7/32\"") from None
+
+
+def _split_duplicates(nodes: list[Node]) -> tuple[dict[str, Node], list[Node]]:
+    keep: dict[str, Node] = {}
+    extra: list[Node] = []
+    for node in sorted(nodes, key=lambda n: (n.launch_time is None, n.launch_time or 0, n.instance_id)):
+        (extra.append(node) if node.name in keep else keep.__setitem__(node.name, node))
+    return keep, extra
+
+
+async def make_plan(client: Any, cfg: ClusterConfig) -> Plan:
+    """Compare the desired nodes with what carries the cluster tag."""
+    vpc_id = await ec2.resolve_vpc(client, cfg)
+    subnets = await ec2.subnets_by_zone(client, cfg, vpc_id)
+    key = await ec2.find_key_pair(client, cfg)
+    group = await ec2.find_security_group(client, cfg, vpc_id)
+    found, duplicates = _split_duplicates(await ec2.find_instances(client, cfg))
+    desired = cfg.node_names()
+    keep = {n: found[n] for n in desired if n in found}
+    duplicates += [node for name, node in found.items() if name not in desired]
+    launch = [n for n in desired if n not in found]
+    prices = await ec2.spot_prices(client, set(cfg.ps.instance_types) | set(cfg.agents.instance_types))
+    return Plan(vpc_id, subnets, key, group, keep, launch, duplicates, _estimate(cfg, prices, keep, launch))
+
+
+def _estimate(cfg: ClusterConfig, prices: dict[tuple[str, str], float], keep: dict[str, Node],
+              launch: list[str]) -> float | None:
+    total = 0.0
+    for node in keep.values():
+        price = ec2.hourly_price(prices, node.instance_type, node.zone)
+        if price is None:
+            return None
+        total += price
+    for name in launch:
+        price = ec2.hourly_price(prices, (cfg.ps if name == "ps" else cfg.agents).instance_types[0])
+        if price is None:
+            return None
+        total += price
+    return total
+
+
+def user_data(cfg: ClusterConfig, host_key: asyncssh.SSHKey) -> str:
+    """cloud-init user data pinning the node's SSH host key (generated here) and installing the venv module."""
+    private = host_key.export_private_key("openssh").decode()
+    public = host_key.export_public_key("openssh").decode().strip()
+    indented = "".join(f"    {line}\n" for line in private.splitlines())
+    return ("#cloud-config\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n"
+            f"{indented}  ed25519_public: {public}\npackages: [python3-venv, python3-pip]\n")
+
+
+async def _launch_one(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
+                      name: str, reporter: Reporter) -> Node | None:
+    role = "ps" if name == "ps" else "agent"
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    spec = ec2.LaunchSpec(name, role, (cfg.ps if role == "ps" else cfg.agents).instance_types,
+                          user_data(cfg, host_key))
+    reporter.state(name, NodeState.PENDING, "requesting spot capacity")
+    try:
+        node = await ec2.launch(client, cfg, spec, plan.subnets, group_id,
+                                on_retry=lambda msg: reporter.state(name, NodeState.PENDING, msg))
+    except ShieldOpsError as exc:
+        reporter.state(name, NodeState.FAILED, str(exc))
+        return None
+    if cfg.host_keys == "pin":
+        state.record_host_key(node.instance_id, host_key)
+    reporter.state(name, NodeState.PENDING, f"{node.instance_type} in {node.zone}", node.instance_id)
+    return node
+
+
+async def provision(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, cidr: str,
+                    reporter: Reporter) -> dict[str, Node]:
+    """Create what the plan lacks, wait for every node to run; returns the running nodes by name."""
+    if plan.key_pair is None:
+        await ec2.import_key_pair(client, cfg, state.public_key_openssh())
+        reporter.info(f"created key pair {cfg.resource_name}")
+    group_id, created = await ec2.ensure_security_group(client, cfg, plan.vpc_id, cidr)
+    if created:
+        reporter.info(f"created security group {group_id}")
+    for name, node in plan.keep.items():
+        reporter.state(name, NodeState.PENDING if node.ec2_state == "pending" else NodeState.RUNNING,
+                       "kept", node.instance_id)
+    launched = await asyncio.gather(*(_launch_one(client, cfg, state, plan, group_id, n, reporter)
+                                      for n in plan.launch))
+    nodes = {**plan.keep, **{n.name: n for n in launched if n is not None}}
+    stopped = [n for n in nodes.values() if n.ec2_state in ("stopping", "stopped", "shutting-down")]
+    for node in stopped:
+        reporter.state(node.name, NodeState.FAILED, f"instance is {node.ec2_state}; `down` then `up` replaces it")
+    waiting = [n.instance_id for n in nodes.values() if n not in stopped]
+    await ec2.wait_state(client, "instance_running", waiting)
+    running = {n.name: n for n in await ec2.describe(client, waiting)} if waiting else {}
+    for node in running.values():
+        reporter.state(node.name, NodeState.RUNNING, node.public_ip or node.private_ip or "", node.instance_id)
+    return running
+
+
+async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, confirm: Any) -> int:
+    """Terminate every tagged instance, wait, then delete the tagged security group(s) and key pair."""
+    nodes = await ec2.find_instances(client, cfg)
+    groups = (await client.describe_security_groups(Filters=ec2.tag_filters(cfg)))["SecurityGroups"]
+    key = (await client.describe_key_pairs(Filters=ec2.tag_filters(cfg)))["KeyPairs"]
+    if not nodes and not groups and not key:
+        reporter.info(f"cluster {cfg.name}: nothing tagged shield:cluster={cfg.name} in {cfg.region}")
+        state.destroy()
+        return 0
+    reporter.info(f"cluster {cfg.name}: terminate {len(nodes)} instance(s) "
+                  f"({', '.join(sorted((n.name for n in nodes), key=sort_key)) or 'none'}), delete "
+                  f"{len(groups)} security group(s) and {len(key)} key pair(s)")
+    if not confirm():
+        return 1
+    for node in nodes:
+        reporter.state(node.name, NodeState.TERMINATING, "", node.instance_id)
+    await ec2.terminate(client, cfg, nodes)
+    await ec2.wait_state(client, "instance_terminated", [n.instance_id for n in nodes])
+    for node in nodes:
+        reporter.state(node.name, NodeState.TERMINATED, "", node.instance_id)
+    for group in groups:
+        await ec2.delete_security_group(client, group["GroupId"])
+        reporter.info(f"deleted security group {group['GroupId']}")
+    for pair in key:
+        await ec2.delete_key_pair(client, pair)
+        reporter.info(f"deleted key pair {pair['KeyName']}")
+    state.destroy()
+    return 0
+
+
+def check_cidr(cidr: str) -> str:
+    if ipaddress.ip_network(cidr).prefixlen == 0:
+        raise ProvisionError("refusing an operator CIDR that opens the cluster to the whole internet")
+    return cidr

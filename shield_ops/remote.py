@@ -1,0 +1,127 @@
+"""SSH to cluster nodes (asyncssh): host-key policy, the readiness loop, commands and SFTP uploads.
+
+Host keys are checked against the key pinned at launch (cloud-init user data) or, with ``deploy.host_keys = "tofu"``,
+against the key first seen, kept per cluster. Neither ``~/.ssh/known_hosts`` nor ``~/.ssh/config`` nor an SSH agent
+is ever consulted; ``--insecure-accept-hostkeys`` is the only way to skip the check.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import asyncssh
+
+from shield_ops.errors import HostKeyError, RemoteError
+from shield_ops.nodes import Node, resolve
+from shield_ops.state import ClusterState
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 15.0
+
+
+@dataclass
+class SSHContext:
+    """Everything needed to open a checked SSH connection to a node of one cluster."""
+
+    state: ClusterState
+    user: str
+    host_keys: str = "pin"          # "pin" | "tofu" | "insecure"
+    _key: asyncssh.SSHKey | None = field(default=None, repr=False)
+
+    def client_key(self) -> asyncssh.SSHKey:
+        if self._key is None:
+            self._key = self.state.private_key()
+        return self._key
+
+    def known_hosts(self, node: Node) -> Any:
+        """The asyncssh ``known_hosts`` argument for ``node`` under the policy."""
+        if self.host_keys == "insecure":
+            return None
+        recorded = self.state.host_key(node.instance_id)
+        if recorded is not None:
+            return ([recorded], [], [])
+        if self.host_keys == "tofu":
+            return None
+        raise HostKeyError(f"{node.name} ({node.instance_id}): no pinned host key in {self.state.root}; it was not "
+                           "launched from this state directory. Restore that directory, set deploy.host_keys = "
+                           "\"tofu\", or pass --insecure-accept-hostkeys")
+
+
+async def connect(ctx: SSHContext, node: Node, timeout: float = CONNECT_TIMEOUT_S) -> asyncssh.SSHClientConnection:
+    """One checked connection to ``node`` (at the address the resolver gives); records the key on first use."""
+    endpoint = resolve(node)
+    known = ctx.known_hosts(node)
+    try:
+        conn = await asyncssh.connect(
+            endpoint.host, endpoint.port, username=ctx.user, client_keys=[ctx.client_key()], known_hosts=known,
+            agent_path=None, config=None, preferred_auth="publickey", connect_timeout=timeout,
+            keepalive_interval=30)
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyError(f"{node.name} ({node.instance_id}) at {endpoint.host}:{endpoint.port} presented a host "
+                           f"key that does not match the one recorded in {ctx.state.root}: {exc.reason}") from None
+    if known is None and ctx.host_keys == "tofu":
+        key = conn.get_server_host_key()
+        if key is not None:
+            ctx.state.record_host_key(node.instance_id, key)
+    return conn
+
+
+async def wait_ready(ctx: SSHContext, node: Node, deadline_s: float, interval_s: float,
+                     on_attempt: Callable[[str], None] = lambda _m: None) -> asyncssh.SSHClientConnection:
+    """Retry :func:`connect` until it works or ``deadline_s`` passes; a host-key mismatch fails at once."""
+    deadline = time.monotonic() + deadline_s
+    attempt = 0
+    while True:
+        attempt += 1
+        left = deadline - time.monotonic()
+        try:
+            return await connect(ctx, node, timeout=max(1.0, min(CONNECT_TIMEOUT_S, left)))
+        except HostKeyError:
+            raise
+        except (OSError, asyncio.TimeoutError, asyncssh.Error, LookupError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            if time.monotonic() + interval_s >= deadline:
+                raise RemoteError(f"{node.name}: SSH not ready after {deadline_s:.0f}s ({attempt} attempts): "
+                                  f"{reason}; raise deploy.ssh_ready_timeout or check the security group") from None
+            on_attempt(f"waiting for ssh ({reason})")
+            await asyncio.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+async def run(conn: asyncssh.SSHClientConnection, command: str, *, check: bool = True,
+              timeout: float | None = 600, what: str = "") -> Result:
+    """Run a shell command; with ``check`` a non-zero exit raises :class:`RemoteError` with the output's tail."""
+    try:
+        proc = await conn.run(command, check=False, timeout=timeout)
+    except asyncssh.TimeoutError:
+        raise RemoteError(f"{what or command[:60]}: timed out after {timeout}s") from None
+    result = Result(int(proc.exit_status if proc.exit_status is not None else -1),
+                    str(proc.stdout or ""), str(proc.stderr or ""))
+    if check and result.exit_status != 0:
+        tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-5:]
+        raise RemoteError(f"{what or command[:60]} failed (exit {result.exit_status}): {' | '.join(tail)}")
+    return result
+
+
+async def upload(conn: asyncssh.SSHClientConnection, files: list[tuple[Path, str]], mode: int = 0o644) -> None:
+    """SFTP ``(local path, remote path relative to the login directory)`` pairs, then chmod each to ``mode``."""
+    async with conn.start_sftp_client() as sftp:
+        for local, remote in files:
+            await sftp.put(str(local), remote)
+            await sftp.chmod(remote, mode)
+
+
+def quote(args: list[str] | tuple[str, ...]) -> str:
+    return " ".join(shlex.quote(a) for a in args)
