@@ -13,6 +13,7 @@ API for the PS runtime and for ``shield-ps watch`` (transport-agnostic: anything
     finally:
         view.close()                      # idempotent; prints the final summary
 
+- ``add_view_options(parser)`` adds ``--plain`` / ``--quiet``; ``view_from_args(args, console=None) -> View``
 - ``choose_mode(*, plain=False, quiet=False, stream=None) -> ViewMode``
 - ``make_view(mode: ViewMode, console: rich.console.Console | None = None, *, refresh_hz=4.0) -> View``
 - ``View.start()``, ``View.publish(event: dict)``, ``View.post_line(text: str)``, ``View.close()``,
@@ -26,8 +27,8 @@ so the publisher's time is spent only folding the event. See ``docs/view.md``.
 from __future__ import annotations
 
 from shield_ps.view.replay import iter_events, metrics_path, replay_file
-from shield_ps.view.sink import View, ViewMode, choose_mode, make_view
+from shield_ps.view.sink import View, ViewMode, add_view_options, choose_mode, make_view, view_from_args
 from shield_ps.view.state import ViewState, fold, fold_all
 
-__all__ = ["View", "ViewMode", "ViewState", "choose_mode", "fold", "fold_all", "iter_events", "make_view",
-           "metrics_path", "replay_file"]
+__all__ = ["View", "ViewMode", "ViewState", "add_view_options", "choose_mode", "fold", "fold_all", "iter_events",
+           "make_view", "metrics_path", "replay_file", "view_from_args"]

@@ -1,7 +1,7 @@
-"""``python -m shield_ps.view [RUN] [--fake] [--pace S] [--plain | --quiet]``: replay a run into the terminal view.
+"""``python -m shield_ps.view [RUN] [--fake] [--pace-ms N] [--plain | --quiet]``: replay a run into the view.
 
-Shows a finished run's ``metrics.jsonl`` (or a synthetic run with ``--fake``) the way ``shield-ps serve`` shows a live
-one; ``--pace`` waits that many seconds before each step so the live panel can be watched (and tested under tmux).
+Shows a finished run's ``metrics.jsonl`` (or a synthetic run with ``--fake``) the way ``shield-ps serve`` shows a
+live one; ``--pace-ms`` waits that long before each step so the live panel can be watched (and tested under tmux).
 """
 from __future__ import annotations
 
@@ -21,18 +21,17 @@ def _paced(events: Iterable[dict[str, Any]], pace: float) -> Iterable[dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shield_ps.view import choose_mode, iter_events, make_view
+    from shield_ps.view import add_view_options, iter_events, view_from_args
     from shield_ps.view.fake import fake_run
 
-    parser = OneLineErrorParser(prog="python -m shield_ps.view", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m shield_ps.view",
+                                description="Show a run's metrics.jsonl (or a synthetic run) through the view.")
     parser.add_argument("run", nargs="?", help="run directory or metrics.jsonl")
     parser.add_argument("--fake", action="store_true", help="replay a synthetic run instead")
     parser.add_argument("--steps", type=positive_int, default=60, help="steps of the synthetic run")
     parser.add_argument("--workers", type=positive_int, default=15, help="workers of the synthetic run")
     parser.add_argument("--pace-ms", type=non_negative_int, default=0, help="milliseconds to wait before each step")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--plain", action="store_true", help="plain lines, no live panel")
-    mode.add_argument("--quiet", action="store_true", help="only evaluations and the summary")
+    add_view_options(parser)
     args = parser.parse_args(argv)
     if (args.run is None) == (not args.fake):
         parser.error("give a RUN or --fake (not both)")
@@ -42,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShieldPSError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    with make_view(choose_mode(plain=args.plain, quiet=args.quiet)) as view:
+    with view_from_args(args) as view:
         try:
             for event in _paced(events, args.pace_ms / 1000):
                 view.publish(event)

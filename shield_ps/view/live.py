@@ -1,8 +1,8 @@
 """The rich live view: one panel rendered from a :class:`ViewState`, sized to the terminal.
 
 ``LivePanel(state)`` is a rich renderable; it picks its layout when rendered, from the width and height rich gives it:
-on 80x24 the workers are a compact grid and the step phases are bars below; from about 130 columns the worker grid and the
-phase bars sit side by side; on a short terminal the phases shrink to one stacked bar. The panel is built from
+on 80x24 the workers are a compact grid and the step phases are bars below; from about 130 columns the worker grid
+and the phase bars sit side by side; on a short terminal the phases shrink to one stacked bar. The panel is built from
 fixed-width ``Text`` lines (no tables), so a redraw costs about a millisecond. Nothing here touches the terminal: the
 sink (``shield_ps.view.sink``) owns ``rich.Live``.
 """

@@ -8,6 +8,7 @@ dropped and counted, never waited for.
 """
 from __future__ import annotations
 
+import argparse
 import enum
 import logging
 import os
@@ -147,15 +148,18 @@ class View:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         try:
-            self._flush()
-        finally:
-            if self._live is not None:
-                self._live.stop()
-        if self._spec.live:
-            self.console.print(render_summary(self._state))
-        else:
-            for line in summary_lines(self._state):
-                self._print(line)
+            try:
+                self._flush()
+            finally:
+                if self._live is not None:
+                    self._live.stop()
+            if self._spec.live:
+                self.console.print(render_summary(self._state))
+            else:
+                for line in summary_lines(self._state):
+                    self._print(line)
+        except OSError as exc:  # e.g. `shield-ps serve | head`: the reader is gone, the run is not at fault
+            log.debug("terminal view: output closed (%s)", exc)
 
     def __enter__(self) -> "View":
         self.start()
@@ -199,6 +203,18 @@ class View:
 
     def _print(self, line: str) -> None:
         self.console.print(Text(line), soft_wrap=True, highlight=False)
+
+
+def add_view_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--plain`` and ``--quiet`` (mutually exclusive) to a subcommand that shows a run."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--plain", action="store_true", help="one plain line per step/event, no live panel")
+    group.add_argument("--quiet", action="store_true", help="print only evaluations and the final summary")
+
+
+def view_from_args(args: argparse.Namespace, console: Console | None = None) -> "View":
+    """The view ``--plain``/``--quiet`` (see :func:`add_view_options`) and the terminal ask for."""
+    return make_view(choose_mode(plain=getattr(args, "plain", False), quiet=getattr(args, "quiet", False)), console)
 
 
 def make_view(mode: ViewMode, console: Console | None = None, *, refresh_hz: float = 4.0) -> View:
