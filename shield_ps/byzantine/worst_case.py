@@ -210,6 +210,11 @@ _EXACT: dict[tuple[Placement, int], WorstCase] = {}
 _EXACT_MAX = 4096
 
 
+def clear_cache() -> None:
+    """Forget the exact answers kept for reuse (benchmarks call this to time a cold start)."""
+    _EXACT.clear()
+
+
 def _smaller_bounds(placement: Placement, q: int, deadline: float | None) -> list[int]:
     """Proven upper bounds on c_max(t) for t < q: exact values while time lasts, then the counting bound
     min(f, t*l // r') tightened by c_max(t) <= c_max(u) + (t - u)*l (one worker distorts at most l more files)."""
