@@ -136,3 +136,68 @@ def test_malformed_parameter_vectors_are_refused(lenet, bad):
 def test_file_out_of_range_is_refused(lenet):
     with pytest.raises(ComputeError, match="out of range"):
         lenet.file_gradient(lenet.initial_parameters(), 0, 4)
+
+
+def write_fake_cifar10(folder: Path, records_per_file: int = 8) -> Path:
+    """A tiny dataset in the real CIFAR-10 binary layout (random pixels, labels 0-9)."""
+    rng = np.random.default_rng(42)
+    batches = folder / "cifar-10-batches-bin"
+    batches.mkdir(parents=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rows = rng.integers(0, 256, size=(records_per_file, 1 + 3 * 32 * 32), dtype=np.uint8)
+        rows[:, 0] %= 10
+        rows.tofile(batches / name)
+    return folder
+
+
+_CHILD = """
+import json, sys
+import numpy as np
+from shield_agent.compute import ComputeSpec, GradientComputer
+from wire.digest import digest_bytes
+job = json.loads(sys.argv[1])
+computer = GradientComputer(ComputeSpec(**job["spec"]))
+params = computer.initial_parameters() * np.float32(0.5)
+result = computer.file_gradient(params, job["step"], job["file"])
+print(json.dumps({"digest": digest_bytes(result.gradient.view(np.uint8)).hex(), "loss": result.loss}))
+"""
+
+
+def _digests_in_children(job: dict, count: int) -> list[dict]:
+    """Run ``count`` fresh processes at once, each computing ``job``; their JSON answers."""
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(job)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(count)]
+    answers = []
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=300)
+            assert child.returncode == 0, err
+            answers.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    return answers
+
+
+@pytest.mark.parametrize("network", ["LeNet", "ResNet18"])
+def test_gradients_are_bit_identical_across_processes(network, tmp_path):
+    """Two fresh processes and this one compute the same file: the BLAKE3 digests must be equal. ResNet18 runs on a
+    tiny CIFAR-10-format dataset so that the crop/flip augmentation path is exercised too."""
+    if network == "LeNet":
+        spec = dict(network="LeNet", dataset="MNIST", data_dir=MNIST_DIR, seed=11, batch_size=40, num_files=4)
+        step = 250  # second epoch
+    else:
+        data_dir = str(write_fake_cifar10(tmp_path))
+        spec = dict(network="ResNet18", dataset="Cifar10", data_dir=data_dir, seed=11, batch_size=4, num_files=2)
+        step = 13  # 40 training images, 10 steps per epoch: second epoch
+    job = {"spec": spec, "step": step, "file": 1}
+    first, second = _digests_in_children(job, 2)
+    computer = GradientComputer(ComputeSpec(**spec))
+    here = computer.file_gradient(computer.initial_parameters() * np.float32(0.5), step, 1)
+    assert first == second
+    assert first["digest"] == digest_bytes(here.gradient).hex()
+    assert first["loss"] == here.loss and np.abs(here.gradient).sum() > 0
+    other_file = computer.file_gradient(computer.initial_parameters() * np.float32(0.5), step, 0)
+    assert digest_bytes(other_file.gradient).hex() != first["digest"]

@@ -59,3 +59,49 @@ def test_lenet_plain_sgd_reaches_95_percent_held_out():
     assert after.top1 >= 0.95, after
     assert after.loss < before.loss and math.isfinite(after.loss)
     assert isinstance(after, EvalResult) and after.top5 >= after.top1
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory) -> str:
+    """A tiny dataset in the real CIFAR-10 binary layout: 5 x 8 training and 8 test images."""
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rows = rng.integers(0, 256, size=(8, 1 + 3 * 32 * 32), dtype=np.uint8)
+        rows[:, 0] %= 10
+        rows.tofile(folder / name)
+    return str(folder.parent)
+
+
+def resnet_evaluator(data_dir: str) -> Evaluator:
+    return Evaluator("ResNet18", "Cifar10", data_dir, seed=2, threads=1, batch_size=4, bn_samples=8)
+
+
+def test_batch_norm_statistics_come_from_the_data_not_from_buffers(tiny_cifar):
+    evaluator = resnet_evaluator(tiny_cifar)
+    params = np.random.default_rng(0).normal(0, 0.05, evaluator.num_params).astype(np.float32)
+    first = evaluator.evaluate(params)
+    for norm in evaluator.norms:  # what a worker's (or an attacker's) buffers could hold
+        norm.running_mean.fill_(100.0)
+        norm.running_var.fill_(1e-6)
+        norm.momentum = 0.1
+    assert evaluator.evaluate(params) == first
+    assert resnet_evaluator(tiny_cifar).evaluate(params) == first
+    assert first.samples == 8 and 0 <= first.top1 <= first.top5 <= 1 and math.isfinite(first.loss)
+
+
+def test_recalibration_is_the_mean_over_the_calibration_batches(tiny_cifar):
+    evaluator = resnet_evaluator(tiny_cifar)
+    evaluator.flat.load(np.random.default_rng(1).normal(0, 0.05, evaluator.num_params).astype(np.float32))
+    seen: list[torch.Tensor] = []
+    hook = evaluator.model.bn1.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    try:
+        evaluator.recalibrate()
+    finally:
+        hook.remove()
+    assert len(seen) == 2 and int(evaluator.model.bn1.num_batches_tracked) == 2
+    expected_mean = torch.cat(seen).mean(dim=(0, 2, 3))
+    expected_var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in seen]).mean(dim=0)
+    torch.testing.assert_close(evaluator.model.bn1.running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(evaluator.model.bn1.running_var, expected_var, rtol=1e-4, atol=1e-5)
