@@ -65,9 +65,13 @@ def test_golden_centered_clipping() -> None:
 
 
 def test_golden_bulyan_window() -> None:
-    S = np.array([[0, 1, 2, 10, 11], [0, 5, 6, 7, 100], [-3, -2, -1, 0, 1]], dtype=F32)
+    # columns are the sorted values of three coordinates; the 3 closest to the median 2, 6, -1 are
+    # {0, 1, 2}, {5, 6, 7} and {-2, -1, 0}
+    S = np.array([[0, 1, 2, 10, 11], [0, 5, 6, 7, 100], [-3, -2, -1, 0, 1]], dtype=F32).T.copy()
     np.testing.assert_allclose(closest_to_median_mean(S, 3), [1, 6, -1])
-    np.testing.assert_allclose(closest_to_median_mean(S, 5), S.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(closest_to_median_mean(S, 5), S.mean(axis=0), rtol=1e-6)
+    ties = np.array([[0], [1], [2], [3]], dtype=F32)  # median 1.5: windows {0,1,2} and {1,2,3} tie; lower wins
+    np.testing.assert_allclose(closest_to_median_mean(ties, 3), [1])
 
 
 def test_golden_geometric_median_of_a_triangle() -> None:

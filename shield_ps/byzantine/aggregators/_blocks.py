@@ -78,27 +78,29 @@ def for_each_block(X: np.ndarray, work: Callable[[slice], None], threads: int = 
 
 
 def gram(X: np.ndarray | Sequence[np.ndarray], extra: np.ndarray | None = None) -> np.ndarray:
-    """The float64 Gram matrix of the rows of X, each block centred on its column mean before the float32 product.
+    """The Gram matrix of the rows of X: float32 products per column block (BLAS syrk), summed in float64.
 
-    Distances are translation invariant, so centring changes no distance but removes most of the cancellation in
-    ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>``. With ``extra`` (a (d,) vector) the result is the (n+1) x (n+1) Gram
-    matrix of X with ``extra`` appended as a last row. X may also be a sequence of equal-length 1-D vectors.
+    No centring on purpose: a centre (mean or any row) would be dragged by an outlier at 1e6 and make every honest
+    row large, while uncentred honest-honest products never involve the outlier; the float32 rounding then stays
+    relative to the honest norms, far below the distances between distinct gradients. With ``extra`` (a (d,)
+    vector) the result is the (n+1) x (n+1) Gram matrix of X with ``extra`` as a last row. X may also be a sequence
+    of equal-length 1-D vectors.
     """
     n, d = len(X), X[0].shape[0]
     rows = n + (extra is not None)
     total = np.zeros((rows, rows), dtype=np.float64)
+    direct = isinstance(X, np.ndarray) and extra is None
     width = block_width(rows)
-    buf = np.empty((rows, width), dtype=np.float32)
+    buf = None if direct else np.empty((rows, width), dtype=np.float32)
     for cols in column_blocks(d, width):
-        block = buf[:, : cols.stop - cols.start]
-        if isinstance(X, np.ndarray):
-            block[:n] = X[:, cols]
+        if direct:
+            block = X[:, cols]
         else:
-            for i, row in enumerate(X):
-                block[i] = row[cols]
-        if extra is not None:
-            block[n] = extra[cols]
-        block -= block.mean(axis=0, dtype=np.float32)
+            block = buf[:, : cols.stop - cols.start]
+            for i in range(n):
+                block[i] = X[i][cols]
+            if extra is not None:
+                block[n] = extra[cols]
         total += block @ block.T
     return total
 
@@ -120,21 +122,13 @@ def distances_to_combination(G: np.ndarray, coef: np.ndarray) -> np.ndarray:
 
 def combine_rows(X: np.ndarray, coef: np.ndarray, extra: np.ndarray | None = None,
                  extra_coef: float = 0.0) -> np.ndarray:
-    """``coef @ X`` (+ ``extra_coef * extra``) as float32, accumulated in float64 block by block."""
+    """``coef @ X`` (+ ``extra_coef * extra``) as float32, one blocked BLAS gemv pass over X (float32 sums of n
+    terms: a few ulp, as np.mean over the rows)."""
     n, d = X.shape
     out = np.empty(d, dtype=np.float32)
-    coef64 = np.asarray(coef, dtype=np.float64)
-    rows = np.flatnonzero(coef64)
-    if rows.size == 0 and extra is None:
-        out[:] = 0.0
-        return out
-    dense = rows.size * 2 > n
+    coef32 = np.asarray(coef, dtype=np.float32)
     for cols in column_blocks(d, block_width(n)):
-        if dense:
-            acc = coef64 @ X[:, cols]
-        else:
-            acc = coef64[rows] @ X[rows, cols]
+        np.matmul(coef32, X[:, cols], out=out[cols])
         if extra is not None and extra_coef:
-            acc += extra_coef * extra[cols]
-        out[cols] = acc
+            out[cols] += np.float32(extra_coef) * extra[cols]
     return out

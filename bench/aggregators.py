@@ -1,0 +1,135 @@
+"""Benchmark: every robust aggregator and the exact vote at ResNet-18 size (n = 25, d = 11.2M float32).
+
+Baselines are measured in the same run: ``np.median(X, axis=0)`` for the coordinate median, an O(n^2) loop of
+``np.linalg.norm(x_i - x_j)`` for the pairwise distances of the Krum family, and bare BLAKE3 hashing for the vote.
+Peak memory per aggregator is measured with tracemalloc (numpy reports its buffers to it) and printed in copies of
+the (n, d) input. Ends with one JSON line of the figures.
+
+    python bench/aggregators.py [--n 25] [--dim 11200000] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Callable
+
+# Run as a script, this folder comes first on sys.path and bench/wire.py would shadow the wire package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from shield_ps import AGGREGATORS, aggregate  # noqa: E402
+from shield_ps.byzantine.aggregators import uses_byzantine_count  # noqa: E402
+from shield_ps.byzantine.vote import vote_digests  # noqa: E402
+from wire.digest import digest_bytes  # noqa: E402
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def measured(fn: Callable[[], object], input_bytes: int) -> tuple[float, float, object]:
+    """(seconds, peak extra memory in copies of the input, result)."""
+    tracemalloc.start()
+    try:
+        seconds, out = timed(fn)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return seconds, peak / input_bytes, out
+
+
+def pairwise_loop(X: np.ndarray) -> np.ndarray:
+    """The obvious baseline (as the original ByzShield code): one d-vector subtraction per pair."""
+    n = X.shape[0]
+    D = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            D[i, j] = D[j, i] = float(np.linalg.norm(X[i] - X[j]) ** 2)
+    return D
+
+
+def bench_vote(X: np.ndarray, replicas: int, threads: int) -> dict[str, float]:
+    """Hash ``replicas`` = 3n replica vectors and vote: file i is row i, its replica k is worker i + k*n. Hashing
+    cycles over the rows, so every replica is read from memory, not from cache."""
+    n = X.shape[0]
+    files = replicas // 3
+    rows = [X[k % n] for k in range(replicas)]
+    total_bytes = sum(r.nbytes for r in rows)
+    hash_s, digests = timed(lambda: [digest_bytes(memoryview(r).cast("B")) for r in rows])
+    holders = [(i, i + n, i + 2 * n) for i in range(files)]
+    replies = [{w: digests[w] for w in ws} for ws in holders]
+    vote_s, result = timed(lambda: vote_digests(holders, replies, 2))
+    assert len(result.files_won) == files
+    par_s, _ = timed(lambda: [digest_bytes(memoryview(r).cast("B"), threads=threads) for r in rows])
+    read_s, _ = timed(lambda: [float(r.sum()) for r in rows])
+    return {
+        "vote_replicas": replicas, "vote_hash_s": hash_s, "vote_only_s": vote_s,
+        "vote_gbps": total_bytes / (hash_s + vote_s) / 1e9, "hash_parallel_gbps": total_bytes / par_s / 1e9,
+        "read_pass_gbps": total_bytes / read_s / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=25)
+    parser.add_argument("--dim", type=int, default=11_200_000)
+    parser.add_argument("--s", type=int, default=5, help="Byzantine count for the s-aware aggregators")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+    X[: args.s] *= 10  # a few outliers so the robust rules have something to reject
+    nbytes = X.nbytes
+    print(f"n={args.n} d={args.dim} ({nbytes / 1e9:.2f} GB float32), s={args.s}")
+    figures: dict[str, float] = {"n": args.n, "d": args.dim, "s": args.s}
+
+    median_s, ref = timed(lambda: np.median(X, axis=0))
+    loop_s, D_loop = timed(lambda: pairwise_loop(X))
+    figures |= {"np_median_s": median_s, "pairwise_loop_s": loop_s}
+    print(f"baseline np.median(axis=0)       {median_s:8.3f} s")
+    print(f"baseline O(n^2) distance loop    {loop_s:8.3f} s")
+
+    runs: list[tuple[str, dict]] = [(name, {"s": args.s} if uses_byzantine_count(name) else {})
+                                    for name in AGGREGATORS]
+    runs.append(("coord-median", {"threads": args.threads}))
+    for name, params in runs:
+        label = name + ("" if "threads" not in params else f"[threads={params['threads']}]")
+        seconds, copies, out = measured(lambda: aggregate(name, X, check_finite_input=False, **params), nbytes)
+        figures[f"{label}_s"] = seconds
+        figures[f"{label}_peak_copies"] = copies
+        note = ""
+        if name == "coord-median":
+            assert np.array_equal(out, ref), "coord-median differs from np.median"
+            note = f"  {median_s / seconds:5.1f}x faster than np.median"
+        if name in ("krum", "multi-krum"):
+            note = f"  {loop_s / seconds:5.1f}x faster than the distance loop"
+        print(f"{label:32s} {seconds:8.3f} s  peak {copies:4.2f} copies{note}")
+    check_s, _ = timed(lambda: aggregate("mean", X))
+    figures["finite_check_plus_mean_s"] = check_s
+    figures["coord_median_speedup"] = median_s / min(figures["coord-median_s"],
+                                                     figures[f"coord-median[threads={args.threads}]_s"])
+    figures["krum_speedup"] = loop_s / figures["krum_s"]
+    figures["multi_krum_speedup"] = loop_s / figures["multi-krum_s"]
+    figures["bulyan_over_multi_krum"] = figures["bulyan_s"] / figures["multi-krum_s"]
+    print(f"bulyan / multi-krum              {figures['bulyan_over_multi_krum']:8.2f}x")
+    print(f"mean with the finite check       {check_s:8.3f} s")
+
+    del D_loop, ref
+    vote = bench_vote(X, 3 * args.n, args.threads)
+    figures |= vote
+    print(f"vote of {vote['vote_replicas']} replicas: hash {vote['vote_hash_s']:.3f} s + vote {vote['vote_only_s']:.4f} s"
+          f" = {vote['vote_gbps']:.2f} GB/s (BLAKE3 {args.threads} threads {vote['hash_parallel_gbps']:.2f} GB/s, "
+          f"numpy read pass {vote['read_pass_gbps']:.2f} GB/s)")
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
