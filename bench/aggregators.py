@@ -125,9 +125,9 @@ def main() -> None:
     del D_loop, ref
     vote = bench_vote(X, 3 * args.n, args.threads)
     figures |= vote
-    print(f"vote of {vote['vote_replicas']} replicas: hash {vote['vote_hash_s']:.3f} s + vote {vote['vote_only_s']:.4f} s"
-          f" = {vote['vote_gbps']:.2f} GB/s (BLAKE3 {args.threads} threads {vote['hash_parallel_gbps']:.2f} GB/s, "
-          f"numpy read pass {vote['read_pass_gbps']:.2f} GB/s)")
+    print(f"vote of {vote['vote_replicas']} replicas: hash {vote['vote_hash_s']:.3f} s"
+          f" + vote {vote['vote_only_s']:.4f} s = {vote['vote_gbps']:.2f} GB/s (BLAKE3 {args.threads} threads "
+          f"{vote['hash_parallel_gbps']:.2f} GB/s, numpy read pass {vote['read_pass_gbps']:.2f} GB/s)")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
 
 

@@ -258,3 +258,25 @@ def test_byzfl_cross_check() -> None:
     np.testing.assert_allclose(aggregate("coord-median", X), byzfl.Median()(X), rtol=1e-5)
     np.testing.assert_allclose(aggregate("trimmed-mean", X, s=2), byzfl.TrMean(f=2)(X), rtol=1e-5)
     np.testing.assert_allclose(aggregate("krum", X, s=2), byzfl.Krum(f=2)(X), rtol=1e-5)
+
+
+def test_memory_stays_far_below_three_copies_of_the_input() -> None:
+    """numpy reports its buffers to tracemalloc: every aggregator's peak extra memory must stay under one copy of
+    X (the issue allows three), so blocks really are block-sized."""
+    import tracemalloc
+
+    X = np.random.default_rng(12).standard_normal((25, 100_000)).astype(F32)
+    for name in AGGREGATORS:
+        tracemalloc.start()
+        try:
+            aggregate(name, X, **_params(name, 5))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < X.nbytes, f"{name} peaked at {peak / X.nbytes:.2f} copies of X"
+    tracemalloc.start()
+    try:
+        aggregate("coord-median", X, buckets=5)  # holds the (5, d) bucket means: 0.2 copies
+        assert tracemalloc.get_traced_memory()[1] < 0.5 * X.nbytes
+    finally:
+        tracemalloc.stop()

@@ -71,7 +71,8 @@ def _parse(enum_type: type[enum.Enum], value: object, what: str) -> enum.Enum:
 
 
 def is_group_placement(placement: "Placement") -> bool:
-    """Whether the placement is DETOX-style (DETOX, plain majority vote): disjoint groups of r workers, one file each."""
+    """Whether the placement is DETOX-style (DETOX, plain majority vote): disjoint groups of r workers, one file
+    per group."""
     return placement.scheme in (Scheme.DETOX, Scheme.MAJ_VOTE)
 
 

@@ -94,8 +94,8 @@ def aggregate(name: Aggregator | str, X: np.ndarray, *, check_finite_input: bool
     accepted = aggregator_params(kind)
     unknown = sorted(set(params) - accepted)
     if unknown:
-        raise AggregationError(
-            f"{kind.value}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted)) or 'none'}")
+        known = ", ".join(sorted(accepted)) or "none"
+        raise AggregationError(f"{kind.value}: unknown parameter(s) {', '.join(unknown)}; accepted: {known}")
     spec = inspect.signature(fn).parameters
     missing = sorted(p for p in accepted if spec[p].default is inspect.Parameter.empty and p not in params)
     if missing:
@@ -108,7 +108,8 @@ def aggregate(name: Aggregator | str, X: np.ndarray, *, check_finite_input: bool
 def default_byzantine_count(placement: "Placement", q: int, *, time_limit: float | None = None) -> int:
     """The default s of the robust aggregators for q Byzantine workers: the number of files the adversary can
     corrupt after the vote. ByzShield schemes (MOLS, Ramanujan): c_max(q) from the worst-case analysis (Konstantinidis
-    and Ramamoorthy, MLSys 2021, Sec. 5; its proven upper bound if ``time_limit`` cuts the search short); DETOX and plain majority vote over groups: floor(q / r'); baseline: q."""
+    and Ramamoorthy, MLSys 2021, Sec. 5; its proven upper bound if ``time_limit`` cuts the search short). DETOX and
+    plain majority vote over groups: floor(q / r'). Baseline: q."""
     from shield_ps.byzantine.placement import Scheme
     from shield_ps.byzantine.worst_case import worst_case
 

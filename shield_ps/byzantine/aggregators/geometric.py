@@ -54,8 +54,9 @@ def geometric_median(X: np.ndarray, *, max_iter: int = 1000, tol: float = 1e-10)
 
 def centered_clipping(X: np.ndarray, *, tau: float = 10.0, iters: int = 3,
                       center: np.ndarray | None = None) -> np.ndarray:
-    """Centred clipping (Karimireddy et al., ICML 2021): ``iters`` times v <- v + mean_i (x_i - v) min(1, tau/|x_i - v|),
-    from ``center`` (the previous step's aggregate or momentum; zeros if None)."""
+    """Centred clipping (Karimireddy et al., ICML 2021): ``iters`` times
+    v <- v + mean_i (x_i - v) min(1, tau / |x_i - v|), from ``center`` (the previous step's aggregate or momentum;
+    zeros if None)."""
     n, d = X.shape
     tau = _positive("centered-clipping", "tau", tau)
     iters = _iterations("centered-clipping", iters)
