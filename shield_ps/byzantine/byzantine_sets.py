@@ -152,7 +152,7 @@ def _worst(placement: "Placement", q: int, fixed, detox_attack: DetoxAttack | st
            time_limit: float | None) -> tuple[int, ...]:
     if is_group_placement(placement):
         return detox_byzantines(detox_attack or DetoxAttack.WORST, placement, q)
-    from shield_ps.byzantine.worst_case import worst_case
+    from shield_ps.byzantine.analysis import worst_case
 
     return tuple(sorted(worst_case(placement, q, time_limit=time_limit).worst_set))
 
