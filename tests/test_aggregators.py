@@ -152,6 +152,7 @@ def test_median_blocks_and_threads_match_numpy() -> None:
     for n in (24, 25):
         X = rng.standard_normal((n, 50_003)).astype(F32)  # several column blocks, a ragged last one
         np.testing.assert_array_equal(aggregate("coord-median", X, threads=2), np.median(X, axis=0))
+        np.testing.assert_array_equal(aggregate("bulyan", X, s=4, threads=1), aggregate("bulyan", X, s=4, threads=3))
         np.testing.assert_allclose(aggregate("mean", X), X.astype(float).mean(axis=0), rtol=1e-5, atol=1e-7)
 
 
@@ -235,6 +236,7 @@ def test_bounded_influence(name: str) -> None:
     (lambda X: aggregate("mean", X[0]), "shape (n, d), got 1 dimension(s) (7,)"),
     (lambda X: aggregate("centered-clipping", X, center=np.zeros(3, F32)), "shape (7,), got (3,)"),
     (lambda X: aggregate("geometric-median", X, tol=0), "tol must be a positive number"),
+    (lambda X: aggregate("bulyan", X, s=1, threads=0), "threads must be an integer in [1, 64], got 0"),
 ])
 def test_errors_name_the_numbers(call, needle: str) -> None:
     X = np.zeros((10, 7), dtype=F32)

@@ -7,6 +7,7 @@ the n x n Gram matrix, accumulated block by block in float64.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
@@ -16,6 +17,9 @@ from shield_ps.errors import AggregationError
 
 #: Bytes of one (n, width) float32 column block; 1 MiB keeps a block in L2.
 BLOCK_BYTES = 1 << 20
+
+#: Threads of the sort-based aggregators by default (results do not depend on it: blocks are independent).
+DEFAULT_THREADS = min(4, os.cpu_count() or 1)
 
 
 def block_width(n: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -64,11 +68,14 @@ def check_count(name: str, label: str, value: object, low: int, high: int, why: 
     return int(value)
 
 
-def for_each_block(X: np.ndarray, work: Callable[[slice], None], threads: int = 1) -> None:
+def for_each_block(X: np.ndarray, work: Callable[[slice], None], threads: int | None = None) -> None:
     """Call ``work(cols)`` for every column block of X, on ``threads`` threads (numpy releases the GIL in sort and
     in ufuncs, so two threads use two cores)."""
+    threads = DEFAULT_THREADS if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise AggregationError(f"threads must be an integer in [1, 64], got {threads!r}")
     blocks = list(column_blocks(X.shape[1], block_width(X.shape[0])))
-    if threads <= 1 or len(blocks) < 2:
+    if threads == 1 or len(blocks) < 2:
         for cols in blocks:
             work(cols)
         return

@@ -74,7 +74,7 @@ def closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
     return best_sum / beta
 
 
-def _coordinate_stage(X: np.ndarray, chosen: np.ndarray, reduce_block, threads: int) -> np.ndarray:
+def _coordinate_stage(X: np.ndarray, chosen: np.ndarray, reduce_block, threads: int | None) -> np.ndarray:
     """Apply ``reduce_block`` to the (len(chosen), width) blocks of the chosen rows of X, each column sorted (sorted
     as transposed rows, where numpy's short-row SIMD sort is fast, then transposed back)."""
     out = np.empty(X.shape[1], dtype=np.float32)
@@ -91,7 +91,7 @@ def _coordinate_stage(X: np.ndarray, chosen: np.ndarray, reduce_block, threads: 
     return out
 
 
-def bulyan(X: np.ndarray, *, s: int, threads: int = 1) -> np.ndarray:
+def bulyan(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     """Bulyan over Krum: theta = n - 2s vectors chosen by iterated Krum, then per coordinate the mean of the
     beta = n - 4s values closest to their median. Needs n >= 4s + 3."""
     n = X.shape[0]
@@ -101,7 +101,7 @@ def bulyan(X: np.ndarray, *, s: int, threads: int = 1) -> np.ndarray:
     return _coordinate_stage(X, chosen, lambda S: closest_to_median_mean(S, beta), threads)
 
 
-def bulyan_byzshield(X: np.ndarray, *, s: int, threads: int = 1) -> np.ndarray:
+def bulyan_byzshield(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     """Bulyan as the original ByzShield code runs it: the n - s - 2 best Krum scores are selected in one shot, then
     per coordinate the s largest and s smallest selected values are dropped and the middle n - 3s - 2 averaged
     (its centred index window). Needs n >= 3s + 3 so that one value is left."""

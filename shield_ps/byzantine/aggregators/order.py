@@ -22,7 +22,7 @@ def _sorted_block(X: np.ndarray, cols: slice) -> np.ndarray:
     return block
 
 
-def median_rows(X: np.ndarray, threads: int = 1) -> np.ndarray:
+def median_rows(X: np.ndarray, threads: int | None = None) -> np.ndarray:
     """The coordinate-wise median of the rows of X, equal to ``np.median(X, axis=0)`` (float32, the mean of the two
     middle values when n is even)."""
     n, d = X.shape
@@ -55,7 +55,8 @@ def bucket_means(X: np.ndarray, buckets: int, seed: int) -> np.ndarray:
     return out
 
 
-def coord_median(X: np.ndarray, *, buckets: int | None = None, seed: int = 0, threads: int = 1) -> np.ndarray:
+def coord_median(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
+                 threads: int | None = None) -> np.ndarray:
     """Coordinate-wise median of bucket means ("median of means", as in ByzShield's ``--bucket-size``).
 
     ``buckets`` = n (the default) is the plain coordinate median (Yin et al., ICML 2018); ``buckets`` = 1 is the mean.
@@ -70,7 +71,7 @@ def coord_median(X: np.ndarray, *, buckets: int | None = None, seed: int = 0, th
     return median_rows(bucket_means(X, buckets, seed), threads)
 
 
-def trimmed_mean(X: np.ndarray, *, s: int, threads: int = 1) -> np.ndarray:
+def trimmed_mean(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018): per coordinate, drop the s largest and the s smallest
     values and average the remaining n - 2s. Needs n >= 2s + 1."""
     n, d = X.shape
