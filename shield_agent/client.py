@@ -218,6 +218,8 @@ class AgentSession:
 
 async def run_agent(options: AgentOptions) -> int:
     """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed."""
+    import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
+
     backoff = 0.5
     while True:
         try:

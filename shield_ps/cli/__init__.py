@@ -18,6 +18,7 @@ from shield_ps.errors import ShieldPSError
 COMMANDS: dict[str, str] = {
     "analyze": "shield_ps.cli.analyze",
     "plot": "shield_ps.cli.plot",
+    "serve": "shield_ps.cli.serve",
 }
 
 log = logging.getLogger("shield_ps")

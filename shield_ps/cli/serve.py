@@ -1,0 +1,218 @@
+"""``shield-ps serve``: run a training job (optionally with ``--local-agents K`` on this machine).
+
+The original ByzShield flag names are accepted as aliases (``--approach``, ``--mode``, ``--worker-fail``,
+``--group-size``, ``--err-mode``, ``--lis-simulation``, ``--adversarial``) with their original values
+(``draco_lite``, ``rev_grad``, ``hard_coded``, ...), so the paper's scripts translate directly.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from shield_ps.byzantine.aggregators import Aggregator
+from shield_ps.byzantine.attacks import Attack
+from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
+from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
+from shield_ps.cli.args import enum_choice, non_negative_int, positive_float, positive_int
+from shield_ps.config import ServeConfig
+from shield_ps.errors import ConfigError
+from shield_ps.view import add_view_options
+
+DEFAULT_MAX_STEPS = 300
+_ATTACK_ALIASES = {"rev_grad": Attack.REV_GRAD, "reverse-gradient": Attack.REV_GRAD}
+_CHOICE_ALIASES = {"hard_coded": ByzantineChoice.WORST, "hard-coded": ByzantineChoice.WORST}
+_DETOX_ALIASES = {"whole_group": DetoxAttack.WHOLE_GROUP}
+
+
+def _attack(text: str) -> str:
+    if text == "none":
+        return text
+    return enum_choice(Attack, _ATTACK_ALIASES)(text).value
+
+
+_attack.__name__ = "attack"
+
+
+class _LisSimulation(argparse.Action):
+    """Original ``--lis-simulation simulate`` switches the attack to ALIE; any other value leaves it alone."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        if values == "simulate":
+            namespace.attack = Attack.ALIE.value
+
+
+class _Adversarial(argparse.Action):
+    """Original ``--adversarial -100`` is the attack multiplier; ours is c with the sign built in (c = 100)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        namespace.attack_c = -float(values)
+
+
+def _alie_z(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    return text
+
+
+def _worker_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated worker ids like 0,4,9, got {text!r}") from None
+
+
+def _port(text: str) -> int:
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0 picks a free port), got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a training job as the parameter server",
+                       description="Run a training job. --batch-size is the whole batch b; it is cut into f files "
+                       "of b/f samples, and each worker computes l files, i.e. l*b/f samples per step.")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for remote agents)")
+    g.add_argument("--port", type=_port, default=7700, help="port (0 picks a free one and prints it)")
+    g.add_argument("--local-agents", type=non_negative_int, default=0, metavar="K",
+                   help="spawn K agents on this machine and stop them at the end")
+    g.add_argument("--token", help="cluster token (default: a fresh random one, shown for remote agents)")
+    g.add_argument("--token-file", help="file holding the cluster token")
+    g.add_argument("--threads", type=positive_int, default=1, help="torch threads per agent (default 1)")
+    g = p.add_argument_group("placement")
+    g.add_argument("--scheme", "--approach", type=enum_choice(Scheme, SCHEME_ALIASES), default=Scheme.MOLS)
+    g.add_argument("--workers", type=positive_int, default=15, metavar="K", help="number of workers K")
+    g.add_argument("--replication", "--group-size", type=positive_int, default=3, metavar="R")
+    g.add_argument("--rama-m", type=positive_int, help="m of the Ramanujan Case 2 construction (default s)")
+    g = p.add_argument_group("training")
+    g.add_argument("--network", default="LeNet", help="model (LeNet, ResNet18, ResNet34, ResNet50, DenseNet, ...)")
+    g.add_argument("--dataset", default="MNIST", help="MNIST, Cifar10, Cifar100 or SVHN")
+    g.add_argument("--data-dir", help="dataset directory (default ~/.cache/shield/data)")
+    g.add_argument("--batch-size", type=positive_int, help="the whole batch b (default 10*f)")
+    g.add_argument("--lr", type=positive_float, default=0.01)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--gamma", type=positive_float, default=1.0, help="lr decay factor every --lr-step steps")
+    g.add_argument("--lr-step", type=positive_int, default=1000)
+    steps = g.add_mutually_exclusive_group()
+    steps.add_argument("--epochs", type=positive_int)
+    steps.add_argument("--max-steps", type=positive_int, help=f"number of steps (default {DEFAULT_MAX_STEPS})")
+    g.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate and checkpoint every N steps")
+    g.add_argument("--train-dir", default="runs/latest", help="where checkpoints and metrics.jsonl go")
+    g.add_argument("--seed", type=non_negative_int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    g = p.add_argument_group("robustness")
+    g.add_argument("--aggregator", "--mode", type=enum_choice(Aggregator), default=Aggregator.COORD_MEDIAN)
+    g.add_argument("--buckets", type=positive_int, help="coord-median / sign-sgd: number of buckets")
+    g.add_argument("--agg-s", type=non_negative_int, help="Byzantine count s of the aggregator (default c_max(q))")
+    g.add_argument("--agg-m", type=positive_int, help="multi-krum: number of vectors averaged (default n-s)")
+    g.add_argument("--byzantine", "--worker-fail", type=non_negative_int, default=0, metavar="Q")
+    g.add_argument("--attack", "--err-mode", type=_attack, default="none",
+                   help="none, " + ", ".join(a.value for a in Attack))
+    g.add_argument("--lis-simulation", action=_LisSimulation, help=argparse.SUPPRESS)
+    g.add_argument("--attack-c", type=float, default=100.0, help="attack constant c (default 100)")
+    g.add_argument("--adversarial", action=_Adversarial, help=argparse.SUPPRESS)
+    g.add_argument("--alie-z", type=_alie_z, default="1.0", help="ALIE z (a number or 'auto')")
+    g.add_argument("--byzantine-gen", type=enum_choice(ByzantineChoice, _CHOICE_ALIASES),
+                   default=ByzantineChoice.WORST)
+    g.add_argument("--fixed-byzantine", type=_worker_list, default=(), help="worker ids for --byzantine-gen fixed")
+    g.add_argument("--detox-attack", type=enum_choice(DetoxAttack, _DETOX_ALIASES), default=DetoxAttack.WORST)
+    g.add_argument("--vote", choices=("exact",), default="exact", help="exact (digests)")
+    g = p.add_argument_group("transport and deadlines")
+    g.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none")
+    g.add_argument("--codec-level", type=non_negative_int, default=1)
+    g.add_argument("--gather-timeout", type=positive_float, default=120.0, help="seconds to wait for digests")
+    g.add_argument("--upload-timeout", type=positive_float, default=60.0, help="seconds per payload fetch")
+    g.add_argument("--join-timeout", type=positive_float, default=120.0, help="seconds to wait for agents")
+    add_view_options(p)
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_MAX_STEPS
+    if args.fixed_byzantine and args.byzantine_gen is not ByzantineChoice.FIXED:
+        raise ConfigError("--fixed-byzantine needs --byzantine-gen fixed")
+    if not 0 <= args.momentum < 1:
+        raise ConfigError(f"--momentum must be in [0, 1), got {args.momentum}")
+    return ServeConfig(
+        scheme=args.scheme.value, workers=args.workers, replication=args.replication, rama_m=args.rama_m,
+        network=args.network, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, gamma=args.gamma, lr_step=args.lr_step, epochs=args.epochs,
+        max_steps=max_steps if not args.epochs else None, eval_freq=args.eval_freq, train_dir=args.train_dir,
+        aggregator=args.aggregator.value, buckets=args.buckets, agg_s=args.agg_s, agg_m=args.agg_m,
+        byzantine=args.byzantine, attack=args.attack, attack_c=args.attack_c, alie_z=args.alie_z,
+        byzantine_gen=args.byzantine_gen.value, fixed_byzantine=tuple(args.fixed_byzantine),
+        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote, codec=args.codec,
+        codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
+        local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
+        gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=args.join_timeout,
+    )
+
+
+def _token(args: argparse.Namespace) -> str:
+    from shield_ps.daemon import new_token
+
+    if args.token_file:
+        try:
+            token = Path(args.token_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
+    else:
+        token = args.token or os.environ.get("SHIELD_TOKEN") or new_token()
+    if len(token.encode()) < 16:
+        raise ConfigError("the cluster token must be at least 16 bytes (e.g. `openssl rand -hex 32`)")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    from shield_ps.daemon import PSDaemon
+    from shield_ps.events import EventSink
+    from shield_ps.view import view_from_args
+    from wire import install_event_loop
+
+    config = config_from_args(args)
+    token = _token(args)
+    Path(config.train_dir).mkdir(parents=True, exist_ok=True)
+    view = view_from_args(args)
+    root = logging.getLogger()
+    handler = view.log_handler(root.level or logging.WARNING)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    sink = EventSink(Path(config.train_dir) / "metrics.jsonl")
+    sink.subscribe(view.publish)
+
+    def listening(host: str, port: int) -> None:
+        print(f"shield-ps: listening on {host}:{port}", flush=True)
+        if not config.local_agents or config.local_agents < config.workers:
+            view.post_line(f"agents join with: shield-agent join {host}:{port} --token-file FILE")
+
+    install_event_loop()
+    daemon = PSDaemon(config, token, sink, on_listening=listening)
+    view.start()
+    try:
+        return asyncio.run(_serve(daemon))
+    finally:
+        view.close()
+        sink.close()
+
+
+async def _serve(daemon: "PSDaemon") -> int:  # type: ignore[name-defined]
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await daemon.run()
+    except asyncio.CancelledError:
+        print("shield-ps: interrupted; checkpoints so far are kept", file=sys.stderr)
+        return 130

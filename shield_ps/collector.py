@@ -1,0 +1,80 @@
+"""Collecting one step's digests from the agents.
+
+Agents send one DIGESTS message per file as soon as that file is computed. The collector validates each against
+what the PS expects (the current step, a file the sender holds, a digest of the right size, a finite loss or none),
+records it, and signals when every expected reply is in. An agent that disconnects stops being expected; its
+missing replies are erasures for the vote.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from wire import DIGEST_SIZE
+
+_MAX_SECONDS = 1e6
+
+
+class DigestRejected(Exception):
+    """A DIGESTS message that no honest agent would send (the PS drops that agent)."""
+
+
+class StepCollector:
+    """The digests of one step: per file, worker -> digest; per worker, reported losses and compute time."""
+
+    def __init__(self, step: int, num_files: int, expected: dict[int, tuple[int, ...]]) -> None:
+        self.step = step
+        self.replies: list[dict[int, bytes]] = [{} for _ in range(num_files)]
+        self.losses: dict[int, list[float]] = {}
+        self.compute_s: dict[int, float] = {}
+        self._missing: dict[int, set[int]] = {w: set(files) for w, files in expected.items() if files}
+        self.complete = asyncio.Event()
+        self._check_complete()
+
+    def add(self, worker: int, header: dict[str, Any]) -> bool:
+        """Record one DIGESTS header from ``worker``. Returns False for a stale step (ignored), True when recorded;
+        raises DigestRejected for anything malformed or not expected from this worker."""
+        step, file, digest = header.get("step"), header.get("file"), header.get("digest")
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise DigestRejected("DIGESTS without an integer step")
+        if step != self.step:
+            if step > self.step:
+                raise DigestRejected(f"DIGESTS for future step {step} (current {self.step})")
+            return False
+        missing = self._missing.get(worker)
+        if not isinstance(file, int) or isinstance(file, bool) or missing is None or file not in missing:
+            if isinstance(file, int) and 0 <= file < len(self.replies) and worker in self.replies[file]:
+                raise DigestRejected(f"second digest for file {file} of step {step}")
+            raise DigestRejected(f"digest for file {file!r}, which worker {worker} does not hold or was not asked")
+        if not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE:
+            raise DigestRejected(f"digest must be {DIGEST_SIZE} bytes")
+        loss, seconds = header.get("loss"), header.get("seconds")
+        if loss is not None and (not isinstance(loss, (int, float)) or not math.isfinite(loss)):
+            raise DigestRejected("loss must be a finite number or null")
+        if not isinstance(seconds, (int, float)) or not 0 <= seconds < _MAX_SECONDS:
+            raise DigestRejected("seconds must be a non-negative number")
+        self.replies[file][worker] = digest
+        if loss is not None:
+            self.losses.setdefault(worker, []).append(float(loss))
+        self.compute_s[worker] = self.compute_s.get(worker, 0.0) + float(seconds)
+        missing.discard(file)
+        if not missing:
+            del self._missing[worker]
+        self._check_complete()
+        return True
+
+    def worker_done(self, worker: int) -> bool:
+        return worker not in self._missing
+
+    def drop_worker(self, worker: int) -> None:
+        """``worker`` is gone: stop waiting for it (its digests so far still count)."""
+        self._missing.pop(worker, None)
+        self._check_complete()
+
+    def missing_workers(self) -> tuple[int, ...]:
+        return tuple(sorted(self._missing))
+
+    def _check_complete(self) -> None:
+        if not self._missing:
+            self.complete.set()

@@ -1,0 +1,105 @@
+"""The resolved configuration of a training run, its validation and its hash.
+
+:class:`ServeConfig` holds plain values (strings spelled as on the CLI, numbers), so it serialises to JSON for the
+JOB message, checkpoints and ``metrics.jsonl``. :meth:`ServeConfig.config_hash` covers only the fields that change
+the mathematics of the run, so ``--resume`` accepts a restart with another port or ``--max-steps`` but refuses one
+with another learning rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shield_ps.errors import ConfigError
+
+#: Fields that do not change the result of a step; everything else is hashed.
+_OPERATIONAL_FIELDS = frozenset({
+    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "view", "eval_freq", "epochs", "max_steps",
+    "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
+})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``shield-ps serve`` needs; see ``shield-ps serve --help`` for each field."""
+
+    scheme: str = "mols"
+    workers: int = 15
+    replication: int = 3
+    rama_m: int | None = None
+    network: str = "LeNet"
+    dataset: str = "MNIST"
+    data_dir: str | None = None
+    batch_size: int | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    gamma: float = 1.0
+    lr_step: int = 1000
+    epochs: int | None = None
+    max_steps: int | None = None
+    eval_freq: int = 50
+    train_dir: str = "runs/default"
+    aggregator: str = "coord-median"
+    buckets: int | None = None
+    agg_s: int | None = None
+    agg_m: int | None = None
+    byzantine: int = 0
+    attack: str = "none"
+    attack_c: float = 100.0
+    alie_z: str = "1.0"
+    byzantine_gen: str = "worst"
+    fixed_byzantine: tuple[int, ...] = ()
+    detox_attack: str = "worst"
+    seed: int = 0
+    vote: str = "exact"
+    vote_rtol: float = 1e-5
+    codec: str = "none"
+    codec_level: int = 1
+    threads: int = 1
+    host: str = "127.0.0.1"
+    port: int = 7700
+    resume: bool = False
+    local_agents: int = 0
+    view: str = "auto"
+    gather_timeout: float = 120.0
+    upload_timeout: float = 60.0
+    join_timeout: float = 120.0
+    checkpoint_keep: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["fixed_byzantine"] = list(self.fixed_byzantine)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServeConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration fields: {', '.join(unknown)}")
+        values = dict(data)
+        values["fixed_byzantine"] = tuple(values.get("fixed_byzantine", ()))
+        return cls(**values)
+
+    def training_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in _OPERATIONAL_FIELDS}
+
+    def config_hash(self) -> str:
+        """SHA-256 (hex, 16 chars) of the canonical JSON of the fields that change the run's mathematics."""
+        canonical = json.dumps(self.training_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "ServeConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def diff_training_fields(old: dict[str, Any], new: ServeConfig) -> list[str]:
+    """Human-readable differences between a checkpoint's configuration and ``new`` (training fields only)."""
+    previous = ServeConfig.from_dict(old).training_fields()
+    current = new.training_fields()
+    return [f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"
+            for key in sorted(set(previous) | set(current)) if previous.get(key) != current.get(key)]

@@ -1,0 +1,227 @@
+"""The PS daemon: accept agents and observers, run the steps, evaluate and checkpoint off the step loop.
+
+Lifecycle: resolve the job (fails fast on bad configuration) -> load the initial or resumed state -> listen ->
+start local agents -> wait for agents -> steps -> final evaluation and checkpoint -> LEAVE to every agent -> close.
+A misbehaving agent is disconnected with an ERROR frame saying why; it never takes the PS down.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from shield_ps.checkpoint import Checkpoint, load_latest, save_checkpoint
+from shield_ps.config import ServeConfig, diff_training_fields
+from shield_ps.errors import CheckpointError, TrainingError
+from shield_ps.events import EventSink
+from shield_ps.job import JobPlan, resolve_job
+from shield_ps.local_agents import LocalAgents, write_token_file
+from shield_ps.observers import ObserverHub
+from shield_ps.optimizer import MomentumSGD
+from shield_ps.pool import AgentLink, WorkerPool
+from shield_ps.round import StepRunner
+from wire import ConnectionClosed, Connection, Kind, Role, WireError, serve
+
+log = logging.getLogger(__name__)
+
+
+class ModelState:
+    """The PS's copy of the model: initial parameters, steps per epoch, and an evaluator (torch, lazily)."""
+
+    def __init__(self, plan: JobPlan) -> None:
+        from shield_agent.compute import ComputeSpec, GradientComputer
+        from shield_agent.evaluation import Evaluator
+
+        c = plan.config
+        data_dir = c.data_dir or str(Path("~/.cache/shield/data").expanduser())
+        spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
+        computer = GradientComputer(spec)
+        self.initial = computer.initial_parameters()
+        self.steps_per_epoch = computer.steps_per_epoch
+        self.evaluator = Evaluator(c.network, c.dataset, data_dir, c.seed, threads=c.threads)
+
+
+class PSDaemon:
+    """One training run. ``on_listening(host, port)`` is called once the port is bound."""
+
+    def __init__(self, config: ServeConfig, token: str, sink: EventSink,
+                 on_listening: Callable[[str, int], None] | None = None) -> None:
+        self.config = config
+        self.token = token
+        self.sink = sink
+        self.on_listening = on_listening
+        self.plan = resolve_job(config)
+        self.train_dir = Path(config.train_dir)
+        self._eval_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shield-eval")
+        self._ckpt_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shield-ckpt")
+        self._pending: list[concurrent.futures.Future[Any]] = []
+        self.pool: WorkerPool | None = None
+        self.runner: StepRunner | None = None
+        self.observers = ObserverHub(sink)
+        self.best_top1: float | None = None
+        self.final_top1: float | None = None
+        self.totals = {"files_corrupted": 0, "files_dropped": 0}
+        self.flagged_workers: set[int] = set()
+
+    async def run(self) -> int:
+        """Run to the end; returns the process exit status (0 completed, 1 failed)."""
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, ModelState, self.plan)
+        total_steps = self.plan.total_steps(model.steps_per_epoch)
+        start_step, optimizer = self._initial_state(model)
+        self.pool = WorkerPool(self.plan.placement.worker_files, self.sink.emit)
+        self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent)
+        server = await serve(self.config.host, self.config.port, self._on_connection, token=self.token,
+                             admit=self.pool.admit)
+        if self.on_listening:
+            self.on_listening(server.host, server.port)
+        agents = self._start_local_agents(server.port)
+        started, reason, step = time.monotonic(), "completed", start_step
+        try:
+            self._emit_job(total_steps, model.steps_per_epoch, start_step)
+            ready = await self.pool.wait_ready(self.plan.placement.K, self.config.join_timeout)
+            if ready == 0:
+                raise TrainingError(f"no agent joined within --join-timeout {self.config.join_timeout:.0f}s")
+            if ready < self.plan.placement.K:
+                log.warning("starting with %d of K=%d agents (the missing ones are erasures)",
+                            ready, self.plan.placement.K)
+            for step in range(start_step, total_steps):
+                outcome = await self.runner.run(step)
+                self._record(outcome, model.steps_per_epoch)
+                done = step + 1
+                if done % self.config.eval_freq == 0 and done < total_steps:
+                    self._evaluate_and_checkpoint(model, optimizer, done)
+            step = total_steps
+            self._evaluate_and_checkpoint(model, optimizer, total_steps)
+        except TrainingError as exc:
+            reason = f"failed: {exc}"
+            log.error("%s", exc)
+        except asyncio.CancelledError:
+            reason = "interrupted"
+            raise
+        finally:
+            await self._finish(server, agents, reason, step, time.monotonic() - started)
+        return 0 if reason == "completed" else 1
+
+    def _initial_state(self, model: ModelState) -> tuple[int, MomentumSGD]:
+        checkpoint = load_latest(self.train_dir / "checkpoints") if self.config.resume else None
+        if self.config.resume and checkpoint is None:
+            log.warning("--resume: no valid checkpoint in %s; starting from step 0", self.train_dir)
+        if checkpoint is None:
+            return 0, MomentumSGD(model.initial, self.config.momentum)
+        if checkpoint.config_hash != self.config.config_hash():
+            changes = "; ".join(diff_training_fields(checkpoint.config, self.config))
+            raise CheckpointError(f"checkpoint at step {checkpoint.step} was made with another configuration "
+                                  f"({changes}); use another --train-dir or the same flags")
+        if checkpoint.params.shape != model.initial.shape:
+            raise CheckpointError(f"checkpoint holds {checkpoint.params.size} parameters, the model has "
+                                  f"{model.initial.size}")
+        log.info("resuming from step %d", checkpoint.step)
+        return checkpoint.step, MomentumSGD(checkpoint.params, self.config.momentum, checkpoint.velocity)
+
+    def _start_local_agents(self, port: int) -> LocalAgents | None:
+        if not self.config.local_agents:
+            return None
+        token_file = write_token_file(self.train_dir / ".token", self.token)
+        agents = LocalAgents(self.config.local_agents, self.config.host, port, token_file,
+                             self.train_dir / "agents", self.config.data_dir)
+        agents.start()
+        return agents
+
+    def _emit_job(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
+        c, p = self.config, self.plan.placement
+        self.sink.emit("job", scheme=p.scheme.value, workers=p.K, files=p.f, replication=p.r, files_per_worker=p.l,
+                       network=c.network, dataset=c.dataset, batch_size=self.plan.batch_size,
+                       aggregator=self.plan.aggregator.value, attack=c.attack, byzantine=c.byzantine,
+                       byzantine_gen=c.byzantine_gen, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                       start_step=start_step, seed=c.seed, config_hash=c.config_hash(), resumed=start_step > 0)
+
+    def _record(self, outcome: Any, steps_per_epoch: int) -> None:
+        self.totals["files_corrupted"] += outcome.files_corrupted
+        self.totals["files_dropped"] += outcome.files_dropped
+        self.flagged_workers.update(outcome.flagged)
+        self.sink.emit("step", epoch=outcome.step // max(1, steps_per_epoch), **outcome.event_fields())
+
+    def _evaluate_and_checkpoint(self, model: ModelState, optimizer: MomentumSGD, step: int) -> None:
+        """Snapshot the state now; write the checkpoint and evaluate in background threads."""
+        params, velocity = optimizer.params.copy(), optimizer.velocity.copy()
+        checkpoint = Checkpoint(step=step, params=params, velocity=velocity, config=self.config.to_dict(),
+                                config_hash=self.config.config_hash(), rng_state={"seed": self.config.seed},
+                                extra={"flagged_workers": sorted(self.flagged_workers)})
+        self._pending.append(self._ckpt_pool.submit(save_checkpoint, self.train_dir / "checkpoints", checkpoint,
+                                                    self.config.checkpoint_keep))
+        loop = asyncio.get_running_loop()
+        future = self._eval_pool.submit(model.evaluator.evaluate, params)
+        future.add_done_callback(lambda fut: loop.call_soon_threadsafe(self._emit_eval, step, fut))
+        self._pending.append(future)
+
+    def _emit_eval(self, step: int, future: concurrent.futures.Future[Any]) -> None:
+        try:
+            result = future.result()
+        except Exception:
+            log.exception("evaluation at step %d failed", step)
+            return
+        self.final_top1 = result.top1
+        self.best_top1 = max(self.best_top1 or 0.0, result.top1)
+        self.sink.emit("eval", step=step, top1=result.top1, top5=result.top5, loss=result.loss)
+
+    async def _finish(self, server: Any, agents: LocalAgents | None, reason: str, step: int, wall: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in self._pending), return_exceptions=True)
+        await asyncio.sleep(0)  # let the last eval callback run
+        assert self.pool is not None
+        for link in self.pool.connected():
+            try:
+                await asyncio.wait_for(link.conn.send(Kind.LEAVE, {"reason": reason}), 5.0)
+            except (WireError, ConnectionClosed, asyncio.TimeoutError):
+                pass
+        self.sink.emit("summary", steps=step, wall_s=round(wall, 3), best_top1=self.best_top1,
+                       final_top1=self.final_top1, files_corrupted=self.totals["files_corrupted"],
+                       files_dropped=self.totals["files_dropped"], flagged_workers=sorted(self.flagged_workers),
+                       reason=reason)
+        await self.observers.close()
+        await server.close()
+        if agents is not None:
+            await loop.run_in_executor(None, agents.stop)
+        self._eval_pool.shutdown(wait=True)
+        self._ckpt_pool.shutdown(wait=True)
+
+    def _drop_agent(self, link: AgentLink, why: str) -> None:
+        log.warning("dropping worker %d (%s): %s", link.worker, link.name, why)
+        asyncio.get_running_loop().create_task(link.conn.close(why, code="protocol"))
+
+    async def _on_connection(self, conn: Connection) -> None:
+        if conn.peer.role == Role.OBSERVER.value:
+            await self.observers.serve(conn)
+            return
+        assert self.pool is not None and self.runner is not None
+        link = self.pool.bind(conn)
+        try:
+            reply = await conn.request(Kind.JOB, self.plan.job_header(link.worker), timeout=self.config.join_timeout)
+            num_params = reply.header.get("num_params")
+            if reply.kind is not Kind.JOB or num_params != self.runner.d:
+                await conn.close(f"agent has {num_params} parameters, the PS {self.runner.d}", code="job")
+                return
+            self.pool.set_ready(link)
+            async for msg in conn:
+                if msg.kind is Kind.DIGESTS:
+                    self.runner.on_digest(link, msg.header)
+                elif msg.kind is Kind.LEAVE:
+                    break
+                else:
+                    msg.discard()
+                    self._drop_agent(link, f"unexpected {msg.kind.value}")
+                    break
+        except WireError as exc:
+            log.info("worker %d: %s", link.worker, exc)
+        finally:
+            self.pool.release(link)
+            self.runner.on_agent_lost(link)
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)

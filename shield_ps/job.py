@@ -1,0 +1,147 @@
+"""From a :class:`ServeConfig` to everything a run needs: placement, sizes, aggregator parameters, attack plan.
+
+Resolution checks every cross-field constraint up front (batch size against the number of files, the aggregator's
+preconditions at the expected number of files, the attack's Byzantine count against K) so a bad configuration fails
+before any agent is started, with a message that says what would work.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from shield_ps.byzantine.aggregators import (Aggregator, aggregator_params, default_byzantine_count,
+                                             parse_aggregator)
+from shield_ps.byzantine.attacks import Attack
+from shield_ps.byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
+from shield_ps.byzantine.placement import Placement, Scheme, build_placement
+from shield_ps.config import ServeConfig
+from shield_ps.errors import AggregationError, AttackError, ConfigError
+from shield_ps.optimizer import Schedule
+
+log = logging.getLogger(__name__)
+
+#: Samples per file when ``--batch-size`` is not given.
+DEFAULT_SAMPLES_PER_FILE = 10
+NO_ATTACK = "none"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A validated run: the configuration plus everything derived from it."""
+
+    config: ServeConfig
+    placement: Placement
+    batch_size: int
+    aggregator: Aggregator
+    aggregator_kwargs: dict[str, Any]
+    schedule: Schedule
+    attack: Attack | None
+    byzantine: ByzantineSchedule | None
+    byzantine_bound: int
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def samples_per_file(self) -> int:
+        return self.batch_size // self.placement.f
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        assert self.config.epochs is not None
+        return self.config.epochs * steps_per_epoch
+
+    def aggregation_kwargs(self, step: int) -> dict[str, Any]:
+        """Keyword arguments for :func:`shield_ps.aggregate` at ``step`` (seeded parameters vary per step)."""
+        kwargs = dict(self.aggregator_kwargs)
+        if "seed" in kwargs:
+            kwargs["seed"] = (self.config.seed * 1_000_003 + step) % (1 << 63)
+        return kwargs
+
+    def job_header(self, worker: int) -> dict[str, Any]:
+        """The JOB message for ``worker``: what the agent needs to compute its files."""
+        c = self.config
+        return {
+            "worker": worker, "files": list(self.placement.worker_files[worker]), "network": c.network,
+            "dataset": c.dataset, "seed": c.seed, "batch_size": self.batch_size, "num_files": self.placement.f,
+            "threads": c.threads, "codec": c.codec, "codec_level": c.codec_level,
+        }
+
+
+def resolve_job(config: ServeConfig) -> JobPlan:
+    """Validate ``config`` and derive the run plan; raises ConfigError (or a subclass) naming what would work."""
+    notes: list[str] = []
+    placement = build_placement(config.scheme, config.workers, config.replication, config.rama_m)
+    if (config.epochs is None) == (config.max_steps is None):
+        raise ConfigError("give exactly one of --epochs or --max-steps")
+    batch_size = config.batch_size or DEFAULT_SAMPLES_PER_FILE * placement.f
+    if batch_size % placement.f:
+        lower = max(placement.f, batch_size - batch_size % placement.f)
+        raise ConfigError(f"--batch-size {batch_size} must be a multiple of the number of files f={placement.f} "
+                          f"of {placement.scheme.value} (e.g. {lower} or {lower + placement.f})")
+    if config.local_agents > placement.K:
+        raise ConfigError(f"--local-agents {config.local_agents} exceeds --workers K={placement.K}")
+    if not 0 <= config.byzantine < placement.K:
+        raise ConfigError(f"--byzantine q={config.byzantine} must be in 0..{placement.K - 1}")
+    aggregator = parse_aggregator(config.aggregator)
+    if placement.scheme is Scheme.MAJ_VOTE and aggregator is not Aggregator.MEAN:
+        notes.append(f"maj_vote averages the group winners: --aggregator {aggregator.value} replaced by mean")
+        aggregator = Aggregator.MEAN
+    attack, byzantine = _resolve_attack(config, placement)
+    bound = config.agg_s if config.agg_s is not None else default_byzantine_count(placement, config.byzantine)
+    kwargs = _aggregator_kwargs(config, aggregator, bound, placement.f)
+    schedule = Schedule(config.lr, config.gamma, config.lr_step)
+    for note in notes:
+        log.warning("%s", note)
+    return JobPlan(config, placement, batch_size, aggregator, kwargs, schedule, attack, byzantine, bound,
+                   tuple(notes))
+
+
+def _resolve_attack(config: ServeConfig, placement: Placement) -> tuple[Attack | None, ByzantineSchedule | None]:
+    if config.attack == NO_ATTACK or config.byzantine == 0:
+        if config.attack != NO_ATTACK:
+            log.warning("--attack %s with --byzantine 0: no worker is Byzantine", config.attack)
+        return None, None
+    attack = Attack(config.attack)
+    if config.alie_z != "auto" and not math.isfinite(float(config.alie_z)):
+        raise AttackError(f"--alie-z must be a finite number or 'auto', got {config.alie_z}")
+    fixed = list(config.fixed_byzantine) if config.byzantine_gen == "fixed" else None
+    detox = config.detox_attack if config.byzantine_gen == "worst" and is_group_placement(placement) else None
+    schedule = make_schedule(config.byzantine_gen, placement, config.byzantine, seed=config.seed, fixed=fixed,
+                             detox_attack=detox)
+    return attack, schedule
+
+
+def _aggregator_kwargs(config: ServeConfig, aggregator: Aggregator, bound: int, files: int) -> dict[str, Any]:
+    accepted = aggregator_params(aggregator)
+    kwargs: dict[str, Any] = {}
+    if "s" in accepted:
+        kwargs["s"] = bound
+    if "m" in accepted and config.agg_m is not None:
+        kwargs["m"] = config.agg_m
+    if "buckets" in accepted and config.buckets is not None:
+        if not 1 <= config.buckets <= files:
+            raise AggregationError(f"--buckets must be in 1..f={files}, got {config.buckets}")
+        kwargs["buckets"] = config.buckets
+    if "seed" in accepted:
+        kwargs["seed"] = config.seed
+    if "threads" in accepted:
+        kwargs["threads"] = max(1, min(4, os.cpu_count() or 1))
+    _check_preconditions(aggregator, kwargs, files)
+    return kwargs
+
+
+def _check_preconditions(aggregator: Aggregator, kwargs: dict[str, Any], files: int) -> None:
+    """Run the aggregator once on a tiny (f, 2) input so its n/s preconditions fail now, not at step 0."""
+    import numpy as np
+
+    from shield_ps.byzantine.aggregators import aggregate
+
+    probe = np.random.default_rng(0).standard_normal((files, 2)).astype(np.float32)
+    try:
+        aggregate(aggregator, probe, **kwargs)
+    except AggregationError as exc:
+        raise AggregationError(f"{exc} (with f={files} files per step; lower --agg-s or pick another aggregator)"
+                               ) from None

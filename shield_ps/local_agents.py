@@ -1,0 +1,82 @@
+"""``--local-agents K``: spawn K ``shield-agent join`` subprocesses on this machine and tear them down on exit.
+
+Each agent logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
+the PS goes away (even when it is killed with SIGKILL: the kernel closes its sockets, the agents see end-of-file),
+and on Linux they also receive SIGTERM when the PS process dies (``PR_SET_PDEATHSIG``).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalAgents:
+    """K agent subprocesses joined to ``host:port``; :meth:`stop` is idempotent."""
+
+    def __init__(self, count: int, host: str, port: int, token_file: Path, log_dir: Path,
+                 data_dir: str | None, extra_args: Sequence[str] = ()) -> None:
+        self.count = count
+        self._args = [host, port, token_file, data_dir, list(extra_args)]
+        self._log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        host, port, token_file, data_dir, extra = self._args
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        for index in range(self.count):
+            cmd = [sys.executable, "-m", "shield_agent.cli", "-v", "join", f"{connect_host}:{port}",
+                   "--token-file", str(token_file), "--no-reconnect", "--name", f"local-{index:02d}", *extra]
+            if data_dir:
+                cmd += ["--data-dir", str(data_dir)]
+            log_path = self._log_dir / f"agent-{index:02d}.log"
+            with open(log_path, "ab") as log_file:
+                preexec = _die_with_parent if sys.platform.startswith("linux") else None
+                self.processes.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL, preexec_fn=preexec))
+        log.info("started %d local agents (logs in %s)", self.count, self._log_dir)
+
+    def alive(self) -> int:
+        return sum(p.poll() is None for p in self.processes)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every agent, wait up to ``grace`` seconds, then SIGKILL the rest."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+
+def write_token_file(path: Path, token: str) -> Path:
+    """Write the cluster token readable by this user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    return path

@@ -1,0 +1,239 @@
+"""One training step on the PS: broadcast, gather digests, vote, fetch one verified payload per file, simulate the
+attack, aggregate, update (Konstantinidis and Ramamoorthy, MLSys 2021, Sec. 3; ../shared/ARCHITECTURE.md).
+
+The PS fetches each winning file's vector from one holder of the winning digest and checks the payload against it,
+so its ingress is about f*d floats per step rather than f*r*d. A holder whose payload does not match is flagged and
+the next holder is asked. Heavy work (encoding, hashing, aggregation, the update) runs in executor threads.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from shield_ps.byzantine.aggregators import aggregate
+from shield_ps.byzantine.attacks import simulate_attack
+from shield_ps.byzantine.vote import VoteResult, vote_digests
+from shield_ps.collector import DigestRejected, StepCollector
+from shield_ps.errors import AggregationError, TrainingError
+from shield_ps.job import JobPlan
+from shield_ps.optimizer import MomentumSGD
+from shield_ps.pool import AgentLink, WorkerPool, WorkerState
+from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError, encode_vector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutcome:
+    """What one step did (the fields of the ``step`` event)."""
+
+    step: int
+    lr: float
+    loss: float | None
+    files: int
+    files_won: int
+    files_dropped: int
+    files_corrupted: int
+    flagged: list[int]
+    erased: list[int]
+    bytes_in: int
+    bytes_out: int
+    times: dict[str, float] = field(default_factory=dict)
+
+    def event_fields(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _has_non_finite(row: np.ndarray, zeros: np.ndarray) -> bool:
+    """True when ``row`` holds a NaN or an Inf: 0 * x is NaN exactly for those, and BLAS reads at memory speed."""
+    return not np.isfinite(np.dot(row, zeros))
+
+
+class StepRunner:
+    """Runs steps for one job over the agents in ``pool``; owns the preallocated per-step buffers."""
+
+    def __init__(self, plan: JobPlan, pool: WorkerPool, optimizer: MomentumSGD,
+                 on_protocol_violation: Callable[[AgentLink, str], None]) -> None:
+        self.plan = plan
+        self.pool = pool
+        self.optimizer = optimizer
+        self._violation = on_protocol_violation
+        f, d = plan.placement.f, optimizer.params.shape[0]
+        self.d = d
+        self._rows = np.empty((f, d), dtype=np.float32)
+        self._zeros = np.zeros(d, dtype=np.float32)
+        self.collector: StepCollector | None = None
+        self._loop = asyncio.get_event_loop()
+
+    def on_digest(self, link: AgentLink, header: dict[str, Any]) -> None:
+        """Called by the agent's connection task for every DIGESTS message."""
+        collector = self.collector
+        if collector is None:
+            return
+        try:
+            recorded = collector.add(link.worker, header)
+        except DigestRejected as exc:
+            self._violation(link, str(exc))
+            return
+        if recorded and collector.worker_done(link.worker):
+            self.pool.set_state(link, WorkerState.DONE, compute_s=collector.compute_s.get(link.worker))
+
+    def on_agent_lost(self, link: AgentLink) -> None:
+        if self.collector is not None:
+            self.collector.drop_worker(link.worker)
+
+    async def run(self, step: int) -> StepOutcome:
+        plan, cfg = self.plan, self.plan.config
+        times: dict[str, float] = {}
+        started = time.perf_counter()
+        lr = plan.schedule.lr_at(step)
+        links = self.pool.ready_links()
+        if not links:
+            raise TrainingError(f"step {step}: no agent is connected")
+        bytes_before = self._traffic(links)
+        self.pool.step = step
+        collector = StepCollector(step, plan.placement.f, {link.worker: link.files for link in links})
+        self.collector = collector
+
+        encoded = await self._loop.run_in_executor(None, encode_vector, self.optimizer.params, cfg.codec,
+                                                   cfg.codec_level)
+        await asyncio.gather(*(self._send_step(link, step, lr, encoded) for link in links))
+        times["broadcast"] = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        try:
+            await asyncio.wait_for(collector.complete.wait(), cfg.gather_timeout)
+        except asyncio.TimeoutError:
+            log.warning("step %d: workers %s sent nothing in %.0fs: erased for this step",
+                        step, list(collector.missing_workers()), cfg.gather_timeout)
+        self.collector = None
+        erased = sorted(set(range(plan.placement.K)) - {link.worker for link in links}
+                        | set(collector.missing_workers()))
+        for worker in collector.missing_workers():
+            late = self.pool.link(worker)
+            if late is not None:
+                self.pool.set_state(late, WorkerState.LATE)
+        times["compute"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        vote = vote_digests(plan.placement, collector.replies)
+        times["vote"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        won, liars, invalid = await self._fetch_winners(step, vote)
+        times["gather"] = time.perf_counter() - mark
+        if invalid:
+            vote = vote_digests(plan.placement, collector.replies, invalid=invalid)
+            won = [file for file in won if vote.files[file].won]
+
+        mark = time.perf_counter()
+        byzantine = plan.byzantine.at(step) if plan.byzantine is not None else ()
+        gradient, corrupted, attack_flagged = await self._loop.run_in_executor(
+            None, self._attack_and_aggregate, step, won, byzantine)
+        times["aggregate"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        await self._loop.run_in_executor(None, self.optimizer.step, gradient, lr)
+        times["update"] = time.perf_counter() - mark
+        times["total"] = time.perf_counter() - started
+
+        present = {w for file in collector.replies for w in file}
+        flagged = sorted(set(vote.disagreeing) | liars | (attack_flagged & present))
+        bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before))
+        return StepOutcome(
+            step=step, lr=lr, loss=self._honest_loss(collector, set(byzantine) | set(flagged)),
+            files=plan.placement.f, files_won=len(won), files_dropped=plan.placement.f - len(won),
+            files_corrupted=len(corrupted), flagged=flagged, erased=erased, bytes_in=bytes_in,
+            bytes_out=bytes_out, times=times)
+
+    async def _send_step(self, link: AgentLink, step: int, lr: float, encoded: Any) -> None:
+        try:
+            await link.conn.send(Kind.STEP, {"step": step, "lr": lr}, vector=encoded)
+            self.pool.set_state(link, WorkerState.COMPUTING)
+        except (WireError, ConnectionClosed) as exc:
+            log.info("step %d: could not send to worker %d: %s", step, link.worker, exc)
+
+    @staticmethod
+    def _traffic(links: list[AgentLink]) -> tuple[int, int]:
+        return sum(link.conn.bytes_in for link in links), sum(link.conn.bytes_out for link in links)
+
+    async def _fetch_winners(self, step: int, vote: VoteResult[bytes]) -> tuple[list[int], set[int], set[bytes]]:
+        """Fetch every winning file into its row; returns the files fetched, the workers caught lying about their
+        payload, and the winning digests whose payload was not finite."""
+        liars: set[int] = set()
+        invalid: set[bytes] = set()
+        files = [file_vote.file for file_vote in vote.files if file_vote.won]
+        results = await asyncio.gather(*(self._fetch_one(step, vote.files[file], liars, invalid) for file in files))
+        return [file for file, ok in zip(files, results) if ok], liars, invalid
+
+    async def _fetch_one(self, step: int, file_vote: Any, liars: set[int], invalid: set[bytes]) -> bool:
+        holders = list(file_vote.holders)
+        start = (step + file_vote.file) % len(holders)
+        row = self._rows[file_vote.file]
+        for worker in holders[start:] + holders[:start]:
+            link = self.pool.link(worker)
+            if link is None:
+                continue
+            try:
+                msg = await link.conn.request(Kind.FETCH, {"step": step, "file": file_vote.file},
+                                              timeout=self.plan.config.upload_timeout)
+            except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
+                log.info("step %d: worker %d did not deliver file %d: %s", step, worker, file_vote.file, exc)
+                continue
+            if msg.kind is not Kind.VECTOR or msg.vector is None or msg.vector.n != self.d:
+                msg.discard()
+                self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
+                continue
+            try:
+                digest = await msg.read_vector_into(row)
+            except WireError as exc:
+                self._violation(link, f"bad VECTOR payload: {exc}")
+                continue
+            if digest != file_vote.winner:
+                log.warning("step %d: worker %d's payload for file %d does not match the digest it voted",
+                            step, worker, file_vote.file)
+                liars.add(worker)
+                continue
+            if _has_non_finite(row, self._zeros):
+                invalid.add(file_vote.winner)
+                return False
+            return True
+        return False
+
+    def _attack_and_aggregate(self, step: int, won: list[int],
+                              byzantine: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...], set[int]]:
+        plan = self.plan
+        if not won:
+            raise TrainingError(f"step {step}: no file has a majority of its r={plan.placement.r} holders "
+                                f"(need r'={plan.placement.r_prime} matching replies); the run cannot go on")
+        corrupted: tuple[int, ...] = ()
+        attack_flagged: set[int] = set()
+        if plan.attack is not None and byzantine:
+            lost = sorted(set(range(plan.placement.f)) - set(won))
+            if lost:  # rows without a winner: stand-ins for the attack's statistics, excluded below
+                self._rows[lost] = self._rows[won].mean(axis=0)
+            z = "auto" if plan.config.alie_z == "auto" else float(plan.config.alie_z)
+            result = simulate_attack(plan.attack, self._rows, plan.placement, byzantine, c=plan.config.attack_c,
+                                     z=z, inplace=True)
+            corrupted = tuple(f for f in result.corrupted if f in set(won))
+            attack_flagged = set(result.vote.disagreeing)
+        for position, file in enumerate(won):
+            if position != file:
+                self._rows[position] = self._rows[file]
+        matrix = self._rows[:len(won)]
+        try:
+            gradient = aggregate(plan.aggregator, matrix, check_finite_input=False, **plan.aggregation_kwargs(step))
+        except AggregationError as exc:
+            raise TrainingError(f"step {step}: {len(won)} of {plan.placement.f} files survived the vote and "
+                                f"{plan.aggregator.value} cannot aggregate them: {exc}") from None
+        return np.ascontiguousarray(gradient, dtype=np.float32), corrupted, attack_flagged
+
+    @staticmethod
+    def _honest_loss(collector: StepCollector, exclude: set[int]) -> float | None:
+        values = [loss for worker, losses in collector.losses.items() if worker not in exclude for loss in losses]
+        return float(np.mean(values)) if values else None
