@@ -237,6 +237,7 @@ def test_bounded_influence(name: str) -> None:
     (lambda X: aggregate("centered-clipping", X, center=np.zeros(3, F32)), "shape (7,), got (3,)"),
     (lambda X: aggregate("geometric-median", X, tol=0), "tol must be a positive number"),
     (lambda X: aggregate("bulyan", X, s=1, threads=0), "threads must be an integer in [1, 64], got 0"),
+    (lambda X: aggregate("sign-sgd", X, buckets=2, seed=-1), "seed must be a non-negative integer, got -1"),
 ])
 def test_errors_name_the_numbers(call, needle: str) -> None:
     X = np.zeros((10, 7), dtype=F32)

@@ -68,6 +68,13 @@ def check_count(name: str, label: str, value: object, low: int, high: int, why: 
     return int(value)
 
 
+def check_seed(name: str, seed: object) -> int:
+    """Return ``seed`` if it is a non-negative integer (for ``np.random.default_rng``), else raise AggregationError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise AggregationError(f"{name}: seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def for_each_block(X: np.ndarray, work: Callable[[slice], None], threads: int | None = None) -> None:
     """Call ``work(cols)`` for every column block of X, on ``threads`` threads (numpy releases the GIL in sort and
     in ufuncs, so two threads use two cores)."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import check_count, combine_rows, for_each_block
+from shield_ps.byzantine.aggregators._blocks import (
+    block_width, check_count, check_seed, column_blocks, combine_rows, for_each_block,
+)
 
 
 def mean(X: np.ndarray) -> np.ndarray:
@@ -47,11 +49,12 @@ def bucket_means(X: np.ndarray, buckets: int, seed: int) -> np.ndarray:
     as the original ByzShield code) and return the (buckets, d) float32 means of the groups."""
     n, d = X.shape
     groups = np.array_split(np.random.default_rng(seed).permutation(n), buckets)
-    out = np.empty((buckets, d), dtype=np.float32)
+    coef = np.zeros((buckets, n), dtype=np.float32)
     for b, rows in enumerate(groups):
-        coef = np.zeros(n)
-        coef[rows] = 1.0 / len(rows)
-        out[b] = combine_rows(X, coef)
+        coef[b, rows] = 1.0 / len(rows)
+    out = np.empty((buckets, d), dtype=np.float32)
+    for cols in column_blocks(d, block_width(n)):
+        np.matmul(coef, X[:, cols], out=out[:, cols])
     return out
 
 
@@ -64,6 +67,7 @@ def coord_median(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
     """
     n = X.shape[0]
     buckets = n if buckets is None else check_count("coord-median", "buckets", buckets, 1, n, f"n={n} rows")
+    seed = check_seed("coord-median", seed)
     if buckets == n:
         return median_rows(X, threads)
     if buckets == 1:

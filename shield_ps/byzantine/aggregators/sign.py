@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import block_width, check_count, column_blocks
+from shield_ps.byzantine.aggregators._blocks import block_width, check_count, check_seed, column_blocks
 
 
 def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0) -> np.ndarray:
@@ -14,6 +14,7 @@ def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0) -> np.
     """
     n, d = X.shape
     buckets = n if buckets is None else check_count("sign-sgd", "buckets", buckets, 1, n, f"n={n} rows")
+    seed = check_seed("sign-sgd", seed)
     groups = ([np.arange(n)] if buckets == n else
               np.array_split(np.random.default_rng(seed).permutation(n), buckets))
     out = np.empty(d, dtype=np.float32)
