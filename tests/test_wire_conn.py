@@ -10,7 +10,7 @@ import pytest
 
 import wire
 from wire import auth
-from wire.frames import PREFIX, PREFIX_SIZE, Kind, Limits, encode_frame, parse_header, parse_prefix
+from wire.frames import PREFIX_SIZE, Kind, Limits, encode_frame, parse_header, parse_prefix
 
 TOKEN = "t" * 32
 FAST = wire.Timeouts(handshake=5, request=5, send=5, idle=10, heartbeat=2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wire import codec
-from wire.errors import FrameError, HeaderError, LimitError, ProtocolError, VectorError
+from wire.errors import FrameError, HeaderError, LimitError, ProtocolError
 from wire.frames import (MAGIC, PREFIX, PREFIX_SIZE, PROTOCOL_VERSION, VECTOR_KINDS, Kind, Limits, encode_frame,
                          parse_frame, parse_prefix)
 from wire.reader import FrameReader

@@ -48,7 +48,8 @@ PS <-> agent sketch::
 from wire.auth import ROLE_SENDS, Role
 from wire.codec import (Codec, EncodedVector, Shuffle, VectorDesc, decode_vector_into, encode_vector,
                          vector_digest)
-from wire.conn import Connection, Message, Peer, Timeouts
+from wire.conn import Connection
+from wire.message import Message, Peer, Timeouts
 from wire.digest import DIGEST_NAME, DIGEST_SIZE, StreamingDigest, digest_bytes
 from wire.errors import (AuthError, ConnectionClosed, FrameError, HeaderError, LimitError, ProtocolError,
                          RemoteError, RoleError, VectorError, WireError, WireTimeoutError)

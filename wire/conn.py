@@ -13,95 +13,16 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, fields
 from typing import Any
 
-from wire.codec import Codec, EncodedVector, encode_vector, check_dest
-from wire.errors import (ConnectionClosed, ProtocolError, RemoteError, RoleError, VectorError, WireError,
-                         WireTimeoutError)
+from wire.codec import Codec, EncodedVector, encode_vector
+from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
-from wire.reader import DiscardSink, FrameReader
+from wire.message import Message, Peer, Timeouts
+from wire.reader import FrameReader
 from wire.receive import VectorSink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Named deadlines, in seconds."""
-
-    handshake: float = 10.0  # HELLO .. WELCOME
-    request: float = 60.0  # default for Connection.request
-    send: float = 30.0  # a peer that takes nothing for this long (backpressure) is dropped
-    idle: float = 60.0  # a peer that sends nothing (not even HEARTBEAT) for this long is dropped
-    heartbeat: float = 10.0  # we send HEARTBEAT after this long without sending anything
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ValueError(f"Timeouts.{f.name} must be > 0")
-        if self.heartbeat >= self.idle:
-            raise ValueError("Timeouts.heartbeat must be shorter than Timeouts.idle")
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end, as established by the handshake."""
-
-    role: str
-    name: str
-    id: int
-
-
-class Message:
-    """A received message. If ``vector`` is set its payload is still on the wire: the connection reads nothing else
-    until you call :meth:`read_vector_into` or :meth:`discard` (do it promptly, or the idle deadline drops the peer)."""
-
-    __slots__ = ("kind", "header", "id", "reply_to", "vector", "_conn", "_consumed")
-
-    def __init__(self, frame: Frame, conn: Connection) -> None:
-        self.kind, self.header, self.id = frame.kind, frame.header, frame.msg_id
-        self.reply_to, self.vector = frame.reply_to, frame.vector
-        self._conn = conn
-        self._consumed = frame.vector is None
-
-    def __repr__(self) -> str:
-        return f"Message({self.kind.value}, id={self.id}, re={self.reply_to}, vector={self.vector is not None})"
-
-    async def read_vector_into(self, dest: Any, *, digest: bool = True) -> bytes | None:
-        """Receive the vector into ``dest`` (writable 1-D float32, exactly ``vector.n`` long, reused across steps) and
-        return the BLAKE3-256 of its raw bytes (``None`` if not ``digest``). A wrong size or dtype raises
-        :class:`VectorError` after discarding the payload (the connection stays usable); a corrupt chunk raises it
-        and closes the connection. Cancelling this call closes the connection."""
-        if self.vector is None:
-            raise VectorError(f"{self.kind.value} message carries no vector")
-        if self._consumed:
-            raise RuntimeError("vector already consumed")
-        self._consumed = True
-        conn = self._conn
-        conn._check_open()
-        try:
-            view = check_dest(self.vector, dest)
-        except VectorError:
-            conn._attach(DiscardSink(sum(self.vector.sizes), conn._discard_buf))
-            raise
-        sink = VectorSink(self.vector, view, digest=digest, scratch=conn._scratch, wake=conn._pump,
-                          on_error=conn._fail)
-        conn._sinks.add(sink)
-        try:
-            conn._attach(sink)
-            return await sink.result()
-        except asyncio.CancelledError:
-            conn._shutdown(ConnectionClosed("vector receive cancelled"), code="cancelled")
-            raise
-        finally:
-            conn._sinks.discard(sink)
-
-    def discard(self) -> None:
-        """Skip this message's vector payload (no-op without one)."""
-        if not self._consumed:
-            self._consumed = True
-            self._conn._attach(DiscardSink(sum(self.vector.sizes), self._conn._discard_buf))  # type: ignore
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -308,6 +229,10 @@ class Connection(asyncio.BufferedProtocol):
             self.reader.buffer_updated(nbytes)
         except WireError as exc:
             self._fail(exc)
+            return
+        except Exception:  # a bug of ours, not the peer's: log it and drop only this connection
+            log.exception("internal error reading from %s", self.peer)
+            self._shutdown(ConnectionClosed("internal error"), code="internal")
             return
         self._update_reading()
 
