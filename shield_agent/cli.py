@@ -16,6 +16,7 @@ from shield_agent.errors import ShieldAgentError
 #: subcommand name -> implementing module.
 COMMANDS: dict[str, str] = {
     "join": "shield_agent.cli_join",
+    "prepare": "shield_agent.cli_prepare",
 }
 
 

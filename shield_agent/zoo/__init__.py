@@ -1,11 +1,27 @@
-"""The model and dataset zoo: networks by CLI name, datasets loaded into memory, and flat-parameter binding."""
+"""The model and dataset zoo: networks by CLI name, datasets loaded into memory, and flat-parameter binding.
+
+The names (:class:`Network`, :class:`Dataset` and their parsers) come from the torch-free :mod:`.names`; everything
+else is resolved lazily, so ``from shield_agent.zoo import Network`` does not import torch.
+"""
 from __future__ import annotations
 
-from shield_agent.zoo.datasets import DATASETS, BatchTransform, Dataset, DatasetInfo, ImageData, load_dataset, \
-    parse_dataset
-from shield_agent.zoo.models import NETWORKS, Network, applicable, build_model, build_seeded_model, parse_network
+import importlib
+from typing import Any
 
-__all__ = [
-    "DATASETS", "BatchTransform", "Dataset", "DatasetInfo", "ImageData", "load_dataset", "parse_dataset",
-    "NETWORKS", "Network", "applicable", "build_model", "build_seeded_model", "parse_network",
-]
+from shield_agent.zoo.names import Dataset, Network, parse_dataset, parse_network
+
+_LAZY = {
+    "DATASETS": "shield_agent.zoo.datasets", "BatchTransform": "shield_agent.zoo.datasets",
+    "DatasetInfo": "shield_agent.zoo.datasets", "ImageData": "shield_agent.zoo.datasets",
+    "load_dataset": "shield_agent.zoo.datasets", "NETWORKS": "shield_agent.zoo.models",
+    "applicable": "shield_agent.zoo.models", "build_model": "shield_agent.zoo.models",
+    "build_seeded_model": "shield_agent.zoo.models", "FlatParameters": "shield_agent.zoo.flat",
+}
+
+__all__ = ["Dataset", "Network", "parse_dataset", "parse_network", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

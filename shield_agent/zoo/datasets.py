@@ -6,7 +6,6 @@ input is a pure function of the RNG's seed.
 """
 from __future__ import annotations
 
-import enum
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,7 @@ from torch.nn import functional as F
 from shield_agent.errors import DatasetError
 from shield_agent.zoo import readers
 from shield_agent.zoo.mnist_idx import load_mnist_arrays
-
-
-class Dataset(str, enum.Enum):
-    """Datasets by the names the CLI accepts."""
-
-    MNIST = "MNIST"
-    CIFAR10 = "Cifar10"
-    CIFAR100 = "Cifar100"
-    SVHN = "SVHN"
+from shield_agent.zoo.names import Dataset, parse_dataset
 
 
 @dataclass(frozen=True)
@@ -55,16 +46,6 @@ DATASETS: dict[Dataset, DatasetInfo] = {
     Dataset.SVHN: DatasetInfo(10, 3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), True,
                               readers.load_svhn),
 }
-
-
-def parse_dataset(name: str | Dataset) -> Dataset:
-    """The :class:`Dataset` for a CLI name (case-insensitive); :class:`DatasetError` naming the choices otherwise."""
-    if isinstance(name, Dataset):
-        return name
-    for member in Dataset:
-        if member.value.lower() == str(name).lower():
-            return member
-    raise DatasetError(f"unknown dataset {name!r} (choose from {', '.join(m.value for m in Dataset)})")
 
 
 @dataclass(frozen=True)

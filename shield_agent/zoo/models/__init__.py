@@ -2,7 +2,6 @@
 the network applies to. The number of classes and input channels always follow the dataset."""
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,23 +9,12 @@ import torch
 from torch import nn
 
 from shield_agent.errors import ModelError
-from shield_agent.zoo.datasets import DATASETS, Dataset, parse_dataset
+from shield_agent.zoo.datasets import DATASETS
 from shield_agent.zoo.models.densenet import densenet121
 from shield_agent.zoo.models.lenet import LeNet
 from shield_agent.zoo.models.resnet import resnet18, resnet34, resnet50
 from shield_agent.zoo.models.vgg import vgg11, vgg13
-
-
-class Network(str, enum.Enum):
-    """Networks by the names the CLI accepts."""
-
-    LENET = "LeNet"
-    RESNET18 = "ResNet18"
-    RESNET34 = "ResNet34"
-    RESNET50 = "ResNet50"
-    DENSENET = "DenseNet"
-    VGG11 = "VGG11"
-    VGG13 = "VGG13"
+from shield_agent.zoo.names import Dataset, Network, parse_dataset, parse_network
 
 
 @dataclass(frozen=True)
@@ -51,16 +39,6 @@ NETWORKS: dict[Network, NetworkEntry] = {
     Network.VGG11: NetworkEntry(vgg11, _RGB32),
     Network.VGG13: NetworkEntry(vgg13, _RGB32),
 }
-
-
-def parse_network(name: str | Network) -> Network:
-    """The :class:`Network` for a CLI name (case-insensitive); :class:`ModelError` naming the choices otherwise."""
-    if isinstance(name, Network):
-        return name
-    for member in Network:
-        if member.value.lower() == str(name).lower():
-            return member
-    raise ModelError(f"unknown network {name!r} (choose from {', '.join(m.value for m in Network)})")
 
 
 def applicable(network: str | Network, dataset: str | Dataset) -> bool:

@@ -1,0 +1,111 @@
+"""Download and verify a dataset once, so a cluster can be prepared ahead of a job (``shield-agent prepare``).
+
+Sources and MD5 checksums are torchvision's for MNIST and SVHN, and the dataset authors' for the CIFAR binary
+archives (read without unpickling). A file already present with the right checksum is not fetched again; a
+download with the wrong checksum is deleted and refused. Offline, the error names the file and where it should go.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shield_agent.errors import DatasetError
+from shield_agent.zoo.datasets import Dataset, ImageData, load_dataset, parse_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file to fetch: its name in the data directory, MD5, source URLs in order of preference, and whether it
+    is a .tar.gz archive to unpack in place."""
+
+    filename: str
+    md5: str
+    urls: tuple[str, ...]
+    extract: bool = False
+
+
+def _mnist() -> tuple[Download, ...]:
+    from torchvision.datasets import MNIST
+
+    return tuple(Download(name, md5, tuple(m + name for m in MNIST.mirrors)) for name, md5 in MNIST.resources)
+
+
+def _svhn() -> tuple[Download, ...]:
+    from torchvision.datasets import SVHN
+
+    return tuple(Download(name, md5, (url,)) for url, name, md5 in (SVHN.split_list[s] for s in ("train", "test")))
+
+
+_TORONTO = "https://www.cs.toronto.edu/~kriz/"
+
+#: Dataset -> the files that make it up (a function, so torchvision is imported only when preparing).
+DOWNLOADS = {
+    Dataset.MNIST: _mnist,
+    Dataset.CIFAR10: lambda: (Download("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530",
+                                       (_TORONTO + "cifar-10-binary.tar.gz",), extract=True),),
+    Dataset.CIFAR100: lambda: (Download("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8",
+                                        (_TORONTO + "cifar-100-binary.tar.gz",), extract=True),),
+    Dataset.SVHN: _svhn,
+}
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(item: Download, data_dir: Path, mirror: str | None) -> Path:
+    """Fetch ``item`` into ``data_dir`` unless present with the right checksum; returns its path."""
+    from torchvision.datasets.utils import download_url
+
+    path = data_dir / item.filename
+    if path.is_file() and md5_of(path) == item.md5:
+        log.info("%s already present and verified", path)
+        return path
+    urls = (mirror.rstrip("/") + "/" + item.filename,) if mirror else item.urls
+    failures = []
+    for url in urls:
+        try:
+            download_url(url, str(data_dir), item.filename)
+        except (OSError, RuntimeError, ValueError) as exc:
+            failures.append(f"{url}: {exc}")
+            continue
+        got = md5_of(path) if path.is_file() else "nothing"
+        if got == item.md5:
+            return path
+        path.unlink(missing_ok=True)
+        raise DatasetError(f"{url}: checksum mismatch (MD5 {got}, expected {item.md5}); the download was deleted")
+    raise DatasetError(f"{item.filename} is missing and could not be downloaded ({'; '.join(failures)}); "
+                       f"copy it to {path} by hand")
+
+
+def _extract(archive: Path, data_dir: Path) -> None:
+    """Unpack a .tar.gz into ``data_dir``, refusing links and paths that leave it."""
+    root = data_dir.resolve()
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        for member in members:
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or root not in (target, *target.parents):
+                raise DatasetError(f"{archive}: refusing archive member {member.name!r}")
+        tar.extractall(root, members=members)
+
+
+def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None) -> ImageData:
+    """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check."""
+    data = parse_dataset(dataset)
+    folder = Path(data_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in DOWNLOADS[data]():
+        path = _fetch(item, folder, mirror)
+        if item.extract:
+            _extract(path, folder)
+    return load_dataset(data, folder)
