@@ -283,3 +283,10 @@ def test_memory_stays_far_below_three_copies_of_the_input() -> None:
         assert tracemalloc.get_traced_memory()[1] < 0.5 * X.nbytes
     finally:
         tracemalloc.stop()
+
+
+def test_bucketed_sign_sgd_is_the_two_stage_vote() -> None:
+    X = np.random.default_rng(13).standard_normal((9, 40)).astype(F32)
+    groups = np.array_split(np.random.default_rng(3).permutation(9), 3)
+    expected = np.sign(sum(np.sign(X[g].astype(float).sum(axis=0)) for g in groups))
+    np.testing.assert_array_equal(aggregate("sign-sgd", X, buckets=3, seed=3), expected)

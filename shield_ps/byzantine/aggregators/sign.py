@@ -15,14 +15,13 @@ def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0) -> np.
     n, d = X.shape
     buckets = n if buckets is None else check_count("sign-sgd", "buckets", buckets, 1, n, f"n={n} rows")
     seed = check_seed("sign-sgd", seed)
-    groups = ([np.arange(n)] if buckets == n else
-              np.array_split(np.random.default_rng(seed).permutation(n), buckets))
+    groups = [np.sort(g) for g in np.array_split(np.random.default_rng(seed).permutation(n), buckets)]
     out = np.empty(d, dtype=np.float32)
     for cols in column_blocks(d, block_width(n)):
         block = X[:, cols]
-        if buckets == n:
+        if buckets == n:  # each row is its own group: a plain majority of signs
             votes = np.sign(block).sum(axis=0)
         else:
-            votes = sum(np.sign(block[np.sort(rows)].sum(axis=0, dtype=np.float64)) for rows in groups)
+            votes = sum(np.sign(block[rows].sum(axis=0, dtype=np.float64)) for rows in groups)
         out[cols] = np.sign(votes)
     return out
