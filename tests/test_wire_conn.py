@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 import pytest
+import uvloop
 
 import wire
 from wire import auth
@@ -17,8 +18,14 @@ FAST = wire.Timeouts(handshake=5, request=5, send=5, idle=10, heartbeat=2)
 D = 300_001
 
 
-def run(coro: Awaitable[Any], limit: float = 15) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, limit))
+def run(coro: Awaitable[Any], limit: float = 15, *, uv: bool = False) -> Any:
+    """Run ``coro`` under a deadline, on asyncio's default loop or (``uv``) on uvloop's."""
+    factory = uvloop.new_event_loop if uv else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(asyncio.wait_for(coro, limit))
+
+
+LOOPS = pytest.mark.parametrize("uv", [False, True], ids=["asyncio", "uvloop"])
 
 
 @contextlib.asynccontextmanager
@@ -135,8 +142,9 @@ def test_every_kind_round_trips_live() -> None:
     run(main())
 
 
+@LOOPS
 @pytest.mark.parametrize("codec", list(wire.Codec))
-def test_vectors_round_trip_with_digests_into_reused_buffer(codec: wire.Codec) -> None:
+def test_vectors_round_trip_with_digests_into_reused_buffer(codec: wire.Codec, uv: bool) -> None:
     async def main() -> None:
         async with serving(echo) as server:
             conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
@@ -149,7 +157,7 @@ def test_vectors_round_trip_with_digests_into_reused_buffer(codec: wire.Codec) -
                 assert await reply.read_vector_into(dest) == wire.vector_digest(x) == reply.header["digest"]
                 assert dest.tobytes() == x.tobytes()
             await conn.close()
-    run(main())
+    run(main(), uv=uv)
 
 
 def test_one_encoded_step_broadcast_to_two_agents() -> None:
@@ -307,7 +315,8 @@ def test_observer_cannot_submit_gradients() -> None:
     run(main())
 
 
-def test_peer_that_stops_reading_gets_backpressure_then_timeout() -> None:
+@LOOPS
+def test_peer_that_stops_reading_gets_backpressure_then_timeout(uv: bool) -> None:
     async def main() -> None:
         outcome: asyncio.Future = asyncio.get_running_loop().create_future()
         x = wire.encode_vector(np.ones(1 << 20, np.float32), wire.Codec.NONE)
@@ -332,7 +341,36 @@ def test_peer_that_stops_reading_gets_backpressure_then_timeout() -> None:
             assert sent < 500 and closed and exc.code == "timeout"
             peer.close()
             await good_round_trip(server.port)
-    run(main())
+    run(main(), uv=uv)
+
+
+@LOOPS
+def test_send_of_a_raw_vector_returns_only_once_its_bytes_left_the_process(uv: bool) -> None:
+    """With codec none the transport holds views of the caller's array: send must not return before they are out."""
+    async def main() -> None:
+        x = np.ones(4_000_000, np.float32)
+        held: list[int] = []
+        step_read = asyncio.Event()
+
+        async def owner(conn: wire.Connection) -> None:
+            for _ in range(2):
+                await conn.send(Kind.STEP, {}, vector=wire.encode_vector(x, wire.Codec.NONE))
+                held.append(conn.transport.get_write_buffer_size())
+                x[:] = 2  # the caller may reuse its buffer now
+            await step_read.wait()
+
+        async with serving(owner) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            dest = np.empty_like(x)
+            first = await conn.recv()
+            await asyncio.sleep(0.05)  # let the sender block on a full socket
+            await first.read_vector_into(dest)
+            assert np.all(dest == 1)
+            await (await conn.recv()).read_vector_into(dest)
+            step_read.set()
+            await conn.close()
+        assert held == [0, 0]
+    run(main(), uv=uv)
 
 
 def test_silent_peer_is_dropped_after_idle_timeout() -> None:

@@ -17,7 +17,7 @@ from wire.codec import Codec, decode_vector_into, encode_vector
 from wire.errors import ProtocolError, WireError
 from wire.frames import MAGIC, PREFIX, Kind, Limits, encode_frame
 from wire.reader import FrameReader
-from test_wire_conn import FAST, RawPeer, echo, good_round_trip, run, serving
+from tests.test_wire_conn import FAST, RawPeer, echo, good_round_trip, run, serving
 
 LIMITS = Limits(max_header_bytes=2048, handshake_header_bytes=1024, max_payload_bytes=1 << 16,
                 max_vector_elems=1 << 14, max_chunks=16, max_chunk_elems=4096, max_container_items=64)

@@ -64,7 +64,8 @@ class VectorSink:
             return
         if self._compressed:
             self._busy[self._k % _SLOTS] = True
-        self._queue.put_nowait(self._k)
+        if self._compressed or self._hasher is not None:  # raw bytes not hashed need no work
+            self._queue.put_nowait(self._k)
         self._k += 1
         self._filled = 0
         if self._k == self.desc.nchunks:
