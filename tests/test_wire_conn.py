@@ -382,3 +382,22 @@ def test_silent_peer_is_dropped_after_idle_timeout() -> None:
             assert await peer.closed_with() == "timeout"  # heartbeats arrive, then the ERROR
             peer.close()
     run(main())
+
+
+def test_connect_to_nothing_is_a_typed_error_and_stuck_owners_are_cancelled() -> None:
+    async def main() -> None:
+        stuck = asyncio.Event()
+
+        async def owner(conn: wire.Connection) -> None:
+            await stuck.wait()  # never set: close() must still return
+
+        server = await wire.serve("127.0.0.1", 0, owner, token=TOKEN, timeouts=FAST)
+        port = server.port
+        conn = await wire.connect("127.0.0.1", port, token=TOKEN, timeouts=FAST)
+        await server.close(grace=0.1)
+        await server.close()
+        await conn.wait_closed()
+        assert conn.closed and conn.close_error.remote_code == "shutdown"
+        with pytest.raises(wire.ConnectionClosed):
+            await wire.connect("127.0.0.1", port, token=TOKEN, timeouts=FAST)
+    run(main())

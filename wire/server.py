@@ -130,13 +130,18 @@ class Server:
             await conn.close()
             self.connections.discard(conn)
 
-    async def close(self) -> None:
-        """Stop listening, close every connection, wait for every task (idempotent)."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop listening, close every connection, wait for every task (idempotent). An ``on_connection`` still
+        running ``grace`` seconds after its connection closed is cancelled."""
         self._closed = True
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
             conn._shutdown(ConnectionClosed("server closing"), code="shutdown")
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in late:
+                task.cancel()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._server is not None:
@@ -167,8 +172,13 @@ async def connect(host: str, port: int, *, token: str | bytes, role: Role | str 
     key, role = auth.token_bytes(token), Role(role)
     limits, timeouts = limits or Limits(), timeouts or Timeouts()
     loop = asyncio.get_running_loop()
-    _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: Connection(limits, timeouts), host, port), timeouts.handshake)
+    try:
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: Connection(limits, timeouts), host, port), timeouts.handshake)
+    except asyncio.TimeoutError:
+        raise WireTimeoutError(f"cannot reach {host}:{port} within {timeouts.handshake}s") from None
+    except OSError as exc:
+        raise ConnectionClosed(f"cannot connect to {host}:{port}: {exc}") from None
     try:
         conn.peer = await asyncio.wait_for(_client_handshake(conn, key, role, name, timeouts.handshake),
                                            timeouts.handshake)
