@@ -1,0 +1,149 @@
+"""End to end: a real PS and real agent processes on 127.0.0.1 train LeNet on the local MNIST data.
+
+(1) a clean run of each scheme learns; (2) MOLS K=15 r=3 with q=3 under ALIE and coordinate median still learns;
+(3) an agent killed mid-run becomes an erasure and the run finishes; (4) a PS killed with SIGKILL and restarted
+with --resume ends with the same parameters as an uninterrupted run; (5) an agent with the wrong token is refused
+and the run is unaffected.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.runtime_helpers import (MNIST_DIR, events, final_params, run_serve, start_agent, start_serve,
+                                   wait_for_step)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="local MNIST data missing"),
+]
+
+CHANCE = 0.1
+
+
+def _final_eval(train_dir: Path) -> dict:
+    evals = events(train_dir, "eval")
+    assert evals, (train_dir / "serve.log").read_text()[-3000:]
+    return evals[-1]
+
+
+def _summary(train_dir: Path) -> dict:
+    summaries = events(train_dir, "summary")
+    assert summaries, (train_dir / "serve.log").read_text()[-3000:]
+    return summaries[-1]
+
+
+SCHEMES = [
+    ("baseline", ["--workers", "3", "--replication", "1"]),
+    ("detox", ["--workers", "3", "--replication", "3"]),
+    ("maj_vote", ["--workers", "3", "--replication", "3"]),
+    ("rama_two", ["--workers", "9", "--replication", "3", "--rama-m", "3"]),
+    ("mols", ["--workers", "15", "--replication", "3"]),
+    ("rama_one", ["--workers", "15", "--replication", "3"]),
+]
+
+
+@pytest.mark.parametrize("scheme,flags", SCHEMES, ids=[s for s, _ in SCHEMES])
+def test_clean_run_of_each_scheme_learns(tmp_path: Path, scheme: str, flags: list[str]) -> None:
+    workers = int(flags[1])
+    result = run_serve(tmp_path, "--scheme", scheme, *flags, "--local-agents", str(workers), "--max-steps", "60",
+                       "--eval-freq", "30", "--lr", "0.02")
+    log = (tmp_path / "serve.log").read_text()
+    assert result.returncode == 0, log[-3000:]
+    summary = _summary(tmp_path)
+    assert summary["reason"] == "completed" and summary["steps"] == 60
+    assert summary["files_corrupted"] == 0 and summary["flagged_workers"] == []
+    top1 = _final_eval(tmp_path)["top1"]
+    assert top1 > 5 * CHANCE, f"{scheme}: held-out top-1 {top1:.3f} after 60 steps"
+    steps = events(tmp_path, "step")
+    assert [e["step"] for e in steps] == list(range(60))
+    job = events(tmp_path, "job")[0]
+    f = job["files"]
+    assert all(e["files_won"] == f and e["files_dropped"] == 0 for e in steps)
+
+
+def test_mols_under_alie_with_coordinate_median_still_learns(tmp_path: Path) -> None:
+    result = run_serve(tmp_path, "--scheme", "mols", "--workers", "15", "--replication", "3", "--local-agents", "15",
+                       "--byzantine", "3", "--attack", "alie", "--byzantine-gen", "worst",
+                       "--aggregator", "coord-median", "--max-steps", "80", "--eval-freq", "40", "--lr", "0.02")
+    assert result.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    steps = events(tmp_path, "step")
+    # the worst-case set of 3 workers wins c_max(3) = 3 of the 25 files every step, and is outvoted elsewhere
+    assert {e["files_corrupted"] for e in steps} == {3}
+    assert all(e["flagged"] for e in steps)
+    assert _final_eval(tmp_path)["top1"] > 4 * CHANCE
+
+
+def test_agent_killed_mid_run_becomes_an_erasure(tmp_path: Path) -> None:
+    ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3",
+                           "--max-steps", "40", "--eval-freq", "20", "--gather-timeout", "10")
+    agents = [start_agent(port, tmp_path / f"agent{i}.log") for i in range(3)]
+    try:
+        wait_for_step(tmp_path, 5, timeout=240, watch=[ps])
+        agents[0].kill()
+        assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
+    finally:
+        for proc in agents + [ps]:
+            proc.stop()
+    summary = _summary(tmp_path)
+    assert summary["reason"] == "completed" and summary["steps"] == 40
+    late = [e for e in events(tmp_path, "step") if e["step"] >= 10]
+    assert late and all(e["erased"] and e["files_won"] == 1 for e in late)
+    erased = {w for e in late for w in e["erased"]}
+    assert len(erased) == 1
+    assert _final_eval(tmp_path)["top1"] > 3 * CHANCE
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    flags = ["--scheme", "detox", "--workers", "3", "--replication", "3", "--local-agents", "3",
+             "--max-steps", "30", "--eval-freq", "10", "--seed", "7"]
+    reference = tmp_path / "reference"
+    assert run_serve(reference, *flags).returncode == 0, (reference / "serve.log").read_text()[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    ps, _ = start_serve(interrupted, *flags)
+    try:
+        wait_for_step(interrupted, 14, timeout=240, watch=[ps])
+        ps.kill()
+        ps.wait(timeout=30)
+    finally:
+        ps.stop()
+    assert not events(interrupted, "summary"), "the PS was meant to die before finishing"
+    (interrupted / "serve.log").rename(interrupted / "serve-killed.log")
+    result = run_serve(interrupted, *flags, "--resume")
+    assert result.returncode == 0, (interrupted / "serve.log").read_text()[-3000:]
+    jobs = events(interrupted, "job")
+    assert jobs[-1]["resumed"] and jobs[-1]["start_step"] in (10, 20)
+
+    ref_step, ref_params = final_params(reference)
+    step, params = final_params(interrupted)
+    assert step == ref_step == 30
+    np.testing.assert_array_equal(params, ref_params)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) -> None:
+    flags = ["--scheme", "detox", "--workers", "3", "--replication", "3", "--local-agents", "3",
+             "--max-steps", "4", "--eval-freq", "2"]
+    assert run_serve(tmp_path, *flags).returncode == 0
+    result = run_serve(tmp_path, *flags, "--resume", "--lr", "0.5")
+    assert result.returncode == 2
+    assert "lr: 0.01 -> 0.5" in (tmp_path / "serve.log").read_text()
+
+
+def test_agent_with_wrong_token_is_refused_and_run_unaffected(tmp_path: Path) -> None:
+    ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3",
+                           "--max-steps", "20", "--eval-freq", "10")
+    intruder = start_agent(port, tmp_path / "intruder.log", "wrong-token-wrong-token-wrong")
+    agents = [start_agent(port, tmp_path / f"agent{i}.log") for i in range(3)]
+    try:
+        assert intruder.wait(timeout=240) != 0
+        assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
+    finally:
+        for proc in agents + [intruder, ps]:
+            proc.stop()
+    assert "auth" in intruder.output().lower()
+    summary = _summary(tmp_path)
+    assert summary["reason"] == "completed" and summary["flagged_workers"] == []
+    assert all(not e["erased"] for e in events(tmp_path, "step"))
