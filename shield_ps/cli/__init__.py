@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "shield_ps.cli.analyze",
     "plot": "shield_ps.cli.plot",
     "serve": "shield_ps.cli.serve",
+    "watch": "shield_ps.cli.watch",
 }
 
 log = logging.getLogger("shield_ps")
