@@ -118,6 +118,13 @@ def configure_torch(threads: int) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def initial_parameters(network: str, dataset: str, seed: int) -> np.ndarray:
+    """A job's initial flat parameter vector (float32), without loading any data: the PS's starting point and
+    exactly :meth:`GradientComputer.initial_parameters` for the same ``(network, dataset, seed)``."""
+    model = build_seeded_model(parse_network(network), parse_dataset(dataset), seed)
+    return FlatParameters(model).values()
+
+
 class GradientComputer:
     """Computes file gradients for one job. Not thread-safe: use one instance from one thread at a time."""
 
@@ -149,7 +156,7 @@ class GradientComputer:
     def file_inputs(self, step: int, file: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (augmented, normalised) input batch and labels of ``file`` at ``step``."""
         indices = self.schedule.file(step, file)
-        rng = seeded_rng(self.spec.seed, step, file, _TAG_AUGMENT)
+        rng = seeded_rng(self.spec.seed, step, file, _TAG_AUGMENT) if self.transform.info.augment else None
         images = self.transform(self.data.train_images.index_select(0, indices), rng)
         return images, self.data.train_labels.index_select(0, indices)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.compute import BatchSchedule, ComputeSpec, FileGradient, GradientComputer
+from shield_agent.compute import BatchSchedule, ComputeSpec, FileGradient, GradientComputer, initial_parameters
 from shield_agent.errors import ComputeError
 from shield_agent.zoo.models import build_seeded_model
 from wire.digest import digest_bytes as _digest_bytes
@@ -81,6 +81,7 @@ def test_initial_parameters_follow_the_seed(lenet):
     assert params.dtype == np.float32 and params.shape == (431_080,)
     reference = torch.nn.utils.parameters_to_vector(build_seeded_model("LeNet", "MNIST", 3).parameters())
     assert np.array_equal(params, reference.detach().numpy())
+    assert np.array_equal(params, initial_parameters("LeNet", "mnist", 3))
     other = GradientComputer(lenet_spec(seed=4)).initial_parameters()
     assert not np.array_equal(params, other)
 
