@@ -22,7 +22,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 #: flags of ``shield-ps serve`` / ``shield-agent join`` that shield-ops sets itself.
 RESERVED_PS_FLAGS = ("--host", "--port", "--token", "--token-file", "--data-dir", "--train-dir", "--workers",
                      "--local-agents")
-RESERVED_AGENT_FLAGS = ("--token", "--token-file", "--data-dir")
+RESERVED_AGENT_FLAGS = ("--token", "--token-file", "--data-dir", "--name")
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,9 @@ def ps_command(cfg: ClusterConfig) -> list[str]:
              "--train-dir", f"$HOME/{ROOT}/run", "--workers", str(cfg.agents.count)] + list(cfg.ps.args))
 
 
-def agent_command(cfg: ClusterConfig, ps_host: str) -> list[str]:
+def agent_command(cfg: ClusterConfig, ps_host: str, name: str) -> list[str]:
     return (["venv/bin/shield-agent", "join", f"{ps_host}:{cfg.ps_port}", "--token-file", f"$HOME/{ROOT}/token",
-             "--data-dir", f"$HOME/{ROOT}/data"] + list(cfg.agents.args))
+             "--data-dir", f"$HOME/{ROOT}/data", "--name", name] + list(cfg.agents.args))
 
 
 def _shell(args: list[str]) -> str:
@@ -109,15 +109,19 @@ def _shell(args: list[str]) -> str:
     return " ".join(f'"{a}"' if a.startswith("$HOME/") else quote([a]) for a in args)
 
 
+#: a pid names a live daemon: it exists and is not a zombie (a container's init may not reap).
+ALIVE = "alive() { kill -0 \"$1\" 2>/dev/null && ! grep -qs ') Z ' \"/proc/$1/stat\"; }; "
+
+
 def daemon_script(role: str, args: list[str]) -> str:
     """Start ``args`` as a daemon (new session, logs, pidfile) unless the pidfile names a live process."""
     pid, log_file = f"{role}.pid", f"logs/{role}.log"
-    return (f"cd {HOME_ROOT} && if [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; then echo running; else "
+    return (f"{ALIVE}cd {HOME_ROOT} && if [ -f {pid} ] && alive \"$(cat {pid})\"; then echo running; else "
             f"setsid nohup {_shell(args)} > {log_file} 2>&1 < /dev/null & echo $! > {pid}; echo started; fi")
 
 
 def alive_script(role: str) -> str:
-    return (f"cd {HOME_ROOT} && kill -0 \"$(cat {role}.pid 2>/dev/null)\" 2>/dev/null || "
+    return (f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat {role}.pid 2>/dev/null)\" || "
             f"{{ echo '{role} exited:'; tail -n 15 logs/{role}.log; exit 3; }}")
 
 
@@ -152,9 +156,9 @@ async def check_alive(conn: asyncssh.SSHClientConnection, role: str, grace_s: fl
 
 
 PROBE_SCRIPT = (
-    f"cd {HOME_ROOT} 2>/dev/null || exit 0; echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
+    f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
     "for r in ps agent; do [ -f $r.pid ] || continue; "
-    "if kill -0 \"$(cat $r.pid)\" 2>/dev/null; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
+    "if alive \"$(cat $r.pid)\"; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
     "done; [ -f run/metrics.jsonl ] && tail -n 500 run/metrics.jsonl | cut -c1-65536 | "
     "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; true"
 )

@@ -131,7 +131,7 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
     ps_host = resolve(nodes["ps"]).cluster_host
 
     async def start_agent(node: Node) -> None:
-        started = await deploy.start_daemon(conns[node.name], "agent", deploy.agent_command(cfg, ps_host))
+        started = await deploy.start_daemon(conns[node.name], "agent", deploy.agent_command(cfg, ps_host, node.name))
         await deploy.check_alive(conns[node.name], "agent", grace_s=1.0 if started else 0.0)
         reporter.state(node.name, NodeState.STARTED, "" if started else "already running")
     await _per_node({n: v for n, v in nodes.items() if n != "ps"}, reporter, start_agent)

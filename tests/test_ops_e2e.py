@@ -26,7 +26,7 @@ from shield_ops.commands.ssh import ssh_argv
 from shield_ops.config import load_config
 from shield_ops.deploy import stop_script
 from shield_ops.state import ClusterState
-from test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
+from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -74,8 +74,8 @@ ami = "{ami}"
 [ps]
 instance_types = ["m5.large"]
 port = {free_port()}
-args = ["--scheme", "baseline", "--network", "LeNet", "--dataset", "MNIST", "--batch-size", "30",
-        "--max-steps", "4", "--eval-freq", "4", "--aggregator", "mean", "--byzantine", "0", "--seed", "1"]
+args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--dataset", "MNIST", "--batch-size", "30",
+        "--max-steps", "500", "--eval-freq", "500", "--aggregator", "mean", "--byzantine", "0", "--seed", "1"]
 [agents]
 count = 3
 instance_types = ["m5.large", "c5.large"]
@@ -85,7 +85,7 @@ python = "{sys.executable}"
 venv_args = ["--without-pip"]
 pip_args = ["--no-deps", "--no-index"]
 dataset = "MNIST"
-prepare = {"true" if RUNTIME else "false"}
+prepare = false  # the offline data holds only MNIST's test split, which `prepare` (a downloader) refuses
 upload_data = "{MNIST}"
 ssh_ready_timeout = 30
 ssh_retry_interval = 0.2
