@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from shield_ps.checkpoint import Checkpoint, load_latest, save_checkpoint
 from shield_ps.config import ServeConfig, diff_training_fields
-from shield_ps.errors import CheckpointError, TrainingError
+from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
 from shield_ps.local_agents import LocalAgents, write_token_file
@@ -28,18 +28,32 @@ from wire import ConnectionClosed, Connection, Kind, Role, WireError, serve
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DATA_DIR = "~/.cache/shield/data"
+
 
 class ModelState:
     """The PS's copy of the model: initial parameters, steps per epoch, and an evaluator (torch, lazily)."""
 
     def __init__(self, plan: JobPlan) -> None:
         from shield_agent.compute import ComputeSpec, GradientComputer
+        from shield_agent.errors import DatasetError
         from shield_agent.evaluation import Evaluator
 
+        from shield_agent.errors import ShieldAgentError
+        from shield_agent.zoo.prepare import prepare
+
         c = plan.config
-        data_dir = c.data_dir or str(Path("~/.cache/shield/data").expanduser())
+        data_dir = str(Path(c.data_dir or DEFAULT_DATA_DIR).expanduser())
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
-        computer = GradientComputer(spec)
+        try:
+            try:
+                computer = GradientComputer(spec)
+            except DatasetError:
+                log.warning("%s is not in %s yet: downloading it (first use)", c.dataset, data_dir)
+                prepare(c.dataset, data_dir)
+                computer = GradientComputer(spec)
+        except ShieldAgentError as exc:
+            raise ConfigError(str(exc)) from None
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch
         self.evaluator = Evaluator(c.network, c.dataset, data_dir, c.seed, threads=c.threads)
