@@ -17,6 +17,7 @@ from shield_ps.errors import ShieldPSError
 #: subcommand name -> module under ``shield_ps.cli`` that implements it.
 COMMANDS: dict[str, str] = {
     "analyze": "shield_ps.cli.analyze",
+    "evaluate": "shield_ps.cli.evaluate",
     "plot": "shield_ps.cli.plot",
     "serve": "shield_ps.cli.serve",
     "watch": "shield_ps.cli.watch",
