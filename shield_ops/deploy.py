@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import asyncssh
@@ -54,9 +55,19 @@ def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
     return wheels[-1]
 
 
+def wheel_digest(wheel: Path) -> bytes:
+    """A hash of the wheel's member names and contents: rebuilding the same source gives the same digest even
+    though the zip's timestamps differ."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(archive.namelist()):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(archive.read(name)).digest())
+    return digest.digest()
+
+
 def deploy_hash(cfg: ClusterConfig, wheel: Path, token: bytes) -> str:
-    """What a deployed node must match to be skipped: the wheel, the deploy fields and the token."""
-    digest = hashlib.sha256(wheel.read_bytes())
+    """What a deployed node must match to be skipped: the wheel's contents, the deploy fields and the token."""
+    digest = hashlib.sha256(wheel_digest(wheel))
     digest.update(cfg.deploy_fingerprint().encode())
     digest.update(hashlib.sha256(token).digest())
     return digest.hexdigest()[:32]

@@ -217,6 +217,8 @@ def test_status_reports_every_node(cluster: dict[str, Any]) -> None:
     assert [n["node"] for n in report["nodes"]] == ["ps", "agent-0", "agent-1", "agent-2"]
     assert {n["state"] for n in report["nodes"]} == {"deployed"}
     assert all(n["usd_per_hour"] is not None and n["public_ip"] for n in report["nodes"])
+    code, table = shield_ops("status", *cluster["base"])
+    assert code == 0 and "shield cluster e2e" in table and table.count("deployed") == 4
 
 
 def test_exec_and_logs_reach_every_node(cluster: dict[str, Any]) -> None:

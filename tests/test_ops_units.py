@@ -377,6 +377,25 @@ def test_probe_parsing_ignores_garbage_and_reads_progress() -> None:
                                                        "eval_step": 10, "top1": 0.9}
 
 
+def test_deploy_hash_ignores_zip_timestamps_but_not_contents(tmp_path: Path) -> None:
+    import zipfile
+
+    def wheel(name: str, stamp: tuple[int, ...], body: bytes) -> Path:
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr(zipfile.ZipInfo("shield_ops/x.py", stamp), body)
+        return path
+    cfg = validate(minimal())
+    a = wheel("a.whl", (2020, 1, 1, 0, 0, 0), b"x = 1")
+    b = wheel("b.whl", (2026, 11, 26, 12, 0, 0), b"x = 1")
+    c = wheel("c.whl", (2020, 1, 1, 0, 0, 0), b"x = 2")
+    assert deploy.deploy_hash(cfg, a, b"t") == deploy.deploy_hash(cfg, b, b"t")
+    assert deploy.deploy_hash(cfg, a, b"t") != deploy.deploy_hash(cfg, c, b"t")
+    assert deploy.deploy_hash(cfg, a, b"t") != deploy.deploy_hash(cfg, a, b"u")
+    assert deploy.deploy_hash(cfg, a, b"t") != deploy.deploy_hash(validate(minimal(deploy={"pip_args": ["-q"]})), a,
+                                                                  b"t")
+
+
 def test_commands_quote_everything_but_the_remote_home() -> None:
     cfg = validate(minimal(agents={"args": ["--threads", "a b; rm -rf /"]}))
     script = deploy.daemon_script("agent", deploy.agent_command(cfg, "10.0.0.1", "agent-0"))

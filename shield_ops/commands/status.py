@@ -27,7 +27,7 @@ def render_table(report: dict[str, Any]) -> None:
         price = f"{row['usd_per_hour']:.4f}" if row["usd_per_hour"] is not None else "-"
         table.add_row(row["node"], row["instance_id"], row["instance_type"], row["zone"], row["state"],
                       row["public_ip"] or "-", uptime, price, row["detail"])
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a file or pipe gets whole rows
     console.print(table)
     console.print(f"estimated: ${report['usd_per_hour']:.3f}/h, ${report['cost_usd']:.2f} so far")
     ps = report["ps"]
