@@ -25,9 +25,9 @@ from shield_agent.zoo.models import build_seeded_model, parse_network
 log = logging.getLogger(__name__)
 
 # Domain-separation tags so the permutation, augmentation and BN-calibration streams never share a seed.
-_TAG_PERMUTATION = 0x5045524D
-_TAG_AUGMENT = 0x41554720
-_TAG_CALIBRATE = 0x43414C42
+PERMUTATION_TAG = 0x5045524D
+AUGMENT_TAG = 0x41554720
+CALIBRATION_TAG = 0x43414C42
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class BatchSchedule:
     def permutation(self, epoch: int) -> torch.Tensor:
         """The training-set permutation of ``epoch`` (cached for the current epoch)."""
         if epoch != self._epoch:
-            order = seeded_rng(self.seed, epoch, _TAG_PERMUTATION).permutation(self.num_samples)
+            order = seeded_rng(self.seed, epoch, PERMUTATION_TAG).permutation(self.num_samples)
             self._permutation, self._epoch = torch.from_numpy(order), epoch
         return self._permutation
 
@@ -156,7 +156,7 @@ class GradientComputer:
     def file_inputs(self, step: int, file: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (augmented, normalised) input batch and labels of ``file`` at ``step``."""
         indices = self.schedule.file(step, file)
-        rng = seeded_rng(self.spec.seed, step, file, _TAG_AUGMENT) if self.transform.info.augment else None
+        rng = seeded_rng(self.spec.seed, step, file, AUGMENT_TAG) if self.transform.info.augment else None
         images = self.transform(self.data.train_images.index_select(0, indices), rng)
         return images, self.data.train_labels.index_select(0, indices)
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from shield_agent.compute import _TAG_CALIBRATE, configure_torch, seeded_rng
+from shield_agent.compute import CALIBRATION_TAG, configure_torch, seeded_rng
 from shield_agent.errors import ComputeError
 from shield_agent.zoo.datasets import DATASETS, BatchTransform, load_dataset, parse_dataset
 from shield_agent.zoo.flat import FlatParameters
@@ -60,7 +60,7 @@ class Evaluator:
         total = len(self.data.train_labels)
         size = min(self.batch_size, bn_samples, total)
         count = min(bn_samples, total) // size if size else 0
-        order = torch.from_numpy(seeded_rng(self.seed, _TAG_CALIBRATE).permutation(total))
+        order = torch.from_numpy(seeded_rng(self.seed, CALIBRATION_TAG).permutation(total))
         return [order[i * size:(i + 1) * size] for i in range(count)]
 
     @torch.no_grad()
@@ -71,7 +71,7 @@ class Evaluator:
             norm.momentum = None
         self.model.train()
         for index, indices in enumerate(self._calibration):
-            rng = seeded_rng(self.seed, index, _TAG_CALIBRATE)
+            rng = seeded_rng(self.seed, index, CALIBRATION_TAG)
             self.model(self.transform(self.data.train_images.index_select(0, indices), rng))
 
     @torch.no_grad()
