@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shield_ps.byzantine.placement import Scheme, build_placement
-from shield_ps.byzantine.symmetry import automorphisms, is_automorphism, orbit_minimal_prefix
+from shield_ps.byzantine.symmetry import PrefixFilter, automorphisms, is_automorphism, orbit_minimal_prefix
 from shield_ps.byzantine.worst_case import distorted
 
 CONFIGS = [("mols", 15, 3, None), ("mols", 35, 5, None), ("rama_one", 21, 3, None), ("rama_two", 25, 5, None),
@@ -64,3 +64,16 @@ def test_smallest_set_of_an_orbit_passes_every_prefix(config: tuple, data: st.Da
         assert orbit_minimal_prefix(group, smallest[:k])
     if images[0] != tuple(sorted(chosen)):
         assert not orbit_minimal_prefix(group, np.array(sorted(chosen)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(CONFIGS), st.data())
+def test_incremental_bitset_filter_agrees_with_the_sorting_test(config: tuple, data: st.DataObject) -> None:
+    p = build_placement(*config)
+    group = automorphisms(p)
+    flt = PrefixFilter(group)
+    chosen = sorted(data.draw(st.lists(st.integers(0, p.K - 1), min_size=1, max_size=10, unique=True)))
+    masks, prefix_mask = flt.empty(), 0
+    for k, w in enumerate(chosen):
+        masks, prefix_mask = flt.extend(masks, w), prefix_mask | (1 << w)
+        assert flt.minimal(masks, prefix_mask) == orbit_minimal_prefix(group, np.array(chosen[:k + 1]))

@@ -132,3 +132,29 @@ def orbit_minimal_prefix(group: np.ndarray, prefix: np.ndarray) -> bool:
     first = differ.argmax(axis=1)
     smaller = differ[np.arange(len(group)), first] & (images[np.arange(len(group)), first] < prefix[first])
     return not bool(smaller.any())
+
+
+class PrefixFilter:
+    """:func:`orbit_minimal_prefix` made incremental with bit sets (K <= 64): ``masks[g]`` is the image of the current
+    prefix under g as a bit set, and a set A is lexicographically smaller than a set B of the same size exactly when
+    the smallest element of A xor B lies in A."""
+
+    def __init__(self, group: np.ndarray) -> None:
+        if group.shape[1] > 64:
+            raise ValueError("PrefixFilter needs K <= 64")
+        self.bits = np.left_shift(np.uint64(1), group.astype(np.uint64))
+
+    def empty(self) -> np.ndarray:
+        """Image masks of the empty prefix."""
+        return np.zeros(len(self.bits), dtype=np.uint64)
+
+    def extend(self, masks: np.ndarray, worker: int) -> np.ndarray:
+        """Image masks of the prefix with ``worker`` added."""
+        return masks | self.bits[:, worker]
+
+    @staticmethod
+    def minimal(masks: np.ndarray, prefix_mask: int) -> bool:
+        """Whether no image of the prefix (bit set ``prefix_mask``) is lexicographically smaller than it."""
+        diff = masks ^ np.uint64(prefix_mask)
+        lowest = diff & (~diff + np.uint64(1))
+        return not bool((masks & lowest).any())

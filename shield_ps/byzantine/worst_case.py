@@ -30,14 +30,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from shield_ps.byzantine.placement import Placement
-from shield_ps.byzantine.symmetry import automorphisms, orbit_minimal_prefix
+from shield_ps.byzantine.symmetry import PrefixFilter, automorphisms
 from shield_ps.errors import AnalysisError
 
 log = logging.getLogger(__name__)
 
-#: Prefixes up to this length are tested against the automorphism group.
-SYMMETRY_DEPTH = 6
 _CHECK_EVERY = 256
+#: Random two-worker perturbations tried by the starting local search.
+KICKS = 12
+#: Prefixes up to this length are always tested against the automorphism group; longer ones only when at least
+#: LEAF_T workers remain after them (the test costs O(|group|); near the leaves it does not pay for itself).
+SYMMETRY_DEPTH = 6
+LEAF_T = 3
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ class _Search:
         # avail[j, i]: holders of file i among workers j..K-1.
         self.avail = np.vstack([np.cumsum(self.Hi[::-1], axis=0)[::-1], np.zeros((1, placement.f), np.int64)])
         self.smaller = smaller          # smaller[t] = exact c_max(t) for t < q
-        self.group = automorphisms(placement)
+        group = automorphisms(placement)
+        self.symmetry = PrefixFilter(group) if len(group) > 1 and K <= 64 else None
         self.deadline = deadline
         self.nodes = 0
         self.best = -1
@@ -146,9 +151,9 @@ class _Search:
         if self.deadline is not None and self.nodes % _CHECK_EVERY == 0 and time.monotonic() > self.deadline:
             raise _OutOfTime()
 
-    def visit(self, counts: np.ndarray, j: int, t: int, bound: int) -> None:
-        """Explore every completion of the current prefix (file counts ``counts``, proven ``bound``) by t workers
-        from j..K-1."""
+    def visit(self, counts: np.ndarray, j: int, t: int, bound: int, masks: np.ndarray | None) -> None:
+        """Explore every completion of the current prefix (file counts ``counts``, proven ``bound``, automorphic
+        image masks ``masks``) by t workers from j..K-1."""
         try:
             self.tick()
         except _OutOfTime as stop:
@@ -159,13 +164,18 @@ class _Search:
             return
         ws = np.arange(j, self.K - t + 1)
         child_bounds = np.minimum(self.bounds(counts, ws, t - 1), bound)
+        prefix_mask = sum(1 << w for w in self.chosen)
         for i, w in enumerate(ws.tolist()):
             if child_bounds[i] <= self.best:
                 continue
+            child_masks = None
+            if masks is not None and (len(self.chosen) < SYMMETRY_DEPTH or t > LEAF_T):
+                child_masks = self.symmetry.extend(masks, w)
+                if not self.symmetry.minimal(child_masks, prefix_mask | (1 << w)):
+                    continue
             self.chosen.append(w)
             try:
-                if len(self.chosen) > SYMMETRY_DEPTH or orbit_minimal_prefix(self.group, np.array(self.chosen)):
-                    self.visit(counts + self.Hi[w], w + 1, t - 1, int(child_bounds[i]))
+                self.visit(counts + self.Hi[w], w + 1, t - 1, int(child_bounds[i]), child_masks)
             except _OutOfTime as stop:
                 stop.open_bound = max(stop.open_bound, int(child_bounds[i + 1:].max(initial=0)))
                 raise
@@ -173,36 +183,58 @@ class _Search:
                 self.chosen.pop()
 
 
-def _local_search(placement: Placement, q: int) -> tuple[int, tuple[int, ...]]:
-    """A good set by greedy growth then best-improvement swaps (a starting incumbent; any value is safe)."""
-    H = placement.biadjacency().astype(np.int64)
-    rp = placement.r_prime
-    K = placement.K
-    chosen: list[int] = []
-    counts = np.zeros(placement.f, np.int64)
-    for _ in range(q):
-        gains = [(-(((counts + H[w]) >= rp).sum() * 4 + ((counts + H[w]) == rp - 1).sum()), w)
-                 for w in range(K) if w not in chosen]
-        w = min(gains)[1]
-        chosen.append(w)
-        counts += H[w]
-    value = int((counts >= rp).sum())
+def _scores(counts: np.ndarray, rp: int) -> np.ndarray:
+    """Local-search score of each row of file counts: distorted files first, files one copy short second."""
+    return (counts >= rp).sum(axis=-1) * (counts.shape[-1] + 1) + (counts == rp - 1).sum(axis=-1)
+
+
+def _improve(H: np.ndarray, rp: int, chosen: list[int]) -> list[int]:
+    """Swap one chosen worker for an outside one while the score strictly rises (so it terminates)."""
+    chosen = list(chosen)
+    counts = H[chosen].sum(axis=0)
+    score = int(_scores(counts, rp))
     improved = True
     while improved:
         improved = False
-        for out in list(chosen):
-            base = counts - H[out]
-            for w in range(K):
-                if w in chosen:
-                    continue
-                v = int(((base + H[w]) >= rp).sum())
-                if v > value:
-                    chosen[chosen.index(out)] = w
-                    counts, value, improved = base + H[w], v, True
-                    break
-            if improved:
-                break
-    return value, tuple(sorted(chosen))
+        for position, out in enumerate(chosen):
+            trial = _scores(counts - H[out] + H, rp)
+            trial[chosen] = -1
+            w = int(np.argmax(trial))
+            if trial[w] > score:
+                counts = counts - H[out] + H[w]
+                chosen[position], score, improved = w, int(trial[w]), True
+    return chosen
+
+
+def _local_search(placement: Placement, q: int) -> tuple[int, tuple[int, ...]]:
+    """A good starting set (any value is safe): greedy growth, and the exact answer for q-1 plus its best extra
+    worker when known, each improved by swaps."""
+    H = placement.biadjacency().astype(np.int64)
+    rp = placement.r_prime
+    starts: list[list[int]] = []
+    seeds = [[], *([w] for w in sorted({placement.K // 3, placement.K // 2, placement.K - 1}))]
+    if (placement, q - 1) in _EXACT:
+        seeds.append(list(_EXACT[(placement, q - 1)].worst_set))
+    for seed in seeds:
+        chosen = seed[:q]
+        while len(chosen) < q:
+            trial = _scores(H[chosen].sum(axis=0) + H, rp)
+            trial[chosen] = -1
+            chosen.append(int(np.argmax(trial)))
+        starts.append(_improve(H, rp, chosen))
+    value = lambda c: int((H[c].sum(axis=0) >= rp).sum())  # noqa: E731
+    best = max(starts, key=value)
+    rng = np.random.default_rng(placement.K * 1000 + q)  # deterministic kicks: same answer every run
+    for _ in range(KICKS if 0 < q < placement.K else 0):
+        trial = list(best)
+        outside = np.setdiff1d(np.arange(placement.K), trial)
+        for position, w in zip(rng.choice(q, size=min(2, q, len(outside)), replace=False),
+                               rng.choice(outside, size=min(2, q, len(outside)), replace=False)):
+            trial[position] = int(w)
+        trial = _improve(H, rp, trial)
+        if value(trial) > value(best):
+            best = trial
+    return value(best), tuple(sorted(best))
 
 
 #: (placement, q) -> exact answer; small results, reused as bounds for larger q.
@@ -243,7 +275,8 @@ def _solve(placement: Placement, q: int, deadline: float | None) -> WorstCase:
     search.best = v0 - 1
     started = time.monotonic()
     try:
-        search.visit(np.zeros(placement.f, np.int64), 0, q, search.root_bound)
+        masks = search.symmetry.empty() if search.symmetry is not None else None
+        search.visit(np.zeros(placement.f, np.int64), 0, q, search.root_bound, masks)
     except _OutOfTime as stop:
         # A set met by the search at the proven optimum is the smallest optimal one; the greedy set need not be.
         from_search = search.best >= v0
