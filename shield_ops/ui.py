@@ -105,7 +105,8 @@ class LiveReporter(Reporter):
 
         self.title = title
         self.console = Console(file=self.stream)
-        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+        # get_renderable: the refresh thread rebuilds the table, so the "for" column keeps ticking
+        self.live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self._table)
         self.live.start()
 
     def _table(self) -> Any:
@@ -115,21 +116,21 @@ class LiveReporter(Reporter):
         for column in ("node", "instance", "state", "for", "detail"):
             table.add_column(column)
         now = time.monotonic()
-        for name in sorted(self.rows, key=sort_key):
-            row = self.rows[name]
+        rows = dict(self.rows)  # one atomic copy: the refresh thread must not see the dict change mid-iteration
+        for name in sorted(rows, key=sort_key):
+            row = rows[name]
             style = self.STYLE.get(row.state, "")
             table.add_row(name, row.instance, f"[{style}]{row.state.value}[/]" if style else row.state.value,
                           f"{now - row.since:.0f}s", row.detail)
         return table
 
     def _changed(self, node: str) -> None:
-        self.live.update(self._table())
+        self.live.refresh()
 
     def info(self, text: str) -> None:
         self.live.console.print(text)
 
     def close(self) -> None:
-        self.live.update(self._table())
         self.live.stop()
 
 

@@ -283,3 +283,5 @@ def test_down_removes_only_what_carries_the_tag(cluster: dict[str, Any]) -> None
     assert code == 0 and "nothing tagged" in out
     code, out = shield_ops("up", *cluster["base"], "--dry-run")
     assert code == 0 and out.count("launch ") == 4
+    ports = {f.port for f in cluster["cloud"].nodes.values()}  # every SSH dial of the whole module went to a fake node
+    assert len(cluster["dialled"]) > 20 and all(h == "127.0.0.1" and p in ports for h, p in cluster["dialled"])

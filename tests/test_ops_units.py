@@ -106,6 +106,19 @@ def test_cli_reports_config_errors_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and "agents.count" in done.stderr
 
 
+def test_an_unreachable_endpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "x", "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1",
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    done = subprocess.run([sys.executable, "-m", "shield_ops.cli", "status", "-c", str(EXAMPLE), "--state-dir",
+                           str(tmp_path / "s")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr
+
+
 # ------------------------------------------------------------------------------------------- EC2 (Stubber)
 def stubbed(test: Any) -> Any:
     """Run ``test(client, stubber)`` with an aiobotocore EC2 client whose replies come from a Stubber."""

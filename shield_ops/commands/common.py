@@ -60,8 +60,22 @@ def select(nodes: list[Node], names: list[str] | None) -> list[Node]:
     return [known[n] for n in names]
 
 
-def arun(coro: Coroutine[Any, Any, int]) -> int:
-    return asyncio.run(coro)
+def arun(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a command's coroutine; AWS, SSH and network failures become one-line :class:`ShieldOpsError`s."""
+    import asyncssh
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return asyncio.run(coro)
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise ShieldOpsError(f"AWS refused {exc.operation_name}: {err.get('Code')}: {err.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise ShieldOpsError(f"AWS: {exc}") from None
+    except asyncssh.Error as exc:
+        raise ShieldOpsError(f"ssh: {exc.reason}") from None
+    except OSError as exc:
+        raise ShieldOpsError(f"{type(exc).__name__}: {exc}") from None
 
 
 async def discover(cfg: ClusterConfig) -> list[Node]:
