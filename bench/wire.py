@@ -189,16 +189,23 @@ async def bench_wire(d: int, reps: int, senders: int, level: int) -> dict[str, f
             await asyncio.wait_for(rx.ready.wait(), 120)
             raw_times: list[float] = []
             cases = SINGLE if count == 1 else {"fanin_s": None}
+            raw_cpu: list[float] = []
             for key, case in cases.items():
-                times = []
+                times, cpu = [], []
                 for rep in range(reps + 1):  # the first is a warm-up (encode cache, first touch)
+                    c0 = time.process_time()
                     raw_t = raw.fetch()
+                    c1 = time.process_time()
                     t = await (rx.timed_fetch(case[0], level, *case[1:]) if case else rx.timed_fanin(Codec.NONE, 0))
                     if rep:
                         raw_times.append(raw_t)
                         times.append(t)
+                        raw_cpu.append(c1 - c0)
+                        cpu.append(time.process_time() - c1)
                 out[key] = min(times)
+                out[key.replace("_s", "_cpu_s")] = min(cpu)
             out["raw_s" if count == 1 else "fanin_raw_s"] = min(raw_times)
+            out["raw_cpu_s"] = min(raw_cpu + [out.get("raw_cpu_s", float("inf"))])
             if count == 1:
                 assert rx.dests[0].tobytes() == vector(d).tobytes()
             rx.done.set()
@@ -241,7 +248,7 @@ def main() -> None:
     x = vector(d)
     figures: dict[str, float] = {}
     for codec in (Codec.LZ4, Codec.ZSTD):
-        c = bench_codec(x, codec, args.level, args.reps)
+        c = bench_codec(x, codec, args.level, max(args.reps, 7))
         print(f"codec {codec.value}-{args.level}+shuffle (random): ratio {c['ratio']:.3f}; encode {c['enc_gbps']:.2f} "
               f"GB/s vs bare {c['bare_enc_gbps']:.2f} ({c['encode_vs_blosc2']:.2f}x); decode {c['dec_gbps']:.2f} vs "
               f"bare {c['bare_dec_gbps']:.2f} ({c['decode_vs_blosc2']:.2f}x); decode+digest {c['dec_digest_gbps']:.2f}")
@@ -258,14 +265,19 @@ def main() -> None:
     w = asyncio.run(bench_wire(d, args.reps, args.senders, args.level))
     raw_s = w["raw_s"]
     raw_gbps = nbytes / raw_s / 1e9
-    print(f"raw socket sendall/recv_into: {raw_gbps:.2f} GB/s ({raw_s * 1e3:.1f} ms per vector)")
+    print(f"raw socket sendall/recv_into: {raw_gbps:.2f} GB/s ({raw_s * 1e3:.1f} ms per vector); "
+          f"receiver CPU {w['raw_cpu_s'] * 1e3:.1f} ms")
+    figures["socket_rx_cpu_ms"] = round(w["raw_cpu_s"] * 1e3, 1)
     figures["socket_gbps"] = round(raw_gbps, 3)
     for key, label in (("none_s", "none"), ("none_digest_s", "none+digest"), ("lz4_transfer_s", "lz4 (pre-encoded)"),
                        ("lz4_e2e_s", "lz4 end to end"), ("zstd_transfer_s", "zstd (pre-encoded)"),
                        ("zstd_e2e_s", "zstd end to end")):
         gbps = nbytes / w[key] / 1e9
         figures[key.replace("_s", "_gbps")] = round(gbps, 3)
-        print(f"wire fetch {label}: {gbps:.2f} GB/s ({w[key] * 1e3:.1f} ms, {gbps / raw_gbps:.2f}x socket)")
+        cpu_ms = w[key.replace("_s", "_cpu_s")] * 1e3
+        figures[key.replace("_s", "_rx_cpu_ms")] = round(cpu_ms, 1)
+        print(f"wire fetch {label}: {gbps:.2f} GB/s ({w[key] * 1e3:.1f} ms, {gbps / raw_gbps:.2f}x socket); "
+              f"receiver CPU {cpu_ms:.1f} ms")
     figures["transfer_vs_socket"] = round(raw_s / w["none_s"], 4)
     figures["transfer_digest_vs_socket"] = round(raw_s / w["none_digest_s"], 4)
     raw_gbps = nbytes / w["fanin_raw_s"] / 1e9  # the single-stream ceiling measured alongside the fan-in
