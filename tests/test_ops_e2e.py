@@ -5,6 +5,7 @@ again (no-op), a lost agent replaced, status, exec, logs, OpenSSH, training (whi
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import asyncssh
 import pytest
 
 from shield_ops import cli, nodes
+from shield_ops.commands import logs
 from shield_ops.commands.ssh import ssh_argv
 from shield_ops.config import load_config
 from shield_ops.deploy import stop_script
@@ -264,6 +266,11 @@ def test_up_starts_a_training_cluster(cluster: dict[str, Any]) -> None:
     assert {n["state"] for n in report["nodes"]} == {"started"}
     code, again = shield_ops("up", *cluster["base"], "--wheel", str(cluster["wheel"]), "--format", "plain")
     assert code == 0 and again.count("already running") == 4, again
+    args = cli.build_parser().parse_args(["logs", *cluster["base"], "--node", "agent-0", "--follow", "-n", "3"])
+    followed = io.StringIO()
+    with redirect_stdout(followed), pytest.raises(asyncio.TimeoutError):
+        asyncio.run(asyncio.wait_for(logs.collect(args), 3))
+    assert followed.getvalue().startswith("[agent-0] ==> agent.log <==")
 
 
 def test_down_removes_only_what_carries_the_tag(cluster: dict[str, Any]) -> None:
