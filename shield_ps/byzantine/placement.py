@@ -67,7 +67,9 @@ class Placement:
 
 
 def parse_scheme(scheme: Scheme | str) -> Scheme:
-    """The :class:`Scheme` named by ``scheme`` (a member, a CLI name or an alias); PlacementError names the valid ones."""
+    """The :class:`Scheme` named by ``scheme`` (a member, a CLI name or an alias).
+
+    Raises PlacementError naming the valid ones."""
     if isinstance(scheme, Scheme):
         return scheme
     try:
@@ -111,7 +113,8 @@ def _groups(K: int, r: int, m: int | None, scheme: Scheme) -> tuple[list[list[in
     _need_odd(scheme, r)
     if K % r:
         raise PlacementError(
-            f"{scheme.value} needs K divisible by r (K/r groups of r workers); K={K}, r={r} gives {_ratio(K, r)} groups")
+            f"{scheme.value} needs K divisible by r (K/r groups of r workers); "
+            f"K={K}, r={r} gives {_ratio(K, r)} groups")
     return [[k // r] for k in range(K)], K // r
 
 
@@ -135,7 +138,8 @@ def _rama_one(K: int, r: int, m: int | None) -> tuple[list[list[int]], int]:
     s = K // r
     if K % r or not is_prime(s) or not r < s:
         raise PlacementError(
-            f"rama_one (Ramanujan case 1) needs K = m*s with s prime and m = r < s; K={K}, r={r} gives s={_ratio(K, r)}")
+            f"rama_one (Ramanujan case 1) needs K = m*s with s prime and m = r < s; "
+            f"K={K}, r={r} gives s={_ratio(K, r)}")
     # Worker j*s + b (block column j) holds file i*s + a (block row i) iff (P^(i*j))[a, b] = 1, i.e. b = a + i*j.
     files = [sorted(i * s + (b - i * j) % s for i in range(s)) for j in range(r) for b in range(s)]
     return files, s * s

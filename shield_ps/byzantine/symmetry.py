@@ -57,7 +57,7 @@ def _files_are_points(placement: Placement, point_index: np.ndarray, lines: list
                for i, x in enumerate(point_index))
 
 
-def _worker_map(point_lines: dict[frozenset, int], lines: list[frozenset], image: np.ndarray, p: int) -> list[int] | None:
+def _worker_map(point_lines: dict[frozenset, int], lines: list[frozenset], image: np.ndarray) -> list[int] | None:
     """The worker permutation induced by the point map ``image`` (point index -> point index), or None."""
     perm = []
     for line in lines:
@@ -97,13 +97,13 @@ def _affine_group(placement: Placement) -> np.ndarray:
         if (a * d - b * c) % p == 0:
             continue
         image = ((grid @ np.array([[a, c], [b, d]])) % p) @ np.array([p, 1])
-        perm = _worker_map(point_lines, lines, image, p)
+        perm = _worker_map(point_lines, lines, image)
         if perm is not None:
             linear.append(perm)
     shifts: list[list[int]] = []
     for dx, dy in itertools.product(range(p), repeat=2):
         image = ((grid + np.array([dx, dy])) % p) @ np.array([p, 1])
-        perm = _worker_map(point_lines, lines, image, p)
+        perm = _worker_map(point_lines, lines, image)
         if perm is not None:
             shifts.append(perm)
     group = {tuple(np.array(t)[np.array(m)]) for m in linear for t in shifts}
