@@ -97,6 +97,10 @@ class Connection(asyncio.BufferedProtocol):
                 return await asyncio.wait_for(fut, limit)
             except asyncio.TimeoutError:
                 raise WireTimeoutError(f"no reply to {Kind(kind).value} within {limit}s") from None
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    fut.result().discard()  # a reply that arrived as we were cancelled must not stall the stream
+                raise
         finally:
             self._pending.pop(msg_id, None)
 
@@ -160,9 +164,13 @@ class Connection(asyncio.BufferedProtocol):
             self._write(head)
             if vector is not None:
                 self._mid_frame = True
-                for chunk in vector.chunks:
-                    self._write(chunk)
-                    await self._drain()
+                try:
+                    for chunk in vector.chunks:
+                        self._write(chunk)
+                        await self._drain()
+                except BaseException:  # e.g. the sender was cancelled: half a frame is on the wire, no way back
+                    self._shutdown(ConnectionClosed("send interrupted mid-frame"), code=None, abort=True)
+                    raise
                 self._mid_frame = False
             await self._drain()
             if vector is not None and vector.desc.codec is Codec.NONE:
