@@ -401,3 +401,24 @@ def test_connect_to_nothing_is_a_typed_error_and_stuck_owners_are_cancelled() ->
         with pytest.raises(wire.ConnectionClosed):
             await wire.connect("127.0.0.1", port, token=TOKEN, timeouts=FAST)
     run(main())
+
+
+def test_send_cancelled_mid_frame_closes_the_connection() -> None:
+    async def main() -> None:
+        outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+        big = wire.encode_vector(np.ones(8 << 20, np.float32), wire.Codec.NONE)  # 32 MiB: more than socket buffers
+
+        async def owner(conn: wire.Connection) -> None:
+            send = asyncio.ensure_future(conn.send(Kind.STEP, {}, vector=big))
+            while not conn._mid_frame or not conn._write_paused:  # blocked inside the payload
+                await asyncio.sleep(0.01)
+            send.cancel()
+            await asyncio.gather(send, return_exceptions=True)
+            outcome.set_result(conn.closed)
+
+        async with serving(owner, limits=Limits(max_write_buffer=1 << 20)) as server:
+            peer = await RawPeer.open(server.port)
+            await peer.handshake()
+            assert await outcome is True
+            peer.close()
+    run(main())
