@@ -1,10 +1,14 @@
 """Per-file gradient time of the compute core against a bare torch forward/backward of the same samples.
 
 For each configuration, every repetition picks a (step, file), prepares that file's input batch, and times, in
-alternating order, (a) ``GradientComputer.file_gradient`` (parameter load, sample gather, normalisation and
-augmentation, forward/backward, gradient copy into a preallocated vector) and (b) the bare baseline: set grads to
-None, forward, cross-entropy, backward on the already-prepared batch. Figures are medians; the overhead is
-median(a) / median(b) - 1. (a') is file_gradient fed the computer's own parameter storage (no load copy).
+rotating order:
+  (a)  ``GradientComputer.file_gradient``: parameter load, sample gather, normalisation and augmentation,
+       forward/backward, gradient copy into a preallocated flat vector;
+  (a') the same, fed the computer's own parameter storage (``parameters_view()``: no load copy);
+  (b)  bare: set grads to None, forward, cross-entropy, backward on the already-prepared batch;
+  (c)  torch idiom for the same job: ``vector_to_parameters`` + (b) + ``torch.cat`` of the grads into the vector.
+Times are CPU seconds of the calling thread (``time.thread_time``; one torch thread runs in the caller), which
+keeps other processes on a shared machine out of the figures; medians. Overhead = median(a) / median(b) - 1.
 
 ResNet18 runs on a synthetic dataset in the real CIFAR-10 binary layout (random pixels; timing is what matters);
 LeNet runs on the local MNIST. One torch thread, as a job fixes it. Last line: JSON of all figures.
@@ -19,12 +23,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from shield_agent.compute import ComputeSpec, GradientComputer
+from shield_agent.zoo.models import build_seeded_model
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
@@ -41,43 +47,58 @@ def fake_cifar10(folder: Path, per_file: int = 1000) -> str:
     return str(folder)
 
 
-def bare(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    started = time.perf_counter()
+def bare(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    return time.perf_counter() - started
+
+
+def torch_idiom(model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                out: torch.Tensor) -> None:
+    torch.nn.utils.vector_to_parameters(params, model.parameters())
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    torch.cat([p.grad.reshape(-1) for p in model.parameters()], out=out)
+
+
+def cpu_seconds(fn: Callable[[], object]) -> float:
+    started = time.thread_time()
+    fn()
+    return time.thread_time() - started
 
 
 def measure(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, float]:
     computer = GradientComputer(spec)
     params = computer.initial_parameters()
     out = np.empty(computer.num_params, dtype=np.float32)
-    ours, ours_view, baseline = [], [], []
+    idiom_model = build_seeded_model(spec.network, spec.dataset, spec.seed).train()
+    idiom_params, idiom_out = torch.from_numpy(params.copy()), torch.empty(computer.num_params)
+    view = computer.parameters_view()
+    times: dict[str, list[float]] = {"ours": [], "inplace": [], "bare": [], "idiom": []}
     for rep in range(warmup + reps):
         step, file = rep, rep % spec.num_files
         x, y = computer.file_inputs(step, file)
+        view[:] = params  # as if the PS's vector had been decoded straight into the model's storage
         trials = [
-            (ours, lambda: computer.file_gradient(params, step, file, out=out).seconds),
-            (ours_view, lambda: _in_place(computer, params, step, file, out)),
-            (baseline, lambda: bare(computer.model, x, y)),
+            ("ours", lambda: computer.file_gradient(params, step, file, out=out)),
+            ("inplace", lambda: computer.file_gradient(view, step, file, out=out)),
+            ("bare", lambda: bare(computer.model, x, y)),
+            ("idiom", lambda: torch_idiom(idiom_model, idiom_params, x, y, idiom_out)),
         ]
-        for bucket, trial in (trials if rep % 2 else trials[::-1]):
-            seconds = trial()
+        shift = rep % len(trials)
+        for key, trial in trials[shift:] + trials[:shift]:
+            seconds = cpu_seconds(trial)
             if rep >= warmup:
-                bucket.append(seconds)
-    a, a_view, b = (statistics.median(v) * 1e3 for v in (ours, ours_view, baseline))
-    row = {f"{name}_ms": a, f"{name}_inplace_ms": a_view, f"{name}_bare_ms": b,
-           f"{name}_overhead": a / b - 1, f"{name}_inplace_overhead": a_view / b - 1}
-    print(f"{name:>16}: file_gradient {a:8.2f} ms | with own param storage {a_view:8.2f} ms | bare torch "
-          f"{b:8.2f} ms | overhead {100 * (a / b - 1):+5.1f}% ({100 * (a_view / b - 1):+5.1f}% in place) "
-          f"| {reps} reps, {computer.num_params:,} params")
+                times[key].append(seconds)
+    ms = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    row = {f"{name}_ms": ms["ours"], f"{name}_inplace_ms": ms["inplace"], f"{name}_bare_ms": ms["bare"],
+           f"{name}_torch_idiom_ms": ms["idiom"], f"{name}_overhead": ms["ours"] / ms["bare"] - 1,
+           f"{name}_inplace_overhead": ms["inplace"] / ms["bare"] - 1,
+           f"{name}_vs_torch_idiom": ms["ours"] / ms["idiom"] - 1}
+    print(f"{name:>14}: file_gradient {ms['ours']:8.2f} ms ({ms['inplace']:8.2f} in place) | bare fwd/bwd "
+          f"{ms['bare']:8.2f} ms | torch idiom {ms['idiom']:8.2f} ms | overhead vs bare "
+          f"{100 * row[f'{name}_overhead']:+5.1f}% ({100 * row[f'{name}_inplace_overhead']:+5.1f}% in place), "
+          f"vs idiom {100 * row[f'{name}_vs_torch_idiom']:+5.1f}% | {reps} reps, {computer.num_params:,} params")
     return row
-
-
-def _in_place(computer: GradientComputer, params: np.ndarray, step: int, file: int, out: np.ndarray) -> float:
-    view = computer.parameters_view()
-    view[:] = params  # what decoding the PS's vector straight into the model's storage would leave there
-    return computer.file_gradient(view, step, file, out=out).seconds
 
 
 def main() -> int:
