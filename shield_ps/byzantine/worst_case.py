@@ -81,8 +81,8 @@ class _Search:
         # avail[j, i]: holders of file i among workers j..K-1.
         self.avail = np.vstack([np.cumsum(self.Hi[::-1], axis=0)[::-1], np.zeros((1, placement.f), np.int64)])
         self.smaller = smaller          # smaller[t] = exact c_max(t) for t < q
-        group = automorphisms(placement)
-        self.symmetry = PrefixFilter(group) if len(group) > 1 and K <= 64 else None
+        group = automorphisms(placement) if K <= 64 else None
+        self.symmetry = PrefixFilter(group) if group is not None and len(group) > 1 else None
         self.deadline = deadline
         self.nodes = 0
         self.best = -1
