@@ -422,3 +422,19 @@ def test_send_cancelled_mid_frame_closes_the_connection() -> None:
             assert await outcome is True
             peer.close()
     run(main())
+
+
+def test_connections_above_the_cap_are_turned_away() -> None:
+    async def main() -> None:
+        async with serving(echo, limits=Limits(max_connections=1)) as server:
+            first = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            with pytest.raises(wire.ConnectionClosed) as busy:
+                await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            assert busy.value.remote_code == "busy"
+            await first.close()
+            for _ in range(100):  # the server notices the close asynchronously
+                if not server.connections:
+                    break
+                await asyncio.sleep(0.01)
+            await good_round_trip(server.port)
+    run(main())

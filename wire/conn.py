@@ -51,7 +51,7 @@ class Connection(asyncio.BufferedProtocol):
         self._keepalive: asyncio.Task | None = None
         self._sinks: set[VectorSink] = set()
         self._scratch: list[bytearray] = []
-        self._discard_buf = memoryview(bytearray(256 * 1024))
+        self._discard_mem: memoryview | None = None
         self._awaiting_since = 0.0
         self.last_recv = self.last_send = time.monotonic()
 
@@ -63,6 +63,13 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def bytes_in(self) -> int:
         return self.reader.bytes_in
+
+    @property
+    def _discard_buf(self) -> memoryview:
+        """Scratch for bytes we drop (allocated on first use: most connections never need it)."""
+        if self._discard_mem is None:
+            self._discard_mem = memoryview(bytearray(64 * 1024))
+        return self._discard_mem
 
     async def send(self, kind: Kind, header: dict[str, Any] | None = None, *, vector: EncodedVector | None = None,
                    reply_to: Message | int | None = None) -> None:

@@ -101,13 +101,13 @@ class Server:
         if self._closed or len(self.connections) >= self.limits.max_connections:
             conn._loop.call_soon(lambda: conn._shutdown(ConnectionClosed("server busy or closing"), code="busy"))
         else:
+            self.connections.add(conn)
             task = asyncio.get_running_loop().create_task(self._handle(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return conn
 
     async def _handle(self, conn: Connection) -> None:
-        self.connections.add(conn)
         try:
             await asyncio.sleep(0)  # let connection_made run
             conn.peer = await asyncio.wait_for(
