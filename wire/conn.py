@@ -53,6 +53,7 @@ class Connection(asyncio.BufferedProtocol):
         self._scratch: list[bytearray] = []
         self._discard_mem: memoryview | None = None
         self._awaiting_since = 0.0
+        self._early_close_code: str | None = None
         self.last_recv = self.last_send = time.monotonic()
 
     # ---- public API -------------------------------------------------------------------------------------------
@@ -227,6 +228,11 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
         high = self.limits.max_write_buffer
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
+        if self._closed:  # refused before it was made (e.g. the server is busy)
+            if self._early_close_code is not None:
+                transport.write(encode_frame(Kind.ERROR, {"code": self._early_close_code,  # type: ignore[attr-defined]
+                                                          "reason": str(self.close_error)[:500]}))
+            transport.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self._closed:
@@ -362,8 +368,8 @@ class Connection(asyncio.BufferedProtocol):
                 except Exception:  # the ERROR frame is a courtesy; closing must not fail
                     pass
             transport.abort() if abort else transport.close()
-        elif transport is None and not self._lost.done():
-            self._lost.set_result(None)
+        elif transport is None:
+            self._early_close_code = code  # closed before the transport arrived: connection_made finishes the job
         closed = self._closed_error()
         for fut in self._pending.values():
             if not fut.done():
