@@ -59,7 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
     parser.add_argument("--name", default="", help="a name shown on the PS (default: none)")
     parser.add_argument("--no-reconnect", action="store_true", help="exit when the PS connection drops")
+    parser.add_argument("--spot-watch", action="store_true",
+                        help="poll the EC2 metadata service for a spot interruption notice and leave cleanly")
+    parser.add_argument("--imds", type=host_port, help=argparse.SUPPRESS)
+    # testing the defence end to end: real Byzantine agents that lie on the wire
     parser.add_argument("--lie", type=float, metavar="FACTOR", help=argparse.SUPPRESS)
+    parser.add_argument("--lie-payload", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = args.address
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
-                           lie_factor=args.lie)
+                           lie_factor=args.lie, lie_payload=args.lie_payload, spot_watch=args.spot_watch,
+                           imds=args.imds)
     install_event_loop()
     return asyncio.run(run_agent(options))

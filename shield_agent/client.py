@@ -17,12 +17,15 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shield_agent.errors import ComputeError, ShieldAgentError
 from wire import Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+
+if TYPE_CHECKING:
+    from shield_agent.spot import SpotWatcher
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,10 @@ class AgentOptions:
     name: str = ""
     reconnect: bool = True
     max_backoff: float = 30.0
-    lie_factor: float | None = None  # testing only: a real Byzantine agent that sends factor * gradient
+    lie_factor: float | None = None  # testing only: a Byzantine agent that computes factor * gradient
+    lie_payload: bool = False  # testing only: a Byzantine agent whose payloads do not match its digests
+    spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
+    imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,10 @@ class AgentSession:
             await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
                                                     "reason": f"file {file} of step {step} is not computed here"})
             return
-        await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, self._grads[file],
+        payload = self._grads[file]
+        if self.options.lie_payload:
+            payload = payload * np.float32(-1.0)
+        await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
                                     codec=Codec(job.codec), level=job.codec_level, reply_to=msg)
 
 
@@ -220,6 +229,7 @@ async def run_agent(options: AgentOptions) -> int:
     """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed."""
     import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
+    watcher = _start_spot_watcher(options)
     backoff = 0.5
     while True:
         try:
@@ -235,6 +245,7 @@ async def run_agent(options: AgentOptions) -> int:
         log.info("joined %s:%d as peer %d", options.host, options.port, conn.peer.id)
         backoff = 0.5
         session = AgentSession(options, conn)
+        leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
             await session.run()
         except ShieldAgentError as exc:
@@ -242,10 +253,35 @@ async def run_agent(options: AgentOptions) -> int:
             await conn.close(str(exc), code=exc.code)
             return 2
         finally:
+            if leaver is not None:
+                leaver.cancel()
+                await asyncio.gather(leaver, return_exceptions=True)
             await conn.close("agent leaving")
-        if session.finished:
+        if session.finished or (watcher is not None and watcher.event.is_set()):
             return 0
         if not options.reconnect:
             log.warning("lost the PS (%s); not reconnecting", conn.close_error)
             return 1
         log.warning("lost the PS (%s); reconnecting", conn.close_error)
+
+
+def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
+    if not options.spot_watch:
+        return None
+    from shield_agent.spot import SpotWatcher
+
+    watcher = SpotWatcher(*options.imds) if options.imds else SpotWatcher()
+    task = asyncio.get_running_loop().create_task(watcher.run())
+    task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+    return watcher
+
+
+async def _leave_on_notice(watcher: "SpotWatcher", session: AgentSession) -> None:
+    """On a spot interruption notice, tell the PS we are leaving (it erases us at once) and end the session."""
+    await watcher.event.wait()
+    log.warning("spot interruption notice (%s): leaving the PS", watcher.notice)
+    try:
+        await session.conn.send(Kind.LEAVE, {"reason": "spot interruption"})
+    finally:
+        session.finished = True
+        await session.conn.close("spot interruption")

@@ -17,7 +17,7 @@ import numpy as np
 
 from shield_ps.byzantine.aggregators import aggregate
 from shield_ps.byzantine.attacks import simulate_attack
-from shield_ps.byzantine.vote import VoteResult, vote_digests
+from shield_ps.byzantine.vote import VoteResult, vote_digests, vote_tolerant
 from shield_ps.collector import DigestRejected, StepCollector
 from shield_ps.errors import AggregationError, TrainingError
 from shield_ps.job import JobPlan
@@ -67,6 +67,7 @@ class StepRunner:
         self.d = d
         self._rows = np.empty((f, d), dtype=np.float32)
         self._zeros = np.zeros(d, dtype=np.float32)
+        self._replicas: dict[tuple[int, int], np.ndarray] = {}
         self.collector: StepCollector | None = None
         self._loop = asyncio.get_event_loop()
 
@@ -120,16 +121,18 @@ class StepRunner:
                 self.pool.set_state(late, WorkerState.LATE)
         times["compute"] = time.perf_counter() - mark
 
-        mark = time.perf_counter()
-        vote = vote_digests(plan.placement, collector.replies)
-        times["vote"] = time.perf_counter() - mark
-
-        mark = time.perf_counter()
-        won, liars, invalid = await self._fetch_winners(step, vote)
-        times["gather"] = time.perf_counter() - mark
-        if invalid:
-            vote = vote_digests(plan.placement, collector.replies, invalid=invalid)
-            won = [file for file in won if vote.files[file].won]
+        if cfg.vote == "tolerant":
+            vote, won, liars = await self._tolerant_vote(step, collector, times)
+        else:
+            mark = time.perf_counter()
+            vote = vote_digests(plan.placement, collector.replies)
+            times["vote"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            won, liars, invalid = await self._fetch_winners(step, vote)
+            times["gather"] = time.perf_counter() - mark
+            if invalid:
+                vote = vote_digests(plan.placement, collector.replies, invalid=invalid)
+                won = [file for file in won if vote.files[file].won]
 
         mark = time.perf_counter()
         byzantine = plan.byzantine.at(step) if plan.byzantine is not None else ()
@@ -177,22 +180,8 @@ class StepRunner:
         row = self._rows[file_vote.file]
         for worker in holders[start:] + holders[:start]:
             link = self.pool.link(worker)
-            if link is None:
-                continue
-            try:
-                msg = await link.conn.request(Kind.FETCH, {"step": step, "file": file_vote.file},
-                                              timeout=self.plan.config.upload_timeout)
-            except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
-                log.info("step %d: worker %d did not deliver file %d: %s", step, worker, file_vote.file, exc)
-                continue
-            if msg.kind is not Kind.VECTOR or msg.vector is None or msg.vector.n != self.d:
-                msg.discard()
-                self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
-                continue
-            try:
-                digest = await msg.read_vector_into(row)
-            except WireError as exc:
-                self._violation(link, f"bad VECTOR payload: {exc}")
+            digest = await self._fetch_into(link, step, file_vote.file, row) if link is not None else None
+            if digest is None:
                 continue
             if digest != file_vote.winner:
                 log.warning("step %d: worker %d's payload for file %d does not match the digest it voted",
@@ -204,6 +193,59 @@ class StepRunner:
                 return False
             return True
         return False
+
+    async def _tolerant_vote(self, step: int, collector: StepCollector,
+                             times: dict[str, float]) -> tuple[Any, list[int], set[int]]:
+        """Tolerant mode (mixed hardware): fetch every replica, vote on the vectors with ``--vote-rtol``. Ingress is
+        f*r*d floats; each payload must still hash to its sender's own digest."""
+        mark = time.perf_counter()
+        liars: set[int] = set()
+        replicas: list[dict[int, np.ndarray]] = [{} for _ in collector.replies]
+
+        async def fetch(file: int, worker: int, digest: bytes) -> None:
+            link = self.pool.link(worker)
+            buffer = self._replica_buffer(file, worker)
+            got = await self._fetch_into(link, step, file, buffer) if link is not None else None
+            if got == digest:
+                replicas[file][worker] = buffer
+            elif got is not None:
+                liars.add(worker)
+
+        await asyncio.gather(*(fetch(file, worker, digest) for file, replies in enumerate(collector.replies)
+                               for worker, digest in replies.items()))
+        times["gather"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        vote = await self._loop.run_in_executor(None, lambda: vote_tolerant(
+            self.plan.placement, replicas, rtol=self.plan.config.vote_rtol))
+        for file_vote in vote.files:
+            if file_vote.won:
+                self._rows[file_vote.file] = file_vote.winner
+        times["vote"] = time.perf_counter() - mark
+        return vote, list(vote.files_won), liars
+
+    def _replica_buffer(self, file: int, worker: int) -> np.ndarray:
+        buffer = self._replicas.get((file, worker))
+        if buffer is None:
+            buffer = self._replicas[(file, worker)] = np.empty(self.d, dtype=np.float32)
+        return buffer
+
+    async def _fetch_into(self, link: AgentLink, step: int, file: int, dest: np.ndarray) -> bytes | None:
+        """FETCH ``file`` from ``link`` into ``dest``; returns the payload's digest, or None if none came."""
+        try:
+            msg = await link.conn.request(Kind.FETCH, {"step": step, "file": file},
+                                          timeout=self.plan.config.upload_timeout)
+        except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
+            log.info("step %d: worker %d did not deliver file %d: %s", step, link.worker, file, exc)
+            return None
+        if msg.kind is not Kind.VECTOR or msg.vector is None or msg.vector.n != self.d:
+            msg.discard()
+            self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
+            return None
+        try:
+            return await msg.read_vector_into(dest)
+        except WireError as exc:
+            self._violation(link, f"bad VECTOR payload: {exc}")
+            return None
 
     def _attack_and_aggregate(self, step: int, won: list[int],
                               byzantine: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...], set[int]]:

@@ -126,3 +126,16 @@ def final_params(train_dir: Path) -> Any:
     checkpoint = load_latest(train_dir / "checkpoints")
     assert checkpoint is not None, f"no checkpoint in {train_dir}"
     return checkpoint.step, np.asarray(checkpoint.params)
+
+
+def wait_for_worker(train_dir: Path, worker: int, timeout: float = 240, watch: Iterable[Process] = ()) -> None:
+    """Wait until worker slot ``worker`` has answered JOB (a ``worker`` event in state ``connected``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["worker"] == worker and e["state"] == "connected" for e in events(train_dir, "worker")):
+            return
+        for proc in watch:
+            if proc.proc.poll() is not None:
+                raise AssertionError(f"process exited early:\n{proc.output()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"worker {worker} did not connect within {timeout}s")

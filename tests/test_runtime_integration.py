@@ -7,13 +7,16 @@ and the run is unaffected.
 """
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.runtime_helpers import (MNIST_DIR, events, final_params, run_serve, start_agent, start_serve,
-                                   wait_for_step)
+from tests.runtime_helpers import (MNIST_DIR, TOKEN, events, final_params, run_serve, start_agent, start_serve,
+                                   wait_for_step, wait_for_worker)
 
 pytestmark = [
     pytest.mark.slow,
@@ -147,3 +150,76 @@ def test_agent_with_wrong_token_is_refused_and_run_unaffected(tmp_path: Path) ->
     summary = _summary(tmp_path)
     assert summary["reason"] == "completed" and summary["flagged_workers"] == []
     assert all(not e["erased"] for e in events(tmp_path, "step"))
+
+
+def test_real_byzantine_agents_are_outvoted_and_caught(tmp_path: Path) -> None:
+    """One agent computes -100 x its gradient (a consistent lie: outvoted), another sends honest digests but forged
+    payloads (caught when its payload does not hash to the digest it voted; the next holder is asked)."""
+    ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3",
+                           "--max-steps", "20", "--eval-freq", "10")
+    honest = start_agent(port, tmp_path / "honest.log", TOKEN, "--name", "honest")
+    wait_for_worker(tmp_path, 0, watch=[ps])
+    liar = start_agent(port, tmp_path / "liar.log", TOKEN, "--lie", "-100")
+    wait_for_worker(tmp_path, 1, watch=[ps])
+    forger = start_agent(port, tmp_path / "forger.log", TOKEN, "--lie-payload")
+    try:
+        assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
+    finally:
+        for proc in (honest, liar, forger, ps):
+            proc.stop()
+    steps = events(tmp_path, "step")
+    assert all(e["files_won"] == 1 and 1 in e["flagged"] for e in steps)
+    assert any(2 in e["flagged"] for e in steps), "the forger was never asked for a payload"
+    assert set(_summary(tmp_path)["flagged_workers"]) == {1, 2}
+    assert _final_eval(tmp_path)["top1"] > 3 * CHANCE
+
+
+class _FakeIMDS(http.server.BaseHTTPRequestHandler):
+    """IMDSv2 on 127.0.0.1: a token, then spot/instance-action (404 until the test raises ``notice``)."""
+
+    notice = threading.Event()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._answer(200, b"token-1")
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.headers.get("X-aws-ec2-metadata-token") != "token-1":
+            self._answer(401, b"")
+        elif self.notice.is_set():
+            self._answer(200, json.dumps({"action": "terminate", "time": "2026-11-26T20:00:00Z"}).encode())
+        else:
+            self._answer(404, b"")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_spot_interruption_notice_makes_the_agent_leave_cleanly(tmp_path: Path) -> None:
+    imds = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeIMDS)
+    threading.Thread(target=imds.serve_forever, daemon=True).start()
+    _FakeIMDS.notice.clear()
+    ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3",
+                           "--max-steps", "400", "--eval-freq", "200", "--gather-timeout", "30")
+    agents = [start_agent(port, tmp_path / f"agent{i}.log") for i in range(2)]
+    spot = start_agent(port, tmp_path / "spot.log", TOKEN, "--spot-watch", "--imds",
+                       f"127.0.0.1:{imds.server_address[1]}")
+    try:
+        wait_for_step(tmp_path, 3, timeout=240, watch=[ps])
+        _FakeIMDS.notice.set()
+        assert spot.wait(timeout=60) == 0, spot.output()[-2000:]
+        assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
+    finally:
+        imds.shutdown()
+        for proc in agents + [spot, ps]:
+            proc.stop()
+    assert "spot interruption notice" in spot.output()
+    assert _summary(tmp_path)["reason"] == "completed"
+    left = [e for e in events(tmp_path, "worker") if e["state"] == "left"]
+    assert left and left[0]["step"] < 399, "the spot agent should leave mid-run (IMDS is polled every 5 s)"
+    assert events(tmp_path, "step")[-1]["erased"], "its slot is an erasure after it left"

@@ -126,7 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=ByzantineChoice.WORST)
     g.add_argument("--fixed-byzantine", type=_worker_list, default=(), help="worker ids for --byzantine-gen fixed")
     g.add_argument("--detox-attack", type=enum_choice(DetoxAttack, _DETOX_ALIASES), default=DetoxAttack.WORST)
-    g.add_argument("--vote", choices=("exact",), default="exact", help="exact (digests)")
+    g.add_argument("--vote", choices=("exact", "tolerant"), default="exact",
+                   help="exact: vote on digests, fetch one payload per file; tolerant: fetch every replica and "
+                   "vote on vectors within --vote-rtol (mixed hardware; ingress f*r*d)")
+    g.add_argument("--vote-rtol", type=positive_float, default=1e-5, help="relative tolerance of --vote tolerant")
     g = p.add_argument_group("transport and deadlines")
     g.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none")
     g.add_argument("--codec-level", type=non_negative_int, default=1)
@@ -150,7 +153,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         aggregator=args.aggregator.value, buckets=args.buckets, agg_s=args.agg_s, agg_m=args.agg_m,
         byzantine=args.byzantine, attack=args.attack, attack_c=args.attack_c, alie_z=args.alie_z,
         byzantine_gen=args.byzantine_gen.value, fixed_byzantine=tuple(args.fixed_byzantine),
-        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote, codec=args.codec,
+        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote, vote_rtol=args.vote_rtol, codec=args.codec,
         codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
         local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=args.join_timeout,
