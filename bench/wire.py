@@ -198,16 +198,23 @@ async def bench_wire(d: int, reps: int, senders: int, level: int) -> dict[str, f
             for key, case in cases.items():
                 times, cpu = [], []
                 for rep in range(reps + 1):  # the first is a warm-up (encode cache, first touch)
-                    c0 = time.process_time()
-                    raw_t = raw.fetch()
-                    c1 = time.process_time()
+                    if rep % 2:  # alternate which goes first
+                        c0 = time.process_time()
+                        raw_t = raw.fetch()
+                        c1 = time.process_time()
+                    t0 = time.process_time()
                     t = await (rx.timed_fetch(case[0], level, *case[1:]) if count == 1
                                else rx.timed_fanin(case[0], level, case[2]))
+                    t1 = time.process_time()
+                    if not rep % 2:
+                        c0 = time.process_time()
+                        raw_t = raw.fetch()
+                        c1 = time.process_time()
                     if rep:
                         raw_times.append(raw_t)
                         times.append(t)
                         raw_cpu.append(c1 - c0)
-                        cpu.append(time.process_time() - c1)
+                        cpu.append(t1 - t0)
                 out[key] = min(times)
                 out[key.replace("_s", "_cpu_s")] = min(cpu)
             out["raw_s" if count == 1 else "fanin_raw_s"] = min(raw_times)
