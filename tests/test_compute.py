@@ -203,3 +203,24 @@ def test_gradients_are_bit_identical_across_processes(network, tmp_path):
     assert first["loss"] == here.loss and np.abs(here.gradient).sum() > 0
     other_file = computer.file_gradient(computer.initial_parameters() * np.float32(0.5), step, 0)
     assert digest_bytes(other_file.gradient).hex() != first["digest"]
+
+
+def test_flat_parameters_keep_model_order_and_zero_fill_missing_grads():
+    from shield_agent.zoo.flat import FlatParameters
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    unused = torch.nn.Linear(4, 1)
+    model.add_module("unused", unused)
+    flat = FlatParameters(model)
+    assert flat.num_params == 8 + 3 + 5
+    vector = np.arange(flat.num_params, dtype=np.float32)
+    flat.load(vector)
+    assert model[0].weight[1, 2].item() == 5 and model[1].bias.item() == 10 and unused.bias.item() == 15
+    assert np.array_equal(flat.values(), vector)
+    model[1](model[0](torch.ones(1, 3))).sum().backward()
+    out = np.full(flat.num_params, np.nan, dtype=np.float32)
+    flat.gradient(out)
+    hidden = model[0](torch.ones(1, 3))[0].detach().numpy()
+    assert np.array_equal(out[:6], [8, 8, 8, 9, 9, 9])  # d/dW1 = W2 x^T with W2 = [8, 9], x = 1
+    assert np.array_equal(out[6:8], [8, 9]) and np.array_equal(out[8:10], hidden) and out[10] == 1
+    assert np.array_equal(out[11:], np.zeros(5, np.float32))
