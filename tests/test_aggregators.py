@@ -8,6 +8,7 @@ import shield_ps
 from shield_ps import AGGREGATORS, aggregate
 from shield_ps.byzantine.aggregators import Aggregator, aggregator_params, uses_byzantine_count
 from shield_ps.byzantine.aggregators.bulyan import closest_to_median_mean
+from shield_ps.byzantine.aggregators.network import NETWORK_MAX_ROWS
 from shield_ps.errors import AggregationError
 
 F32 = np.float32
@@ -144,6 +145,19 @@ def test_matches_reference_implementations(seed: int) -> None:
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(aggregate("coord-median", X), np.median(X, axis=0))
     np.testing.assert_allclose(aggregate("trimmed-mean", X, s=s), np.sort(X, axis=0)[s:n - s].mean(axis=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sort_path_above_the_network_limit_matches_references() -> None:
+    n, s = NETWORK_MAX_ROWS + 8, 4  # bulyan's theta = 32 rows take the network, bulyan-byzshield's 34 the sort
+    X = np.random.default_rng(7).standard_normal((n, 30_001)).astype(F32)
+    X[:s] *= 50
+    assert np.array_equal(aggregate("coord-median", X), np.median(X, axis=0))
+    np.testing.assert_allclose(aggregate("trimmed-mean", X, s=s), np.sort(X, axis=0)[s:n - s].mean(axis=0),
+                               rtol=1e-5, atol=1e-6)
+    sub = X[:, :64].copy()
+    np.testing.assert_allclose(aggregate("bulyan", sub, s=s), ref_bulyan(sub, s), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aggregate("bulyan-byzshield", sub, s=s), ref_bulyan_byzshield(sub, s),
                                rtol=1e-5, atol=1e-6)
 
 

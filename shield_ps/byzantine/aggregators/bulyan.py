@@ -2,15 +2,18 @@
 
 Bulyan first selects theta = n - 2s vectors by repeated Krum (each round picks the best-scored vector among those
 left and removes it), then, coordinate by coordinate, averages the beta = theta - 2s selected values closest to
-their median. Both stages share one Gram matrix and one blocked sort.
+their median. The selection runs on one Gram matrix, the coordinate stage on the shared blocked order statistic.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import for_each_block, gram, squared_distances
+from shield_ps.byzantine.aggregators._blocks import gram, squared_distances
 from shield_ps.byzantine.aggregators.krum import best_by_score, krum_scores
-from shield_ps.byzantine.aggregators.order import sorted_block
+from shield_ps.byzantine.aggregators.network import sum_rows
+from shield_ps.byzantine.aggregators.order import median_of, median_positions, order_statistic, trimmed_positions
 from shield_ps.errors import AggregationError
 
 
@@ -41,19 +44,17 @@ def iterated_krum(D: np.ndarray, s: int, count: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.intp)
 
 
-def closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
-    """Per column of S (theta, w), each column sorted ascending: the mean of the ``beta`` values closest to the
-    column's median.
+def closest_to_median_mean(S: Sequence[np.ndarray], beta: int) -> np.ndarray:
+    """For theta ordered rows S (row i = the i-th smallest value of every column, at least at positions 0..theta-beta,
+    beta-1..theta-1 and the median): per column, the mean of the ``beta`` values closest to the column's median.
 
     Those values form a contiguous window of the sorted column; of the theta - beta + 1 windows the one whose
-    farthest value is nearest the median wins (the lower window on ties). Row-wise vector operations only, so the
-    work is wide SIMD over the w columns.
+    farthest value is nearest the median wins (the lower window on ties). Row-wise vector operations only.
     """
-    theta = S.shape[0]
-    half = theta // 2
-    med = S[half] if theta % 2 else (S[half - 1] + S[half]) / np.float32(2)
+    theta = len(S)
+    med = median_of(S)
     best_radius = np.maximum(med - S[0], S[beta - 1] - med)
-    window = S[:beta].sum(axis=0, dtype=np.float64)
+    window = sum_rows(S[:beta])
     best_sum = window.copy()
     radius, upper = np.empty_like(best_radius), np.empty_like(best_radius)
     better = np.empty(best_radius.shape, dtype=bool)
@@ -74,21 +75,9 @@ def closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
     return best_sum / beta
 
 
-def _coordinate_stage(X: np.ndarray, chosen: np.ndarray, reduce_block, threads: int | None) -> np.ndarray:
-    """Apply ``reduce_block`` to the (len(chosen), width) blocks of the chosen rows of X, each column sorted (sorted
-    as transposed rows, where numpy's short-row SIMD sort is fast, then transposed back)."""
-    out = np.empty(X.shape[1], dtype=np.float32)
-    rows = np.sort(chosen)
-    every = rows.size == X.shape[0]
-
-    def work(cols: slice) -> None:
-        block = sorted_block(X, cols) if every else np.ascontiguousarray(X[rows, cols].T)
-        if not every:
-            block.sort(axis=1)
-        out[cols] = reduce_block(np.ascontiguousarray(block.T))
-
-    for_each_block(X, work, threads)
-    return out
+def window_positions(theta: int, beta: int) -> tuple[int, ...]:
+    """The sorted positions :func:`closest_to_median_mean` reads one by one."""
+    return tuple(range(theta - beta + 1)) + tuple(range(beta - 1, theta)) + median_positions(theta)
 
 
 def bulyan(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
@@ -98,7 +87,8 @@ def bulyan(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     s = _check_s("bulyan", n, s, 4)
     theta, beta = n - 2 * s, n - 4 * s
     chosen = iterated_krum(squared_distances(gram(X)), s, theta) if s else np.arange(n)
-    return _coordinate_stage(X, chosen, lambda S: closest_to_median_mean(S, beta), threads)
+    return order_statistic(X, np.sort(chosen), window_positions(theta, beta),
+                           lambda S: closest_to_median_mean(S, beta), threads)
 
 
 def bulyan_byzshield(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
@@ -110,4 +100,5 @@ def bulyan_byzshield(X: np.ndarray, *, s: int, threads: int | None = None) -> np
     theta = n - s - 2
     D = squared_distances(gram(X))
     chosen = best_by_score(krum_scores(D, n - s - 2), theta, D)
-    return _coordinate_stage(X, chosen, lambda S: S[s:theta - s].mean(axis=0, dtype=np.float64), threads)
+    return order_statistic(X, np.sort(chosen), trimmed_positions(theta, s),
+                           lambda S: sum_rows(S[s:theta - s]) / (theta - 2 * s), threads)

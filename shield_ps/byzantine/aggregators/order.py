@@ -1,15 +1,19 @@
 """Coordinate-wise order statistics: the mean, the coordinate median (with bucketing) and the trimmed mean.
 
-Each works on column blocks transposed to (width, n) and sorted along the short axis: numpy 2 sorts many short rows
-with SIMD and no Python per column, several times faster than ``np.median(X, axis=0)`` on the (n, d) layout.
+All order statistics go through :func:`order_statistic`: per column block, a pruned sorting network of vectorised
+min/max for a few rows (:mod:`.network`), or for many rows the block transposed to (width, k) and sorted along the
+short axis (numpy 2 sorts short rows with SIMD). Both are several times faster than ``np.median(X, axis=0)``.
 """
 from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from shield_ps.byzantine.aggregators._blocks import (
     block_width, check_count, check_seed, column_blocks, combine_rows, for_each_block,
 )
+from shield_ps.byzantine.aggregators.network import NETWORK_MAX_ROWS, pruned_network, sort_rows, sum_rows
 
 
 def mean(X: np.ndarray) -> np.ndarray:
@@ -18,30 +22,43 @@ def mean(X: np.ndarray) -> np.ndarray:
     return combine_rows(X, np.full(n, 1.0 / n))
 
 
-def _sorted_block(X: np.ndarray, cols: slice) -> np.ndarray:
-    block = np.ascontiguousarray(X[:, cols].T)
-    block.sort(axis=1)
-    return block
-
-
-def median_rows(X: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """The coordinate-wise median of the rows of X, equal to ``np.median(X, axis=0)`` (float32, the mean of the two
-    middle values when n is even)."""
-    n, d = X.shape
-    out = np.empty(d, dtype=np.float32)
-    half = n // 2
+def order_statistic(X: np.ndarray, rows: np.ndarray | None, needed: Iterable[int],
+                    reduce: Callable[[Sequence[np.ndarray]], np.ndarray], threads: int | None) -> np.ndarray:
+    """Per column block of X (restricted to ``rows``, all if None): order the k values of every column, then
+    ``reduce(ordered)``, where ``ordered[i]`` is the row of i-th smallest values for every position in ``needed``
+    (the other positions hold the remaining values in no particular order). Small k: a pruned sorting network;
+    larger k: numpy's sort of the transposed block."""
+    k = X.shape[0] if rows is None else len(rows)
+    network = pruned_network(k, frozenset(needed)) if k <= NETWORK_MAX_ROWS else None
+    out = np.empty(X.shape[1], dtype=np.float32)
 
     def work(cols: slice) -> None:
-        block = np.ascontiguousarray(X[:, cols].T)
-        if n % 2:
-            block.partition(half, axis=1)
-            out[cols] = block[:, half]
-        else:
-            block.partition((half - 1, half), axis=1)
-            out[cols] = (block[:, half - 1] + block[:, half]) / np.float32(2)
+        block = X[:, cols].copy() if rows is None else X[rows, cols]
+        if network is not None:
+            out[cols] = reduce(sort_rows(block, network))
+            return
+        transposed = np.ascontiguousarray(block.T)
+        transposed.sort(axis=1)
+        out[cols] = reduce(np.ascontiguousarray(transposed.T))
 
     for_each_block(X, work, threads)
     return out
+
+
+def median_positions(k: int) -> tuple[int, ...]:
+    """The sorted positions whose mean is the median of k values."""
+    return (k // 2,) if k % 2 else (k // 2 - 1, k // 2)
+
+
+def median_of(ordered: Sequence[np.ndarray]) -> np.ndarray:
+    """The median row of ordered rows, as ``np.median`` computes it (float32 mean of the two middle values)."""
+    k = len(ordered)
+    return ordered[k // 2] if k % 2 else (ordered[k // 2 - 1] + ordered[k // 2]) / np.float32(2)
+
+
+def median_rows(X: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """The coordinate-wise median of the rows of X, equal to ``np.median(X, axis=0)``."""
+    return order_statistic(X, None, median_positions(X.shape[0]), median_of, threads)
 
 
 def bucket_means(X: np.ndarray, buckets: int, seed: int) -> np.ndarray:
@@ -82,16 +99,10 @@ def trimmed_mean(X: np.ndarray, *, s: int, threads: int | None = None) -> np.nda
     s = check_count("trimmed-mean", "s", s, 0, (n - 1) // 2, f"trimmed-mean needs n >= 2s+1; n={n}")
     if s == 0:
         return mean(X)
-    out = np.empty(d, dtype=np.float32)
-
-    def work(cols: slice) -> None:
-        # summing whole rows of the transposed-back block is SIMD; a mean along the short axis is not
-        out[cols] = np.ascontiguousarray(_sorted_block(X, cols)[:, s:n - s].T).mean(axis=0, dtype=np.float64)
-
-    for_each_block(X, work, threads)
-    return out
+    return order_statistic(X, None, trimmed_positions(n, s), lambda rows: sum_rows(rows[s:n - s]) / (n - 2 * s),
+                           threads)
 
 
-def sorted_block(X: np.ndarray, cols: slice) -> np.ndarray:
-    """The columns ``cols`` of X as a (width, n) array, each row sorted ascending (shared with Bulyan)."""
-    return _sorted_block(X, cols)
+def trimmed_positions(k: int, s: int) -> tuple[int, ...]:
+    """The sorted positions a trimmed mean must identify: the s smallest and the s largest of k."""
+    return tuple(range(s)) + tuple(range(k - s, k))
