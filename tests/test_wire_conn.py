@@ -160,6 +160,21 @@ def test_vectors_round_trip_with_digests_into_reused_buffer(codec: wire.Codec, u
     run(main(), uv=uv)
 
 
+def test_empty_vector_round_trips() -> None:
+    async def main() -> None:
+        async with serving(echo) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            empty = np.empty(0, np.float32)
+            for codec in wire.Codec:
+                reply = await conn.request(Kind.VECTOR, {}, vector=wire.encode_vector(empty, codec))
+                assert await reply.read_vector_into(empty) == wire.vector_digest(empty)
+            skipped = await conn.request(Kind.VECTOR, {}, vector=wire.encode_vector(empty))
+            skipped.discard()
+            assert (await conn.request(Kind.JOB, {"n": 1})).header == {"n": 1}
+            await conn.close()
+    run(main())
+
+
 def test_one_encoded_step_broadcast_to_two_agents() -> None:
     x = np.random.default_rng(3).standard_normal(D).astype(np.float32)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from wire.codec import check_dest
+from wire.digest import digest_bytes
 from wire.errors import ConnectionClosed, VectorError
 from wire.frames import Frame
 from wire.reader import DiscardSink
@@ -72,8 +73,10 @@ class Message:
         try:
             view = check_dest(self.vector, dest)
         except VectorError:
-            conn._attach(DiscardSink(sum(self.vector.sizes), conn._discard_buf))
+            self._skip()
             raise
+        if self.vector.nbytes == 0:  # nothing on the wire to wait for
+            return digest_bytes(b"") if digest else None
         sink = VectorSink(self.vector, view, digest=digest, scratch=conn._scratch, wake=conn._pump,
                           on_error=conn._fail)
         conn._sinks.add(sink)
@@ -90,4 +93,9 @@ class Message:
         """Skip this message's vector payload (no-op without one)."""
         if not self._consumed:
             self._consumed = True
-            self._conn._attach(DiscardSink(sum(self.vector.sizes), self._conn._discard_buf))  # type: ignore
+            self._skip()
+
+    def _skip(self) -> None:
+        size = sum(self.vector.sizes)  # type: ignore[union-attr]
+        if size:
+            self._conn._attach(DiscardSink(size, self._conn._discard_buf))
