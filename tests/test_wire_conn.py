@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import threading
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -12,6 +14,7 @@ import uvloop
 import wire
 from wire import auth
 from wire.frames import PREFIX_SIZE, Kind, Limits, encode_frame, parse_header, parse_prefix
+from wire.receive import VectorSink
 
 TOKEN = "t" * 32
 FAST = wire.Timeouts(handshake=5, request=5, send=5, idle=10, heartbeat=2)
@@ -158,6 +161,61 @@ def test_vectors_round_trip_with_digests_into_reused_buffer(codec: wire.Codec, u
                 assert dest.tobytes() == x.tobytes()
             await conn.close()
     run(main(), uv=uv)
+
+
+def test_concurrent_vector_requests_on_one_connection() -> None:
+    """Replies read by several tasks at once: a vector may arrive while the previous one's last chunk decodes."""
+    xs = [np.random.default_rng(s).standard_normal(D).astype(np.float32) for s in range(6)]
+
+    async def main() -> None:
+        async with serving(echo) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+
+            async def one(i: int) -> bool:
+                codec = [wire.Codec.LZ4, wire.Codec.ZSTD, wire.Codec.NONE][i % 3]
+                reply = await conn.request(Kind.VECTOR, {}, vector=wire.encode_vector(xs[i], codec, chunk_elems=65536))
+                dest = np.empty(D, np.float32)
+                return await reply.read_vector_into(dest) == wire.vector_digest(xs[i]) and np.array_equal(dest, xs[i])
+
+            assert all(await asyncio.gather(*(one(i) for i in range(6))))
+            assert len(conn._scratch) <= 2  # slot pairs are returned to the pool and reused
+            await conn.close()
+    run(main())
+
+
+def test_a_second_vector_never_overwrites_slots_still_being_decoded() -> None:
+    """Deterministic version of the race above: vector A's decodes are held while vector B arrives."""
+    xa, xb = (np.random.default_rng(s).standard_normal(2048).astype(np.float32) for s in (7, 8))
+    gate = threading.Event()
+
+    class Gated(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+            return super().submit(lambda: (gate.wait(5), fn(*args, **kwargs))[1])
+
+    def feed(sink: VectorSink, chunks: tuple) -> None:
+        for chunk in chunks:
+            data = memoryview(bytes(chunk))
+            while len(data):
+                region = sink.region()
+                n = min(len(region), len(data))
+                region[:n] = data[:n]
+                sink.advance(n)
+                data = data[n:]
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(Gated(2))
+        pool: list = []
+        dests = [np.empty(2048, np.float32) for _ in range(2)]
+        sinks = []
+        for x, dest in zip((xa, xb), dests):
+            enc = wire.encode_vector(x, wire.Codec.LZ4, chunk_elems=1024)
+            sinks.append(VectorSink(enc.desc, memoryview(dest).cast("B"), digest=True, scratch=pool,
+                                    wake=lambda: None, on_error=lambda exc: None))
+            feed(sinks[-1], enc.chunks)
+        gate.set()
+        assert [await s.result() for s in sinks] == [wire.vector_digest(xa), wire.vector_digest(xb)]
+        assert len(pool) == 2 and all(len(pair) == 2 for pair in pool)
+    run(main())
 
 
 def test_empty_vector_round_trips() -> None:

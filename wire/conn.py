@@ -50,7 +50,7 @@ class Connection(asyncio.BufferedProtocol):
         self._lost = self._loop.create_future()
         self._keepalive: asyncio.Task | None = None
         self._sinks: set[VectorSink] = set()
-        self._scratch: list[bytearray] = []
+        self._scratch: list[list[bytearray]] = []  # pool of receive slot pairs, see VectorSink
         self._discard_mem: memoryview | None = None
         self._awaiting_since = 0.0
         self._early_close_code: str | None = None

@@ -1,7 +1,8 @@
 """Receiving one vector payload: a :class:`wire.reader.Sink` that decodes and hashes chunks while later ones arrive.
 
 Codec ``none``: the transport writes straight into the destination; each completed chunk is hashed in a worker thread.
-Compressed codecs: chunk k is received into one of two reused scratch slots, then decompressed into its slice of the
+Compressed codecs: chunk k is received into one of two reused scratch slots (a pair taken from the connection's
+pool for the duration of this vector), then decompressed into its slice of the
 destination and hashed in a worker thread, while chunk k+1 arrives in the other slot (reading pauses when both are
 busy). Chunks are processed in order by one task, so the streaming digest equals ``digest_bytes(dest)``.
 """
@@ -20,7 +21,7 @@ _SLOTS = 2
 class VectorSink:
     """Streams one payload described by ``desc`` into ``dest`` (the destination's byte view, already checked)."""
 
-    def __init__(self, desc: VectorDesc, dest: memoryview, *, digest: bool, scratch: list[bytearray],
+    def __init__(self, desc: VectorDesc, dest: memoryview, *, digest: bool, scratch: list[list[bytearray]],
                  wake: Callable[[], None], on_error: Callable[[VectorError], None]) -> None:
         self.desc = desc
         self._dest = dest
@@ -30,14 +31,15 @@ class VectorSink:
         self._k = 0  # chunk being received
         self._filled = 0  # bytes of chunk k received
         self._compressed = desc.codec is not Codec.NONE
+        self._pool = scratch
         if self._compressed:
+            # A pair of slots from the connection's pool, returned when every chunk is decoded: a second vector may
+            # start arriving while the worker still decodes this one's last chunk.
             need = max(desc.sizes, default=0)
-            for i in range(_SLOTS):
-                if len(scratch) <= i:
-                    scratch.append(bytearray())
-                if len(scratch[i]) < need:
-                    scratch[i] = bytearray(need)
-            self._slots = [memoryview(s) for s in scratch[:_SLOTS]]
+            self._pair = scratch.pop() if scratch else []
+            self._pair[:] = [b if len(b) >= need else bytearray(need)
+                             for b in self._pair + [bytearray()] * (_SLOTS - len(self._pair))]
+            self._slots = [memoryview(b) for b in self._pair]
             self._busy = [False] * _SLOTS
         self._queue: asyncio.Queue[int | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -92,6 +94,9 @@ class VectorSink:
             if self._compressed:
                 self._busy[k % _SLOTS] = False
                 self._wake()
+        if self._compressed:
+            self._slots = []
+            self._pool.append(self._pair)
         if not self._done.done():
             self._done.set_result(self._hasher.digest() if self._hasher is not None else None)
 
