@@ -6,6 +6,28 @@ pieces, :class:`Role`, :data:`ROLE_SENDS`), :mod:`wire.reader` (pure receive sta
 (:class:`Connection`, the asyncio protocol) and :mod:`wire.server` (:func:`serve`, :func:`connect`). Every error
 raised on purpose is a :class:`wire.errors.WireError` with a ``code``. See ``docs/wire.md`` for the byte layout.
 
+API (all importable from ``wire``)::
+
+    install_event_loop() -> bool
+    await serve(host, port, on_connection, *, token, limits=Limits(), timeouts=Timeouts(), admit=None) -> Server
+        Server.port / .host / .connections;  await Server.close(grace=5.0)
+        on_connection(conn) -> Awaitable[None];  admit(role: Role, name: str) -> int (peer id; raise AuthError)
+    await connect(host, port, *, token, role="agent", name="", limits=..., timeouts=...) -> Connection
+    Connection: .peer (Peer(role, name, id)), .closed, .close_error, .bytes_in, .bytes_out
+        await send(kind, header=None, *, vector: EncodedVector | None = None, reply_to: Message | int | None = None)
+        await send_vector(kind, header, array, *, codec=Codec.LZ4, level=1, reply_to=None)
+        await request(kind, header=None, *, vector=None, timeout=None) -> Message   (RemoteError on an ERROR reply)
+        await reply(to: Message, kind, header=None, *, vector=None)
+        await recv(timeout=None) -> Message;  async for msg in conn
+        await close(reason="closed", *, code=None);  await wait_closed()
+    Message: .kind, .header, .id, .reply_to, .vector (VectorDesc | None)
+        await read_vector_into(dest, *, digest=True) -> bytes | None;  discard()
+    encode_vector(array, codec=Codec.LZ4, level=1, *, chunk_elems=1<<20, shuffle=Shuffle.BYTE) -> EncodedVector
+    decode_vector_into(encoded, dest, *, digest=True) -> bytes | None;  vector_digest(array) -> bytes
+    Kind, Codec, Shuffle, Role, ROLE_SENDS, Limits, Timeouts, VECTOR_KINDS, encode_frame, parse_frame
+    errors: WireError(code) > ProtocolError > FrameError, LimitError, VectorError, RoleError; AuthError, HeaderError,
+            WireTimeoutError, ConnectionClosed(reason, remote_code), RemoteError(remote_code, reason)
+
 Rules of use:
 
 - Call :func:`install_event_loop` before ``asyncio.run`` (uvloop when installed).
