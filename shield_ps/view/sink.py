@@ -153,6 +153,8 @@ class View:
             finally:
                 if self._live is not None:
                     self._live.stop()
+            if self._state.job is None and self._state.summary is None:
+                return  # nothing ran (e.g. a configuration error): no summary of an empty run
             if self._spec.live:
                 self.console.print(render_summary(self._state))
             else:
