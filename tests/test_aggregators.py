@@ -75,6 +75,32 @@ def test_golden_bulyan_window() -> None:
     np.testing.assert_allclose(closest_to_median_mean(ties, 3), [1])
 
 
+def ref_closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
+    """Column by column: of the windows of beta consecutive sorted values, the first whose farthest value is
+    nearest the median (radii in float32, as the implementation), averaged in float64."""
+    theta = len(S)
+    med = np.median(S, axis=0)
+    out = []
+    for col, mid in zip(S.T, med):
+        radii = [max(mid - col[k], col[k + beta - 1] - mid) for k in range(theta - beta + 1)]
+        k = int(np.argmin(radii))
+        out.append(col[k:k + beta].astype(float).mean())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("theta,beta", [(21, 17), (15, 5), (9, 3), (7, 7), (7, 1), (11, 4)])
+def test_bulyan_window_matches_a_column_loop(theta: int, beta: int) -> None:
+    # ties (values rounded to halves) and +-1e6 outliers; the windowed mean masks rows in and out exactly
+    rng = np.random.default_rng(theta * 100 + beta)
+    X = rng.standard_normal((theta, 1000)).astype(F32)
+    X[:, ::3] = np.round(X[:, ::3] * 2) / 2
+    X[rng.integers(0, theta, 200), rng.integers(0, 1000, 200)] = F32(1e6)
+    X[rng.integers(0, theta, 200), rng.integers(0, 1000, 200)] = F32(-1e6)
+    S = np.sort(X, axis=0)
+    np.testing.assert_allclose(closest_to_median_mean(S, beta), ref_closest_to_median_mean(S, beta),
+                               rtol=1e-12, atol=1e-9)
+
+
 def test_golden_geometric_median_of_a_triangle() -> None:
     # The Fermat point of (0,0), (2,0), (1, sqrt(3)) (equilateral) is its centroid; of a degenerate 1-D set,
     # the median point.

@@ -44,35 +44,67 @@ def iterated_krum(D: np.ndarray, s: int, count: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.intp)
 
 
+def best_window(S: Sequence[np.ndarray], beta: int, med: np.ndarray) -> np.ndarray:
+    """Per column, the start k (0..theta-beta) of the ``beta``-window of the sorted values S[k..k+beta-1] whose
+    farthest value is nearest the median ``med``; the lowest such k on ties. Radii are compared in float32 and k
+    is kept as small integers: one pass of cheap row operations per candidate window."""
+    theta = len(S)
+    best_radius = np.maximum(med - S[0], S[beta - 1] - med)
+    best = np.zeros(best_radius.shape, dtype=np.min_scalar_type(theta - beta))
+    radius, upper = np.empty_like(best_radius), np.empty_like(best_radius)
+    better, shifted = np.empty(best_radius.shape, dtype=bool), np.empty_like(best)
+    for k in range(1, theta - beta + 1):
+        np.subtract(med, S[k], out=radius)
+        np.subtract(S[k + beta - 1], med, out=upper)
+        np.maximum(radius, upper, out=radius)
+        np.less(radius, best_radius, out=better)
+        np.minimum(best_radius, radius, out=best_radius)
+        # k grows, so "best = k where better" is max(best, better * k): no masked selection (np.where or copyto
+        # cost ~10 ns an element on random masks, these integer row operations ~0.3 ns).
+        np.multiply(better, best.dtype.type(k), out=shifted)
+        np.maximum(best, shifted, out=best)
+    return best
+
+
 def closest_to_median_mean(S: Sequence[np.ndarray], beta: int) -> np.ndarray:
     """For theta ordered rows S (row i = the i-th smallest value of every column, at least at positions 0..theta-beta,
     beta-1..theta-1 and the median): per column, the mean of the ``beta`` values closest to the column's median.
 
     Those values form a contiguous window of the sorted column; of the theta - beta + 1 windows the one whose
-    farthest value is nearest the median wins (the lower window on ties). Row-wise vector operations only.
+    farthest value is nearest the median wins (the lower window on ties, :func:`best_window`). The window starting
+    at k holds row j iff k <= j <= k + beta - 1: rows m..beta-1 (m = theta - beta) always, the others by a 0/1
+    mask. Masked values are exact in float32 (x * 1, x * 0 + y), the sum is float64.
     """
     theta = len(S)
-    med = median_of(S)
-    best_radius = np.maximum(med - S[0], S[beta - 1] - med)
-    window = sum_rows(S[:beta])
-    best_sum = window.copy()
-    radius, upper = np.empty_like(best_radius), np.empty_like(best_radius)
-    better = np.empty(best_radius.shape, dtype=bool)
-    step = np.empty_like(window)
-    for k in range(1, theta - beta + 1):
-        np.subtract(med, S[k], out=radius)
-        np.subtract(S[k + beta - 1], med, out=upper)
-        np.maximum(radius, upper, out=radius)
-        window += S[k + beta - 1]
-        window -= S[k - 1]
-        np.less(radius, best_radius, out=better)
-        np.minimum(best_radius, radius, out=best_radius)
-        # best_sum = where(better, window, best_sum) as arithmetic: masked selection (np.where, copyto) costs
-        # ~10 ns an element on random masks, a multiply-add ~0.3 ns.
-        np.subtract(window, best_sum, out=step)
-        step *= better
-        best_sum += step
-    return best_sum / beta
+    m = theta - beta
+    best = best_window(S, beta, median_of(S))
+    total = sum_rows(S[m:beta]) if m < beta else np.zeros(best.shape)
+    keep, bound = np.empty(best.shape, dtype=bool), np.empty(best.shape, dtype=bool)
+    mask, picked, other = (np.empty(best.shape, dtype=np.float32) for _ in range(3))
+    wide = np.empty_like(total)
+
+    def masked(j: int, out: np.ndarray) -> None:
+        """out = S[j] where the best window holds row j, else 0."""
+        keep.fill(True)
+        if j < m:
+            np.less_equal(best, j, out=keep)
+        if j >= beta:
+            np.greater_equal(best, j - beta + 1, out=bound)
+            np.logical_and(keep, bound, out=keep)
+        mask[...] = keep
+        np.multiply(S[j], mask, out=out)
+
+    # For m < beta, rows j and beta + j (j < m) are never both in a window and one of them always is: their
+    # masked sum is exactly that value, added to the float64 total as one row.
+    groups = [(j, beta + j) for j in range(m)] if m < beta else [(j,) for j in range(theta)]
+    for first, *rest in groups:
+        masked(first, picked)
+        for j in rest:
+            masked(j, other)
+            picked += other
+        wide[...] = picked  # float32 -> float64 into a buffer, then a plain float64 add: faster than a mixed add
+        total += wide
+    return total / beta
 
 
 def window_positions(theta: int, beta: int) -> tuple[int, ...]:
