@@ -7,6 +7,8 @@ rotating order:
   (a') the same, fed the computer's own parameter storage (``parameters_view()``: no load copy);
   (b)  bare: set grads to None, forward, cross-entropy, backward on the already-prepared batch;
   (c)  torch idiom for the same job: ``vector_to_parameters`` + (b) + ``torch.cat`` of the grads into the vector.
+(d)  the wrapper's own pieces timed alone (parameter load, input preparation, gradient copy): their sum over
+       (b) is a low-noise estimate of the overhead when the machine is busy.
 Times are CPU seconds of the calling thread (``time.thread_time``; one torch thread runs in the caller), which
 keeps other processes on a shared machine out of the figures; medians. Overhead = median(a) / median(b) - 1.
 
@@ -73,7 +75,8 @@ def measure(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, f
     idiom_model = build_seeded_model(spec.network, spec.dataset, spec.seed).train()
     idiom_params, idiom_out = torch.from_numpy(params.copy()), torch.empty(computer.num_params)
     view = computer.parameters_view()
-    times: dict[str, list[float]] = {"ours": [], "inplace": [], "bare": [], "idiom": []}
+    times: dict[str, list[float]] = {key: [] for key in ("ours", "inplace", "bare", "idiom", "load", "inputs",
+                                                            "grad_copy")}
     for rep in range(warmup + reps):
         step, file = rep, rep % spec.num_files
         x, y = computer.file_inputs(step, file)
@@ -84,6 +87,11 @@ def measure(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, f
             ("bare", lambda: bare(computer.model, x, y)),
             ("idiom", lambda: torch_idiom(idiom_model, idiom_params, x, y, idiom_out)),
         ]
+        trials += [  # the wrapper's own work, piece by piece: a low-noise estimate of its overhead
+            ("load", lambda: computer.flat.load(params)),
+            ("inputs", lambda: computer.file_inputs(step, file)),
+            ("grad_copy", lambda: computer.flat.gradient(out)),
+        ]
         shift = rep % len(trials)
         for key, trial in trials[shift:] + trials[:shift]:
             seconds = cpu_seconds(trial)
@@ -93,11 +101,15 @@ def measure(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, f
     row = {f"{name}_ms": ms["ours"], f"{name}_inplace_ms": ms["inplace"], f"{name}_bare_ms": ms["bare"],
            f"{name}_torch_idiom_ms": ms["idiom"], f"{name}_overhead": ms["ours"] / ms["bare"] - 1,
            f"{name}_inplace_overhead": ms["inplace"] / ms["bare"] - 1,
-           f"{name}_vs_torch_idiom": ms["ours"] / ms["idiom"] - 1}
+           f"{name}_vs_torch_idiom": ms["ours"] / ms["idiom"] - 1,
+           f"{name}_load_ms": ms["load"], f"{name}_inputs_ms": ms["inputs"], f"{name}_grad_copy_ms": ms["grad_copy"],
+           f"{name}_parts_overhead": (ms["load"] + ms["inputs"] + ms["grad_copy"]) / ms["bare"]}
     print(f"{name:>14}: file_gradient {ms['ours']:8.2f} ms ({ms['inplace']:8.2f} in place) | bare fwd/bwd "
           f"{ms['bare']:8.2f} ms | torch idiom {ms['idiom']:8.2f} ms | overhead vs bare "
           f"{100 * row[f'{name}_overhead']:+5.1f}% ({100 * row[f'{name}_inplace_overhead']:+5.1f}% in place), "
           f"vs idiom {100 * row[f'{name}_vs_torch_idiom']:+5.1f}% | {reps} reps, {computer.num_params:,} params")
+    print(f"{'':>14}  wrapper parts: param load {ms['load']:.3f} ms + inputs {ms['inputs']:.3f} ms + gradient copy "
+          f"{ms['grad_copy']:.3f} ms = {100 * row[f'{name}_parts_overhead']:.1f}% of bare")
     return row
 
 
