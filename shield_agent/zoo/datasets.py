@@ -1,4 +1,4 @@
-"""Datasets: names, shapes, the paper's normalisation and augmentation, and in-memory loading.
+"""Datasets: shapes, the paper's normalisation and augmentation, and in-memory loading.
 
 Images are kept as uint8 tensors (N, C, H, W); :class:`BatchTransform` turns a gathered batch into normalised float32
 input, augmenting (reflect-pad 4, random 32x32 crop, horizontal flip) from an explicit numpy RNG so that a file's

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shield_agent.errors import DatasetError
-from shield_agent.zoo.datasets import Dataset, ImageData, load_dataset, parse_dataset
+from shield_agent.zoo.datasets import Dataset, ImageData, _load_cached, load_dataset, parse_dataset
 
 log = logging.getLogger(__name__)
 
@@ -108,4 +108,5 @@ def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = N
         path = _fetch(item, folder, mirror)
         if item.extract:
             _extract(path, folder)
+    _load_cached.cache_clear()  # a load from before the download may be cached (e.g. MNIST's test-only split)
     return load_dataset(data, folder)
