@@ -3,7 +3,8 @@
 Runs ``shield-ps serve --local-agents K`` twice with the same seed, once alone and once with a ``shield-ps watch``
 attached, and reads each run's ``metrics.jsonl``. Reports, per step (median over the measured steps):
 
-- PS-side time = broadcast + vote + aggregate + update (what the PS itself spends; agents' compute and the payload
+- PS-side time = broadcast + vote + aggregate + update (what the PS itself spends: broadcast is the snapshot, encode
+  and hand-off of the STEP frames, whose delivery overlaps the agents' compute; agents' compute and the payload
   fetch are excluded), against the time of the aggregator alone on an (f, d) float32 array of the same size,
   measured in this process in the same run (target: PS-side <= 2x aggregator);
 - PS ingress bytes against f*d*4 (target <= 1.1; the original ByzShield moves f*r*d*4);
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--aggregator", default="coord-median")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the figures")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating (alone, watched) pairs of runs")
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR",
                                                              str(REPO.parent / "shared" / "data" / "mnist")))
     args = parser.parse_args()
@@ -106,10 +108,13 @@ def main() -> None:
     plan = resolve_job(ServeConfig(scheme=args.scheme, workers=args.workers, replication=args.replication,
                                    aggregator=args.aggregator, max_steps=args.steps))
     f, r = plan.placement.f, plan.placement.r
+    alone: list[dict] = []
+    watched: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="shield-bench-step-") as tmp:
-        alone = run_cluster(Path(tmp) / "alone", args, watch=False)[args.warmup:]
-        watched = run_cluster(Path(tmp) / "watched", args, watch=True)[args.warmup:]
-        d = _param_count(Path(tmp) / "alone")
+        for round_ in range(args.rounds):  # alternate, so drifting machine load hits both alike
+            alone += run_cluster(Path(tmp) / f"alone{round_}", args, watch=False)[args.warmup:]
+            watched += run_cluster(Path(tmp) / f"watched{round_}", args, watch=True)[args.warmup:]
+        d = _param_count(Path(tmp) / "alone0")
 
     def ps_side(steps: list[dict]) -> float:
         return statistics.median(sum(s["times"][p] for p in PS_PHASES) for s in steps)
@@ -129,6 +134,10 @@ def main() -> None:
     print(f"cluster: {args.scheme} K={args.workers} f={f} r={r}, {args.network} (d={d:,}), "
           f"{plan.aggregator.value}, {len(alone)} steps measured")
     print(f"PS-side time per step (broadcast+vote+aggregate+update): {ps_alone * 1e3:.1f} ms")
+    for name, steps in (("alone", alone), ("watched", watched)):
+        phases = {p: statistics.median(s["times"][p] for s in steps) for p in PS_PHASES + ("compute", "gather")}
+        print(f"  phases ({name}, median ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
+        figures[f"phases_{name}_ms"] = {k: round(v * 1e3, 2) for k, v in phases.items()}
     print(f"aggregator alone on ({f}, {d}): {agg * 1e3:.1f} ms -> ratio {ps_alone / agg:.2f} (target <= 2)")
     print(f"PS ingress per step: {ingress:,.0f} B = {ingress / floor:.3f} x f*d*4 (target <= 1.1; the original "
           f"moves {r} x)")

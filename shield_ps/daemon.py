@@ -185,6 +185,8 @@ class PSDaemon:
 
     async def _finish(self, server: Any, agents: LocalAgents | None, reason: str, step: int, wall: float) -> None:
         loop = asyncio.get_running_loop()
+        if self.runner is not None:
+            await self.runner.close()
         await asyncio.gather(*(asyncio.wrap_future(f) for f in self._pending), return_exceptions=True)
         await asyncio.sleep(0)  # let the last eval callback run
         assert self.pool is not None

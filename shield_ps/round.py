@@ -1,6 +1,8 @@
 """One training step on the PS: broadcast, gather digests, vote, fetch one verified payload per file, simulate the
 attack, aggregate, update (Konstantinidis and Ramamoorthy, MLSys 2021, Sec. 3; ../shared/ARCHITECTURE.md).
 
+The parameters are snapshotted into a reused buffer and the STEP frames are sent from it in the background: the
+broadcast phase is the PS's own time (snapshot, encode, hand-off), and delivery overlaps the wait for digests.
 The PS fetches each winning file's vector from one holder of the winning digest and checks the payload against it,
 so its ingress is about f*d floats per step rather than f*r*d. A holder whose payload does not match is flagged and
 the next holder is asked. Heavy work (encoding, hashing, aggregation, the update) runs in executor threads.
@@ -68,6 +70,8 @@ class StepRunner:
         self._rows = np.empty((f, d), dtype=np.float32)
         self._zeros = np.zeros(d, dtype=np.float32)
         self._replicas: dict[tuple[int, int], np.ndarray] = {}
+        self._sent_params = np.empty(d, dtype=np.float32)
+        self._broadcast: asyncio.Future[Any] | None = None
         self.collector: StepCollector | None = None
         self._loop = asyncio.get_event_loop()
 
@@ -101,9 +105,11 @@ class StepRunner:
         collector = StepCollector(step, plan.placement.f, {link.worker: link.files for link in links})
         self.collector = collector
 
-        encoded = await self._loop.run_in_executor(None, encode_vector, self.optimizer.params, cfg.codec,
+        await self._finish_broadcast()
+        np.copyto(self._sent_params, self.optimizer.params)
+        encoded = await self._loop.run_in_executor(None, encode_vector, self._sent_params, cfg.codec,
                                                    cfg.codec_level)
-        await asyncio.gather(*(self._send_step(link, step, lr, encoded) for link in links))
+        self._broadcast = asyncio.gather(*(self._send_step(link, step, lr, encoded) for link in links))
         times["broadcast"] = time.perf_counter() - started
 
         mark = time.perf_counter()
@@ -153,6 +159,15 @@ class StepRunner:
             files=plan.placement.f, files_won=len(won), files_dropped=plan.placement.f - len(won),
             files_corrupted=len(corrupted), flagged=flagged, erased=erased, bytes_in=bytes_in,
             bytes_out=bytes_out, times=times)
+
+    async def _finish_broadcast(self) -> None:
+        """Wait until the previous STEP frames are out (they are sent zero-copy from ``_sent_params``)."""
+        if self._broadcast is not None:
+            await self._broadcast
+            self._broadcast = None
+
+    async def close(self) -> None:
+        await self._finish_broadcast()
 
     async def _send_step(self, link: AgentLink, step: int, lr: float, encoded: Any) -> None:
         try:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from shield_ps.byzantine.aggregators import Aggregator
@@ -107,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     steps.add_argument("--epochs", type=positive_int)
     steps.add_argument("--max-steps", type=positive_int, help=f"number of steps (default {DEFAULT_MAX_STEPS})")
     g.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate and checkpoint every N steps")
-    g.add_argument("--train-dir", default="runs/latest", help="where checkpoints and metrics.jsonl go")
+    g.add_argument("--train-dir", help="where checkpoints and metrics.jsonl go (default runs/YYYYmmdd-HHMMSS)")
     g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     g = p.add_argument_group("robustness")
@@ -139,6 +140,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_view_options(p)
 
 
+def _train_dir(args: argparse.Namespace) -> str:
+    """The run directory; a directory that already holds a run is reused only with --resume (nothing is lost)."""
+    if args.train_dir is None:
+        return time.strftime("runs/%Y%m%d-%H%M%S")
+    previous = Path(args.train_dir) / "metrics.jsonl"
+    if previous.exists() and previous.stat().st_size and not args.resume:
+        raise ConfigError(f"{args.train_dir} already holds a run: pass --resume to continue it, or choose another "
+                          "--train-dir")
+    return args.train_dir
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_MAX_STEPS
     if args.fixed_byzantine and args.byzantine_gen is not ByzantineChoice.FIXED:
@@ -149,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         scheme=args.scheme.value, workers=args.workers, replication=args.replication, rama_m=args.rama_m,
         network=args.network, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, gamma=args.gamma, lr_step=args.lr_step, epochs=args.epochs,
-        max_steps=max_steps if not args.epochs else None, eval_freq=args.eval_freq, train_dir=args.train_dir,
+        max_steps=max_steps if not args.epochs else None, eval_freq=args.eval_freq, train_dir=_train_dir(args),
         aggregator=args.aggregator.value, buckets=args.buckets, agg_s=args.agg_s, agg_m=args.agg_m,
         byzantine=args.byzantine, attack=args.attack, attack_c=args.attack_c, alie_z=args.alie_z,
         byzantine_gen=args.byzantine_gen.value, fixed_byzantine=tuple(args.fixed_byzantine),
@@ -194,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     sink.subscribe(view.publish)
 
     def listening(host: str, port: int) -> None:
-        print(f"shield-ps: listening on {host}:{port}", flush=True)
+        view.post_line(f"shield-ps: listening on {host}:{port}")
         if not config.local_agents or config.local_agents < config.workers:
             view.post_line(f"agents join with: shield-agent join {host}:{port} --token-file FILE")
 
