@@ -83,32 +83,27 @@ def closest_to_median_mean(S: Sequence[np.ndarray], beta: int) -> np.ndarray:
     mask, picked, other = (np.empty(best.shape, dtype=np.float32) for _ in range(3))
     wide = np.empty_like(total)
 
-    def window_mask(j: int) -> np.ndarray:
-        """1.0 where the best window holds row j, else 0.0."""
+    def masked(j: int, out: np.ndarray) -> None:
+        """out = S[j] where the best window holds row j, else 0."""
+        keep.fill(True)
         if j < m:
             np.less_equal(best, j, out=keep)
-        else:
-            keep.fill(True)
         if j >= beta:
             np.greater_equal(best, j - beta + 1, out=bound)
             np.logical_and(keep, bound, out=keep)
         mask[...] = keep
-        return mask
+        np.multiply(S[j], mask, out=out)
 
-    def add(row: np.ndarray) -> None:
-        wide[...] = row  # float32 -> float64 into a buffer, then a plain float64 add: faster than a mixed add
-        np.add(total, wide, out=total)
-
-    if m < beta:  # row beta + j (j < m) is in the window exactly when row j is not: add the one that is
-        for j in range(m):
-            np.multiply(S[j], window_mask(j), out=picked)
-            np.subtract(np.float32(1), mask, out=mask)
-            np.multiply(S[beta + j], mask, out=other)
+    # For m < beta, rows j and beta + j (j < m) are never both in a window and one of them always is: their
+    # masked sum is exactly that value, added to the float64 total as one row.
+    groups = [(j, beta + j) for j in range(m)] if m < beta else [(j,) for j in range(theta)]
+    for first, *rest in groups:
+        masked(first, picked)
+        for j in rest:
+            masked(j, other)
             picked += other
-            add(picked)
-    else:
-        for j in range(theta):
-            add(np.multiply(S[j], window_mask(j), out=picked))
+        wide[...] = picked  # float32 -> float64 into a buffer, then a plain float64 add: faster than a mixed add
+        total += wide
     return total / beta
 
 
