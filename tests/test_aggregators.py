@@ -90,7 +90,7 @@ def ref_closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
 
 @pytest.mark.parametrize("theta,beta", [(21, 17), (15, 5), (9, 3), (7, 7), (7, 1), (11, 4)])
 def test_bulyan_window_matches_a_column_loop(theta: int, beta: int) -> None:
-    # ties (values rounded to halves) and +-1e6 outliers; the windowed mean masks rows in and out exactly
+    # ties (values rounded to halves: the lower window must win) and +-1e6 outliers inside and outside the window
     rng = np.random.default_rng(theta * 100 + beta)
     X = rng.standard_normal((theta, 1000)).astype(F32)
     X[:, ::3] = np.round(X[:, ::3] * 2) / 2
