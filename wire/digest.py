@@ -33,8 +33,8 @@ class StreamingDigest:
 
 
 def digest_bytes(data: bytes | bytearray | memoryview, *, threads: int = 1) -> bytes:
-    """BLAKE3-256 of ``data`` (any buffer; a float32 numpy array's ``memoryview`` works). ``threads`` > 1 hashes
-    large inputs in parallel (same result)."""
+    """BLAKE3-256 of ``data``, a byte buffer (pass a float32 array as ``memoryview(arr).cast("B")``: blake3 refuses
+    buffers whose items are not bytes). ``threads`` > 1 hashes large inputs in parallel (same result)."""
     max_threads = blake3.blake3.AUTO if threads > 1 else 1
     return blake3.blake3(data, max_threads=max_threads).digest(length=DIGEST_SIZE)
 
