@@ -6,47 +6,11 @@ import asyncio
 import os
 from pathlib import Path
 
-from shield_agent.errors import ShieldAgentError
+from wire.auth import read_token
+from wire.cli import host_port, positive_int
+from wire.errors import TokenError
 
 DEFAULT_DATA_DIR = "~/.cache/shield/data"
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be an integer in 1..65535, got {port!r}") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {number}")
-    return host.strip("[]"), number
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def read_token(token: str | None, token_file: str | None) -> str:
-    """The cluster token from ``--token``, ``--token-file`` or ``$SHIELD_TOKEN`` (in that order)."""
-    if token_file:
-        try:
-            token = Path(token_file).expanduser().read_text().strip()
-        except OSError as exc:
-            raise ShieldAgentError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
-    token = token or os.environ.get("SHIELD_TOKEN")
-    if not token:
-        raise ShieldAgentError("no cluster token: pass --token, --token-file or set SHIELD_TOKEN")
-    if len(token.encode()) < 16:
-        raise ShieldAgentError("the cluster token must be at least 16 bytes")
-    return token
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from wire import install_event_loop
 
     token = read_token(args.token, args.token_file)
+    if token is None:
+        raise TokenError("no cluster token: pass --token, --token-file or set SHIELD_TOKEN")
     host, port = args.address
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,

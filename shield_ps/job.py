@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,8 +126,6 @@ def _aggregator_kwargs(config: ServeConfig, aggregator: Aggregator, bound: int, 
         kwargs["buckets"] = config.buckets
     if "seed" in accepted:
         kwargs["seed"] = config.seed
-    if "threads" in accepted:
-        kwargs["threads"] = max(1, min(4, os.cpu_count() or 1))
     _check_preconditions(aggregator, kwargs, files)
     return kwargs
 

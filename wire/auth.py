@@ -17,10 +17,11 @@ import collections
 import enum
 import hashlib
 import hmac
+import os
 import secrets
 from typing import Any
 
-from wire.errors import AuthError
+from wire.errors import AuthError, TokenError
 from wire.frames import PROTOCOL_VERSION, Kind
 
 NONCE_SIZE = 32
@@ -50,6 +51,21 @@ def token_bytes(token: str | bytes) -> bytes:
     if len(raw) < MIN_TOKEN_BYTES:
         raise ValueError(f"cluster token must be at least {MIN_TOKEN_BYTES} bytes")
     return raw
+
+
+def read_token(token: str | None, token_file: str | None, *, env: str = "SHIELD_TOKEN") -> str | None:
+    """The cluster token from ``--token-file``, ``--token`` or ``$SHIELD_TOKEN`` (in that order); None when none is
+    given. Raises :class:`TokenError` when the file cannot be read or the token is shorter than 16 bytes."""
+    if token_file:
+        try:
+            with open(os.path.expanduser(token_file), encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise TokenError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+    token = token or os.environ.get(env) or None
+    if token is not None and len(token.encode()) < MIN_TOKEN_BYTES:
+        raise TokenError(f"the cluster token must be at least {MIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)")
+    return token
 
 
 def new_nonce() -> bytes:

@@ -49,6 +49,12 @@ class AuthError(WireError):
     code = "auth"
 
 
+class TokenError(WireError, ValueError):
+    """No cluster token was given, it cannot be read, or it is too short."""
+
+    code = "token"
+
+
 class HeaderError(WireError, TypeError):
     """A header we were asked to send holds something other than str/int/float/bool/bytes/list/dict/None."""
 

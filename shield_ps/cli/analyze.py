@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shield_ps.cli.args import enum_choice, positive_float, positive_int
+from wire.cli import enum_choice, positive_float, positive_int
 
 #: Default per-q search budget in seconds: generous; every benchmark configuration needs a small fraction of it.
 DEFAULT_TIME_LIMIT = 300.0

@@ -18,7 +18,7 @@ def figure_size(text: str) -> tuple[float, float]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from shield_ps.cli.args import positive_int
+    from wire.cli import positive_int
 
     parser = subparsers.add_parser(
         "plot", help="plot accuracy, loss and step-phase times of one or more runs",

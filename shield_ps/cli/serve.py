@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -19,10 +18,10 @@ from shield_ps.byzantine.aggregators import Aggregator
 from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
-from shield_ps.cli.args import enum_choice, non_negative_int, positive_float, positive_int
 from shield_ps.config import ServeConfig
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
+from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
 
 DEFAULT_MAX_STEPS = 300
 _ATTACK_ALIASES = {"rev_grad": Attack.REV_GRAD, "reverse-gradient": Attack.REV_GRAD}
@@ -174,17 +173,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def _token(args: argparse.Namespace) -> str:
     from shield_ps.daemon import new_token
+    from wire.auth import read_token
 
-    if args.token_file:
-        try:
-            token = Path(args.token_file).expanduser().read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
-    else:
-        token = args.token or os.environ.get("SHIELD_TOKEN") or new_token()
-    if len(token.encode()) < 16:
-        raise ConfigError("the cluster token must be at least 16 bytes (e.g. `openssl rand -hex 32`)")
-    return token
+    return read_token(args.token, args.token_file) or new_token()
 
 
 def run(args: argparse.Namespace) -> int:

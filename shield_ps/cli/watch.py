@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from pathlib import Path
 
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
+from wire.auth import read_token
+from wire.cli import host_port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,22 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _address(text: str) -> tuple[str, int] | None:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    try:
+        return host_port(text)
+    except argparse.ArgumentTypeError:
         return None
-    if not 1 <= int(port) <= 65535:
-        raise ConfigError(f"port must be in 1..65535, got {port}")
-    return host.strip("[]"), int(port)
 
 
 def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        try:
-            return Path(args.token_file).expanduser().read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
-    token = args.token or os.environ.get("SHIELD_TOKEN")
-    if not token:
+    token = read_token(args.token, args.token_file)
+    if token is None:
         raise ConfigError("watching a PS needs its cluster token: --token, --token-file or $SHIELD_TOKEN")
     return token
 

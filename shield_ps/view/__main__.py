@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
-from shield_ps.cli.args import OneLineErrorParser, non_negative_int, positive_int
 from shield_ps.errors import ShieldPSError
+from wire.cli import OneLineErrorParser, non_negative_int, positive_int
 
 
 def _paced(events: Iterable[dict[str, Any]], pace: float) -> Iterable[dict[str, Any]]:

@@ -7,7 +7,6 @@ the n x n Gram matrix, accumulated block by block in float64.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
@@ -18,8 +17,11 @@ from shield_ps.errors import AggregationError
 #: Bytes of one (n, width) float32 column block; 1 MiB keeps a block in L2.
 BLOCK_BYTES = 1 << 20
 
-#: Threads of the sort-based aggregators by default (results do not depend on it: blocks are independent).
-DEFAULT_THREADS = min(4, os.cpu_count() or 1)
+#: Threads of the sort-based aggregators by default (results do not depend on it: blocks are independent). One:
+#: their blocks are many short numpy calls, and on the 2-core machine measured here two threads mostly queue for
+#: the GIL (bulyan 2.0x multi-krum on one thread, 3.2x on two; coord-median 0.86 s vs 1.05 s). Pass ``threads=``
+#: to use more on a machine where it pays.
+DEFAULT_THREADS = 1
 
 
 def block_width(n: int, block_bytes: int = BLOCK_BYTES) -> int:
