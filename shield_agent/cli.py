@@ -5,10 +5,12 @@ Subcommands are registered in :data:`COMMANDS`, one module each exposing ``regis
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Sequence
 
 from shield_agent.errors import ShieldAgentError
+from wire.cli import build_parser as _build_parser
 from wire.cli import run_tool
 from wire.errors import WireError
 
@@ -19,8 +21,15 @@ COMMANDS: dict[str, str] = {
 }
 
 
+PROG, DESCRIPTION = "shield-agent", "ByzShield worker agent."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(PROG, DESCRIPTION, COMMANDS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_tool("shield-agent", "ByzShield worker agent.", COMMANDS, (ShieldAgentError, WireError), argv)
+    return run_tool(PROG, DESCRIPTION, COMMANDS, (ShieldAgentError, WireError), argv)
 
 
 if __name__ == "__main__":

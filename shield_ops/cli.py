@@ -5,10 +5,12 @@ Subcommands are registered in :data:`COMMANDS`, one module each exposing ``regis
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Sequence
 
 from shield_ops.errors import ShieldOpsError
+from wire.cli import build_parser as _build_parser
 from wire.cli import run_tool
 from wire.errors import WireError
 
@@ -23,8 +25,15 @@ COMMANDS: dict[str, str] = {
 }
 
 
+PROG, DESCRIPTION = "shield-ops", "EC2 spot clusters for shield."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(PROG, DESCRIPTION, COMMANDS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_tool("shield-ops", "EC2 spot clusters for shield.", COMMANDS, (ShieldOpsError, WireError), argv)
+    return run_tool(PROG, DESCRIPTION, COMMANDS, (ShieldOpsError, WireError), argv)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ Subcommands are registered in :data:`COMMANDS`, one module each; a module expose
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Sequence
 
 from shield_ps.errors import ShieldPSError
+from wire.cli import build_parser as _build_parser
 from wire.cli import run_tool
 from wire.errors import WireError
 
@@ -22,8 +24,15 @@ COMMANDS: dict[str, str] = {
 }
 
 
+PROG, DESCRIPTION = "shield-ps", "ByzShield parameter server."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser(PROG, DESCRIPTION, COMMANDS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_tool("shield-ps", "ByzShield parameter server.", COMMANDS, (ShieldPSError, WireError), argv)
+    return run_tool(PROG, DESCRIPTION, COMMANDS, (ShieldPSError, WireError), argv)
 
 
 if __name__ == "__main__":
