@@ -32,7 +32,10 @@ _DETOX_ALIASES = {"whole_group": DetoxAttack.WHOLE_GROUP}
 def _attack(text: str) -> str:
     if text == "none":
         return text
-    return enum_choice(Attack, _ATTACK_ALIASES)(text).value
+    try:
+        return enum_choice(Attack, _ATTACK_ALIASES)(text).value
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("(choose from ", "(choose from none, ")) from None
 
 
 _attack.__name__ = "attack"
