@@ -203,7 +203,7 @@ class StepRunner:
                             step, worker, file_vote.file)
                 liars.add(worker)
                 continue
-            if _has_non_finite(row, self._zeros):
+            if await self._loop.run_in_executor(None, _has_non_finite, row, self._zeros):
                 invalid.add(file_vote.winner)
                 return False
             return True
