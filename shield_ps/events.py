@@ -6,6 +6,7 @@ step loop's thread.
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -16,6 +17,19 @@ from typing import Any, Callable, TextIO
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+
+
+class WorkerState(str, enum.Enum):
+    """A worker's state in ``worker`` events (docs/metrics.md). ``unknown`` is never emitted: it is what a view
+    shows for a worker it has not heard of yet."""
+
+    UNKNOWN = "unknown"
+    CONNECTED = "connected"
+    COMPUTING = "computing"
+    DONE = "done"
+    LATE = "late"
+    ERASED = "erased"
+    LEFT = "left"
 Subscriber = Callable[[Event], None]
 
 

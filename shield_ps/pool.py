@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from shield_ps.events import WorkerState
 from wire import AuthError, Connection, Role
 
 log = logging.getLogger(__name__)
@@ -21,17 +22,6 @@ log = logging.getLogger(__name__)
 #: Observers get ids from here up, so they never collide with worker slots.
 OBSERVER_ID_BASE = 1_000_000
 _STALE_RESERVATION_S = 30.0
-
-
-class WorkerState:
-    """The states a worker moves through (the values appear in ``worker`` events)."""
-
-    CONNECTED = "connected"
-    COMPUTING = "computing"
-    DONE = "done"
-    LATE = "late"
-    ERASED = "erased"
-    LEFT = "left"
 
 
 @dataclass
@@ -43,7 +33,7 @@ class AgentLink:
     name: str
     files: tuple[int, ...]
     ready: bool = False
-    state: str = WorkerState.CONNECTED
+    state: WorkerState = WorkerState.CONNECTED
     compute_s: float | None = None
     address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,12 +86,12 @@ class WorkerPool:
             self.set_state(link, WorkerState.LEFT)
             self.changed.set()
 
-    def set_state(self, link: AgentLink, state: str, compute_s: float | None = None) -> None:
+    def set_state(self, link: AgentLink, state: WorkerState, compute_s: float | None = None) -> None:
         if compute_s is not None:
             link.compute_s = compute_s
         if state != link.state or state in (WorkerState.CONNECTED, WorkerState.LEFT):
             link.state = state
-            self._emit("worker", step=self.step, worker=link.worker, state=state, compute_s=link.compute_s,
+            self._emit("worker", step=self.step, worker=link.worker, state=state.value, compute_s=link.compute_s,
                        address=link.address)
 
     def link(self, worker: int) -> AgentLink | None:

@@ -24,7 +24,8 @@ from shield_ps.collector import DigestRejected, StepCollector
 from shield_ps.errors import AggregationError, TrainingError
 from shield_ps.job import JobPlan
 from shield_ps.optimizer import MomentumSGD
-from shield_ps.pool import AgentLink, WorkerPool, WorkerState
+from shield_ps.events import WorkerState
+from shield_ps.pool import AgentLink, WorkerPool
 from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError, encode_vector
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from shield_ps.events import WorkerState
+
 #: the PS-side phases of one step, in the order they happen (``times`` in a ``step`` event).
 PHASES: tuple[str, ...] = ("broadcast", "compute", "gather", "vote", "aggregate", "update")
 #: worker ids above this are refused (a hostile event must not make us allocate a huge table).
@@ -27,15 +29,6 @@ class EventKind(str, enum.Enum):
     EVAL = "eval"
     SUMMARY = "summary"
 
-
-class WorkerState(str, enum.Enum):
-    UNKNOWN = "unknown"
-    CONNECTED = "connected"
-    COMPUTING = "computing"
-    DONE = "done"
-    LATE = "late"
-    ERASED = "erased"
-    LEFT = "left"
 
 
 class BadEvent(ValueError):
