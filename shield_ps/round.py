@@ -55,7 +55,8 @@ class StepOutcome:
 
     def event_fields(self) -> dict[str, Any]:
         fields = {k: v for k, v in self.__dict__.items() if k != "account"}
-        return {**fields, **self.account.fields()}
+        legacy = sorted(set(self.account.lying) | set(self.account.outvoted))  # `flagged`, kept for old scripts
+        return {**fields, **self.account.fields(), "flagged": legacy}
 
 
 class StepRunner:
