@@ -80,6 +80,13 @@ class SlowStepReaderSession(AgentSession):
         await asyncio.sleep(3600)
 
 
+class SilentDigestsSession(AgentSession):
+    """Stays connected and takes every STEP, but never sends a digest."""
+
+    async def _on_step(self, msg: Message) -> None:
+        msg.discard()
+
+
 class ReconnectEverySession(AgentSession):
     """Disconnects as soon as a step starts (and the agent loop reconnects)."""
 
@@ -144,6 +151,7 @@ ZOO: dict[str, tuple[type[AgentSession], dict[str, Any]]] = {
     "delayed-fetch": (DelayedFetchSession, {}),
     "slow-step-reader": (SlowStepReaderSession, {}),
     "reconnect-every-step": (ReconnectEverySession, {}),
+    "silent-digests": (SilentDigestsSession, {}),
     "flood": (FloodSession, {}),
     "wrong-length": (WrongLengthSession, {}),
     "replay": (ReplaySession, {}),
