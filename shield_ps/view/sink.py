@@ -44,9 +44,9 @@ class _ModeSpec:
 
 
 _MODES: dict[ViewMode, _ModeSpec] = {
-    ViewMode.LIVE: _ModeSpec(live=True, line_kinds=frozenset({EventKind.EVAL})),
+    ViewMode.LIVE: _ModeSpec(live=True, line_kinds=frozenset({EventKind.EVAL, EventKind.CHECKPOINT})),
     ViewMode.PLAIN: _ModeSpec(live=False, line_kinds=frozenset(EventKind)),
-    ViewMode.QUIET: _ModeSpec(live=False, line_kinds=frozenset({EventKind.EVAL})),
+    ViewMode.QUIET: _ModeSpec(live=False, line_kinds=frozenset({EventKind.EVAL, EventKind.CHECKPOINT})),
 }
 
 
