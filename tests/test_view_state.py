@@ -7,13 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shield_ps.view.fake import fake_run
-from shield_ps.view.state import (CATEGORIES, CheckpointOutcome, EventKind, UpdateAction, ViewState, WorkerState, epochs,
-                                  eta_seconds, final_summary, fold, fold_all, phase_means, progress, seconds_per_step)
+from shield_ps.view.figures import epochs, eta_seconds, final_summary, phase_means, progress, seconds_per_step
+from shield_ps.view.state import (CATEGORIES, CheckpointOutcome, EventKind, UpdateAction, ViewState, WorkerState, fold,
+                                  fold_all)
 
 
 def _step(step: int, time: float, **fields: object) -> dict:
     event = {"kind": "step", "time": time, "step": step, "epoch": 0, "lr": 0.1, "loss": 1.0, "files": 10,
-             "files_won": 10, "files_dropped": 0, "files_corrupted": 0, "lying": [], "outvoted": [], "slow": [], "erased": [],
+             "files_won": 10, "files_dropped": 0, "files_corrupted": 0, "lying": [], "outvoted": [], "slow": [],
+             "erased": [],
              "times": {"compute": 0.5, "gather": 0.25, "total": 1.0}}
     event.update(fields)
     return event
@@ -156,12 +158,14 @@ MALFORMED = [
     None, 7, "step", [], {}, {"kind": "nope", "time": 1.0}, {"kind": "step"},
     _step("3", 1.0), _step(True, 1.0), _step(1, float("nan")), _step(1, 1.0, lr="fast"),
     _step(1, 1.0, outvoted=[1, "2"]), _step(1, 1.0, lying=[10**9]), _step(1, 1.0, slow=[[1]]),
-    {k: v for k, v in _step(1, 1.0, flagged=[-1]).items() if k != "outvoted"}, _step(1, 1.0, aggregation={"action": "shrug"}), _step(1, 1.0, aggregation=[]),
+    {k: v for k, v in _step(1, 1.0, flagged=[-1]).items() if k != "outvoted"},
+    _step(1, 1.0, aggregation={"action": "shrug"}), _step(1, 1.0, aggregation=[]),
     _step(1, 1.0, hedges=-1), _step(1, 1.0, refused="many"),
     {"kind": "checkpoint", "time": 1.0, "step": 1, "ok": "yes"}, {"kind": "checkpoint", "time": 1.0, "ok": True},
     {"kind": "summary", "time": 1.0, "lying_workers": {"x": 1}}, {"kind": "summary", "time": 1.0,
                                                                    "outvoted_workers": {"1": -1}},
-    {"kind": "summary", "time": 1.0, "slow_workers": [1]}, {"kind": "summary", "time": 1.0, "erased_workers": {"9999": 1}},
+    {"kind": "summary", "time": 1.0, "slow_workers": [1]},
+    {"kind": "summary", "time": 1.0, "erased_workers": {"9999": 1}},
     {"kind": "summary", "time": 1.0, "checkpoint_errors": [7]}, {"kind": "summary", "time": 1.0, "metrics_complete": 1},
     _step(1, 1.0, times=[0.1]), _step(1, 1.0, times={"compute": "x"}),
     {"kind": "worker", "time": 1.0, "worker": 10**9, "state": "done"},

@@ -87,7 +87,7 @@ def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every:
                    "loss": round(2.3 * math.exp(-(step + 1) / 12) + 0.05, 4)}
             last_checkpoint = step + 1
             yield {"kind": "checkpoint", "time": now, "step": step + 1, "ok": True,
-                   "path": f"run/checkpoints/step-{step + 1:08d}.ckpt"}
+                   "path": f"run/checkpoints/step-{step + 1:08d}.npz"}
     if final:
         yield {"kind": "summary", "time": now, "steps": steps, "wall_s": round(now - start_time, 3),
                "best_top1": best, "final_top1": top1, "reason": "completed", **totals,

@@ -20,6 +20,7 @@ class BadEvent(ValueError):
 
 
 def number(event: Mapping[str, Any], key: str, default: float | None = None) -> float | None:
+    """A finite number as a float, or None."""
     value = event.get(key, default)
     if value is None:
         return None
@@ -29,6 +30,7 @@ def number(event: Mapping[str, Any], key: str, default: float | None = None) -> 
 
 
 def integer(event: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    """An integer (a bool is not one)."""
     value = event.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadEvent(f"{key}: expected an integer, got {value!r}")
@@ -36,6 +38,7 @@ def integer(event: Mapping[str, Any], key: str, default: int | None = None) -> i
 
 
 def count(event: Mapping[str, Any], key: str, default: int | None = 0) -> int:
+    """An integer >= 0."""
     value = integer(event, key, default)
     if value < 0:
         raise BadEvent(f"{key}: expected a count >= 0, got {value}")
@@ -43,6 +46,7 @@ def count(event: Mapping[str, Any], key: str, default: int | None = 0) -> int:
 
 
 def string(event: Mapping[str, Any], key: str, default: str = "?") -> str:
+    """Any value as text, cut to 64 characters (``default`` when absent or null)."""
     value = event.get(key, default)
     if value is None:
         return default
@@ -50,6 +54,7 @@ def string(event: Mapping[str, Any], key: str, default: str = "?") -> str:
 
 
 def worker_ids(event: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    """A list of worker ids, sorted and without repeats (empty when absent or null)."""
     value = event.get(key) or ()
     if not isinstance(value, (list, tuple)) or len(value) > MAX_WORKERS:
         raise BadEvent(f"{key}: expected a list of worker ids")
@@ -59,10 +64,12 @@ def worker_ids(event: Mapping[str, Any], key: str) -> tuple[int, ...]:
 
 
 def opt_count(event: Mapping[str, Any], key: str) -> int | None:
+    """A count, or None when absent or null (a field an older PS did not report)."""
     return None if event.get(key) is None else count(event, key)
 
 
 def text(event: Mapping[str, Any], key: str, limit: int = 200) -> str | None:
+    """Any value as text cut to ``limit`` characters, or None."""
     value = event.get(key)
     return None if value is None else str(value)[:limit]
 

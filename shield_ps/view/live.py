@@ -14,8 +14,8 @@ from rich.text import Text
 
 from shield_ps.view import fmt
 from shield_ps.view.plain import job_title
-from shield_ps.view.state import (PHASES, UpdateAction, ViewState, WorkerState, WorkerView, epochs, eta_seconds,
-                                  progress)
+from shield_ps.view.figures import epochs, eta_seconds, progress
+from shield_ps.view.state import PHASES, UpdateAction, ViewState, WorkerState, WorkerView
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)
     WorkerState.UNKNOWN: ("----", "dim"),

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
-from shield_ps.view.state import (CATEGORIES, EventKind, UpdateAction, ViewState, WorkerState, epochs, eta_seconds,
-                                  event_kind, progress)
+from shield_ps.view.figures import epochs, eta_seconds, progress
+from shield_ps.view.state import CATEGORIES, EventKind, UpdateAction, ViewState, WorkerState, event_kind
 
 #: worker states worth a log line.
 NOTABLE_WORKER_STATES = frozenset({WorkerState.CONNECTED, WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT})

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from shield_ps.view import fmt
 from shield_ps.view.fields import WorkerCounts
-from shield_ps.view.state import Summary, ViewState, final_summary
+from shield_ps.view.figures import final_summary
+from shield_ps.view.state import Summary, ViewState
 
 #: how many workers a category row names before it says how many more
 WORKERS_SHOWN = 12
