@@ -1,8 +1,13 @@
-"""``shield-agent join HOST:PORT``: serve a PS as one worker until it ends the run."""
+"""``shield-agent join HOST:PORT``: serve a PS as one or more workers (``--workers N``) until it ends the run.
+
+At default verbosity the agent says which worker slot(s) it became and how the run ended; the exit status is 0 when
+the PS completed the run, 1 when the run failed or the PS was lost, 2 on a refused token or another error of ours.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_DATA_DIR", DEFAULT_DATA_DIR),
                         help="where the datasets are (default: $SHIELD_DATA_DIR or %(default)s)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="worker slots in this process (one torch import and one dataset copy for all; each "
+                        "slot is its own worker for the PS; default 1)")
+    parser.add_argument("--compute-threads", type=positive_int, metavar="P",
+                        help="threads computing the slots' files (default: min(N, cores / torch threads))")
     parser.add_argument("--name", default="", help="a name shown on the PS (default: none)")
     parser.add_argument("--no-reconnect", action="store_true", help="exit when the PS connection drops")
     parser.add_argument("--spot-watch", action="store_true",
@@ -42,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
                            lie_factor=args.lie, lie_payload=args.lie_payload, spot_watch=args.spot_watch,
-                           imds=args.imds)
+                           imds=args.imds, workers=args.workers, compute_threads=args.compute_threads)
+    client_log = logging.getLogger("shield_agent.client")
+    if client_log.getEffectiveLevel() > logging.INFO:
+        client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v
     install_event_loop()
     return asyncio.run(run_agent(options))

@@ -1,6 +1,8 @@
-"""``--local-agents K``: spawn K ``shield-agent join`` subprocesses on this machine and tear them down on exit.
+"""``--local-agents K``: spawn ``shield-agent join --workers N`` subprocesses on this machine hosting K worker slots
+in all, and tear them down on exit.
 
-Each agent logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
+The K slots are spread over P processes (``--agent-processes P``; default one per core, at most K), so torch is
+imported and the dataset loaded P times instead of K times. Process ``NN`` logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
 the PS goes away (even when it is killed with SIGKILL: the kernel closes its sockets, the agents see end-of-file),
 and on Linux they also receive SIGTERM when the PS process dies (``PR_SET_PDEATHSIG``).
 """
@@ -33,8 +35,9 @@ class LocalAgents:
     """K agent subprocesses joined to ``host:port``; :meth:`stop` is idempotent."""
 
     def __init__(self, count: int, host: str, port: int, token_file: Path, log_dir: Path,
-                 data_dir: str | None, extra_args: Sequence[str] = ()) -> None:
+                 data_dir: str | None, extra_args: Sequence[str] = (), processes: int | None = None) -> None:
         self.count = count
+        self.slots = split_slots(count, processes or default_processes(count))
         self._args = [host, port, token_file, data_dir, list(extra_args)]
         self._log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -43,9 +46,10 @@ class LocalAgents:
         host, port, token_file, data_dir, extra = self._args
         self._log_dir.mkdir(parents=True, exist_ok=True)
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        for index in range(self.count):
+        for index, workers in enumerate(self.slots):
             cmd = [sys.executable, "-m", "shield_agent.cli", "-v", "join", f"{connect_host}:{port}",
-                   "--token-file", str(token_file), "--no-reconnect", "--name", f"local-{index:02d}", *extra]
+                   "--token-file", str(token_file), "--no-reconnect", "--name", f"local-{index:02d}",
+                   "--workers", str(workers), *extra]
             if data_dir:
                 cmd += ["--data-dir", str(data_dir)]
             log_path = self._log_dir / f"agent-{index:02d}.log"
@@ -53,7 +57,8 @@ class LocalAgents:
                 preexec = _die_with_parent if sys.platform.startswith("linux") else None
                 self.processes.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                                        stdin=subprocess.DEVNULL, preexec_fn=preexec))
-        log.info("started %d local agents (logs in %s)", self.count, self._log_dir)
+        log.info("started %d local worker slots in %d processes (logs in %s)", self.count, len(self.slots),
+                 self._log_dir)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.processes)
@@ -71,6 +76,18 @@ class LocalAgents:
                 proc.kill()
                 proc.wait()
         self.processes.clear()
+
+
+def default_processes(slots: int, cores: int | None = None) -> int:
+    """About one agent process per core, never more than the slots."""
+    return max(1, min(slots, cores or os.cpu_count() or 1))
+
+
+def split_slots(slots: int, processes: int) -> list[int]:
+    """``slots`` worker slots over ``processes`` processes as evenly as possible (the first ones get one more)."""
+    processes = max(1, min(slots, processes))
+    base, extra = divmod(slots, processes)
+    return [base + (i < extra) for i in range(processes)]
 
 
 def write_token_file(path: Path, token: str) -> Path:
