@@ -271,12 +271,13 @@ class _Refusals:
         self.limit, self.count = limit, 0
         self.error: JoinRefused | None = None
 
-    def refused(self, address: str, exc: Exception) -> bool:
-        """Count one refusal; True when the agent must stop."""
+    def refused(self, address: str, exc: Exception, retry: bool) -> bool:
+        """Count one refusal; True when the agent must stop (at the limit, or at once when it may not retry)."""
         self.count += 1
-        if self.count >= self.limit and self.error is None:
-            self.error = JoinRefused(f"{address} refused our token {self.count} times ({exc}); check --token or "
-                                     "--token-file against the PS's")
+        if (self.count >= self.limit or not retry) and self.error is None:
+            times = "once" if self.count == 1 else f"{self.count} times in a row"
+            self.error = JoinRefused(f"{address} refused our authentication {times} ({exc}); check --token or "
+                                     "--token-file against the PS's token")
         return self.error is not None
 
 
@@ -292,7 +293,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher
             conn = await connect(options.host, options.port, token=options.token, role="agent",
                                  name=options.slot_name(slot))
         except AuthError as exc:
-            if "token" in str(exc) and refusals.refused(address, exc):
+            if "token" in str(exc) and refusals.refused(address, exc, options.reconnect):
                 return 2
             if not options.reconnect:
                 log.error("cannot join %s: %s", address, exc)

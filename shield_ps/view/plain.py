@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
-from shield_ps.view.state import EventKind, ViewState, WorkerState, epochs, eta_seconds, event_kind, progress
+from shield_ps.view.state import (EventKind, ViewState, WorkerState, epochs, eta_seconds, event_kind, progress,
+                                  waiting_line)
 
 #: worker states worth a log line.
 NOTABLE_WORKER_STATES = frozenset({WorkerState.CONNECTED, WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT})
@@ -77,12 +78,17 @@ def _summary_line(event: Mapping[str, Any], state: ViewState) -> None:
     return None  # the summary is printed by View.close(), once, in every mode
 
 
+def _join_line(event: Mapping[str, Any], state: ViewState) -> str | None:
+    return waiting_line(state)
+
+
 _LINES: dict[EventKind, Callable[[Mapping[str, Any], ViewState], str | None]] = {
     EventKind.JOB: _job_line,
     EventKind.STEP: _step_line,
     EventKind.WORKER: _worker_line,
     EventKind.EVAL: _eval_line,
     EventKind.SUMMARY: _summary_line,
+    EventKind.JOIN: _join_line,
 }
 
 

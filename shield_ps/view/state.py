@@ -28,7 +28,7 @@ class EventKind(str, enum.Enum):
     WORKER = "worker"
     EVAL = "eval"
     SUMMARY = "summary"
-
+    JOIN = "join"
 
 
 class BadEvent(ValueError):
@@ -95,6 +95,16 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class JoinProgress:
+    """The PS's wait for its agents: ready, still loading, never connected, and seconds left at that moment."""
+
+    ready: int
+    loading: int
+    missing: int
+    left_s: float | None
+
+
+@dataclass(frozen=True)
 class ViewState:
     job: JobInfo | None = None
     started: float | None = None  #: time of the first event seen
@@ -114,6 +124,7 @@ class ViewState:
     best_top1: float | None = None
     recent: tuple[tuple[int, float], ...] = ()  #: (step, time) of the last RATE_WINDOW steps
     summary: Summary | None = None
+    join: JoinProgress | None = None  #: the latest join progress (shown until the first step)
     malformed: int = 0
 
 
@@ -255,6 +266,11 @@ def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     return dict(summary=summary)
 
 
+def _fold_join(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(join=JoinProgress(ready=_count(event, "ready"), loading=_count(event, "loading"),
+                                  missing=_count(event, "missing"), left_s=_num(event, "left_s")))
+
+
 #: kind -> function of (state, event) returning the fields that change (raises BadEvent)
 _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]] = {
     EventKind.JOB: _fold_job,
@@ -262,6 +278,7 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.WORKER: _fold_worker,
     EventKind.EVAL: _fold_eval,
     EventKind.SUMMARY: _fold_summary,
+    EventKind.JOIN: _fold_join,
 }
 
 
@@ -334,6 +351,26 @@ def phase_means(state: ViewState) -> dict[str, float]:
     """Mean seconds per step of each phase seen so far, in :data:`PHASES` order (plus ``total`` if reported)."""
     n = max(state.steps_seen, 1)
     return {k: state.phases_sum[k] / n for k in (*PHASES, "total") if k in state.phases_sum}
+
+
+def waiting_line(state: ViewState) -> str | None:
+    """``waiting for agents: R ready, L loading, M missing (Ns left)`` while the PS waits for its agents (no step
+    yet), else None."""
+    join = state.join
+    if join is None or state.step is not None:
+        return None
+    left = "" if join.left_s is None else f" ({join.left_s:.0f}s left)"
+    return f"waiting for agents: {join.ready} ready, {join.loading} loading, {join.missing} missing{left}"
+
+
+def median_step_seconds(state: ViewState) -> float | None:
+    """Median wall time between consecutive recent step events (the last :data:`RATE_WINDOW` steps), so a slow
+    start-up does not count as step time."""
+    gaps = sorted((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(state.recent, state.recent[1:]) if s1 > s0)
+    if not gaps:
+        return None
+    mid = len(gaps) // 2
+    return gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
 
 
 def final_summary(state: ViewState) -> Summary:

@@ -6,7 +6,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from shield_ps.view import fmt
-from shield_ps.view.state import Summary, ViewState, final_summary
+from shield_ps.view.state import Summary, ViewState, final_summary, median_step_seconds
 
 
 def _flagged(summary: Summary, state: ViewState) -> str:
@@ -20,7 +20,8 @@ def _flagged(summary: Summary, state: ViewState) -> str:
 def summary_rows(state: ViewState) -> list[tuple[str, str]]:
     """(label, value) rows of the final summary; pure, shared by the plain and the live rendering."""
     summary = final_summary(state)
-    per_step = f" ({summary.wall_s / summary.steps:.3f} s/step)" if summary.steps else ""
+    median = median_step_seconds(state)
+    per_step = f" (median {median:.3f} s/step)" if median is not None else ""
     return [
         ("run", summary.reason),
         ("steps", f"{summary.steps} in {fmt.duration(summary.wall_s)}{per_step}"),
