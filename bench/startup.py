@@ -10,8 +10,8 @@ every 0.2 s. Figures per configuration:
 
 Configurations, all in the same run (the baseline is today's layout, one process per worker):
   baseline   K workers in K processes (``--agent-processes K``);
-  default    K workers in the default number of processes (one per core);
-  single     K workers in one process (for the memory slope).
+  default    K workers in the default number of processes (one per core but one, at least one);
+  single     K workers in one process (for the memory slope; the default run itself when its default is one).
 Ratios: ``ready_speedup`` = baseline ready_s / default ready_s; ``first_step_speedup`` likewise;
 ``rss_per_extra_worker_mb`` = (single agents_rss - baseline agents_rss / K) / (K - 1), the memory one more LeNet
 worker slot costs. ``--large`` adds MOLS K=35 r=5 (f=49) and Ramanujan Case 2 K=25 r=5 with the default layout.
@@ -138,7 +138,10 @@ def main() -> None:
         "single": scheme + ["--agent-processes", "1"],
     }
     for name, flags in runs.items():
-        figures[name] = run_config(name, flags, k, args.steps, args.timeout)
+        if name == "single" and figures["default"]["agent_processes"] == 1:
+            figures[name] = figures["default"]
+        else:
+            figures[name] = run_config(name, flags, k, args.steps, args.timeout)
         print(f"{name:>9}: {json.dumps(figures[name])}", flush=True)
     base, default, single = figures["baseline"], figures["default"], figures["single"]
     figures["ready_speedup"] = round(base["ready_s"] / default["ready_s"], 2)

@@ -1,8 +1,9 @@
 """``--local-agents K``: spawn ``shield-agent join --workers N`` subprocesses on this machine hosting K worker slots
 in all, and tear them down on exit.
 
-The K slots are spread over P processes (``--agent-processes P``; default one per core, at most K), so torch is
-imported and the dataset loaded P times instead of K times. Process ``NN`` logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
+The K slots are spread over P processes (``--agent-processes P``; default one per core but one, which the PS keeps
+busy, at least 1 and at most K), so torch is imported and the dataset loaded P times instead of K times. Each
+process computes its slots' files on up to one thread per core, so P = 1 still uses every core for gradients. Process ``NN`` logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
 the PS goes away (even when it is killed with SIGKILL: the kernel closes its sockets, the agents see end-of-file),
 and on Linux they also receive SIGTERM when the PS process dies (``PR_SET_PDEATHSIG``).
 """
@@ -79,8 +80,10 @@ class LocalAgents:
 
 
 def default_processes(slots: int, cores: int | None = None) -> int:
-    """About one agent process per core, never more than the slots."""
-    return max(1, min(slots, cores or os.cpu_count() or 1))
+    """One agent process per core but one (the PS's own), at least one, never more than the slots. Every process
+    starts with a torch import (seconds of CPU), and all of them start at once with the PS's own, so on a small
+    machine fewer processes reach the first step sooner; each process computes on all cores anyway."""
+    return max(1, min(slots, (cores or os.cpu_count() or 1) - 1))
 
 
 def split_slots(slots: int, processes: int) -> list[int]:

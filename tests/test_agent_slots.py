@@ -33,7 +33,9 @@ def test_slots_are_spread_evenly_over_processes(slots: int, processes: int, expe
 
 
 def test_default_layout_is_about_one_process_per_core() -> None:
-    assert default_processes(15, cores=2) == 2
+    assert default_processes(15, cores=2) == 1
+    assert default_processes(15, cores=8) == 7
+    assert default_processes(15, cores=1) == 1
     assert default_processes(1, cores=16) == 1
     assert default_processes(35, cores=0) >= 1
     assert default_compute_threads(15, 1, cores=2) == 2

@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--local-agents", type=non_negative_int, default=0, metavar="K",
                    help="host K worker slots on this machine (in a few agent processes) and stop them at the end")
     g.add_argument("--agent-processes", type=positive_int, metavar="P",
-                   help="agent processes for --local-agents (default: one per core, at most K)")
+                   help="agent processes for --local-agents (default: one per core but one for the PS, at least 1, "
+                   "at most K)")
     g.add_argument("--token", help="cluster token (visible to other local users in the process list: prefer "
                    "--token-file)")
     g.add_argument("--token-file", help="file holding the cluster token (default: a fresh random token written to "
