@@ -245,6 +245,16 @@ def join_command(host: str, port: int, token_file: Path) -> str:
     return f"shield-agent join {shown}:{port} --token-file {token_file}"
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (what ``mkdir -p`` would create), or None."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
 def _leaves_nothing(train_dir: Path) -> bool:
     """True when a run directory holds nothing a run made (only the token and an empty metrics.jsonl)."""
     for path in train_dir.iterdir():
@@ -266,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_job(config)  # validation: a refused run leaves nothing behind
     token, write_token = _token(args)
     train_dir = Path(config.train_dir)
-    created = not train_dir.exists()
+    created = _first_missing(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
     token_file = write_token_file(train_dir / "token", token) if write_token else Path(args.token_file)
     view = view_from_args(args)
@@ -292,8 +302,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(daemon))
     except ConfigError:
         sink.close()
-        if created and _leaves_nothing(train_dir):
-            shutil.rmtree(train_dir, ignore_errors=True)
+        if created is not None and _leaves_nothing(train_dir):
+            shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
         view.close()
