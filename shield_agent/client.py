@@ -1,8 +1,8 @@
 """The agent's network side: join a PS, receive the job, compute files per step, answer fetches.
 
 One session per connection, and one connection per worker slot: ``--workers N`` runs N slots in one process (see
-:mod:`shield_agent.host` for what they share). The PS sends JOB (a request; we load the data, build the model and reply JOB with our
-parameter count), then for every step a STEP with the parameter vector. We compute our files one by one in a worker
+:mod:`shield_agent.host` for what they share). The PS sends JOB (a request; we load the data, build the model and
+reply JOB with our parameter count), then for every step a STEP with the parameter vector. We compute our files one by one in a worker
 thread (torch releases the GIL, so the event loop keeps answering heartbeats) and send a DIGESTS message per file as
 soon as it is ready. The PS then FETCHes the payload of one file from one holder; we reply with a VECTOR.
 
@@ -286,23 +286,14 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher
     """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
     address = f"{options.host}:{options.port}"
     backoff = 0.5
-    while True:
-        if refusals.error is not None:
-            return 2
+    while refusals.error is None:
         try:
             conn = await connect(options.host, options.port, token=options.token, role="agent",
                                  name=options.slot_name(slot))
-        except AuthError as exc:
-            if "token" in str(exc) and refusals.refused(address, exc, options.reconnect):
-                return 2
-            if not options.reconnect:
-                log.error("cannot join %s: %s", address, exc)
-                return 1
-            log.warning("%s refused the join (%s); retrying in %.1fs", address, exc, backoff)
-            await asyncio.sleep(backoff * (1 + random.random() / 4))
-            backoff = min(backoff * 2, options.max_backoff)
-            continue
         except (OSError, WireError, asyncio.TimeoutError) as exc:
+            token_refused = isinstance(exc, AuthError) and "token" in str(exc)
+            if token_refused and refusals.refused(address, exc, options.reconnect):
+                return 2
             if not options.reconnect:
                 log.error("cannot join %s: %s", address, exc)
                 return 1
@@ -310,9 +301,8 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher
             await asyncio.sleep(backoff * (1 + random.random() / 4))
             backoff = min(backoff * 2, options.max_backoff)
             continue
-        refusals.count = 0
+        refusals.count, backoff = 0, 0.5
         log.debug("slot %d joined %s as peer %d", slot, address, conn.peer.id)
-        backoff = 0.5
         session = AgentSession(options, conn, host)
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
@@ -332,6 +322,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher
             log.warning("worker %d lost the PS (%s); not reconnecting", conn.peer.id, conn.close_error)
             return 1
         log.warning("worker %d lost the PS (%s); reconnecting", conn.peer.id, conn.close_error)
+    return 2
 
 
 def _ended(session: AgentSession, worker: int) -> int:

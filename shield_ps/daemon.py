@@ -2,7 +2,8 @@
 
 Lifecycle: resolve the job (fails fast on bad configuration) -> listen (a port in use fails before any heavy work)
 -> start local agents (they import torch and load data while we do) -> load the model and the initial or resumed
-state -> wait for agents (the deadline counts from the last progress) -> steps -> final evaluation and checkpoint -> LEAVE to every agent -> close.
+state -> wait for agents (the deadline counts from the last progress) -> steps -> final evaluation and checkpoint
+-> LEAVE to every agent -> close.
 A misbehaving agent is disconnected with an ERROR frame saying why; it never takes the PS down.
 """
 from __future__ import annotations

@@ -3,8 +3,9 @@ in all, and tear them down on exit.
 
 The K slots are spread over P processes (``--agent-processes P``; default one per core but one, which the PS keeps
 busy, at least 1 and at most K), so torch is imported and the dataset loaded P times instead of K times. Each
-process computes its slots' files on up to one thread per core, so P = 1 still uses every core for gradients. Process ``NN`` logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
-the PS goes away (even when it is killed with SIGKILL: the kernel closes its sockets, the agents see end-of-file),
+process computes its slots' files on up to one thread per core, so P = 1 still uses every core for gradients.
+Process ``NN`` logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit
+when the PS goes away (even when it is killed with SIGKILL: the kernel closes its sockets, the agents see end-of-file),
 and on Linux they also receive SIGTERM when the PS process dies (``PR_SET_PDEATHSIG``).
 """
 from __future__ import annotations
