@@ -4,7 +4,8 @@ One session per connection, and one connection per worker slot: ``--workers N`` 
 :mod:`shield_agent.host` for what they share). The PS sends JOB (a request; we load the data, build the model and
 reply JOB with our parameter count), then for every step a STEP with the parameter vector. We compute our files one
 by one on the process's compute pool (torch releases the GIL, so the event loop keeps answering heartbeats) and send
-a DIGESTS message per file as soon as it is ready. The PS then FETCHes the payload of one file from one holder; we reply with a VECTOR.
+a DIGESTS message per file as soon as it is ready. The PS then FETCHes the payload of one file from one holder; we
+reply with a VECTOR.
 
 A new STEP while the previous step is still being computed (the PS gave up on us) cancels the old computation after
 its current file. The PS ends the run with LEAVE; a dropped connection is retried with exponential backoff unless
