@@ -22,7 +22,7 @@ from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
-from shield_ps.local_agents import LocalAgents
+from shield_ps.local_agents import LocalAgents, write_token_file
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
@@ -168,7 +168,7 @@ class PSDaemon:
         if not self.config.local_agents:
             return None
         if self.token_file is None:
-            raise ConfigError("local agents need a token file")
+            self.token_file = write_token_file(self.train_dir / "token", self.token)
         agents = LocalAgents(self.config.local_agents, self.config.host, port, self.token_file,
                              self.train_dir / "agents", self.config.data_dir,
                              processes=self.config.agent_processes)
