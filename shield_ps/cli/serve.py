@@ -292,8 +292,11 @@ def run(args: argparse.Namespace) -> int:
         view.post_line(f"shield-ps: listening on {host}:{port}; run directory {train_dir}")
         if config.local_agents < config.workers:
             missing = config.workers - config.local_agents
-            view.post_line(f"waiting for {missing} agent slot(s); join with: {join_command(host, port, token_file)}"
-                           + ("" if missing == 1 else f" --workers N (N slots per process, {missing} in all)"))
+            command = join_command(host, port, token_file) + ("" if missing == 1 else f" --workers {missing}")
+            view.post_line(f"waiting for {missing} agent slot(s); join with: {command}")
+            if missing > 1:
+                view.post_line(f"(--workers N hosts N slots in one agent process; several processes, here or on "
+                               f"other machines, may share the {missing} slots)")
 
     install_event_loop()
     daemon = PSDaemon(config, token, sink, on_listening=listening, token_file=token_file)
