@@ -16,6 +16,15 @@ from wire.cli import host_port, positive_int
 from wire.errors import TokenError
 
 DEFAULT_DATA_DIR = "~/.cache/shield/data"
+#: Worker slots one process may host (each is a connection; a PS accepts 1024 connections by default).
+MAX_WORKERS = 1024
+
+
+def _workers(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_WORKERS} worker slots per process, got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_DATA_DIR", DEFAULT_DATA_DIR),
                         help="where the datasets are (default: $SHIELD_DATA_DIR or %(default)s)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
-    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+    parser.add_argument("--workers", type=_workers, default=1, metavar="N",
                         help="worker slots in this process (one torch import and one dataset copy for all; each "
                         "slot is its own worker for the PS; default 1)")
     parser.add_argument("--compute-threads", type=positive_int, metavar="P",
