@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
+import signal
 from pathlib import Path
 
 from wire.auth import read_token
@@ -65,5 +67,7 @@ def run(args: argparse.Namespace) -> int:
     client_log = logging.getLogger("shield_agent.client")
     if client_log.getEffectiveLevel() > logging.INFO:
         client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v
+    if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID writes every thread's stack to stderr (a stuck agent's log)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     install_event_loop()
     return asyncio.run(run_agent(options))
