@@ -1,6 +1,8 @@
 """The view's join progress line and the summary's median step time (pure functions of the events)."""
 from __future__ import annotations
 
+import io
+
 from shield_ps.view.plain import format_event
 from shield_ps.view.state import fold, fold_all, median_step_seconds, waiting_line
 from shield_ps.view.summary import summary_lines
@@ -34,3 +36,15 @@ def test_summary_gives_the_median_step_not_the_start_up_wait() -> None:
     assert median_step_seconds(state) == 0.5
     steps_line = next(line for line in summary_lines(state) if "steps" in line)
     assert "(median 0.500 s/step)" in steps_line
+
+
+def test_live_panel_shows_the_waiting_line() -> None:
+    from rich.console import Console
+
+    from shield_ps.view.live import render
+
+    state = fold_all([{"kind": "job", "time": 0.0, "workers": 15, "total_steps": 4},
+                      {"kind": "join", "time": 1.0, "ready": 0, "loading": 15, "missing": 0, "left_s": 1500}])
+    console = Console(width=100, record=True, file=io.StringIO())
+    console.print(render(state, width=100))
+    assert "waiting for agents: 0 ready, 15 loading, 0 missing (1500s left)" in console.export_text()
