@@ -35,6 +35,11 @@ def test_join_deadline_is_generous_for_local_agents_and_flags_reach_the_config()
     assert _config("--train-dir", "x", "--local-agents", "15", "--join-timeout", "9").join_timeout == 9
 
 
+def test_agent_processes_without_local_agents_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--agent-processes applies to --local-agents"):
+        _config("--train-dir", "x", "--agent-processes", "2")
+
+
 def test_resume_without_train_dir_picks_the_newest_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for name in ("20260101-000000", "20260102-000000"):

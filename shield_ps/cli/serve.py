@@ -205,6 +205,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--fixed-byzantine needs --byzantine-gen fixed")
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.agent_processes and not args.local_agents:
+        raise ConfigError("--agent-processes applies to --local-agents K; agents joined by hand choose their own "
+                          "--workers N")
     workers, replication = _placement_args(args)
     check_placement(args.scheme.value, workers, replication, args.rama_m)
     join_timeout = args.join_timeout or (JOIN_TIMEOUT_LOCAL_S if args.local_agents else JOIN_TIMEOUT_REMOTE_S)
