@@ -32,7 +32,7 @@ class EventKind(str, enum.Enum):
     EVAL = "eval"
     CHECKPOINT = "checkpoint"
     SUMMARY = "summary"
-
+    JOIN = "join"
 
 class UpdateAction(str, enum.Enum):
     """What a step did with the files it won (``aggregation.action`` in a ``step`` event)."""
@@ -133,6 +133,16 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class JoinProgress:
+    """The PS's wait for its agents: ready, still loading, never connected, and seconds left at that moment."""
+
+    ready: int
+    loading: int
+    missing: int
+    left_s: float | None
+
+
+@dataclass(frozen=True)
 class ViewState:
     job: JobInfo | None = None
     started: float | None = None  #: time of the first event seen
@@ -160,6 +170,7 @@ class ViewState:
     checkpoint_errors: tuple[CheckpointOutcome, ...] = ()  #: failed checkpoint writes (the first MAX_ERRORS)
     checkpoint_failures: int = 0  #: how many checkpoint writes failed in all
     summary: Summary | None = None
+    join: JoinProgress | None = None  #: the latest join progress (shown until the first step)
     malformed: int = 0
 
 
@@ -340,6 +351,11 @@ def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     return dict(summary=summary)
 
 
+def _fold_join(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(join=JoinProgress(ready=_count(event, "ready"), loading=_count(event, "loading"),
+                                  missing=_count(event, "missing"), left_s=_num(event, "left_s")))
+
+
 #: kind -> function of (state, event) returning the fields that change (raises BadEvent)
 _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]] = {
     EventKind.JOB: _fold_job,
@@ -348,6 +364,7 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.EVAL: _fold_eval,
     EventKind.CHECKPOINT: _fold_checkpoint,
     EventKind.SUMMARY: _fold_summary,
+    EventKind.JOIN: _fold_join,
 }
 
 
