@@ -352,8 +352,8 @@ def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _fold_join(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(join=JoinProgress(ready=_count(event, "ready"), loading=_count(event, "loading"),
-                                  missing=_count(event, "missing"), left_s=_num(event, "left_s")))
+    return dict(join=JoinProgress(ready=ev.count(event, "ready"), loading=ev.count(event, "loading"),
+                                  missing=ev.count(event, "missing"), left_s=ev.number(event, "left_s")))
 
 
 #: kind -> function of (state, event) returning the fields that change (raises BadEvent)
