@@ -48,6 +48,7 @@ class AgentOptions:
     lie_payload: bool = False  # testing only: a Byzantine agent whose payloads do not match its digests
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
+    synthetic: float | None = None  # benchmarks and tests only: seconds per file of synthetic compute (no torch)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class AgentJob:
     threads: int
     codec: str
     codec_level: int
+    synthetic_d: int | None = None  # a synthetic job (benchmarks, tests): its parameter count
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> "AgentJob":
@@ -77,6 +79,7 @@ class AgentJob:
                 batch_size=_int(header["batch_size"]), num_files=_int(header["num_files"]),
                 threads=_int(header["threads"]), codec=_str(header["codec"]),
                 codec_level=_int(header["codec_level"]),
+                synthetic_d=_int(header["synthetic_d"]) if "synthetic_d" in header else None,
             )
         except (KeyError, TypeError) as exc:
             raise ComputeError(f"malformed JOB from the PS: {exc}") from None
@@ -150,15 +153,10 @@ class AgentSession:
             log.warning("ignoring unexpected %s from the PS", msg.kind.value)
 
     async def _on_job(self, msg: Message) -> None:
-        from shield_agent.compute import ComputeSpec, GradientComputer
-
         job = AgentJob.from_header(msg.header)
-        threads = self.options.threads or job.threads
-        spec = ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed, job.batch_size,
-                           job.num_files, threads)
         loop = asyncio.get_running_loop()
         try:
-            self.computer = await loop.run_in_executor(self._executor, GradientComputer, spec)
+            self.computer = await loop.run_in_executor(self._executor, self._make_computer, job)
         except ShieldAgentError as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
@@ -168,6 +166,18 @@ class AgentSession:
         self.job = job
         log.info("worker %d: files %s, %d parameters", job.worker, list(job.files), d)
         await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker})
+
+    def _make_computer(self, job: AgentJob) -> Any:
+        """The job's gradient computer: torch's, or the synthetic one of a benchmark job (shield_agent.synthetic)."""
+        from shield_agent.synthetic import make_computer
+
+        synthetic = make_computer(job.synthetic_d, self.options.synthetic, job.seed)
+        if synthetic is not None:
+            return synthetic
+        from shield_agent.compute import ComputeSpec, GradientComputer
+
+        return GradientComputer(ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed,
+                                            job.batch_size, job.num_files, self.options.threads or job.threads))
 
     async def _on_step(self, msg: Message) -> None:
         if self.job is None or msg.vector is None:
@@ -227,7 +237,8 @@ class AgentSession:
 
 async def run_agent(options: AgentOptions) -> int:
     """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed."""
-    import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
+    if options.synthetic is None:
+        import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
     watcher = _start_spot_watcher(options)
     backoff = 0.5

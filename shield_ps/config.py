@@ -19,7 +19,11 @@ from shield_ps.errors import ConfigError
 _OPERATIONAL_FIELDS = frozenset({
     "host", "port", "data_dir", "train_dir", "resume", "local_agents", "view", "eval_freq", "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
+    "agg_threads",
 })
+
+#: Fields added after runs were checkpointed: hashed only when set, so older checkpoints keep their hash.
+_HASHED_WHEN_SET = frozenset({"synthetic_d"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class ServeConfig:
     codec: str = "none"
     codec_level: int = 1
     threads: int = 1
+    agg_threads: int | None = None
+    synthetic_d: int | None = None
     host: str = "127.0.0.1"
     port: int = 7700
     resume: bool = False
@@ -86,7 +92,8 @@ class ServeConfig:
         return cls(**values)
 
     def training_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in _OPERATIONAL_FIELDS}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in _OPERATIONAL_FIELDS and not (k in _HASHED_WHEN_SET and v is None)}
 
     def config_hash(self) -> str:
         """SHA-256 (hex, 16 chars) of the canonical JSON of the fields that change the run's mathematics."""

@@ -35,6 +35,14 @@ class ModelState:
     """The PS's copy of the model: initial parameters, steps per epoch, and an evaluator (torch, lazily)."""
 
     def __init__(self, plan: JobPlan) -> None:
+        c = plan.config
+        self.evaluator: Any = None
+        if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
+            from shield_agent.synthetic import STEPS_PER_EPOCH, initial_parameters
+
+            self.initial = initial_parameters(c.synthetic_d, c.seed)
+            self.steps_per_epoch = STEPS_PER_EPOCH
+            return
         from shield_agent.compute import ComputeSpec, GradientComputer
         from shield_agent.errors import DatasetError
         from shield_agent.evaluation import Evaluator
@@ -42,7 +50,6 @@ class ModelState:
         from shield_agent.errors import ShieldAgentError
         from shield_agent.zoo.prepare import prepare
 
-        c = plan.config
         data_dir = str(Path(c.data_dir or DEFAULT_DATA_DIR).expanduser())
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
         try:
@@ -141,8 +148,9 @@ class PSDaemon:
         if not self.config.local_agents:
             return None
         token_file = write_token_file(self.train_dir / ".token", self.token)
+        extra = ["--synthetic", "0"] if self.config.synthetic_d is not None else []
         agents = LocalAgents(self.config.local_agents, self.config.host, port, token_file,
-                             self.train_dir / "agents", self.config.data_dir)
+                             self.train_dir / "agents", self.config.data_dir, extra)
         agents.start()
         return agents
 
@@ -168,6 +176,8 @@ class PSDaemon:
                                 extra={"flagged_workers": sorted(self.flagged_workers)})
         self._pending.append(self._ckpt_pool.submit(save_checkpoint, self.train_dir / "checkpoints", checkpoint,
                                                     self.config.checkpoint_keep))
+        if model.evaluator is None:
+            return
         loop = asyncio.get_running_loop()
         future = self._eval_pool.submit(model.evaluator.evaluate, params)
         future.add_done_callback(lambda fut: loop.call_soon_threadsafe(self._emit_eval, step, fut))
