@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shield_agent.errors import ComputeError, ShieldAgentError
-from wire import Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+from wire import ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+from wire.autocodec import parse_codec_choice
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -85,7 +86,10 @@ class AgentJob:
             raise ComputeError(f"malformed JOB from the PS: {exc}") from None
         if any(not 0 <= f < job.num_files for f in job.files):
             raise ComputeError(f"JOB assigns files {list(job.files)} outside 0..{job.num_files - 1}")
-        Codec(job.codec)
+        try:
+            parse_codec_choice(job.codec)
+        except ValueError as exc:
+            raise ComputeError(f"malformed JOB from the PS: {exc}") from None
         return job
 
 
@@ -232,7 +236,7 @@ class AgentSession:
         if self.options.lie_payload:
             payload = payload * np.float32(-1.0)
         await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
-                                    codec=Codec(job.codec), level=job.codec_level, reply_to=msg)
+                                    codec=job.codec, level=job.codec_level, reply_to=msg)
 
 
 async def run_agent(options: AgentOptions) -> int:

@@ -60,7 +60,7 @@ class ServeConfig:
     seed: int = 0
     vote: str = "exact"
     vote_rtol: float = 1e-5
-    codec: str = "none"
+    codec: str = "auto"
     codec_level: int = 1
     threads: int = 1
     agg_threads: int | None = None

@@ -26,7 +26,7 @@ from shield_ps.job import JobPlan
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.events import WorkerState
 from shield_ps.pool import AgentLink, WorkerPool
-from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError, encode_vector
+from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,17 @@ class StepOutcome:
     bytes_in: int
     bytes_out: int
     times: dict[str, float] = field(default_factory=dict)
+    codecs: dict[str, dict[str, int]] = field(default_factory=dict)  # direction -> codec -> vectors (--codec auto)
 
     def event_fields(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _count_codecs(codecs: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for codec in codecs:
+        counts[codec.value] = counts.get(codec.value, 0) + 1
+    return counts
 
 
 def _has_non_finite(row: np.ndarray, zeros: np.ndarray) -> bool:
@@ -73,6 +81,7 @@ class StepRunner:
         self._replicas: dict[tuple[int, int], np.ndarray] = {}
         self._sent_params = np.empty(d, dtype=np.float32)
         self._broadcast: asyncio.Future[Any] | None = None
+        self._codecs: dict[str, dict[str, int]] = {"out": {}, "in": {}}
         self.collector: StepCollector | None = None
         self._loop = asyncio.get_event_loop()
 
@@ -108,9 +117,9 @@ class StepRunner:
 
         await self._finish_broadcast()
         np.copyto(self._sent_params, self.optimizer.params)
-        encoded = await self._loop.run_in_executor(None, encode_vector, self._sent_params, cfg.codec,
-                                                   cfg.codec_level)
-        self._broadcast = asyncio.gather(*(self._send_step(link, step, lr, encoded) for link in links))
+        encoded = await self._encode_per_link(links)
+        self._broadcast = asyncio.gather(*(self._send_step(link, step, lr, encoded[link.worker])
+                                           for link in links))
         times["broadcast"] = time.perf_counter() - started
 
         mark = time.perf_counter()
@@ -159,7 +168,7 @@ class StepRunner:
             step=step, lr=lr, loss=self._honest_loss(collector, set(byzantine) | set(flagged)),
             files=plan.placement.f, files_won=len(won), files_dropped=plan.placement.f - len(won),
             files_corrupted=len(corrupted), flagged=flagged, erased=erased, bytes_in=bytes_in,
-            bytes_out=bytes_out, times=times)
+            bytes_out=bytes_out, times=times, codecs=self._codecs)
 
     async def _finish_broadcast(self) -> None:
         """Wait until the previous STEP frames are out (they are sent zero-copy from ``_sent_params``)."""
@@ -169,6 +178,20 @@ class StepRunner:
 
     async def close(self) -> None:
         await self._finish_broadcast()
+
+    async def _encode_per_link(self, links: list[AgentLink]) -> dict[int, Any]:
+        """The parameters encoded once per codec that some link uses (``--codec auto`` picks per link, from the
+        link's measured rate: wire.autocodec); worker -> encoded vector."""
+        cfg = self.plan.config
+        picks = {link.worker: link.conn.pick_codec(cfg.codec, cfg.codec_level) for link in links}
+        self._codecs = {"out": _count_codecs(codec for codec, _ in picks.values()), "in": {}}
+        by_pick: dict[Any, Any] = {}
+        for link in links:
+            pick = picks[link.worker]
+            if pick not in by_pick:
+                by_pick[pick] = await self._loop.run_in_executor(None, link.conn.encode_timed, self._sent_params,
+                                                                 *pick)
+        return {worker: by_pick[pick] for worker, pick in picks.items()}
 
     async def _send_step(self, link: AgentLink, step: int, lr: float, encoded: Any) -> None:
         try:
@@ -257,6 +280,8 @@ class StepRunner:
             msg.discard()
             self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
             return None
+        incoming = self._codecs["in"]
+        incoming[msg.vector.codec.value] = incoming.get(msg.vector.codec.value, 0) + 1
         try:
             return await msg.read_vector_into(dest)
         except WireError as exc:

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from wire.autocodec import AUTO, AUTO_LEVEL, MIN_SAMPLE_BYTES, AutoCodec
 from wire.codec import Codec, EncodedVector, encode_vector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
@@ -36,6 +37,7 @@ class Connection(asyncio.BufferedProtocol):
         self.close_error: WireError | None = None
         self.transport: asyncio.Transport | None = None
         self.bytes_out = 0
+        self.tx_codec = AutoCodec()  # --codec auto for what we send (wire.autocodec), fed by our vector frames
         self._loop = asyncio.get_running_loop()
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_event = asyncio.Event()
@@ -85,10 +87,27 @@ class Connection(asyncio.BufferedProtocol):
     async def send_vector(self, kind: Kind, header: dict[str, Any] | None, array: Any, *,
                           codec: Codec | str = Codec.LZ4, level: int = 1, reply_to: Message | int | None = None,
                           **encode_kwargs: Any) -> None:
-        """Encode ``array`` (1-D float32) in a worker thread, then :meth:`send` it."""
+        """Encode ``array`` (1-D float32) in a worker thread, then :meth:`send` it. ``codec="auto"``: the codec
+        :attr:`tx_codec` predicts fastest on this link (:mod:`wire.autocodec`)."""
+        codec, level = self.pick_codec(codec, level)
         encoded = await self._loop.run_in_executor(
-            None, lambda: encode_vector(array, codec, level, **encode_kwargs))
+            None, lambda: self.encode_timed(array, codec, level, **encode_kwargs))
         await self.send(kind, header, vector=encoded, reply_to=reply_to)
+
+    def pick_codec(self, choice: Codec | str, level: int) -> tuple[Codec, int]:
+        """The concrete (codec, level) for the next vector sent here: ``choice`` itself, or for ``auto`` the
+        choice of :attr:`tx_codec` (at :data:`wire.autocodec.AUTO_LEVEL`)."""
+        if choice == AUTO:
+            return self.tx_codec.pick(), AUTO_LEVEL
+        return Codec(choice), level
+
+    def encode_timed(self, array: Any, codec: Codec, level: int, **encode_kwargs: Any) -> EncodedVector:
+        """:func:`encode_vector`, its speed and ratio recorded for this link's automatic codec (blocking)."""
+        started = time.perf_counter()
+        encoded = encode_vector(array, codec, level, **encode_kwargs)
+        self.tx_codec.record_encode(codec, encoded.desc.nbytes, sum(encoded.desc.sizes),
+                                    time.perf_counter() - started)
+        return encoded
 
     async def request(self, kind: Kind, header: dict[str, Any] | None = None, *,
                       vector: EncodedVector | None = None, timeout: float | None = None) -> Message:
@@ -169,6 +188,7 @@ class Connection(asyncio.BufferedProtocol):
                             vector=None if vector is None else vector.desc, limits=self.limits)
         async with self._send_lock:
             self._check_open()
+            started = time.perf_counter()
             self._write(head)
             if vector is not None:
                 self._mid_frame = True
@@ -181,8 +201,12 @@ class Connection(asyncio.BufferedProtocol):
                     raise
                 self._mid_frame = False
             await self._drain()
-            if vector is not None and vector.desc.codec is Codec.NONE:
-                await self._flush()
+            if vector is None:
+                return
+            wire_bytes = sum(vector.desc.sizes)
+            if vector.desc.codec is Codec.NONE or wire_bytes >= MIN_SAMPLE_BYTES:
+                await self._flush()  # raw chunks are views of the caller's array; big frames time the link
+            self.tx_codec.record_send(wire_bytes, time.perf_counter() - started)
 
     def _write(self, data: bytes | memoryview) -> None:
         self._check_open()

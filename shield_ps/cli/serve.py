@@ -21,6 +21,7 @@ from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
 from shield_ps.config import ServeConfig
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
+from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
 
 DEFAULT_MAX_STEPS = 300
@@ -155,7 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "vote on vectors within --vote-rtol (mixed hardware; ingress f*r*d)")
     g.add_argument("--vote-rtol", type=positive_float, default=1e-5, help="relative tolerance of --vote tolerant")
     g = p.add_argument_group("transport and deadlines")
-    g.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none")
+    g.add_argument("--codec", choices=CODEC_CHOICES, default=AUTO,
+                   help="vector codec on every link; auto (default): per link and direction, the fastest of raw "
+                   "and blosc2 LZ4/ZSTD for the link's measured rate (raw on fast links)")
     g.add_argument("--codec-level", type=non_negative_int, default=1)
     g.add_argument("--gather-timeout", type=positive_float, default=120.0, help="seconds to wait for digests")
     g.add_argument("--upload-timeout", type=positive_float, default=60.0, help="seconds per payload fetch")
