@@ -14,8 +14,7 @@ from rich.text import Text
 
 from shield_ps.view import fmt
 from shield_ps.view.plain import job_title
-from shield_ps.view.state import (PHASES, ViewState, WorkerState, WorkerView, codec_text, epochs, eta_seconds,
-                                  progress)
+from shield_ps.view.state import PHASES, ViewState, WorkerState, WorkerView, epochs, eta_seconds, progress
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)
     WorkerState.UNKNOWN: ("----", "dim"),
@@ -78,9 +77,6 @@ def _vote_row(state: ViewState) -> Text:
     text.append(f"dropped {vote.dropped} ", style="yellow" if vote.dropped else "")
     text.append(f"corrupted {vote.corrupted}", style="bold red" if vote.corrupted else "")
     text.append(f"  total corrupted {state.files_corrupted} dropped {state.files_dropped}", style="dim")
-    codecs = codec_text(state)
-    if codecs:
-        text.append(f"  codec {codecs}", style="cyan")
     return text
 
 

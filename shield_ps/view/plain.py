@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
-from shield_ps.view.state import (EventKind, ViewState, WorkerState, codec_text, epochs, eta_seconds, event_kind,
-                                  progress)
+from shield_ps.view.state import EventKind, ViewState, WorkerState, epochs, eta_seconds, event_kind, progress
 
 #: worker states worth a log line.
 NOTABLE_WORKER_STATES = frozenset({WorkerState.CONNECTED, WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT})
@@ -54,9 +53,6 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
         parts.append(f"erased {fmt.ids(vote.erased)}")
     if "total" in times:
         parts.append(f"in {times['total']:.3f}s")
-    codecs = codec_text(state)
-    if codecs:
-        parts.append(f"codec {codecs}")
     parts.append(f"eta {fmt.duration(eta_seconds(state))}")
     return " ".join(parts)
 

@@ -110,7 +110,6 @@ class ViewState:
     workers: tuple[WorkerView, ...] = ()
     phases_last: Mapping[str, float] = field(default_factory=dict)
     phases_sum: Mapping[str, float] = field(default_factory=dict)
-    codecs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  #: direction -> codec -> vectors (last step)
     last_eval: EvalResult | None = None
     best_top1: float | None = None
     recent: tuple[tuple[int, float], ...] = ()  #: (step, time) of the last RATE_WINDOW steps
@@ -167,22 +166,6 @@ def _ids(event: Mapping[str, Any], key: str) -> tuple[int, ...]:
     return tuple(sorted(set(value)))
 
 
-def _codecs(event: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """The step's vectors per direction and codec (``--codec auto``); {} for events without them."""
-    raw = event.get("codecs") or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise BadEvent("codecs: expected a map of direction -> codec -> count")
-    return {str(direction): {str(codec): _count(counts, codec) for codec in counts}
-            for direction, counts in raw.items()}
-
-
-def codec_text(state: "ViewState") -> str:
-    """``out none 14 zstd 1 · in none 25``: the codecs of the last step's vectors, per direction ('' if none)."""
-    parts = [f"{direction} " + " ".join(f"{codec} {n}" for codec, n in sorted(counts.items()))
-             for direction, counts in state.codecs.items() if counts]
-    return " · ".join(parts)
-
-
 def _grow(workers: tuple[WorkerView, ...], size: int) -> tuple[WorkerView, ...]:
     return workers + (WorkerView(),) * (size - len(workers)) if size > len(workers) else workers
 
@@ -230,7 +213,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
         step=step, epoch=_count(event, "epoch", state.epoch or 0), lr=_num(event, "lr"),
         loss=_num(event, "loss"), vote=vote, steps_seen=state.steps_seen + 1,
         files_corrupted=state.files_corrupted + vote.corrupted, files_dropped=state.files_dropped + vote.dropped,
-        workers=workers, phases_last=phases, codecs=_codecs(event),
+        workers=workers, phases_last=phases,
         phases_sum={k: state.phases_sum.get(k, 0.0) + phases.get(k, 0.0) for k in {*state.phases_sum, *phases}},
         recent=recent,
     )
