@@ -59,8 +59,8 @@ def test_auto_codec_follows_measurements_and_ignores_small_samples() -> None:
     # measured encodes replace the priors: a ZSTD that turns out slow is no longer chosen on a 0.5 Gbit/s link
     auto.link_rate = 0.5 * GBIT
     assert auto.pick() is Codec.ZSTD
-    for _ in range(10):
-        auto.encodes.record(Codec.ZSTD, 64 << 20, 60 << 20, 1.0)
+    auto.encodes.record(Codec.ZSTD, 64 << 20, 60 << 20, 1.0)  # the first measurement replaces the prior
+    assert auto.encodes.figures[Codec.ZSTD] == CodecFigures((64 << 20) / 1.0, 64 / 60)
     assert auto.pick() in (Codec.NONE, Codec.LZ4)
     assert auto.describe()["codec"] == auto.current.value
 

@@ -90,15 +90,18 @@ class EncodeFigures:
 
     def __init__(self) -> None:
         self.figures: dict[Codec, CodecFigures] = dict(PRIORS)
+        self.measured: set[Codec] = set()
 
     def record(self, codec: Codec, raw_bytes: int, wire_bytes: int, seconds: float) -> None:
-        """An encode of ``raw_bytes`` into ``wire_bytes`` took ``seconds`` (ignored for none and tiny vectors).
-        Safe from executor threads: one dict item is replaced by a new frozen value."""
+        """An encode of ``raw_bytes`` into ``wire_bytes`` took ``seconds`` (ignored for none and tiny vectors). The
+        first measurement replaces the prior (this machine and data may be far from the reference), later ones are
+        averaged in. Safe from executor threads: one dict item is replaced by a new frozen value."""
         if codec is Codec.NONE or raw_bytes < MIN_SAMPLE_BYTES or wire_bytes <= 0 or seconds <= 0:
             return
-        old = self.figures[codec]
-        self.figures[codec] = CodecFigures(_blend(old.encode_rate, raw_bytes / seconds),
-                                           _blend(old.ratio, raw_bytes / wire_bytes))
+        old = self.figures[codec] if codec in self.measured else None
+        self.figures[codec] = CodecFigures(_blend(old and old.encode_rate, raw_bytes / seconds),
+                                           _blend(old and old.ratio, raw_bytes / wire_bytes))
+        self.measured.add(codec)
 
 
 #: The encode figures of this process.
