@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--memory-share", type=float, default=0.5,
                         help="run a configuration only if its estimate fits in this share of MemAvailable")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the aggregation thread speedup")
+    parser.add_argument("--skip-clusters", action="store_true", help="only the aggregation thread speedup")
     parser.add_argument("--serve-flags", default="", help="extra flags for shield-ps serve (one string)")
     args = parser.parse_args()
     args.serve_flags = args.serve_flags.split()
@@ -195,21 +196,20 @@ def main() -> None:
 
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="shield-bench-scale-") as tmp:
-        for d in dims:
-            for K in workers:
-                need, have = footprint(K, d), available_bytes()
-                if need > args.memory_share * have:
-                    skipped.append({"K": K, "d": d, "estimated_gb": round(need / 1e9, 1),
-                                    "available_gb": round(have / 1e9, 1)})
-                    print(f"K={K:2d} d={d:>10,}: skipped (needs ~{need / 1e9:.1f} GB, {have / 1e9:.1f} GB "
-                          "available)", flush=True)
-                    continue
-                row = measure(K, d, args, Path(tmp))
-                rows.append(row)
-                print(f"K={K:2d} d={d:>10,} f={row['f']:3d}: step {row['step_s']:6.2f} s, after last digest "
-                      f"{row['after_last_digest_s']:6.3f} s = {row['critical_path_vs_aggregate_update']:5.2f} x "
-                      f"(aggregate {row['aggregate_s']:.3f} + update {row['update_s']:.3f}); ingress "
-                      f"{row['ingress_vs_d4']:5.1f} d*4, egress {row['egress_vs_d4']:5.1f} d*4", flush=True)
+        for d, K in ([] if args.skip_clusters else [(d, K) for d in dims for K in workers]):
+            need, have = footprint(K, d), available_bytes()
+            if need > args.memory_share * have:
+                skipped.append({"K": K, "d": d, "estimated_gb": round(need / 1e9, 1),
+                                "available_gb": round(have / 1e9, 1)})
+                print(f"K={K:2d} d={d:>10,}: skipped (needs ~{need / 1e9:.1f} GB, {have / 1e9:.1f} GB "
+                      "available)", flush=True)
+                continue
+            row = measure(K, d, args, Path(tmp))
+            rows.append(row)
+            print(f"K={K:2d} d={d:>10,} f={row['f']:3d}: step {row['step_s']:6.2f} s, after last digest "
+                  f"{row['after_last_digest_s']:6.3f} s = {row['critical_path_vs_aggregate_update']:5.2f} x "
+                  f"(aggregate {row['aggregate_s']:.3f} + update {row['update_s']:.3f}); ingress "
+                  f"{row['ingress_vs_d4']:5.1f} d*4, egress {row['egress_vs_d4']:5.1f} d*4", flush=True)
 
     figures: dict = {"seconds_per_file": args.seconds_per_file, "aggregator": args.aggregator, "rows": rows,
                      "skipped": skipped}
@@ -220,6 +220,11 @@ def main() -> None:
     figures["egress_vs_d4_k35"] = round(k35[0]["egress_vs_d4"], 3) if k35 else None
     figures["relay_step_time_vs_direct_k15"] = None
 
+    need = 25 * RESNET18_D * 4 * 2  # X and the order statistics' scratch and output, with room to spare
+    if not args.skip_threads and need > args.memory_share * available_bytes():
+        print(f"aggregation thread speedup skipped: needs ~{need / 1e9:.1f} GB, "
+              f"{available_bytes() / 1e9:.1f} GB available")
+        args.skip_threads = True
     if not args.skip_threads:
         X = np.random.default_rng(0).standard_normal((25, RESNET18_D), dtype=np.float32)
         ceiling_before = parallel_ceiling(3)
