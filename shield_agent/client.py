@@ -24,6 +24,7 @@ import numpy as np
 from shield_agent.errors import ComputeError, ShieldAgentError
 from wire import ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
 from wire.autocodec import parse_codec_choice
+from wire.digest import DIGEST_SIZE
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -192,7 +193,14 @@ class AgentSession:
         if previous is not None:
             previous.cancelled = True
         params = self._params[step % 2]
-        await msg.read_vector_into(params, digest=False)
+        expected = msg.header.get("params_digest")
+        if expected is not None and not (isinstance(expected, bytes) and len(expected) == DIGEST_SIZE):
+            msg.discard()
+            raise ComputeError(f"malformed STEP {step}: params_digest must be {DIGEST_SIZE} bytes")
+        got = await msg.read_vector_into(params, digest=expected is not None)
+        if got != expected:  # never compute on parameters that are not the PS's: the step erases us instead
+            log.error("step %d: the parameters received do not match the digest in STEP: step skipped", step)
+            return
         if previous is not None and previous.task is not None:
             await asyncio.gather(previous.task, return_exceptions=True)
         work = _StepWork(step)

@@ -17,7 +17,7 @@ import numpy as np
 
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.pool import AgentLink
-from wire import Codec, ConnectionClosed, EncodedVector, Kind, WireError
+from wire import Codec, ConnectionClosed, EncodedVector, Kind, WireError, vector_digest
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ class Broadcaster:
             else:
                 ready.append(link)
         encoded = await self._encode_per_link(buffer, ready)
+        digest = await loop.run_in_executor(None, vector_digest, buffer)  # agents check it before computing
         for link in ready:
             vector = encoded[link.worker]
             budget = self._deadlines.transfer(sum(vector.desc.sizes))
-            task = loop.create_task(self._send(link, step, lr, vector, budget))
+            task = loop.create_task(self._send(link, step, lr, digest, vector, budget))
             self._inflight[link.worker] = task
             users.add(task)
             task.add_done_callback(users.discard)
@@ -82,9 +83,10 @@ class Broadcaster:
             self.codecs[codec.value] = self.codecs.get(codec.value, 0) + 1
         return {worker: encodings[pick] for worker, pick in picks.items()}
 
-    async def _send(self, link: AgentLink, step: int, lr: float, encoded: Any, budget: float) -> None:
+    async def _send(self, link: AgentLink, step: int, lr: float, digest: bytes, encoded: Any, budget: float) -> None:
+        header = {"step": step, "lr": lr, "params_digest": digest}
         try:
-            await asyncio.wait_for(link.conn.send(Kind.STEP, {"step": step, "lr": lr}, vector=encoded), budget)
+            await asyncio.wait_for(link.conn.send(Kind.STEP, header, vector=encoded), budget)
             self._on_sent(link)
         except asyncio.TimeoutError:
             reason = f"took more than {budget:.1f}s to receive STEP {step}"
