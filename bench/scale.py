@@ -62,11 +62,12 @@ class Cluster:
                "--max-steps", str(args.steps + args.warmup), "--eval-freq", str(args.steps + args.warmup),
                "--aggregator", args.aggregator, "--train-dir", str(run_dir / "run"), "--join-timeout", "300",
                "--gather-timeout", "600", "--upload-timeout", "300", *args.serve_flags]
+        # agents reconnect if the PS drops them (a send over its deadline on a loaded machine closes the link)
         self.ps = self._start(cmd, run_dir / "serve.log")
         port = self._port()
         for k in range(K):
             self._start([sys.executable, "-m", "shield_agent.cli", "join", f"127.0.0.1:{port}", "--token", TOKEN,
-                         "--synthetic", str(args.seconds_per_file), "--no-reconnect", "--name", f"bench-{k:02d}"],
+                         "--synthetic", str(args.seconds_per_file), "--name", f"bench-{k:02d}"],
                         run_dir / f"agent-{k:02d}.log")
 
     def _start(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -143,6 +144,11 @@ def measure(K: int, d: int, args: argparse.Namespace, tmp: Path) -> dict:
         "aggregate_s": med(s["times"]["aggregate"] for s in steps),
         "update_s": med(s["times"]["update"] for s in steps),
         "ingress_bytes": med(s["bytes_in"] for s in steps), "egress_bytes": med(s["bytes_out"] for s in steps),
+        "files_won": med(s["files_won"] for s in steps), "hedges": sum(s.get("hedges", 0) for s in steps),
+        "slow_or_erased": sum(len(s.get("slow", [])) + len(s.get("erased", [])) for s in steps),
+        "per_step": [[s["files_won"], round(s["bytes_in"] / (d * 4), 2), round(s["bytes_out"] / (d * 4), 2),
+                      len(s.get("slow", [])), len(s.get("erased", [])), round(s["times"]["total"], 3)]
+                     for s in steps],  # files won, ingress and egress in d*4, slow, erased, step seconds
     }
     row["critical_path_vs_aggregate_update"] = row["after_last_digest_s"] / (row["aggregate_s"] + row["update_s"])
     row["ingress_vs_d4"] = row["ingress_bytes"] / (d * 4)
@@ -185,7 +191,9 @@ def main() -> None:
                         help="run a configuration only if its estimate fits in this share of MemAvailable")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the aggregation thread speedup")
     parser.add_argument("--skip-clusters", action="store_true", help="only the aggregation thread speedup")
-    parser.add_argument("--serve-flags", default="", help="extra flags for shield-ps serve (one string)")
+    parser.add_argument("--serve-flags", default="--min-bandwidth 1",
+                        help="extra flags for shield-ps serve, one string (default: deadlines for a loaded machine, "
+                        "--min-bandwidth 1 MB/s, so that no link is cut off as slow)")
     args = parser.parse_args()
     args.serve_flags = args.serve_flags.split()
     dims = [int(x) for x in args.dims.split(",")]
@@ -209,7 +217,8 @@ def main() -> None:
             print(f"K={K:2d} d={d:>10,} f={row['f']:3d}: step {row['step_s']:6.2f} s, after last digest "
                   f"{row['after_last_digest_s']:6.3f} s = {row['critical_path_vs_aggregate_update']:5.2f} x "
                   f"(aggregate {row['aggregate_s']:.3f} + update {row['update_s']:.3f}); ingress "
-                  f"{row['ingress_vs_d4']:5.1f} d*4, egress {row['egress_vs_d4']:5.1f} d*4", flush=True)
+                  f"{row['ingress_vs_d4']:5.1f} d*4, egress {row['egress_vs_d4']:5.1f} d*4; files won "
+                  f"{row['files_won']:.0f}, hedges {row['hedges']}, slow/erased {row['slow_or_erased']}", flush=True)
 
     figures: dict = {"seconds_per_file": args.seconds_per_file, "aggregator": args.aggregator, "rows": rows,
                      "skipped": skipped}
