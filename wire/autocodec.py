@@ -19,9 +19,11 @@ Lossless either way: the codec never changes a received value, so determinism is
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from wire.codec import Codec
+from wire.codec import Codec, EncodedVector, encode_vector
 
 #: The spelling of the automatic choice on the command line and in JOB (never on the wire: a vector's descriptor
 #: always names the concrete codec it was encoded with).
@@ -132,6 +134,20 @@ class AutoCodec:
     def record_encode(self, codec: Codec, raw_bytes: int, wire_bytes: int, seconds: float) -> None:
         """See :meth:`EncodeFigures.record`."""
         self.encodes.record(codec, raw_bytes, wire_bytes, seconds)
+
+    def resolve(self, choice: Codec | str, level: int) -> tuple[Codec, int]:
+        """The concrete (codec, level) for a vector: ``choice`` itself, or for ``auto`` :meth:`pick` at
+        :data:`AUTO_LEVEL`."""
+        if choice == AUTO:
+            return self.pick(), AUTO_LEVEL
+        return Codec(choice), level
+
+    def encode(self, array: Any, codec: Codec, level: int, **encode_kwargs: Any) -> EncodedVector:
+        """:func:`wire.codec.encode_vector`, its rate and ratio recorded (blocking)."""
+        started = time.perf_counter()
+        encoded = encode_vector(array, codec, level, **encode_kwargs)
+        self.record_encode(codec, encoded.desc.nbytes, sum(encoded.desc.sizes), time.perf_counter() - started)
+        return encoded
 
     def record_send(self, wire_bytes: int, seconds: float) -> None:
         """A vector frame of ``wire_bytes`` took ``seconds`` from its first write to a drained buffer."""

@@ -15,8 +15,8 @@ import logging
 import time
 from typing import Any, Callable
 
-from wire.autocodec import AUTO, AUTO_LEVEL, MIN_SAMPLE_BYTES, AutoCodec
-from wire.codec import Codec, EncodedVector, encode_vector
+from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec
+from wire.codec import Codec, EncodedVector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
 from wire.message import Message, Peer, Timeouts
@@ -96,19 +96,12 @@ class Connection(asyncio.BufferedProtocol):
         await self.send(kind, header, vector=encoded, reply_to=reply_to)
 
     def pick_codec(self, choice: Codec | str, level: int) -> tuple[Codec, int]:
-        """The concrete (codec, level) for the next vector sent here: ``choice`` itself, or for ``auto`` the
-        choice of :attr:`tx_codec` (at :data:`wire.autocodec.AUTO_LEVEL`)."""
-        if choice == AUTO:
-            return self.tx_codec.pick(), AUTO_LEVEL
-        return Codec(choice), level
+        """The (codec, level) for the next vector sent here (``auto``: :attr:`tx_codec`'s choice)."""
+        return self.tx_codec.resolve(choice, level)
 
     def encode_timed(self, array: Any, codec: Codec, level: int, **encode_kwargs: Any) -> EncodedVector:
-        """:func:`encode_vector`, its speed and ratio recorded for this link's automatic codec (blocking)."""
-        started = time.perf_counter()
-        encoded = encode_vector(array, codec, level, **encode_kwargs)
-        self.tx_codec.record_encode(codec, encoded.desc.nbytes, sum(encoded.desc.sizes),
-                                    time.perf_counter() - started)
-        return encoded
+        """:func:`encode_vector`, timed for this link's automatic codec (blocking: run it in an executor)."""
+        return self.tx_codec.encode(array, codec, level, **encode_kwargs)
 
     async def request(self, kind: Kind, header: dict[str, Any] | None = None, *,
                       vector: EncodedVector | None = None, timeout: float | None = None) -> Message:
