@@ -191,6 +191,7 @@ def main() -> None:
                         help="run a configuration only if its estimate fits in this share of MemAvailable")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the aggregation thread speedup")
     parser.add_argument("--skip-clusters", action="store_true", help="only the aggregation thread speedup")
+    parser.add_argument("--keep", help="keep the runs' directories (logs, metrics.jsonl) under this directory")
     parser.add_argument("--serve-flags", default="--min-bandwidth 1",
                         help="extra flags for shield-ps serve, one string (default: deadlines for a loaded machine, "
                         "--min-bandwidth 1 MB/s, so that no link is cut off as slow)")
@@ -203,7 +204,8 @@ def main() -> None:
         parser.error(f"--workers: no placement for K={unknown}; choose from {sorted(PLACEMENTS)}")
 
     rows, skipped = [], []
-    with tempfile.TemporaryDirectory(prefix="shield-bench-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="shield-bench-scale-") as scratch:
+        tmp = args.keep or scratch
         for d, K in ([] if args.skip_clusters else [(d, K) for d in dims for K in workers]):
             need, have = footprint(K, d), available_bytes()
             if need > args.memory_share * have:

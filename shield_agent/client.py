@@ -243,8 +243,11 @@ class AgentSession:
         payload = self._grads[file]
         if self.options.lie_payload:
             payload = payload * np.float32(-1.0)
-        await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
-                                    codec=job.codec, level=job.codec_level, reply_to=msg)
+        try:
+            await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
+                                        codec=job.codec, level=job.codec_level, reply_to=msg)
+        except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends and reconnects
+            log.info("step %d: reply for file %d not sent: %s", step, file, exc)
 
 
 async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:

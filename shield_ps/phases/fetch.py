@@ -199,6 +199,9 @@ class Fetcher:
         self.report.codecs[codec] = self.report.codecs.get(codec, 0) + 1
         try:
             return await msg.read_vector_into(dest)
+        except ConnectionClosed as exc:  # closed under this read (e.g. a sibling read was cancelled): lost, not lying
+            log.info("step %d: worker %d's connection closed during file %d: %s", self.step, link.worker, file, exc)
+            return None
         except WireError as exc:
             self.report.lying.add(link.worker)
             self._violation(link, f"bad VECTOR payload: {exc}")
