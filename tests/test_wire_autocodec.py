@@ -65,6 +65,15 @@ def test_auto_codec_follows_measurements_and_ignores_small_samples() -> None:
     assert auto.describe()["codec"] == auto.current.value
 
 
+def test_loopback_links_stay_raw() -> None:
+    from wire.autocodec import is_loopback
+
+    assert is_loopback(("127.0.0.1", 5)) and is_loopback(("::1", 5, 0, 0))
+    assert not is_loopback(("10.213.1.2", 5)) and not is_loopback(None) and not is_loopback("x")
+    auto = AutoCodec(encodes=EncodeFigures(), loopback=True, link_rate=1e6)  # slow, but this machine
+    assert auto.pick() is Codec.NONE
+
+
 def test_codec_choice_is_validated() -> None:
     assert parse_codec_choice("auto") == "auto" and parse_codec_choice("zstd") == "zstd"
     with pytest.raises(ValueError, match="choose from auto, none, lz4, zstd"):
@@ -94,7 +103,8 @@ def test_live_link_switches_codec_as_the_reader_slows_and_recovers() -> None:
         try:
             conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, role="agent")
             try:
-                conn.tx_codec = AutoCodec(encodes=EncodeFigures())
+                assert conn.tx_codec.loopback  # a 127.0.0.1 link: raw whatever its rate ...
+                conn.tx_codec = AutoCodec(encodes=EncodeFigures())  # ... so this test treats it as a remote one
                 picks = []
                 for i in range(14):
                     if i == 4:

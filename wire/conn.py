@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec
+from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec, is_loopback
 from wire.codec import Codec, EncodedVector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
@@ -244,6 +244,7 @@ class Connection(asyncio.BufferedProtocol):
     # ---- receiving --------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.tx_codec.loopback = is_loopback(transport.get_extra_info("peername"))
         high = self.limits.max_write_buffer
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
         if self._closed:  # refused before it was made (e.g. the server is busy)
