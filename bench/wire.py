@@ -13,7 +13,9 @@ All on 127.0.0.1 in one run; senders are separate processes. Ratios are ours ove
 Every figure is the best of ``--reps`` runs, each run of ours alternated with a run of its baseline. Receiver CPU
 time per vector is printed too: it is far less sensitive than wall time to other load on the machine.
 
-Also a real ResNet-18 gradient from torch when the agent zoo imports. The last line is one JSON object.
+Also a real ResNet-18 gradient from torch when the agent zoo imports, and (root only, bench/wire_shaped.py)
+``auto_vs_best_fixed_1gbit`` / ``auto_vs_best_fixed_10gbit``: ``--codec auto`` against the best fixed codec on a
+veth link shaped by tc, end to end with the real gradient. The last line is one JSON object.
 
     python bench/wire.py [--dim 11173962] [--reps 5] [--senders 15] [--level 1]
 """
@@ -254,6 +256,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--senders", type=int, default=15)
     parser.add_argument("--level", type=int, default=1)
+    parser.add_argument("--no-shaped", action="store_true",
+                        help="leave out --codec auto on links shaped to 1 and 10 Gbit/s (bench/wire_shaped.py)")
     args = parser.parse_args()
     d, nbytes = args.dim, args.dim * 4
     print(f"vector: {d} float32 = {nbytes / MB:.1f} MB; uvloop: {wire.install_event_loop()}; "
@@ -302,6 +306,12 @@ def main() -> None:
               f"({gbps / raw_gbps:.2f}x the single raw socket, {raw_gbps:.2f} GB/s alongside)")
     for key in ("encode_vs_blosc2", "decode_vs_blosc2"):
         figures[key] = round(figures[key], 4)
+    if not args.no_shaped:
+        sys.path.append(str(Path(__file__).resolve().parent))
+        from wire_shaped import shaped_figures
+
+        print("--codec auto against each fixed codec on a shaped veth link (tc tbf in a network namespace):")
+        figures.update(shaped_figures(d, args.reps, 2, grad if grad is not None and grad.size == d else x))
     print(json.dumps(figures))
 
 

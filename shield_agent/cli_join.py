@@ -47,9 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--spot-watch", action="store_true",
                         help="poll the EC2 metadata service for a spot interruption notice and leave cleanly")
     parser.add_argument("--imds", type=host_port, help=argparse.SUPPRESS)
+    parser.add_argument("--synthetic", type=_seconds_per_file, metavar="SECONDS_PER_FILE",
+                        help="benchmarks and tests only: join a synthetic job (shield-ps serve --synthetic-d) and "
+                        "answer each file with a deterministic pseudo-gradient after SECONDS_PER_FILE (no torch)")
     # testing the defence end to end: real Byzantine agents that lie on the wire
     parser.add_argument("--lie", type=float, metavar="FACTOR", help=argparse.SUPPRESS)
     parser.add_argument("--lie-payload", action="store_true", help=argparse.SUPPRESS)
+
+
+def _seconds_per_file(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds per file in 0..3600, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds per file in 0..3600, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
                            lie_factor=args.lie, lie_payload=args.lie_payload, spot_watch=args.spot_watch,
-                           imds=args.imds, workers=args.workers, compute_threads=args.compute_threads)
+                           imds=args.imds, workers=args.workers, compute_threads=args.compute_threads,
+                           synthetic=args.synthetic)
     client_log = logging.getLogger("shield_agent.client")
     if client_log.getEffectiveLevel() > logging.INFO:
         client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v

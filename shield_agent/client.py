@@ -27,7 +27,9 @@ import numpy as np
 
 from shield_agent.errors import ComputeError, JoinRefused, ShieldAgentError
 from shield_agent.host import ComputeHost
-from wire import AuthError, Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+from wire import AuthError, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+from wire.autocodec import parse_codec_choice
+from wire.digest import DIGEST_SIZE
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -56,6 +58,7 @@ class AgentOptions:
     workers: int = 1  # worker slots in this process, each its own authenticated connection
     compute_threads: int | None = None  # the slots' compute pool (default: see shield_agent.host)
     max_refusals: int = 3  # consecutive refusals of our token before giving up
+    synthetic: float | None = None  # benchmarks and tests only: seconds per file of synthetic compute (no torch)
 
     def slot_name(self, slot: int) -> str:
         """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""
@@ -78,6 +81,7 @@ class AgentJob:
     threads: int
     codec: str
     codec_level: int
+    synthetic_d: int | None = None  # a synthetic job (benchmarks, tests): its parameter count
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> "AgentJob":
@@ -91,12 +95,16 @@ class AgentJob:
                 batch_size=_int(header["batch_size"]), num_files=_int(header["num_files"]),
                 threads=_int(header["threads"]), codec=_str(header["codec"]),
                 codec_level=_int(header["codec_level"]),
+                synthetic_d=_int(header["synthetic_d"]) if "synthetic_d" in header else None,
             )
         except (KeyError, TypeError) as exc:
             raise ComputeError(f"malformed JOB from the PS: {exc}") from None
         if any(not 0 <= f < job.num_files for f in job.files):
             raise ComputeError(f"JOB assigns files {list(job.files)} outside 0..{job.num_files - 1}")
-        Codec(job.codec)
+        try:
+            parse_codec_choice(job.codec)
+        except ValueError as exc:
+            raise ComputeError(f"malformed JOB from the PS: {exc}") from None
         return job
 
 
@@ -169,16 +177,12 @@ class AgentSession:
             log.warning("ignoring unexpected %s from the PS", msg.kind.value)
 
     async def _on_job(self, msg: Message) -> None:
-        from shield_agent.compute import ComputeSpec
-
         job = AgentJob.from_header(msg.header)
         threads = self.options.threads or job.threads
-        spec = ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed, job.batch_size,
-                           job.num_files, threads)
         loop = asyncio.get_running_loop()
         self._executor = self.host.executor(threads)
         try:
-            self.computer = await loop.run_in_executor(self._executor, self.host.build, spec)
+            self.computer = await loop.run_in_executor(self._executor, self._make_computer, job, threads)
         except ShieldAgentError as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
@@ -189,6 +193,19 @@ class AgentSession:
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
         await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker})
 
+    def _make_computer(self, job: AgentJob, threads: int) -> Any:
+        """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
+        benchmark job (shield_agent.synthetic)."""
+        from shield_agent.synthetic import make_computer
+
+        synthetic = make_computer(job.synthetic_d, self.options.synthetic, job.seed)
+        if synthetic is not None:
+            return synthetic
+        from shield_agent.compute import ComputeSpec
+
+        return self.host.build(ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed,
+                                           job.batch_size, job.num_files, threads))
+
     async def _on_step(self, msg: Message) -> None:
         if self.job is None or msg.vector is None:
             msg.discard()
@@ -198,7 +215,14 @@ class AgentSession:
         if previous is not None:
             previous.cancelled = True
         params = self._params[step % 2]
-        await msg.read_vector_into(params, digest=False)
+        expected = msg.header.get("params_digest")
+        if expected is not None and not (isinstance(expected, bytes) and len(expected) == DIGEST_SIZE):
+            msg.discard()
+            raise ComputeError(f"malformed STEP {step}: params_digest must be {DIGEST_SIZE} bytes")
+        got = await msg.read_vector_into(params, digest=expected is not None)
+        if got != expected:  # never compute on parameters that are not the PS's: the step erases us instead
+            log.error("step %d: the parameters received do not match the digest in STEP: step skipped", step)
+            return
         if previous is not None and previous.task is not None:
             await asyncio.gather(previous.task, return_exceptions=True)
         work = _StepWork(step)
@@ -241,8 +265,11 @@ class AgentSession:
         payload = self._grads[file]
         if self.options.lie_payload:
             payload = payload * np.float32(-1.0)
-        await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
-                                    codec=Codec(job.codec), level=job.codec_level, reply_to=msg)
+        try:
+            await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
+                                        codec=job.codec, level=job.codec_level, reply_to=msg)
+        except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends and reconnects
+            log.info("step %d: reply for file %d not sent: %s", step, file, exc)
 
 
 async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:
@@ -250,7 +277,8 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
     completed, 1 it failed or the PS was lost, 2 a slot hit an error of its own. Raises :class:`JoinRefused` when
     the PS refused our token ``options.max_refusals`` times in a row. ``session_type`` is the per-connection
     behaviour (tests substitute Byzantine ones)."""
-    import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
+    if options.synthetic is None:
+        import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
     host = ComputeHost(options.workers, options.compute_threads)
     watcher = _start_spot_watcher(options)

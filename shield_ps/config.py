@@ -20,7 +20,7 @@ _OPERATIONAL_FIELDS = frozenset({
     "host", "port", "data_dir", "train_dir", "resume", "local_agents", "view", "eval_freq", "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
-    "max_skipped_steps", "agent_processes",
+    "max_skipped_steps", "agent_processes", "agg_threads",
 })
 
 #: The paper's configuration of each scheme, used when ``--workers``/``--replication`` are not given
@@ -39,6 +39,9 @@ SCHEME_DEFAULTS: dict[str, tuple[int, int]] = {
 #: on the same cores as everything else, so their first join can take minutes on a small busy machine).
 JOIN_TIMEOUT_REMOTE_S = 120.0
 JOIN_TIMEOUT_LOCAL_S = 300.0
+
+#: Fields added after runs were checkpointed: hashed only when set, so older checkpoints keep their hash.
+_HASHED_WHEN_SET = frozenset({"synthetic_d"})
 
 
 def valid_placements(scheme: str, limit: int = 4, max_workers: int = 64) -> list[tuple[int, int]]:
@@ -96,9 +99,11 @@ class ServeConfig:
     seed: int = 0
     vote: str = "exact"
     vote_rtol: float = 1e-5
-    codec: str = "none"
+    codec: str = "auto"
     codec_level: int = 1
     threads: int = 1
+    agg_threads: int | None = None
+    synthetic_d: int | None = None
     host: str = "127.0.0.1"
     port: int = 7700
     resume: bool = False
@@ -137,7 +142,8 @@ class ServeConfig:
         return cls(**values)
 
     def training_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in _OPERATIONAL_FIELDS}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in _OPERATIONAL_FIELDS and not (k in _HASHED_WHEN_SET and v is None)}
 
     def config_hash(self) -> str:
         """SHA-256 (hex, 16 chars) of the canonical JSON of the fields that change the run's mathematics."""

@@ -41,6 +41,14 @@ class ModelState:
     """The PS's copy of the model: initial parameters, steps per epoch, and an evaluator (torch, lazily)."""
 
     def __init__(self, plan: JobPlan) -> None:
+        c = plan.config
+        self.evaluator: Any = None
+        if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
+            from shield_agent.synthetic import STEPS_PER_EPOCH, initial_parameters
+
+            self.initial = initial_parameters(c.synthetic_d, c.seed)
+            self.steps_per_epoch = STEPS_PER_EPOCH
+            return
         from shield_agent.compute import ComputeSpec, GradientComputer
         from shield_agent.errors import DatasetError
         from shield_agent.evaluation import Evaluator
@@ -48,7 +56,6 @@ class ModelState:
         from shield_agent.errors import ShieldAgentError
         from shield_agent.zoo.prepare import prepare
 
-        c = plan.config
         data_dir = str(Path(c.data_dir or DEFAULT_DATA_DIR).expanduser())
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
         try:
@@ -183,9 +190,10 @@ class PSDaemon:
             return None
         if self.token_file is None:
             self.token_file = write_token_file(self.train_dir / "token", self.token)
+        extra = ["--synthetic", "0"] if self.config.synthetic_d is not None else []
         agents = LocalAgents(self.config.local_agents, self.config.host, port, self.token_file,
                              self.train_dir / "agents", self.config.data_dir,
-                             processes=self.config.agent_processes)
+                             extra, processes=self.config.agent_processes)
         agents.start()
         return agents
 
@@ -225,6 +233,8 @@ class PSDaemon:
         checkpoint = self._checkpoint(optimizer, step)
         self._pending.append(self.checkpoints.submit(self._ckpt_pool, self.train_dir / "checkpoints", checkpoint,
                                                      self.config.checkpoint_keep))
+        if model.evaluator is None:
+            return
         loop = asyncio.get_running_loop()
         future = self._eval_pool.submit(model.evaluator.evaluate, checkpoint.params)
         future.add_done_callback(lambda fut: loop.call_soon_threadsafe(self._emit_eval, step, fut))

@@ -55,6 +55,8 @@ class JobPlan:
     def aggregation_kwargs(self, step: int) -> dict[str, Any]:
         """Keyword arguments for :func:`shield_ps.aggregate` at ``step`` (seeded parameters vary per step)."""
         kwargs = dict(self.aggregator_kwargs)
+        if self.config.agg_threads is not None:  # threads never change the result (shield_ps.byzantine.aggregators)
+            kwargs["threads"] = self.config.agg_threads
         if "seed" in kwargs:
             kwargs["seed"] = (self.config.seed * 1_000_003 + step) % (1 << 63)
         return kwargs
@@ -66,6 +68,7 @@ class JobPlan:
             "worker": worker, "files": list(self.placement.worker_files[worker]), "network": c.network,
             "dataset": c.dataset, "seed": c.seed, "batch_size": self.batch_size, "num_files": self.placement.f,
             "threads": c.threads, "codec": c.codec, "codec_level": c.codec_level,
+            **({"synthetic_d": c.synthetic_d} if c.synthetic_d is not None else {}),
         }
 
 

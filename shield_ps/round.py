@@ -52,6 +52,7 @@ class StepOutcome:
     bytes_in: int
     bytes_out: int
     times: dict[str, float] = field(default_factory=dict)
+    codecs: dict[str, dict[str, int]] = field(default_factory=dict)  # direction -> codec -> vectors (--codec auto)
 
     def event_fields(self) -> dict[str, Any]:
         fields = {k: v for k, v in self.__dict__.items() if k != "account"}
@@ -171,7 +172,8 @@ class StepRunner:
             files=plan.placement.f, files_won=len(won), files_dropped=plan.placement.f - len(won),
             files_corrupted=len(result.corrupted), account=account,
             aggregation={"action": result.action, "s": result.s, "reason": result.reason},
-            hedges=report.hedges, bytes_in=bytes_in, bytes_out=bytes_out, times=times)
+            hedges=report.hedges, bytes_in=bytes_in, bytes_out=bytes_out, times=times,
+            codecs={"out": dict(self.broadcaster.codecs), "in": dict(report.codecs)})
 
     async def _ready_links(self) -> list[AgentLink]:
         links = self.pool.ready_links()

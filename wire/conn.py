@@ -15,7 +15,8 @@ import logging
 import time
 from typing import Any, Callable
 
-from wire.codec import Codec, EncodedVector, encode_vector
+from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec, is_loopback
+from wire.codec import Codec, EncodedVector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
 from wire.message import Message, Peer, Timeouts
@@ -36,6 +37,7 @@ class Connection(asyncio.BufferedProtocol):
         self.close_error: WireError | None = None
         self.transport: asyncio.Transport | None = None
         self.bytes_out = 0
+        self.tx_codec = AutoCodec()  # --codec auto for what we send (wire.autocodec), fed by our vector frames
         self._loop = asyncio.get_running_loop()
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_event = asyncio.Event()
@@ -86,10 +88,20 @@ class Connection(asyncio.BufferedProtocol):
     async def send_vector(self, kind: Kind, header: dict[str, Any] | None, array: Any, *,
                           codec: Codec | str = Codec.LZ4, level: int = 1, reply_to: Message | int | None = None,
                           **encode_kwargs: Any) -> None:
-        """Encode ``array`` (1-D float32) in a worker thread, then :meth:`send` it."""
+        """Encode ``array`` (1-D float32) in a worker thread, then :meth:`send` it. ``codec="auto"``: the codec
+        :attr:`tx_codec` predicts fastest on this link (:mod:`wire.autocodec`)."""
+        codec, level = self.pick_codec(codec, level)
         encoded = await self._loop.run_in_executor(
-            None, lambda: encode_vector(array, codec, level, **encode_kwargs))
+            None, lambda: self.encode_timed(array, codec, level, **encode_kwargs))
         await self.send(kind, header, vector=encoded, reply_to=reply_to)
+
+    def pick_codec(self, choice: Codec | str, level: int) -> tuple[Codec, int]:
+        """The (codec, level) for the next vector sent here (``auto``: :attr:`tx_codec`'s choice)."""
+        return self.tx_codec.resolve(choice, level)
+
+    def encode_timed(self, array: Any, codec: Codec, level: int, **encode_kwargs: Any) -> EncodedVector:
+        """:func:`encode_vector`, timed for this link's automatic codec (blocking: run it in an executor)."""
+        return self.tx_codec.encode(array, codec, level, **encode_kwargs)
 
     async def request(self, kind: Kind, header: dict[str, Any] | None = None, *,
                       vector: EncodedVector | None = None, timeout: float | None = None) -> Message:
@@ -170,6 +182,7 @@ class Connection(asyncio.BufferedProtocol):
                             vector=None if vector is None else vector.desc, limits=self.limits)
         async with self._send_lock:
             self._check_open()
+            started = time.perf_counter()
             self._write(head)
             if vector is not None:
                 self._mid_frame = True
@@ -182,8 +195,12 @@ class Connection(asyncio.BufferedProtocol):
                     raise
                 self._mid_frame = False
             await self._drain()
-            if vector is not None and vector.desc.codec is Codec.NONE:
-                await self._flush()
+            if vector is None:
+                return
+            wire_bytes = sum(vector.desc.sizes)
+            if vector.desc.codec is Codec.NONE or wire_bytes >= MIN_SAMPLE_BYTES:
+                await self._flush()  # raw chunks are views of the caller's array; big frames time the link
+            self.tx_codec.record_send(wire_bytes, time.perf_counter() - started)
 
     def _write(self, data: bytes | memoryview) -> None:
         self._check_open()
@@ -227,6 +244,7 @@ class Connection(asyncio.BufferedProtocol):
     # ---- receiving --------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.tx_codec.loopback = is_loopback(transport.get_extra_info("peername"))
         high = self.limits.max_write_buffer
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
         if self._closed:  # refused before it was made (e.g. the server is busy)

@@ -24,6 +24,7 @@ from shield_ps.config import (JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEM
 from shield_ps.phases.aggregate import ShortStep
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
+from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
 
 DEFAULT_MAX_STEPS = 300
@@ -83,6 +84,22 @@ def _port(text: str) -> int:
     return value
 
 
+def _agg_threads(text: str) -> int:
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"must be in 1..64, got {value}")
+    return value
+
+
+def _synthetic_d(text: str) -> int:
+    from shield_agent.synthetic import MAX_SYNTHETIC_D
+
+    value = positive_int(text)
+    if value > MAX_SYNTHETIC_D:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_SYNTHETIC_D}, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run a training job as the parameter server",
                        description="Run a training job. --batch-size is the whole batch b; it is cut into f files "
@@ -122,6 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate and checkpoint every N steps")
     g.add_argument("--train-dir", help="where checkpoints and metrics.jsonl go (default runs/YYYYmmdd-HHMMSS)")
     g.add_argument("--seed", type=non_negative_int, default=0)
+    g.add_argument("--synthetic-d", type=_synthetic_d, metavar="D",
+                   help="benchmarks and tests only: train a flat vector of D parameters on synthetic gradients "
+                   "(agents join with --synthetic SECONDS_PER_FILE; --network/--dataset are ignored, no evaluation)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint (of --train-dir; default: the newest run in runs/)")
     g.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="N",
@@ -131,6 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--buckets", type=positive_int, help="coord-median / sign-sgd: number of buckets")
     g.add_argument("--agg-s", type=non_negative_int, help="Byzantine count s of the aggregator (default c_max(q))")
     g.add_argument("--agg-m", type=positive_int, help="multi-krum: number of vectors averaged (default n-s)")
+    g.add_argument("--agg-threads", type=_agg_threads, metavar="N",
+                   help="threads of the aggregation (1..64; default: one per core; never changes the result)")
     g.add_argument("--byzantine", "--worker-fail", type=non_negative_int, default=0, metavar="Q")
     g.add_argument("--attack", "--err-mode", type=_attack, default="none",
                    help="none, " + ", ".join(a.value for a in Attack))
@@ -154,7 +176,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cc-tau", type=positive_float, default=10.0, help="centered-clipping radius tau (default 10)")
     g.add_argument("--cc-iters", type=positive_int, default=1, help="centered-clipping iterations (default 1)")
     g = p.add_argument_group("transport and deadlines")
-    g.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none")
+    g.add_argument("--codec", choices=CODEC_CHOICES, default=AUTO,
+                   help="vector codec on every link; auto (default): per link and direction, the fastest of raw "
+                   "and blosc2 LZ4/ZSTD for the link's measured rate (raw on fast links)")
     g.add_argument("--codec-level", type=non_negative_int, default=1)
     g.add_argument("--gather-timeout", type=positive_float, default=120.0, help="seconds to wait for digests")
     g.add_argument("--upload-timeout", "--latency-allowance", type=positive_float, default=10.0,
@@ -242,7 +266,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         byzantine=args.byzantine, attack=args.attack, attack_c=args.attack_c, alie_z=args.alie_z,
         byzantine_gen=args.byzantine_gen.value, fixed_byzantine=tuple(args.fixed_byzantine),
         detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote, vote_rtol=args.vote_rtol, codec=args.codec,
-        codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
+        codec_level=args.codec_level, threads=args.threads, agg_threads=args.agg_threads,
+        synthetic_d=args.synthetic_d, host=args.host, port=args.port, resume=args.resume,
         local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=join_timeout,
         checkpoint_keep=args.keep_checkpoints, agent_processes=args.agent_processes,

@@ -17,7 +17,7 @@ import numpy as np
 
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.pool import AgentLink
-from wire import ConnectionClosed, Kind, WireError, encode_vector
+from wire import Codec, ConnectionClosed, EncodedVector, Kind, WireError, vector_digest
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Broadcaster:
         self._deadlines = deadlines
         self._codec, self._level = codec, level
         self._on_sent, self._on_slow = on_sent, on_slow
+        self.codecs: dict[str, int] = {}  # codec -> links, of the last broadcast
 
     async def start(self, step: int, lr: float, params: np.ndarray,
                     links: list[AgentLink]) -> tuple[list[AgentLink], list[int]]:
@@ -45,15 +46,20 @@ class Broadcaster:
         buffer = self._buffers[index]
         np.copyto(buffer, params)
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(None, encode_vector, buffer, self._codec, self._level)
-        budget = self._deadlines.transfer(sum(encoded.desc.sizes))
         sent, busy = [], []
+        ready = []
         for link in links:
             previous = self._inflight.get(link.worker)
             if previous is not None and not previous.done():
                 busy.append(link.worker)
-                continue
-            task = loop.create_task(self._send(link, step, lr, encoded, budget))
+            else:
+                ready.append(link)
+        encoded = await self._encode_per_link(buffer, ready)
+        digest = await loop.run_in_executor(None, vector_digest, buffer)  # agents check it before computing
+        for link in ready:
+            vector = encoded[link.worker]
+            budget = self._deadlines.transfer(sum(vector.desc.sizes))
+            task = loop.create_task(self._send(link, step, lr, digest, vector, budget))
             self._inflight[link.worker] = task
             users.add(task)
             task.add_done_callback(users.discard)
@@ -62,9 +68,25 @@ class Broadcaster:
             log.warning("step %d: workers %s are still receiving the previous step: erased for this step", step, busy)
         return sent, busy
 
-    async def _send(self, link: AgentLink, step: int, lr: float, encoded: Any, budget: float) -> None:
+    async def _encode_per_link(self, buffer: np.ndarray, links: list[AgentLink]) -> dict[int, EncodedVector]:
+        """``buffer`` encoded once per codec some link uses: ``--codec auto`` picks per link from its measured rate
+        (wire.autocodec), a fixed codec is the same for all. Also counts the codecs used (``codecs``)."""
+        loop = asyncio.get_running_loop()
+        picks = {link.worker: link.conn.pick_codec(self._codec, self._level) for link in links}
+        encodings: dict[tuple[Codec, int], EncodedVector] = {}
+        for link in links:
+            pick = picks[link.worker]
+            if pick not in encodings:
+                encodings[pick] = await loop.run_in_executor(None, link.conn.encode_timed, buffer, *pick)
+        self.codecs = {}
+        for codec, _ in picks.values():
+            self.codecs[codec.value] = self.codecs.get(codec.value, 0) + 1
+        return {worker: encodings[pick] for worker, pick in picks.items()}
+
+    async def _send(self, link: AgentLink, step: int, lr: float, digest: bytes, encoded: Any, budget: float) -> None:
+        header = {"step": step, "lr": lr, "params_digest": digest}
         try:
-            await asyncio.wait_for(link.conn.send(Kind.STEP, {"step": step, "lr": lr}, vector=encoded), budget)
+            await asyncio.wait_for(link.conn.send(Kind.STEP, header, vector=encoded), budget)
             self._on_sent(link)
         except asyncio.TimeoutError:
             reason = f"took more than {budget:.1f}s to receive STEP {step}"

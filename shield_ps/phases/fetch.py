@@ -25,6 +25,7 @@ import numpy as np
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.pool import AgentLink
 from wire import Codec, ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
+from wire.autocodec import AUTO
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class FetchReport:
     slow: set[int] = field(default_factory=set)
     attempts: int = 0
     hedges: int = 0
+    codecs: dict[str, int] = field(default_factory=dict)  # codec -> payloads received (--codec auto)
 
 
 class _Attempt:
@@ -74,7 +76,7 @@ class Fetcher:
         self._d = rows.shape[1]
         self._deadlines = deadlines
         self._secret = secret
-        self._raw = Codec(codec) is Codec.NONE
+        self._raw = codec != AUTO and Codec(codec) is Codec.NONE
         self._link_of = link_of
         self._violation = on_violation
         self._zeros = np.zeros(self._d, dtype=np.float32)
@@ -193,8 +195,13 @@ class Fetcher:
             self.report.lying.add(link.worker)
             self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
             return None
+        codec = msg.vector.codec.value
+        self.report.codecs[codec] = self.report.codecs.get(codec, 0) + 1
         try:
             return await msg.read_vector_into(dest)
+        except ConnectionClosed as exc:  # closed under this read (e.g. a sibling read was cancelled): lost, not lying
+            log.info("step %d: worker %d's connection closed during file %d: %s", self.step, link.worker, file, exc)
+            return None
         except WireError as exc:
             self.report.lying.add(link.worker)
             self._violation(link, f"bad VECTOR payload: {exc}")

@@ -3,8 +3,8 @@
 ``aggregate(name, X, **params)`` is the one entry point; ``name`` is the CLI spelling (an :class:`Aggregator`
 value). Parameters: ``s`` (the Byzantine count, for krum, multi-krum, bulyan, trimmed-mean and their variants; see
 :func:`default_byzantine_count`), ``m`` (multi-krum), ``buckets`` and ``seed`` (coord-median, sign-sgd),
-``threads`` (the sort-based ones), ``tau``, ``iters``, ``center`` (centered-clipping), ``max_iter``, ``tol``
-(geometric-median). Every aggregator reads X in column blocks and keeps at most one (n, d)-sized temporary.
+``threads`` (all of them; it never changes the result: :func:`._blocks.for_each_block`), ``tau``, ``iters``,
+``center`` (centered-clipping), ``max_iter``, ``tol`` (geometric-median). Every aggregator reads X in column blocks and keeps at most one (n, d)-sized temporary.
 """
 from __future__ import annotations
 

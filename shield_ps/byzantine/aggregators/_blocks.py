@@ -7,8 +7,9 @@ the n x n Gram matrix, accumulated block by block in float64.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -17,11 +18,17 @@ from shield_ps.errors import AggregationError
 #: Bytes of one (n, width) float32 column block; 1 MiB keeps a block in L2.
 BLOCK_BYTES = 1 << 20
 
-#: Threads of the sort-based aggregators by default (results do not depend on it: blocks are independent). One:
-#: their blocks are many short numpy calls, and on the 2-core machine measured here two threads mostly queue for
-#: the GIL (bulyan 2.0x multi-krum on one thread, 3.2x on two; coord-median 0.86 s vs 1.05 s). Pass ``threads=``
-#: to use more on a machine where it pays.
-DEFAULT_THREADS = 1
+#: Threads of every aggregator by default: one per core. Results do not depend on it (see :func:`for_each_block`).
+DEFAULT_THREADS = max(1, min(os.cpu_count() or 1, 64))
+
+#: Bytes of one column block of the order statistics when they run on several threads. Their sorting network is
+#: ~2 numpy calls per comparator per block; at 1 MiB blocks a call computes for about as long as the interpreter
+#: holds the GIL around it, so two threads queue for the GIL. 8 MiB blocks (L3-resident, 2 x 8 MiB < 32 MiB) make
+#: the GIL share of a call a few percent. Order statistics do not depend on the block width (exact element-wise
+#: min/max and float64 row sums), unlike the BLAS passes, whose blocks never change.
+ORDER_BLOCK_BYTES_THREADED = 8 << 20
+
+MAX_THREADS = 64
 
 
 def block_width(n: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -77,23 +84,61 @@ def check_seed(name: str, seed: object) -> int:
     return int(seed)
 
 
-def for_each_block(X: np.ndarray, work: Callable[[slice], None], threads: int | None = None) -> None:
-    """Call ``work(cols)`` for every column block of X, on ``threads`` threads (numpy releases the GIL in sort and
-    in ufuncs, so two threads use two cores)."""
-    threads = DEFAULT_THREADS if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
-        raise AggregationError(f"threads must be an integer in [1, 64], got {threads!r}")
-    blocks = list(column_blocks(X.shape[1], block_width(X.shape[0])))
-    if threads == 1 or len(blocks) < 2:
-        for cols in blocks:
-            work(cols)
+def check_threads(threads: object) -> int:
+    """``threads`` as an int (None: :data:`DEFAULT_THREADS`), or AggregationError if it is not in [1, 64]."""
+    if threads is None:
+        return DEFAULT_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+        raise AggregationError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+    return int(threads)
+
+
+T = TypeVar("T")
+
+
+def split_contiguous(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """``items`` cut into at most ``parts`` contiguous, nearly equal, non-empty runs (in order)."""
+    parts = max(1, min(parts, len(items)))
+    bounds = [len(items) * i // parts for i in range(parts + 1)]
+    return [items[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+def run_parts(parts: Sequence[T], task: Callable[[T], None]) -> None:
+    """``task(part)`` for every part, each on its own thread (the calling thread takes the first); re-raises the
+    first failure."""
+    if len(parts) == 1:
+        task(parts[0])
         return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(work, blocks):
-            pass
+    with ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="shield-agg") as pool:
+        futures = [pool.submit(task, part) for part in parts[1:]]
+        try:
+            task(parts[0])
+        finally:
+            for future in futures:
+                future.result()
 
 
-def gram(X: np.ndarray | Sequence[np.ndarray], extra: np.ndarray | None = None) -> np.ndarray:
+def for_each_block(X: np.ndarray, make_work: Callable[[], Callable[[slice], None]], threads: int | None = None,
+                   *, width: int | None = None) -> None:
+    """Call ``work(cols)`` for every column block of X (``width`` columns, :func:`block_width` by default), where
+    each thread makes its own ``work = make_work()`` (its scratch buffers) and runs it over one contiguous range of
+    blocks: a whole kernel per thread on its own slice of coordinates, with no hand-off per block.
+
+    The blocks are the same whatever the thread count and every block is computed by the same calls, so a result
+    that is a function of each block alone is bit-identical on 1 and on 64 threads."""
+    threads = check_threads(threads)
+    blocks = list(column_blocks(X.shape[1], width or block_width(X.shape[0])))
+
+    def task(part: Sequence[slice]) -> None:
+        work = make_work()
+        for cols in part:
+            work(cols)
+
+    run_parts(split_contiguous(blocks, threads), task)
+
+
+def gram(X: np.ndarray | Sequence[np.ndarray], extra: np.ndarray | None = None,
+         threads: int | None = None) -> np.ndarray:
     """The Gram matrix of the rows of X: float32 products per column block (BLAS syrk), summed in float64.
 
     No centring on purpose: a centre (mean or any row) would be dragged by an outlier at 1e6 and make every honest
@@ -101,23 +146,34 @@ def gram(X: np.ndarray | Sequence[np.ndarray], extra: np.ndarray | None = None) 
     relative to the honest norms, far below the distances between distinct gradients. With ``extra`` (a (d,)
     vector) the result is the (n+1) x (n+1) Gram matrix of X with ``extra`` as a last row. X may also be a sequence
     of equal-length 1-D vectors.
+
+    On several threads each thread computes the products of its own range of blocks; they are summed in block
+    order afterwards, so the float64 sum (and the result) is bit-identical to one thread's.
     """
     n, d = len(X), X[0].shape[0]
     rows = n + (extra is not None)
-    total = np.zeros((rows, rows), dtype=np.float64)
     direct = isinstance(X, np.ndarray) and extra is None
     width = block_width(rows)
-    buf = None if direct else np.empty((rows, width), dtype=np.float32)
-    for cols in column_blocks(d, width):
-        if direct:
-            block = X[:, cols]
-        else:
-            block = buf[:, : cols.stop - cols.start]
-            for i in range(n):
-                block[i] = X[i][cols]
-            if extra is not None:
-                block[n] = extra[cols]
-        total += block @ block.T
+    blocks = list(column_blocks(d, width))
+    products = np.empty((len(blocks), rows, rows), dtype=np.float32)
+
+    def task(part: Sequence[tuple[int, slice]]) -> None:
+        buf = None if direct else np.empty((rows, width), dtype=np.float32)
+        for index, cols in part:
+            if direct:
+                block = X[:, cols]
+            else:
+                block = buf[:, : cols.stop - cols.start]
+                for i in range(n):
+                    block[i] = X[i][cols]
+                if extra is not None:
+                    block[n] = extra[cols]
+            np.matmul(block, block.T, out=products[index])
+
+    run_parts(split_contiguous(list(enumerate(blocks)), check_threads(threads)), task)
+    total = np.zeros((rows, rows), dtype=np.float64)
+    for product in products:
+        total += product
     return total
 
 
@@ -137,14 +193,19 @@ def distances_to_combination(G: np.ndarray, coef: np.ndarray) -> np.ndarray:
 
 
 def combine_rows(X: np.ndarray, coef: np.ndarray, extra: np.ndarray | None = None,
-                 extra_coef: float = 0.0) -> np.ndarray:
+                 extra_coef: float = 0.0, threads: int | None = None) -> np.ndarray:
     """``coef @ X`` (+ ``extra_coef * extra``) as float32, one blocked BLAS gemv pass over X (float32 sums of n
-    terms: a few ulp, as np.mean over the rows)."""
+    terms: a few ulp, as np.mean over the rows). Blocks are independent, so threads do not change the result."""
     n, d = X.shape
     out = np.empty(d, dtype=np.float32)
     coef32 = np.asarray(coef, dtype=np.float32)
-    for cols in column_blocks(d, block_width(n)):
-        np.matmul(coef32, X[:, cols], out=out[cols])
-        if extra is not None and extra_coef:
-            out[cols] += np.float32(extra_coef) * extra[cols]
+
+    def make_work() -> Callable[[slice], None]:
+        def work(cols: slice) -> None:
+            np.matmul(coef32, X[:, cols], out=out[cols])
+            if extra is not None and extra_coef:
+                out[cols] += np.float32(extra_coef) * extra[cols]
+        return work
+
+    for_each_block(X, make_work, threads)
     return out

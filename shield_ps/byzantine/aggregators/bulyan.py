@@ -118,7 +118,7 @@ def bulyan(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     n = X.shape[0]
     s = _check_s("bulyan", n, s, 4)
     theta, beta = n - 2 * s, n - 4 * s
-    chosen = iterated_krum(squared_distances(gram(X)), s, theta) if s else np.arange(n)
+    chosen = iterated_krum(squared_distances(gram(X, threads=threads)), s, theta) if s else np.arange(n)
     return order_statistic(X, np.sort(chosen), window_positions(theta, beta),
                            lambda S: closest_to_median_mean(S, beta), threads)
 
@@ -130,7 +130,7 @@ def bulyan_byzshield(X: np.ndarray, *, s: int, threads: int | None = None) -> np
     n = X.shape[0]
     s = _check_s("bulyan-byzshield", n, s, 3)
     theta = n - s - 2
-    D = squared_distances(gram(X))
+    D = squared_distances(gram(X, threads=threads))
     chosen = best_by_score(krum_scores(D, n - s - 2), theta, D)
     return order_statistic(X, np.sort(chosen), trimmed_positions(theta, s),
                            lambda S: sum_rows(S[s:theta - s]) / (theta - 2 * s), threads)

@@ -43,17 +43,18 @@ def weiszfeld_coefficients(G: np.ndarray, max_iter: int, tol: float) -> np.ndarr
     return coef
 
 
-def geometric_median(X: np.ndarray, *, max_iter: int = 1000, tol: float = 1e-10) -> np.ndarray:
+def geometric_median(X: np.ndarray, *, max_iter: int = 1000, tol: float = 1e-10,
+                     threads: int | None = None) -> np.ndarray:
     """The geometric median (the point minimising the sum of Euclidean distances to the rows) by Weiszfeld's
     algorithm (Pillutla, Kakade and Harchaoui's RFA uses the same smoothed iteration). ``tol`` bounds the change of
     the row weights between iterations."""
     max_iter = _iterations("geometric-median", max_iter)
     tol = _positive("geometric-median", "tol", tol)
-    return combine_rows(X, weiszfeld_coefficients(gram(X), max_iter, tol))
+    return combine_rows(X, weiszfeld_coefficients(gram(X, threads=threads), max_iter, tol), threads=threads)
 
 
 def centered_clipping(X: np.ndarray, *, tau: float = 10.0, iters: int = 3,
-                      center: np.ndarray | None = None) -> np.ndarray:
+                      center: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Centred clipping (Karimireddy et al., ICML 2021): ``iters`` times
     v <- v + mean_i (x_i - v) min(1, tau / |x_i - v|), from ``center`` (the previous step's aggregate or momentum;
     zeros if None)."""
@@ -65,7 +66,7 @@ def centered_clipping(X: np.ndarray, *, tau: float = 10.0, iters: int = 3,
     elif not isinstance(center, np.ndarray) or center.shape != (d,):
         got = center.shape if isinstance(center, np.ndarray) else type(center).__name__
         raise AggregationError(f"centered-clipping: center must be a numpy array of shape ({d},), got {got}")
-    G = gram(X, extra=center)
+    G = gram(X, extra=center, threads=threads)
     coef = np.zeros(n + 1)
     coef[n] = 1.0
     for _ in range(iters):
@@ -73,4 +74,5 @@ def centered_clipping(X: np.ndarray, *, tau: float = 10.0, iters: int = 3,
         scale = np.minimum(1.0, tau / np.maximum(dist, 1e-300))
         coef *= 1.0 - scale.mean()
         coef[:n] += scale / n
-    return combine_rows(X, coef[:n], extra=center.astype(np.float32, copy=False), extra_coef=float(coef[n]))
+    return combine_rows(X, coef[:n], extra=center.astype(np.float32, copy=False), extra_coef=float(coef[n]),
+                        threads=threads)

@@ -35,28 +35,28 @@ def best_by_score(scores: np.ndarray, m: int, D: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), D.sum(axis=1), scores))[:m]
 
 
-def krum(X: np.ndarray, *, s: int) -> np.ndarray:
+def krum(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     """Krum: the single input vector with the lowest Krum score. Needs n >= 2s + 3."""
     s = check_krum_s("krum", X.shape[0], s)
-    D = squared_distances(gram(X))
+    D = squared_distances(gram(X, threads=threads))
     return X[int(best_by_score(krum_scores(D, X.shape[0] - s - 2), 1, D)[0])].copy()
 
 
-def multi_krum(X: np.ndarray, *, s: int, m: int | None = None) -> np.ndarray:
+def multi_krum(X: np.ndarray, *, s: int, m: int | None = None, threads: int | None = None) -> np.ndarray:
     """Multi-Krum: the mean of the m vectors with the lowest Krum scores (default m = n - s). Needs n >= 2s + 3."""
     n = X.shape[0]
     s = check_krum_s("multi-krum", n, s)
     m = n - s if m is None else check_count("multi-krum", "m", m, 1, n, f"n={n}")
-    D = squared_distances(gram(X))
+    D = squared_distances(gram(X, threads=threads))
     chosen = best_by_score(krum_scores(D, n - s - 2), m, D)
     coef = np.zeros(n)
     coef[chosen] = 1.0 / m
-    return combine_rows(X, coef)
+    return combine_rows(X, coef, threads=threads)
 
 
-def multi_krum_byzshield(X: np.ndarray, *, s: int) -> np.ndarray:
+def multi_krum_byzshield(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
     """Multi-Krum as the original ByzShield code runs it: it averages the n - s - 2 best-scored vectors (the same
     count as the neighbours in a score) instead of n - s. Needs n >= 2s + 3."""
     n = X.shape[0]
     s = check_krum_s("multi-krum-byzshield", n, s)
-    return multi_krum(X, s=s, m=n - s - 2)
+    return multi_krum(X, s=s, m=n - s - 2, threads=threads)

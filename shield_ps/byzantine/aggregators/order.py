@@ -11,15 +11,16 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from shield_ps.byzantine.aggregators._blocks import (
-    block_width, check_count, check_seed, column_blocks, combine_rows, for_each_block,
+    BLOCK_BYTES, ORDER_BLOCK_BYTES_THREADED, block_width, check_count, check_seed, check_threads, combine_rows,
+    for_each_block,
 )
 from shield_ps.byzantine.aggregators.network import NETWORK_MAX_ROWS, pruned_network, sort_rows, sum_rows
 
 
-def mean(X: np.ndarray) -> np.ndarray:
-    """The coordinate-wise mean, accumulated in float64 (the non-robust baseline)."""
+def mean(X: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+    """The coordinate-wise mean (the non-robust baseline), one blocked BLAS pass."""
     n = X.shape[0]
-    return combine_rows(X, np.full(n, 1.0 / n))
+    return combine_rows(X, np.full(n, 1.0 / n), threads=threads)
 
 
 def order_statistic(X: np.ndarray, rows: np.ndarray | None, needed: Iterable[int],
@@ -27,21 +28,33 @@ def order_statistic(X: np.ndarray, rows: np.ndarray | None, needed: Iterable[int
     """Per column block of X (restricted to ``rows``, all if None): order the k values of every column, then
     ``reduce(ordered)``, where ``ordered[i]`` is the row of i-th smallest values for every position in ``needed``
     (the other positions hold the remaining values in no particular order). Small k: a pruned sorting network;
-    larger k: numpy's sort of the transposed block."""
+    larger k: numpy's sort of the transposed block. ``reduce`` must be element-wise per column (every caller's is):
+    then neither the thread count nor the block width changes a bit of the result."""
     k = X.shape[0] if rows is None else len(rows)
     network = pruned_network(k, frozenset(needed)) if k <= NETWORK_MAX_ROWS else None
     out = np.empty(X.shape[1], dtype=np.float32)
+    threads = check_threads(threads)
+    width = block_width(k, ORDER_BLOCK_BYTES_THREADED if threads > 1 else BLOCK_BYTES)
+    width = min(width, max(256, -(-X.shape[1] // (4 * threads))))  # scratch: at most a quarter of X in all
 
-    def work(cols: slice) -> None:
-        block = X[:, cols].copy() if rows is None else X[rows, cols]
-        if network is not None:
-            out[cols] = reduce(sort_rows(block, network))
-            return
-        transposed = np.ascontiguousarray(block.T)
-        transposed.sort(axis=1)
-        out[cols] = reduce(np.ascontiguousarray(transposed.T))
+    def make_work() -> Callable[[slice], None]:
+        scratch = np.empty((k, width), dtype=np.float32)
 
-    for_each_block(X, work, threads)
+        def work(cols: slice) -> None:
+            block = scratch[:, : cols.stop - cols.start]
+            if rows is None:
+                np.copyto(block, X[:, cols])
+            else:
+                np.take(X[:, cols], rows, axis=0, out=block)
+            if network is not None:
+                out[cols] = reduce(sort_rows(block, network))
+                return
+            transposed = np.ascontiguousarray(block.T)
+            transposed.sort(axis=1)
+            out[cols] = reduce(np.ascontiguousarray(transposed.T))
+        return work
+
+    for_each_block(X, make_work, threads, width=width)
     return out
 
 
@@ -61,7 +74,7 @@ def median_rows(X: np.ndarray, threads: int | None = None) -> np.ndarray:
     return order_statistic(X, None, median_positions(X.shape[0]), median_of, threads)
 
 
-def bucket_means(X: np.ndarray, buckets: int, seed: int) -> np.ndarray:
+def bucket_means(X: np.ndarray, buckets: int, seed: int, threads: int | None = None) -> np.ndarray:
     """Shuffle the rows with ``default_rng(seed)``, split them into ``buckets`` nearly equal groups (``array_split``,
     as the original ByzShield code) and return the (buckets, d) float32 means of the groups."""
     n, d = X.shape
@@ -70,8 +83,11 @@ def bucket_means(X: np.ndarray, buckets: int, seed: int) -> np.ndarray:
     for b, rows in enumerate(groups):
         coef[b, rows] = 1.0 / len(rows)
     out = np.empty((buckets, d), dtype=np.float32)
-    for cols in column_blocks(d, block_width(n)):
-        np.matmul(coef, X[:, cols], out=out[:, cols])
+
+    def make_work() -> Callable[[slice], None]:
+        return lambda cols: np.matmul(coef, X[:, cols], out=out[:, cols])
+
+    for_each_block(X, make_work, threads)
     return out
 
 
@@ -88,8 +104,8 @@ def coord_median(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
     if buckets == n:
         return median_rows(X, threads)
     if buckets == 1:
-        return mean(X)
-    return median_rows(bucket_means(X, buckets, seed), threads)
+        return mean(X, threads=threads)
+    return median_rows(bucket_means(X, buckets, seed, threads), threads)
 
 
 def trimmed_mean(X: np.ndarray, *, s: int, threads: int | None = None) -> np.ndarray:
@@ -98,7 +114,7 @@ def trimmed_mean(X: np.ndarray, *, s: int, threads: int | None = None) -> np.nda
     n, d = X.shape
     s = check_count("trimmed-mean", "s", s, 0, (n - 1) // 2, f"trimmed-mean needs n >= 2s+1; n={n}")
     if s == 0:
-        return mean(X)
+        return mean(X, threads=threads)
     return order_statistic(X, None, trimmed_positions(n, s), lambda rows: sum_rows(rows[s:n - s]) / (n - 2 * s),
                            threads)
 

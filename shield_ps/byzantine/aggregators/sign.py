@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import block_width, check_count, check_seed, column_blocks
+from typing import Callable
+
+from shield_ps.byzantine.aggregators._blocks import check_count, check_seed, for_each_block
 
 
-def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0) -> np.ndarray:
+def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
+             threads: int | None = None) -> np.ndarray:
     """The coordinate-wise majority of signs, as float32 in {-1, 0, 1}.
 
     With ``buckets`` = N < n the rows are shuffled by ``default_rng(seed)`` into N groups; each group votes with the
@@ -17,11 +20,15 @@ def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0) -> np.
     seed = check_seed("sign-sgd", seed)
     groups = [np.sort(g) for g in np.array_split(np.random.default_rng(seed).permutation(n), buckets)]
     out = np.empty(d, dtype=np.float32)
-    for cols in column_blocks(d, block_width(n)):
+
+    def work(cols: slice) -> None:
         block = X[:, cols]
         if buckets == n:  # each row is its own group: a plain majority of signs
             votes = np.sign(block).sum(axis=0)
         else:
             votes = sum(np.sign(block[rows].sum(axis=0, dtype=np.float64)) for rows in groups)
         out[cols] = np.sign(votes)
+
+    make_work: Callable[[], Callable[[slice], None]] = lambda: work
+    for_each_block(X, make_work, threads)
     return out
