@@ -46,7 +46,7 @@ async def _scenario() -> list[int]:
                     digested.append(msg.header["step"])
                     if sum(1 for s in digested if s == step) == 2:
                         break
-        await conn.send(Kind.LEAVE, {"reason": "done"})
+        await conn.send(Kind.LEAVE, {"reason": "completed"})
         done.set()
 
     server = await wire.serve("127.0.0.1", 0, on_connection, token=TOKEN)
