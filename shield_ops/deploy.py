@@ -90,9 +90,7 @@ async def deploy_node(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, wh
         return False
     await upload(conn, [(wheel, f"{ROOT}/wheels/{wheel.name}")] + _data_files(cfg))
     await upload(conn, [(token_path, f"{ROOT}/token")], mode=0o600)
-    venv = (f"cd {HOME_ROOT} && {{ [ -x venv/bin/python ] || {quote([cfg.python])} -m venv --system-site-packages "
-            f"{quote(cfg.venv_args)} venv; }}")
-    await run(conn, venv, what="creating the venv", timeout=300)
+    await run(conn, venv_script(cfg.python, cfg.venv_args), what="creating the venv", timeout=300)
     install = (f"cd {HOME_ROOT} && {{ venv/bin/python -m pip uninstall -y -q shield >/dev/null 2>&1; true; }} && "
                f"venv/bin/python -m pip install -q --disable-pip-version-check {quote(cfg.pip_args)} "
                f"wheels/{quote([wheel.name])}")
@@ -102,6 +100,27 @@ async def deploy_node(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, wh
                         f"--data-dir \"$HOME/{ROOT}/data\"", what="shield-agent prepare", timeout=1800)
     await run(conn, f"echo {digest} > {ROOT}/DEPLOYED", what="writing the deploy marker")
     return True
+
+
+#: run by ``deploy.python``: its site-packages when it is itself a virtual environment (else nothing).
+PARENT_SITE = "import site, sys; print('\\n'.join(site.getsitepackages()) if sys.prefix != sys.base_prefix else '')"
+#: run by the new venv's python with those directories on stdin: one ``.pth`` listing them (plain path lines, so
+#: sys.path gets them after the venv's own site-packages and no ``.pth`` in them, e.g. an editable install, runs).
+WRITE_PTH = ("import pathlib, sys, sysconfig; dirs = [d for d in sys.stdin.read().splitlines() if d.strip()]; "
+             "dirs and pathlib.Path(sysconfig.get_paths()['purelib'], 'shield-parent-site.pth')"
+             ".write_text(''.join(d + chr(10) for d in dirs))")
+
+
+def venv_script(python: str, venv_args: tuple[str, ...] | list[str]) -> str:
+    """Create ``shield/venv`` once with ``--system-site-packages``, seeing every package ``python`` sees.
+
+    ``--system-site-packages`` exposes the *base* interpreter's packages: when ``deploy.python`` is itself a virtual
+    environment (a contributor's venv running the tests, or a prepared image's), its packages would be invisible, so
+    its site-packages directories are appended to the new venv's path with a ``.pth`` file.
+    """
+    py = quote([python])
+    return (f"cd {HOME_ROOT} && {{ [ -x venv/bin/python ] || {{ {py} -m venv --system-site-packages "
+            f"{quote(venv_args)} venv && {py} -c {quote([PARENT_SITE])} | venv/bin/python -c {quote([WRITE_PTH])}; }}; }}")
 
 
 def ps_command(cfg: ClusterConfig) -> list[str]:

@@ -112,9 +112,15 @@ start_timeout = 90
     finally:
         patch.undo()
         for fake in cloud.nodes.values():  # stop every daemon the tests started
-            subprocess.run(["/bin/sh", "-c", stop_script()], env={**os.environ, "HOME": str(fake.home)}, timeout=30)
+            subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
         nodes.set_resolver(None)
         cloud.stop()
+
+
+def node_env(home: Path) -> dict[str, str]:
+    """A fake node's environment: its HOME, and none of the test process's PYTHONPATH (which points at the
+    checkout: a node must import the deployed wheel)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HOME": str(home)}
 
 
 def shield_ops(*argv: str) -> tuple[int, str]:
@@ -177,7 +183,7 @@ def test_up_provisions_and_deploys_the_wheel(cluster: dict[str, Any]) -> None:
         assert sorted(p.name for p in (home / "shield" / "data").iterdir()) == sorted(p.name for p in MNIST.iterdir())
         where = subprocess.run([str(home / "shield/venv/bin/python"), "-c",
                                 "import shield_ops, shield_agent, shield_ps; print(shield_ps.__file__)"],
-                               capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, timeout=60,
+                               capture_output=True, text=True, env=node_env(home), timeout=60,
                                cwd=home)
         assert where.returncode == 0, where.stderr
         assert where.stdout.startswith(str(home / "shield" / "venv")), where.stdout

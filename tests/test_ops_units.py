@@ -415,3 +415,25 @@ def test_commands_quote_everything_but_the_remote_home() -> None:
     assert "'a b; rm -rf /'" in script and '"$HOME/shield/token"' in script
     assert "10.0.0.1:7700" in script and "setsid nohup" in script
     assert deploy.ps_command(cfg)[:2] == ["venv/bin/shield-ps", "serve"] and "--workers" in deploy.ps_command(cfg)
+
+
+def test_the_node_venv_sees_the_packages_of_a_deploy_python_that_is_itself_a_venv(tmp_path: Path) -> None:
+    """The README's test command run from a contributor's venv: the fake nodes' venv (made from that venv's python)
+    must see the venv's packages, not only the base interpreter's (``--system-site-packages`` alone gives the base)."""
+    parent = tmp_path / "parent"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(parent)], check=True, timeout=120)
+    purelib = subprocess.run([str(parent / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])"], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    (Path(purelib) / "only_in_parent_venv.py").write_text("WHERE = 'parent'\n")
+    home = tmp_path / "home"
+    (home / "shield").mkdir(parents=True)
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    script = deploy.venv_script(str(parent / "bin/python"), ["--without-pip"])
+    subprocess.run(["/bin/sh", "-c", script], check=True, env=env, timeout=300, cwd=home)
+    probe = ("import only_in_parent_venv, sys, sysconfig; own = sysconfig.get_paths()['purelib']; "
+             "print(only_in_parent_venv.WHERE, sys.path.index(own) < sys.path.index(%r))" % purelib)
+    done = subprocess.run([str(home / "shield/venv/bin/python"), "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["parent", "True"]  # the venv's own packages (the wheel) come first
+    subprocess.run(["/bin/sh", "-c", script], check=True, env=env, timeout=60, cwd=home)  # idempotent
