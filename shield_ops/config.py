@@ -63,6 +63,22 @@ class ClusterConfig:
     ssh_ready_timeout: float
     ssh_retry_interval: float
     start_timeout: float
+    down_when_done: bool = False
+    max_hours: float | None = None
+    max_cost: float | None = None
+    autostop_interval: float = 10.0
+    instance_profile: str | None = None
+    mirror_bucket: str | None = None
+    mirror_prefix: str = ""
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the PS node runs the supervisor (an autostop limit, or the S3 mirror, is configured)."""
+        return self.down_when_done or self.max_hours is not None or self.max_cost is not None or self.mirrored
+
+    @property
+    def mirrored(self) -> bool:
+        return self.mirror_bucket is not None
 
     @property
     def tags(self) -> dict[str, str]:
@@ -235,6 +251,19 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "ssh_retry_interval": (_number(0.0, 60.0), 5.0),
         "start_timeout": (_number(0.0, 3600.0), 180.0),
     },
+    "autostop": {
+        "down_when_done": (_boolean, False),
+        "max_hours": (_number(0.0, 8760.0, optional=True), None),
+        "max_cost": (_number(0.0, 1e6, optional=True), None),
+        "interval_s": (_number(0.0, 3600.0), 10.0),
+        "instance_profile": (_string(re.compile(r"^[\w+=,.@-]{1,128}$"), 'write an IAM instance profile name',
+                                     True), ""),
+    },
+    "mirror": {
+        "bucket": (_string(re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"), 'write an S3 bucket name, e.g. '
+                           '"my-shield-runs", or "" for no mirror', True), ""),
+        "prefix": (_string(re.compile(r"^[\w./-]*$"), 'write a key prefix such as "runs/demo"', True), ""),
+    },
 }
 
 
@@ -315,6 +344,10 @@ def _build(v: dict[str, Any], source: str, state_dir: Path | None) -> ClusterCon
         dataset=v["deploy.dataset"], prepare=v["deploy.prepare"], upload_data=v["deploy.upload_data"],
         host_keys=v["deploy.host_keys"], ssh_ready_timeout=v["deploy.ssh_ready_timeout"],
         ssh_retry_interval=v["deploy.ssh_retry_interval"], start_timeout=v["deploy.start_timeout"],
+        down_when_done=v["autostop.down_when_done"], max_hours=v["autostop.max_hours"],
+        max_cost=v["autostop.max_cost"], autostop_interval=v["autostop.interval_s"],
+        instance_profile=v["autostop.instance_profile"] or None, mirror_bucket=v["mirror.bucket"] or None,
+        mirror_prefix=v["mirror.prefix"].strip("/") or f"shield/{name}",
     )
 
 

@@ -123,10 +123,11 @@ def venv_script(python: str, venv_args: tuple[str, ...] | list[str]) -> str:
             f"{quote(venv_args)} venv && {py} -c {quote([PARENT_SITE])} | venv/bin/python -c {quote([WRITE_PTH])}; }}; }}")
 
 
-def ps_command(cfg: ClusterConfig) -> list[str]:
+def ps_command(cfg: ClusterConfig, run_dir: str = "run", resume: bool = False) -> list[str]:
+    extra = ["--resume"] if resume and "--resume" not in cfg.ps.args else []
     return (["venv/bin/shield-ps", "serve", "--host", "0.0.0.0", "--port", str(cfg.ps_port),
              "--token-file", f"$HOME/{ROOT}/token", "--data-dir", f"$HOME/{ROOT}/data",
-             "--train-dir", f"$HOME/{ROOT}/run", "--workers", str(cfg.agents.count)] + list(cfg.ps.args))
+             "--train-dir", f"$HOME/{ROOT}/{run_dir}", "--workers", str(cfg.agents.count)] + list(cfg.ps.args) + extra)
 
 
 def agent_command(cfg: ClusterConfig, ps_host: str, name: str) -> list[str]:
@@ -185,16 +186,78 @@ async def check_alive(conn: asyncssh.SSHClientConnection, role: str, grace_s: fl
         raise RemoteError(" | ".join(result.stdout.strip().splitlines()[-6:]))
 
 
-PROBE_SCRIPT = (
-    f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
-    "for r in ps agent; do [ -f $r.pid ] || continue; "
-    "if alive \"$(cat $r.pid)\"; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
-    "done; [ -f run/metrics.jsonl ] && tail -n 500 run/metrics.jsonl | cut -c1-65536 | "
-    "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; true"
-)
+ROLES = ("ps", "agent", "supervisor")
+
+
+#: sets ``d`` to the current run directory on the PS node (``shield/RUN`` names it; ``run`` until a second run).
+CURRENT_RUN = "d=$(head -n 1 RUN 2>/dev/null | tr -cd 'a-z0-9-'); d=${d:-run}; "
+
+
+def probe_script() -> str:
+    """What ``status`` asks a node: deploy marker, daemons, the current run's job event and last events, the
+    supervisor's state (each line prefixed with its kind; everything read back is parsed as untrusted text)."""
+    metrics = '"$d/metrics.jsonl"'
+    return (
+        f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; {CURRENT_RUN}echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
+        "echo \"run $d\"; "
+        f"for r in {' '.join(ROLES)}; do [ -f $r.pid ] || continue; "
+        "if alive \"$(cat $r.pid)\"; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
+        f"done; if [ -f {metrics} ]; then head -n 3 {metrics} | cut -c1-65536 | grep -E '\"kind\": ?\"job\"' | "
+        f"sed 's/^/metric /'; tail -n 500 {metrics} | cut -c1-65536 | "
+        "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; fi; "
+        "[ -f supervisor-state.json ] && head -c 65536 supervisor-state.json | tr -d '\\n' | sed 's/^/autostop /' "
+        "&& echo; true"
+    )
+
+
+async def choose_run_dir(conn: asyncssh.SSHClientConnection, resume: bool) -> tuple[str, bool]:
+    """The train dir for a PS about to start: the current one, or (when it already holds a run and ``--resume`` is
+    not asked for) the next free ``run-N``, recorded in ``shield/RUN``. Returns (directory, whether it is new)."""
+    script = (f"cd {HOME_ROOT} && {CURRENT_RUN}if [ {0 if resume else 1} = 1 ] && [ -s \"$d/metrics.jsonl\" ]; then "
+              "n=2; while [ -e run-$n ]; do n=$((n+1)); done; d=run-$n; mkdir -p $d; echo $d > RUN; echo \"new $d\"; "
+              "else echo \"same $d\"; fi")
+    word, _, name = (await run(conn, script, what="choosing the run directory")).stdout.strip().partition(" ")
+    return name, word == "new"
+
+
+PROBE_SCRIPT = probe_script()
 
 
 def stop_script() -> str:
-    """Stop both daemons (their whole sessions) and remove the pidfiles."""
-    return (f"cd {HOME_ROOT} 2>/dev/null || exit 0; for r in ps agent; do [ -f $r.pid ] || continue; "
+    """Stop every daemon (their whole sessions) and remove the pidfiles."""
+    return (f"cd {HOME_ROOT} 2>/dev/null || exit 0; for r in {' '.join(ROLES)}; do [ -f $r.pid ] || continue; "
             "p=$(cat $r.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; rm -f $r.pid; done; true")
+
+
+def supervisor_config(cfg: ClusterConfig, run_dir: str) -> str:
+    """The ``supervisor.json`` for the PS node (see :mod:`shield_ops.supervisor`)."""
+    from shield_ops.supervisor import Limits, SupervisorConfig
+
+    mirror = {"bucket": cfg.mirror_bucket, "prefix": cfg.mirror_prefix, "region": cfg.region} if cfg.mirrored else {}
+    return SupervisorConfig(cfg.name, cfg.region, run_dir, Limits(cfg.down_when_done, cfg.max_hours, cfg.max_cost),
+                            cfg.autostop_interval, mirror).to_json()
+
+
+def supervisor_command() -> list[str]:
+    return ["venv/bin/python", "-m", "shield_ops.supervisor", "--config", f"$HOME/{ROOT}/supervisor.json"]
+
+
+async def start_supervisor(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, run_dir: str,
+                           timeout_s: float) -> bool:
+    """Write the supervisor's config (a running supervisor re-reads it), start it unless it runs, and wait until it
+    has looked at EC2 once (its state file), failing with its log when it cannot (e.g. no credentials on the node)."""
+    await run(conn, f"cat > {ROOT}/supervisor.json", input=supervisor_config(cfg, run_dir),
+              what="writing supervisor.json")
+    running = await run(conn, f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat supervisor.pid 2>/dev/null)\"", check=False)
+    if running.exit_status == 0:
+        return False
+    await run(conn, f"rm -f {ROOT}/supervisor-state.json")
+    await start_daemon(conn, "supervisor", supervisor_command())
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        await check_alive(conn, "supervisor", grace_s=0.5)
+        ready = await run(conn, f"[ -f {ROOT}/supervisor-state.json ]", check=False)
+        if ready.exit_status == 0:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            raise RemoteError(f"the supervisor did not report within {timeout_s:.0f}s; see logs/supervisor.log")

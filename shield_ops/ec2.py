@@ -43,7 +43,8 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def tag_filters(cfg: ClusterConfig) -> list[dict[str, Any]]:
+def tag_filters(cfg: Any) -> list[dict[str, Any]]:
+    """Filters matching ``cfg.tags`` (a :class:`ClusterConfig`, or anything with the same ``tags``)."""
     return [{"Name": f"tag:{k}", "Values": [v]} for k, v in cfg.tags.items()]
 
 
@@ -57,9 +58,12 @@ def _refused(action: str, exc: ClientError) -> ProvisionError:
 
 
 # ------------------------------------------------------------------------------------------- discovery
-async def find_instances(client: Any, cfg: ClusterConfig) -> list[Node]:
-    """Every live (not terminated) instance carrying this cluster's tag."""
-    filters = tag_filters(cfg) + [{"Name": "instance-state-name", "Values": LIVE_STATES}]
+async def find_instances(client: Any, cfg: ClusterConfig, include_gone: bool = False) -> list[Node]:
+    """Every live (not terminated) instance carrying this cluster's tag; with ``include_gone`` also the terminated
+    ones EC2 still reports (for cost and history)."""
+    filters = tag_filters(cfg)
+    if not include_gone:
+        filters = filters + [{"Name": "instance-state-name", "Values": LIVE_STATES}]
     nodes: list[Node] = []
     paginator = client.get_paginator("describe_instances")
     async for page in paginator.paginate(Filters=filters):
@@ -180,7 +184,9 @@ def _run_params(cfg: ClusterConfig, spec: LaunchSpec, itype: str, subnet: str, g
     spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
     if cfg.max_price is not None:
         spot["MaxPrice"] = f"{cfg.max_price:.4f}"
-    return {
+    profile = {"IamInstanceProfile": {"Name": cfg.instance_profile}} if cfg.instance_profile and spec.role == "ps" \
+        else {}
+    return {**profile,
         "ImageId": cfg.ami, "InstanceType": itype, "MinCount": 1, "MaxCount": 1, "KeyName": cfg.resource_name,
         "SubnetId": subnet, "SecurityGroupIds": [group_id],
         "UserData": spec.user_data,  # botocore base64-encodes it

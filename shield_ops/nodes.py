@@ -35,6 +35,7 @@ class Node:
     public_ip: str | None
     private_ip: str | None
     launch_time: datetime | None
+    transition_reason: str | None = None
 
     @classmethod
     def from_ec2(cls, inst: dict[str, Any]) -> "Node":
@@ -44,7 +45,7 @@ class Node:
             instance_id=inst["InstanceId"], instance_type=inst.get("InstanceType", "?"),
             zone=inst.get("Placement", {}).get("AvailabilityZone", "?"), ec2_state=inst["State"]["Name"],
             public_ip=inst.get("PublicIpAddress"), private_ip=inst.get("PrivateIpAddress"),
-            launch_time=inst.get("LaunchTime"),
+            launch_time=inst.get("LaunchTime"), transition_reason=inst.get("StateTransitionReason") or None,
         )
 
 

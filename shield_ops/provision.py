@@ -178,6 +178,7 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
         reporter.info(f"cluster {cfg.name}: nothing tagged shield:cluster={cfg.name} in {cfg.region}")
         state.destroy()
         return 0
+    await _report_cost(client, cfg, state, reporter, "so far")
     reporter.info(f"cluster {cfg.name}: terminate {len(nodes)} instance(s) "
                   f"({', '.join(sorted((n.name for n in nodes), key=sort_key)) or 'none'}), delete "
                   f"{len(groups)} security group(s) and {len(key)} key pair(s)")
@@ -189,6 +190,7 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
     await ec2.wait_state(client, "instance_terminated", [n.instance_id for n in nodes])
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATED, "", node.instance_id)
+    await _report_cost(client, cfg, state, reporter, "in all")
     for group in groups:
         await ec2.delete_security_group(client, group["GroupId"])
         reporter.info(f"deleted security group {group['GroupId']}")
@@ -197,6 +199,21 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
         reporter.info(f"deleted key pair {pair['KeyName']}")
     state.destroy()
     return 0
+
+
+async def _report_cost(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
+    """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
+    import time
+
+    from shield_ops.cost import Ledger
+    from shield_ops.survey import LEDGER_FILE
+
+    found = await ec2.find_instances(client, cfg, include_gone=True)
+    ledger = Ledger(state.root / LEDGER_FILE if state.root.is_dir() else None)
+    ledger.observe(found, await ec2.spot_prices(client, {n.instance_type for n in found}), time.time())
+    ledger.save()
+    reporter.info(f"cost {when}: ${ledger.total(time.time()):.6f} over {len(ledger.entries)} instance(s) "
+                  f"(spot price history; terminated instances included), ${ledger.hourly():.6f}/h while running")
 
 
 def check_cidr(cidr: str) -> str:

@@ -101,10 +101,11 @@ class Result:
 
 
 async def run(conn: asyncssh.SSHClientConnection, command: str, *, check: bool = True,
-              timeout: float | None = 600, what: str = "") -> Result:
-    """Run a shell command; with ``check`` a non-zero exit raises :class:`RemoteError` with the output's tail."""
+              timeout: float | None = 600, what: str = "", input: str | None = None) -> Result:
+    """Run a shell command (``input`` on its stdin); with ``check`` a non-zero exit raises :class:`RemoteError`
+    with the output's tail."""
     try:
-        proc = await conn.run(command, check=False, timeout=timeout)
+        proc = await conn.run(command, check=False, timeout=timeout, input=input)
     except asyncssh.TimeoutError:
         raise RemoteError(f"{what or command[:60]}: timed out after {timeout}s") from None
     result = Result(int(proc.exit_status if proc.exit_status is not None else -1),

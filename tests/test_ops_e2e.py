@@ -225,6 +225,10 @@ def test_status_reports_every_node(cluster: dict[str, Any]) -> None:
     assert [n["node"] for n in report["nodes"]] == ["ps", "agent-0", "agent-1", "agent-2"]
     assert {n["state"] for n in report["nodes"]} == {"deployed"}
     assert all(n["usd_per_hour"] is not None and n["public_ip"] for n in report["nodes"])
+    rows = {n["node"]: n for n in report["nodes"]}  # the lost agent-1 stays in its row's history, with its cost
+    assert [h["ec2_state"] for h in rows["agent-1"]["history"]] == ["terminated"]
+    assert rows["agent-1"]["history"][0]["ended"] is not None and "replaced i-" in rows["agent-1"]["detail"]
+    assert not rows["agent-0"]["history"] and report["cost_usd"] > 0
     code, table = shield_ops("status", *cluster["base"])
     assert code == 0 and "shield cluster e2e" in table and table.count("deployed") == 4
 

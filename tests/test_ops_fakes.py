@@ -88,12 +88,14 @@ def _handler(home: Path) -> Callable[[asyncssh.SSHServerProcess], Any]:
            "SHELL": "/bin/sh", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
 
     async def handle(process: asyncssh.SSHServerProcess) -> None:
+        # what an instance profile and the region's endpoints give a real node: AWS access (here: moto's)
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
         if not process.command:
             process.stderr.write(b"fake node: no interactive shell\n")
             process.exit(1)
             return
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", process.command, cwd=home, env=env, stdin=asyncio.subprocess.DEVNULL,
+            "/bin/sh", "-c", process.command, cwd=home, env={**env, **aws}, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             await asyncio.gather(_pump(proc.stdout, process.stdout), _pump(proc.stderr, process.stderr))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from shield_ops.commands.common import add_config_args, arun, confirm_or_refuse, load, ssh_context
 from shield_ops.ui import OutputFormat
@@ -18,14 +19,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", type=Stage, choices=list(Stage), default=Stage.START,
                    metavar="{" + ",".join(s.value for s in Stage) + "}", help="stop after this stage")
     p.add_argument("--wheel", type=Path, default=None, help="deploy this wheel instead of building one")
+    g = p.add_argument_group("never a runaway bill (enforced on the cluster by a supervisor on the PS node)")
+    g.add_argument("--down-when-done", action="store_true",
+                   help="terminate the cluster when the run ends (completed or failed); = autostop.down_when_done")
+    g.add_argument("--max-hours", type=bounded_float("--max-hours", 8760.0), metavar="H",
+                   help="terminate the cluster after H hours (0 < H <= 8760); = autostop.max_hours")
+    g.add_argument("--max-cost", type=bounded_float("--max-cost", 1e6), metavar="USD",
+                   help="terminate the cluster before its cost reaches USD (spot prices; terminated instances "
+                   "count); = autostop.max_cost")
     p.add_argument("--format", type=OutputFormat, choices=list(OutputFormat), default=OutputFormat.AUTO,
                    metavar="{" + ",".join(f.value for f in OutputFormat) + "}", help="progress output")
+
+
+def bounded_float(flag: str, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in (0, high], with an error that says what is allowed."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= high:  # also false for NaN
+            raise argparse.ArgumentTypeError(f"{flag} must be a number in (0, {high:g}], got {text!r}")
+        return value
+    return parse
+
+
+def autostop_overrides(args: argparse.Namespace) -> list[str]:
+    """The autostop flags as ``--set`` overrides (they win over the config file)."""
+    out = ["autostop.down_when_done=true"] if args.down_when_done else []
+    out += [f"autostop.max_hours={args.max_hours!r}"] if args.max_hours is not None else []
+    out += [f"autostop.max_cost={args.max_cost!r}"] if args.max_cost is not None else []
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from shield_ops import lifecycle
     from shield_ops.ui import make_reporter
 
+    args.overrides = list(args.overrides) + autostop_overrides(args)
     cfg, state = load(args)
     opts = lifecycle.UpOptions(dry_run=args.dry_run, only=args.only, wheel=args.wheel,
                                confirm=confirm_or_refuse(args.yes, f"create these resources for {cfg.name}?"))
