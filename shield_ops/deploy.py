@@ -19,7 +19,7 @@ import asyncssh
 
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import RemoteError, ShieldOpsError
-from shield_ops.remote import quote, run, upload
+from shield_ops.remote import quote, run, upload, write_text
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +229,13 @@ def stop_script() -> str:
             "p=$(cat $r.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; rm -f $r.pid; done; true")
 
 
-def supervisor_config(cfg: ClusterConfig, run_dir: str) -> str:
+def supervisor_config(cfg: ClusterConfig, run_dir: str, incarnation: str = "") -> str:
     """The ``supervisor.json`` for the PS node (see :mod:`shield_ops.supervisor`)."""
     from shield_ops.supervisor import Limits, SupervisorConfig
 
     mirror = {"bucket": cfg.mirror_bucket, "prefix": cfg.mirror_prefix, "region": cfg.region} if cfg.mirrored else {}
     return SupervisorConfig(cfg.name, cfg.region, run_dir, Limits(cfg.down_when_done, cfg.max_hours, cfg.max_cost),
-                            cfg.autostop_interval, mirror).to_json()
+                            cfg.autostop_interval, mirror, incarnation).to_json()
 
 
 def supervisor_command() -> list[str]:
@@ -243,11 +243,10 @@ def supervisor_command() -> list[str]:
 
 
 async def start_supervisor(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, run_dir: str,
-                           timeout_s: float) -> bool:
+                           timeout_s: float, incarnation: str = "") -> bool:
     """Write the supervisor's config (a running supervisor re-reads it), start it unless it runs, and wait until it
     has looked at EC2 once (its state file), failing with its log when it cannot (e.g. no credentials on the node)."""
-    await run(conn, f"cat > {ROOT}/supervisor.json", input=supervisor_config(cfg, run_dir),
-              what="writing supervisor.json")
+    await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, run_dir, incarnation))
     running = await run(conn, f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat supervisor.pid 2>/dev/null)\"", check=False)
     if running.exit_status == 0:
         return False

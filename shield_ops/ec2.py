@@ -26,6 +26,9 @@ CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "SpotMaxPriceTooLow",
     "Unsupported", "InsufficientFreeAddressesInSubnet",
 })
+#: instances launched into one life of the cluster (its security group, created by ``up``, deleted by ``down``) carry
+#: that group's id: a cluster downed and brought up again under the same name does not inherit the old one's bill.
+INCARNATION_TAG = "shield:incarnation"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 WAITER_DELAY_S = 5
 
@@ -70,6 +73,20 @@ async def find_instances(client: Any, cfg: ClusterConfig, include_gone: bool = F
         for reservation in page["Reservations"]:
             nodes.extend(Node.from_ec2(inst) for inst in reservation["Instances"])
     return nodes
+
+
+async def incarnations(client: Any, cfg: Any) -> set[str]:
+    """The ids of the cluster's tagged security groups: the current life(s) of the cluster."""
+    groups = (await client.describe_security_groups(Filters=tag_filters(cfg)))["SecurityGroups"]
+    return {str(g["GroupId"]) for g in groups}
+
+
+def of_incarnation(nodes: list[Node], current: set[str]) -> list[Node]:
+    """The instances of the cluster's current life: launched into one of ``current``, or live and untagged (launched
+    by an older shield-ops). With no current group (after ``down``) every instance counts."""
+    if not current:
+        return nodes
+    return [n for n in nodes if n.incarnation in current or (n.incarnation is None and n.ec2_state != "terminated")]
 
 
 async def find_key_pair(client: Any, cfg: ClusterConfig) -> dict[str, Any] | None:
@@ -180,7 +197,8 @@ class LaunchSpec:
 
 
 def _run_params(cfg: ClusterConfig, spec: LaunchSpec, itype: str, subnet: str, group_id: str) -> dict[str, Any]:
-    tags = {**cfg.tags, "shield:role": spec.role, "shield:node": spec.node, "Name": f"{cfg.resource_name}-{spec.node}"}
+    tags = {**cfg.tags, "shield:role": spec.role, "shield:node": spec.node, "Name": f"{cfg.resource_name}-{spec.node}",
+            INCARNATION_TAG: group_id}
     spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
     if cfg.max_price is not None:
         spot["MaxPrice"] = f"{cfg.max_price:.4f}"

@@ -132,7 +132,7 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
         await deploy.wait_listening(conn, cfg.ps_port, cfg.start_timeout)
         if cfg.supervised:
             reporter.state("ps", NodeState.DEPLOYED, "starting the supervisor (autostop)")
-            await deploy.start_supervisor(conn, cfg, run_dir, cfg.start_timeout)
+            await deploy.start_supervisor(conn, cfg, run_dir, cfg.start_timeout, node.incarnation or "")
         reporter.state("ps", NodeState.STARTED, f"{'' if started else 'already running; '}train dir ~/shield/{run_dir}"
                        + ("; supervised" if cfg.supervised else ""))
 

@@ -36,6 +36,7 @@ class Node:
     private_ip: str | None
     launch_time: datetime | None
     transition_reason: str | None = None
+    incarnation: str | None = None
 
     @classmethod
     def from_ec2(cls, inst: dict[str, Any]) -> "Node":
@@ -46,6 +47,7 @@ class Node:
             zone=inst.get("Placement", {}).get("AvailabilityZone", "?"), ec2_state=inst["State"]["Name"],
             public_ip=inst.get("PublicIpAddress"), private_ip=inst.get("PrivateIpAddress"),
             launch_time=inst.get("LaunchTime"), transition_reason=inst.get("StateTransitionReason") or None,
+            incarnation=tags.get("shield:incarnation"),
         )
 
 

@@ -208,7 +208,8 @@ async def _report_cost(client: Any, cfg: ClusterConfig, state: ClusterState, rep
     from shield_ops.cost import Ledger
     from shield_ops.survey import LEDGER_FILE
 
-    found = await ec2.find_instances(client, cfg, include_gone=True)
+    found = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True),
+                               await ec2.incarnations(client, cfg))
     ledger = Ledger(state.root / LEDGER_FILE if state.root.is_dir() else None)
     ledger.observe(found, await ec2.spot_prices(client, {n.instance_type for n in found}), time.time())
     ledger.save()

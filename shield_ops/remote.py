@@ -124,5 +124,15 @@ async def upload(conn: asyncssh.SSHClientConnection, files: list[tuple[Path, str
             await sftp.chmod(remote, mode)
 
 
+async def write_text(conn: asyncssh.SSHClientConnection, remote: str, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``remote`` (relative to the login directory) over SFTP: a temporary name, then a rename."""
+    async with conn.start_sftp_client() as sftp:
+        tmp = f"{remote}.tmp"
+        async with sftp.open(tmp, "wb") as handle:
+            await handle.write(text.encode())
+        await sftp.chmod(tmp, mode)
+        await sftp.posix_rename(tmp, remote)
+
+
 def quote(args: list[str] | tuple[str, ...]) -> str:
     return " ".join(shlex.quote(a) for a in args)

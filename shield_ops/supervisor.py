@@ -66,6 +66,7 @@ class SupervisorConfig:
     limits: Limits
     interval_s: float = 10.0
     mirror: dict[str, Any] = field(default_factory=dict)
+    incarnation: str = ""
 
     @property
     def tags(self) -> dict[str, str]:
@@ -76,12 +77,14 @@ class SupervisorConfig:
         raw = json.loads(text)
         limits = Limits(bool(raw.get("down_when_done", False)), raw.get("max_hours"), raw.get("max_cost"))
         return cls(str(raw["cluster"]), str(raw["region"]), str(raw["run_dir"]), limits,
-                   float(raw.get("interval_s", 10.0)), dict(raw.get("mirror") or {}))
+                   float(raw.get("interval_s", 10.0)), dict(raw.get("mirror") or {}),
+                   str(raw.get("incarnation", "")))
 
     def to_json(self) -> str:
         return json.dumps({"cluster": self.cluster, "region": self.region, "run_dir": self.run_dir,
                            "down_when_done": self.limits.down_when_done, "max_hours": self.limits.max_hours,
-                           "max_cost": self.limits.max_cost, "interval_s": self.interval_s, "mirror": self.mirror},
+                           "max_cost": self.limits.max_cost, "interval_s": self.interval_s, "mirror": self.mirror,
+                           "incarnation": self.incarnation},
                           indent=1)
 
 
@@ -177,7 +180,7 @@ class Supervisor:
         os.replace(tmp, self.root / STATE_FILE)
 
     async def observe(self, client: Any, cfg: SupervisorConfig) -> Observation:
-        nodes = await ec2.find_instances(client, cfg, include_gone=True)
+        nodes = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True), {cfg.incarnation} - {""})
         prices = await ec2.spot_prices(client, {n.instance_type for n in nodes})
         now = time.time()
         self.ledger.observe(nodes, prices, now)
@@ -186,7 +189,8 @@ class Supervisor:
         return Observation(last_summary(run_dir / "metrics.jsonl"), pid_alive(self.root / "ps.pid") is not None,
                            now - self.since, self.ledger.total(now), self.ledger.hourly(), cfg.interval_s)
 
-    async def stop_cluster(self, client: Any, cfg: SupervisorConfig, reason: Reason, why: str) -> None:
+    async def stop_cluster(self, client: Any, cfg: SupervisorConfig, reason: Reason, why: str,
+                           seen: Observation, tick: int) -> None:
         """Stop the PS (bounded), sync the mirror, then terminate every live tagged instance."""
         pid = pid_alive(self.root / "ps.pid")
         if pid is not None:
@@ -205,6 +209,7 @@ class Supervisor:
         nodes = await ec2.find_instances(client, cfg)
         log.info("terminating %s (%s)", ", ".join(n.instance_id for n in nodes) or "nothing", why)
         self._write_state(decision=reason.value, why=why, cost_usd=round(self.ledger.total(time.time()), 9),
+                          decided_cost_usd=round(seen.cost_usd, 9), tick=tick, limits=vars(cfg.limits),
                           terminating=[n.instance_id for n in nodes])
         await ec2.terminate(client, cfg, nodes)  # type: ignore[arg-type]
 
@@ -234,7 +239,7 @@ class Supervisor:
 
                         await mirror.sync_dir(cfg.mirror, self.root / cfg.run_dir)
                     if verdict is not None:
-                        await self.stop_cluster(client, cfg, *verdict)
+                        await self.stop_cluster(client, cfg, *verdict, seen=obs, tick=ticks)
                         return 0
                 except Exception:  # noqa: BLE001 - a transient EC2/S3 error must not end the watch
                     log.exception("supervisor tick failed; retrying in %.0fs", cfg.interval_s)

@@ -96,7 +96,8 @@ async def status(cfg: ClusterConfig, ssh: SSHContext) -> dict[str, Any]:
     """One row per node name the cluster has had, with history; cost so far (terminated instances included), the
     hourly rate of what is live, the projected cost at the end of the run, the PS's progress, the supervisor."""
     async with ec2.ec2_client(cfg.region) as client:
-        found = await ec2.find_instances(client, cfg, include_gone=True)
+        found = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True),
+                                   await ec2.incarnations(client, cfg))
         prices = await ec2.spot_prices(client, {n.instance_type for n in found})
     now = time.time()
     ledger = cost.Ledger(ssh.state.root / LEDGER_FILE if ssh.state.root.is_dir() else None)

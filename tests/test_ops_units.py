@@ -437,3 +437,57 @@ def test_the_node_venv_sees_the_packages_of_a_deploy_python_that_is_itself_a_ven
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["parent", "True"]  # the venv's own packages (the wheel) come first
     subprocess.run(["/bin/sh", "-c", script], check=True, env=env, timeout=60, cwd=home)  # idempotent
+
+
+# ------------------------------------------------------------------------------------------- autostop and cost
+def test_autostop_decisions() -> None:
+    from shield_ops.supervisor import Limits, Observation, Reason, decide
+
+    def obs(summary: str | None = None, alive: bool = True, hours: float = 0.1, cost_usd: float = 0.0,
+            rate: float = 1.0) -> Observation:
+        return Observation(summary, alive, hours * 3600, cost_usd, rate, 10.0)
+    assert decide(obs(), Limits(True, 1.0, 5.0)) is None
+    assert decide(obs("completed"), Limits(True))[0] is Reason.COMPLETED  # type: ignore[index]
+    assert decide(obs("failed: no agent"), Limits(True))[0] is Reason.FAILED  # type: ignore[index]
+    assert decide(obs("completed"), Limits(False)) is None  # not asked to stop when done
+    assert decide(obs(alive=False), Limits(True))[0] is Reason.PS_GONE  # type: ignore[index]
+    assert decide(obs(hours=2.0), Limits(max_hours=2.0))[0] is Reason.MAX_HOURS  # type: ignore[index]
+    assert decide(obs(hours=1.9), Limits(max_hours=2.0)) is None
+    # $1/h, checks every 10 s: stop once the next two checks would reach the budget
+    assert decide(obs(cost_usd=4.995), Limits(max_cost=5.0))[0] is Reason.MAX_COST  # type: ignore[index]
+    assert decide(obs(cost_usd=4.99), Limits(max_cost=5.0)) is None
+
+
+def test_last_summary_reads_only_a_bounded_tail(tmp_path: Path) -> None:
+    from shield_ops.supervisor import last_summary
+
+    metrics = tmp_path / "metrics.jsonl"
+    assert last_summary(metrics) is None
+    metrics.write_text('{"kind":"summary","reason":"old"}\n' + '{"kind":"step"}\n' * 5000 + "{broken\n")
+    assert last_summary(metrics, tail_bytes=4096) is None  # the old summary is beyond the tail
+    metrics.write_text(metrics.read_text() + '{"kind":"summary","reason":"completed"}\n{"kind":"worker"}\n')
+    assert last_summary(metrics, tail_bytes=4096) == "completed"
+
+
+def test_the_ledger_prices_terminated_instances_until_they_ended(tmp_path: Path) -> None:
+    from shield_ops.cost import Ledger, projection, transition_time
+
+    launched = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
+    assert transition_time("User initiated (2026-01-01 12:00:00 GMT)") == launched + dt.timedelta(hours=2)
+    assert transition_time("Server.SpotInstanceTermination") is None
+    gone = Node("agent-0", "agent", "i-1", "c5.large", "us-east-1a", "terminated", None, None, launched,
+                "User initiated (2026-01-01 12:00:00 GMT)")
+    live = Node("agent-0", "agent", "i-2", "c5.large", "us-east-1a", "running", None, None,
+                launched + dt.timedelta(hours=2))
+    ledger = Ledger(tmp_path / "ledger.json")
+    now = (launched + dt.timedelta(hours=3)).timestamp()
+    ledger.observe([gone, live], {("c5.large", "us-east-1a"): 0.5}, now)
+    ledger.save()
+    again = Ledger(tmp_path / "ledger.json")  # persisted: EC2 forgetting i-1 later changes nothing
+    again.observe([live], {}, now)
+    assert again.total(now) == pytest.approx(0.5 * 2 + 0.5 * 1) and again.hourly() == 0.5
+    assert [e.instance_id for e in again.history("agent-0")] == ["i-1", "i-2"]
+    progress = {"step": 9, "total_steps": 100, "start_step": 0}
+    assert projection(1.5, 0.5, progress, elapsed_s=360.0) == pytest.approx(1.5 + 0.5 * (90 * 36) / 3600)
+    assert projection(1.5, 0.5, {"finished": "completed"}, None) == 1.5
+    assert projection(1.5, 0.5, {}, None) is None
