@@ -151,6 +151,15 @@ def daemon_script(role: str, args: list[str]) -> str:
             f"setsid nohup {_shell(args)} > {log_file} 2>&1 < /dev/null & echo $! > {pid}; echo started; fi")
 
 
+async def stop_if_target_changed(conn: asyncssh.SSHClientConnection, target: str) -> bool:
+    """Record the PS address the agent joins (``shield/agent.target``); a live agent started towards another address
+    (a replaced PS) is stopped so that it is started again towards ``target``. True when it was stopped."""
+    script = (f"{ALIVE}cd {HOME_ROOT} && old=$(cat agent.target 2>/dev/null); echo {quote([target])} > agent.target; "
+              "if [ -n \"$old\" ] && [ \"$old\" != " + quote([target]) + " ] && alive \"$(cat agent.pid 2>/dev/null)\"; "
+              "then p=$(cat agent.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p; rm -f agent.pid; echo stopped; fi")
+    return (await run(conn, script, what="checking the agent's PS address")).stdout.strip() == "stopped"
+
+
 def alive_script(role: str) -> str:
     return (f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat {role}.pid 2>/dev/null)\" || "
             f"{{ echo '{role} exited:'; tail -n 15 logs/{role}.log; exit 3; }}")

@@ -36,6 +36,7 @@ class UpOptions:
     only: Stage = Stage.START
     wheel: Path | None = None
     confirm: Callable[[], bool] = lambda: True
+    quiet: bool = False  # print the plan only when it creates something (``--watch`` rounds)
 
 
 async def _per_node(nodes: dict[str, Node], reporter: Reporter,
@@ -56,7 +57,7 @@ async def up(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: UpO
     """Bring the cluster to the state the config describes; returns the exit status (1 if any node failed)."""
     async with ec2.ec2_client(cfg.region) as client:
         plan = await provision.make_plan(client, cfg)
-        for line in plan.lines(cfg):
+        for line in plan.lines(cfg) if plan.creates_anything or not opts.quiet else ():
             reporter.info(line)
         if opts.dry_run:
             return 0
@@ -99,7 +100,7 @@ async def _deploy_all(cfg: ClusterConfig, state: ClusterState, opts: UpOptions, 
     wheel = opts.wheel
     if wheel is None:
         reporter.info("building the wheel (pip wheel --no-deps)")
-        wheel = await asyncio.to_thread(deploy.build_wheel, state.root / "wheel")
+        wheel = opts.wheel = await asyncio.to_thread(deploy.build_wheel, state.root / "wheel")
     digest = deploy.deploy_hash(cfg, wheel, state.token())
 
     async def work(node: Node) -> None:
@@ -144,6 +145,8 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
     ps_host = resolve(nodes["ps"]).cluster_host
 
     async def start_agent(node: Node) -> None:
+        if await deploy.stop_if_target_changed(conns[node.name], f"{ps_host}:{cfg.ps_port}"):
+            reporter.state(node.name, NodeState.DEPLOYED, "the PS moved: restarting the agent towards it")
         started = await deploy.start_daemon(conns[node.name], "agent", deploy.agent_command(cfg, ps_host, node.name))
         await deploy.check_alive(conns[node.name], "agent", grace_s=1.0 if started else 0.0)
         reporter.state(node.name, NodeState.STARTED, "" if started else "already running")

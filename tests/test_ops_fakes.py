@@ -173,6 +173,21 @@ class FakeCloud:
         self.resolved.append((node.instance_id, endpoint))
         return endpoint
 
+    def kill(self, instance_id: str) -> None:
+        """What the instance's death does to its node: every daemon of it dies and SSH is refused."""
+        import subprocess
+
+        from shield_ops.deploy import stop_script
+
+        node = self.nodes[instance_id]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        subprocess.run(["/bin/sh", "-c", stop_script()], env={**env, "HOME": str(node.home)}, timeout=30, check=True)
+
+        async def close() -> None:
+            node.acceptor.close()
+            await node.acceptor.wait_closed()
+        self.loop.call(close())
+
     def stop(self) -> None:
         async def close() -> None:
             for node in self.nodes.values():

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from shield_ops.commands.common import add_config_args, arun, confirm_or_refuse, load, ssh_context
-from shield_ops.ui import OutputFormat
+from shield_ops.ui import OutputFormat, Reporter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-cost", type=bounded_float("--max-cost", 1e6), metavar="USD",
                    help="terminate the cluster before its cost reaches USD (spot prices; terminated instances "
                    "count); = autostop.max_cost")
+    p.add_argument("--watch", action="store_true",
+                   help="then keep the cluster whole until its run ends: replace lost nodes, restart dead daemons")
+    p.add_argument("--watch-interval", type=bounded_float("--watch-interval", 3600.0), default=30.0, metavar="S",
+                   help="seconds between two looks of --watch (default 30)")
     p.add_argument("--format", type=OutputFormat, choices=list(OutputFormat), default=OutputFormat.AUTO,
                    metavar="{" + ",".join(f.value for f in OutputFormat) + "}", help="progress output")
 
@@ -60,5 +64,14 @@ def run(args: argparse.Namespace) -> int:
     cfg, state = load(args)
     opts = lifecycle.UpOptions(dry_run=args.dry_run, only=args.only, wheel=args.wheel,
                                confirm=confirm_or_refuse(args.yes, f"create these resources for {cfg.name}?"))
+    async def go(reporter: Reporter) -> int:
+        ssh = ssh_context(cfg, state, args)
+        code = await lifecycle.up(cfg, state, ssh, opts, reporter)
+        if args.watch and not args.dry_run and args.only is lifecycle.Stage.START:
+            from shield_ops.watch import watch
+
+            code = await watch(cfg, state, ssh, opts, reporter, args.watch_interval)
+        return code
+
     with make_reporter(args.format, title=f"shield cluster {cfg.name}") as reporter:
-        return arun(lifecycle.up(cfg, state, ssh_context(cfg, state, args), opts, reporter))
+        return arun(go(reporter))
