@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -249,6 +250,20 @@ def supervisor_config(cfg: ClusterConfig, run_dir: str, incarnation: str = "") -
 
 def supervisor_command() -> list[str]:
     return ["venv/bin/python", "-m", "shield_ops.supervisor", "--config", f"$HOME/{ROOT}/supervisor.json"]
+
+
+async def restore_from_mirror(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig,
+                              incarnation: str) -> str | None:
+    """On a PS node without any run (a replacement): restore the mirrored run from S3. Returns its directory name,
+    or None when the node already has a run or the mirror holds no checkpoint."""
+    fresh = await run(conn, f"cd {HOME_ROOT} && [ ! -f RUN ] && [ ! -s run/metrics.jsonl ]", check=False)
+    if fresh.exit_status != 0:
+        return None
+    await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, "run", incarnation))
+    out = await run(conn, f"cd {HOME_ROOT} && venv/bin/python -m shield_ops.mirror restore --config supervisor.json",
+                    what="restoring the run from the S3 mirror", timeout=1800)
+    word, _, name = out.stdout.strip().rpartition("\n")[2].partition(" ")
+    return name if word == "restored" and re.match(r"^run(-\d{1,6})?$", name) else None
 
 
 async def start_supervisor(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, run_dir: str,

@@ -124,11 +124,17 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
             run_dir = (await run(conn, f"cd \"$HOME/shield\" && {deploy.CURRENT_RUN}echo $d")).stdout.strip()
             started = False
         else:
-            run_dir, new = await deploy.choose_run_dir(conn, resume="--resume" in cfg.ps.args)
-            if new:
-                reporter.info(f"the PS's previous run has ended: starting a new run in ~/shield/{run_dir} "
-                              "(add --resume to ps.args to continue the previous one instead)")
-            started = await deploy.start_daemon(conn, "ps", deploy.ps_command(cfg, run_dir))
+            restored = await deploy.restore_from_mirror(conn, cfg, node.incarnation or "") if cfg.mirrored else None
+            if restored is not None:
+                run_dir = restored
+                reporter.info(f"ps: restored the newest checkpoint of {restored} from s3://{cfg.mirror_bucket}/"
+                              f"{cfg.mirror_prefix}; the PS resumes from it")
+            else:
+                run_dir, new = await deploy.choose_run_dir(conn, resume="--resume" in cfg.ps.args)
+                if new:
+                    reporter.info(f"the PS's previous run has ended: starting a new run in ~/shield/{run_dir} "
+                                  "(add --resume to ps.args to continue the previous one instead)")
+            started = await deploy.start_daemon(conn, "ps", deploy.ps_command(cfg, run_dir, resume=bool(restored)))
         reporter.state("ps", NodeState.DEPLOYED, "waiting for the PS port" if started else "checking")
         await deploy.wait_listening(conn, cfg.ps_port, cfg.start_timeout)
         if cfg.supervised:

@@ -169,10 +169,10 @@ def replacement_started(output: str, lost: str) -> bool:
     return False
 
 
-def instances_by_node(url: str) -> dict[str, str]:
+def instances_by_node(url: str, name: str = NAME) -> dict[str, str]:
     """Node name -> instance id of the live (pending/running) instances of the cluster."""
     reply = boto_client(url).describe_instances(Filters=[
-        {"Name": "tag:shield:cluster", "Values": [NAME]}, {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+        {"Name": "tag:shield:cluster", "Values": [name]}, {"Name": "instance-state-name", "Values": ["pending", "running"]}])
     out = {}
     for reservation in reply["Reservations"]:
         for inst in reservation["Instances"]:
