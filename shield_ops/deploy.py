@@ -124,9 +124,11 @@ def venv_script(python: str, venv_args: tuple[str, ...] | list[str]) -> str:
             f"{quote(venv_args)} venv && {py} -c {quote([PARENT_SITE])} | venv/bin/python -c {quote([WRITE_PTH])}; }}; }}")
 
 
-def ps_command(cfg: ClusterConfig, run_dir: str = "run", resume: bool = False) -> list[str]:
+def ps_command(cfg: ClusterConfig, run_dir: str = "run", resume: bool = False, host: str = "0.0.0.0") -> list[str]:
+    """``shield-ps serve`` on the PS node, listening on ``host`` (its private address, which the agents dial; on EC2
+    the public address is translated to it, so ``shield-ps watch`` from the operator still reaches it)."""
     extra = ["--resume"] if resume and "--resume" not in cfg.ps.args else []
-    return (["venv/bin/shield-ps", "serve", "--host", "0.0.0.0", "--port", str(cfg.ps_port),
+    return (["venv/bin/shield-ps", "serve", "--host", host, "--port", str(cfg.ps_port),
              "--token-file", f"$HOME/{ROOT}/token", "--data-dir", f"$HOME/{ROOT}/data",
              "--train-dir", f"$HOME/{ROOT}/{run_dir}", "--workers", str(cfg.agents.count)] + list(cfg.ps.args) + extra)
 
@@ -172,10 +174,14 @@ async def start_daemon(conn: asyncssh.SSHClientConnection, role: str, args: list
     return result.stdout.strip().endswith("started")
 
 
-async def wait_listening(conn: asyncssh.SSHClientConnection, port: int, timeout_s: float) -> None:
-    """Poll on the PS node until its port accepts connections, failing early (with the log) if it exits."""
+async def wait_listening(conn: asyncssh.SSHClientConnection, port: int, timeout_s: float,
+                         host: str = "127.0.0.1") -> None:
+    """Poll on the PS node until its port accepts connections at ``host`` (the address it binds), failing early
+    (with the log) if it exits."""
+    if not re.match(r"^[0-9a-fA-F.:]+$|^[A-Za-z0-9.-]+$", host):
+        raise RemoteError(f"odd PS address {host!r}")
     probe = (f"{alive_script('ps')} && venv/bin/python -c "
-             f"\"import socket; socket.create_connection(('127.0.0.1', {port}), 2).close()\" 2>/dev/null")
+             f"\"import socket; socket.create_connection(('{host}', {port}), 2).close()\" 2>/dev/null")
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         result = await run(conn, probe, check=False, what="probing the PS port")

@@ -134,9 +134,10 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
                 if new:
                     reporter.info(f"the PS's previous run has ended: starting a new run in ~/shield/{run_dir} "
                                   "(add --resume to ps.args to continue the previous one instead)")
-            started = await deploy.start_daemon(conn, "ps", deploy.ps_command(cfg, run_dir, resume=bool(restored)))
+            started = await deploy.start_daemon(conn, "ps", deploy.ps_command(cfg, run_dir, resume=bool(restored),
+                                                                          host=resolve(node).cluster_host))
         reporter.state("ps", NodeState.DEPLOYED, "waiting for the PS port" if started else "checking")
-        await deploy.wait_listening(conn, cfg.ps_port, cfg.start_timeout)
+        await deploy.wait_listening(conn, cfg.ps_port, cfg.start_timeout, resolve(node).cluster_host)
         if cfg.supervised:
             reporter.state("ps", NodeState.DEPLOYED, "starting the supervisor (autostop)")
             await deploy.start_supervisor(conn, cfg, run_dir, cfg.start_timeout, node.incarnation or "")

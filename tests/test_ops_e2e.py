@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -243,6 +243,19 @@ def test_exec_and_logs_reach_every_node(cluster: dict[str, Any]) -> None:
     assert {line.split("]")[0] + "]" for line in lines} == {"[ps]", "[agent-0]", "[agent-1]", "[agent-2]"}
     code, out = shield_ops("exec", *cluster["base"], "--node", "ps", "--", "exit 3")
     assert code == 1
+    down = next(i["InstanceId"] for i in tagged_instances(cluster["moto"]) if node_tag(i) == "agent-2")
+    cluster["cloud"].suspend(down)  # one unreachable node: reported, and the others carry on
+    try:
+        err = io.StringIO()
+        with redirect_stderr(err):
+            code, out = shield_ops("exec", *cluster["base"], "--", "echo", "still-here")
+            lcode, lout = shield_ops("logs", *cluster["base"], "-n", "1")
+    finally:
+        cluster["cloud"].resume(down)
+    assert code == 1 and lcode == 1, (out, err.getvalue())
+    assert sorted(line.split("]")[0] for line in out.splitlines()) == ["[agent-0", "[agent-1", "[ps"]
+    assert err.getvalue().count("[agent-2] failed: ") == 2 and "[ps] failed" not in err.getvalue()
+    assert {line.split("]")[0] for line in lout.splitlines()} == {"[ps", "[agent-0", "[agent-1"}
     code, out = shield_ops("logs", *cluster["base"], "--node", "agent-0")
     assert code == 0 and out.startswith("[agent-0] ")
 

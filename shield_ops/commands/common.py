@@ -86,6 +86,22 @@ async def discover(cfg: ClusterConfig) -> list[Node]:
         return await ec2.find_instances(client, cfg)
 
 
+async def on_each(nodes: list[Node], work: Callable[[Node], Coroutine[Any, Any, int]]) -> int:
+    """Run ``work`` on every node at once; a node that cannot be reached or fails is reported on stderr as
+    ``[node] failed: reason`` and the others carry on. Returns 1 if any node failed or exited non-zero."""
+    import asyncssh
+
+    async def one(node: Node) -> int:
+        try:
+            return await work(node)
+        except (ShieldOpsError, asyncssh.Error, OSError, asyncio.TimeoutError, LookupError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            print(f"[{node.name}] failed: {reason}", file=sys.stderr, flush=True)
+            return 255
+    results = await asyncio.gather(*(one(n) for n in nodes))
+    return 1 if any(results) else 0
+
+
 async def stream_lines(prefix: str, stream: Any, out: Any) -> None:
     """Copy an asyncssh stream line by line to ``out``, each line prefixed with ``[node]``."""
     async for line in stream:

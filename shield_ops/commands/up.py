@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
 from shield_ops.commands.common import add_config_args, arun, confirm_or_refuse, load, ssh_context
+from shield_ops.config import ClusterConfig
 from shield_ops.ui import OutputFormat, Reporter
 
 
@@ -74,4 +76,32 @@ def run(args: argparse.Namespace) -> int:
         return code
 
     with make_reporter(args.format, title=f"shield cluster {cfg.name}") as reporter:
-        return arun(go(reporter))
+        try:
+            return arun(go(reporter))
+        except KeyboardInterrupt:
+            reporter.close()
+            print(interrupted(cfg, args), file=sys.stderr, flush=True)
+            return 130
+
+
+def interrupted(cfg: ClusterConfig, args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind: what runs, what it costs, and how to resume or stop it."""
+    import asyncio
+
+    from shield_ops import ec2
+
+    async def look() -> str:
+        async with ec2.ec2_client(cfg.region) as client:
+            live = await ec2.find_instances(client, cfg)
+            prices = await ec2.spot_prices(client, {n.instance_type for n in live})
+        hourly = sum(ec2.hourly_price(prices, n.instance_type, n.zone) or 0.0 for n in live)
+        names = ", ".join(sorted(n.name for n in live)) or "none"
+        return f"{len(live)} instance(s) of cluster {cfg.name} are running ({names}) at about ${hourly:.4f}/h"
+    try:
+        running = asyncio.run(asyncio.wait_for(look(), 20))
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the advice below matters more
+        running = f"the cluster's instances could not be listed ({type(exc).__name__}); some may be running"
+    where = f"-c {args.config}" + (f" --state-dir {args.state_dir}" if args.state_dir else "")
+    return (f"interrupted: {running}. They keep running (and costing) until stopped: `shield-ops up {where}` "
+            f"resumes (it adopts what was launched), `shield-ops status {where}` shows them and their cost, "
+            f"`shield-ops down {where}` terminates them.")
