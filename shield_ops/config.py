@@ -68,6 +68,7 @@ class ClusterConfig:
     max_cost: float | None = None
     autostop_interval: float = 10.0
     instance_profile: str | None = None
+    mixed_types: bool = False
     mirror_bucket: str | None = None
     mirror_prefix: str = ""
 
@@ -238,6 +239,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     "spot": {
         "max_price": (_number(0.0, 1000.0, optional=True), None),
         "max_launch_attempts": (_integer(1, 100), 6),
+        "mixed_types": (_boolean, False),
     },
     "deploy": {
         "python": (_string(), "python3"),
@@ -340,6 +342,7 @@ def _build(v: dict[str, Any], source: str, state_dir: Path | None) -> ClusterCon
         ps=RoleConfig(1, v["ps.instance_types"], v["ps.args"]), ps_port=v["ps.port"],
         agents=RoleConfig(v["agents.count"], v["agents.instance_types"], v["agents.args"]),
         max_price=v["spot.max_price"], max_launch_attempts=v["spot.max_launch_attempts"],
+        mixed_types=v["spot.mixed_types"],
         python=v["deploy.python"], venv_args=tuple(v["deploy.venv_args"]), pip_args=tuple(v["deploy.pip_args"]),
         dataset=v["deploy.dataset"], prepare=v["deploy.prepare"], upload_data=v["deploy.upload_data"],
         host_keys=v["deploy.host_keys"], ssh_ready_timeout=v["deploy.ssh_ready_timeout"],

@@ -167,6 +167,21 @@ def _has_rule(group: dict[str, Any], rule: dict[str, Any]) -> bool:
     return False
 
 
+OUR_DESCRIPTIONS = ("shield-ops operator ssh", "shield-ps watch")
+
+
+def stale_rules(group: dict[str, Any], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Operator rules we added earlier that the config no longer asks for (another address, another PS port)."""
+    keep = {(r["FromPort"], r["IpRanges"][0]["CidrIp"]) for r in wanted if "IpRanges" in r}
+    stale = []
+    for perm in group.get("IpPermissions", []):
+        for rng in perm.get("IpRanges", []):
+            if rng.get("Description") in OUR_DESCRIPTIONS and (perm.get("FromPort"), rng.get("CidrIp")) not in keep:
+                stale.append({"IpProtocol": perm["IpProtocol"], "FromPort": perm["FromPort"],
+                              "ToPort": perm["ToPort"], "IpRanges": [{"CidrIp": rng["CidrIp"]}]})
+    return stale
+
+
 async def ensure_security_group(client: Any, cfg: ClusterConfig, vpc_id: str, cidr: str) -> tuple[str, bool]:
     """Create the tagged group if missing and add any missing rule; returns (group id, created)."""
     group = await find_security_group(client, cfg, vpc_id)
@@ -178,9 +193,13 @@ async def ensure_security_group(client: Any, cfg: ClusterConfig, vpc_id: str, ci
                 GroupName=cfg.resource_name, Description=f"shield cluster {cfg.name}", VpcId=vpc_id,
                 TagSpecifications=spec)
             group = {"GroupId": reply["GroupId"], "IpPermissions": []}
-        missing = [r for r in ingress_rules(cfg, group["GroupId"], cidr) if not _has_rule(group, r)]
+        wanted = ingress_rules(cfg, group["GroupId"], cidr)
+        missing = [r for r in wanted if not _has_rule(group, r)]
         if missing:
             await client.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=missing)
+        stale = stale_rules(group, wanted)
+        if stale:
+            await client.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=stale)
     except ClientError as exc:
         raise _refused("the security group setup", exc) from None
     return str(group["GroupId"]), created

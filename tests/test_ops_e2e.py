@@ -296,6 +296,23 @@ def test_up_starts_a_training_cluster(cluster: dict[str, Any]) -> None:
     assert followed.getvalue().startswith("[agent-0] ==> agent.log <==")
 
 
+def test_shrinking_the_config_terminates_the_extra_nodes(cluster: dict[str, Any]) -> None:
+    before = {node_tag(i): i["InstanceId"] for i in tagged_instances(cluster["moto"])}
+    code, out = shield_ops("up", *cluster["base"], "--only", "provision", "--set", "agents.count=2", "--format",
+                           "plain")
+    assert code == 2 and "pass -y" not in out  # terminating needs a yes like creating does (refused on a pipe)
+    code, out = shield_ops("up", *cluster["base"], "-y", "--only", "provision", "--set", "agents.count=2",
+                           "--set", 'network.operator_cidr="127.0.0.2/32"', "--format", "plain")
+    assert code == 0, out
+    group = boto_client(cluster["moto"]).describe_security_groups(Filters=[TAG])["SecurityGroups"][0]
+    ranges = sorted((p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p.get("IpRanges", []))
+    port = load_config(cluster["config"]).ps_port
+    assert ranges == [(22, "127.0.0.2/32"), (port, "127.0.0.2/32")]  # the old operator address was revoked
+    assert f"terminate agent-2: {before['agent-2']}" in out and "scale-down" in out
+    after = {node_tag(i): i["InstanceId"] for i in tagged_instances(cluster["moto"])}
+    assert after == {k: v for k, v in before.items() if k != "agent-2"}
+
+
 def test_down_removes_only_what_carries_the_tag(cluster: dict[str, Any]) -> None:
     ec2 = boto_client(cluster["moto"])
     ami = ec2.describe_images()["Images"][0]["ImageId"]

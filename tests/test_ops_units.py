@@ -491,3 +491,15 @@ def test_the_ledger_prices_terminated_instances_until_they_ended(tmp_path: Path)
     assert projection(1.5, 0.5, progress, elapsed_s=360.0) == pytest.approx(1.5 + 0.5 * (90 * 36) / 3600)
     assert projection(1.5, 0.5, {"finished": "completed"}, None) == 1.5
     assert projection(1.5, 0.5, {}, None) is None
+
+
+def test_new_nodes_of_a_role_get_the_type_its_live_nodes_have() -> None:
+    cfg = validate(minimal(agents={"count": 3, "instance_types": ["c7i.large", "c6i.large"]}))
+    kept = {"ps": Node("ps", "ps", "i-1", "c7i.large", "us-east-1a", "running", None, None, None),
+            "agent-0": Node("agent-0", "agent", "i-2", "c6i.large", "us-east-1a", "running", None, None, None)}
+    assert provision.pinned_type(cfg, "agent", kept) == "c6i.large"  # not the config's first choice
+    assert provision.pinned_type(cfg, "agent", {"ps": kept["ps"]}) is None  # no agent yet: the first one decides
+    gone = {"agent-0": Node("agent-0", "agent", "i-2", "c6i.large", "us-east-1a", "shutting-down", None, None, None)}
+    assert provision.pinned_type(cfg, "agent", gone) is None
+    mixed = validate(minimal(spot={"mixed_types": True}))
+    assert provision.pinned_type(mixed, "agent", kept) is None
