@@ -69,6 +69,9 @@ class ClusterConfig:
     autostop_interval: float = 10.0
     instance_profile: str | None = None
     mixed_types: bool = False
+    ssh_endpoint: str = "public"
+    ssh_bastion: tuple[str, str, int] | None = None
+    ssh_bastion_known_hosts: Path | None = None
     mirror_bucket: str | None = None
     mirror_prefix: str = ""
 
@@ -202,6 +205,7 @@ def _args(reserved: Sequence[str], who: str) -> Checker:
     return check
 
 
+BASTION_RE = re.compile(r"^([a-z_][a-z0-9_-]*)@([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?$")
 AMI_RE = re.compile(r"^(ami-[0-9a-f]{8,17}|resolve:ssm:/\S+)$")
 TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 ZONE_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
@@ -225,6 +229,9 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "root_device": (_string(re.compile(r"^/dev/\w+$"), 'write the AMI root device, e.g. "/dev/sda1"'),
                         "/dev/sda1"),
         "disk_gb": (_integer(8, 16384), 30),
+        "ssh_endpoint": (_choice("public", "private", "bastion"), "public"),
+        "ssh_bastion": (_string(BASTION_RE, 'write "user@host" or "user@host:port"', True), ""),
+        "ssh_bastion_known_hosts": (_path(True), None),
     },
     "ps": {
         "instance_types": (_strings(1, TYPE_RE, 'write types such as "c7i.2xlarge"'), ...),
@@ -333,7 +340,19 @@ def _build(v: dict[str, Any], source: str, state_dir: Path | None) -> ClusterCon
     if v["deploy.upload_data"] is not None and not v["deploy.upload_data"].is_dir():
         raise ConfigError(f"{source}: deploy.upload_data: {v['deploy.upload_data']} is not a directory; "
                           "point it at a local folder of dataset files, or remove the field")
+    bastion = None
+    if v["nodes.ssh_endpoint"] == "bastion":
+        match = BASTION_RE.match(v["nodes.ssh_bastion"] or "")
+        if match is None:
+            raise ConfigError(f"{source}: nodes.ssh_bastion: ssh_endpoint = \"bastion\" needs the jump host; "
+                              'write e.g. ssh_bastion = "ubuntu@203.0.113.9:22"')
+        if v["nodes.ssh_bastion_known_hosts"] is None or not v["nodes.ssh_bastion_known_hosts"].is_file():
+            raise ConfigError(f"{source}: nodes.ssh_bastion_known_hosts: the bastion's host key must be known; "
+                              "point it at an OpenSSH known_hosts file holding it (ssh-keyscan, checked)")
+        bastion = (match.group(1), match.group(2).strip("[]"), int(match.group(3) or 22))
     return ClusterConfig(
+        ssh_endpoint=v["nodes.ssh_endpoint"], ssh_bastion=bastion,
+        ssh_bastion_known_hosts=v["nodes.ssh_bastion_known_hosts"],
         name=name, region=v["cluster.region"], state_dir=Path(base).expanduser(),
         zones=tuple(v["network.zones"]), vpc_id=v["network.vpc_id"] or None,
         operator_cidr=v["network.operator_cidr"],

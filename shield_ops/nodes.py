@@ -63,12 +63,26 @@ class Endpoint:
 Resolver = Callable[[Node], Endpoint]
 
 
+ENDPOINT_MODES = ("public", "private", "bastion")
+_mode = "public"
+
+
 def default_resolver(node: Node) -> Endpoint:
-    """SSH to the public IP (port 22); nodes talk to each other over private IPs."""
-    host = node.public_ip or node.private_ip
+    """SSH to the public IP (``public``), or to the private IP (``private``: from inside the VPC or over a VPN;
+    ``bastion``: through the jump host); port 22. Nodes talk to each other over private IPs."""
+    host = node.public_ip or node.private_ip if _mode == "public" else node.private_ip
     if host is None:
-        raise LookupError(f"{node.name} ({node.instance_id}) has no IP address yet")
+        raise LookupError(f"{node.name} ({node.instance_id}) has no {'' if _mode == 'public' else 'private '}"
+                          "IP address yet")
     return Endpoint(host, 22, node.private_ip or host)
+
+
+def set_endpoint_mode(mode: str) -> None:
+    """How :func:`default_resolver` reaches nodes: ``nodes.ssh_endpoint`` of the config."""
+    global _mode
+    if mode not in ENDPOINT_MODES:
+        raise ValueError(f"ssh endpoint mode {mode!r} is not one of {', '.join(ENDPOINT_MODES)}")
+    _mode = mode
 
 
 _resolver: Resolver = default_resolver

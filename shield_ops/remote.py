@@ -32,7 +32,32 @@ class SSHContext:
     state: ClusterState
     user: str
     host_keys: str = "pin"          # "pin" | "tofu" | "insecure"
+    bastion: tuple[str, str, int] | None = None     # (user, host, port) of the jump host
+    bastion_known_hosts: Path | None = None
     _key: asyncssh.SSHKey | None = field(default=None, repr=False)
+    _tunnel: asyncssh.SSHClientConnection | None = field(default=None, repr=False)
+    _tunnel_lock: asyncio.Lock | None = field(default=None, repr=False)
+
+    async def tunnel(self, timeout: float) -> asyncssh.SSHClientConnection | None:
+        """The one connection to the bastion that every node connection goes through (None without a bastion).
+        The bastion's host key is checked against ``bastion_known_hosts`` unless the policy is insecure."""
+        if self.bastion is None:
+            return None
+        if self._tunnel_lock is None:
+            self._tunnel_lock = asyncio.Lock()
+        async with self._tunnel_lock:
+            if self._tunnel is None or self._tunnel.is_closed():
+                user, host, port = self.bastion
+                known = None if self.host_keys == "insecure" else str(self.bastion_known_hosts)
+                try:
+                    self._tunnel = await asyncssh.connect(
+                        host, port, username=user, client_keys=[self.client_key()], known_hosts=known,
+                        agent_path=None, config=None, preferred_auth="publickey", connect_timeout=timeout,
+                        keepalive_interval=30)
+                except asyncssh.HostKeyNotVerifiable as exc:
+                    raise HostKeyError(f"bastion {host}:{port} presented a host key not in "
+                                       f"{self.bastion_known_hosts}: {exc.reason}") from None
+            return self._tunnel
 
     def client_key(self) -> asyncssh.SSHKey:
         if self._key is None:
@@ -57,9 +82,11 @@ async def connect(ctx: SSHContext, node: Node, timeout: float = CONNECT_TIMEOUT_
     """One checked connection to ``node`` (at the address the resolver gives); records the key on first use."""
     endpoint = resolve(node)
     known = ctx.known_hosts(node)
+    tunnel = await ctx.tunnel(timeout)
     try:
         conn = await asyncssh.connect(
-            endpoint.host, endpoint.port, username=ctx.user, client_keys=[ctx.client_key()], known_hosts=known,
+            endpoint.host, endpoint.port, tunnel=tunnel, username=ctx.user, client_keys=[ctx.client_key()],
+            known_hosts=known,
             agent_path=None, config=None, preferred_auth="publickey", connect_timeout=timeout,
             keepalive_interval=30)
     except asyncssh.HostKeyNotVerifiable as exc:

@@ -18,7 +18,7 @@ import pytest
 from shield_ops import nodes
 from shield_ops.deploy import stop_script
 from shield_ops.supervisor import pid_alive
-from tests.test_ops_e2e import MNIST, RUNTIME, free_port, node_env, shield_ops
+from tests.test_ops_e2e import MNIST, RUNTIME, free_port, node_env, shield_ops, wheel  # noqa: F401  (a fixture)
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to supervise")
@@ -74,13 +74,6 @@ start_timeout = 120
             subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
         nodes.set_resolver(None)
         cloud.stop()
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shield_ops.deploy import build_wheel
-
-    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def instances(url: str) -> dict[str, str]:

@@ -146,6 +146,10 @@ def test_a_lost_agent_is_replaced_by_the_watch_and_rejoins_the_live_ps(bed: dict
     code, text = shield_ops("status", *bed["base"], "--format", "json")
     rows = {n["node"]: n for n in json.loads(text)["nodes"]}
     assert [h["instance_id"] for h in rows["agent-1"]["history"]] == [lost]
+    # up after the finished run: a new run in a new train dir, said so (the PS would refuse the old one)
+    code, text = shield_ops("up", *bed["base"], "--wheel", str(bed["wheel"]), "--format", "plain")
+    assert code == 0 and "starting a new run in ~/shield/run-2" in text, text
+    assert (home / "shield/RUN").read_text().strip() == "run-2" and (home / "shield/run-2/metrics.jsonl").exists()
     code, text = shield_ops("down", *bed["base"], "-y", "--format", "plain")
     assert code == 0, text
 

@@ -503,3 +503,62 @@ def test_new_nodes_of_a_role_get_the_type_its_live_nodes_have() -> None:
     assert provision.pinned_type(cfg, "agent", gone) is None
     mixed = validate(minimal(spot={"mixed_types": True}))
     assert provision.pinned_type(mixed, "agent", kept) is None
+
+
+# ------------------------------------------------------------------------------------------- SSH endpoint modes
+def test_endpoint_modes_choose_the_address() -> None:
+    node = a_node("i-0000000000000000e")
+    try:
+        assert nodes.default_resolver(node) == Endpoint("198.51.100.1", 22, "10.0.0.1")
+        nodes.set_endpoint_mode("private")
+        assert nodes.default_resolver(node) == Endpoint("10.0.0.1", 22, "10.0.0.1")
+        nodes.set_endpoint_mode("bastion")
+        assert nodes.default_resolver(node).host == "10.0.0.1"
+        with pytest.raises(LookupError, match="no private IP"):
+            nodes.default_resolver(Node("ps", "ps", "i-1", "t", "z", "running", "198.51.100.1", None, None))
+    finally:
+        nodes.set_endpoint_mode("public")
+    with pytest.raises(ConfigError, match="ssh_bastion: .*needs the jump host"):
+        validate(minimal(nodes={"ami": "ami-0123456789abcdef0", "ssh_endpoint": "bastion"}))
+    with pytest.raises(ConfigError, match="ssh_bastion_known_hosts"):
+        validate(minimal(nodes={"ami": "ami-0123456789abcdef0", "ssh_endpoint": "bastion",
+                                "ssh_bastion": "ubuntu@203.0.113.9"}))
+    with pytest.raises(ConfigError, match="ssh_endpoint: 'vpn' is not one of public, private, bastion"):
+        validate(minimal(nodes={"ami": "ami-0123456789abcdef0", "ssh_endpoint": "vpn"}))
+
+
+def test_nodes_are_reached_through_a_checked_bastion(fake: Any, tmp_path: Path) -> None:
+    """A real asyncssh jump host that forwards TCP (direct-tcpip), in front of a fake node: every node connection goes
+    through it; its host key is checked against the configured known_hosts file."""
+    cloud, state = fake
+    node_key = asyncssh.generate_private_key("ssh-ed25519")
+    cloud.add_node("i-0000000000000000f", node_key)
+    state.record_host_key("i-0000000000000000f", node_key)
+    bastion_key = asyncssh.generate_private_key("ssh-ed25519")
+    forwarded: list[tuple[str, int]] = []
+
+    class Jump(asyncssh.SSHServer):
+        def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+            forwarded.append((dest_host, dest_port))
+            return True
+
+    async def go(known_key: asyncssh.SSHKey) -> str:
+        server = await asyncssh.create_server(
+            Jump, "127.0.0.1", 0, server_host_keys=[bastion_key],
+            authorized_client_keys=asyncssh.import_authorized_keys(state.public_key_openssh().decode()))
+        port = server.sockets[0].getsockname()[1]
+        known = tmp_path / "bastion_known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {known_key.export_public_key().decode().strip()}\n")
+        ctx = SSHContext(state, "ubuntu", "pin", bastion=("jump", "127.0.0.1", port), bastion_known_hosts=known)
+        try:
+            async with await connect(ctx, a_node("i-0000000000000000f")) as conn:
+                return (await run(conn, "echo through-the-bastion")).stdout.strip()
+        finally:
+            if ctx._tunnel is not None:
+                ctx._tunnel.close()
+            server.close()
+            await server.wait_closed()
+    assert asyncio.run(go(bastion_key)) == "through-the-bastion"
+    assert forwarded == [("127.0.0.1", cloud.nodes["i-0000000000000000f"].port)]
+    with pytest.raises(HostKeyError, match="bastion 127.0.0.1:.* host key not in"):
+        asyncio.run(go(asyncssh.generate_private_key("ssh-ed25519")))

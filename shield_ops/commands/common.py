@@ -26,7 +26,10 @@ def add_config_args(parser: argparse.ArgumentParser, ssh: bool = True) -> None:
 
 
 def load(args: argparse.Namespace) -> tuple[ClusterConfig, ClusterState]:
+    from shield_ops.nodes import set_endpoint_mode
+
     cfg = load_config(args.config, args.overrides, args.state_dir)
+    set_endpoint_mode(cfg.ssh_endpoint)
     state = ClusterState(cfg.state_dir)
     state.check_location()
     return cfg, state
@@ -34,7 +37,8 @@ def load(args: argparse.Namespace) -> tuple[ClusterConfig, ClusterState]:
 
 def ssh_context(cfg: ClusterConfig, state: ClusterState, args: argparse.Namespace) -> SSHContext:
     policy = "insecure" if getattr(args, "insecure_accept_hostkeys", False) else cfg.host_keys
-    return SSHContext(state, cfg.ssh_user, policy)
+    return SSHContext(state, cfg.ssh_user, policy, bastion=cfg.ssh_bastion,
+                      bastion_known_hosts=cfg.ssh_bastion_known_hosts)
 
 
 def confirm_or_refuse(assume_yes: bool, question: str) -> Callable[[], bool]:
