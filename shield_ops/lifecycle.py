@@ -67,6 +67,11 @@ async def up(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: UpO
         state.ensure()
         cidr = cfg.operator_cidr if cfg.operator_cidr != "auto" else await provision.detect_cidr()
         nodes = await provision.provision(client, cfg, state, plan, provision.check_cidr(cidr), reporter)
+        if cfg.host_keys == "pin" and ssh.host_keys != "insecure":
+            from shield_ops.adopt import adopt_host_keys
+
+            for name, what in (await adopt_host_keys(client, state, list(nodes.values()))).items():
+                reporter.info(f"{name} ({nodes[name].instance_id}): {what}")
     if opts.only is not Stage.PROVISION and nodes:
         conns: dict[str, asyncssh.SSHClientConnection] = {}
         try:

@@ -73,9 +73,9 @@ class SSHContext:
             return ([recorded], [], [])
         if self.host_keys == "tofu":
             return None
-        raise HostKeyError(f"{node.name} ({node.instance_id}): no pinned host key in {self.state.root}; it was not "
-                           "launched from this state directory. Restore that directory, set deploy.host_keys = "
-                           "\"tofu\", or pass --insecure-accept-hostkeys")
+        raise HostKeyError(f"{node.name} ({node.instance_id}): no pinned host key in {self.state.root}: `up` re-pins "
+                           "it from the instance's user data or console output; or it was launched from another "
+                           "state directory (restore that one), or set deploy.host_keys = \"tofu\"")
 
 
 async def connect(ctx: SSHContext, node: Node, timeout: float = CONNECT_TIMEOUT_S) -> asyncssh.SSHClientConnection:

@@ -7,7 +7,7 @@ every instance carrying the cluster tag (terminated ones included, kept in ``~/s
 
 * the run has ended (its ``summary`` event; the PS writes it after the final checkpoint is on disk) or the PS has
   exited without one, and ``down_when_done`` is set;
-* the cluster has run ``max_hours`` since the supervisor first started;
+* the cluster has run ``max_hours`` since the first launch of its current life (or the supervisor's first start);
 * the cost so far, plus the next two intervals at the current rate, reaches ``max_cost``.
 
 On a limit the PS is stopped first (SIGTERM to its session, then a bounded wait) so its files are closed, and the
@@ -186,8 +186,11 @@ class Supervisor:
         self.ledger.observe(nodes, prices, now)
         self.ledger.save()
         run_dir = self.root / cfg.run_dir
+        # the clock of max_hours: from the first launch of this life of the cluster (so a replaced PS does not
+        # restart it), or from this supervisor's first start if that is earlier
+        start = min([self.since] + [e.launched for e in self.ledger.entries.values()])
         return Observation(last_summary(run_dir / "metrics.jsonl"), pid_alive(self.root / "ps.pid") is not None,
-                           now - self.since, self.ledger.total(now), self.ledger.hourly(), cfg.interval_s)
+                           now - start, self.ledger.total(now), self.ledger.hourly(), cfg.interval_s)
 
     async def stop_cluster(self, client: Any, cfg: SupervisorConfig, reason: Reason, why: str,
                            seen: Observation, tick: int) -> None:

@@ -204,6 +204,18 @@ def test_second_up_is_a_no_op(cluster: dict[str, Any]) -> None:
                        for f in cluster["cloud"].nodes.values()}
 
 
+def test_a_half_launched_node_is_adopted_with_its_key_from_user_data(cluster: dict[str, Any]) -> None:
+    agent0 = next(i["InstanceId"] for i in tagged_instances(cluster["moto"]) if node_tag(i) == "agent-0")
+    pinned = cluster["state"] / "hostkeys" / f"{agent0}.pub"
+    before = pinned.read_bytes()
+    pinned.unlink()  # as a Ctrl-C between the launch and the record of its key leaves it
+    code, out = shield_ops("up", *cluster["base"], "--only", "deploy", "--wheel", str(cluster["wheel"]),
+                           "--format", "plain")
+    assert code == 0, out
+    assert f"agent-0 ({agent0}): host key re-pinned from its user data" in out
+    assert pinned.read_bytes() == before and out.count("deployed: unchanged") == 4
+
+
 def test_a_lost_agent_is_replaced_alone(cluster: dict[str, Any]) -> None:
     ec2 = boto_client(cluster["moto"])
     lost = next(i for i in tagged_instances(cluster["moto"]) if node_tag(i) == "agent-1")
@@ -292,7 +304,7 @@ def test_up_starts_a_training_cluster(cluster: dict[str, Any]) -> None:
     args = cli.build_parser().parse_args(["logs", *cluster["base"], "--node", "agent-0", "--follow", "-n", "3"])
     followed = io.StringIO()
     with redirect_stdout(followed), pytest.raises(asyncio.TimeoutError):
-        asyncio.run(asyncio.wait_for(logs.collect(args), 3))
+        asyncio.run(asyncio.wait_for(logs.collect(args), 10))  # a loaded box needs seconds to dial
     assert followed.getvalue().startswith("[agent-0] ==> agent.log <==")
 
 

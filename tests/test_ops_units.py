@@ -562,3 +562,20 @@ def test_nodes_are_reached_through_a_checked_bastion(fake: Any, tmp_path: Path) 
     assert forwarded == [("127.0.0.1", cloud.nodes["i-0000000000000000f"].port)]
     with pytest.raises(HostKeyError, match="bastion 127.0.0.1:.* host key not in"):
         asyncio.run(go(asyncssh.generate_private_key("ssh-ed25519")))
+
+
+def test_host_keys_are_recovered_from_user_data_or_the_console_only() -> None:
+    from shield_ops.adopt import key_from_console, key_from_user_data
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key("openssh").decode().strip()
+    found = key_from_user_data(provision.user_data(validate(minimal()), key))
+    assert found is not None and found.export_public_key("openssh").decode().strip() == public
+    console = ("[  12.3] cloud-init[842]: ci-info: no authorized SSH keys fingerprints found\n"
+               "-----BEGIN SSH HOST KEY KEYS-----\necdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-1\n"
+               f"{public} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n")
+    found = key_from_console(console)
+    assert found is not None and found.export_public_key("openssh").decode().strip() == public
+    assert key_from_console(console.replace("-----END SSH HOST KEY KEYS-----", "")) is None  # an unfinished block
+    assert key_from_console(f"login: {public}\n") is None  # a key printed anywhere else is not trusted
+    assert key_from_user_data("#cloud-config\nssh_keys:\n  ed25519_public: ssh-ed25519 !!!\n") is None
