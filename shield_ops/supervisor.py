@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -198,13 +199,19 @@ class Supervisor:
         pid = pid_alive(self.root / "ps.pid")
         if pid is not None:
             log.info("stopping the PS (pid %d)", pid)
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except OSError:
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + PS_STOP_TIMEOUT_S
-            while pid_alive(self.root / "ps.pid") is not None and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
+            for sig, wait_s in ((signal.SIGTERM, PS_STOP_TIMEOUT_S), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(pid, sig)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+                deadline = time.monotonic() + wait_s
+                while pid_alive(self.root / "ps.pid") is not None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                if pid_alive(self.root / "ps.pid") is None:
+                    break
+                # checkpoints are written to a temporary name and renamed: a kill cannot leave a torn one
+                log.warning("the PS did not stop within %.0fs of %s", wait_s, sig.name)
         if cfg.mirror:
             from shield_ops import mirror
 

@@ -14,7 +14,10 @@ import dataclasses
 import logging
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from shield_ops import lifecycle, survey
+from shield_ops.errors import ShieldOpsError
 from shield_ops.config import ClusterConfig
 from shield_ops.nodes import NodeState
 from shield_ops.remote import SSHContext
@@ -39,7 +42,12 @@ async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: 
     status, rounds = 0, 0
     while max_rounds is None or rounds < max_rounds:
         rounds += 1
-        report = await survey.status(cfg, ssh)
+        try:
+            report = await survey.status(cfg, ssh)
+        except (ShieldOpsError, BotoCoreError, ClientError, OSError, asyncio.TimeoutError) as exc:
+            reporter.info(f"watch: cannot look at the cluster ({exc}); retrying in {interval_s:.0f}s")
+            await asyncio.sleep(interval_s)
+            continue
         finished = report["ps"].get("finished")
         if finished is not None:
             reporter.info(f"watch: the run has ended ({finished}); cost ${report['cost_usd']:.6f}")
@@ -50,6 +58,10 @@ async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: 
         broken = needs_repair(cfg, report)
         if broken:
             reporter.info(f"watch: repairing {', '.join(broken)}")
-            status = await lifecycle.up(cfg, state, ssh, opts, reporter)
+            try:
+                status = await lifecycle.up(cfg, state, ssh, opts, reporter)
+            except (ShieldOpsError, BotoCoreError, ClientError, OSError, asyncio.TimeoutError) as exc:
+                reporter.info(f"watch: the repair failed ({exc}); trying again in {interval_s:.0f}s")
+                status = 1
         await asyncio.sleep(interval_s)
     return status
