@@ -63,6 +63,26 @@ class ClusterConfig:
     ssh_ready_timeout: float
     ssh_retry_interval: float
     start_timeout: float
+    down_when_done: bool = False
+    max_hours: float | None = None
+    max_cost: float | None = None
+    autostop_interval: float = 10.0
+    instance_profile: str | None = None
+    mixed_types: bool = False
+    ssh_endpoint: str = "public"
+    ssh_bastion: tuple[str, str, int] | None = None
+    ssh_bastion_known_hosts: Path | None = None
+    mirror_bucket: str | None = None
+    mirror_prefix: str = ""
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the PS node runs the supervisor (an autostop limit, or the S3 mirror, is configured)."""
+        return self.down_when_done or self.max_hours is not None or self.max_cost is not None or self.mirrored
+
+    @property
+    def mirrored(self) -> bool:
+        return self.mirror_bucket is not None
 
     @property
     def tags(self) -> dict[str, str]:
@@ -185,6 +205,7 @@ def _args(reserved: Sequence[str], who: str) -> Checker:
     return check
 
 
+BASTION_RE = re.compile(r"^([a-z_][a-z0-9_-]*)@([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?$")
 AMI_RE = re.compile(r"^(ami-[0-9a-f]{8,17}|resolve:ssm:/\S+)$")
 TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 ZONE_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
@@ -208,6 +229,9 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "root_device": (_string(re.compile(r"^/dev/\w+$"), 'write the AMI root device, e.g. "/dev/sda1"'),
                         "/dev/sda1"),
         "disk_gb": (_integer(8, 16384), 30),
+        "ssh_endpoint": (_choice("public", "private", "bastion"), "public"),
+        "ssh_bastion": (_string(BASTION_RE, 'write "user@host" or "user@host:port"', True), ""),
+        "ssh_bastion_known_hosts": (_path(True), None),
     },
     "ps": {
         "instance_types": (_strings(1, TYPE_RE, 'write types such as "c7i.2xlarge"'), ...),
@@ -222,6 +246,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     "spot": {
         "max_price": (_number(0.0, 1000.0, optional=True), None),
         "max_launch_attempts": (_integer(1, 100), 6),
+        "mixed_types": (_boolean, False),
     },
     "deploy": {
         "python": (_string(), "python3"),
@@ -234,6 +259,19 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "ssh_ready_timeout": (_number(0.0, 3600.0), 600.0),
         "ssh_retry_interval": (_number(0.0, 60.0), 5.0),
         "start_timeout": (_number(0.0, 3600.0), 180.0),
+    },
+    "autostop": {
+        "down_when_done": (_boolean, False),
+        "max_hours": (_number(0.0, 8760.0, optional=True), None),
+        "max_cost": (_number(0.0, 1e6, optional=True), None),
+        "interval_s": (_number(0.0, 3600.0), 10.0),
+        "instance_profile": (_string(re.compile(r"^[\w+=,.@-]{1,128}$"), 'write an IAM instance profile name',
+                                     True), ""),
+    },
+    "mirror": {
+        "bucket": (_string(re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"), 'write an S3 bucket name, e.g. '
+                           '"my-shield-runs", or "" for no mirror', True), ""),
+        "prefix": (_string(re.compile(r"^[\w./-]*$"), 'write a key prefix such as "runs/demo"', True), ""),
     },
 }
 
@@ -302,7 +340,19 @@ def _build(v: dict[str, Any], source: str, state_dir: Path | None) -> ClusterCon
     if v["deploy.upload_data"] is not None and not v["deploy.upload_data"].is_dir():
         raise ConfigError(f"{source}: deploy.upload_data: {v['deploy.upload_data']} is not a directory; "
                           "point it at a local folder of dataset files, or remove the field")
+    bastion = None
+    if v["nodes.ssh_endpoint"] == "bastion":
+        match = BASTION_RE.match(v["nodes.ssh_bastion"] or "")
+        if match is None:
+            raise ConfigError(f"{source}: nodes.ssh_bastion: ssh_endpoint = \"bastion\" needs the jump host; "
+                              'write e.g. ssh_bastion = "ubuntu@203.0.113.9:22"')
+        if v["nodes.ssh_bastion_known_hosts"] is None or not v["nodes.ssh_bastion_known_hosts"].is_file():
+            raise ConfigError(f"{source}: nodes.ssh_bastion_known_hosts: the bastion's host key must be known; "
+                              "point it at an OpenSSH known_hosts file holding it (ssh-keyscan, checked)")
+        bastion = (match.group(1), match.group(2).strip("[]"), int(match.group(3) or 22))
     return ClusterConfig(
+        ssh_endpoint=v["nodes.ssh_endpoint"], ssh_bastion=bastion,
+        ssh_bastion_known_hosts=v["nodes.ssh_bastion_known_hosts"],
         name=name, region=v["cluster.region"], state_dir=Path(base).expanduser(),
         zones=tuple(v["network.zones"]), vpc_id=v["network.vpc_id"] or None,
         operator_cidr=v["network.operator_cidr"],
@@ -311,10 +361,15 @@ def _build(v: dict[str, Any], source: str, state_dir: Path | None) -> ClusterCon
         ps=RoleConfig(1, v["ps.instance_types"], v["ps.args"]), ps_port=v["ps.port"],
         agents=RoleConfig(v["agents.count"], v["agents.instance_types"], v["agents.args"]),
         max_price=v["spot.max_price"], max_launch_attempts=v["spot.max_launch_attempts"],
+        mixed_types=v["spot.mixed_types"],
         python=v["deploy.python"], venv_args=tuple(v["deploy.venv_args"]), pip_args=tuple(v["deploy.pip_args"]),
         dataset=v["deploy.dataset"], prepare=v["deploy.prepare"], upload_data=v["deploy.upload_data"],
         host_keys=v["deploy.host_keys"], ssh_ready_timeout=v["deploy.ssh_ready_timeout"],
         ssh_retry_interval=v["deploy.ssh_retry_interval"], start_timeout=v["deploy.start_timeout"],
+        down_when_done=v["autostop.down_when_done"], max_hours=v["autostop.max_hours"],
+        max_cost=v["autostop.max_cost"], autostop_interval=v["autostop.interval_s"],
+        instance_profile=v["autostop.instance_profile"] or None, mirror_bucket=v["mirror.bucket"] or None,
+        mirror_prefix=v["mirror.prefix"].strip("/") or f"shield/{name}",
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import asyncssh
 
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import RemoteError, ShieldOpsError
-from shield_ops.remote import quote, run, upload
+from shield_ops.remote import quote, run, upload, write_text
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,7 @@ async def deploy_node(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, wh
         return False
     await upload(conn, [(wheel, f"{ROOT}/wheels/{wheel.name}")] + _data_files(cfg))
     await upload(conn, [(token_path, f"{ROOT}/token")], mode=0o600)
-    venv = (f"cd {HOME_ROOT} && {{ [ -x venv/bin/python ] || {quote([cfg.python])} -m venv --system-site-packages "
-            f"{quote(cfg.venv_args)} venv; }}")
-    await run(conn, venv, what="creating the venv", timeout=300)
+    await run(conn, venv_script(cfg.python, cfg.venv_args), what="creating the venv", timeout=300)
     install = (f"cd {HOME_ROOT} && {{ venv/bin/python -m pip uninstall -y -q shield >/dev/null 2>&1; true; }} && "
                f"venv/bin/python -m pip install -q --disable-pip-version-check {quote(cfg.pip_args)} "
                f"wheels/{quote([wheel.name])}")
@@ -104,10 +103,34 @@ async def deploy_node(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, wh
     return True
 
 
-def ps_command(cfg: ClusterConfig) -> list[str]:
-    return (["venv/bin/shield-ps", "serve", "--host", "0.0.0.0", "--port", str(cfg.ps_port),
+#: run by ``deploy.python``: its site-packages when it is itself a virtual environment (else nothing).
+PARENT_SITE = "import site, sys; print('\\n'.join(site.getsitepackages()) if sys.prefix != sys.base_prefix else '')"
+#: run by the new venv's python with those directories on stdin: one ``.pth`` listing them (plain path lines, so
+#: sys.path gets them after the venv's own site-packages and no ``.pth`` in them, e.g. an editable install, runs).
+WRITE_PTH = ("import pathlib, sys, sysconfig; dirs = [d for d in sys.stdin.read().splitlines() if d.strip()]; "
+             "dirs and pathlib.Path(sysconfig.get_paths()['purelib'], 'shield-parent-site.pth')"
+             ".write_text(''.join(d + chr(10) for d in dirs))")
+
+
+def venv_script(python: str, venv_args: tuple[str, ...] | list[str]) -> str:
+    """Create ``shield/venv`` once with ``--system-site-packages``, seeing every package ``python`` sees.
+
+    ``--system-site-packages`` exposes the *base* interpreter's packages: when ``deploy.python`` is itself a virtual
+    environment (a contributor's venv running the tests, or a prepared image's), its packages would be invisible, so
+    its site-packages directories are appended to the new venv's path with a ``.pth`` file.
+    """
+    py = quote([python])
+    return (f"cd {HOME_ROOT} && {{ [ -x venv/bin/python ] || {{ {py} -m venv --system-site-packages "
+            f"{quote(venv_args)} venv && {py} -c {quote([PARENT_SITE])} | venv/bin/python -c {quote([WRITE_PTH])}; }}; }}")
+
+
+def ps_command(cfg: ClusterConfig, run_dir: str = "run", resume: bool = False, host: str = "0.0.0.0") -> list[str]:
+    """``shield-ps serve`` on the PS node, listening on ``host`` (its private address, which the agents dial; on EC2
+    the public address is translated to it, so ``shield-ps watch`` from the operator still reaches it)."""
+    extra = ["--resume"] if resume and "--resume" not in cfg.ps.args else []
+    return (["venv/bin/shield-ps", "serve", "--host", host, "--port", str(cfg.ps_port),
              "--token-file", f"$HOME/{ROOT}/token", "--data-dir", f"$HOME/{ROOT}/data",
-             "--train-dir", f"$HOME/{ROOT}/run", "--workers", str(cfg.agents.count)] + list(cfg.ps.args))
+             "--train-dir", f"$HOME/{ROOT}/{run_dir}", "--workers", str(cfg.agents.count)] + list(cfg.ps.args) + extra)
 
 
 def agent_command(cfg: ClusterConfig, ps_host: str, name: str) -> list[str]:
@@ -131,6 +154,15 @@ def daemon_script(role: str, args: list[str]) -> str:
             f"setsid nohup {_shell(args)} > {log_file} 2>&1 < /dev/null & echo $! > {pid}; echo started; fi")
 
 
+async def stop_if_target_changed(conn: asyncssh.SSHClientConnection, target: str) -> bool:
+    """Record the PS address the agent joins (``shield/agent.target``); a live agent started towards another address
+    (a replaced PS) is stopped so that it is started again towards ``target``. True when it was stopped."""
+    script = (f"{ALIVE}cd {HOME_ROOT} && old=$(cat agent.target 2>/dev/null); echo {quote([target])} > agent.target; "
+              "if [ -n \"$old\" ] && [ \"$old\" != " + quote([target]) + " ] && alive \"$(cat agent.pid 2>/dev/null)\"; "
+              "then p=$(cat agent.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p; rm -f agent.pid; echo stopped; fi")
+    return (await run(conn, script, what="checking the agent's PS address")).stdout.strip() == "stopped"
+
+
 def alive_script(role: str) -> str:
     return (f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat {role}.pid 2>/dev/null)\" || "
             f"{{ echo '{role} exited:'; tail -n 15 logs/{role}.log; exit 3; }}")
@@ -142,10 +174,14 @@ async def start_daemon(conn: asyncssh.SSHClientConnection, role: str, args: list
     return result.stdout.strip().endswith("started")
 
 
-async def wait_listening(conn: asyncssh.SSHClientConnection, port: int, timeout_s: float) -> None:
-    """Poll on the PS node until its port accepts connections, failing early (with the log) if it exits."""
+async def wait_listening(conn: asyncssh.SSHClientConnection, port: int, timeout_s: float,
+                         host: str = "127.0.0.1") -> None:
+    """Poll on the PS node until its port accepts connections at ``host`` (the address it binds), failing early
+    (with the log) if it exits."""
+    if not re.match(r"^[0-9a-fA-F.:]+$|^[A-Za-z0-9.-]+$", host):
+        raise RemoteError(f"odd PS address {host!r}")
     probe = (f"{alive_script('ps')} && venv/bin/python -c "
-             f"\"import socket; socket.create_connection(('127.0.0.1', {port}), 2).close()\" 2>/dev/null")
+             f"\"import socket; socket.create_connection(('{host}', {port}), 2).close()\" 2>/dev/null")
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         result = await run(conn, probe, check=False, what="probing the PS port")
@@ -166,16 +202,91 @@ async def check_alive(conn: asyncssh.SSHClientConnection, role: str, grace_s: fl
         raise RemoteError(" | ".join(result.stdout.strip().splitlines()[-6:]))
 
 
-PROBE_SCRIPT = (
-    f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
-    "for r in ps agent; do [ -f $r.pid ] || continue; "
-    "if alive \"$(cat $r.pid)\"; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
-    "done; [ -f run/metrics.jsonl ] && tail -n 500 run/metrics.jsonl | cut -c1-65536 | "
-    "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; true"
-)
+ROLES = ("ps", "agent", "supervisor")
+
+
+#: sets ``d`` to the current run directory on the PS node (``shield/RUN`` names it; ``run`` until a second run).
+CURRENT_RUN = "d=$(head -n 1 RUN 2>/dev/null | tr -cd 'a-z0-9-'); d=${d:-run}; "
+
+
+def probe_script() -> str:
+    """What ``status`` asks a node: deploy marker, daemons, the current run's job event and last events, the
+    supervisor's state (each line prefixed with its kind; everything read back is parsed as untrusted text)."""
+    metrics = '"$d/metrics.jsonl"'
+    return (
+        f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; {CURRENT_RUN}echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
+        "echo \"run $d\"; "
+        f"for r in {' '.join(ROLES)}; do [ -f $r.pid ] || continue; "
+        "if alive \"$(cat $r.pid)\"; then echo \"daemon $r running\"; else echo \"daemon $r stopped\"; fi; "
+        f"done; if [ -f {metrics} ]; then head -n 3 {metrics} | cut -c1-65536 | grep -E '\"kind\": ?\"job\"' | "
+        f"sed 's/^/metric /'; tail -n 500 {metrics} | cut -c1-65536 | "
+        "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; fi; "
+        "[ -f supervisor-state.json ] && head -c 65536 supervisor-state.json | tr -d '\\n' | sed 's/^/autostop /' "
+        "&& echo; true"
+    )
+
+
+async def choose_run_dir(conn: asyncssh.SSHClientConnection, resume: bool) -> tuple[str, bool]:
+    """The train dir for a PS about to start: the current one, or (when it already holds a run and ``--resume`` is
+    not asked for) the next free ``run-N``, recorded in ``shield/RUN``. Returns (directory, whether it is new)."""
+    script = (f"cd {HOME_ROOT} && {CURRENT_RUN}if [ {0 if resume else 1} = 1 ] && [ -s \"$d/metrics.jsonl\" ]; then "
+              "n=2; while [ -e run-$n ]; do n=$((n+1)); done; d=run-$n; mkdir -p $d; echo $d > RUN; echo \"new $d\"; "
+              "else echo \"same $d\"; fi")
+    word, _, name = (await run(conn, script, what="choosing the run directory")).stdout.strip().partition(" ")
+    return name, word == "new"
+
+
+PROBE_SCRIPT = probe_script()
 
 
 def stop_script() -> str:
-    """Stop both daemons (their whole sessions) and remove the pidfiles."""
-    return (f"cd {HOME_ROOT} 2>/dev/null || exit 0; for r in ps agent; do [ -f $r.pid ] || continue; "
+    """Stop every daemon (their whole sessions) and remove the pidfiles."""
+    return (f"cd {HOME_ROOT} 2>/dev/null || exit 0; for r in {' '.join(ROLES)}; do [ -f $r.pid ] || continue; "
             "p=$(cat $r.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; rm -f $r.pid; done; true")
+
+
+def supervisor_config(cfg: ClusterConfig, run_dir: str, incarnation: str = "") -> str:
+    """The ``supervisor.json`` for the PS node (see :mod:`shield_ops.supervisor`)."""
+    from shield_ops.supervisor import Limits, SupervisorConfig
+
+    mirror = {"bucket": cfg.mirror_bucket, "prefix": cfg.mirror_prefix, "region": cfg.region} if cfg.mirrored else {}
+    return SupervisorConfig(cfg.name, cfg.region, run_dir, Limits(cfg.down_when_done, cfg.max_hours, cfg.max_cost),
+                            cfg.autostop_interval, mirror, incarnation).to_json()
+
+
+def supervisor_command() -> list[str]:
+    return ["venv/bin/python", "-m", "shield_ops.supervisor", "--config", f"$HOME/{ROOT}/supervisor.json"]
+
+
+async def restore_from_mirror(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig,
+                              incarnation: str) -> str | None:
+    """On a PS node without any run (a replacement): restore the mirrored run from S3. Returns its directory name,
+    or None when the node already has a run or the mirror holds no checkpoint."""
+    fresh = await run(conn, f"cd {HOME_ROOT} && [ ! -f RUN ] && [ ! -s run/metrics.jsonl ]", check=False)
+    if fresh.exit_status != 0:
+        return None
+    await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, "run", incarnation))
+    out = await run(conn, f"cd {HOME_ROOT} && venv/bin/python -m shield_ops.mirror restore --config supervisor.json",
+                    what="restoring the run from the S3 mirror", timeout=1800)
+    word, _, name = out.stdout.strip().rpartition("\n")[2].partition(" ")
+    return name if word == "restored" and re.match(r"^run(-\d{1,6})?$", name) else None
+
+
+async def start_supervisor(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, run_dir: str,
+                           timeout_s: float, incarnation: str = "") -> bool:
+    """Write the supervisor's config (a running supervisor re-reads it), start it unless it runs, and wait until it
+    has looked at EC2 once (its state file), failing with its log when it cannot (e.g. no credentials on the node)."""
+    await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, run_dir, incarnation))
+    running = await run(conn, f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat supervisor.pid 2>/dev/null)\"", check=False)
+    if running.exit_status == 0:
+        return False
+    await run(conn, f"rm -f {ROOT}/supervisor-state.json")
+    await start_daemon(conn, "supervisor", supervisor_command())
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        await check_alive(conn, "supervisor", grace_s=0.5)
+        ready = await run(conn, f"[ -f {ROOT}/supervisor-state.json ]", check=False)
+        if ready.exit_status == 0:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            raise RemoteError(f"the supervisor did not report within {timeout_s:.0f}s; see logs/supervisor.log")

@@ -26,6 +26,9 @@ CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "SpotMaxPriceTooLow",
     "Unsupported", "InsufficientFreeAddressesInSubnet",
 })
+#: instances launched into one life of the cluster (its security group, created by ``up``, deleted by ``down``) carry
+#: that group's id: a cluster downed and brought up again under the same name does not inherit the old one's bill.
+INCARNATION_TAG = "shield:incarnation"
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 WAITER_DELAY_S = 5
 
@@ -43,7 +46,8 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def tag_filters(cfg: ClusterConfig) -> list[dict[str, Any]]:
+def tag_filters(cfg: Any) -> list[dict[str, Any]]:
+    """Filters matching ``cfg.tags`` (a :class:`ClusterConfig`, or anything with the same ``tags``)."""
     return [{"Name": f"tag:{k}", "Values": [v]} for k, v in cfg.tags.items()]
 
 
@@ -57,15 +61,32 @@ def _refused(action: str, exc: ClientError) -> ProvisionError:
 
 
 # ------------------------------------------------------------------------------------------- discovery
-async def find_instances(client: Any, cfg: ClusterConfig) -> list[Node]:
-    """Every live (not terminated) instance carrying this cluster's tag."""
-    filters = tag_filters(cfg) + [{"Name": "instance-state-name", "Values": LIVE_STATES}]
+async def find_instances(client: Any, cfg: ClusterConfig, include_gone: bool = False) -> list[Node]:
+    """Every live (not terminated) instance carrying this cluster's tag; with ``include_gone`` also the terminated
+    ones EC2 still reports (for cost and history)."""
+    filters = tag_filters(cfg)
+    if not include_gone:
+        filters = filters + [{"Name": "instance-state-name", "Values": LIVE_STATES}]
     nodes: list[Node] = []
     paginator = client.get_paginator("describe_instances")
     async for page in paginator.paginate(Filters=filters):
         for reservation in page["Reservations"]:
             nodes.extend(Node.from_ec2(inst) for inst in reservation["Instances"])
     return nodes
+
+
+async def incarnations(client: Any, cfg: Any) -> set[str]:
+    """The ids of the cluster's tagged security groups: the current life(s) of the cluster."""
+    groups = (await client.describe_security_groups(Filters=tag_filters(cfg)))["SecurityGroups"]
+    return {str(g["GroupId"]) for g in groups}
+
+
+def of_incarnation(nodes: list[Node], current: set[str]) -> list[Node]:
+    """The instances of the cluster's current life: launched into one of ``current``, or live and untagged (launched
+    by an older shield-ops). With no current group (after ``down``) every instance counts."""
+    if not current:
+        return nodes
+    return [n for n in nodes if n.incarnation in current or (n.incarnation is None and n.ec2_state != "terminated")]
 
 
 async def find_key_pair(client: Any, cfg: ClusterConfig) -> dict[str, Any] | None:
@@ -146,6 +167,21 @@ def _has_rule(group: dict[str, Any], rule: dict[str, Any]) -> bool:
     return False
 
 
+OUR_DESCRIPTIONS = ("shield-ops operator ssh", "shield-ps watch")
+
+
+def stale_rules(group: dict[str, Any], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Operator rules we added earlier that the config no longer asks for (another address, another PS port)."""
+    keep = {(r["FromPort"], r["IpRanges"][0]["CidrIp"]) for r in wanted if "IpRanges" in r}
+    stale = []
+    for perm in group.get("IpPermissions", []):
+        for rng in perm.get("IpRanges", []):
+            if rng.get("Description") in OUR_DESCRIPTIONS and (perm.get("FromPort"), rng.get("CidrIp")) not in keep:
+                stale.append({"IpProtocol": perm["IpProtocol"], "FromPort": perm["FromPort"],
+                              "ToPort": perm["ToPort"], "IpRanges": [{"CidrIp": rng["CidrIp"]}]})
+    return stale
+
+
 async def ensure_security_group(client: Any, cfg: ClusterConfig, vpc_id: str, cidr: str) -> tuple[str, bool]:
     """Create the tagged group if missing and add any missing rule; returns (group id, created)."""
     group = await find_security_group(client, cfg, vpc_id)
@@ -157,9 +193,13 @@ async def ensure_security_group(client: Any, cfg: ClusterConfig, vpc_id: str, ci
                 GroupName=cfg.resource_name, Description=f"shield cluster {cfg.name}", VpcId=vpc_id,
                 TagSpecifications=spec)
             group = {"GroupId": reply["GroupId"], "IpPermissions": []}
-        missing = [r for r in ingress_rules(cfg, group["GroupId"], cidr) if not _has_rule(group, r)]
+        wanted = ingress_rules(cfg, group["GroupId"], cidr)
+        missing = [r for r in wanted if not _has_rule(group, r)]
         if missing:
             await client.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=missing)
+        stale = stale_rules(group, wanted)
+        if stale:
+            await client.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=stale)
     except ClientError as exc:
         raise _refused("the security group setup", exc) from None
     return str(group["GroupId"]), created
@@ -176,11 +216,14 @@ class LaunchSpec:
 
 
 def _run_params(cfg: ClusterConfig, spec: LaunchSpec, itype: str, subnet: str, group_id: str) -> dict[str, Any]:
-    tags = {**cfg.tags, "shield:role": spec.role, "shield:node": spec.node, "Name": f"{cfg.resource_name}-{spec.node}"}
+    tags = {**cfg.tags, "shield:role": spec.role, "shield:node": spec.node, "Name": f"{cfg.resource_name}-{spec.node}",
+            INCARNATION_TAG: group_id}
     spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
     if cfg.max_price is not None:
         spot["MaxPrice"] = f"{cfg.max_price:.4f}"
-    return {
+    profile = {"IamInstanceProfile": {"Name": cfg.instance_profile}} if cfg.instance_profile and spec.role == "ps" \
+        else {}
+    return {**profile,
         "ImageId": cfg.ami, "InstanceType": itype, "MinCount": 1, "MaxCount": 1, "KeyName": cfg.resource_name,
         "SubnetId": subnet, "SecurityGroupIds": [group_id],
         "UserData": spec.user_data,  # botocore base64-encodes it

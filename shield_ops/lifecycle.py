@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import enum
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from shield_ops.errors import ShieldOpsError
 from shield_ops.nodes import Node, NodeState, resolve, sort_key
 from shield_ops.remote import SSHContext, connect, run, wait_ready
 from shield_ops.state import ClusterState
+from shield_ops.survey import parse_probe, ps_progress, status  # noqa: F401  (the status half of the life cycle)
 from shield_ops.ui import Reporter
 
 log = logging.getLogger(__name__)
@@ -37,6 +36,7 @@ class UpOptions:
     only: Stage = Stage.START
     wheel: Path | None = None
     confirm: Callable[[], bool] = lambda: True
+    quiet: bool = False  # print the plan only when it creates something (``--watch`` rounds)
 
 
 async def _per_node(nodes: dict[str, Node], reporter: Reporter,
@@ -57,7 +57,7 @@ async def up(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: UpO
     """Bring the cluster to the state the config describes; returns the exit status (1 if any node failed)."""
     async with ec2.ec2_client(cfg.region) as client:
         plan = await provision.make_plan(client, cfg)
-        for line in plan.lines(cfg):
+        for line in plan.lines(cfg) if plan.creates_anything or not opts.quiet else ():
             reporter.info(line)
         if opts.dry_run:
             return 0
@@ -67,6 +67,11 @@ async def up(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: UpO
         state.ensure()
         cidr = cfg.operator_cidr if cfg.operator_cidr != "auto" else await provision.detect_cidr()
         nodes = await provision.provision(client, cfg, state, plan, provision.check_cidr(cidr), reporter)
+        if cfg.host_keys == "pin" and ssh.host_keys != "insecure":
+            from shield_ops.adopt import adopt_host_keys
+
+            for name, what in (await adopt_host_keys(client, state, list(nodes.values()))).items():
+                reporter.info(f"{name} ({nodes[name].instance_id}): {what}")
     if opts.only is not Stage.PROVISION and nodes:
         conns: dict[str, asyncssh.SSHClientConnection] = {}
         try:
@@ -100,7 +105,7 @@ async def _deploy_all(cfg: ClusterConfig, state: ClusterState, opts: UpOptions, 
     wheel = opts.wheel
     if wheel is None:
         reporter.info("building the wheel (pip wheel --no-deps)")
-        wheel = await asyncio.to_thread(deploy.build_wheel, state.root / "wheel")
+        wheel = opts.wheel = await asyncio.to_thread(deploy.build_wheel, state.root / "wheel")
     digest = deploy.deploy_hash(cfg, wheel, state.token())
 
     async def work(node: Node) -> None:
@@ -118,10 +123,31 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
         return
 
     async def start_ps(node: Node) -> None:
-        started = await deploy.start_daemon(conns["ps"], "ps", deploy.ps_command(cfg))
+        conn = conns["ps"]
+        running = await run(conn, deploy.alive_script("ps"), check=False, what="checking the PS")
+        if running.exit_status == 0:
+            run_dir = (await run(conn, f"cd \"$HOME/shield\" && {deploy.CURRENT_RUN}echo $d")).stdout.strip()
+            started = False
+        else:
+            restored = await deploy.restore_from_mirror(conn, cfg, node.incarnation or "") if cfg.mirrored else None
+            if restored is not None:
+                run_dir = restored
+                reporter.info(f"ps: restored the newest checkpoint of {restored} from s3://{cfg.mirror_bucket}/"
+                              f"{cfg.mirror_prefix}; the PS resumes from it")
+            else:
+                run_dir, new = await deploy.choose_run_dir(conn, resume="--resume" in cfg.ps.args)
+                if new:
+                    reporter.info(f"the PS's previous run has ended: starting a new run in ~/shield/{run_dir} "
+                                  "(add --resume to ps.args to continue the previous one instead)")
+            started = await deploy.start_daemon(conn, "ps", deploy.ps_command(cfg, run_dir, resume=bool(restored),
+                                                                          host=resolve(node).cluster_host))
         reporter.state("ps", NodeState.DEPLOYED, "waiting for the PS port" if started else "checking")
-        await deploy.wait_listening(conns["ps"], cfg.ps_port, cfg.start_timeout)
-        reporter.state("ps", NodeState.STARTED, "" if started else "already running")
+        await deploy.wait_listening(conn, cfg.ps_port, cfg.start_timeout, resolve(node).cluster_host)
+        if cfg.supervised:
+            reporter.state("ps", NodeState.DEPLOYED, "starting the supervisor (autostop)")
+            await deploy.start_supervisor(conn, cfg, run_dir, cfg.start_timeout, node.incarnation or "")
+        reporter.state("ps", NodeState.STARTED, f"{'' if started else 'already running; '}train dir ~/shield/{run_dir}"
+                       + ("; supervised" if cfg.supervised else ""))
 
     if not await _per_node({"ps": nodes["ps"]}, reporter, start_ps):
         for name in nodes:
@@ -131,6 +157,8 @@ async def _start_all(cfg: ClusterConfig, nodes: dict[str, Node], conns: dict[str
     ps_host = resolve(nodes["ps"]).cluster_host
 
     async def start_agent(node: Node) -> None:
+        if await deploy.stop_if_target_changed(conns[node.name], f"{ps_host}:{cfg.ps_port}"):
+            reporter.state(node.name, NodeState.DEPLOYED, "the PS moved: restarting the agent towards it")
         started = await deploy.start_daemon(conns[node.name], "agent", deploy.agent_command(cfg, ps_host, node.name))
         await deploy.check_alive(conns[node.name], "agent", grace_s=1.0 if started else 0.0)
         reporter.state(node.name, NodeState.STARTED, "" if started else "already running")
@@ -148,91 +176,3 @@ def _write_known_hosts(state: ClusterState, nodes: dict[str, Node]) -> None:
             continue
         entries[(endpoint.host, endpoint.port)] = node.instance_id
     state.write_known_hosts(entries)
-
-
-# ------------------------------------------------------------------------------------------- status
-def parse_probe(text: str) -> dict[str, Any]:
-    """Parse the node probe's output (untrusted text): deploy marker, daemons, last metrics events."""
-    out: dict[str, Any] = {"deployed": None, "daemons": {}, "metrics": []}
-    for line in text.splitlines():
-        word, _, rest = line.partition(" ")
-        if word == "deployed":
-            out["deployed"] = rest.strip() or None
-        elif word == "daemon":
-            role, _, status = rest.partition(" ")
-            out["daemons"][role] = status.strip()
-        elif word == "metric":
-            try:
-                event = json.loads(rest)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                out["metrics"].append(event)
-    return out
-
-
-def ps_progress(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Latest step, loss, evaluation and summary from the PS's metrics events (docs/metrics.md)."""
-    progress: dict[str, Any] = {}
-    for event in metrics:
-        kind = event.get("kind")
-        if kind == "job":
-            progress["total_steps"] = event.get("total_steps")
-        elif kind == "step":
-            progress.update(step=event.get("step"), loss=event.get("loss"), lr=event.get("lr"))
-        elif kind == "eval":
-            progress.update(eval_step=event.get("step"), top1=event.get("top1"))
-        elif kind == "summary":
-            progress["finished"] = event.get("reason")
-    return progress
-
-
-def _uptime(node: Node, now: dt.datetime) -> float | None:
-    if node.launch_time is None:
-        return None
-    launched = node.launch_time if node.launch_time.tzinfo else node.launch_time.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (now - launched).total_seconds())
-
-
-async def _probe(ssh: SSHContext, node: Node) -> tuple[NodeState, str, dict[str, Any]]:
-    if node.ec2_state != "running":
-        return NodeState.PENDING if node.ec2_state == "pending" else NodeState.STOPPED, node.ec2_state, {}
-    try:
-        conn = await connect(ssh, node, timeout=15)
-    except (ShieldOpsError, asyncssh.Error, OSError, asyncio.TimeoutError, LookupError) as exc:
-        return NodeState.RUNNING, f"ssh: {getattr(exc, 'reason', None) or exc}", {}
-    async with conn:
-        probe = parse_probe((await run(conn, deploy.PROBE_SCRIPT, check=False, timeout=30)).stdout)
-    daemons = probe["daemons"]
-    if "running" in daemons.values():
-        return NodeState.STARTED, ", ".join(f"{r} {s}" for r, s in daemons.items()), probe
-    if probe["deployed"]:
-        detail = ", ".join(f"{r} {s}" for r, s in daemons.items())
-        return NodeState.DEPLOYED, detail, probe
-    return NodeState.SSH_READY, "", probe
-
-
-async def status(cfg: ClusterConfig, ssh: SSHContext) -> dict[str, Any]:
-    """Every tagged node with its state, addresses, uptime and estimated cost, plus the PS's progress."""
-    async with ec2.ec2_client(cfg.region) as client:
-        nodes = await ec2.find_instances(client, cfg)
-        prices = await ec2.spot_prices(client, {n.instance_type for n in nodes})
-    nodes.sort(key=lambda n: sort_key(n.name))
-    probes = await asyncio.gather(*(_probe(ssh, n) for n in nodes))
-    now = dt.datetime.now(dt.timezone.utc)
-    rows, hourly, cost, progress = [], 0.0, 0.0, {}
-    for node, (node_state, detail, probe) in zip(nodes, probes):
-        price = ec2.hourly_price(prices, node.instance_type, node.zone)
-        uptime = _uptime(node, now)
-        node_cost = price * uptime / 3600 if price is not None and uptime is not None else None
-        hourly += price or 0.0
-        cost += node_cost or 0.0
-        if node.name == "ps" and probe.get("metrics"):
-            progress = ps_progress(probe["metrics"])
-        rows.append({"node": node.name, "role": node.role, "instance_id": node.instance_id,
-                     "instance_type": node.instance_type, "zone": node.zone, "ec2_state": node.ec2_state,
-                     "state": node_state.value, "detail": detail, "public_ip": node.public_ip,
-                     "private_ip": node.private_ip, "uptime_s": None if uptime is None else round(uptime),
-                     "usd_per_hour": price, "cost_usd": None if node_cost is None else round(node_cost, 4)})
-    return {"cluster": cfg.name, "region": cfg.region, "nodes": rows, "usd_per_hour": round(hourly, 4),
-            "cost_usd": round(cost, 4), "ps": progress}

@@ -35,6 +35,8 @@ class Node:
     public_ip: str | None
     private_ip: str | None
     launch_time: datetime | None
+    transition_reason: str | None = None
+    incarnation: str | None = None
 
     @classmethod
     def from_ec2(cls, inst: dict[str, Any]) -> "Node":
@@ -44,7 +46,8 @@ class Node:
             instance_id=inst["InstanceId"], instance_type=inst.get("InstanceType", "?"),
             zone=inst.get("Placement", {}).get("AvailabilityZone", "?"), ec2_state=inst["State"]["Name"],
             public_ip=inst.get("PublicIpAddress"), private_ip=inst.get("PrivateIpAddress"),
-            launch_time=inst.get("LaunchTime"),
+            launch_time=inst.get("LaunchTime"), transition_reason=inst.get("StateTransitionReason") or None,
+            incarnation=tags.get("shield:incarnation"),
         )
 
 
@@ -60,12 +63,26 @@ class Endpoint:
 Resolver = Callable[[Node], Endpoint]
 
 
+ENDPOINT_MODES = ("public", "private", "bastion")
+_mode = "public"
+
+
 def default_resolver(node: Node) -> Endpoint:
-    """SSH to the public IP (port 22); nodes talk to each other over private IPs."""
-    host = node.public_ip or node.private_ip
+    """SSH to the public IP (``public``), or to the private IP (``private``: from inside the VPC or over a VPN;
+    ``bastion``: through the jump host); port 22. Nodes talk to each other over private IPs."""
+    host = node.public_ip or node.private_ip if _mode == "public" else node.private_ip
     if host is None:
-        raise LookupError(f"{node.name} ({node.instance_id}) has no IP address yet")
+        raise LookupError(f"{node.name} ({node.instance_id}) has no {'' if _mode == 'public' else 'private '}"
+                          "IP address yet")
     return Endpoint(host, 22, node.private_ip or host)
+
+
+def set_endpoint_mode(mode: str) -> None:
+    """How :func:`default_resolver` reaches nodes: ``nodes.ssh_endpoint`` of the config."""
+    global _mode
+    if mode not in ENDPOINT_MODES:
+        raise ValueError(f"ssh endpoint mode {mode!r} is not one of {', '.join(ENDPOINT_MODES)}")
+    _mode = mode
 
 
 _resolver: Resolver = default_resolver

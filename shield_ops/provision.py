@@ -39,8 +39,14 @@ class Plan:
     hourly_usd: float | None = None
 
     @property
+    def terminate(self) -> list[Node]:
+        """Instances ``up`` terminates: nodes the config no longer has (scale-down) and duplicates of a node."""
+        return [n for n in self.duplicates if n.ec2_state in ("pending", "running", "stopped")]
+
+    @property
     def creates_anything(self) -> bool:
-        return self.key_pair is None or self.security_group is None or bool(self.launch)
+        """Whether ``up`` would change anything in EC2 (create, launch or terminate): then it asks first."""
+        return self.key_pair is None or self.security_group is None or bool(self.launch) or bool(self.terminate)
 
     def lines(self, cfg: ClusterConfig) -> list[str]:
         def verb(thing: Any) -> str:
@@ -56,8 +62,10 @@ class Plan:
             else:
                 types = (cfg.ps if name == "ps" else cfg.agents).instance_types
                 out.append(f"  launch {name}: spot {' | '.join(types)}")
-        for node in self.duplicates:
-            out.append(f"  note   {node.instance_id} duplicates {node.name}; left alone (`down` removes it)")
+        desired = set(cfg.node_names())
+        for node in self.terminate:
+            why = "a duplicate of that node" if node.name in desired else "not in the config (scale-down)"
+            out.append(f"  terminate {node.name}: {node.instance_id} {node.instance_type} ({why})")
         price = f"${self.hourly_usd:.3f}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
         out.append(f"  estimated spot price of the whole cluster: {price}")
         return out
@@ -79,7 +87,9 @@ async def detect_cidr(timeout: float = 10.0) -> str:
 def _split_duplicates(nodes: list[Node]) -> tuple[dict[str, Node], list[Node]]:
     keep: dict[str, Node] = {}
     extra: list[Node] = []
-    for node in sorted(nodes, key=lambda n: (n.launch_time is None, n.launch_time or 0, n.instance_id)):
+    def order(n: Node) -> tuple[Any, ...]:  # a live instance is the node; one going away is the duplicate
+        return (n.ec2_state not in ("pending", "running"), n.launch_time is None, n.launch_time or 0, n.instance_id)
+    for node in sorted(nodes, key=order):
         (extra.append(node) if node.name in keep else keep.__setitem__(node.name, node))
     return keep, extra
 
@@ -124,11 +134,24 @@ def user_data(cfg: ClusterConfig, host_key: asyncssh.SSHKey) -> str:
             f"{indented}  ed25519_public: {public}\npackages: [python3-venv, python3-pip]\n")
 
 
+def pinned_type(cfg: ClusterConfig, role: str, keep: dict[str, Node]) -> str | None:
+    """The instance type new nodes of ``role`` must have: that of the role's live nodes (honest replicas are
+    bit-equal only on one type), unless ``spot.mixed_types``; None when the role has no node of a configured type."""
+    if cfg.mixed_types:
+        return None
+    allowed = (cfg.ps if role == "ps" else cfg.agents).instance_types
+    types = [n.instance_type for n in keep.values() if n.role == role and n.ec2_state in ("pending", "running")]
+    for itype in allowed:
+        if itype in types:
+            return itype
+    return None
+
+
 async def _launch_one(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
-                      name: str, reporter: Reporter) -> Node | None:
+                      name: str, reporter: Reporter, types: tuple[str, ...] | None = None) -> Node | None:
     role = "ps" if name == "ps" else "agent"
     host_key = asyncssh.generate_private_key("ssh-ed25519")
-    spec = ec2.LaunchSpec(name, role, (cfg.ps if role == "ps" else cfg.agents).instance_types,
+    spec = ec2.LaunchSpec(name, role, types or (cfg.ps if role == "ps" else cfg.agents).instance_types,
                           user_data(cfg, host_key))
     reporter.state(name, NodeState.PENDING, "requesting spot capacity")
     try:
@@ -152,11 +175,24 @@ async def provision(client: Any, cfg: ClusterConfig, state: ClusterState, plan: 
     group_id, created = await ec2.ensure_security_group(client, cfg, plan.vpc_id, cidr)
     if created:
         reporter.info(f"created security group {group_id}")
+    if plan.terminate:
+        await ec2.terminate(client, cfg, plan.terminate)
+        for node in plan.terminate:
+            reporter.info(f"terminated {node.name} ({node.instance_id}): "
+                          f"{'duplicate' if node.name in cfg.node_names() else 'scale-down'}")
     for name, node in plan.keep.items():
         reporter.state(name, NodeState.PENDING if node.ec2_state == "pending" else NodeState.RUNNING,
                        "kept", node.instance_id)
-    launched = await asyncio.gather(*(_launch_one(client, cfg, state, plan, group_id, n, reporter)
-                                      for n in plan.launch))
+    launched: list[Node | None] = []
+    for role in ("ps", "agent"):
+        names = [n for n in plan.launch if ("ps" if n == "ps" else "agent") == role]
+        fixed = pinned_type(cfg, role, plan.keep)
+        if names and fixed is None and not cfg.mixed_types and len(names) > 1:
+            first = await _launch_one(client, cfg, state, plan, group_id, names[0], reporter)
+            launched.append(first)
+            names, fixed = names[1:], first.instance_type if first is not None else None
+        launched += await asyncio.gather(*(_launch_one(client, cfg, state, plan, group_id, n, reporter,
+                                                       (fixed,) if fixed else None) for n in names))
     nodes = {**plan.keep, **{n.name: n for n in launched if n is not None}}
     stopped = [n for n in nodes.values() if n.ec2_state in ("stopping", "stopped", "shutting-down")]
     for node in stopped:
@@ -178,6 +214,7 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
         reporter.info(f"cluster {cfg.name}: nothing tagged shield:cluster={cfg.name} in {cfg.region}")
         state.destroy()
         return 0
+    await _report_cost(client, cfg, state, reporter, "so far")
     reporter.info(f"cluster {cfg.name}: terminate {len(nodes)} instance(s) "
                   f"({', '.join(sorted((n.name for n in nodes), key=sort_key)) or 'none'}), delete "
                   f"{len(groups)} security group(s) and {len(key)} key pair(s)")
@@ -189,6 +226,7 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
     await ec2.wait_state(client, "instance_terminated", [n.instance_id for n in nodes])
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATED, "", node.instance_id)
+    await _report_cost(client, cfg, state, reporter, "in all")
     for group in groups:
         await ec2.delete_security_group(client, group["GroupId"])
         reporter.info(f"deleted security group {group['GroupId']}")
@@ -197,6 +235,22 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
         reporter.info(f"deleted key pair {pair['KeyName']}")
     state.destroy()
     return 0
+
+
+async def _report_cost(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
+    """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
+    import time
+
+    from shield_ops.cost import Ledger
+    from shield_ops.survey import LEDGER_FILE
+
+    found = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True),
+                               await ec2.incarnations(client, cfg))
+    ledger = Ledger(state.root / LEDGER_FILE if state.root.is_dir() else None)
+    ledger.observe(found, await ec2.spot_prices(client, {n.instance_type for n in found}), time.time())
+    ledger.save()
+    reporter.info(f"cost {when}: ${ledger.total(time.time()):.6f} over {len(ledger.entries)} instance(s) "
+                  f"(spot price history; terminated instances included), ${ledger.hourly():.6f}/h while running")
 
 
 def check_cidr(cidr: str) -> str:

@@ -32,7 +32,32 @@ class SSHContext:
     state: ClusterState
     user: str
     host_keys: str = "pin"          # "pin" | "tofu" | "insecure"
+    bastion: tuple[str, str, int] | None = None     # (user, host, port) of the jump host
+    bastion_known_hosts: Path | None = None
     _key: asyncssh.SSHKey | None = field(default=None, repr=False)
+    _tunnel: asyncssh.SSHClientConnection | None = field(default=None, repr=False)
+    _tunnel_lock: asyncio.Lock | None = field(default=None, repr=False)
+
+    async def tunnel(self, timeout: float) -> asyncssh.SSHClientConnection | None:
+        """The one connection to the bastion that every node connection goes through (None without a bastion).
+        The bastion's host key is checked against ``bastion_known_hosts`` unless the policy is insecure."""
+        if self.bastion is None:
+            return None
+        if self._tunnel_lock is None:
+            self._tunnel_lock = asyncio.Lock()
+        async with self._tunnel_lock:
+            if self._tunnel is None or self._tunnel.is_closed():
+                user, host, port = self.bastion
+                known = None if self.host_keys == "insecure" else str(self.bastion_known_hosts)
+                try:
+                    self._tunnel = await asyncssh.connect(
+                        host, port, username=user, client_keys=[self.client_key()], known_hosts=known,
+                        agent_path=None, config=None, preferred_auth="publickey", connect_timeout=timeout,
+                        keepalive_interval=30)
+                except asyncssh.HostKeyNotVerifiable as exc:
+                    raise HostKeyError(f"bastion {host}:{port} presented a host key not in "
+                                       f"{self.bastion_known_hosts}: {exc.reason}") from None
+            return self._tunnel
 
     def client_key(self) -> asyncssh.SSHKey:
         if self._key is None:
@@ -48,18 +73,20 @@ class SSHContext:
             return ([recorded], [], [])
         if self.host_keys == "tofu":
             return None
-        raise HostKeyError(f"{node.name} ({node.instance_id}): no pinned host key in {self.state.root}; it was not "
-                           "launched from this state directory. Restore that directory, set deploy.host_keys = "
-                           "\"tofu\", or pass --insecure-accept-hostkeys")
+        raise HostKeyError(f"{node.name} ({node.instance_id}): no pinned host key in {self.state.root}: `up` re-pins "
+                           "it from the instance's user data or console output; or it was launched from another "
+                           "state directory (restore that one), or set deploy.host_keys = \"tofu\"")
 
 
 async def connect(ctx: SSHContext, node: Node, timeout: float = CONNECT_TIMEOUT_S) -> asyncssh.SSHClientConnection:
     """One checked connection to ``node`` (at the address the resolver gives); records the key on first use."""
     endpoint = resolve(node)
     known = ctx.known_hosts(node)
+    tunnel = await ctx.tunnel(timeout)
     try:
         conn = await asyncssh.connect(
-            endpoint.host, endpoint.port, username=ctx.user, client_keys=[ctx.client_key()], known_hosts=known,
+            endpoint.host, endpoint.port, tunnel=tunnel, username=ctx.user, client_keys=[ctx.client_key()],
+            known_hosts=known,
             agent_path=None, config=None, preferred_auth="publickey", connect_timeout=timeout,
             keepalive_interval=30)
     except asyncssh.HostKeyNotVerifiable as exc:
@@ -101,10 +128,11 @@ class Result:
 
 
 async def run(conn: asyncssh.SSHClientConnection, command: str, *, check: bool = True,
-              timeout: float | None = 600, what: str = "") -> Result:
-    """Run a shell command; with ``check`` a non-zero exit raises :class:`RemoteError` with the output's tail."""
+              timeout: float | None = 600, what: str = "", input: str | None = None) -> Result:
+    """Run a shell command (``input`` on its stdin); with ``check`` a non-zero exit raises :class:`RemoteError`
+    with the output's tail."""
     try:
-        proc = await conn.run(command, check=False, timeout=timeout)
+        proc = await conn.run(command, check=False, timeout=timeout, input=input)
     except asyncssh.TimeoutError:
         raise RemoteError(f"{what or command[:60]}: timed out after {timeout}s") from None
     result = Result(int(proc.exit_status if proc.exit_status is not None else -1),
@@ -121,6 +149,16 @@ async def upload(conn: asyncssh.SSHClientConnection, files: list[tuple[Path, str
         for local, remote in files:
             await sftp.put(str(local), remote)
             await sftp.chmod(remote, mode)
+
+
+async def write_text(conn: asyncssh.SSHClientConnection, remote: str, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``remote`` (relative to the login directory) over SFTP: a temporary name, then a rename."""
+    async with conn.start_sftp_client() as sftp:
+        tmp = f"{remote}.tmp"
+        async with sftp.open(tmp, "wb") as handle:
+            await handle.write(text.encode())
+        await sftp.chmod(tmp, mode)
+        await sftp.posix_rename(tmp, remote)
 
 
 def quote(args: list[str] | tuple[str, ...]) -> str:

@@ -21,6 +21,7 @@ KEY_FILE = "id_ed25519"
 TOKEN_FILE = "token"
 KNOWN_HOSTS = "known_hosts"
 HOSTKEY_DIR = "hostkeys"
+LEDGER_FILE = "ledger.json"  # every instance seen, with its times and price (shield_ops.cost)
 
 
 def _inside_git_checkout(path: Path) -> Path | None:
@@ -129,7 +130,7 @@ class ClusterState:
         for path in (self.root / HOSTKEY_DIR).glob("*.pub") if (self.root / HOSTKEY_DIR).exists() else ():
             path.unlink()
         for path in (self.key_path, self.key_path.with_suffix(".pub"), self.token_path, self.known_hosts_path,
-                     self.root / HOSTKEY_DIR):
+                     self.root / LEDGER_FILE, self.root / HOSTKEY_DIR):
             if path.is_dir():
                 path.rmdir()
             else:

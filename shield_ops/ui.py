@@ -107,7 +107,7 @@ class LiveReporter(Reporter):
         self.console = Console(file=self.stream)
         # get_renderable: the refresh thread rebuilds the table, so the "for" column keeps ticking
         self.live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self._table)
-        self.live.start()
+        self.started = False  # started by the first node state: the plan and any [y/N] prompt come first
 
     def _table(self) -> Any:
         from rich.table import Table
@@ -125,13 +125,17 @@ class LiveReporter(Reporter):
         return table
 
     def _changed(self, node: str) -> None:
+        if not self.started:
+            self.started = True
+            self.live.start()
         self.live.refresh()
 
     def info(self, text: str) -> None:
         self.live.console.print(text)
 
     def close(self) -> None:
-        self.live.stop()
+        if self.started:
+            self.live.stop()
 
 
 def make_reporter(fmt: OutputFormat, stream: IO[str] | None = None, title: str = "shield cluster") -> Reporter:

@@ -88,12 +88,14 @@ def _handler(home: Path) -> Callable[[asyncssh.SSHServerProcess], Any]:
            "SHELL": "/bin/sh", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
 
     async def handle(process: asyncssh.SSHServerProcess) -> None:
+        # what an instance profile and the region's endpoints give a real node: AWS access (here: moto's)
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
         if not process.command:
             process.stderr.write(b"fake node: no interactive shell\n")
             process.exit(1)
             return
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", process.command, cwd=home, env=env, stdin=asyncio.subprocess.DEVNULL,
+            "/bin/sh", "-c", process.command, cwd=home, env={**env, **aws}, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             await asyncio.gather(_pump(proc.stdout, process.stdout), _pump(proc.stderr, process.stderr))
@@ -115,6 +117,8 @@ class FakeNode:
     port: int
     acceptor: Any
     peers: list[Any] = field(default_factory=list)
+    host_key: Any = None
+    client_pub: bytes = b""
 
 
 class FakeCloud:
@@ -139,17 +143,17 @@ class FakeCloud:
         body = [ln[4:] for ln in lines[start:] if ln.startswith("    ")]
         return asyncssh.import_private_key("\n".join(body) + "\n")
 
-    async def _start(self, instance_id: str, host_key: asyncssh.SSHKey, client_pub: bytes) -> FakeNode:
+    async def _start(self, instance_id: str, host_key: asyncssh.SSHKey, client_pub: bytes, port: int = 0) -> FakeNode:
         home = self.root / instance_id
         home.mkdir(parents=True, exist_ok=True)
-        node = FakeNode(instance_id, home, 0, None)
+        node = FakeNode(instance_id, home, 0, None, host_key=host_key, client_pub=client_pub)
 
         class Server(asyncssh.SSHServer):
             def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
                 node.peers.append(conn.get_extra_info("peername"))
 
         node.acceptor = await asyncssh.create_server(
-            Server, "127.0.0.1", 0, server_host_keys=[host_key],
+            Server, "127.0.0.1", port, server_host_keys=[host_key], reuse_address=True,
             authorized_client_keys=asyncssh.import_authorized_keys(client_pub.decode()),
             process_factory=_handler(home), encoding=None,
             sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(home).encode()))
@@ -170,6 +174,34 @@ class FakeCloud:
         endpoint = Endpoint("127.0.0.1", fake.port, "127.0.0.1")
         self.resolved.append((node.instance_id, endpoint))
         return endpoint
+
+    def suspend(self, instance_id: str) -> None:
+        """The node stops answering SSH (its processes go on), until :meth:`resume`."""
+        node = self.nodes[instance_id]
+
+        async def close() -> None:
+            node.acceptor.close()
+            await node.acceptor.wait_closed()
+        self.loop.call(close())
+
+    def resume(self, instance_id: str) -> None:
+        old = self.nodes[instance_id]
+        self.nodes[instance_id] = self.loop.call(self._start(instance_id, old.host_key, old.client_pub, old.port))
+
+    def kill(self, instance_id: str) -> None:
+        """What the instance's death does to its node: every daemon of it dies and SSH is refused."""
+        import subprocess
+
+        from shield_ops.deploy import stop_script
+
+        node = self.nodes[instance_id]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        subprocess.run(["/bin/sh", "-c", stop_script()], env={**env, "HOME": str(node.home)}, timeout=30, check=True)
+
+        async def close() -> None:
+            node.acceptor.close()
+            await node.acceptor.wait_closed()
+        self.loop.call(close())
 
     def stop(self) -> None:
         async def close() -> None:

@@ -415,3 +415,167 @@ def test_commands_quote_everything_but_the_remote_home() -> None:
     assert "'a b; rm -rf /'" in script and '"$HOME/shield/token"' in script
     assert "10.0.0.1:7700" in script and "setsid nohup" in script
     assert deploy.ps_command(cfg)[:2] == ["venv/bin/shield-ps", "serve"] and "--workers" in deploy.ps_command(cfg)
+
+
+def test_the_node_venv_sees_the_packages_of_a_deploy_python_that_is_itself_a_venv(tmp_path: Path) -> None:
+    """The README's test command run from a contributor's venv: the fake nodes' venv (made from that venv's python)
+    must see the venv's packages, not only the base interpreter's (``--system-site-packages`` alone gives the base)."""
+    parent = tmp_path / "parent"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(parent)], check=True, timeout=120)
+    purelib = subprocess.run([str(parent / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])"], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    (Path(purelib) / "only_in_parent_venv.py").write_text("WHERE = 'parent'\n")
+    home = tmp_path / "home"
+    (home / "shield").mkdir(parents=True)
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    script = deploy.venv_script(str(parent / "bin/python"), ["--without-pip"])
+    subprocess.run(["/bin/sh", "-c", script], check=True, env=env, timeout=300, cwd=home)
+    probe = ("import only_in_parent_venv, sys, sysconfig; own = sysconfig.get_paths()['purelib']; "
+             "print(only_in_parent_venv.WHERE, sys.path.index(own) < sys.path.index(%r))" % purelib)
+    done = subprocess.run([str(home / "shield/venv/bin/python"), "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["parent", "True"]  # the venv's own packages (the wheel) come first
+    subprocess.run(["/bin/sh", "-c", script], check=True, env=env, timeout=60, cwd=home)  # idempotent
+
+
+# ------------------------------------------------------------------------------------------- autostop and cost
+def test_autostop_decisions() -> None:
+    from shield_ops.supervisor import Limits, Observation, Reason, decide
+
+    def obs(summary: str | None = None, alive: bool = True, hours: float = 0.1, cost_usd: float = 0.0,
+            rate: float = 1.0) -> Observation:
+        return Observation(summary, alive, hours * 3600, cost_usd, rate, 10.0)
+    assert decide(obs(), Limits(True, 1.0, 5.0)) is None
+    assert decide(obs("completed"), Limits(True))[0] is Reason.COMPLETED  # type: ignore[index]
+    assert decide(obs("failed: no agent"), Limits(True))[0] is Reason.FAILED  # type: ignore[index]
+    assert decide(obs("completed"), Limits(False)) is None  # not asked to stop when done
+    assert decide(obs(alive=False), Limits(True))[0] is Reason.PS_GONE  # type: ignore[index]
+    assert decide(obs(hours=2.0), Limits(max_hours=2.0))[0] is Reason.MAX_HOURS  # type: ignore[index]
+    assert decide(obs(hours=1.9), Limits(max_hours=2.0)) is None
+    # $1/h, checks every 10 s: stop once the next two checks would reach the budget
+    assert decide(obs(cost_usd=4.995), Limits(max_cost=5.0))[0] is Reason.MAX_COST  # type: ignore[index]
+    assert decide(obs(cost_usd=4.99), Limits(max_cost=5.0)) is None
+
+
+def test_last_summary_reads_only_a_bounded_tail(tmp_path: Path) -> None:
+    from shield_ops.supervisor import last_summary
+
+    metrics = tmp_path / "metrics.jsonl"
+    assert last_summary(metrics) is None
+    metrics.write_text('{"kind":"summary","reason":"old"}\n' + '{"kind":"step"}\n' * 5000 + "{broken\n")
+    assert last_summary(metrics, tail_bytes=4096) is None  # the old summary is beyond the tail
+    metrics.write_text(metrics.read_text() + '{"kind":"summary","reason":"completed"}\n{"kind":"worker"}\n')
+    assert last_summary(metrics, tail_bytes=4096) == "completed"
+
+
+def test_the_ledger_prices_terminated_instances_until_they_ended(tmp_path: Path) -> None:
+    from shield_ops.cost import Ledger, projection, transition_time
+
+    launched = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
+    assert transition_time("User initiated (2026-01-01 12:00:00 GMT)") == launched + dt.timedelta(hours=2)
+    assert transition_time("Server.SpotInstanceTermination") is None
+    gone = Node("agent-0", "agent", "i-1", "c5.large", "us-east-1a", "terminated", None, None, launched,
+                "User initiated (2026-01-01 12:00:00 GMT)")
+    live = Node("agent-0", "agent", "i-2", "c5.large", "us-east-1a", "running", None, None,
+                launched + dt.timedelta(hours=2))
+    ledger = Ledger(tmp_path / "ledger.json")
+    now = (launched + dt.timedelta(hours=3)).timestamp()
+    ledger.observe([gone, live], {("c5.large", "us-east-1a"): 0.5}, now)
+    ledger.save()
+    again = Ledger(tmp_path / "ledger.json")  # persisted: EC2 forgetting i-1 later changes nothing
+    again.observe([live], {}, now)
+    assert again.total(now) == pytest.approx(0.5 * 2 + 0.5 * 1) and again.hourly() == 0.5
+    assert [e.instance_id for e in again.history("agent-0")] == ["i-1", "i-2"]
+    progress = {"step": 9, "total_steps": 100, "start_step": 0}
+    assert projection(1.5, 0.5, progress, elapsed_s=360.0) == pytest.approx(1.5 + 0.5 * (90 * 36) / 3600)
+    assert projection(1.5, 0.5, {"finished": "completed"}, None) == 1.5
+    assert projection(1.5, 0.5, {}, None) is None
+
+
+def test_new_nodes_of_a_role_get_the_type_its_live_nodes_have() -> None:
+    cfg = validate(minimal(agents={"count": 3, "instance_types": ["c7i.large", "c6i.large"]}))
+    kept = {"ps": Node("ps", "ps", "i-1", "c7i.large", "us-east-1a", "running", None, None, None),
+            "agent-0": Node("agent-0", "agent", "i-2", "c6i.large", "us-east-1a", "running", None, None, None)}
+    assert provision.pinned_type(cfg, "agent", kept) == "c6i.large"  # not the config's first choice
+    assert provision.pinned_type(cfg, "agent", {"ps": kept["ps"]}) is None  # no agent yet: the first one decides
+    gone = {"agent-0": Node("agent-0", "agent", "i-2", "c6i.large", "us-east-1a", "shutting-down", None, None, None)}
+    assert provision.pinned_type(cfg, "agent", gone) is None
+    mixed = validate(minimal(spot={"mixed_types": True}))
+    assert provision.pinned_type(mixed, "agent", kept) is None
+
+
+# ------------------------------------------------------------------------------------------- SSH endpoint modes
+def test_endpoint_modes_choose_the_address() -> None:
+    node = a_node("i-0000000000000000e")
+    try:
+        assert nodes.default_resolver(node) == Endpoint("198.51.100.1", 22, "10.0.0.1")
+        nodes.set_endpoint_mode("private")
+        assert nodes.default_resolver(node) == Endpoint("10.0.0.1", 22, "10.0.0.1")
+        nodes.set_endpoint_mode("bastion")
+        assert nodes.default_resolver(node).host == "10.0.0.1"
+        with pytest.raises(LookupError, match="no private IP"):
+            nodes.default_resolver(Node("ps", "ps", "i-1", "t", "z", "running", "198.51.100.1", None, None))
+    finally:
+        nodes.set_endpoint_mode("public")
+    with pytest.raises(ConfigError, match="ssh_bastion: .*needs the jump host"):
+        validate(minimal(nodes={"ami": "ami-0123456789abcdef0", "ssh_endpoint": "bastion"}))
+    with pytest.raises(ConfigError, match="ssh_bastion_known_hosts"):
+        validate(minimal(nodes={"ami": "ami-0123456789abcdef0", "ssh_endpoint": "bastion",
+                                "ssh_bastion": "ubuntu@203.0.113.9"}))
+    with pytest.raises(ConfigError, match="ssh_endpoint: 'vpn' is not one of public, private, bastion"):
+        validate(minimal(nodes={"ami": "ami-0123456789abcdef0", "ssh_endpoint": "vpn"}))
+
+
+def test_nodes_are_reached_through_a_checked_bastion(fake: Any, tmp_path: Path) -> None:
+    """A real asyncssh jump host that forwards TCP (direct-tcpip), in front of a fake node: every node connection goes
+    through it; its host key is checked against the configured known_hosts file."""
+    cloud, state = fake
+    node_key = asyncssh.generate_private_key("ssh-ed25519")
+    cloud.add_node("i-0000000000000000f", node_key)
+    state.record_host_key("i-0000000000000000f", node_key)
+    bastion_key = asyncssh.generate_private_key("ssh-ed25519")
+    forwarded: list[tuple[str, int]] = []
+
+    class Jump(asyncssh.SSHServer):
+        def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+            forwarded.append((dest_host, dest_port))
+            return True
+
+    async def go(known_key: asyncssh.SSHKey) -> str:
+        server = await asyncssh.create_server(
+            Jump, "127.0.0.1", 0, server_host_keys=[bastion_key],
+            authorized_client_keys=asyncssh.import_authorized_keys(state.public_key_openssh().decode()))
+        port = server.sockets[0].getsockname()[1]
+        known = tmp_path / "bastion_known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {known_key.export_public_key().decode().strip()}\n")
+        ctx = SSHContext(state, "ubuntu", "pin", bastion=("jump", "127.0.0.1", port), bastion_known_hosts=known)
+        try:
+            async with await connect(ctx, a_node("i-0000000000000000f")) as conn:
+                return (await run(conn, "echo through-the-bastion")).stdout.strip()
+        finally:
+            if ctx._tunnel is not None:
+                ctx._tunnel.close()
+            server.close()
+            await server.wait_closed()
+    assert asyncio.run(go(bastion_key)) == "through-the-bastion"
+    assert forwarded == [("127.0.0.1", cloud.nodes["i-0000000000000000f"].port)]
+    with pytest.raises(HostKeyError, match="bastion 127.0.0.1:.* host key not in"):
+        asyncio.run(go(asyncssh.generate_private_key("ssh-ed25519")))
+
+
+def test_host_keys_are_recovered_from_user_data_or_the_console_only() -> None:
+    from shield_ops.adopt import key_from_console, key_from_user_data
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key("openssh").decode().strip()
+    found = key_from_user_data(provision.user_data(validate(minimal()), key))
+    assert found is not None and found.export_public_key("openssh").decode().strip() == public
+    console = ("[  12.3] cloud-init[842]: ci-info: no authorized SSH keys fingerprints found\n"
+               "-----BEGIN SSH HOST KEY KEYS-----\necdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-1\n"
+               f"{public} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n")
+    found = key_from_console(console)
+    assert found is not None and found.export_public_key("openssh").decode().strip() == public
+    assert key_from_console(console.replace("-----END SSH HOST KEY KEYS-----", "")) is None  # an unfinished block
+    assert key_from_console(f"login: {public}\n") is None  # a key printed anywhere else is not trusted
+    assert key_from_user_data("#cloud-config\nssh_keys:\n  ed25519_public: ssh-ed25519 !!!\n") is None

@@ -26,7 +26,10 @@ def add_config_args(parser: argparse.ArgumentParser, ssh: bool = True) -> None:
 
 
 def load(args: argparse.Namespace) -> tuple[ClusterConfig, ClusterState]:
+    from shield_ops.nodes import set_endpoint_mode
+
     cfg = load_config(args.config, args.overrides, args.state_dir)
+    set_endpoint_mode(cfg.ssh_endpoint)
     state = ClusterState(cfg.state_dir)
     state.check_location()
     return cfg, state
@@ -34,7 +37,8 @@ def load(args: argparse.Namespace) -> tuple[ClusterConfig, ClusterState]:
 
 def ssh_context(cfg: ClusterConfig, state: ClusterState, args: argparse.Namespace) -> SSHContext:
     policy = "insecure" if getattr(args, "insecure_accept_hostkeys", False) else cfg.host_keys
-    return SSHContext(state, cfg.ssh_user, policy)
+    return SSHContext(state, cfg.ssh_user, policy, bastion=cfg.ssh_bastion,
+                      bastion_known_hosts=cfg.ssh_bastion_known_hosts)
 
 
 def confirm_or_refuse(assume_yes: bool, question: str) -> Callable[[], bool]:
@@ -84,6 +88,22 @@ async def discover(cfg: ClusterConfig) -> list[Node]:
 
     async with ec2.ec2_client(cfg.region) as client:
         return await ec2.find_instances(client, cfg)
+
+
+async def on_each(nodes: list[Node], work: Callable[[Node], Coroutine[Any, Any, int]]) -> int:
+    """Run ``work`` on every node at once; a node that cannot be reached or fails is reported on stderr as
+    ``[node] failed: reason`` and the others carry on. Returns 1 if any node failed or exited non-zero."""
+    import asyncssh
+
+    async def one(node: Node) -> int:
+        try:
+            return await work(node)
+        except (ShieldOpsError, asyncssh.Error, OSError, asyncio.TimeoutError, LookupError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            print(f"[{node.name}] failed: {reason}", file=sys.stderr, flush=True)
+            return 255
+    results = await asyncio.gather(*(one(n) for n in nodes))
+    return 1 if any(results) else 0
 
 
 async def stream_lines(prefix: str, stream: Any, out: Any) -> None:

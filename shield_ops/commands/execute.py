@@ -5,7 +5,8 @@ import argparse
 import asyncio
 import sys
 
-from shield_ops.commands.common import add_config_args, arun, discover, load, select, ssh_context, stream_lines
+from shield_ops.commands.common import (add_config_args, arun, discover, load, on_each, select, ssh_context,
+                                        stream_lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +32,7 @@ async def run_everywhere(args: argparse.Namespace, command: str) -> int:
         if status:
             print(f"[{node.name}] exit status {status}", file=sys.stderr)
         return int(status)
-    results = await asyncio.gather(*(one(n) for n in nodes))
-    return 1 if any(results) else 0
+    return await on_each(nodes, one)
 
 
 def asyncssh_stdout():  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ import argparse
 import asyncio
 import sys
 
-from shield_ops.commands.common import add_config_args, arun, discover, load, select, ssh_context, stream_lines
+from shield_ops.commands.common import add_config_args, arun, discover, load, on_each, select, ssh_context, stream_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,12 +29,12 @@ async def collect(args: argparse.Namespace) -> int:
     nodes = select(await discover(cfg), args.node)
     command = tail_command(args.lines, args.follow)
 
-    async def one(node) -> None:  # type: ignore[no-untyped-def]
+    async def one(node) -> int:  # type: ignore[no-untyped-def]
         async with await connect(ssh, node) as conn:
             async with conn.create_process(command) as proc:
                 await stream_lines(node.name, proc.stdout, sys.stdout)
-    await asyncio.gather(*(one(n) for n in nodes))
-    return 0
+        return 0
+    return await on_each(nodes, one)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 
 from shield_ops.commands.common import add_config_args, arun, discover, load, select
 from shield_ops.config import ClusterConfig
@@ -27,6 +28,12 @@ def ssh_argv(cfg: ClusterConfig, state: ClusterState, node: Node, insecure: bool
         policy = "yes" if state.host_key(node.instance_id) is not None else "accept-new"
         checking = ["-o", f"StrictHostKeyChecking={policy}", "-o", f"UserKnownHostsFile={known}"]
     state.private_key()  # fails clearly when missing or too open
+    if cfg.ssh_endpoint == "bastion" and cfg.ssh_bastion is not None:
+        user, host, port = cfg.ssh_bastion
+        jump_check = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null" if insecure else
+                      f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={shlex.quote(str(cfg.ssh_bastion_known_hosts))}")
+        checking += ["-o", f"ProxyCommand=ssh -F /dev/null -i {shlex.quote(str(state.key_path))} -o IdentitiesOnly=yes "
+                     f"-o IdentityAgent=none {jump_check} -W %h:%p -p {port} {user}@{host}"]
     return (["ssh", "-F", "/dev/null", "-i", str(state.key_path), "-o", "IdentitiesOnly=yes",
              "-o", "IdentityAgent=none", "-o", "GlobalKnownHostsFile=/dev/null", *checking,
              "-p", str(endpoint.port), f"{cfg.ssh_user}@{endpoint.host}"] + cmd)

@@ -25,11 +25,22 @@ def render_table(report: dict[str, Any]) -> None:
     for row in report["nodes"]:
         uptime = f"{row['uptime_s'] // 60}m" if row["uptime_s"] is not None else "-"
         price = f"{row['usd_per_hour']:.4f}" if row["usd_per_hour"] is not None else "-"
-        table.add_row(row["node"], row["instance_id"], row["instance_type"], row["zone"], row["state"],
-                      row["public_ip"] or "-", uptime, price, row["detail"])
+        table.add_row(row["node"], row["instance_id"] or "-", row["instance_type"] or "-", row["zone"] or "-",
+                      row["state"], row["public_ip"] or "-", uptime, price, row["detail"])
+        for old in row["history"]:
+            table.add_row("", f"[dim]{old['instance_id']}[/]", old["instance_type"], old["zone"],
+                          f"[dim]{old['ec2_state']}[/]", "-", "-", "-", f"earlier instance, ${old['cost_usd'] or 0:.4f}")
     console = Console(width=None if sys.stdout.isatty() else 200)  # a file or pipe gets whole rows
     console.print(table)
-    console.print(f"estimated: ${report['usd_per_hour']:.3f}/h, ${report['cost_usd']:.2f} so far")
+    projected = report.get("projected_cost_usd")
+    console.print(f"cost: ${report['cost_usd']:.4f} so far (terminated instances included), "
+                  f"${report['usd_per_hour']:.4f}/h now"
+                  + (f", ${projected:.4f} projected at the end of the run" if projected is not None else ""))
+    auto = report.get("autostop")
+    if auto:
+        limits = auto.get("limits") or {}
+        set_ = ", ".join(f"{k}={v}" for k, v in limits.items() if v) or "none"
+        console.print(f"autostop: {auto.get('decision') or 'watching'} ({auto.get('why') or 'limits: ' + set_})")
     ps = report["ps"]
     if ps:
         parts = [f"{k}={v}" for k, v in ps.items() if v is not None]

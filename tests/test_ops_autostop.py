@@ -1,0 +1,153 @@
+"""Never a runaway bill, offline: moto's EC2, loopback SSH nodes, real PS/agent daemons and the real supervisor.
+
+Two short clusters in turn (module order): one ends its run and terminates itself (``--down-when-done``); one is
+stopped by the supervisor when its cost reaches ``--max-cost`` while training. Nothing here waits on the operator:
+after ``up`` returns, only the supervisor on the PS node acts.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from shield_ops import nodes
+from shield_ops.deploy import stop_script
+from shield_ops.supervisor import pid_alive
+from tests.test_ops_e2e import MNIST, RUNTIME, free_port, node_env, shield_ops, wheel  # noqa: F401  (a fixture)
+from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
+
+pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to supervise")
+
+NAME = "e2e-stop"
+TAG = {"Name": "tag:shield:cluster", "Values": [NAME]}
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
+    root = tmp_path_factory.mktemp("stop")
+    ami = boto_client(moto_env).describe_images()["Images"][0]["ImageId"]
+    config = root / "cluster.toml"
+    config.write_text(f"""
+[cluster]
+name = "{NAME}"
+region = "us-east-1"
+[network]
+zones = ["us-east-1a"]
+operator_cidr = "127.0.0.1/32"
+[nodes]
+ami = "{ami}"
+[ps]
+instance_types = ["m5.large"]
+port = {free_port()}
+args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--dataset", "MNIST", "--batch-size", "20",
+        "--max-steps", "6", "--eval-freq", "3", "--aggregator", "mean", "--byzantine", "0", "--seed", "3"]
+[agents]
+count = 2
+instance_types = ["m5.large"]
+args = ["--threads", "1"]
+[autostop]
+interval_s = 0.5
+[deploy]
+python = "{sys.executable}"
+venv_args = ["--without-pip"]
+pip_args = ["--no-deps", "--no-index"]
+prepare = false
+upload_data = "{MNIST}"
+ssh_ready_timeout = 30
+ssh_retry_interval = 0.2
+start_timeout = 120
+""")
+    state_dir = root / "state"
+    cloud = FakeCloud(root / "nodes", moto_env)
+    cloud.state_dir = state_dir
+    nodes.set_resolver(cloud.resolver)
+    try:
+        yield {"config": config, "state": state_dir, "cloud": cloud, "moto": moto_env, "wheel": wheel,
+               "base": ["-c", str(config), "--state-dir", str(state_dir)]}
+    finally:
+        for fake in cloud.nodes.values():
+            subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
+        nodes.set_resolver(None)
+        cloud.stop()
+
+
+def instances(url: str) -> dict[str, str]:
+    """Instance id -> EC2 state of everything tagged with this cluster."""
+    reply = boto_client(url).describe_instances(Filters=[TAG])
+    return {i["InstanceId"]: i["State"]["Name"] for r in reply["Reservations"] for i in r["Instances"]}
+
+
+def wait_all_terminated(url: str, ids: set[str], timeout_s: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_s
+    states = instances(url)
+    while time.monotonic() < deadline and any(states.get(i) != "terminated" for i in ids):
+        time.sleep(1.0)
+        states = instances(url)
+    return states
+
+
+def ps_home(bed: dict[str, Any], live: set[str]) -> Path:
+    ec2 = boto_client(bed["moto"])
+    for reservation in ec2.describe_instances(InstanceIds=sorted(live))["Reservations"]:
+        for inst in reservation["Instances"]:
+            if {"Key": "shield:node", "Value": "ps"} in inst["Tags"]:
+                return bed["cloud"].nodes[inst["InstanceId"]].home
+    raise AssertionError("no PS instance")
+
+
+def events(metrics: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
+def test_down_when_done_terminates_the_cluster_after_the_final_checkpoint(bed: dict[str, Any]) -> None:
+    code, out = shield_ops("up", *bed["base"], "-y", "--down-when-done", "--wheel", str(bed["wheel"]),
+                           "--format", "plain")
+    assert code == 0, out
+    assert "supervised" in out
+    ids = set(instances(bed["moto"]))
+    assert len(ids) == 3
+    home = ps_home(bed, ids)
+    states = wait_all_terminated(bed["moto"], ids, timeout_s=240)  # the run, then the supervisor's decision
+    assert all(states[i] == "terminated" for i in ids), (states, (home / "shield/logs/supervisor.log").read_text())
+    decision = json.loads((home / "shield/supervisor-state.json").read_text())
+    assert decision["decision"] == "run-completed" and sorted(decision["terminating"]) == sorted(ids)
+    summary = [e for e in events(home / "shield/run/metrics.jsonl") if e["kind"] == "summary"]
+    assert len(summary) == 1 and summary[0]["reason"] == "completed" and summary[0]["steps"] == 6
+    assert (home / "shield/run/checkpoints/step-00000006.npz").exists()  # the final checkpoint was safe first
+    code, text = shield_ops("status", *bed["base"], "--format", "json")
+    report = json.loads(text)
+    assert code == 0 and {n["state"] for n in report["nodes"]} == {"lost"}, report
+    assert report["cost_usd"] > 0 and report["usd_per_hour"] == 0  # terminated instances still cost what they ran
+    assert all(len(n["history"]) == 1 for n in report["nodes"])
+    code, out = shield_ops("down", *bed["base"], "-y", "--format", "plain")
+    assert code == 0 and "cost in all: $" in out, out
+    assert not boto_client(bed["moto"]).describe_security_groups(Filters=[TAG])["SecurityGroups"]
+
+
+def test_max_cost_stops_a_running_cluster(bed: dict[str, Any]) -> None:
+    # moto prices every type at $0.00001/h: three instances pass $6e-7 about 70 s after their launch
+    code, out = shield_ops("up", *bed["base"], "-y", "--max-cost", "6e-7", "--set", "ps.args=" + json.dumps(
+        ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--dataset", "MNIST", "--batch-size",
+         "20", "--max-steps", "100000", "--eval-freq", "50", "--aggregator", "mean", "--seed", "3"]),
+        "--wheel", str(bed["wheel"]), "--format", "plain")
+    assert code == 0, out
+    ids = set(instances(bed["moto"])) - {i for i, s in instances(bed["moto"]).items() if s == "terminated"}
+    assert len(ids) == 3
+    home = ps_home(bed, ids)
+    states = wait_all_terminated(bed["moto"], ids, timeout_s=180)
+    assert all(states[i] == "terminated" for i in ids), (states, (home / "shield/logs/supervisor.log").read_text())
+    decision = json.loads((home / "shield/supervisor-state.json").read_text())
+    assert decision["decision"] == "max-cost" and decision["cost_usd"] > 0, decision
+    # stopped before the budget (unless a slow deploy had spent it before the supervisor's first look)
+    assert decision["decided_cost_usd"] <= 6e-7 or decision["tick"] == 1, decision
+    run = events(home / "shield/run/metrics.jsonl")
+    assert not any(e["kind"] == "summary" and e["reason"] == "completed" for e in run)  # cut short, as asked
+    assert pid_alive(home / "shield/ps.pid") is None  # the PS was stopped first (a zombie is not alive)
+    assert "stopping the PS" in (home / "shield/logs/supervisor.log").read_text()
+    code, out = shield_ops("down", *bed["base"], "-y", "--format", "plain")
+    assert code == 0, out
