@@ -74,7 +74,7 @@ class StepRunner:
         self._replicas: dict[tuple[int, int], np.ndarray] = {}
         self.deadlines = Deadlines.from_config(cfg)
         self.broadcaster = Broadcaster(d, self.deadlines, cfg.codec, cfg.codec_level, self._on_sent, self._on_slow)
-        self.fetcher = Fetcher(self._rows, self.deadlines, secret or secrets.token_bytes(32), cfg.codec,
+        self.fetcher = Fetcher(self._rows, self.deadlines, secret or secrets.token_bytes(32),
                                pool.link, self._on_violation)
         self.aggregation = Aggregation(plan, self._rows, ShortStep(cfg.short_step))
         self.collector: StepCollector | None = None

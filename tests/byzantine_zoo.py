@@ -52,6 +52,21 @@ class TrickleSession(AgentSession):
                 await asyncio.sleep(0.5)
 
 
+class SlowPayloadSession(TrickleSession):
+    """An honest but slow link: the payload arrives in eight pieces over ~2 s, within its deadline but long after
+    the hedge delay, so another holder wins; its connection must survive (it is not cut, only outpaced)."""
+
+    async def _trickle(self, head: bytes, payload: bytes) -> None:
+        async with self.conn._send_lock:
+            self.conn._write(head)
+            piece = -(-len(payload) // 8)
+            for i in range(0, len(payload), piece):
+                await asyncio.sleep(0.25)
+                if self.conn.closed:
+                    return
+                self.conn._write(payload[i:i + piece])
+
+
 class SilentFetchSession(AgentSession):
     """Never answers FETCH."""
 
@@ -147,6 +162,7 @@ class ReplaySession(AgentSession):
 #: behaviour -> (session type, AgentOptions changes)
 ZOO: dict[str, tuple[type[AgentSession], dict[str, Any]]] = {
     "trickle": (TrickleSession, {}),
+    "slow-payload": (SlowPayloadSession, {}),
     "silent-fetch": (SilentFetchSession, {}),
     "delayed-fetch": (DelayedFetchSession, {}),
     "slow-step-reader": (SlowStepReaderSession, {}),

@@ -28,6 +28,7 @@ STEPS = 4
 #: behaviour -> (the category the culprit must be found in, whether it is equivalent to absence)
 EXPECTED = {
     "trickle": ("slow", False),
+    "slow-payload": ("slow", False),
     "silent-fetch": ("slow", False),
     "delayed-fetch": ("slow", False),
     "slow-step-reader": ("slow", True),
@@ -89,6 +90,8 @@ def test_zoo_behaviour(tmp_path: Path, behaviour: str, clean: RunResult, absent:
             assert CULPRIT not in e["lying"]
         assert e["files_won"] == 9 and e["aggregation"]["action"] == "aggregate"
     assert summary[f"{category}_workers"].get(str(CULPRIT), 0) >= 1
+    if behaviour == "slow-payload":  # outpaced, not cut: its payload drains and its connection survives
+        assert all(CULPRIT not in e["erased"] for e in steps)
     if behaviour == "silent-digests":  # every file had its winner: the gather ended after the straggler grace
         assert min(e["times"]["compute"] for e in steps) < CHANGES["gather_timeout"] - 0.5
     assert np.array_equal(result.params, clean.params)

@@ -5,11 +5,14 @@ A file's fetch starts as soon as its winner is known (the streaming vote, :mod:`
 know before it votes whether, or when, it will be asked. The first holder is asked; if it has not delivered within
 the hedge delay, the next holder is asked as well, and so on; the first payload that hashes to the winning digest is
 kept and the other attempts are cancelled. Each attempt is bounded from the request to the last payload byte by
-``latency + bytes / min_bandwidth``.
+``latency + bytes / min_bandwidth``. Every attempt lands in a spare buffer and the winner is copied into its file's
+row, so a loser whose payload is already arriving is not cut off (which would close its connection, and with it the
+agent's other fetches): it drains in the background, bounded by its own deadline, and its buffer is reused later.
 
 Outcomes per holder: **lying** (its payload does not hash to the digest it voted, or it broke the protocol), **slow**
-(it missed its deadline, or was overtaken by a hedge and did not deliver). An attempt cancelled with its payload half
-received closes that connection (the stream cannot resynchronise); one cancelled before any reply costs nothing.
+(it missed its deadline, or was overtaken by a hedge and did not deliver). An attempt cut at its deadline with its
+payload half received closes that connection (the stream cannot resynchronise); one cancelled before any reply costs
+nothing.
 """
 from __future__ import annotations
 
@@ -24,8 +27,7 @@ import numpy as np
 
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.pool import AgentLink
-from wire import Codec, ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
-from wire.autocodec import AUTO
+from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +60,32 @@ class FetchReport:
 
 
 class _Attempt:
-    """One FETCH of one file from one holder, into ``dest``."""
+    """One FETCH of one file from one holder, into the spare buffer ``dest``."""
 
-    def __init__(self, worker: int, dest: np.ndarray, in_row: bool, task: asyncio.Task[bytes | None]) -> None:
-        self.worker, self.dest, self.in_row, self.task = worker, dest, in_row, task
+    def __init__(self, worker: int, dest: np.ndarray) -> None:
+        self.worker, self.dest = worker, dest
+        self.task: asyncio.Task[bytes | None] | None = None
         self.started = time.monotonic()
         self.overtaken = False  # a hedge was sent because this one was not done in time
+        self.receiving = False  # its payload has started to arrive
 
 
 class Fetcher:
     """Runs the fetches of one step; ``rows[file]`` receives each verified payload."""
 
-    def __init__(self, rows: np.ndarray, deadlines: Deadlines, secret: bytes, codec: str,
+    def __init__(self, rows: np.ndarray, deadlines: Deadlines, secret: bytes,
                  link_of: Callable[[int], AgentLink | None],
                  on_violation: Callable[[AgentLink, str], None]) -> None:
         self._rows = rows
         self._d = rows.shape[1]
         self._deadlines = deadlines
         self._secret = secret
-        self._raw = codec != AUTO and Codec(codec) is Codec.NONE
         self._link_of = link_of
         self._violation = on_violation
         self._zeros = np.zeros(self._d, dtype=np.float32)
         self._spares: list[np.ndarray] = []
         self._quarantine: list[np.ndarray] = []
+        self._draining: set[asyncio.Task[bytes | None]] = set()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.report = FetchReport()
         self.step = -1
@@ -108,9 +112,10 @@ class Fetcher:
         return self.report
 
     async def cancel(self) -> None:
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *self._draining]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- one file ---------------------------------------------------------------------------------------------
     async def _fetch_file(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]]) -> None:
@@ -156,34 +161,30 @@ class Fetcher:
         return None
 
     def _launch(self, file: int, worker: int, *, first: bool) -> _Attempt:
-        """Start one attempt. The first attempt of a raw payload lands straight in the file's row (only the event
-        loop writes raw payloads, so a cancelled attempt writes nothing more); hedges and compressed payloads land
-        in spare buffers (a cancelled decode may still be finishing in a worker thread)."""
-        in_row = first and self._raw
-        dest = self._rows[file] if in_row else (self._spares.pop() if self._spares
-                                                else np.empty(self._d, dtype=np.float32))
+        """Start one attempt, into a spare buffer."""
+        attempt = _Attempt(worker, self._spares.pop() if self._spares else np.empty(self._d, dtype=np.float32))
         link = self._link_of(worker)
         assert link is not None
-        task = asyncio.get_running_loop().create_task(self._attempt(link, file, dest))
+        attempt.task = asyncio.get_running_loop().create_task(self._attempt(link, file, attempt.dest, attempt))
         self.report.attempts += 1
-        return _Attempt(worker, dest, in_row, task)
+        return attempt
 
     async def fetch_replica(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
         """One bounded FETCH of ``file`` from ``link`` into ``dest`` (the tolerant vote fetches every replica)."""
         self.report.attempts += 1
-        return await self._attempt(link, file, dest)
+        return await self._attempt(link, file, dest, _Attempt(link.worker, dest))
 
-    async def _attempt(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
+    async def _attempt(self, link: AgentLink, file: int, dest: np.ndarray, attempt: _Attempt) -> bytes | None:
         budget = self._deadlines.transfer(self._d * 4)
         try:
-            return await asyncio.wait_for(self._fetch_into(link, file, dest), budget)
+            return await asyncio.wait_for(self._fetch_into(link, file, dest, attempt), budget)
         except asyncio.TimeoutError:
             log.warning("step %d: worker %d did not deliver file %d within %.1fs: cut off", self.step, link.worker,
                         file, budget)
             self.report.slow.add(link.worker)
             return None
 
-    async def _fetch_into(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
+    async def _fetch_into(self, link: AgentLink, file: int, dest: np.ndarray, attempt: _Attempt) -> bytes | None:
         """FETCH ``file`` from ``link`` into ``dest``; the payload's digest, or None if none came."""
         try:
             msg = await link.conn.request(Kind.FETCH, {"step": self.step, "file": file}, timeout=None)
@@ -197,6 +198,7 @@ class Fetcher:
             return None
         codec = msg.vector.codec.value
         self.report.codecs[codec] = self.report.codecs.get(codec, 0) + 1
+        attempt.receiving = True
         try:
             return await msg.read_vector_into(dest)
         except ConnectionClosed as exc:  # closed under this read (e.g. a sibling read was cancelled): lost, not lying
@@ -209,6 +211,7 @@ class Fetcher:
 
     def _judge(self, attempt: _Attempt, digest: bytes) -> bool:
         """True when the attempt delivered the winning payload; otherwise records why not (the caller moves on)."""
+        assert attempt.task is not None
         got = attempt.task.result()
         if got == digest:
             self._deadlines.record_fetch(time.monotonic() - attempt.started)
@@ -225,9 +228,8 @@ class Fetcher:
     async def _accept(self, file: int, attempt: _Attempt, digest: bytes) -> None:
         loop = asyncio.get_running_loop()
         row = self._rows[file]
-        if not attempt.in_row:
-            await loop.run_in_executor(None, np.copyto, row, attempt.dest)
-            self._release(attempt)
+        await loop.run_in_executor(None, np.copyto, row, attempt.dest)
+        self._release(attempt)
         if await loop.run_in_executor(None, has_non_finite, row, self._zeros):
             log.warning("step %d: the winning payload of file %d is not finite: file dropped", self.step, file)
             self.report.invalid.add(digest)
@@ -235,19 +237,30 @@ class Fetcher:
         self.report.fetched.add(file)
 
     async def _cancel_losers(self, running: list[_Attempt]) -> None:
+        """Cancel the attempts not needed any more; one whose payload is arriving drains in the background instead
+        (bounded by its own deadline), so its connection and the agent's other fetches survive."""
+        waiting = []
         for attempt in running:
-            attempt.task.cancel()
-        for attempt in running:
-            try:
-                await attempt.task
-            except asyncio.CancelledError:
-                pass
+            assert attempt.task is not None
             if attempt.overtaken:
                 self.report.slow.add(attempt.worker)
-            if not attempt.in_row:
-                self._quarantine.append(attempt.dest)  # a cancelled decode may still write into it this step
+            if attempt.receiving and not attempt.task.done():
+                self._draining.add(attempt.task)
+                attempt.task.add_done_callback(lambda task, dest=attempt.dest: self._drained(task, dest))
+            else:
+                attempt.task.cancel()
+                waiting.append(attempt)
+        for attempt in waiting:
+            try:
+                await attempt.task  # type: ignore[misc]
+            except asyncio.CancelledError:
+                pass
+            self._quarantine.append(attempt.dest)  # a cancelled decode may still write into it this step
+
+    def _drained(self, task: asyncio.Task[bytes | None], dest: np.ndarray) -> None:
+        self._draining.discard(task)
+        self._quarantine.append(dest)
 
     def _release(self, attempt: _Attempt) -> None:
-        """A finished attempt's spare buffer is free again (a row is never handed out as a spare)."""
-        if not attempt.in_row:
-            self._spares.append(attempt.dest)
+        """A finished attempt's spare buffer is free again."""
+        self._spares.append(attempt.dest)
