@@ -75,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="dataset directory passed to every run")
     p.add_argument("--run-timeout", type=positive_float, default=3600.0, help="seconds per run before it is "
                    "stopped and marked failed (default 3600)")
+    p.add_argument("--join-timeout", type=positive_float, default=900.0, help="seconds each run waits for its K "
+                   "local agents to start (default 900: K torch processes start slowly on a busy machine)")
+    p.add_argument("--gather-timeout", type=positive_float, default=600.0, help="seconds each step waits for "
+                   "digests (default 600)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is infeasible and the commands")
     p.add_argument("--no-plots", action="store_true", help="write the CSV and table only")
     p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live view")
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"preset {args.preset.value}: {entry.reproduces}")
         console.print(f"scaled for a CPU machine: {entry.scaled}")
     runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=args.data_dir,
-                         run_timeout_s=args.run_timeout)
+                         run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
+                         gather_timeout_s=args.gather_timeout)
     if args.dry_run:
         return _dry_run(runner, console)
     check_output_dir(runner.out)

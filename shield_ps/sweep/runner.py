@@ -90,6 +90,8 @@ class SweepRunner:
     out: Path
     data_dir: str | None = None
     run_timeout_s: float = 3600.0
+    join_timeout_s: float = 900.0
+    gather_timeout_s: float = 600.0
     on_progress: Callable[[Progress], None] = lambda progress: None
 
     def run_dir(self, spec: RunSpec) -> Path:
@@ -99,6 +101,7 @@ class SweepRunner:
         """The subprocess command of one run (the same interpreter; ``PYTHONPATH`` is inherited)."""
         cmd = [sys.executable, "-m", "shield_ps.cli", "serve", *spec.serve_args(),
                "--local-agents", str(self.grid.workers), "--port", "0", "--quiet",
+               "--join-timeout", repr(self.join_timeout_s), "--gather-timeout", repr(self.gather_timeout_s),
                "--train-dir", str(self.run_dir(spec))]
         if self.data_dir:
             cmd += ["--data-dir", self.data_dir]
