@@ -116,6 +116,7 @@ class SweepRunner:
         started, work_done = time.monotonic(), 0.0
         for index, spec in enumerate(pending):
             progress.current, progress.step, progress.steps = spec.name, 0, self.grid.max_steps
+            self.on_progress(progress)
             self._execute(spec, progress, lambda fraction: self._eta(progress, started, work_done + fraction,
                                                                      len(pending)))
             work_done = index + 1.0
