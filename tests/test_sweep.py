@@ -103,13 +103,14 @@ def test_bad_flags_exit_2_naming_what_is_allowed(args: tuple[str, ...], fragment
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="needs the real MNIST test split")
 def test_two_configuration_sweep_writes_table_and_plots_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     args = ("--schemes", "baseline,detox", "--workers", "3", "--replication", "3", "--aggregators", "coord-median",
             "--attacks", "alie", "--byzantine", "1", "--max-steps", "4", "--eval-freq", "2", "--batch-size", "30",
             "--data-dir", str(MNIST_DIR), "--out", str(out), "--plain", "--run-timeout", "400")
-    done = sweep(*args)
+    done = sweep(*args, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["scheme"] for r in rows] == ["baseline", "detox"]
