@@ -200,7 +200,8 @@ class SweepRunner:
         if log_path.is_file():
             lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
             last = lines[-1].strip() if lines else ""
-        return f"failed: {status}" + (f" ({last})" if last else "")
+        status = status if status.startswith("failed") else f"failed: {status}"
+        return status + (f" (serve.log: {last})" if last else "")
 
 
 def check_output_dir(out: Path) -> Path:
