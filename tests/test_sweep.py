@@ -124,6 +124,7 @@ def test_two_configuration_sweep_writes_table_and_plots_and_resumes(tmp_path: Pa
     assert float(baseline["corrupted_frac"]) == pytest.approx(1 / 3) == pytest.approx(float(baseline["cmax_frac"]))
     assert float(detox["corrupted_frac"]) == 0 == float(detox["cmax_frac"])
     assert "baseline" in done.stdout and "final top-1" in done.stdout
+    assert (out / "results.md").read_text().count("| completed |") == 2
     for name in ("accuracy.png", "final_top1.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     metrics = out / "runs" / "detox-coord-median-alie-q1-seed0" / "metrics.jsonl"

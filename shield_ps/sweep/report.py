@@ -1,15 +1,16 @@
-"""The end of a sweep: ``results.csv``, the rich table on the terminal and the two figures."""
+"""The end of a sweep: ``results.csv`` and ``results.md``, the rich table on the terminal and the two figures."""
 from __future__ import annotations
 
 import logging
 from typing import Any, Sequence
 
 from shield_ps.errors import PlotError
-from shield_ps.sweep.results import RunRow, rich_table, write_csv
+from shield_ps.sweep.results import RunRow, markdown_table, rich_table, write_csv
 
 log = logging.getLogger(__name__)
 
-CSV_NAME, ACCURACY_PNG, BARS_PNG = "results.csv", "accuracy.png", "final_top1.png"
+CSV_NAME, MARKDOWN_NAME = "results.csv", "results.md"
+ACCURACY_PNG, BARS_PNG = "accuracy.png", "final_top1.png"
 
 
 def write_report(rows: Sequence[RunRow], runner: Any, console: Any, *, plots: bool = True) -> None:
@@ -18,6 +19,7 @@ def write_report(rows: Sequence[RunRow], runner: Any, console: Any, *, plots: bo
     out = runner.out
     console.print(rich_table(rows, title=f"sweep {out}"))
     console.print(f"wrote {write_csv(rows, out / CSV_NAME)}", soft_wrap=True)
+    (out / MARKDOWN_NAME).write_text(markdown_table(rows))
     if not plots:
         return
     from shield_ps.sweep.plots import plot_accuracy, plot_final_bars

@@ -99,6 +99,22 @@ def write_csv(rows: Sequence[RunRow], path: Path) -> Path:
     return path
 
 
+def markdown_table(rows: Sequence[RunRow]) -> str:
+    """The results as a Markdown table (what docs/experiments.md quotes), one line per run."""
+    head = ("scheme", "aggregator", "attack", "q", "seed", "steps", "final top-1", "best top-1", "final loss",
+            "corrupted/step", "c_max/f", "s/step", "kB in/step", "kB out/step", "status")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        kb_in = None if r.bytes_in_per_step is None else r.bytes_in_per_step / 1e3
+        kb_out = None if r.bytes_out_per_step is None else r.bytes_out_per_step / 1e3
+        cells = (r.scheme, r.aggregator, r.attack, str(r.q), str(r.seed), str(r.steps), _pct(r.final_top1),
+                 _pct(r.best_top1), _num(r.final_loss, ".3f"), _pct(r.corrupted_frac), _pct(r.cmax_frac),
+                 _num(r.median_step_s, ".2f"), _num(kb_in, ",.0f"), _num(kb_out, ",.0f"),
+                 r.status.replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
