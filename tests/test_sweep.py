@@ -132,3 +132,14 @@ def test_two_configuration_sweep_writes_table_and_plots_and_resumes(tmp_path: Pa
     again = sweep(*args)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 skipped" in again.stdout and metrics.stat().st_mtime_ns == before
+
+
+def test_progress_line_names_the_run_the_counts_and_the_eta() -> None:
+    from shield_ps.sweep.runner import Progress
+    from shield_ps.sweep.view import describe
+
+    progress = Progress(total=9, done=2, skipped=1, current="mols-coord-median-alie-q2-seed0", step=40, steps=100,
+                        eta_s=3725)
+    assert describe(progress) == ("runs 3/9 (1 skipped: done before or infeasible) · now "
+                                  "mols-coord-median-alie-q2-seed0 step 40/100 · grid ETA 1:02:05")
+    assert describe(Progress(total=2, done=2)) == "runs 2/2 · finished"
