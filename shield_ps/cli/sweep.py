@@ -31,11 +31,11 @@ def _axis(key: str, item: Callable[[str], Any] = str) -> Callable[[str], tuple[A
 
 
 def _choice(key: str) -> Callable[[str], str]:
-    from shield_ps.sweep.grid import _zoo_name
+    from shield_ps.sweep.grid import zoo_name
 
     def parse(text: str) -> str:
         try:
-            return _zoo_name(key, text)
+            return zoo_name(key, text)
         except SweepError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -201,7 +201,7 @@ def _scalar(key: str, value: Any, annotation: str) -> Any:
             return float(value)
         raise SweepError(f"momentum must be in [0, 1), got {value!r}")
     if key in ("network", "dataset"):
-        return _zoo_name(key, value)
+        return zoo_name(key, value)
     if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     if "int" in annotation and isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -214,7 +214,8 @@ def _scalar(key: str, value: Any, annotation: str) -> Any:
     raise SweepError(f"{key} must be {want}, got {value!r}")
 
 
-def _zoo_name(key: str, value: Any) -> str:
+def zoo_name(key: str, value: Any) -> str:
+    """``value`` if it names a network (``key`` = "network") or dataset the zoo knows; SweepError otherwise."""
     from shield_agent.zoo.names import Dataset, Network
 
     choices = [m.value for m in (Network if key == "network" else Dataset)]
