@@ -70,3 +70,9 @@ class PlotError(ViewError):
     """A plot cannot be made (matplotlib missing, no data in the runs)."""
 
     code = "plot"
+
+
+class SweepError(ConfigError):
+    """A sweep grid (TOML file, flags or preset) that cannot run; the message names what is allowed."""
+
+    code = "sweep"

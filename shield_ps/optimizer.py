@@ -1,7 +1,11 @@
 """Momentum SGD on the flat parameter vector, with a step learning-rate schedule.
 
 The update is the one the ByzShield experiments use (PyTorch's SGD without dampening):
-``v = mu * v + g``, ``w -= lr * v``, with ``lr = lr0 * gamma ** (t // lr_step)``.
+``v = mu * v + g``, ``w -= lr * v``, with ``lr = lr0 * gamma ** ((t + 1) // lr_step)`` at 0-based step t.
+
+The original code counts steps from 1 and, at its step c with ``c % lr_step == 0``, sets the rate to
+``lr0 * gamma ** (c // lr_step)`` before that step's update; with c = t + 1 that is the form above, so the first
+decay applies to 0-based step ``lr_step - 1``.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from shield_ps.errors import ConfigError
 
 @dataclass(frozen=True)
 class Schedule:
-    """Step decay: the learning rate at step ``t`` is ``lr0 * gamma ** (t // lr_step)``."""
+    """Step decay: the learning rate at 0-based step ``t`` is ``lr0 * gamma ** ((t + 1) // lr_step)``, the original
+    code's schedule over its 1-based step counter (``ByzshieldMaster._model_update``)."""
 
     lr0: float
     gamma: float = 1.0
@@ -29,7 +34,7 @@ class Schedule:
             raise ConfigError(f"--lr-step must be >= 1, got {self.lr_step}")
 
     def lr_at(self, step: int) -> float:
-        return float(self.lr0 * self.gamma ** (step // self.lr_step))
+        return float(self.lr0 * self.gamma ** ((step + 1) // self.lr_step))
 
 
 class MomentumSGD:

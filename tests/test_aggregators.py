@@ -328,5 +328,12 @@ def test_memory_stays_far_below_three_copies_of_the_input() -> None:
 def test_bucketed_sign_sgd_is_the_two_stage_vote() -> None:
     X = np.random.default_rng(13).standard_normal((9, 40)).astype(F32)
     groups = np.array_split(np.random.default_rng(3).permutation(9), 3)
-    expected = np.sign(sum(np.sign(X[g].astype(float).sum(axis=0)) for g in groups))
+    expected = np.sign(sum(np.sign(np.sign(X[g]).sum(axis=0)) for g in groups))
     np.testing.assert_array_equal(aggregate("sign-sgd", X, buckets=3, seed=3), expected)
+
+
+def test_bucketed_sign_sgd_votes_signs_not_raw_sums() -> None:
+    """The original's workers send sign(g), so a bucket votes sign(sum of signs): one large entry cannot outvote two
+    small ones. One bucket of three rows: raw sum 10 - 1 - 1 = 8 > 0, signs 1 - 1 - 1 = -1 < 0."""
+    X = arr([[10, -3], [-1, 2], [-1, 2]])
+    np.testing.assert_array_equal(aggregate("sign-sgd", X, buckets=1, seed=0), [-1, 1])

@@ -15,7 +15,7 @@ from shield_agent.zoo import DATASETS, NETWORKS, Dataset, Network, applicable, b
 # Parameter counts of the CIFAR-style reference implementations (ResNet18 with 10 classes: 11,173,962); MNIST has
 # one input channel, so its first conv is smaller.
 EXPECTED_PARAMS = {
-    ("LeNet", "MNIST"): 431_080,
+    ("LeNet", "MNIST"): 431_080, ("LeNet-relu", "MNIST"): 431_080,
     ("ResNet18", "MNIST"): 11_172_810, ("ResNet18", "Cifar10"): 11_173_962,
     ("ResNet18", "Cifar100"): 11_220_132, ("ResNet18", "SVHN"): 11_173_962,
     ("ResNet34", "MNIST"): 21_280_970, ("ResNet34", "Cifar10"): 21_282_122,

@@ -91,13 +91,37 @@ def test_mols_golden_k15() -> None:
 
 
 def test_ramanujan_golden() -> None:
-    """Case 2, s = 3: worker i*s + a holds file j*s + b iff b = a + i*j (mod s)."""
+    """Hand-derived from the original's P (P[a, b] = 1 iff b = a - 1 mod s) and B's block (i, j) = P^(i*j).
+
+    Case 2, s = 3: worker i*s + a holds file j*s + b iff b = a - i*j (mod s). Case 1, s = 5, m = 3: worker j*s + b
+    holds file i*s + a iff a = b + i*j (mod s)."""
     p = build_placement("rama_two", 9, 3)
     assert p.worker_files[0] == (0, 3, 6)     # slope 0, intercept 0
-    assert p.worker_files[4] == (1, 5, 6)     # i=1, a=1: b = 1, 2, 0
-    p1 = build_placement("rama_one", 15, 3)   # case 1, s=5, m=3: worker j*s + b holds i*s + (b - i*j) mod s
+    assert p.worker_files[4] == (1, 3, 8)     # i=1, a=1: b = 1, 0, 2 for j = 0, 1, 2
+    p1 = build_placement("rama_one", 15, 3)
     assert p1.worker_files[0] == (0, 5, 10, 15, 20)
-    assert p1.worker_files[6] == (1, 5, 14, 18, 22)
+    assert p1.worker_files[6] == (1, 7, 13, 19, 20)   # j=1, b=1: a = 1, 2, 3, 4, 0 for i = 0..4
+
+
+def _original_biadjacency(s: int, m: int) -> np.ndarray:
+    """B of the original's ``rama_groups`` from its definition: P[a, b] = 1 iff (b + 1) mod s == a, block row i and
+    block column j of B hold P^(i*j); rows of B are Case 2's workers, columns its files (Case 1 uses B^T)."""
+    P = np.array([[1 if (b + 1) % s == a else 0 for b in range(s)] for a in range(s)], dtype=np.int64)
+    return np.block([[np.linalg.matrix_power(P, i * j) for j in range(m)] for i in range(s)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scheme,K,r,m,s", [
+    ("rama_one", 15, 3, None, 5), ("rama_one", 21, 3, None, 7), ("rama_one", 35, 5, None, 7),
+    ("rama_two", 9, 3, None, 3), ("rama_two", 25, 5, None, 5), ("rama_two", 25, 5, 10, 5),
+])
+def test_ramanujan_matches_the_original_numbering(scheme: str, K: int, r: int, m: int | None, s: int) -> None:
+    """Every worker gets the same files as the original's worker of the same (0-based) rank, not a relabelling."""
+    p = build_placement(scheme, K, r, m)
+    if scheme == "rama_one":
+        expected = _original_biadjacency(s, r).T
+    else:
+        expected = _original_biadjacency(s, m or s)
+    assert (p.biadjacency() == expected).all()
 
 
 def test_detox_groups_and_baseline() -> None:

@@ -13,9 +13,12 @@ from shield_ps.events import EventSink, read_events
 from shield_ps.optimizer import MomentumSGD, Schedule
 
 
-def test_schedule_steps_down() -> None:
+def test_schedule_steps_down_as_the_original() -> None:
+    """The original's 1-based step c = t + 1 decays when c % lr_step == 0 to lr0 * gamma ** (c // lr_step): with
+    lr_step 10, 0-based steps 0..8 run at lr0, 9..18 at lr0/2, 19..28 at lr0/4."""
     schedule = Schedule(lr0=0.1, gamma=0.5, lr_step=10)
-    assert [schedule.lr_at(t) for t in (0, 9, 10, 25)] == [0.1, 0.1, 0.05, 0.025]
+    assert [schedule.lr_at(t) for t in (0, 8, 9, 10, 18, 19, 25)] == [0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025]
+    assert Schedule(lr0=1.0, gamma=0.5, lr_step=1).lr_at(0) == 0.5   # c = 1 is already a multiple of 1
     with pytest.raises(ConfigError, match="gamma"):
         Schedule(lr0=0.1, gamma=1.5)
 

@@ -10,6 +10,7 @@ class Network(str, enum.Enum):
     """Networks by the names the CLI accepts."""
 
     LENET = "LeNet"
+    LENET_RELU = "LeNet-relu"
     RESNET18 = "ResNet18"
     RESNET34 = "ResNet34"
     RESNET50 = "ResNet50"

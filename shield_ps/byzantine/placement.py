@@ -11,8 +11,9 @@ Schemes (the enum values are the CLI names):
 - ``mols``: r mutually orthogonal Latin squares of prime degree l, L_a(i, j) = (a*i + j) mod l for a = 1..r;
   worker k*l + s computes every file i*l + j with L_(k+1)(i, j) = s (ByzShield Sec. 4.1). K = r*l, f = l^2.
 - ``rama_one`` / ``rama_two``: the Ramanujan bigraph of Burnwal, Sinha and Vidyasagar built from s x s cyclic-shift
-  blocks P^(a*b), s prime (ByzShield Sec. 4.2). Case 1 (m < s): (K, f, l, r) = (m*s, s^2, s, m), workers are block
-  columns. Case 2 (m >= s, s | m): (K, f, l, r) = (s^2, m*s, m, s), workers are block rows.
+  blocks P^(a*b), s prime (ByzShield Sec. 4.2), with P[a, b] = 1 iff b = a - 1 (mod s) as in the original code.
+  Case 1 (m < s): (K, f, l, r) = (m*s, s^2, s, m), workers are block columns. Case 2 (m >= s, s | m):
+  (K, f, l, r) = (s^2, m*s, m, s), workers are block rows.
 """
 from __future__ import annotations
 
@@ -140,8 +141,10 @@ def _rama_one(K: int, r: int, m: int | None) -> tuple[list[list[int]], int]:
         raise PlacementError(
             f"rama_one (Ramanujan case 1) needs K = m*s with s prime and m = r < s; "
             f"K={K}, r={r} gives s={_ratio(K, r)}")
-    # Worker j*s + b (block column j) holds file i*s + a (block row i) iff (P^(i*j))[a, b] = 1, i.e. b = a + i*j.
-    files = [sorted(i * s + (b - i * j) % s for i in range(s)) for j in range(r) for b in range(s)]
+    # B's block (i, j) is P^(i*j) with P[a, b] = 1 iff b = a - 1 (mod s), the original code's cyclic shift, so
+    # (P^(i*j))[a, b] = 1 iff b = a - i*j. Case 1 works with B^T: worker j*s + b (block column j) holds file
+    # i*s + a (block row i) iff a = b + i*j (mod s).
+    files = [sorted(i * s + (b + i * j) % s for i in range(s)) for j in range(r) for b in range(s)]
     return files, s * s
 
 
@@ -155,9 +158,10 @@ def _rama_two(K: int, r: int, m: int | None) -> tuple[list[list[int]], int]:
     m = s if m is None else m
     if m < s or m % s:
         raise PlacementError(f"rama_two needs --rama-m a positive multiple of s = {s}; got m={m}")
-    # Worker i*s + a (block row i) holds file j*s + b (block column j) iff b = a + i*j (mod s); columns j and j + s
+    # Worker i*s + a (block row i) holds file j*s + b (block column j) iff (P^(i*j))[a, b] = 1, i.e.
+    # b = a - i*j (mod s) with the original code's shift P[a, b] = 1 iff b = a - 1; columns j and j + s
     # repeat the same block, so m = t*s gives t copies of each holder set (as in the paper's construction).
-    files = [sorted(j * s + (a + i * j) % s for j in range(m)) for i in range(s) for a in range(s)]
+    files = [sorted(j * s + (a - i * j) % s for j in range(m)) for i in range(s) for a in range(s)]
     return files, m * s
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "shield_ps.cli.evaluate",
     "plot": "shield_ps.cli.plot",
     "serve": "shield_ps.cli.serve",
+    "sweep": "shield_ps.cli.sweep",
     "watch": "shield_ps.cli.watch",
 }
 

@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replication r (default: the paper's for the scheme: 5 for rama_two, 1 for baseline, else 3)")
     g.add_argument("--rama-m", type=positive_int, help="m of the Ramanujan Case 2 construction (default s)")
     g = p.add_argument_group("training")
-    g.add_argument("--network", default="LeNet", help="model (LeNet, ResNet18, ResNet34, ResNet50, DenseNet, ...)")
+    g.add_argument("--network", default="LeNet", help="model (LeNet as in the paper's code, LeNet-relu, ResNet18, ResNet34, ResNet50, DenseNet, VGG11, VGG13)")
     g.add_argument("--dataset", default="MNIST", help="MNIST, Cifar10, Cifar100 or SVHN")
     g.add_argument("--data-dir", help="dataset directory (default ~/.cache/shield/data)")
     g.add_argument("--batch-size", type=positive_int, help="the whole batch b (default 10*f)")

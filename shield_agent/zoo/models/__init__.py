@@ -32,6 +32,8 @@ _RGB32 = frozenset({Dataset.CIFAR10, Dataset.CIFAR100, Dataset.SVHN})
 #: 28x28 inputs; VGG's five max-pools need 32x32; LeNet's fc1 is sized for 28x28.
 NETWORKS: dict[Network, NetworkEntry] = {
     Network.LENET: NetworkEntry(lambda classes, channels: LeNet(classes, channels), frozenset({Dataset.MNIST})),
+    Network.LENET_RELU: NetworkEntry(lambda classes, channels: LeNet(classes, channels, relu_fc1=True),
+                                     frozenset({Dataset.MNIST})),
     Network.RESNET18: NetworkEntry(resnet18, _ALL),
     Network.RESNET34: NetworkEntry(resnet34, _ALL),
     Network.RESNET50: NetworkEntry(resnet50, _ALL),

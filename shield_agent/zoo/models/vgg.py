@@ -1,8 +1,15 @@
 """VGG with batch norm for 32x32 inputs (Simonyan & Zisserman, ICLR 2015): five conv stages each ending in a 2x2
-max-pool, so a 32x32 input reaches 1x1x512, then one linear head."""
+max-pool, so a 32x32 input reaches 1x1x512, then one linear head.
+
+Layers and initialisation follow the original ByzShield code's ``vgg11_bn``/``vgg13_bn`` (``src/model_ops/vgg.py``):
+conv weights drawn from N(0, 2/n) with n = kernel height * kernel width * output channels (He, fan-out), conv and
+linear biases zero, BatchNorm weight 1 and bias 0, linear weight from N(0, 0.01^2).
+"""
 from __future__ import annotations
 
 from typing import Sequence
+
+import math
 
 import torch
 from torch import nn
@@ -28,6 +35,22 @@ class VGG(nn.Module):
                 channels = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """The original code's initialisation (see the module docstring); draws from torch's global RNG."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

@@ -13,7 +13,8 @@ def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
     """The coordinate-wise majority of signs, as float32 in {-1, 0, 1}.
 
     With ``buckets`` = N < n the rows are shuffled by ``default_rng(seed)`` into N groups; each group votes with the
-    sign of its sum and the output is the sign of the sum of the group votes (the original code's two-stage vote).
+    sign of the sum of its rows' signs and the output is the sign of the sum of the group votes (the original code's
+    two-stage vote: its workers send sign(g) as int8, so each bucket sums signs, not raw gradients).
     """
     n, d = X.shape
     buckets = n if buckets is None else check_count("sign-sgd", "buckets", buckets, 1, n, f"n={n} rows")
@@ -26,7 +27,8 @@ def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
         if buckets == n:  # each row is its own group: a plain majority of signs
             votes = np.sign(block).sum(axis=0)
         else:
-            votes = sum(np.sign(block[rows].sum(axis=0, dtype=np.float64)) for rows in groups)
+            signs = np.sign(block)
+            votes = sum(np.sign(signs[rows].sum(axis=0)) for rows in groups)
         out[cols] = np.sign(votes)
 
     make_work: Callable[[], Callable[[slice], None]] = lambda: work

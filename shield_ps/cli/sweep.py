@@ -1,0 +1,165 @@
+"""``shield-ps sweep``: run a grid of local-cluster trainings (schemes x aggregators x attacks x q x seeds) and
+tabulate and plot the results; ``--preset fig9`` / ``fig2`` are the paper's comparisons scaled to LeNet on MNIST.
+
+Settings come from the preset, then the ``--config`` TOML file, then the flags (each overriding the one before).
+Completed runs are skipped, so an interrupted sweep continues where it stopped when run again with the same
+``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from shield_ps.errors import SweepError
+from wire.cli import non_negative_int, positive_float, positive_int
+
+
+def _axis(key: str, item: Callable[[str], Any] = str) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse type for a comma-separated axis, validated by the grid's own rules."""
+    from shield_ps.sweep.grid import parse_axis
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return parse_axis(key, [item(part.strip()) for part in text.split(",") if part.strip()])
+        except (SweepError, argparse.ArgumentTypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = f"comma-separated {key}"
+    return parse
+
+
+def _choice(key: str) -> Callable[[str], str]:
+    from shield_ps.sweep.grid import zoo_name
+
+    def parse(text: str) -> str:
+        try:
+            return zoo_name(key, text)
+        except SweepError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = key
+    return parse
+
+
+def _momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"momentum must be in [0, 1), got {value}")
+    return value
+
+
+#: flag destination -> Grid field, for the scalar settings a flag may override.
+_SCALARS = ("workers", "replication", "rama_m", "network", "dataset", "batch_size", "lr", "momentum", "gamma",
+            "lr_step", "max_steps", "eval_freq", "alie_z", "byzantine_gen")
+_AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from shield_ps.byzantine.byzantine_sets import ByzantineChoice
+    from shield_ps.cli.serve import _alie_z
+    from shield_ps.sweep.grid import Preset
+    from wire.cli import enum_choice
+
+    p = sub.add_parser("sweep", help="run a grid of local trainings and tabulate/plot the results",
+                       description=__doc__.split("\n\n")[0].replace("``", "'"))
+    p.add_argument("--preset", type=enum_choice(Preset), help="the paper's comparison: fig9 (K=15, q=2, ALIE, "
+                   "median/bulyan/multi-krum) or fig2 (K=25, q=3 and 5, ALIE, median)")
+    p.add_argument("--config", metavar="TOML", help="grid file (keys as the flags, with underscores; lists for the "
+                   "axes)")
+    p.add_argument("--out", help="sweep directory (default sweeps/<preset or 'grid'>); rerun to resume")
+    p.add_argument("--data-dir", help="dataset directory passed to every run")
+    p.add_argument("--run-timeout", type=positive_float, default=3600.0, help="seconds per run before it is "
+                   "stopped and marked failed (default 3600)")
+    p.add_argument("--join-timeout", type=positive_float, default=900.0, help="seconds each run waits for its K "
+                   "local agents to start (default 900: K torch processes start slowly on a busy machine)")
+    p.add_argument("--gather-timeout", type=positive_float, default=600.0, help="seconds each step waits for "
+                   "digests (default 600)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, what is infeasible and the commands")
+    p.add_argument("--no-plots", action="store_true", help="write the CSV and table only")
+    p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live view")
+    g = p.add_argument_group("grid axes (comma-separated)")
+    g.add_argument("--schemes", type=_axis("schemes"), help="baseline, detox, mols, rama_one, rama_two")
+    g.add_argument("--aggregators", type=_axis("aggregators"), help="e.g. coord-median,bulyan,multi-krum")
+    g.add_argument("--attacks", type=_axis("attacks"), help="none, rev-grad, constant, foe, alie")
+    g.add_argument("--byzantine", type=_axis("byzantine", non_negative_int), metavar="Q[,Q...]")
+    g.add_argument("--seeds", type=_axis("seeds", non_negative_int), metavar="S[,S...]")
+    g = p.add_argument_group("settings shared by every run")
+    g.add_argument("--workers", type=positive_int, metavar="K")
+    g.add_argument("--replication", type=positive_int, metavar="R", help="r of every scheme but the baseline")
+    g.add_argument("--rama-m", type=positive_int)
+    g.add_argument("--network", type=_choice("network"))
+    g.add_argument("--dataset", type=_choice("dataset"))
+    g.add_argument("--batch-size", type=positive_int, help="the whole batch b, the same for every scheme")
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--momentum", type=_momentum)
+    g.add_argument("--gamma", type=positive_float)
+    g.add_argument("--lr-step", type=positive_int)
+    g.add_argument("--max-steps", type=positive_int)
+    g.add_argument("--eval-freq", type=positive_int)
+    g.add_argument("--alie-z", type=_alie_z)
+    g.add_argument("--byzantine-gen", type=lambda text: enum_choice(ByzantineChoice)(text).value)
+
+
+def build_grid(args: argparse.Namespace) -> tuple["Grid", str]:  # noqa: F821 (imported lazily)
+    """The grid from preset, TOML and flags, and a short name for the default output directory."""
+    from shield_ps.sweep.grid import Grid, load_toml, preset
+
+    grid, name = Grid(), "grid"
+    if args.preset is not None:
+        grid, name = preset(args.preset).grid, args.preset.value
+    if args.config:
+        grid = load_toml(args.config, grid)
+    changes = {key: getattr(args, key) for key in _AXES + _SCALARS if getattr(args, key) is not None}
+    return grid.replace(**changes), name
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from shield_ps.sweep.grid import PRESETS
+    from shield_ps.sweep.report import write_report
+    from shield_ps.sweep.runner import SweepRunner, check_output_dir
+    from shield_ps.sweep.view import progress_view
+
+    grid, name = build_grid(args)
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: do not wrap the results table at 80 columns
+        console = Console(width=220)
+    if args.preset is not None:
+        entry = PRESETS[args.preset]
+        console.print(f"preset {args.preset.value}: {entry.reproduces}")
+        console.print(f"scaled for a CPU machine: {entry.scaled}")
+    runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=args.data_dir,
+                         run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
+                         gather_timeout_s=args.gather_timeout)
+    if args.dry_run:
+        return _dry_run(runner, console)
+    check_output_dir(runner.out)
+    with progress_view(console, plain=args.plain or not console.is_terminal) as view:
+        runner.on_progress = view
+        try:
+            rows = runner.run()
+        except KeyboardInterrupt:
+            print("shield-ps sweep: interrupted; completed runs are kept, rerun to continue", file=sys.stderr)
+            rows = runner.rows()
+            write_report(rows, runner, console, plots=False)
+            return 130
+    write_report(rows, runner, console, plots=not args.no_plots)
+    return 0 if all(not r.status.startswith("failed") for r in rows) else 1
+
+
+def _dry_run(runner: "SweepRunner", console: Any) -> int:  # noqa: F821
+    import shlex
+
+    for spec in runner.grid.runs():
+        reason = spec.infeasible()
+        if reason:
+            console.print(f"[yellow]infeasible[/] {spec.name}: {reason}")
+        else:
+            console.print(shlex.join(runner.serve_command(spec, resume=False)), soft_wrap=True)
+    return 0

@@ -1,0 +1,145 @@
+"""``shield-ps sweep``: grid validation (pure), and one real two-configuration sweep of local clusters on MNIST that
+checks the CSV, the table, the plots, the measured corrupted fraction and that a second invocation skips both runs."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.runtime_helpers import MNIST_DIR
+from shield_ps.byzantine.aggregators import Aggregator
+from shield_ps.byzantine.placement import Scheme
+from shield_ps.errors import SweepError
+from shield_ps.sweep.grid import PRESETS, Grid, Preset, grid_from_mapping, load_toml
+from shield_ps.sweep.results import summarize
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shield_ps.cli", "sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_presets_are_the_papers_grids() -> None:
+    fig9, fig2 = PRESETS[Preset.FIG9].grid, PRESETS[Preset.FIG2].grid
+    assert (fig9.workers, fig9.byzantine, fig9.attacks) == (15, (2,), ("alie",))
+    assert fig9.schemes == (Scheme.BASELINE, Scheme.DETOX, Scheme.MOLS) and len(fig9.aggregators) == 3
+    assert (fig2.workers, fig2.replication, fig2.byzantine) == (25, 5, (3, 5))
+    assert Scheme.RAMA_TWO in fig2.schemes
+    names = [spec.name for spec in fig9.runs()]
+    assert len(names) == len(set(names)) == 9
+    assert [s.replication for s in fig9.runs()[:3]] == [1, 3, 3]    # the baseline has no replication
+
+
+def test_infeasible_points_say_why() -> None:
+    grid = PRESETS[Preset.FIG9].grid
+    reasons = {spec.name: spec.infeasible() for spec in grid.runs()}
+    assert "n >= 3s+3" in reasons["detox-bulyan-byzshield-alie-q2-seed0"]
+    assert reasons["mols-bulyan-byzshield-alie-q2-seed0"] is None
+
+
+@pytest.mark.parametrize("data,fragment", [
+    ({"schemes": ["mols", "draco"]}, "schemes: invalid choice 'draco' (choose from baseline, detox, mols"),
+    ({"aggregators": ["median"]}, "aggregators: invalid choice 'median'"),
+    ({"attacks": ["alie", "lie"]}, "choose from none, rev-grad"),
+    ({"byzantine": [2, -1]}, "byzantine must be integers >= 0"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"max_steps": 0}, "max_steps must be a positive integer"),
+    ({"momentum": 1.0}, "momentum must be in [0, 1)"),
+    ({"network": "LeNet5"}, "network: invalid choice 'LeNet5' (choose from LeNet, LeNet-relu"),
+    ({"workerz": 3}, "unknown sweep keys: workerz (allowed: preset, schemes"),
+    ({"preset": "fig10"}, "unknown preset 'fig10' (choose from fig9, fig2)"),
+])
+def test_grid_validation_names_what_is_allowed(data: dict, fragment: str) -> None:
+    with pytest.raises(SweepError) as err:
+        grid_from_mapping(data)
+    assert fragment in str(err.value)
+
+
+def test_toml_overrides_the_preset(tmp_path: Path) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text('preset = "fig9"\naggregators = ["coord-median"]\nseeds = [0, 1]\nmax_steps = 7\n')
+    grid = load_toml(path)
+    assert grid.aggregators == (Aggregator.COORD_MEDIAN,) and grid.seeds == (0, 1) and grid.max_steps == 7
+    assert grid.workers == 15 and len(grid.runs()) == 6
+    (tmp_path / "bad.toml").write_text("schemes = [mols\n")
+    with pytest.raises(SweepError, match="not valid TOML"):
+        load_toml(tmp_path / "bad.toml")
+
+
+def test_summary_of_events_is_hand_checked() -> None:
+    spec = Grid(schemes=(Scheme.MOLS,), byzantine=(2,)).runs()[0]
+    events = [
+        {"kind": "step", "step": 0, "loss": 2.0, "files": 25, "files_corrupted": 1, "bytes_in": 100, "bytes_out": 300,
+         "times": {"total": 1.0}},
+        {"kind": "step", "step": 1, "loss": 1.5, "files": 25, "files_corrupted": 0, "bytes_in": 200, "bytes_out": 500,
+         "times": {"total": 3.0}},
+        {"kind": "step", "step": 1, "loss": 1.0, "files": 25, "files_corrupted": 1, "bytes_in": 300, "bytes_out": 500,
+         "times": {"total": 2.0}},   # a resumed step replaces the earlier one
+        {"kind": "eval", "step": 1, "top1": 0.5}, {"kind": "eval", "step": 2, "top1": 0.4},
+        {"kind": "summary", "wall_s": 10.0, "reason": "completed"},
+    ]
+    row = summarize(spec, events, "completed")
+    assert (row.steps, row.final_top1, row.best_top1, row.final_loss) == (2, 0.4, 0.5, 1.0)
+    assert row.corrupted_frac == pytest.approx(1 / 25) and row.cmax_frac == pytest.approx(1 / 25)  # c_max(2) = 1
+    assert (row.median_step_s, row.bytes_in_per_step, row.bytes_out_per_step) == (1.5, 200, 400)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--schemes", "mols,foo"), "argument --schemes: schemes: invalid choice 'foo' (choose from baseline"),
+    (("--preset", "fig10"), "argument --preset: invalid choice 'fig10' (choose from fig2, fig9)"),
+    (("--byzantine", "2,x"), "argument --byzantine: expected an integer >= 0, got 'x'"),
+    (("--momentum", "1.5"), "momentum must be in [0, 1), got 1.5"),
+    (("--network", "AlexNet"), "network: invalid choice 'AlexNet'"),
+])
+def test_bad_flags_exit_2_naming_what_is_allowed(args: tuple[str, ...], fragment: str) -> None:
+    done = sweep(*args, "--dry-run")
+    assert done.returncode == 2 and fragment in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="needs the real MNIST test split")
+def test_two_configuration_sweep_writes_table_and_plots_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ("--schemes", "baseline,detox", "--workers", "3", "--replication", "3", "--aggregators", "coord-median",
+            "--attacks", "alie", "--byzantine", "1", "--max-steps", "4", "--eval-freq", "2", "--batch-size", "30",
+            "--data-dir", str(MNIST_DIR), "--out", str(out), "--plain", "--run-timeout", "400")
+    done = sweep(*args, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["scheme"] for r in rows] == ["baseline", "detox"]
+    baseline, detox = rows
+    for row in rows:
+        assert row["status"] == "completed" and row["steps"] == "4"
+        assert 0 < float(row["final_top1"]) <= 1 and float(row["best_top1"]) >= float(row["final_top1"])
+        assert float(row["bytes_in_per_step"]) > 0 and float(row["median_step_s"]) > 0
+    # K = 3, q = 1: the baseline's Byzantine worker wins one file of three every step (c_max(1)/f = 1/3); DETOX's
+    # one group of three outvotes it (c_max = 0).
+    assert float(baseline["corrupted_frac"]) == pytest.approx(1 / 3) == pytest.approx(float(baseline["cmax_frac"]))
+    assert float(detox["corrupted_frac"]) == 0 == float(detox["cmax_frac"])
+    assert "baseline" in done.stdout and "final top-1" in done.stdout
+    assert (out / "results.md").read_text().count("| completed |") == 2
+    for name in ("accuracy.png", "final_top1.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    metrics = out / "runs" / "detox-coord-median-alie-q1-seed0" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    again = sweep(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 skipped" in again.stdout and metrics.stat().st_mtime_ns == before
+
+
+def test_progress_line_names_the_run_the_counts_and_the_eta() -> None:
+    from shield_ps.sweep.runner import Progress
+    from shield_ps.sweep.view import describe
+
+    progress = Progress(total=9, done=2, skipped=1, current="mols-coord-median-alie-q2-seed0", step=40, steps=100,
+                        eta_s=3725)
+    assert describe(progress) == ("runs 3/9 (1 skipped: done before or infeasible) · now "
+                                  "mols-coord-median-alie-q2-seed0 step 40/100 · grid ETA 1:02:05")
+    assert describe(Progress(total=2, done=2)) == "runs 2/2 · finished"
