@@ -351,7 +351,8 @@ def run_once(name: str, train_dir: Path, args: argparse.Namespace, flood: bool) 
                 result.flood_to, phase = metrics.last_step + 1, "after"
             time.sleep(args.sample_s)
         if ps.returncode != 0:
-            raise RuntimeError(f"{name}: the PS exited {ps.returncode}:\n{log_path.read_text(errors='replace')[-2000:]}")
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{name}: the PS exited {ps.returncode}:\n{tail}")
         if flood and result.flood_to is None:
             raise RuntimeError(f"{name}: the run ended before the flood was stopped (phase {phase}); more --steps?")
     finally:
@@ -360,6 +361,9 @@ def run_once(name: str, train_dir: Path, args: argparse.Namespace, flood: bool) 
         if flood_log is not None:
             flood_log.close()
     metrics.poll()
+    with open(train_dir / "rss.jsonl", "w") as fh:  # for a look with --keep
+        fh.writelines(json.dumps({"t": t, "last_step": step, "vmrss_kb": vm, "rssanon_kb": anon}) + "\n"
+                      for t, step, vm, anon in rss)
     result.steps = metrics.of("step")
     summaries = metrics.of("summary")
     result.summary = summaries[-1] if summaries else {}
