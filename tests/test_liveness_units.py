@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import wire
+from wire import Kind
 from shield_ps.byzantine.aggregators import aggregate
 from shield_ps.events import effective_events
 from shield_ps.phases.accounting import StepAccount, Tally
@@ -156,3 +157,30 @@ def test_tally_round_trips_and_never_counts_a_liar_as_outvoted() -> None:
     again = Tally.from_json(tally.to_json())
     assert again == tally and again.summary_fields()["slow_workers"] == {"7": 1}
     assert again.totals["steps_skipped"] == 1 and Tally.from_json(None) == Tally()
+
+
+def test_garbage_before_authentication_is_counted_as_protocol_and_leaves_no_nonce() -> None:
+    async def main() -> None:
+        async def owner(conn: wire.Connection) -> None:
+            await conn.recv()
+
+        server = await wire.serve("127.0.0.1", 0, owner, token=TOKEN, timeouts=wire.Timeouts(handshake=0.5))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\n\r\n" * 4)  # no frame at all
+            await writer.drain()
+            with_hello = await asyncio.open_connection("127.0.0.1", server.port)
+            with_hello[1].write(wire.encode_frame(Kind.HELLO, {"version": wire.PROTOCOL_VERSION, "role": "agent",
+                                                             "name": "x", "nonce": b"n" * 32}))
+            for _ in range(200):  # the half handshake times out; the garbage is refused at once
+                if server.refused["protocol"] == 1 and server.refused["timeout"] == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.refused["protocol"] == 1 and server.refused["auth"] == 0
+            assert server.refused["timeout"] == 1 and len(server._nonces._open) == 0
+            writer.close()
+            with_hello[1].close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())

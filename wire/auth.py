@@ -147,6 +147,10 @@ class NonceBook:
             self._open.popitem(last=False)
         return nonce
 
+    def forget(self, nonce: bytes) -> None:
+        """Drop ``nonce`` if still open (its handshake ended without redeeming it): nothing is kept for it."""
+        self._open.pop(nonce, None)
+
     def redeem(self, nonce: bytes) -> None:
         """Consume ``nonce``; :class:`AuthError` if it was never issued, already used, or forgotten."""
         if self._open.pop(nonce, 0) is not None:

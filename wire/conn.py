@@ -372,8 +372,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _fail(self, exc: WireError) -> None:
         """The peer broke the protocol: tell it why, then close."""
-        if isinstance(exc, ProtocolError):
-            log.warning("closing connection to %s: %s (%s)", self.peer, exc, exc.code)
+        if isinstance(exc, ProtocolError):  # before authentication the server counts it (rate-limited log)
+            log.log(logging.WARNING if self.peer is not None else logging.DEBUG, "closing connection to %s: %s (%s)",
+                    self.peer, exc, exc.code)
         self._shutdown(exc, code=exc.code)
 
     def _shutdown(self, exc: WireError, *, code: str | None, abort: bool = False) -> None:

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 from wire import auth
 from wire.auth import Role
 from wire.conn import Connection, Peer, Timeouts
-from wire.errors import AuthError, ConnectionClosed, WireError, WireTimeoutError
+from wire.errors import AuthError, ConnectionClosed, ProtocolError, WireError, WireTimeoutError
 from wire.frames import PROTOCOL_VERSION, Kind, Limits
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,14 @@ async def _server_handshake(conn: Connection, token: bytes, nonces: auth.NonceBo
     conn.allowed_kinds = frozenset({Kind.HELLO, Kind.AUTH, Kind.ERROR})
     role, name, client_nonce = auth.parse_hello(await _expect(conn, Kind.HELLO, deadline))
     server_nonce = nonces.issue()
-    await conn.send(Kind.CHALLENGE, {"nonce": server_nonce})
-    echoed, mac = auth.parse_auth(await _expect(conn, Kind.AUTH, deadline))
-    if echoed != server_nonce:
-        raise AuthError("unknown or replayed nonce")
-    nonces.redeem(echoed)
+    try:
+        await conn.send(Kind.CHALLENGE, {"nonce": server_nonce})
+        echoed, mac = auth.parse_auth(await _expect(conn, Kind.AUTH, deadline))
+        if echoed != server_nonce:
+            raise AuthError("unknown or replayed nonce")
+        nonces.redeem(echoed)
+    finally:
+        nonces.forget(server_nonce)  # a handshake that failed or timed out leaves nothing behind
     if not auth.mac_ok(auth.client_mac(token, server_nonce, role, name, client_nonce), mac):
         raise AuthError("bad MAC (wrong token?)")
     peer_id = admit(role, name)
@@ -179,8 +182,9 @@ class Server:
         except ConnectionClosed:
             pass
         except WireError as exc:
-            if not authenticated:
-                self._refuse("auth" if isinstance(exc, AuthError) else "protocol", host)
+            if not authenticated:  # our own reader refusing garbage surfaces as a refusal: count it as protocol
+                garbage = isinstance(conn.close_error, ProtocolError) or not isinstance(exc, AuthError)
+                self._refuse("protocol" if garbage else "auth", host)
             log.info("dropping %s: %s", conn.peer, exc)
             conn._shutdown(exc, code=exc.code)
         except Exception as exc:  # the owner's bug must not take the server down
