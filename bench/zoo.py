@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.byzantine_zoo import ZOO, run_cluster, secret_favouring, zoo_config  # noqa: E402
 
-BEHAVIOURS = ["trickle", "silent-fetch", "delayed-fetch", "slow-step-reader", "silent-digests",
+BEHAVIOURS = ["trickle", "slow-payload", "silent-fetch", "delayed-fetch", "slow-step-reader", "silent-digests",
               "reconnect-every-step", "flood", "wrong-length", "replay"]
 CULPRIT = 8
 
