@@ -22,7 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shield_agent.errors import ComputeError, ShieldAgentError
+from shield_agent.fingerprint import parse_probe, probe_fields
+from shield_agent.sketching import answers as sketch_answers
+from shield_agent.sketching import deviate
 from wire import Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -46,6 +50,9 @@ class AgentOptions:
     max_backoff: float = 30.0
     lie_factor: float | None = None  # testing only: a Byzantine agent that computes factor * gradient
     lie_payload: bool = False  # testing only: a Byzantine agent whose payloads do not match its digests
+    lie_deviation: float | None = None  # testing only: adds this relative deviation to every gradient
+    lie_sketch: bool = False  # testing only: sketches its honest gradient, not the one it committed to
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
 
@@ -120,6 +127,7 @@ class AgentSession:
         self._params: list[np.ndarray] = []
         self._grads: dict[int, np.ndarray] = {}
         self._work: _StepWork | None = None
+        self._honest: dict[int, np.ndarray] = {}  # lie_sketch only: what we sketch instead of what we committed
         self.finished = False
 
     async def run(self) -> None:
@@ -142,6 +150,8 @@ class AgentSession:
             await self._on_step(msg)
         elif msg.kind is Kind.FETCH:
             await self._on_fetch(msg)
+        elif msg.kind is Kind.SKETCH:
+            await self._on_sketch(msg)
         elif msg.kind is Kind.LEAVE:
             log.info("the PS ended the run: %s", msg.header.get("reason", ""))
             self.finished = True
@@ -155,10 +165,12 @@ class AgentSession:
         job = AgentJob.from_header(msg.header)
         threads = self.options.threads or job.threads
         spec = ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed, job.batch_size,
-                           job.num_files, threads)
+                           job.num_files, threads, device=self.options.device)
         loop = asyncio.get_running_loop()
         try:
+            probe = parse_probe(msg.header, job.num_files)
             self.computer = await loop.run_in_executor(self._executor, GradientComputer, spec)
+            fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads)
         except ShieldAgentError as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
@@ -167,7 +179,7 @@ class AgentSession:
         self._grads = {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
         log.info("worker %d: files %s, %d parameters", job.worker, list(job.files), d)
-        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker})
+        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint})
 
     async def _on_step(self, msg: Message) -> None:
         if self.job is None or msg.vector is None:
@@ -196,6 +208,10 @@ class AgentSession:
                                                 file, out)
             if self.options.lie_factor is not None:
                 out *= np.float32(self.options.lie_factor)
+            if self.options.lie_deviation is not None:
+                if self.options.lie_sketch:
+                    self._honest[file] = out.copy()
+                await loop.run_in_executor(self._executor, deviate, out, self.options.lie_deviation, work.step, file)
             digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
             if work.cancelled:
                 return
@@ -223,6 +239,28 @@ class AgentSession:
             payload = payload * np.float32(-1.0)
         await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
                                     codec=Codec(job.codec), level=job.codec_level, reply_to=msg)
+
+
+    async def _on_sketch(self, msg: Message) -> None:
+        """The step's revealed seed: sketch the named files we computed (one SKETCH each, as DIGESTS)."""
+        work, job = self._work, self.job
+        if job is None:
+            raise ComputeError("SKETCH before JOB")
+        try:
+            request = parse_sketch_request(msg.header, job.num_files)
+        except SketchHeaderError as exc:
+            raise ComputeError(f"malformed SKETCH from the PS: {exc}") from None
+        if work is None or work.step != request.step:
+            log.info("SKETCH for step %d, which is not ours now: ignored", request.step)
+            return
+        source = self._honest if self.options.lie_sketch else self._grads
+        ready = {f: source[f] for f in request.files if f in work.done and f in source}
+        loop = asyncio.get_running_loop()
+        for answer in await loop.run_in_executor(self._executor, sketch_answers, request, ready):
+            try:
+                await self.conn.send(Kind.SKETCH, answer.header())
+            except ConnectionClosed:
+                return
 
 
 async def run_agent(options: AgentOptions) -> int:
