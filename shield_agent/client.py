@@ -263,8 +263,9 @@ class AgentSession:
                 return
 
 
-async def run_agent(options: AgentOptions) -> int:
-    """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed."""
+async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:
+    """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed.
+    ``session_type`` is the per-connection behaviour (tests substitute Byzantine ones)."""
     import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
     watcher = _start_spot_watcher(options)
@@ -282,7 +283,7 @@ async def run_agent(options: AgentOptions) -> int:
             continue
         log.info("joined %s:%d as peer %d", options.host, options.port, conn.peer.id)
         backoff = 0.5
-        session = AgentSession(options, conn)
+        session = session_type(options, conn)
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
             await session.run()

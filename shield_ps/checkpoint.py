@@ -1,13 +1,16 @@
 """Atomic checkpoints of the PS state, readable without pickle.
 
-A checkpoint is one ``.npz`` file holding plain arrays only: ``params``, ``velocity`` and ``meta`` (UTF-8 JSON
-bytes with the step, RNG state, the resolved configuration, its hash, and a BLAKE3 digest of the arrays). It is
+A checkpoint is one ``.npz`` file holding plain arrays only: ``params``, ``velocity``, optional named arrays (e.g.
+centered clipping's centre, stored as ``x_<name>``) and ``meta`` (UTF-8 JSON bytes with the step, RNG state, the
+resolved configuration, its hash, the run's tallies, and a BLAKE3 digest of the arrays). It is
 written to a temporary name in the same directory, fsynced, renamed over the final name and the directory fsynced,
 so a crash at any moment leaves either the old or the new checkpoint, never a torn one. Loading uses
-``allow_pickle=False``.
+``allow_pickle=False``. A write that fails (a full disk, a read-only directory) is never silent:
+:class:`CheckpointLedger` turns it into a ``checkpoint`` event with the error, a log line and a field of the summary.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import logging
@@ -15,7 +18,7 @@ import os
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +43,12 @@ class Checkpoint:
     config_hash: str
     rng_state: dict[str, Any]
     extra: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _arrays_digest(params: np.ndarray, velocity: np.ndarray) -> str:
-    return digest_chunks([memoryview(params).cast("B"), memoryview(velocity).cast("B")]).hex()
+def _arrays_digest(params: np.ndarray, velocity: np.ndarray, arrays: dict[str, np.ndarray] | None = None) -> str:
+    named = [np.ascontiguousarray(arrays[k]) for k in sorted(arrays or {})]
+    return digest_chunks([memoryview(a).cast("B") for a in (params, velocity, *named)]).hex()
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -59,14 +64,16 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint, keep: int = 3) -> P
         "config_hash": checkpoint.config_hash,
         "rng_state": checkpoint.rng_state,
         "extra": checkpoint.extra,
-        "digest": _arrays_digest(checkpoint.params, checkpoint.velocity),
+        "digest": _arrays_digest(checkpoint.params, checkpoint.velocity, checkpoint.arrays),
+        "arrays": sorted(checkpoint.arrays),
     }
     meta_bytes = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     final = checkpoint_path(directory, checkpoint.step)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, params=checkpoint.params, velocity=checkpoint.velocity, meta=meta_bytes)
+            named = {f"x_{k}": v for k, v in checkpoint.arrays.items()}
+            np.savez(handle, params=checkpoint.params, velocity=checkpoint.velocity, meta=meta_bytes, **named)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, final)
@@ -97,15 +104,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
             params = np.ascontiguousarray(data["params"], dtype=np.float32)
             velocity = np.ascontiguousarray(data["velocity"], dtype=np.float32)
             meta = json.loads(bytes(data["meta"]).decode())
+            arrays = {str(k): np.ascontiguousarray(data[f"x_{k}"]) for k in meta.get("arrays", [])}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, io.UnsupportedOperation, EOFError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if params.ndim != 1 or params.shape != velocity.shape:
         raise CheckpointError(f"checkpoint {path} has mismatched arrays {params.shape} / {velocity.shape}")
-    if meta.get("digest") != _arrays_digest(params, velocity):
+    if meta.get("digest") != _arrays_digest(params, velocity, arrays):
         raise CheckpointError(f"checkpoint {path} fails its digest check (corrupt)")
     return Checkpoint(
         step=int(meta["step"]), params=params, velocity=velocity, config=meta["config"],
         config_hash=meta["config_hash"], rng_state=meta.get("rng_state", {}), extra=meta.get("extra", {}),
+        arrays=arrays,
     )
 
 
@@ -117,3 +126,41 @@ def load_latest(directory: Path) -> Checkpoint | None:
         except CheckpointError as exc:
             log.warning("skipping checkpoint: %s", exc)
     return None
+
+
+class CheckpointLedger:
+    """Writes checkpoints in a background pool and reports every outcome: a ``checkpoint`` event (ok or the error),
+    an error log line for a failure, and the list of failures for the summary. Callbacks run on the event loop."""
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+        self.errors: list[dict[str, Any]] = []
+        self.last_step: int | None = None  # the newest step whose checkpoint is safely on disk
+
+    def submit(self, pool: concurrent.futures.Executor, directory: Path, checkpoint: Checkpoint,
+               keep: int) -> concurrent.futures.Future[Any]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future = pool.submit(save_checkpoint, directory, checkpoint, keep)
+        future.add_done_callback(lambda fut: loop.call_soon_threadsafe(self._done, checkpoint.step, fut))
+        return future
+
+    def _done(self, step: int, future: concurrent.futures.Future[Any]) -> None:
+        try:
+            path = future.result()
+        except Exception as exc:  # OSError (disk full, permissions) and anything else: never silent
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("checkpoint at step %d was NOT written: %s", step, error)
+            self.errors.append({"step": step, "error": error})
+            self._sink.emit("checkpoint", step=step, ok=False, error=error)
+            return
+        self.last_step = step if self.last_step is None else max(self.last_step, step)
+        self._sink.emit("checkpoint", step=step, ok=True, path=str(path))
+
+    def final_error(self, step: int | None) -> str | None:
+        """Why the checkpoint of ``step`` is not safely written (None if it is)."""
+        if step is not None and self.last_step == step:
+            return None
+        failed = [e["error"] for e in self.errors if e["step"] == step]
+        return failed[-1] if failed else f"no checkpoint of step {step} was written"

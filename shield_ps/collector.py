@@ -3,13 +3,17 @@
 Agents send one DIGESTS message per file as soon as that file is computed. The collector validates each against
 what the PS expects (the current step, a file the sender holds, a digest of the right size, a finite loss or none),
 records it, and signals when every expected reply is in. An agent that disconnects stops being expected; its
-missing replies are erasures for the vote.
+missing replies are erasures for the vote, and it is remembered as lost for the step's accounting.
+
+Streaming vote: as soon as ``r_prime`` equal digests of a file are in, that digest has won (a strict majority of the r
+holders, so no other value can reach r'), and ``on_winner(file, digest, holders)`` is called at once, so the PS
+can fetch the file while other workers are still computing (Konstantinidis and Ramamoorthy, MLSys 2021, Sec. 3).
 """
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import Any, Callable
 
 from wire import DIGEST_SIZE
 
@@ -23,12 +27,17 @@ class DigestRejected(Exception):
 class StepCollector:
     """The digests of one step: per file, worker -> digest; per worker, reported losses and compute time."""
 
-    def __init__(self, step: int, num_files: int, expected: dict[int, tuple[int, ...]]) -> None:
+    def __init__(self, step: int, num_files: int, expected: dict[int, tuple[int, ...]], *, r_prime: int | None = None,
+                 on_winner: Callable[[int, bytes, tuple[int, ...]], None] | None = None) -> None:
         self.step = step
         self.replies: list[dict[int, bytes]] = [{} for _ in range(num_files)]
         self.losses: dict[int, list[float]] = {}
         self.compute_s: dict[int, float] = {}
+        self.lost: set[int] = set()  # workers that disconnected with replies still missing
+        self.decided: dict[int, bytes] = {}  # file -> digest that reached r' (streaming vote)
         self._missing: dict[int, set[int]] = {w: set(files) for w, files in expected.items() if files}
+        self._r_prime = r_prime
+        self._on_winner = on_winner
         self.complete = asyncio.Event()
         self._check_complete()
 
@@ -55,6 +64,7 @@ class StepCollector:
         if not isinstance(seconds, (int, float)) or not 0 <= seconds < _MAX_SECONDS:
             raise DigestRejected("seconds must be a non-negative number")
         self.replies[file][worker] = digest
+        self._check_decided(file, digest)
         if loss is not None:
             self.losses.setdefault(worker, []).append(float(loss))
         self.compute_s[worker] = self.compute_s.get(worker, 0.0) + float(seconds)
@@ -68,9 +78,19 @@ class StepCollector:
         return worker not in self._missing
 
     def drop_worker(self, worker: int) -> None:
-        """``worker`` is gone: stop waiting for it (its digests so far still count)."""
-        self._missing.pop(worker, None)
+        """``worker`` is gone: stop waiting for it (its digests so far still count; it is erased for the step)."""
+        if self._missing.pop(worker, None):
+            self.lost.add(worker)
         self._check_complete()
+
+    def _check_decided(self, file: int, digest: bytes) -> None:
+        if self._r_prime is None or file in self.decided:
+            return
+        holders = tuple(sorted(w for w, d in self.replies[file].items() if d == digest))
+        if len(holders) >= self._r_prime:
+            self.decided[file] = digest
+            if self._on_winner is not None:
+                self._on_winner(file, digest, holders)
 
     def missing_workers(self) -> tuple[int, ...]:
         return tuple(sorted(self._missing))

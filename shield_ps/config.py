@@ -19,6 +19,8 @@ from shield_ps.errors import ConfigError
 _OPERATIONAL_FIELDS = frozenset({
     "host", "port", "data_dir", "train_dir", "resume", "local_agents", "view", "eval_freq", "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
+    "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
+    "max_skipped_steps",
 })
 
 
@@ -65,9 +67,19 @@ class ServeConfig:
     local_agents: int = 0
     view: str = "auto"
     gather_timeout: float = 120.0
-    upload_timeout: float = 60.0
+    upload_timeout: float = 10.0  # latency allowance of one transfer (plus bytes / min_bandwidth)
+    min_bandwidth: float = 10.0  # MB/s, the slowest link a transfer is given time for
+    hedge_factor: float = 4.0
+    hedge_floor: float = 1.0
+    handshake_timeout: float = 5.0
+    max_preauth: int = 128
+    max_preauth_per_host: int = 32
     join_timeout: float = 120.0
     checkpoint_keep: int = 3
+    short_step: str = "skip"
+    max_skipped_steps: int = 20
+    cc_tau: float = 10.0
+    cc_iters: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from shield_ps.checkpoint import Checkpoint, load_latest, save_checkpoint
+from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
 from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
@@ -23,8 +23,9 @@ from shield_ps.local_agents import LocalAgents, write_token_file
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
-from shield_ps.round import StepRunner
-from wire import ConnectionClosed, Connection, Kind, Role, WireError, serve
+from shield_ps.phases.accounting import Tally
+from shield_ps.round import StepOutcome, StepRunner
+from wire import ConnectionClosed, Connection, Kind, Limits, Role, Timeouts, WireError, serve
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,32 @@ class PSDaemon:
         self.observers = ObserverHub(sink)
         self.best_top1: float | None = None
         self.final_top1: float | None = None
-        self.totals = {"files_corrupted": 0, "files_dropped": 0}
-        self.flagged_workers: set[int] = set()
+        self.tally = Tally()
+        self.server: Any = None
+        self.checkpoints = CheckpointLedger(sink)
+        self._skipped_in_a_row = 0
+        self.fetch_secret: bytes | None = None  # the fetch-order secret (default: fresh random bytes per run)
 
     async def run(self) -> int:
-        """Run to the end; returns the process exit status (0 completed, 1 failed)."""
+        """Run to the end; returns the process exit status (0 completed, 1 failed or not safely checkpointed)."""
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, ModelState, self.plan)
         total_steps = self.plan.total_steps(model.steps_per_epoch)
         start_step, optimizer = self._initial_state(model)
         self.pool = WorkerPool(self.plan.placement.worker_files, self.sink.emit)
-        self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent)
-        server = await serve(self.config.host, self.config.port, self._on_connection, token=self.token,
-                             admit=self.pool.admit)
+        self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent, secret=self.fetch_secret)
+        if self._resumed_center is not None and self.runner.aggregation.center is not None:
+            self.runner.aggregation.center[:] = self._resumed_center
+        c = self.config
+        limits = Limits(max_preauth=c.max_preauth, max_preauth_per_host=c.max_preauth_per_host)
+        timeouts = Timeouts(handshake=c.handshake_timeout)
+        server = self.server = await serve(c.host, c.port, self._on_connection, token=self.token,
+                                           admit=self.pool.admit, limits=limits, timeouts=timeouts)
         if self.on_listening:
             self.on_listening(server.host, server.port)
         agents = self._start_local_agents(server.port)
         started, reason, step = time.monotonic(), "completed", start_step
+        self.runner.completed_steps = start_step
         try:
             self._emit_job(total_steps, model.steps_per_epoch, start_step)
             ready = await self.pool.wait_ready(self.plan.placement.K, self.config.join_timeout)
@@ -118,13 +128,14 @@ class PSDaemon:
             reason = "interrupted"
             raise
         finally:
-            await self._finish(server, agents, reason, step, time.monotonic() - started)
+            reason = await self._finish(server, agents, reason, model, optimizer, time.monotonic() - started)
         return 0 if reason == "completed" else 1
 
     def _initial_state(self, model: ModelState) -> tuple[int, MomentumSGD]:
         checkpoint = load_latest(self.train_dir / "checkpoints") if self.config.resume else None
         if self.config.resume and checkpoint is None:
             log.warning("--resume: no valid checkpoint in %s; starting from step 0", self.train_dir)
+        self._resumed_center = None
         if checkpoint is None:
             return 0, MomentumSGD(model.initial, self.config.momentum)
         if checkpoint.config_hash != self.config.config_hash():
@@ -135,6 +146,9 @@ class PSDaemon:
             raise CheckpointError(f"checkpoint holds {checkpoint.params.size} parameters, the model has "
                                   f"{model.initial.size}")
         log.info("resuming from step %d", checkpoint.step)
+        self.tally = Tally.from_json(checkpoint.extra.get("tally"))
+        self._resumed_center = checkpoint.arrays.get("center")
+        self.checkpoints.last_step = checkpoint.step
         return checkpoint.step, MomentumSGD(checkpoint.params, self.config.momentum, checkpoint.velocity)
 
     def _start_local_agents(self, port: int) -> LocalAgents | None:
@@ -154,22 +168,36 @@ class PSDaemon:
                        byzantine_gen=c.byzantine_gen, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                        start_step=start_step, seed=c.seed, config_hash=c.config_hash(), resumed=start_step > 0)
 
-    def _record(self, outcome: Any, steps_per_epoch: int) -> None:
-        self.totals["files_corrupted"] += outcome.files_corrupted
-        self.totals["files_dropped"] += outcome.files_dropped
-        self.flagged_workers.update(outcome.flagged)
-        self.sink.emit("step", epoch=outcome.step // max(1, steps_per_epoch), **outcome.event_fields())
+    def _record(self, outcome: StepOutcome, steps_per_epoch: int) -> None:
+        action = outcome.aggregation["action"]
+        self.tally.add(outcome.account, files_corrupted=outcome.files_corrupted,
+                       files_dropped=outcome.files_dropped, action=action)
+        refused = self.server.refused_total if self.server is not None else 0
+        self.sink.emit("step", epoch=outcome.step // max(1, steps_per_epoch), refused=refused,
+                       **outcome.event_fields())
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if action == "skip" else 0
+        if self._skipped_in_a_row >= self.config.max_skipped_steps:
+            raise TrainingError(f"{self._skipped_in_a_row} steps in a row could not be aggregated "
+                                f"(--max-skipped-steps {self.config.max_skipped_steps}); the last: "
+                                f"{outcome.aggregation['reason']}")
+
+    def _checkpoint(self, optimizer: MomentumSGD, step: int) -> Checkpoint:
+        """A snapshot of the state after ``step`` completed steps (copies: the step loop goes on)."""
+        arrays = {}
+        if self.runner is not None and self.runner.aggregation.center is not None:
+            arrays["center"] = self.runner.aggregation.center.copy()
+        return Checkpoint(step=step, params=optimizer.params.copy(), velocity=optimizer.velocity.copy(),
+                          config=self.config.to_dict(), config_hash=self.config.config_hash(),
+                          rng_state={"seed": self.config.seed}, extra={"tally": self.tally.to_json()},
+                          arrays=arrays)
 
     def _evaluate_and_checkpoint(self, model: ModelState, optimizer: MomentumSGD, step: int) -> None:
         """Snapshot the state now; write the checkpoint and evaluate in background threads."""
-        params, velocity = optimizer.params.copy(), optimizer.velocity.copy()
-        checkpoint = Checkpoint(step=step, params=params, velocity=velocity, config=self.config.to_dict(),
-                                config_hash=self.config.config_hash(), rng_state={"seed": self.config.seed},
-                                extra={"flagged_workers": sorted(self.flagged_workers)})
-        self._pending.append(self._ckpt_pool.submit(save_checkpoint, self.train_dir / "checkpoints", checkpoint,
-                                                    self.config.checkpoint_keep))
+        checkpoint = self._checkpoint(optimizer, step)
+        self._pending.append(self.checkpoints.submit(self._ckpt_pool, self.train_dir / "checkpoints", checkpoint,
+                                                     self.config.checkpoint_keep))
         loop = asyncio.get_running_loop()
-        future = self._eval_pool.submit(model.evaluator.evaluate, params)
+        future = self._eval_pool.submit(model.evaluator.evaluate, checkpoint.params)
         future.add_done_callback(lambda fut: loop.call_soon_threadsafe(self._emit_eval, step, fut))
         self._pending.append(future)
 
@@ -183,28 +211,41 @@ class PSDaemon:
         self.best_top1 = max(self.best_top1 or 0.0, result.top1)
         self.sink.emit("eval", step=step, top1=result.top1, top5=result.top5, loss=result.loss)
 
-    async def _finish(self, server: Any, agents: LocalAgents | None, reason: str, step: int, wall: float) -> None:
+    async def _finish(self, server: Any, agents: LocalAgents | None, reason: str, model: ModelState,
+                      optimizer: MomentumSGD, wall: float) -> str:
+        """Settle the state, save it if the run did not complete, end the agents; returns the final reason."""
         loop = asyncio.get_running_loop()
         if self.runner is not None:
             await self.runner.close()
         await asyncio.gather(*(asyncio.wrap_future(f) for f in self._pending), return_exceptions=True)
-        await asyncio.sleep(0)  # let the last eval callback run
+        await asyncio.sleep(0)  # let the last eval and checkpoint callbacks run
+        steps = self.runner.completed_steps if self.runner is not None else None
+        if reason != "completed" and steps is not None and steps != self.checkpoints.last_step:
+            log.warning("saving the last good state (after %d steps) before exiting", steps)
+            await asyncio.wrap_future(self.checkpoints.submit(
+                self._ckpt_pool, self.train_dir / "checkpoints", self._checkpoint(optimizer, steps),
+                self.config.checkpoint_keep))
+            await asyncio.sleep(0)
+        if reason == "completed" and self.checkpoints.final_error(steps) is not None:
+            reason = f"failed: the final checkpoint was not written: {self.checkpoints.final_error(steps)}"
+            log.error("%s", reason)
         assert self.pool is not None
         for link in self.pool.connected():
             try:
                 await asyncio.wait_for(link.conn.send(Kind.LEAVE, {"reason": reason}), 5.0)
             except (WireError, ConnectionClosed, asyncio.TimeoutError):
                 pass
-        self.sink.emit("summary", steps=step, wall_s=round(wall, 3), best_top1=self.best_top1,
-                       final_top1=self.final_top1, files_corrupted=self.totals["files_corrupted"],
-                       files_dropped=self.totals["files_dropped"], flagged_workers=sorted(self.flagged_workers),
-                       reason=reason)
+        self.sink.emit("summary", steps=steps, wall_s=round(wall, 3), best_top1=self.best_top1,
+                       final_top1=self.final_top1, reason=reason, refused=server.refused_total,
+                       checkpoint_errors=self.checkpoints.errors, last_checkpoint=self.checkpoints.last_step,
+                       metrics_complete=self.sink.write_error is None, **self.tally.summary_fields())
         await self.observers.close()
         await server.close()
         if agents is not None:
             await loop.run_in_executor(None, agents.stop)
         self._eval_pool.shutdown(wait=True)
         self._ckpt_pool.shutdown(wait=True)
+        return reason
 
     def _drop_agent(self, link: AgentLink, why: str) -> None:
         log.warning("dropping worker %d (%s): %s", link.worker, link.name, why)

@@ -53,6 +53,7 @@ class EventSink:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(metrics_path, "a", encoding="utf-8")
         self._subscribers: list[Subscriber] = []
+        self.write_error: str | None = None  # the first failure to write metrics.jsonl (e.g. a full disk)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it."""
@@ -62,8 +63,14 @@ class EventSink:
     def emit(self, kind: str, **fields: Any) -> Event:
         event: Event = _clean({"kind": kind, "time": time.time(), **fields})
         if self._file is not None:
-            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+                self._file.flush()
+            except OSError as exc:  # a full disk must not stop training; it is reported, once, and in the summary
+                if self.write_error is None:
+                    self.write_error = f"{type(exc).__name__}: {exc}"
+                    log.error("metrics.jsonl can no longer be written (%s): events go on to the view only",
+                              self.write_error)
         for subscriber in list(self._subscribers):
             try:
                 subscriber(event)
@@ -76,6 +83,23 @@ class EventSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def effective_events(events: list[Event]) -> list[Event]:
+    """The events that still stand after resumes: a ``job`` event with ``resumed`` true and ``start_step`` S
+    supersedes every earlier ``step``, ``eval`` and ``checkpoint`` event of a step >= S (those steps were run
+    again), so no step is counted twice (docs/metrics.md)."""
+    kept: list[Event] = []
+    for event in events:
+        if event.get("kind") == "job" and event.get("resumed") and isinstance(event.get("start_step"), int):
+            start = event["start_step"]
+            kept = [e for e in kept if not (e.get("kind") in _STEPPED and isinstance(e.get("step"), int)
+                                            and e["step"] >= start + (e.get("kind") != "step"))]
+        kept.append(event)
+    return kept
+
+
+_STEPPED = ("step", "eval", "checkpoint")
 
 
 def read_events(path: Path) -> list[Event]:

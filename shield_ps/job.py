@@ -126,6 +126,8 @@ def _aggregator_kwargs(config: ServeConfig, aggregator: Aggregator, bound: int, 
         kwargs["buckets"] = config.buckets
     if "seed" in accepted:
         kwargs["seed"] = config.seed
+    if aggregator is Aggregator.CENTERED_CLIPPING:
+        kwargs["tau"], kwargs["iters"] = config.cc_tau, config.cc_iters
     _check_preconditions(aggregator, kwargs, files)
     return kwargs
 

@@ -1,8 +1,9 @@
 """``--local-agents K``: spawn K ``shield-agent join`` subprocesses on this machine and tear them down on exit.
 
-Each agent logs to ``RUN/agents/agent-NN.log``. Local agents are started with ``--no-reconnect`` so they exit when
-the PS goes away (even when it is killed with SIGKILL: the kernel closes its sockets, the agents see end-of-file),
-and on Linux they also receive SIGTERM when the PS process dies (``PR_SET_PDEATHSIG``).
+Each agent logs to ``RUN/agents/agent-NN.log``. Local agents reconnect when the PS cuts their connection (a missed
+deadline, docs/liveness.md) and leave when the PS ends the run (LEAVE); on Linux they also receive SIGTERM when the
+PS process dies (``PR_SET_PDEATHSIG``), so they never outlive it. Elsewhere they are started with
+``--no-reconnect`` and exit when the PS goes away.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ class LocalAgents:
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         for index in range(self.count):
             cmd = [sys.executable, "-m", "shield_agent.cli", "-v", "join", f"{connect_host}:{port}",
-                   "--token-file", str(token_file), "--no-reconnect", "--name", f"local-{index:02d}", *extra]
+                   "--token-file", str(token_file), "--name", f"local-{index:02d}", *extra]
+            if not sys.platform.startswith("linux"):
+                cmd.append("--no-reconnect")
             if data_dir:
                 cmd += ["--data-dir", str(data_dir)]
             log_path = self._log_dir / f"agent-{index:02d}.log"

@@ -1,39 +1,43 @@
-"""One training step on the PS: broadcast, gather digests, vote, fetch one verified payload per file, simulate the
-attack, aggregate, update (Konstantinidis and Ramamoorthy, MLSys 2021, Sec. 3; ../shared/ARCHITECTURE.md).
+"""One training step on the PS, as a sequence of phases each bounded by its own deadline (Konstantinidis and
+Ramamoorthy, MLSys 2021, Sec. 3; ../shared/ARCHITECTURE.md; docs/liveness.md for every deadline):
 
-The parameters are snapshotted into a reused buffer and the STEP frames are sent from it in the background: the
-broadcast phase is the PS's own time (snapshot, encode, hand-off), and delivery overlaps the wait for digests.
-The PS fetches each winning file's vector from one holder of the winning digest and checks the payload against it,
-so its ingress is about f*d floats per step rather than f*r*d. A holder whose payload does not match is flagged and
-the next holder is asked. Heavy work (encoding, hashing, aggregation, the update) runs in executor threads.
+broadcast (:mod:`shield_ps.phases.broadcast`) -> gather digests, with each file fetched as soon as r' equal digests
+are in (:mod:`shield_ps.collector`, :mod:`shield_ps.phases.fetch`) -> vote -> the remaining fetches -> attack
+simulation and aggregation, or a skipped update (:mod:`shield_ps.phases.aggregate`) -> update.
+
+No phase waits on a peer past its deadline: a worker that misses one is erased or cut off for the step and recorded
+(:mod:`shield_ps.phases.accounting`), and the step goes on. Heavy work runs in executor threads.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators import aggregate
-from shield_ps.byzantine.attacks import simulate_attack
 from shield_ps.byzantine.vote import VoteResult, vote_digests, vote_tolerant
 from shield_ps.collector import DigestRejected, StepCollector
-from shield_ps.errors import AggregationError, TrainingError
+from shield_ps.errors import TrainingError
+from shield_ps.events import WorkerState
 from shield_ps.job import JobPlan
 from shield_ps.optimizer import MomentumSGD
-from shield_ps.events import WorkerState
+from shield_ps.phases.accounting import StepAccount
+from shield_ps.phases.aggregate import Aggregation, AggregationOutcome, ShortStep
+from shield_ps.phases.broadcast import Broadcaster
+from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.fetch import Fetcher, FetchReport
 from shield_ps.pool import AgentLink, WorkerPool
-from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError, encode_vector
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StepOutcome:
-    """What one step did (the fields of the ``step`` event)."""
+    """What one step did (the fields of the ``step`` event, docs/metrics.md)."""
 
     step: int
     lr: float
@@ -42,40 +46,43 @@ class StepOutcome:
     files_won: int
     files_dropped: int
     files_corrupted: int
-    flagged: list[int]
-    erased: list[int]
+    account: StepAccount
+    aggregation: dict[str, Any]
+    hedges: int
     bytes_in: int
     bytes_out: int
     times: dict[str, float] = field(default_factory=dict)
 
     def event_fields(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _has_non_finite(row: np.ndarray, zeros: np.ndarray) -> bool:
-    """True when ``row`` holds a NaN or an Inf: 0 * x is NaN exactly for those, and BLAS reads at memory speed."""
-    return not np.isfinite(np.dot(row, zeros))
+        fields = {k: v for k, v in self.__dict__.items() if k != "account"}
+        return {**fields, **self.account.fields()}
 
 
 class StepRunner:
-    """Runs steps for one job over the agents in ``pool``; owns the preallocated per-step buffers."""
+    """Runs steps for one job over the agents in ``pool``; owns the phases and the preallocated buffers."""
 
     def __init__(self, plan: JobPlan, pool: WorkerPool, optimizer: MomentumSGD,
-                 on_protocol_violation: Callable[[AgentLink, str], None]) -> None:
-        self.plan = plan
-        self.pool = pool
-        self.optimizer = optimizer
-        self._violation = on_protocol_violation
+                 on_protocol_violation: Callable[[AgentLink, str], None], *, secret: bytes | None = None) -> None:
+        cfg = plan.config
+        self.plan, self.pool, self.optimizer = plan, pool, optimizer
+        self._drop = on_protocol_violation
         f, d = plan.placement.f, optimizer.params.shape[0]
         self.d = d
         self._rows = np.empty((f, d), dtype=np.float32)
-        self._zeros = np.zeros(d, dtype=np.float32)
         self._replicas: dict[tuple[int, int], np.ndarray] = {}
-        self._sent_params = np.empty(d, dtype=np.float32)
-        self._broadcast: asyncio.Future[Any] | None = None
+        self.deadlines = Deadlines.from_config(cfg)
+        self.broadcaster = Broadcaster(d, self.deadlines, cfg.codec, cfg.codec_level, self._on_sent, self._on_slow)
+        self.fetcher = Fetcher(self._rows, self.deadlines, secret or secrets.token_bytes(32), cfg.codec,
+                               pool.link, self._on_violation)
+        self.aggregation = Aggregation(plan, self._rows, ShortStep(cfg.short_step))
         self.collector: StepCollector | None = None
+        self.completed_steps: int | None = None
+        self._step_lying: set[int] = set()
+        self._step_slow: set[int] = set()
+        self._update: tuple[int, asyncio.Future[None]] | None = None
         self._loop = asyncio.get_event_loop()
 
+    # ---- callbacks from the connections -----------------------------------------------------------------------
     def on_digest(self, link: AgentLink, header: dict[str, Any]) -> None:
         """Called by the agent's connection task for every DIGESTS message."""
         collector = self.collector
@@ -84,7 +91,7 @@ class StepRunner:
         try:
             recorded = collector.add(link.worker, header)
         except DigestRejected as exc:
-            self._violation(link, str(exc))
+            self._on_violation(link, str(exc))
             return
         if recorded and collector.worker_done(link.worker):
             self.pool.set_state(link, WorkerState.DONE, compute_s=collector.compute_s.get(link.worker))
@@ -93,139 +100,135 @@ class StepRunner:
         if self.collector is not None:
             self.collector.drop_worker(link.worker)
 
+    def _on_violation(self, link: AgentLink, why: str) -> None:
+        self._step_lying.add(link.worker)
+        self._drop(link, why)
+
+    def _on_sent(self, link: AgentLink) -> None:
+        if self.collector is not None and not self.collector.worker_done(link.worker):
+            self.pool.set_state(link, WorkerState.COMPUTING)
+
+    def _on_slow(self, worker: int, reason: str) -> None:
+        self._step_slow.add(worker)
+
+    def _on_winner(self, file: int, digest: bytes, holders: tuple[int, ...]) -> None:
+        """Streaming vote: ``digest`` has r' holders, so it has won ``file``: fetch it now (exact vote only)."""
+        if self.collector is not None and self.plan.config.vote == "exact":
+            self._start_fetch(self.collector, file, digest)
+
+    def _start_fetch(self, collector: StepCollector, file: int, digest: bytes) -> None:
+        self.fetcher.start(file, digest, lambda: tuple(sorted(
+            w for w, d in collector.replies[file].items() if d == digest)))
+
+    # ---- the step ---------------------------------------------------------------------------------------------
     async def run(self, step: int) -> StepOutcome:
         plan, cfg = self.plan, self.plan.config
         times: dict[str, float] = {}
         started = time.perf_counter()
         lr = plan.schedule.lr_at(step)
-        links = self.pool.ready_links()
-        if not links:
-            raise TrainingError(f"step {step}: no agent is connected")
+        links = await self._ready_links()
         bytes_before = self._traffic(links)
         self.pool.step = step
-        collector = StepCollector(step, plan.placement.f, {link.worker: link.files for link in links})
+        self._step_lying, self._step_slow = set(), set()
+        self.fetcher.begin(step)
+        collector = StepCollector(step, plan.placement.f, {link.worker: link.files for link in links},
+                                  r_prime=plan.placement.r_prime, on_winner=self._on_winner)
         self.collector = collector
-
-        await self._finish_broadcast()
-        np.copyto(self._sent_params, self.optimizer.params)
-        encoded = await self._loop.run_in_executor(None, encode_vector, self._sent_params, cfg.codec,
-                                                   cfg.codec_level)
-        self._broadcast = asyncio.gather(*(self._send_step(link, step, lr, encoded) for link in links))
+        _, busy = await self.broadcaster.start(step, lr, self.optimizer.params, links)
+        for worker in busy:
+            self._step_slow.add(worker)
+            collector.drop_worker(worker)
         times["broadcast"] = time.perf_counter() - started
 
         mark = time.perf_counter()
-        try:
-            await asyncio.wait_for(collector.complete.wait(), cfg.gather_timeout)
-        except asyncio.TimeoutError:
-            log.warning("step %d: workers %s sent nothing in %.0fs: erased for this step",
-                        step, list(collector.missing_workers()), cfg.gather_timeout)
-        self.collector = None
-        erased = sorted(set(range(plan.placement.K)) - {link.worker for link in links}
-                        | set(collector.missing_workers()))
-        for worker in collector.missing_workers():
-            late = self.pool.link(worker)
-            if late is not None:
-                self.pool.set_state(late, WorkerState.LATE)
+        late = await self._gather(step, collector)
         times["compute"] = time.perf_counter() - mark
 
         if cfg.vote == "tolerant":
-            vote, won, liars = await self._tolerant_vote(step, collector, times)
+            vote, won, report = await self._tolerant_vote(collector, times)
         else:
-            mark = time.perf_counter()
-            vote = vote_digests(plan.placement, collector.replies)
-            times["vote"] = time.perf_counter() - mark
-            mark = time.perf_counter()
-            won, liars, invalid = await self._fetch_winners(step, vote)
-            times["gather"] = time.perf_counter() - mark
-            if invalid:
-                vote = vote_digests(plan.placement, collector.replies, invalid=invalid)
-                won = [file for file in won if vote.files[file].won]
+            vote, won, report = await self._exact_vote(collector, times)
 
         mark = time.perf_counter()
         byzantine = plan.byzantine.at(step) if plan.byzantine is not None else ()
-        gradient, corrupted, attack_flagged = await self._loop.run_in_executor(
-            None, self._attack_and_aggregate, step, won, byzantine)
+        result = await self._loop.run_in_executor(None, self.aggregation.run, step, won, byzantine)
         times["aggregate"] = time.perf_counter() - mark
-
         mark = time.perf_counter()
-        await self._loop.run_in_executor(None, self.optimizer.step, gradient, lr)
+        await self._apply(step, lr, result)
         times["update"] = time.perf_counter() - mark
         times["total"] = time.perf_counter() - started
 
-        present = {w for file in collector.replies for w in file}
-        flagged = sorted(set(vote.disagreeing) | liars | (attack_flagged & present))
+        present = {w for replies in collector.replies for w in replies}
+        account = StepAccount.build(
+            lying=self._step_lying | report.lying, outvoted=set(vote.disagreeing) | (result.attack_outvoted & present),
+            slow=self._step_slow | report.slow | late,
+            erased=(set(range(plan.placement.K)) - {link.worker for link in links}) | collector.lost | late)
         bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before))
         return StepOutcome(
-            step=step, lr=lr, loss=self._honest_loss(collector, set(byzantine) | set(flagged)),
+            step=step, lr=lr, loss=self._honest_loss(collector, set(byzantine) | set(account.lying)
+                                                     | set(account.outvoted)),
             files=plan.placement.f, files_won=len(won), files_dropped=plan.placement.f - len(won),
-            files_corrupted=len(corrupted), flagged=flagged, erased=erased, bytes_in=bytes_in,
-            bytes_out=bytes_out, times=times)
+            files_corrupted=len(result.corrupted), account=account,
+            aggregation={"action": result.action, "s": result.s, "reason": result.reason},
+            hedges=report.hedges, bytes_in=bytes_in, bytes_out=bytes_out, times=times)
 
-    async def _finish_broadcast(self) -> None:
-        """Wait until the previous STEP frames are out (they are sent zero-copy from ``_sent_params``)."""
-        if self._broadcast is not None:
-            await self._broadcast
-            self._broadcast = None
+    async def _ready_links(self) -> list[AgentLink]:
+        links = self.pool.ready_links()
+        if links:
+            return links
+        timeout = self.plan.config.join_timeout
+        log.warning("no agent is connected: waiting up to %.0fs (--join-timeout) for one", timeout)
+        if await self.pool.wait_ready(1, timeout) == 0:
+            raise TrainingError(f"no agent was connected for --join-timeout {timeout:.0f}s")
+        return self.pool.ready_links()
 
-    async def close(self) -> None:
-        await self._finish_broadcast()
-
-    async def _send_step(self, link: AgentLink, step: int, lr: float, encoded: Any) -> None:
+    async def _gather(self, step: int, collector: StepCollector) -> set[int]:
+        """Wait for every expected digest until the gather deadline; the workers still missing are late."""
         try:
-            await link.conn.send(Kind.STEP, {"step": step, "lr": lr}, vector=encoded)
-            self.pool.set_state(link, WorkerState.COMPUTING)
-        except (WireError, ConnectionClosed) as exc:
-            log.info("step %d: could not send to worker %d: %s", step, link.worker, exc)
-
-    @staticmethod
-    def _traffic(links: list[AgentLink]) -> tuple[int, int]:
-        return sum(link.conn.bytes_in for link in links), sum(link.conn.bytes_out for link in links)
-
-    async def _fetch_winners(self, step: int, vote: VoteResult[bytes]) -> tuple[list[int], set[int], set[bytes]]:
-        """Fetch every winning file into its row; returns the files fetched, the workers caught lying about their
-        payload, and the winning digests whose payload was not finite."""
-        liars: set[int] = set()
-        invalid: set[bytes] = set()
-        files = [file_vote.file for file_vote in vote.files if file_vote.won]
-        results = await asyncio.gather(*(self._fetch_one(step, vote.files[file], liars, invalid) for file in files))
-        return [file for file, ok in zip(files, results) if ok], liars, invalid
-
-    async def _fetch_one(self, step: int, file_vote: Any, liars: set[int], invalid: set[bytes]) -> bool:
-        holders = list(file_vote.holders)
-        start = (step + file_vote.file) % len(holders)
-        row = self._rows[file_vote.file]
-        for worker in holders[start:] + holders[:start]:
+            await asyncio.wait_for(collector.complete.wait(), self.deadlines.gather)
+        except asyncio.TimeoutError:
+            log.warning("step %d: workers %s sent nothing in %.0fs: erased for this step",
+                        step, list(collector.missing_workers()), self.deadlines.gather)
+        self.collector = None
+        late = set(collector.missing_workers())
+        for worker in late:
             link = self.pool.link(worker)
-            digest = await self._fetch_into(link, step, file_vote.file, row) if link is not None else None
-            if digest is None:
-                continue
-            if digest != file_vote.winner:
-                log.warning("step %d: worker %d's payload for file %d does not match the digest it voted",
-                            step, worker, file_vote.file)
-                liars.add(worker)
-                continue
-            if await self._loop.run_in_executor(None, _has_non_finite, row, self._zeros):
-                invalid.add(file_vote.winner)
-                return False
-            return True
-        return False
+            if link is not None:
+                self.pool.set_state(link, WorkerState.LATE)
+        return late
 
-    async def _tolerant_vote(self, step: int, collector: StepCollector,
-                             times: dict[str, float]) -> tuple[Any, list[int], set[int]]:
+    async def _exact_vote(self, collector: StepCollector,
+                          times: dict[str, float]) -> tuple[VoteResult[bytes], list[int], FetchReport]:
+        mark = time.perf_counter()
+        vote = vote_digests(self.plan.placement, collector.replies)
+        times["vote"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        for file_vote in vote.files:  # files decided by the streaming vote are already being fetched
+            if file_vote.winner is not None:
+                self._start_fetch(collector, file_vote.file, file_vote.winner)
+        report = await self.fetcher.finish()
+        times["gather"] = time.perf_counter() - mark
+        if report.invalid:
+            vote = vote_digests(self.plan.placement, collector.replies, invalid=report.invalid)
+        won = [file for file in vote.files_won if file in report.fetched]
+        return vote, won, report
+
+    async def _tolerant_vote(self, collector: StepCollector,
+                             times: dict[str, float]) -> tuple[Any, list[int], FetchReport]:
         """Tolerant mode (mixed hardware): fetch every replica, vote on the vectors with ``--vote-rtol``. Ingress is
         f*r*d floats; each payload must still hash to its sender's own digest."""
         mark = time.perf_counter()
-        liars: set[int] = set()
+        report = self.fetcher.report
         replicas: list[dict[int, np.ndarray]] = [{} for _ in collector.replies]
 
         async def fetch(file: int, worker: int, digest: bytes) -> None:
             link = self.pool.link(worker)
             buffer = self._replica_buffer(file, worker)
-            got = await self._fetch_into(link, step, file, buffer) if link is not None else None
+            got = await self.fetcher.fetch_replica(link, file, buffer) if link is not None else None
             if got == digest:
                 replicas[file][worker] = buffer
             elif got is not None:
-                liars.add(worker)
+                report.lying.add(worker)
 
         await asyncio.gather(*(fetch(file, worker, digest) for file, replies in enumerate(collector.replies)
                                for worker, digest in replies.items()))
@@ -237,7 +240,7 @@ class StepRunner:
             if file_vote.won:
                 self._rows[file_vote.file] = file_vote.winner
         times["vote"] = time.perf_counter() - mark
-        return vote, list(vote.files_won), liars
+        return vote, list(vote.files_won), report
 
     def _replica_buffer(self, file: int, worker: int) -> np.ndarray:
         buffer = self._replicas.get((file, worker))
@@ -245,51 +248,35 @@ class StepRunner:
             buffer = self._replicas[(file, worker)] = np.empty(self.d, dtype=np.float32)
         return buffer
 
-    async def _fetch_into(self, link: AgentLink, step: int, file: int, dest: np.ndarray) -> bytes | None:
-        """FETCH ``file`` from ``link`` into ``dest``; returns the payload's digest, or None if none came."""
-        try:
-            msg = await link.conn.request(Kind.FETCH, {"step": step, "file": file},
-                                          timeout=self.plan.config.upload_timeout)
-        except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
-            log.info("step %d: worker %d did not deliver file %d: %s", step, link.worker, file, exc)
-            return None
-        if msg.kind is not Kind.VECTOR or msg.vector is None or msg.vector.n != self.d:
-            msg.discard()
-            self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
-            return None
-        try:
-            return await msg.read_vector_into(dest)
-        except WireError as exc:
-            self._violation(link, f"bad VECTOR payload: {exc}")
-            return None
+    async def _apply(self, step: int, lr: float, result: AggregationOutcome) -> None:
+        """The update, shielded: once started it completes even if the run is interrupted (see :meth:`close`)."""
+        if result.gradient is None:
+            log.warning("step %d: update skipped: %s", step, result.reason)
+            self.completed_steps = step + 1
+            return
+        future = self._loop.run_in_executor(None, self.optimizer.step, result.gradient, lr)
+        self._update = (step, future)
+        await asyncio.shield(future)
+        self._update = None
+        self.aggregation.commit()
+        self.completed_steps = step + 1
 
-    def _attack_and_aggregate(self, step: int, won: list[int],
-                              byzantine: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...], set[int]]:
-        plan = self.plan
-        if not won:
-            raise TrainingError(f"step {step}: no file has a majority of its r={plan.placement.r} holders "
-                                f"(need r'={plan.placement.r_prime} matching replies); the run cannot go on")
-        corrupted: tuple[int, ...] = ()
-        attack_flagged: set[int] = set()
-        if plan.attack is not None and byzantine:
-            lost = sorted(set(range(plan.placement.f)) - set(won))
-            if lost:  # rows without a winner: stand-ins for the attack's statistics, excluded below
-                self._rows[lost] = self._rows[won].mean(axis=0)
-            z = "auto" if plan.config.alie_z == "auto" else float(plan.config.alie_z)
-            result = simulate_attack(plan.attack, self._rows, plan.placement, byzantine, c=plan.config.attack_c,
-                                     z=z, inplace=True)
-            corrupted = tuple(f for f in result.corrupted if f in set(won))
-            attack_flagged = set(result.vote.disagreeing)
-        for position, file in enumerate(won):
-            if position != file:
-                self._rows[position] = self._rows[file]
-        matrix = self._rows[:len(won)]
-        try:
-            gradient = aggregate(plan.aggregator, matrix, check_finite_input=False, **plan.aggregation_kwargs(step))
-        except AggregationError as exc:
-            raise TrainingError(f"step {step}: {len(won)} of {plan.placement.f} files survived the vote and "
-                                f"{plan.aggregator.value} cannot aggregate them: {exc}") from None
-        return np.ascontiguousarray(gradient, dtype=np.float32), corrupted, attack_flagged
+    async def close(self) -> None:
+        """Cancel what is in flight and let a started update finish, so the state is that of a whole step."""
+        self.collector = None
+        await self.fetcher.cancel()
+        if self._update is not None:
+            step, future = self._update
+            await asyncio.gather(future, return_exceptions=True)
+            if future.exception() is None:
+                self.aggregation.commit()
+                self.completed_steps = step + 1
+            self._update = None
+        await self.broadcaster.close()
+
+    @staticmethod
+    def _traffic(links: list[AgentLink]) -> tuple[int, int]:
+        return sum(link.conn.bytes_in for link in links), sum(link.conn.bytes_out for link in links)
 
     @staticmethod
     def _honest_loss(collector: StepCollector, exclude: set[int]) -> float | None:

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from wire.codec import Codec, EncodedVector, encode_vector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
@@ -54,6 +54,7 @@ class Connection(asyncio.BufferedProtocol):
         self._discard_mem: memoryview | None = None
         self._awaiting_since = 0.0
         self._early_close_code: str | None = None
+        self.on_made: Callable[[Connection], None] | None = None  # the server's admission check
         self.last_recv = self.last_send = time.monotonic()
 
     # ---- public API -------------------------------------------------------------------------------------------
@@ -233,6 +234,8 @@ class Connection(asyncio.BufferedProtocol):
                 transport.write(encode_frame(Kind.ERROR, {"code": self._early_close_code,  # type: ignore[attr-defined]
                                                           "reason": str(self.close_error)[:500]}))
             transport.close()
+        elif self.on_made is not None:
+            self.on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self._closed:

@@ -69,6 +69,8 @@ class Limits:
     max_inbox: int = 64  # undelivered messages before we stop reading
     max_write_buffer: int = 8 * 1024 * 1024  # outbound high-water mark (backpressure above it)
     max_connections: int = 1024  # per server
+    max_preauth: int = 128  # connections still in their handshake, per server
+    max_preauth_per_host: int = 32  # of those, from one source address
 
     def __post_init__(self) -> None:
         for f in fields(self):

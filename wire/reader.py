@@ -48,7 +48,9 @@ class FrameReader:
         self.limits = limits
         self.header_cap = limits.max_header_bytes if header_cap is None else header_cap
         self._on_frame = on_frame
-        self._buf = bytearray(max(_MIN_READ, 2 * (PREFIX_SIZE + self.header_cap)) if header_cap else 4 * _MIN_READ)
+        # Before authentication (a small header_cap) the buffer is small too: a pre-auth peer costs ~8 KiB; it grows
+        # to the full size with :meth:`expand` once the peer is authenticated.
+        self._buf = bytearray(2 * (PREFIX_SIZE + self.header_cap) if header_cap else 4 * _MIN_READ)
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte in _buf
         self._end = 0  # end of received bytes in _buf
@@ -59,6 +61,17 @@ class FrameReader:
         self._pumping = False
         self.bytes_in = 0
         self.frames_in = 0
+
+    def expand(self, header_cap: int) -> None:
+        """Allow headers up to ``header_cap`` bytes and grow the read buffer to its full size (after the handshake)."""
+        self.header_cap = header_cap
+        size = max(4 * _MIN_READ, 2 * (PREFIX_SIZE + header_cap))
+        if len(self._buf) < size:
+            n = self._end - self._start
+            buf = bytearray(size)
+            buf[:n] = self._view[self._start:self._end]
+            self._buf, self._view = buf, memoryview(buf)
+            self._start, self._end = 0, n
 
     @property
     def awaiting_sink(self) -> bool:
@@ -82,7 +95,7 @@ class FrameReader:
         self._direct = False
         if self._start == self._end:
             self._start = self._end = 0
-        elif len(self._buf) - self._end < _MIN_READ // 4:
+        elif len(self._buf) - self._end < min(_MIN_READ, len(self._buf)) // 4:
             self._compact()
         if self._end == len(self._buf):
             raise LimitError("read buffer full: reading was not paused")  # our flow control failed, not the peer

@@ -6,8 +6,10 @@ returns. A peer that misbehaves (bad bytes, bad auth, forbidden kind, too slow) 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import time
 from typing import Awaitable, Callable
 
 from wire import auth
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 
 OnConnection = Callable[[Connection], Awaitable[None]]
 Admit = Callable[[Role, str], int]
+
+_REFUSAL_LOG_S = 10.0
 
 
 def install_event_loop() -> bool:
@@ -80,7 +84,14 @@ async def _client_handshake(conn: Connection, token: bytes, role: Role, name: st
 
 
 class Server:
-    """A listening socket and the connections it accepted. ``port`` is the bound port (useful with port 0)."""
+    """A listening socket and the connections it accepted. ``port`` is the bound port (useful with port 0).
+
+    Before authentication a connection costs a small read buffer and one handshake task, and at most
+    ``Limits.max_preauth`` of them (``Limits.max_preauth_per_host`` per source address) exist at once, each for at
+    most ``Timeouts.handshake`` seconds; a connection over a cap is refused at once with a ``busy`` ERROR frame.
+    ``refused`` counts refusals by reason (busy, preauth, auth, timeout, protocol); a summary line is logged at most
+    once per ``_REFUSAL_LOG_S`` seconds.
+    """
 
     def __init__(self, on_connection: OnConnection, token: bytes, limits: Limits, timeouts: Timeouts,
                  admit: Admit | None) -> None:
@@ -92,35 +103,84 @@ class Server:
         self._nonces = auth.NonceBook()
         self._tasks: set[asyncio.Task] = set()
         self.connections: set[Connection] = set()
+        self._preauth: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self._refusals_logged = 0
+        self._refusal_log_at = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
         self.host, self.port = "", 0
 
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
+
+    @property
+    def preauth_count(self) -> int:
+        return sum(self._preauth.values())
+
     def _protocol(self) -> Connection:
         conn = Connection(self.limits, self.timeouts, header_cap=self.limits.handshake_header_bytes)
-        if self._closed or len(self.connections) >= self.limits.max_connections:
-            conn._loop.call_soon(lambda: conn._shutdown(ConnectionClosed("server busy or closing"), code="busy"))
-        else:
-            self.connections.add(conn)
-            task = asyncio.get_running_loop().create_task(self._handle(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        conn.on_made = self._on_made
         return conn
 
-    async def _handle(self, conn: Connection) -> None:
+    def _on_made(self, conn: Connection) -> None:
+        """Admission, once the peer's address is known: refuse at once over a cap, else start the handshake."""
+        peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+        host = str(peer[0]) if peer else "?"
+        reason = None
+        if self._closed or len(self.connections) >= self.limits.max_connections:
+            reason = "busy"
+        elif (self.preauth_count >= self.limits.max_preauth
+              or self._preauth[host] >= self.limits.max_preauth_per_host):
+            reason = "preauth"
+        if reason is not None:
+            self._refuse(reason, host)
+            conn._shutdown(ConnectionClosed("server busy: too many connections"), code="busy")
+            return
+        self._preauth[host] += 1
+        self.connections.add(conn)
+        task = asyncio.get_running_loop().create_task(self._handle(conn, host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, reason: str, host: str) -> None:
+        self.refused[reason] += 1
+        now = time.monotonic()
+        if now - self._refusal_log_at >= _REFUSAL_LOG_S:
+            total = self.refused_total
+            log.warning("refused %d connection(s) in the last %.0fs (latest from %s: %s); %d in all: %s",
+                        total - self._refusals_logged, now - self._refusal_log_at if self._refusal_log_at else 0,
+                        host, reason, total, dict(self.refused))
+            self._refusals_logged, self._refusal_log_at = total, now
+
+    def _end_preauth(self, host: str) -> None:
+        self._preauth[host] -= 1
+        if self._preauth[host] <= 0:
+            del self._preauth[host]
+
+    async def _handle(self, conn: Connection, host: str) -> None:
+        authenticated = False
         try:
-            await asyncio.sleep(0)  # let connection_made run
-            conn.peer = await asyncio.wait_for(
-                _server_handshake(conn, self._token, self._nonces, self._admit, self.timeouts.handshake),
-                self.timeouts.handshake)
-            conn.reader.header_cap = self.limits.max_header_bytes
+            try:
+                conn.peer = await asyncio.wait_for(
+                    _server_handshake(conn, self._token, self._nonces, self._admit, self.timeouts.handshake),
+                    self.timeouts.handshake)
+            finally:
+                self._end_preauth(host)
+            authenticated = True
+            conn.reader.expand(self.limits.max_header_bytes)
             conn.start()
             await self._on_connection(conn)
         except (asyncio.TimeoutError, WireTimeoutError):
-            conn._shutdown(WireTimeoutError("handshake timed out"), code="timeout")
+            if not authenticated:
+                self._refuse("timeout", host)
+            conn._shutdown(WireTimeoutError("timed out" if authenticated else "handshake timed out"), code="timeout")
         except ConnectionClosed:
             pass
         except WireError as exc:
+            if not authenticated:
+                self._refuse("auth" if isinstance(exc, AuthError) else "protocol", host)
             log.info("dropping %s: %s", conn.peer, exc)
             conn._shutdown(exc, code=exc.code)
         except Exception as exc:  # the owner's bug must not take the server down

@@ -19,6 +19,7 @@ from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
 from shield_ps.config import ServeConfig
+from shield_ps.phases.aggregate import ShortStep
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
@@ -133,11 +134,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exact: vote on digests, fetch one payload per file; tolerant: fetch every replica and "
                    "vote on vectors within --vote-rtol (mixed hardware; ingress f*r*d)")
     g.add_argument("--vote-rtol", type=positive_float, default=1e-5, help="relative tolerance of --vote tolerant")
+    g.add_argument("--short-step", type=enum_choice(ShortStep), default=ShortStep.SKIP,
+                   help="when too few files survive for the aggregator's s: skip the update (default, always sound) "
+                   "or lower-s (aggregate with the largest valid s; weaker)")
+    g.add_argument("--max-skipped-steps", type=positive_int, default=20,
+                   help="fail after this many consecutive steps that could not be aggregated (default 20)")
+    g.add_argument("--cc-tau", type=positive_float, default=10.0, help="centered-clipping radius tau (default 10)")
+    g.add_argument("--cc-iters", type=positive_int, default=1, help="centered-clipping iterations (default 1)")
     g = p.add_argument_group("transport and deadlines")
     g.add_argument("--codec", choices=("none", "lz4", "zstd"), default="none")
     g.add_argument("--codec-level", type=non_negative_int, default=1)
     g.add_argument("--gather-timeout", type=positive_float, default=120.0, help="seconds to wait for digests")
-    g.add_argument("--upload-timeout", type=positive_float, default=60.0, help="seconds per payload fetch")
+    g.add_argument("--upload-timeout", "--latency-allowance", type=positive_float, default=10.0,
+                   help="latency allowance of one transfer, seconds: a STEP send or a fetch must end within this "
+                   "plus its size / --min-bandwidth (default 10)")
+    g.add_argument("--min-bandwidth", type=positive_float, default=10.0, metavar="MB/s",
+                   help="the slowest link a transfer is given time for (default 10 MB/s)")
+    g.add_argument("--hedge-factor", type=positive_float, default=4.0,
+                   help="ask the next holder of a file when a fetch runs this many times the median fetch time "
+                   "(default 4)")
+    g.add_argument("--hedge-floor", type=positive_float, default=1.0, help="never hedge sooner (seconds, default 1)")
+    g.add_argument("--handshake-timeout", type=positive_float, default=5.0,
+                   help="seconds an unauthenticated connection may take to authenticate (default 5)")
+    g.add_argument("--max-preauth", type=positive_int, default=128,
+                   help="unauthenticated connections held at once (default 128)")
+    g.add_argument("--max-preauth-per-host", type=positive_int, default=32,
+                   help="of those, from one source address (default 32)")
     g.add_argument("--join-timeout", type=positive_float, default=120.0, help="seconds to wait for agents")
     add_view_options(p)
 
@@ -171,6 +193,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
         local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=args.join_timeout,
+        min_bandwidth=args.min_bandwidth, hedge_factor=args.hedge_factor, hedge_floor=args.hedge_floor,
+        handshake_timeout=args.handshake_timeout, max_preauth=args.max_preauth,
+        max_preauth_per_host=args.max_preauth_per_host, short_step=args.short_step.value,
+        max_skipped_steps=args.max_skipped_steps, cc_tau=args.cc_tau, cc_iters=args.cc_iters,
     )
 
 

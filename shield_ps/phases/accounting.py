@@ -1,0 +1,75 @@
+"""Who did what in a step, in four categories that are never mixed, and the run's running totals.
+
+* ``lying``: proven to misbehave: a payload that does not hash to the sender's own digest, or a protocol violation.
+* ``outvoted``: the worker's digest lost a vote (or, in a simulated attack, its rewritten value did). An honest
+  worker outvoted in a file the adversary won is here, never among the liars.
+* ``slow``: missed a deadline (the STEP send, the gather, a fetch or its hedge delay).
+* ``erased``: sent none of its replies for the step: not connected, lost mid-step, skipped or late.
+
+:class:`Tally` keeps the per-worker counts and the run's totals; it is saved in checkpoints, so a resumed run goes on
+counting from there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CATEGORIES = ("lying", "outvoted", "slow", "erased")
+TOTALS = ("files_corrupted", "files_dropped", "steps_skipped", "steps_lowered_s")
+
+
+@dataclass
+class StepAccount:
+    """The four categories of one step (sorted worker ids)."""
+
+    lying: list[int] = field(default_factory=list)
+    outvoted: list[int] = field(default_factory=list)
+    slow: list[int] = field(default_factory=list)
+    erased: list[int] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, *, lying: set[int], outvoted: set[int], slow: set[int], erased: set[int]) -> "StepAccount":
+        return cls(lying=sorted(lying), outvoted=sorted(outvoted - lying), slow=sorted(slow), erased=sorted(erased))
+
+    def fields(self) -> dict[str, list[int]]:
+        return {name: list(getattr(self, name)) for name in CATEGORIES}
+
+
+@dataclass
+class Tally:
+    """Per-worker counts by category and the run's totals (continues across ``--resume``)."""
+
+    workers: dict[str, dict[int, int]] = field(default_factory=lambda: {name: {} for name in CATEGORIES})
+    totals: dict[str, int] = field(default_factory=lambda: {name: 0 for name in TOTALS})
+
+    def add(self, account: StepAccount, *, files_corrupted: int, files_dropped: int, action: str) -> None:
+        for name in CATEGORIES:
+            counts = self.workers[name]
+            for worker in getattr(account, name):
+                counts[worker] = counts.get(worker, 0) + 1
+        self.totals["files_corrupted"] += files_corrupted
+        self.totals["files_dropped"] += files_dropped
+        self.totals["steps_skipped"] += action == "skip"
+        self.totals["steps_lowered_s"] += action == "lower-s"
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The summary's totals and, per category, worker -> count (JSON object keys are strings)."""
+        return {**self.totals, **{f"{name}_workers": {str(w): n for w, n in sorted(counts.items())}
+                                  for name, counts in self.workers.items()}}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"workers": {name: {str(w): n for w, n in counts.items()} for name, counts in self.workers.items()},
+                "totals": dict(self.totals)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Tally":
+        """A tally from a checkpoint (an empty one for checkpoints written before tallies existed)."""
+        tally = cls()
+        if not isinstance(data, dict):
+            return tally
+        for name in CATEGORIES:
+            counts = data.get("workers", {}).get(name, {})
+            tally.workers[name] = {int(w): int(n) for w, n in counts.items()}
+        for name in TOTALS:
+            tally.totals[name] = int(data.get("totals", {}).get(name, 0))
+        return tally

@@ -1,0 +1,48 @@
+"""The named deadlines of one step, derived from the configuration (docs/liveness.md lists each one).
+
+A transfer (the STEP broadcast to one agent, one FETCH from one holder) is bounded over its whole extent, from the
+request to the last payload byte: ``latency + bytes / min_bandwidth``. A hedge is sent to the next holder of a file
+when a fetch has not completed within ``max(hedge_floor, hedge_factor * median of recent fetch times)``.
+"""
+from __future__ import annotations
+
+import collections
+import statistics
+from dataclasses import dataclass, field
+
+#: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
+_HISTORY = 128
+
+
+@dataclass
+class Deadlines:
+    """Seconds and bytes-per-second; ``fetch_times`` is the recent history the hedge delay is taken from."""
+
+    gather: float
+    latency: float
+    min_bandwidth: float  # bytes per second
+    hedge_factor: float
+    hedge_floor: float
+    fetch_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
+
+    @classmethod
+    def from_config(cls, config: object) -> "Deadlines":
+        return cls(gather=float(config.gather_timeout), latency=float(config.upload_timeout),  # type: ignore[attr-defined]
+                   min_bandwidth=float(config.min_bandwidth) * 1e6,  # type: ignore[attr-defined]
+                   hedge_factor=float(config.hedge_factor), hedge_floor=float(config.hedge_floor))  # type: ignore[attr-defined]
+
+    def transfer(self, nbytes: int) -> float:
+        """The whole-extent budget of one transfer of ``nbytes``."""
+        return self.latency + nbytes / self.min_bandwidth
+
+    def hedge_delay(self, nbytes: int) -> float:
+        """How long a fetch may run before the next holder is asked too (never past the transfer budget)."""
+        typical = statistics.median(self.fetch_times) if self.fetch_times else 0.0
+        return min(max(self.hedge_floor, self.hedge_factor * typical), self.transfer(nbytes))
+
+    def record_fetch(self, seconds: float) -> None:
+        self.fetch_times.append(seconds)
+
+    def worst_fetch(self, nbytes: int, holders: int) -> float:
+        """An upper bound on one file's fetch phase: each holder asked in turn after at most a transfer budget."""
+        return max(1, holders) * self.transfer(nbytes)

@@ -1,0 +1,244 @@
+"""The fetch phase: one verified payload per winning file, hedged across its holders, every attempt under a deadline.
+
+A file's fetch starts as soon as its winner is known (the streaming vote, :mod:`shield_ps.collector`). Its holders
+(the workers whose digest won) are asked in an order drawn from a secret the PS keeps for the run, so no agent can
+know before it votes whether, or when, it will be asked. The first holder is asked; if it has not delivered within
+the hedge delay, the next holder is asked as well, and so on; the first payload that hashes to the winning digest is
+kept and the other attempts are cancelled. Each attempt is bounded from the request to the last payload byte by
+``latency + bytes / min_bandwidth``.
+
+Outcomes per holder: **lying** (its payload does not hash to the digest it voted, or it broke the protocol), **slow**
+(it missed its deadline, or was overtaken by a hedge and did not deliver). An attempt cancelled with its payload half
+received closes that connection (the stream cannot resynchronise); one cancelled before any reply costs nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from shield_ps.phases.deadlines import Deadlines
+from shield_ps.pool import AgentLink
+from wire import Codec, ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
+
+log = logging.getLogger(__name__)
+
+
+def holder_order(secret: bytes, step: int, file: int, holders: tuple[int, ...]) -> list[int]:
+    """``holders`` in the order the PS asks them at ``step``: sorted by a keyed hash the agents cannot compute."""
+    def key(worker: int) -> bytes:
+        return hashlib.blake2b(f"{step}:{file}:{worker}".encode(), key=secret, digest_size=16).digest()
+
+    return sorted(holders, key=key)
+
+
+def has_non_finite(row: np.ndarray, zeros: np.ndarray) -> bool:
+    """True when ``row`` holds a NaN or an Inf: 0 * x is NaN exactly for those, and BLAS reads at memory speed
+    (``zeros`` is a preallocated zero vector of the same length)."""
+    return not np.isfinite(np.dot(row, zeros))
+
+
+@dataclass
+class FetchReport:
+    """What the fetches of one step found."""
+
+    fetched: set[int] = field(default_factory=set)  # files whose verified payload is in its row
+    invalid: set[bytes] = field(default_factory=set)  # winning digests whose payload is not finite
+    lying: set[int] = field(default_factory=set)
+    slow: set[int] = field(default_factory=set)
+    attempts: int = 0
+    hedges: int = 0
+
+
+class _Attempt:
+    """One FETCH of one file from one holder, into ``dest``."""
+
+    def __init__(self, worker: int, dest: np.ndarray, in_row: bool, task: asyncio.Task[bytes | None]) -> None:
+        self.worker, self.dest, self.in_row, self.task = worker, dest, in_row, task
+        self.started = time.monotonic()
+        self.overtaken = False  # a hedge was sent because this one was not done in time
+
+
+class Fetcher:
+    """Runs the fetches of one step; ``rows[file]`` receives each verified payload."""
+
+    def __init__(self, rows: np.ndarray, deadlines: Deadlines, secret: bytes, codec: str,
+                 link_of: Callable[[int], AgentLink | None],
+                 on_violation: Callable[[AgentLink, str], None]) -> None:
+        self._rows = rows
+        self._d = rows.shape[1]
+        self._deadlines = deadlines
+        self._secret = secret
+        self._raw = Codec(codec) is Codec.NONE
+        self._link_of = link_of
+        self._violation = on_violation
+        self._zeros = np.zeros(self._d, dtype=np.float32)
+        self._spares: list[np.ndarray] = []
+        self._quarantine: list[np.ndarray] = []
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.report = FetchReport()
+        self.step = -1
+
+    def begin(self, step: int) -> None:
+        """Start a new step (buffers of attempts cancelled last step are free again by now)."""
+        self.step = step
+        self._spares.extend(self._quarantine)
+        self._quarantine.clear()
+        self._tasks.clear()
+        self.report = FetchReport()
+
+    def start(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]]) -> None:
+        """Fetch ``file`` (winning ``digest``) in the background; ``holders()`` lists its holders of that digest now."""
+        if file not in self._tasks:
+            self._tasks[file] = asyncio.get_running_loop().create_task(self._fetch_file(file, digest, holders))
+
+    async def finish(self) -> FetchReport:
+        """Wait for every fetch started this step (each bounded by its hedges and deadlines)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values())
+        return self.report
+
+    async def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # ---- one file ---------------------------------------------------------------------------------------------
+    async def _fetch_file(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]]) -> None:
+        step, report = self.step, self.report
+        asked: list[int] = []
+        running: list[_Attempt] = []
+        nbytes = self._d * 4
+        try:
+            while True:
+                if not running:
+                    worker = self._next_holder(step, file, holders(), asked)
+                    if worker is None:
+                        return
+                    running.append(self._launch(file, worker, first=not asked))
+                    asked.append(worker)
+                pending = self._next_holder(step, file, holders(), asked) is not None
+                delay = self._deadlines.hedge_delay(nbytes) if pending else None
+                done, _ = await asyncio.wait([a.task for a in running], timeout=delay,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # hedge: ask the next holder too
+                    for attempt in running:
+                        attempt.overtaken = True
+                    worker = self._next_holder(step, file, holders(), asked)
+                    assert worker is not None
+                    running.append(self._launch(file, worker, first=False))
+                    asked.append(worker)
+                    report.hedges += 1
+                    continue
+                for attempt in [a for a in running if a.task in done]:
+                    running.remove(attempt)
+                    if self._judge(attempt, digest):
+                        await self._cancel_losers(running)  # before the row is written: a loser may write into it
+                        running.clear()
+                        await self._accept(file, attempt, digest)
+                        return
+        finally:
+            await self._cancel_losers(running)
+
+    def _next_holder(self, step: int, file: int, holders: tuple[int, ...], asked: list[int]) -> int | None:
+        for worker in holder_order(self._secret, step, file, holders):
+            if worker not in asked and self._link_of(worker) is not None:
+                return worker
+        return None
+
+    def _launch(self, file: int, worker: int, *, first: bool) -> _Attempt:
+        """Start one attempt. The first attempt of a raw payload lands straight in the file's row (only the event
+        loop writes raw payloads, so a cancelled attempt writes nothing more); hedges and compressed payloads land
+        in spare buffers (a cancelled decode may still be finishing in a worker thread)."""
+        in_row = first and self._raw
+        dest = self._rows[file] if in_row else (self._spares.pop() if self._spares
+                                                else np.empty(self._d, dtype=np.float32))
+        link = self._link_of(worker)
+        assert link is not None
+        task = asyncio.get_running_loop().create_task(self._attempt(link, file, dest))
+        self.report.attempts += 1
+        return _Attempt(worker, dest, in_row, task)
+
+    async def fetch_replica(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
+        """One bounded FETCH of ``file`` from ``link`` into ``dest`` (the tolerant vote fetches every replica)."""
+        self.report.attempts += 1
+        return await self._attempt(link, file, dest)
+
+    async def _attempt(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
+        budget = self._deadlines.transfer(self._d * 4)
+        try:
+            return await asyncio.wait_for(self._fetch_into(link, file, dest), budget)
+        except asyncio.TimeoutError:
+            log.warning("step %d: worker %d did not deliver file %d within %.1fs: cut off", self.step, link.worker,
+                        file, budget)
+            self.report.slow.add(link.worker)
+            return None
+
+    async def _fetch_into(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
+        """FETCH ``file`` from ``link`` into ``dest``; the payload's digest, or None if none came."""
+        try:
+            msg = await link.conn.request(Kind.FETCH, {"step": self.step, "file": file}, timeout=None)
+        except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
+            log.info("step %d: worker %d did not deliver file %d: %s", self.step, link.worker, file, exc)
+            return None
+        if msg.kind is not Kind.VECTOR or msg.vector is None or msg.vector.n != self._d:
+            msg.discard()
+            self.report.lying.add(link.worker)
+            self._violation(link, f"FETCH answered with {msg.kind.value} of the wrong shape")
+            return None
+        try:
+            return await msg.read_vector_into(dest)
+        except WireError as exc:
+            self.report.lying.add(link.worker)
+            self._violation(link, f"bad VECTOR payload: {exc}")
+            return None
+
+    def _judge(self, attempt: _Attempt, digest: bytes) -> bool:
+        """True when the attempt delivered the winning payload; otherwise records why not (the caller moves on)."""
+        got = attempt.task.result()
+        if got == digest:
+            self._deadlines.record_fetch(time.monotonic() - attempt.started)
+            return True
+        if got is None:
+            if attempt.overtaken:
+                self.report.slow.add(attempt.worker)
+        else:
+            log.warning("step %d: worker %d's payload does not match the digest it voted", self.step, attempt.worker)
+            self.report.lying.add(attempt.worker)
+        self._release(attempt)
+        return False
+
+    async def _accept(self, file: int, attempt: _Attempt, digest: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        row = self._rows[file]
+        if not attempt.in_row:
+            await loop.run_in_executor(None, np.copyto, row, attempt.dest)
+            self._release(attempt)
+        if await loop.run_in_executor(None, has_non_finite, row, self._zeros):
+            log.warning("step %d: the winning payload of file %d is not finite: file dropped", self.step, file)
+            self.report.invalid.add(digest)
+            return
+        self.report.fetched.add(file)
+
+    async def _cancel_losers(self, running: list[_Attempt]) -> None:
+        for attempt in running:
+            attempt.task.cancel()
+        for attempt in running:
+            try:
+                await attempt.task
+            except asyncio.CancelledError:
+                pass
+            if attempt.overtaken:
+                self.report.slow.add(attempt.worker)
+            if not attempt.in_row:
+                self._quarantine.append(attempt.dest)  # a cancelled decode may still write into it this step
+
+    def _release(self, attempt: _Attempt) -> None:
+        """A finished attempt's spare buffer is free again (a row is never handed out as a spare)."""
+        if not attempt.in_row:
+            self._spares.append(attempt.dest)
