@@ -31,7 +31,7 @@ def environment(device: Any, threads: int) -> dict[str, Any]:
     from shield_agent.device import device_name
 
     env: dict[str, Any] = {
-        "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
+        "torch": str(torch.__version__), "numpy": str(np.__version__), "device": str(device),
         "device_name": device_name(device)[:120], "threads": int(threads),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),

@@ -56,8 +56,9 @@ class ServeConfig:
     fixed_byzantine: tuple[int, ...] = ()
     detox_attack: str = "worst"
     seed: int = 0
-    vote: str = "exact"
+    vote: str = "auto"
     vote_rtol: float = 1e-5
+    vote_tol: float | None = None  # --vote auto: relative tolerance of the sketch vote (None: from the probe spread)
     codec: str = "none"
     codec_level: int = 1
     threads: int = 1

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from shield_ps.classes import FingerprintError, FleetClasses
 from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
 from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
@@ -93,6 +94,8 @@ class PSDaemon:
         start_step, optimizer = self._initial_state(model)
         self.pool = WorkerPool(self.plan.placement.worker_files, self.sink.emit)
         self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent, secret=self.fetch_secret)
+        self.fleet = FleetClasses(self.config.vote, self.runner.d, self.config.vote_tol, self.sink.emit,
+                                  self.runner.set_tolerance)
         if self._resumed_center is not None and self.runner.aggregation.center is not None:
             self.runner.aggregation.center[:] = self._resumed_center
         c = self.config
@@ -113,6 +116,7 @@ class PSDaemon:
             if ready < self.plan.placement.K:
                 log.warning("starting with %d of K=%d agents (the missing ones are erasures)",
                             ready, self.plan.placement.K)
+            self.fleet.check_start()
             for step in range(start_step, total_steps):
                 outcome = await self.runner.run(step)
                 self._record(outcome, model.steps_per_epoch)
@@ -258,15 +262,28 @@ class PSDaemon:
         assert self.pool is not None and self.runner is not None
         link = self.pool.bind(conn)
         try:
-            reply = await conn.request(Kind.JOB, self.plan.job_header(link.worker), timeout=self.config.join_timeout)
+            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields()},
+                                       timeout=self.config.join_timeout)
             num_params = reply.header.get("num_params")
             if reply.kind is not Kind.JOB or num_params != self.runner.d:
                 await conn.close(f"agent has {num_params} parameters, the PS {self.runner.d}", code="job")
                 return
+            try:
+                refused = self.fleet.admit(link.worker, reply.header)
+            except FingerprintError as exc:
+                await conn.close(f"bad fingerprint: {exc}", code="fingerprint")
+                return
+            if refused is not None:
+                log.warning("worker %d refused: %s", link.worker, refused)
+                await conn.close(refused, code="class")
+                return
+            link.extra["class"] = self.fleet.class_of(link.worker)
             self.pool.set_ready(link)
             async for msg in conn:
                 if msg.kind is Kind.DIGESTS:
                     self.runner.on_digest(link, msg.header)
+                elif msg.kind is Kind.SKETCH:
+                    self.runner.on_sketch(link, msg.header)
                 elif msg.kind is Kind.LEAVE:
                     break
                 else:
@@ -276,6 +293,7 @@ class PSDaemon:
         except WireError as exc:
             log.info("worker %d: %s", link.worker, exc)
         finally:
+            self.fleet.leave(link.worker)
             self.pool.release(link)
             self.runner.on_agent_lost(link)
 

@@ -18,6 +18,7 @@ from shield_ps.byzantine.aggregators import Aggregator
 from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
+from shield_ps.byzantine.vote import VoteMode
 from shield_ps.config import ServeConfig
 from shield_ps.phases.aggregate import ShortStep
 from shield_ps.errors import ConfigError
@@ -130,10 +131,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=ByzantineChoice.WORST)
     g.add_argument("--fixed-byzantine", type=_worker_list, default=(), help="worker ids for --byzantine-gen fixed")
     g.add_argument("--detox-attack", type=enum_choice(DetoxAttack, _DETOX_ALIASES), default=DetoxAttack.WORST)
-    g.add_argument("--vote", choices=("exact", "tolerant"), default="exact",
-                   help="exact: vote on digests, fetch one payload per file; tolerant: fetch every replica and "
-                   "vote on vectors within --vote-rtol (mixed hardware; ingress f*r*d)")
+    g.add_argument("--vote", type=enum_choice(VoteMode), default=VoteMode.AUTO,
+                   help="auto (default): vote on digests, and where a file's digests disagree (agents of different "
+                   "determinism classes) on sketches within --vote-tol; ingress about f*d. exact: digests only, "
+                   "refused when the agents form more than one class. tolerant: fetch every replica and vote on "
+                   "vectors within --vote-rtol (ingress f*r*d)")
     g.add_argument("--vote-rtol", type=positive_float, default=1e-5, help="relative tolerance of --vote tolerant")
+    g.add_argument("--vote-tol", type=positive_float,
+                   help="relative tolerance of --vote auto's sketch vote (default: 10x the spread of the agents' "
+                   "probe gradients between classes, within [1e-6, 0.05])")
     g.add_argument("--short-step", type=enum_choice(ShortStep), default=ShortStep.SKIP,
                    help="when too few files survive for the aggregator's s: skip the update (default, always sound) "
                    "or lower-s (aggregate with the largest valid s; weaker)")
@@ -189,7 +195,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         aggregator=args.aggregator.value, buckets=args.buckets, agg_s=args.agg_s, agg_m=args.agg_m,
         byzantine=args.byzantine, attack=args.attack, attack_c=args.attack_c, alie_z=args.alie_z,
         byzantine_gen=args.byzantine_gen.value, fixed_byzantine=tuple(args.fixed_byzantine),
-        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote, vote_rtol=args.vote_rtol, codec=args.codec,
+        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote.value, vote_rtol=args.vote_rtol,
+        vote_tol=args.vote_tol, codec=args.codec,
         codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
         local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=args.join_timeout,
