@@ -20,7 +20,7 @@ from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
-from shield_ps.local_agents import LocalAgents, write_token_file
+from shield_ps.local_agents import LocalAgents, parse_agent_env, write_token_file
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
@@ -160,7 +160,8 @@ class PSDaemon:
             return None
         token_file = write_token_file(self.train_dir / ".token", self.token)
         agents = LocalAgents(self.config.local_agents, self.config.host, port, token_file,
-                             self.train_dir / "agents", self.config.data_dir)
+                             self.train_dir / "agents", self.config.data_dir,
+                             envs=parse_agent_env(self.config.local_agent_env, self.config.local_agents))
         agents.start()
         return agents
 

@@ -20,6 +20,7 @@ from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
 from shield_ps.byzantine.vote import VoteMode
 from shield_ps.config import ServeConfig
+from shield_ps.local_agents import parse_agent_env
 from shield_ps.phases.aggregate import ShortStep
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
@@ -91,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--port", type=_port, default=7700, help="port (0 picks a free one and prints it)")
     g.add_argument("--local-agents", type=non_negative_int, default=0, metavar="K",
                    help="spawn K agents on this machine and stop them at the end")
+    g.add_argument("--local-agent-env", action="append", default=[], metavar="INDICES:NAME=VALUE",
+                   help="extra environment for some local agents, e.g. 0,2:ATEN_CPU_CAPABILITY=avx2 (repeatable; "
+                   "mixes determinism classes on one machine)")
     g.add_argument("--token", help="cluster token (default: a fresh random one, shown for remote agents)")
     g.add_argument("--token-file", help="file holding the cluster token")
     g.add_argument("--threads", type=positive_int, default=1, help="torch threads per agent (default 1)")
@@ -187,6 +191,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--fixed-byzantine needs --byzantine-gen fixed")
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {args.momentum}")
+    try:
+        parse_agent_env(args.local_agent_env, max(1, args.local_agents))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return ServeConfig(
         scheme=args.scheme.value, workers=args.workers, replication=args.replication, rama_m=args.rama_m,
         network=args.network, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
@@ -198,7 +206,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote.value, vote_rtol=args.vote_rtol,
         vote_tol=args.vote_tol, codec=args.codec,
         codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
-        local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
+        local_agents=args.local_agents, local_agent_env=tuple(args.local_agent_env),
+        view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=args.join_timeout,
         min_bandwidth=args.min_bandwidth, hedge_factor=args.hedge_factor, hedge_floor=args.hedge_floor,
         handshake_timeout=args.handshake_timeout, max_preauth=args.max_preauth,
