@@ -115,6 +115,9 @@ def _workers(state: ViewState, width: int, max_rows: int | None = None) -> list[
     flagged = sum(w.flagged_now for w in workers)
     if flagged:
         head.append(f"  {flagged} flagged", style="bold red")
+    if len(state.classes) > 1:
+        tol = f", tol {state.tolerance:.2g}" if state.tolerance is not None else ""
+        head.append(f"  {len(state.classes)} classes{tol}", style="yellow")
     per_row = max(1, width // WORKER_CELL)
     shown = list(enumerate(workers))
     hidden = 0

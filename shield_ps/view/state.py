@@ -28,6 +28,7 @@ class EventKind(str, enum.Enum):
     WORKER = "worker"
     EVAL = "eval"
     SUMMARY = "summary"
+    CLASSES = "classes"
 
 
 
@@ -58,6 +59,7 @@ class WorkerView:
     state: WorkerState = WorkerState.UNKNOWN
     compute_s: float | None = None
     address: str = ""
+    klass: str = ""  #: determinism class (docs/byzantine.md)
     disagreements: int = 0  #: steps in which this worker's value lost to a majority
     erasures: int = 0  #: steps in which this worker sent nothing in time
     flagged_now: bool = False  #: flagged in the last step
@@ -114,6 +116,8 @@ class ViewState:
     best_top1: float | None = None
     recent: tuple[tuple[int, float], ...] = ()  #: (step, time) of the last RATE_WINDOW steps
     summary: Summary | None = None
+    classes: tuple[tuple[str, tuple[int, ...]], ...] = ()  #: (class id, its workers), from the latest classes event
+    tolerance: float | None = None  #: the sketch vote's relative tolerance
     malformed: int = 0
 
 
@@ -231,7 +235,7 @@ def _fold_worker(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     old = workers[worker]
     compute_s = _num(event, "compute_s")
     updated = _evolve(old, state=new_state, compute_s=old.compute_s if compute_s is None else compute_s,
-                      address=_str(event, "address", old.address))
+                      address=_str(event, "address", old.address), klass=_str(event, "class", old.klass))
     return dict(workers=workers[:worker] + (updated,) + workers[worker + 1:])
 
 
@@ -255,6 +259,18 @@ def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     return dict(summary=summary)
 
 
+def _fold_classes(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    entries = event.get("classes")
+    if not isinstance(entries, list) or len(entries) > MAX_WORKERS:
+        raise BadEvent("classes: expected a list")
+    classes = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise BadEvent("classes: expected maps")
+        classes.append((_str(entry, "id"), _ids(entry, "workers")))
+    return dict(classes=tuple(classes), tolerance=_num(event, "tolerance"))
+
+
 #: kind -> function of (state, event) returning the fields that change (raises BadEvent)
 _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]] = {
     EventKind.JOB: _fold_job,
@@ -262,6 +278,7 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.WORKER: _fold_worker,
     EventKind.EVAL: _fold_eval,
     EventKind.SUMMARY: _fold_summary,
+    EventKind.CLASSES: _fold_classes,
 }
 
 
