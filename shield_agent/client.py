@@ -24,7 +24,7 @@ import numpy as np
 from shield_agent.errors import ComputeError, ShieldAgentError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.sketching import answers as sketch_answers
-from shield_agent.sketching import deviate
+from shield_agent.sketching import deviate, grind
 from wire import Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
 from wire.sketch import SketchHeaderError, parse_sketch_request
 
@@ -212,6 +212,8 @@ class AgentSession:
                 if self.options.lie_sketch:
                     self._honest[file] = out.copy()
                 await loop.run_in_executor(self._executor, deviate, out, self.options.lie_deviation, work.step, file)
+                if self.options.lie_sketch:
+                    await loop.run_in_executor(self._executor, grind, out)
             digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
             if work.cancelled:
                 return

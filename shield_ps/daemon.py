@@ -167,7 +167,8 @@ class PSDaemon:
 
     def _emit_job(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         c, p = self.config, self.plan.placement
-        self.sink.emit("job", scheme=p.scheme.value, workers=p.K, files=p.f, replication=p.r, files_per_worker=p.l,
+        self.sink.emit("job", vote=c.vote, vote_tol=c.vote_tol, scheme=p.scheme.value, workers=p.K, files=p.f,
+                       replication=p.r, files_per_worker=p.l,
                        network=c.network, dataset=c.dataset, batch_size=self.plan.batch_size,
                        aggregator=self.plan.aggregator.value, attack=c.attack, byzantine=c.byzantine,
                        byzantine_gen=c.byzantine_gen, total_steps=total_steps, steps_per_epoch=steps_per_epoch,

@@ -177,6 +177,9 @@ def test_vote_groups_replicas_within_the_tolerance_and_blames_the_rest() -> None
     again = vote_sketches(HOLDERS, replies, TOL, 2, excluded={1})
     assert again.winners[1] is None and again.files[1].absent == (1,)
     assert vote_sketches(HOLDERS, replies, TOL, 2, excluded={0}).winners[0] == 1
+    # with the committed digests, ties go to the smallest digest (the payload taken does not depend on worker ids)
+    digests = [{0: b"\x09", 1: b"\x01", 2: b"\x09"}, {1: b"", 2: b"", 3: b""}, {2: b"", 3: b"", 4: b""}]
+    assert vote_sketches(HOLDERS, replies, TOL, 2, digests=digests).winners[0] == 1
 
 
 def test_vote_without_majority_drops_the_file_and_blames_nobody_but_non_finite() -> None:

@@ -79,9 +79,10 @@ def test_auto_vote_completes_over_three_classes_at_one_payload_per_file(tmp_path
 
 
 def test_a_deviating_agent_is_outvoted_and_a_sketch_liar_is_proven_to_lie(tmp_path: Path) -> None:
-    """Two groups of three (detox K=6): worker 0 commits to g + 10 tol but sketches g (so its sketch agrees, it is the
-    group's center, and the recomputed sketch of its payload proves the lie); worker 3 commits to and sketches
-    g + 10 tol (outvoted). Neither payload is ever taken: every file is won without them."""
+    """Two groups of three (detox K=6): worker 0 commits to g + 10 tol but sketches g, and grinds its digest small so
+    that it is its group's center (ties go to the smallest digest): its payload is fetched and its recomputed sketch
+    proves the lie; worker 3 commits to and sketches g + 10 tol (outvoted). Neither payload is ever taken: every
+    file is won without them."""
     tol = 1e-4
     ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "6", "--replication", "3", "--max-steps", "4",
                            "--eval-freq", "4", "--vote-tol", str(tol))

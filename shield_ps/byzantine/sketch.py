@@ -235,11 +235,14 @@ def _check_reply(file: int, worker: int, reply: object, params: SketchParams) ->
 
 def vote_sketches(file_workers: FileWorkers, replies: Sequence[Mapping[int, SketchReply]], tol: float,
                   r_prime: int | None = None, *, params: SketchParams = DEFAULT_PARAMS,
-                  excluded: Collection[int] = frozenset()) -> VoteResult[int]:
+                  excluded: Collection[int] = frozenset(),
+                  digests: Sequence[Mapping[int, bytes]] | None = None) -> VoteResult[int]:
     """Tolerant majority vote on sketches, one seed per step.
 
     For each file, every finite reply w has a group N(w): the replies that :func:`agree` with it (itself included).
-    The reply with the largest group wins if that group has at least r' members (ties: the lowest worker id); the
+    The reply with the largest group wins if that group has at least r' members (ties: the smallest committed digest
+    when ``digests`` is given, so the payload taken does not depend on which worker slot a class landed in; then the
+    lowest worker id); the
     file's ``winner`` is that worker (the *center*: fetch its payload and check it with :func:`check_payload`),
     ``holders`` its group, ``disagreeing`` every other reply (and non-finite ones). ``excluded`` workers (caught lying,
     or unreachable for this file) count as absent. Raises VoteError for malformed input or a negative tolerance.
@@ -253,7 +256,8 @@ def vote_sketches(file_workers: FileWorkers, replies: Sequence[Mapping[int, Sket
         present = {w: _check_reply(i, w, got[w], params) for w in ws if w in got and w not in excluded}
         finite = [w for w in sorted(present) if present[w].finite]
         groups = {w: tuple(v for v in finite if v == w or agree(present[w], present[v], tol, params)) for w in finite}
-        center = min(finite, key=lambda w: (-len(groups[w]), w), default=None)
+        keys = digests[i] if digests is not None else {}
+        center = min(finite, key=lambda w: (-len(groups[w]), keys.get(w, b""), w), default=None)
         winner = center if center is not None and len(groups[center]) >= r_prime else None
         agreeing = groups[winner] if winner is not None else ()
         lost = tuple(w for w in sorted(present) if w not in agreeing and (winner is not None or w not in finite))

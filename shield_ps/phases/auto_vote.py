@@ -77,7 +77,7 @@ class AutoVote:
                 answers[file] = {}
         excluded: set[int] = set()
         files = list(exact.files)
-        sketch_vote = vote_sketches(self.placement, answers, self.tolerance)
+        sketch_vote = vote_sketches(self.placement, answers, self.tolerance, digests=replies)
         for file in disputed:
             if exact.files[file].winner is not None:
                 files[file] = self._blame(exact.files[file], sketch_vote.files[file])
@@ -88,7 +88,7 @@ class AutoVote:
         for _ in range(self.placement.r):
             if not pending:
                 break
-            sketch_vote = vote_sketches(self.placement, answers, self.tolerance, excluded=excluded)
+            sketch_vote = vote_sketches(self.placement, answers, self.tolerance, excluded=excluded, digests=replies)
             started = []
             for file in pending:
                 center = sketch_vote.files[file].winner
