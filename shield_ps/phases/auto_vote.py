@@ -71,7 +71,8 @@ class AutoVote:
         for file in disputed:
             for worker in replies[file]:
                 requests.setdefault(worker, []).append(file)
-        answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()})
+        answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()},
+                                          times.get("compute", 0.0))
         for file in range(len(answers)):
             if file not in disputed:
                 answers[file] = {}

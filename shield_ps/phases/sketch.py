@@ -2,8 +2,9 @@
 
 Every digest of the step is in (each holder is committed to its payload) before the PS draws a fresh seed and sends
 each holder of a disputed file one SKETCH naming its disputed files (:mod:`wire.sketch`). Answers are collected until
-all are in or the phase's deadline passes (``latency + files x d / SKETCH_RATE``): a missing answer is an erasure for
-that file's sketch vote, never a wait. A malformed answer drops the agent (protocol violation). The vote itself and
+all are in or the phase's deadline passes: a missing answer is an erasure for
+that file's sketch vote, never a wait. The deadline is ``latency + max(files x d / SKETCH_RATE, 2 x the step's
+compute phase)``: a loaded agent that needed long for its gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol violation). The vote itself and
 the check of the fetched payload are pure (:mod:`shield_ps.byzantine.sketch`); the round decides nothing on its own.
 """
 from __future__ import annotations
@@ -42,10 +43,11 @@ class SketchRound:
         self._done = asyncio.Event()
         self.bytes_requested = 0
 
-    def deadline(self, files_per_worker: int) -> float:
-        return self._latency + files_per_worker * self._d / SKETCH_RATE
+    def deadline(self, files_per_worker: int, compute_s: float = 0.0) -> float:
+        return self._latency + max(files_per_worker * self._d / SKETCH_RATE, 2.0 * compute_s)
 
-    async def run(self, step: int, requests: dict[int, tuple[int, ...]]) -> list[dict[int, SketchReply]]:
+    async def run(self, step: int, requests: dict[int, tuple[int, ...]],
+                  compute_s: float = 0.0) -> list[dict[int, SketchReply]]:
         """Reveal a fresh seed to the holders in ``requests`` (worker -> its disputed files) and collect their
         sketches until complete or the deadline; returns per file worker -> reply (only what arrived, validated)."""
         self.step, self.seed = step, new_seed()
@@ -62,7 +64,7 @@ class SketchRound:
             sends.append(self._send(link, request))
         await asyncio.gather(*sends)
         self._check_done()
-        budget = self.deadline(max((len(f) for f in self._expected.values()), default=0))
+        budget = self.deadline(max((len(f) for f in self._expected.values()), default=0), compute_s)
         try:
             await asyncio.wait_for(self._done.wait(), max(0.0, budget - (time.monotonic() - started)))
         except asyncio.TimeoutError:
