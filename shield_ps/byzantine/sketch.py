@@ -269,12 +269,28 @@ def check_payload(payload: np.ndarray, claimed: SketchReply, seed: bytes,
                   params: SketchParams = DEFAULT_PARAMS) -> str | None:
     """Why ``payload`` contradicts the holder's own sketch reply (a proof that it lied), or None when it matches:
     the recomputed sketch must be bit-identical and the norm within :data:`NORM_RTOL`."""
-    if claimed.sketch is None:
-        return "it declared its gradient non-finite"
-    try:
-        mine = sketch(payload, seed, params)
-    except VoteError as exc:
-        return f"its payload cannot be sketched: {exc}"
+    return check_payloads([(payload, claimed)], seed, params)[0]
+
+
+def check_payloads(items: Sequence[tuple[np.ndarray, SketchReply]], seed: bytes,
+                   params: SketchParams = DEFAULT_PARAMS) -> list[str | None]:
+    """:func:`check_payload` for several payloads of one step, recomputing their sketches in one pass over G."""
+    verdicts: list[str | None] = [None] * len(items)
+    todo = []
+    for i, (payload, claimed) in enumerate(items):
+        if claimed.sketch is None:
+            verdicts[i] = "it declared its gradient non-finite"
+        elif not (isinstance(payload, np.ndarray) and payload.dtype == np.float32 and np.isfinite(payload).all()):
+            verdicts[i] = "its payload cannot be sketched: it holds NaN or Inf"
+        else:
+            todo.append(i)
+    mine = sketch_many([items[i][0] for i in todo], seed, params)
+    for i, recomputed in zip(todo, mine):
+        verdicts[i] = _compare(items[i][0], items[i][1], recomputed)
+    return verdicts
+
+
+def _compare(payload: np.ndarray, claimed: SketchReply, mine: np.ndarray) -> str | None:
     if not np.array_equal(mine, claimed.sketch):
         return "its payload's sketch differs from the sketch it sent"
     norm = l2_norm(payload)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply, check_payload, vote_sketches
+from shield_ps.byzantine.sketch import SketchReply, check_payloads, vote_sketches
 from shield_ps.byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher, FetchReport
@@ -137,7 +137,7 @@ class AutoVote:
         return vote, [f for f in vote.files_won if f in report.fetched], report
 
     def _check(self, items: list[tuple[np.ndarray, SketchReply]]) -> list[str | None]:
-        return [check_payload(row, claimed, self.sketches.seed, self.sketches.params) for row, claimed in items]
+        return check_payloads(items, self.sketches.seed, self.sketches.params)
 
     @staticmethod
     def _blame(exact: FileVote[bytes], sketched: FileVote[int]) -> FileVote[bytes]:
