@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any, Callable
 
 from wire import DIGEST_SIZE
@@ -38,7 +39,11 @@ class StepCollector:
         self._missing: dict[int, set[int]] = {w: set(files) for w, files in expected.items() if files}
         self._r_prime = r_prime
         self._on_winner = on_winner
+        self._num_files = num_files
+        self._started = time.monotonic()
+        self.finish_times: list[float] = []  # seconds from the start to each worker's last expected digest
         self.complete = asyncio.Event()
+        self.all_decided = asyncio.Event()  # every file has its winner (the streaming vote)
         self._check_complete()
 
     def add(self, worker: int, header: dict[str, Any]) -> bool:
@@ -71,6 +76,7 @@ class StepCollector:
         missing.discard(file)
         if not missing:
             del self._missing[worker]
+            self.finish_times.append(time.monotonic() - self._started)
         self._check_complete()
         return True
 
@@ -91,6 +97,8 @@ class StepCollector:
             self.decided[file] = digest
             if self._on_winner is not None:
                 self._on_winner(file, digest, holders)
+            if len(self.decided) == self._num_files:
+                self.all_decided.set()
 
     def missing_workers(self) -> tuple[int, ...]:
         return tuple(sorted(self._missing))

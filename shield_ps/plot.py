@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from shield_ps.errors import PlotError
+from shield_ps.events import effective_events
 from shield_ps.view.replay import iter_events, metrics_path
 from shield_ps.view.state import PHASES
 
@@ -21,7 +22,8 @@ PHASE_COLORS = {"broadcast": "#4c9be8", "compute": "#58b368", "gather": "#8f6bd8
 
 @dataclass(frozen=True)
 class RunCurves:
-    """What a plot needs from one run, read from its ``metrics.jsonl`` (a resumed step overwrites the earlier one)."""
+    """What a plot needs from one run, read from its ``metrics.jsonl`` (after a resume, the steps run again count
+    once: :func:`shield_ps.events.effective_events`)."""
 
     label: str
     loss: dict[int, float] = field(default_factory=dict)  #: step -> training loss
@@ -40,11 +42,11 @@ def _number(value: Any) -> float | None:
 
 
 def curves_from_events(events: Iterable[dict[str, Any]], label: str) -> RunCurves:
-    """Collect the loss, accuracy and phase times of one run's events."""
+    """Collect the loss, accuracy and phase times of one run's events, without the events a resume superseded."""
     loss: dict[int, float] = {}
     top1: dict[int, float] = {}
     phases_by_step: dict[int, dict[str, float]] = {}
-    for event in events:
+    for event in effective_events(list(events)):
         step = event.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
             continue

@@ -59,7 +59,8 @@ class StepOutcome:
 
     def event_fields(self) -> dict[str, Any]:
         fields = {k: v for k, v in self.__dict__.items() if k != "account"}
-        return {**fields, **self.account.fields()}
+        legacy = sorted(set(self.account.lying) | set(self.account.outvoted))  # `flagged`, kept for old scripts
+        return {**fields, **self.account.fields(), "flagged": legacy}
 
 
 class StepRunner:
@@ -199,12 +200,24 @@ class StepRunner:
         return self.pool.ready_links()
 
     async def _gather(self, step: int, collector: StepCollector) -> set[int]:
-        """Wait for every expected digest until the gather deadline; the workers still missing are late."""
+        """Wait for every expected digest until the gather deadline, or, once every file has its winner, for a
+        straggler grace more (a late reply can no longer change a winner); the workers still missing are late."""
+        loop = self._loop
+        deadline = loop.time() + self.deadlines.gather
+        complete = loop.create_task(collector.complete.wait())
+        decided = loop.create_task(collector.all_decided.wait())
         try:
-            await asyncio.wait_for(collector.complete.wait(), self.deadlines.gather)
-        except asyncio.TimeoutError:
-            log.warning("step %d: workers %s sent nothing in %.0fs: erased for this step",
-                        step, list(collector.missing_workers()), self.deadlines.gather)
+            done, _ = await asyncio.wait({complete, decided}, timeout=self.deadlines.gather,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if decided in done and complete not in done:
+                grace = min(self.deadlines.straggler_grace(collector.finish_times), deadline - loop.time())
+                await asyncio.wait({complete}, timeout=max(0.0, grace))
+        finally:
+            complete.cancel()
+            decided.cancel()
+        if collector.missing_workers():
+            log.warning("step %d: workers %s had not sent their digests in %.1fs: erased for this step",
+                        step, list(collector.missing_workers()), loop.time() - deadline + self.deadlines.gather)
         self.collector = None
         late = set(collector.missing_workers())
         for worker in late:

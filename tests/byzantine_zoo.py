@@ -80,6 +80,13 @@ class SlowStepReaderSession(AgentSession):
         await asyncio.sleep(3600)
 
 
+class SilentDigestsSession(AgentSession):
+    """Stays connected and takes every STEP, but never sends a digest."""
+
+    async def _on_step(self, msg: Message) -> None:
+        msg.discard()
+
+
 class ReconnectEverySession(AgentSession):
     """Disconnects as soon as a step starts (and the agent loop reconnects)."""
 
@@ -144,12 +151,13 @@ ZOO: dict[str, tuple[type[AgentSession], dict[str, Any]]] = {
     "delayed-fetch": (DelayedFetchSession, {}),
     "slow-step-reader": (SlowStepReaderSession, {}),
     "reconnect-every-step": (ReconnectEverySession, {}),
+    "silent-digests": (SilentDigestsSession, {}),
     "flood": (FloodSession, {}),
     "wrong-length": (WrongLengthSession, {}),
     "replay": (ReplaySession, {}),
     "liar-2x": (AgentSession, {"lie_factor": 2.0}),  # consistent liars: outvoted, never proven lying
     "liar-3x": (AgentSession, {"lie_factor": 3.0}),
-    "absent": (AgentSession, {}),  # placeholder, see run_cluster
+    "nan": (AgentSession, {"lie_factor": float("nan")}),  # non-finite gradients, digested consistently
 }
 
 
@@ -186,13 +194,16 @@ def secret_favouring(config: ServeConfig, worker: int) -> bytes:
     raise AssertionError("no such secret")
 
 
-async def _run(config: ServeConfig, slots: list[str | None], secret: bytes | None) -> int:
+async def _run(config: ServeConfig, slots: list[str | None], secret: bytes | None,
+               interrupt_after: int | None) -> int:
     sink = EventSink(Path(config.train_dir) / "metrics.jsonl")
     loop = asyncio.get_running_loop()
     listening: asyncio.Future[int] = loop.create_future()
     daemon = PSDaemon(config, TOKEN, sink, on_listening=lambda host, port: listening.set_result(port))
     daemon.fetch_secret = secret
     ps = loop.create_task(daemon.run())
+    if interrupt_after is not None:  # what SIGINT/SIGTERM do to `shield-ps serve`: cancel the daemon's task
+        sink.subscribe(lambda e: ps.cancel() if e["kind"] == "step" and e["step"] == interrupt_after else None)
     port = await asyncio.wait_for(asyncio.shield(listening), 300)
     agents = []
     try:
@@ -205,7 +216,12 @@ async def _run(config: ServeConfig, slots: list[str | None], secret: bytes | Non
             while len(daemon.pool.ready_links()) <= slot and not ps.done():
                 daemon.pool.changed.clear()
                 await asyncio.wait_for(daemon.pool.changed.wait(), 300)
-        return await asyncio.wait_for(ps, 600)
+        try:
+            return await asyncio.wait_for(asyncio.shield(ps), 600)
+        except asyncio.CancelledError:
+            if interrupt_after is None:
+                raise
+            return 130
     finally:
         ps.cancel()
         for task in agents:
@@ -215,13 +231,13 @@ async def _run(config: ServeConfig, slots: list[str | None], secret: bytes | Non
 
 
 def run_cluster(train_dir: Path, *, slots: list[str | None] | None = None, zoo: str | None = None,
-                secret: bytes | None = None, **changes: Any) -> RunResult:
+                secret: bytes | None = None, interrupt_after: int | None = None, **changes: Any) -> RunResult:
     """Run a whole training job in this process. ``slots[i]`` is worker i's behaviour (None: honest); the default is
     K honest workers, with ``zoo`` as worker K-1 when given."""
     config = zoo_config(train_dir, **changes)
     if slots is None:
         slots = [None] * (config.workers - 1) + [zoo]
-    code = asyncio.run(_run(config, slots, secret))
+    code = asyncio.run(_run(config, slots, secret, interrupt_after))
     checkpoint = load_latest(train_dir / "checkpoints")
     assert checkpoint is not None, f"no checkpoint in {train_dir}"
     return RunResult(read_events(train_dir / "metrics.jsonl"), checkpoint.params, code)

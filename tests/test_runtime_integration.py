@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shield_ps.events import effective_events
+from shield_ps.view import fold_all, iter_events
 from tests.runtime_helpers import (MNIST_DIR, TOKEN, events, final_params, run_serve, start_agent, start_serve,
                                    wait_for_step, wait_for_worker)
 
@@ -57,7 +59,9 @@ def test_clean_run_of_each_scheme_learns(tmp_path: Path, scheme: str, flags: lis
     assert result.returncode == 0, log[-3000:]
     summary = _summary(tmp_path)
     assert summary["reason"] == "completed" and summary["steps"] == 60
-    assert summary["files_corrupted"] == 0 and summary["flagged_workers"] == []
+    assert summary["files_corrupted"] == 0 and summary["steps_skipped"] == 0 and summary["metrics_complete"]
+    assert summary["lying_workers"] == summary["outvoted_workers"] == summary["slow_workers"] == {}
+    assert summary["checkpoint_errors"] == [] and summary["last_checkpoint"] == 60
     top1 = _final_eval(tmp_path)["top1"]
     assert top1 > 5 * CHANCE, f"{scheme}: held-out top-1 {top1:.3f} after 60 steps"
     steps = events(tmp_path, "step")
@@ -75,7 +79,8 @@ def test_mols_under_alie_with_coordinate_median_still_learns(tmp_path: Path) -> 
     steps = events(tmp_path, "step")
     # the worst-case set of 3 workers wins c_max(3) = 3 of the 25 files every step, and is outvoted elsewhere
     assert {e["files_corrupted"] for e in steps} == {3}
-    assert all(e["flagged"] for e in steps)
+    # the simulated Byzantine workers' values lose votes (outvoted); nothing proves a lie, so nobody is lying
+    assert all(e["outvoted"] for e in steps) and not any(e["lying"] for e in steps)
     assert _final_eval(tmp_path)["top1"] > 4 * CHANCE
 
 
@@ -121,6 +126,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     jobs = events(interrupted, "job")
     assert jobs[-1]["resumed"] and jobs[-1]["start_step"] in (10, 20)
 
+    standing = [e["step"] for e in effective_events(events(interrupted)) if e["kind"] == "step"]
+    assert standing == list(range(30)), "a re-run step must count once"
+    assert fold_all(iter_events(interrupted)).steps_seen == 30
+
     ref_step, ref_params = final_params(reference)
     step, params = final_params(interrupted)
     assert step == ref_step == 30
@@ -149,7 +158,8 @@ def test_agent_with_wrong_token_is_refused_and_run_unaffected(tmp_path: Path) ->
             proc.stop()
     assert "auth" in intruder.output().lower()
     summary = _summary(tmp_path)
-    assert summary["reason"] == "completed" and summary["flagged_workers"] == []
+    assert summary["reason"] == "completed" and summary["lying_workers"] == summary["outvoted_workers"] == {}
+    assert summary["refused"] >= 1  # the intruder, refused before authentication, is counted
     assert all(not e["erased"] for e in events(tmp_path, "step"))
 
 
@@ -169,9 +179,15 @@ def test_real_byzantine_agents_are_outvoted_and_caught(tmp_path: Path) -> None:
         for proc in (honest, liar, forger, ps):
             proc.stop()
     steps = events(tmp_path, "step")
-    assert all(e["files_won"] == 1 and 1 in e["flagged"] for e in steps)
-    assert any(2 in e["flagged"] for e in steps), "the forger was never asked for a payload"
-    assert set(_summary(tmp_path)["flagged_workers"]) == {1, 2}
+    # the consistent liar's digests lose every vote: outvoted, not proven lying (it never contradicts itself)
+    assert all(e["files_won"] == 1 and 1 in e["outvoted"] and 1 not in e["lying"] for e in steps)
+    # the forger's digests win, its payloads do not hash to them: proven lying (never merely outvoted)
+    assert any(2 in e["lying"] for e in steps), "the forger was never asked for a payload"
+    assert not any(2 in e["outvoted"] for e in steps)
+    assert all(0 not in e["lying"] and 0 not in e["outvoted"] for e in steps)  # the honest agent
+    summary = _summary(tmp_path)
+    assert set(summary["lying_workers"]) == {"2"} and set(summary["outvoted_workers"]) == {"1"}
+    assert summary["outvoted_workers"]["1"] == len(steps)
     assert _final_eval(tmp_path)["top1"] > 3 * CHANCE
 
 

@@ -33,3 +33,5 @@ def test_live_view_of_a_local_cluster(tmp_path: Path) -> None:
     assert "detox" in panel and "K=3" in panel
     assert all(len(line) <= 100 for line in panel.splitlines())
     assert "run summary" in final and "finished: completed" in final
+    assert "lying        none" in final and "outvoted     none" in final  # honest agents: nobody lies or is outvoted
+    assert "checkpoints  ok, last at step 40" in final and "metrics      complete" in final

@@ -1,6 +1,7 @@
 """The terminal view driven by a fake event stream: live panel, plain lines, quiet mode, summary, replay."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -14,10 +15,13 @@ from shield_ps.errors import ViewError
 from shield_ps.view import View, ViewMode, choose_mode, fold_all, iter_events, make_view, replay_file
 from shield_ps.view.fake import fake_run
 from shield_ps.view.live import render
+from shield_ps.plot import curves_from_events, load_curves
 from shield_ps.view.plain import format_event
+from shield_ps.view.summary import render_summary
 from shield_ps.view.state import ViewState
 
 STEPS, WORKERS = 24, 15
+SUMMARY_ROWS = 12
 
 
 def _events(**kwargs: object) -> list[dict]:
@@ -53,7 +57,9 @@ def test_live_panel_fits_80x24_and_shows_every_part() -> None:
     assert f"won {state.vote.won}/{state.vote.files}" in text and f"total corrupted {state.files_corrupted}" in text
     for worker in range(WORKERS):
         assert f"{worker:>2} done" in text or f"{worker:>2} late" in text
-    assert f"x{state.workers[3].disagreements}" in text  # a Byzantine worker's running disagreement count
+    assert f"x{state.workers[3].disagreements}" in text  # a Byzantine worker's running count of lost votes
+    assert f"!{state.workers[3].lies}" in text  # ... and of proven lies (it forged a payload now and then)
+    assert "refused 2" in text and "updates skipped" in text
     for phase in ("broadcast", "compute", "gather", "vote", "aggregate", "update"):
         assert phase in text
     assert "running" in lines[-1]
@@ -77,7 +83,7 @@ def test_short_terminal_shrinks_phases_to_one_stacked_bar() -> None:
 
 
 @pytest.mark.parametrize("width", [80, 140])
-def test_many_workers_still_fit_and_the_flagged_ones_stay_visible(width: int) -> None:
+def test_many_workers_still_fit_and_the_outvoted_ones_stay_visible(width: int) -> None:
     events = list(fake_run(steps=20, workers=100, byzantine=(3, 7, 55, 90)))
     state = fold_all(events[: len(events) // 2])
     lines = _screen(state, width, 24)
@@ -98,7 +104,7 @@ def test_plain_mode_one_line_per_step_no_escape_codes() -> None:
     raw, text = _run_view(ViewMode.PLAIN, events, width=60)
     assert "\x1b" not in raw
     lines = raw.splitlines()
-    step_lines = [line for line in lines if " step " in line and "eval" not in line]
+    step_lines = [line for line in lines if "] step " in line]
     assert len(step_lines) == STEPS
     assert step_lines[0].startswith("[+0:00:01] step 1/24 ep 1/4 lr 0.01 loss 2.3500 won 25/25 dropped 0 corrupted 2")
     assert max(map(len, step_lines)) > 60  # long lines stay one line: never wrapped to the console width
@@ -107,15 +113,20 @@ def test_plain_mode_one_line_per_step_no_escape_codes() -> None:
     assert not any(" done " in line and " worker " in line for line in lines)  # computing/done make no line
     assert sum(" eval step " in line for line in lines) == 3
     assert lines[0].startswith("[+0:00:00] job mols K=15 f=25 r=3")
-    assert lines[-5:] == [line for line in lines if line.startswith("summary:")]
-    assert "summary: run      completed" in lines[-5] and "summary: flagged  3 (x" in lines[-1]
+    summary = [line for line in lines if line.startswith("summary:")]
+    assert lines[-len(summary):] == summary and len(summary) == SUMMARY_ROWS
+    assert summary[0] == "summary: run         completed"
+    assert summary[5] == "summary: lying       3 (x4)"  # the forger only: honest workers outvoted are never here
+    assert summary[6] == "summary: outvoted    0 (x1), 1 (x1), 3 (x16), 7 (x17)"
+    assert "summary: checkpoints ok, last at step 24" in lines and "summary: metrics     complete" in lines
+    assert "summary: refused     2 connections before authentication" in lines
 
 
 def test_quiet_mode_prints_only_evaluations_and_the_summary() -> None:
     raw, _ = _run_view(ViewMode.QUIET, _events())
     lines = raw.splitlines()
     assert "\x1b" not in raw
-    assert len(lines) == 3 + 5
+    assert len(lines) == 3 + SUMMARY_ROWS
     assert all(" eval step " in line for line in lines[:3]) and all(line.startswith("summary:") for line in lines[3:])
 
 
@@ -124,14 +135,16 @@ def test_live_mode_draws_the_panel_and_ends_with_the_summary() -> None:
     assert "\x1b[" in raw  # cursor movement and colour: it really is the live display
     assert "finished: completed" in text
     tail = text[text.rindex("finished: completed"):]
-    assert "run summary" in tail and f"{STEPS} in 0:00:1" in tail and "flagged   3 (x" in tail
+    assert "run summary" in tail and f"{STEPS} in 0:00:1" in tail and "outvoted     0 (x1), 1 (x1), 3 (x" in tail
+    assert "lying        3 (x4)" in tail and "checkpoints  ok, last at step 24" in tail
     assert text.count(" eval step ") == 3  # evaluations also scroll above the panel as a history
 
 
 def test_summary_without_a_summary_event_says_so() -> None:
     raw, _ = _run_view(ViewMode.QUIET, _events()[:-1])
-    assert "summary: run      no summary received" in raw
-    assert f"summary: steps    {STEPS} in" in raw
+    assert "summary: run         no summary received" in raw
+    assert f"summary: steps       {STEPS} in" in raw
+    assert "summary: lying       3 (x4)" in raw  # counted by the view itself
 
 
 def test_malformed_events_print_nothing_and_raise_nothing() -> None:
@@ -149,7 +162,7 @@ def test_publish_never_waits_for_output_and_counts_dropped_lines() -> None:
     view.close()
     view.close()  # idempotent
     lines = out.getvalue().splitlines()
-    assert len(lines) == 5 + 1 + 5
+    assert len(lines) == 5 + 1 + SUMMARY_ROWS
     assert lines[5].startswith("(") and "lines dropped" in lines[5]
 
 
@@ -223,3 +236,106 @@ def test_determinism_classes_are_shown_in_plain_and_live_views() -> None:
     assert "2 determinism class(es)" in line and "c-6646e76d workers 1" in line and "3.5e-06" in line
     assert any("2 classes, tol 3.5e-06" in row for row in _screen(state, 100, 30))
     assert fold_all([job, {"kind": "classes", "time": 1.0, "classes": "x"}]).malformed == 1
+
+
+def test_plain_step_lines_name_each_category_skipped_updates_and_new_refusals() -> None:
+    events = _events()
+    raw, _ = _run_view(ViewMode.PLAIN, events)
+    lines = {int(line.split()[2].split("/")[0]): line for line in raw.splitlines() if "] step " in line}
+    steps = {e["step"] + 1: e for e in events if e["kind"] == "step"}
+    for done, event in steps.items():
+        line = lines[done]
+        for category in ("lying", "outvoted", "slow", "erased"):
+            named = f" {category} {','.join(map(str, event[category]))} " in line
+            assert named == bool(event[category]), (category, line)
+        assert ("update skipped" in line) == (event["aggregation"]["action"] == "skip"), line
+    assert "lying 3 outvoted 7 " in lines[6] and "slow 13 erased 13 " in lines[5]
+    assert [done for done, line in lines.items() if " refused " in line] == [4]  # printed when it rose, only
+    assert "refused 2 " in lines[4]
+    assert "flagged" not in raw
+
+
+def _marked_state() -> ViewState:
+    job = next(iter(_events()))
+    step = {"kind": "step", "time": 1.0, "step": 0, "epoch": 0, "lr": 0.1, "loss": 1.0, "files": 25, "files_won": 25,
+            "files_dropped": 0, "files_corrupted": 1, "lying": [2], "outvoted": [1, 5], "slow": [3], "erased": [],
+            "aggregation": {"action": "lower-s", "s": 1, "reason": "too few files"}}
+    return fold_all([job, step])
+
+
+def test_only_a_proven_liar_is_on_red_and_the_header_counts_each_category() -> None:
+    state = _marked_state()
+    text = "\n".join(_screen(state, 80, 24))
+    assert "1 lying  2 outvoted  1 slow" in text and "s lowered to 1" in text
+    assert " 2 ----     - !1" in text and " 1 ----     - x1" in text and " 3 ----     - ~1" in text
+    panel_lines = [line for line in render(state, 80, 24).renderable.renderables]
+    on_red = [str(line)[span.start:span.end] for line in panel_lines for span in line.spans
+              if "on red" in str(span.style)]
+    assert on_red == [" 2"]  # the liar's id; outvoted 1 and 5 (honest ones can be) are not on red
+    plain = format_event({"kind": "step", "time": 1.0}, state)
+    assert plain is not None and "lying 2 outvoted 1,5 slow 3 s lowered to 1" in plain
+
+
+def _failing_run() -> list[dict]:
+    """A fake run whose checkpoint at step 16 fails and whose summary says so."""
+    events = []
+    for event in _events():
+        if event["kind"] == "checkpoint" and event["step"] == 16:
+            event = {"kind": "checkpoint", "time": event["time"], "step": 16, "ok": False,
+                     "error": "OSError: [Errno 28] No space left on device"}
+        elif event["kind"] == "summary":
+            event = dict(event, reason="failed: the final checkpoint was not written", last_checkpoint=8,
+                         checkpoint_errors=[{"step": 16, "error": "OSError: [Errno 28] No space left on device"}],
+                         metrics_complete=False)
+        events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("mode", [ViewMode.PLAIN, ViewMode.QUIET, ViewMode.LIVE])
+def test_a_failed_checkpoint_is_loud_in_every_mode(mode: ViewMode) -> None:
+    raw, text = _run_view(mode, _failing_run(), terminal=mode is ViewMode.LIVE)
+    assert "CHECKPOINT at step 16 NOT WRITTEN: OSError: [Errno 28] No space left on device" in text
+    if mode is ViewMode.LIVE:
+        assert "CHECKPOINT FAILED x1 (step 16)" in text  # in the panel, while the run goes on
+        assert "checkpoints  FAILED x1: step 16: OSError" in text and "metrics      INCOMPLETE" in text
+    else:
+        assert "summary: checkpoints FAILED x1: step 16: OSError: [Errno 28] No space left on device; last at step " \
+               "8" in text
+        assert "summary: metrics     INCOMPLETE: metrics.jsonl could not be written to the end" in text
+    state = fold_all(_failing_run())
+    assert render_summary(state).border_style == "red"
+    assert render_summary(fold_all(_events())).border_style == "green"  # a liar caught is no failure of the run
+
+
+def _resumed_run() -> list[dict]:
+    """A run killed after step 11 (checkpoint at 5), resumed from 5 and interrupted after step 8."""
+    def step(s: int, loss: float, time: float) -> dict:
+        return {"kind": "step", "time": time, "step": s, "epoch": 0, "lr": 0.1, "loss": loss, "files": 3,
+                "files_won": 3, "files_dropped": 0, "files_corrupted": 0, "lying": [], "outvoted": [1],
+                "slow": [], "erased": [], "times": {"compute": 1.0}}
+
+    job = {"kind": "job", "time": 0.0, "scheme": "detox", "workers": 3, "files": 3, "replication": 3,
+           "total_steps": 20, "steps_per_epoch": 5, "start_step": 0, "resumed": False}
+    first = [job] + [step(s, 9.0, float(s)) for s in range(12)]
+    first.insert(6, {"kind": "eval", "time": 5.0, "step": 5, "top1": 0.3})
+    first.insert(7, {"kind": "checkpoint", "time": 5.0, "step": 5, "ok": True, "path": "c5"})
+    first.insert(12, {"kind": "eval", "time": 10.0, "step": 10, "top1": 0.9})
+    second = [dict(job, time=100.0, start_step=5, resumed=True)] + [step(s, 1.0, 100.0 + s) for s in range(5, 9)]
+    return first + second + [{"kind": "summary", "time": 110.0, "steps": 9, "reason": "interrupted"}]
+
+
+def test_replay_and_plot_of_a_resumed_run_count_each_step_once(tmp_path: Path) -> None:
+    events = _resumed_run()
+    with open(tmp_path / "metrics.jsonl", "w") as fh:
+        fh.writelines(json.dumps(event) + "\n" for event in events)
+    standing = list(iter_events(tmp_path))
+    assert [e["step"] for e in standing if e["kind"] == "step"] == list(range(9))
+    view = make_view(ViewMode.QUIET, Console(file=io.StringIO()))
+    assert replay_file(tmp_path, view) == len(standing)
+    state = view.state
+    assert state.steps_seen == 9 and state.workers[1].disagreements == 9 and state.best_top1 == 0.3
+    assert state.last_checkpoint == 5
+    curves = load_curves(tmp_path)  # the stale steps 9-11 and the stale eval at 10 are gone, 5-8 are the new ones
+    assert curves.loss == {**{s: 9.0 for s in range(5)}, **{s: 1.0 for s in range(5, 9)}}
+    assert curves.top1 == {5: 0.3} and curves.timed_steps == 9
+    assert curves_from_events(events, "raw") == dataclasses.replace(curves, label="raw")

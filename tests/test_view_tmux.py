@@ -32,3 +32,5 @@ def test_live_view_under_tmux_draws_in_place_and_ends_with_a_summary() -> None:
     assert any("step " in line and "eta" in line for line in lines)
     assert running[-1].count("╭─ shield ") == 1, "the panel must be redrawn in place, not scrolled"
     assert "run summary" in final and "finished: completed" in final and "30 in 0:00:" in final
+    assert "lying        3 (x" in final and "outvoted     " in final and "checkpoints  ok, last at step 30" in final
+    assert any(" 3 done" in line and "!" in line for line in lines), "the forger's count of proven lies"

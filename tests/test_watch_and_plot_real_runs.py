@@ -35,6 +35,9 @@ def test_watch_a_real_run_then_plot_it_beside_another(tmp_path: Path) -> None:
         out = watcher.output()
         assert "job detox K=3" in out and "eval step" in out and "summary: run" in out and "completed" in out
         assert "watch: the run ended" in out
+        # the summary's categories reach a watcher: honest agents, nobody lying or outvoted; every checkpoint written
+        assert "summary: lying       none" in out and "summary: outvoted    none" in out
+        assert "summary: checkpoints ok, last at step 150" in out and "summary: metrics     complete" in out
 
     other = tmp_path / "other"
     assert run_serve(other, *FLAGS, "--max-steps", "20", "--aggregator", "mean").returncode == 0

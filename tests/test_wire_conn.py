@@ -236,11 +236,12 @@ def test_empty_vector_round_trips() -> None:
 def test_one_encoded_step_broadcast_to_two_agents() -> None:
     x = np.random.default_rng(3).standard_normal(D).astype(np.float32)
 
+    replies: list[wire.Message] = []  # checked after the server is closed: its callback's exceptions are swallowed
+    enc = wire.encode_vector(x, wire.Codec.ZSTD)  # one encoding, sent to both agents
+
     async def main() -> None:
         async def owner(conn: wire.Connection) -> None:
-            enc = wire.encode_vector(x, wire.Codec.ZSTD)
-            reply = await conn.request(Kind.STEP, {"t": 0, "lr": 0.1}, vector=enc)
-            assert reply.kind is Kind.DIGESTS and reply.header["digests"] == [wire.vector_digest(x)]
+            replies.append(await conn.request(Kind.STEP, {"t": 0, "lr": 0.1}, vector=enc))
             await conn.send(Kind.LEAVE)
 
         async def agent() -> None:
@@ -256,6 +257,8 @@ def test_one_encoded_step_broadcast_to_two_agents() -> None:
         async with serving(owner) as server:
             await asyncio.gather(agent(), agent())
     run(main())
+    assert len(replies) == 2
+    assert all(r.kind is Kind.DIGESTS and r.header["digests"] == [wire.vector_digest(x)] for r in replies)
 
 
 def test_wrong_size_or_dtype_is_refused_and_connection_stays_usable() -> None:

@@ -77,11 +77,15 @@ FUZZ = st.one_of(st.binary(max_size=600), mutated(), forged(),
                  st.builds(lambda b: MAGIC + b"\x01" + b, st.binary(max_size=80)))
 
 
-def parse_all(data: bytes) -> None:
-    """Feed ``data``; collect payloads and decode every vector into a destination of its declared size."""
+def parse_all(data: bytes) -> tuple[list[wire.Frame], list[np.ndarray]]:
+    """Feed ``data``; collect payloads and decode every vector into a destination of its declared size. Returns the
+    frames parsed and the vectors decoded."""
     pending: list = []
+    frames: list[wire.Frame] = []
+    vectors: list[np.ndarray] = []
 
     def on_frame(frame: wire.Frame) -> None:
+        frames.append(frame)
         if frame.payload_len:
             pending.append((frame, bytearray(frame.payload_len)))
             reader.attach(Collect(pending[-1][1]))
@@ -94,7 +98,9 @@ def parse_all(data: bytes) -> None:
             for size in frame.vector.sizes:
                 chunks.append(bytes(payload[pos:pos + size]))
                 pos += size
-            decode_vector_into((frame.vector, chunks), np.empty(frame.vector.n, np.float32))
+            vectors.append(np.empty(frame.vector.n, np.float32))
+            decode_vector_into((frame.vector, chunks), vectors[-1])
+    return frames, vectors
 
 
 class Collect:
@@ -118,7 +124,11 @@ def test_parser_raises_only_typed_errors(data: bytes) -> None:
 
 
 def test_valid_stream_parses_completely() -> None:
-    parse_all(b"".join(VALID))
+    frames, vectors = parse_all(b"".join(VALID))
+    assert [f.kind for f in frames] == [Kind.JOB, Kind.DIGESTS, Kind.HEARTBEAT] + [Kind.VECTOR] * len(Codec)
+    assert frames[0].header == {"model": "LeNet", "seeds": [1, 2], "x": 1.5, "b": b"\x00"} and frames[0].msg_id == 1
+    assert frames[1].header == {"d": [b"\x01" * 32]} and frames[1].reply_to == 4
+    assert len(vectors) == len(Codec) and all(np.array_equal(v, X) for v in vectors)
 
 
 def test_oversize_declared_payload_allocates_nothing() -> None:

@@ -54,8 +54,9 @@ class Tally:
 
     def summary_fields(self) -> dict[str, Any]:
         """The summary's totals and, per category, worker -> count (JSON object keys are strings)."""
+        flagged = sorted(set(self.workers["lying"]) | set(self.workers["outvoted"]))  # kept for old scripts
         return {**self.totals, **{f"{name}_workers": {str(w): n for w, n in sorted(counts.items())}
-                                  for name, counts in self.workers.items()}}
+                                  for name, counts in self.workers.items()}, "flagged_workers": flagged}
 
     def to_json(self) -> dict[str, Any]:
         return {"workers": {name: {str(w): n for w, n in counts.items()} for name, counts in self.workers.items()},

@@ -1,7 +1,8 @@
 """The named deadlines of one step, derived from the configuration (docs/liveness.md lists each one).
 
 A transfer (the STEP broadcast to one agent, one FETCH from one holder) is bounded over its whole extent, from the
-request to the last payload byte: ``latency + bytes / min_bandwidth``. A hedge is sent to the next holder of a file
+request to the last payload byte: ``latency + bytes / min_bandwidth``. The gather ends at ``gather`` seconds, or
+earlier once every file has its winner and the remaining workers had a straggler grace. A hedge is sent to the next holder of a file
 when a fetch has not completed within ``max(hedge_floor, hedge_factor * median of recent fetch times)``.
 """
 from __future__ import annotations
@@ -39,6 +40,12 @@ class Deadlines:
         """How long a fetch may run before the next holder is asked too (never past the transfer budget)."""
         typical = statistics.median(self.fetch_times) if self.fetch_times else 0.0
         return min(max(self.hedge_floor, self.hedge_factor * typical), self.transfer(nbytes))
+
+    def straggler_grace(self, finish_times: list[float]) -> float:
+        """Once every file has its winner, how much longer the gather waits for the remaining workers:
+        ``max(hedge_floor, hedge_factor * median time the others took)``."""
+        typical = statistics.median(finish_times) if finish_times else 0.0
+        return max(self.hedge_floor, self.hedge_factor * typical)
 
     def record_fetch(self, seconds: float) -> None:
         self.fetch_times.append(seconds)

@@ -106,8 +106,10 @@ class Fetcher:
 
     async def finish(self) -> FetchReport:
         """Wait for every fetch started this step (each bounded by its hedges and deadlines)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks.values())
+        results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for file, result in zip(self._tasks, results):
+            if isinstance(result, BaseException):  # a bug of ours: that file is lost for the step, the run goes on
+                log.error("step %d: fetching file %d failed: %r", self.step, file, result)
         return self.report
 
     async def cancel(self) -> None:

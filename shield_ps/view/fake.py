@@ -1,7 +1,10 @@
 """A deterministic, synthetic run event stream (``docs/metrics.md``) for tests, demos and screenshots.
 
-It is not a simulation of training: the loss decays, the accuracy rises, a few fixed workers are Byzantine and get
-flagged, one worker is late now and then. Every figure is a function of ``seed`` and the step.
+It is not a simulation of training: the loss decays, the accuracy rises, a few fixed workers are Byzantine and are
+mostly outvoted; the first of them forges a payload now and then (proven lying); an honest worker is outvoted once
+in a while (in a file the adversary won: outvoted, never a liar); one worker is late now and then (slow and erased);
+one step skips its update; connections are refused before authentication twice. Every figure is a function of
+``seed`` and the step.
 """
 from __future__ import annotations
 
@@ -9,13 +12,43 @@ import math
 import random
 from typing import Any, Iterator
 
-from shield_ps.view.state import PHASES
+from shield_ps.view.state import CATEGORIES, PHASES
+
+#: a step whose files were too few to aggregate (``aggregation.action`` = ``skip``), as the step index mod this
+SKIP_EVERY = 11
+
+
+def _step_event(rng: random.Random, step: int, steps: int, workers: int, files: int, seed: int,
+                byzantine: tuple[int, ...], now: float, refused: int) -> dict[str, Any]:
+    late = (step * 7 + seed) % workers if step % 5 == 4 else None
+    skip = step % SKIP_EVERY == SKIP_EVERY - 1
+    dropped = files - 2 if skip else 1 if step % 7 == 3 else 0
+    corrupted = 0 if skip else rng.randint(0, 2)
+    lying = [byzantine[0]] if byzantine and step % 6 == 5 else []
+    outvoted = [b for b in byzantine if b not in lying and rng.random() < 0.8]
+    if corrupted and step % 4 == 1:  # an honest worker outvoted in a file the adversary won
+        honest = [w for w in range(workers) if w not in byzantine]
+        outvoted = sorted({*outvoted, honest[step % len(honest)]}) if honest else outvoted
+    times = {"broadcast": 0.01 + 0.005 * rng.random(), "compute": 0.2 + 0.05 * rng.random(),
+             "gather": 0.05 + 0.02 * rng.random(), "vote": 0.001, "aggregate": 0.01 + 0.005 * rng.random(),
+             "update": 0.002}
+    times = {k: round(v, 5) for k, v in times.items()}
+    times["total"] = round(sum(times[p] for p in PHASES), 5)
+    aggregation = ({"action": "skip", "s": None, "reason": "2 files survived; the aggregator needs 3"} if skip
+                   else {"action": "aggregate", "s": len(byzantine), "reason": None})
+    return {"kind": "step", "time": now, "step": step, "epoch": step // max(steps // 4, 1),
+            "lr": 0.01 * (0.5 if step >= steps // 2 else 1.0), "loss": round(2.3 * math.exp(-step / 15) + 0.05, 5),
+            "files": files, "files_won": files - dropped, "files_dropped": dropped, "files_corrupted": corrupted,
+            "lying": lying, "outvoted": outvoted, "slow": [late] if late is not None else [],
+            "erased": [late] if late is not None else [], "aggregation": aggregation, "hedges": int(step % 3 == 2),
+            "refused": refused, "bytes_in": 1_234_567, "bytes_out": 2_345_678, "times": times}
 
 
 def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every: int = 10, seed: int = 0,
              byzantine: tuple[int, ...] = (3, 7), start_time: float = 1_700_000_000.0,
              step_s: float = 0.5, final: bool = True) -> Iterator[dict[str, Any]]:
-    """Yield job, worker, step, eval and (if ``final``) summary events of a fake run of ``steps`` steps."""
+    """Yield job, worker, step, eval, checkpoint and (if ``final``) summary events of a fake run of ``steps``
+    steps; the summary's totals are those of the steps."""
     rng = random.Random(seed)
     byzantine = tuple(b for b in byzantine if b < workers)
     now = start_time
@@ -27,8 +60,11 @@ def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every:
     for w in range(workers):
         yield {"kind": "worker", "time": now, "step": 0, "worker": w, "state": "connected", "compute_s": None,
                "address": f"127.0.0.1:{40000 + w}"}
-    best = corrupted_total = dropped_total = 0.0
-    flagged_ever: set[int] = set()
+    best = 0.0
+    top1: float | None = None
+    totals = {"files_corrupted": 0, "files_dropped": 0, "steps_skipped": 0, "steps_lowered_s": 0}
+    counts: dict[str, dict[int, int]] = {name: {} for name in CATEGORIES}
+    last_checkpoint = None
     for step in range(steps):
         now += step_s * (0.9 + 0.2 * rng.random())
         late = (step * 7 + seed) % workers if step % 5 == 4 else None
@@ -36,28 +72,25 @@ def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every:
             state = "late" if w == late else "done"
             yield {"kind": "worker", "time": now, "step": step, "worker": w, "state": state,
                    "compute_s": round(0.15 + 0.1 * rng.random(), 4), "address": f"127.0.0.1:{40000 + w}"}
-        corrupted = rng.randint(0, 2)
-        dropped = 1 if step % 7 == 3 else 0
-        flagged = [b for b in byzantine if rng.random() < 0.8]
-        flagged_ever.update(flagged)
-        corrupted_total += corrupted
-        dropped_total += dropped
-        times = {"broadcast": 0.01 + 0.005 * rng.random(), "compute": 0.2 + 0.05 * rng.random(),
-                 "gather": 0.05 + 0.02 * rng.random(), "vote": 0.001, "aggregate": 0.01 + 0.005 * rng.random(),
-                 "update": 0.002}
-        times = {k: round(v, 5) for k, v in times.items()}
-        times["total"] = round(sum(times[p] for p in PHASES), 5)
-        yield {"kind": "step", "time": now, "step": step, "epoch": step // max(steps // 4, 1),
-               "lr": 0.01 * (0.5 if step >= steps // 2 else 1.0), "loss": round(2.3 * math.exp(-step / 15) + 0.05, 5),
-               "files": files, "files_won": files - dropped, "files_dropped": dropped, "files_corrupted": corrupted,
-               "flagged": flagged, "erased": [late] if late is not None else [], "bytes_in": 1_234_567,
-               "bytes_out": 2_345_678, "times": times}
+        event = _step_event(rng, step, steps, workers, files, seed, byzantine, now, refused=2 * (step >= 3))
+        totals["files_corrupted"] += event["files_corrupted"]
+        totals["files_dropped"] += event["files_dropped"]
+        totals["steps_skipped"] += event["aggregation"]["action"] == "skip"
+        for name in CATEGORIES:
+            for w in event[name]:
+                counts[name][w] = counts[name].get(w, 0) + 1
+        yield event
         if (step + 1) % eval_every == 0 or step == steps - 1:
             top1 = round(0.98 - 0.88 * math.exp(-(step + 1) / 12) - 0.01 * rng.random(), 4)
             best = max(best, top1)
             yield {"kind": "eval", "time": now, "step": step + 1, "top1": top1, "top5": min(1.0, top1 + 0.05),
                    "loss": round(2.3 * math.exp(-(step + 1) / 12) + 0.05, 4)}
+            last_checkpoint = step + 1
+            yield {"kind": "checkpoint", "time": now, "step": step + 1, "ok": True,
+                   "path": f"run/checkpoints/step-{step + 1:08d}.npz"}
     if final:
         yield {"kind": "summary", "time": now, "steps": steps, "wall_s": round(now - start_time, 3),
-               "best_top1": best, "final_top1": top1 if steps else None, "files_corrupted": int(corrupted_total),
-               "files_dropped": int(dropped_total), "flagged_workers": sorted(flagged_ever), "reason": "completed"}
+               "best_top1": best, "final_top1": top1, "reason": "completed", **totals,
+               **{f"{name}_workers": {str(w): n for w, n in sorted(c.items())} for name, c in counts.items()},
+               "refused": 2 if steps > 3 else 0, "checkpoint_errors": [], "last_checkpoint": last_checkpoint,
+               "metrics_complete": True}

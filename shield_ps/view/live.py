@@ -14,7 +14,8 @@ from rich.text import Text
 
 from shield_ps.view import fmt
 from shield_ps.view.plain import job_title
-from shield_ps.view.state import PHASES, ViewState, WorkerState, WorkerView, epochs, eta_seconds, progress
+from shield_ps.view.figures import epochs, eta_seconds, progress
+from shield_ps.view.state import PHASES, UpdateAction, ViewState, WorkerState, WorkerView
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)
     WorkerState.UNKNOWN: ("----", "dim"),
@@ -31,6 +32,8 @@ WORKER_CELL = 19  #: columns one worker takes in the grid, the gap included
 PHASE_COLUMN_MIN, PHASE_COLUMN = 46, 60  #: columns the phase bars take beside the workers; the workers get the rest
 SIDE_BY_SIDE_CELLS = 4  #: workers and phases sit side by side once this many worker cells fit in a row (~130 cols)
 BAR = "━"
+#: how a worker's id is marked for what it did in the last step; only a proven liar is on red
+LYING_STYLE, OUTVOTED_STYLE, SLOW_STYLE = "bold white on red", "bold black on yellow", "bold black on magenta"
 
 
 def _fit(text: Text, width: int) -> Text:
@@ -80,28 +83,71 @@ def _vote_row(state: ViewState) -> Text:
     return text
 
 
+def _alerts_row(state: ViewState) -> Text | None:
+    """Skipped updates, refused connections and failed checkpoints, when there are any (None otherwise)."""
+    parts: list[tuple[str, str]] = []
+    if state.checkpoint_failures:
+        failed = state.checkpoint_errors[-1].step if state.checkpoint_errors else "?"
+        parts.append((f"CHECKPOINT FAILED x{state.checkpoint_failures} (step {failed})", "bold white on red"))
+    vote = state.vote
+    if vote is not None and vote.action is UpdateAction.SKIP:
+        parts.append(("update skipped", "bold yellow"))
+    elif vote is not None and vote.action is UpdateAction.LOWER_S:
+        parts.append((f"s lowered to {vote.s if vote.s is not None else '?'}", "yellow"))
+    if state.steps_skipped:
+        parts.append((f"{state.steps_skipped} updates skipped", "dim"))
+    if state.steps_lowered_s:
+        parts.append((f"{state.steps_lowered_s} with s lowered", "dim"))
+    if state.refused:
+        parts.append((f"refused {state.refused}", "yellow"))
+    if not parts:
+        return None
+    text = Text("alerts ", style="bold")
+    for i, (part, style) in enumerate(parts):
+        text.append("  " if i else "")
+        text.append(part, style=style)
+    return text
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}s" if value < 9.995 else f"{value:.1f}s" if value < 99.95 else f"{value:.0f}s"
 
 
+def _marks(worker: WorkerView) -> Text:
+    """Running counts: ``xN`` outvoted, ``!N`` proven lying, ``~N`` slow (empty for a clean worker)."""
+    text = Text()
+    for count, sign, style in ((worker.disagreements, "x", "yellow"), (worker.lies, "!", "bold red"),
+                               (worker.slow_steps, "~", "magenta")):
+        if count:
+            text.append(f" {sign}{count}", style=style)
+    return text
+
+
+def _id_style(worker: WorkerView) -> str:
+    if worker.lying_now:
+        return LYING_STYLE
+    return OUTVOTED_STYLE if worker.outvoted_now else SLOW_STYLE if worker.slow_now else "bold"
+
+
 def _worker_cell(index: int, worker: WorkerView) -> Text:
     label, style = STATE_STYLE[worker.state]
     text = Text()
-    text.append(f"{index:>2}", style="bold white on red" if worker.flagged_now else "bold")
+    text.append(f"{index:>2}", style=_id_style(worker))
     text.append(" ")
     text.append(label, style=style)
-    text.append(f" {_seconds(worker.compute_s):>5}", style="dim")
-    if worker.disagreements:
-        text.append(f" x{worker.disagreements}", style="bright_red")
-    return _fit(text, WORKER_CELL)
+    marks = _marks(worker)
+    if len(text) + 6 + len(marks) < WORKER_CELL:  # the compute time gives way to the marks when both do not fit
+        text.append(f" {_seconds(worker.compute_s):>5}", style="dim")
+    return _fit(text + marks, WORKER_CELL)
 
 
-def _interest(item: tuple[int, WorkerView]) -> tuple[bool, bool, int, int]:
+def _interest(item: tuple[int, WorkerView]) -> tuple[bool, bool, bool, int, int, int]:
     index, worker = item
     trouble = worker.state in (WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT, WorkerState.UNKNOWN)
-    return (not worker.flagged_now, not trouble, -worker.disagreements, index)
+    marked = worker.outvoted_now or worker.slow_now
+    return (not worker.lying_now, not marked, not trouble, -worker.lies, -worker.disagreements, index)
 
 
 def _workers(state: ViewState, width: int, max_rows: int | None = None) -> list[Text]:
@@ -112,9 +158,11 @@ def _workers(state: ViewState, width: int, max_rows: int | None = None) -> list[
         counts[worker.state] = counts.get(worker.state, 0) + 1
     head = Text("workers ", style="bold")
     head.append(" · ".join(f"{n} {s.value}" for s, n in counts.items() if s is not WorkerState.UNKNOWN) or "-")
-    flagged = sum(w.flagged_now for w in workers)
-    if flagged:
-        head.append(f"  {flagged} flagged", style="bold red")
+    for name, n, style in (("lying", sum(w.lying_now for w in workers), "bold red"),
+                           ("outvoted", sum(w.outvoted_now for w in workers), "yellow"),
+                           ("slow", sum(w.slow_now for w in workers), "magenta")):
+        if n:
+            head.append(f"  {n} {name}", style=style)
     if len(state.classes) > 1:
         tol = f", tol {state.tolerance:.2g}" if state.tolerance is not None else ""
         head.append(f"  {len(state.classes)} classes{tol}", style="yellow")
@@ -172,8 +220,9 @@ def _side_by_side(left: list[Text], right: list[Text], left_width: int) -> list[
 def render(state: ViewState, width: int = 80, height: int | None = None) -> Panel:
     """The whole live panel for a terminal of ``width`` x ``height`` characters."""
     inner = width - 4
+    alerts = _alerts_row(state)
     lines = [Text(job_title(state, steps=False), style="bold"), _progress_row(state, inner), _metrics_row(state),
-             _vote_row(state)]
+             _vote_row(state)] + ([alerts] if alerts is not None else [])
     room = None if height is None else height - 2 - len(lines)  # lines left inside the border
     right = min(PHASE_COLUMN, max(PHASE_COLUMN_MIN, inner // 3))
     left = inner - right - 2

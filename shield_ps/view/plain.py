@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
-from shield_ps.view.state import EventKind, ViewState, WorkerState, epochs, eta_seconds, event_kind, progress
+from shield_ps.view.figures import epochs, eta_seconds, progress
+from shield_ps.view.state import CATEGORIES, EventKind, UpdateAction, ViewState, WorkerState, event_kind
 
 #: worker states worth a log line.
 NOTABLE_WORKER_STATES = frozenset({WorkerState.CONNECTED, WorkerState.LATE, WorkerState.ERASED, WorkerState.LEFT})
@@ -47,10 +48,17 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
              f"lr {fmt.lr(state.lr)}",
              f"loss {fmt.num(state.loss)}",
              f"won {vote.won}/{vote.files}", f"dropped {vote.dropped}", f"corrupted {vote.corrupted}"]
-    if vote.flagged:
-        parts.append(f"flagged {fmt.ids(vote.flagged)}")
-    if vote.erased:
-        parts.append(f"erased {fmt.ids(vote.erased)}")
+    for category in CATEGORIES:  # lying, outvoted, slow, erased: never mixed
+        if getattr(vote, category):
+            parts.append(f"{category} {fmt.ids(getattr(vote, category))}")
+    if vote.action is UpdateAction.SKIP:
+        parts.append("update skipped")
+    elif vote.action is UpdateAction.LOWER_S:
+        parts.append(f"s lowered to {vote.s if vote.s is not None else '?'}")
+    if vote.hedges:
+        parts.append(f"hedged {vote.hedges}")
+    if vote.refused_rose:
+        parts.append(f"refused {vote.refused}")
     if "total" in times:
         parts.append(f"in {times['total']:.3f}s")
     parts.append(f"eta {fmt.duration(eta_seconds(state))}")
@@ -80,6 +88,14 @@ def _eval_line(event: Mapping[str, Any], state: ViewState) -> str:
             f"loss {fmt.num(result.loss)} (best {fmt.pct(state.best_top1)})")
 
 
+def _checkpoint_line(event: Mapping[str, Any], state: ViewState) -> str | None:
+    """Only a failed checkpoint makes a line (in every mode: it is never silent); a written one shows in the
+    summary's ``checkpoints`` row."""
+    outcome = state.checkpoint
+    assert outcome is not None
+    return None if outcome.ok else f"CHECKPOINT at step {outcome.step} NOT WRITTEN: {outcome.error}"
+
+
 def _summary_line(event: Mapping[str, Any], state: ViewState) -> None:
     return None  # the summary is printed by View.close(), once, in every mode
 
@@ -89,6 +105,7 @@ _LINES: dict[EventKind, Callable[[Mapping[str, Any], ViewState], str | None]] = 
     EventKind.STEP: _step_line,
     EventKind.WORKER: _worker_line,
     EventKind.EVAL: _eval_line,
+    EventKind.CHECKPOINT: _checkpoint_line,
     EventKind.SUMMARY: _summary_line,
     EventKind.CLASSES: _classes_line,
 }

@@ -1,11 +1,16 @@
-"""Reading ``RUN/metrics.jsonl`` back: for plots, for tests and for viewing a finished run."""
+"""Reading ``RUN/metrics.jsonl`` back: for plots, for tests and for viewing a finished run.
+
+A resumed run's file holds the steps it ran again twice; :func:`iter_events` gives the events that still stand
+(:func:`shield_ps.events.effective_events`: a resumed ``job`` event supersedes the earlier step, eval and checkpoint
+events of the steps it runs again), so a replay or a plot counts every step once.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterator
 
 from shield_ps.errors import ViewError
-from shield_ps.events import read_events
+from shield_ps.events import effective_events, read_events
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -21,13 +26,14 @@ def metrics_path(run: str | Path) -> Path:
 
 
 def iter_events(run: str | Path) -> Iterator[dict[str, Any]]:
-    """The events (JSON objects) of a run in file order; a torn last line is skipped."""
+    """The events (JSON objects) of a run that still stand after its resumes, in file order; a torn last line is
+    skipped."""
     path = metrics_path(run)
     try:
         events = read_events(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ViewError(f"cannot read {path}: {exc}") from None
-    return (event for event in events if isinstance(event, dict))
+    return iter(effective_events([event for event in events if isinstance(event, dict)]))
 
 
 def replay_file(run: str | Path, view: Any) -> int:

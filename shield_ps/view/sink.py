@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class ViewMode(str, enum.Enum):
     LIVE = "live"  #: rich live panel redrawn in place (interactive terminals)
     PLAIN = "plain"  #: one plain line per step/event (CI, files, ``--plain``)
-    QUIET = "quiet"  #: only evaluations and the final summary (``--quiet``)
+    QUIET = "quiet"  #: only evaluations, failed checkpoint writes and the final summary (``--quiet``)
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class _ModeSpec:
 
 
 _MODES: dict[ViewMode, _ModeSpec] = {
-    ViewMode.LIVE: _ModeSpec(live=True, line_kinds=frozenset({EventKind.EVAL})),
+    ViewMode.LIVE: _ModeSpec(live=True, line_kinds=frozenset({EventKind.EVAL, EventKind.CHECKPOINT})),
     ViewMode.PLAIN: _ModeSpec(live=False, line_kinds=frozenset(EventKind)),
-    ViewMode.QUIET: _ModeSpec(live=False, line_kinds=frozenset({EventKind.EVAL})),
+    ViewMode.QUIET: _ModeSpec(live=False, line_kinds=frozenset({EventKind.EVAL, EventKind.CHECKPOINT})),
 }
 
 
@@ -211,7 +211,8 @@ def add_view_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--plain`` and ``--quiet`` (mutually exclusive) to a subcommand that shows a run."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--plain", action="store_true", help="one plain line per step/event, no live panel")
-    group.add_argument("--quiet", action="store_true", help="print only evaluations and the final summary")
+    group.add_argument("--quiet", action="store_true",
+                       help="print only evaluations, failed checkpoint writes and the final summary")
 
 
 def view_from_args(args: argparse.Namespace, console: Console | None = None) -> "View":

@@ -8,18 +8,21 @@ latest state while the producer folds the next event, without a lock.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from shield_ps.events import WorkerState
+from shield_ps.view import fields as ev
+from shield_ps.view.fields import MAX_WORKERS, BadEvent, WorkerCounts
 
 #: the PS-side phases of one step, in the order they happen (``times`` in a ``step`` event).
 PHASES: tuple[str, ...] = ("broadcast", "compute", "gather", "vote", "aggregate", "update")
-#: worker ids above this are refused (a hostile event must not make us allocate a huge table).
-MAX_WORKERS = 4096
 #: how many recent (step, time) points the ETA is estimated from.
 RATE_WINDOW = 32
+#: how many checkpoint errors a state keeps (a hostile stream must not grow it without bound).
+MAX_ERRORS = 64
+#: the step event's worker categories, never mixed (shield_ps.phases.accounting).
+CATEGORIES: tuple[str, ...] = ("lying", "outvoted", "slow", "erased")
 
 
 class EventKind(str, enum.Enum):
@@ -27,13 +30,17 @@ class EventKind(str, enum.Enum):
     STEP = "step"
     WORKER = "worker"
     EVAL = "eval"
+    CHECKPOINT = "checkpoint"
     SUMMARY = "summary"
     CLASSES = "classes"
 
 
+class UpdateAction(str, enum.Enum):
+    """What a step did with the files it won (``aggregation.action`` in a ``step`` event)."""
 
-class BadEvent(ValueError):
-    """An event field is missing or of the wrong type (internal: fold turns it into ``malformed += 1``)."""
+    AGGREGATE = "aggregate"
+    LOWER_S = "lower-s"  #: aggregated with a lowered s (too few files survived for the configured one)
+    SKIP = "skip"  #: no update this step (too few files survived for any valid s)
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,13 @@ class WorkerView:
     compute_s: float | None = None
     address: str = ""
     klass: str = ""  #: determinism class (docs/byzantine.md)
-    disagreements: int = 0  #: steps in which this worker's value lost to a majority
-    erasures: int = 0  #: steps in which this worker sent nothing in time
-    flagged_now: bool = False  #: flagged in the last step
+    disagreements: int = 0  #: steps in which this worker was outvoted (its digest lost a vote; honest ones can be)
+    lies: int = 0  #: steps in which it was proven lying (payload not matching its own digest, protocol violation)
+    slow_steps: int = 0  #: steps in which it missed a deadline
+    erasures: int = 0  #: steps in which this worker sent none of its replies
+    lying_now: bool = False  #: proven lying in the last step (the only mark the live panel shows in red)
+    outvoted_now: bool = False  #: outvoted in the last step
+    slow_now: bool = False  #: missed a deadline in the last step
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,16 @@ class VoteOutcome:
     won: int
     dropped: int
     corrupted: int
-    flagged: tuple[int, ...]
-    erased: tuple[int, ...]
+    lying: tuple[int, ...] = ()
+    outvoted: tuple[int, ...] = ()  #: an old metrics file's ``flagged`` is read as outvoted
+    slow: tuple[int, ...] = ()
+    erased: tuple[int, ...] = ()
+    action: UpdateAction = UpdateAction.AGGREGATE
+    s: int | None = None  #: the s the aggregator ran with (None when not reported)
+    reason: str | None = None  #: why the update was skipped or s lowered
+    hedges: int = 0  #: fetches hedged to a second holder
+    refused: int | None = None  #: connections refused before authentication so far (None when not reported)
+    refused_rose: bool = False  #: ``refused`` grew since the previous step
 
 
 @dataclass(frozen=True)
@@ -85,15 +104,34 @@ class EvalResult:
 
 
 @dataclass(frozen=True)
+class CheckpointOutcome:
+    step: int
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Summary:
+    """The run's summary. Fields an older PS did not report are None (or empty) and shown as unknown."""
+
     steps: int
     wall_s: float
     best_top1: float | None
     final_top1: float | None
     files_corrupted: int
     files_dropped: int
-    flagged_workers: tuple[int, ...]
     reason: str
+    lying_workers: WorkerCounts = ()
+    outvoted_workers: WorkerCounts = ()
+    slow_workers: WorkerCounts = ()
+    erased_workers: WorkerCounts = ()
+    steps_skipped: int | None = None
+    steps_lowered_s: int | None = None
+    refused: int | None = None
+    checkpoint_errors: tuple[CheckpointOutcome, ...] = ()  #: the first MAX_ERRORS failed writes
+    checkpoint_failures: int = 0  #: how many checkpoint writes failed in all
+    last_checkpoint: int | None = None
+    metrics_complete: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -109,12 +147,20 @@ class ViewState:
     steps_seen: int = 0
     files_corrupted: int = 0
     files_dropped: int = 0
+    steps_skipped: int = 0
+    steps_lowered_s: int = 0
+    hedges: int = 0
+    refused: int = 0  #: the PS's count of connections refused before authentication (per PS process)
     workers: tuple[WorkerView, ...] = ()
     phases_last: Mapping[str, float] = field(default_factory=dict)
     phases_sum: Mapping[str, float] = field(default_factory=dict)
     last_eval: EvalResult | None = None
     best_top1: float | None = None
     recent: tuple[tuple[int, float], ...] = ()  #: (step, time) of the last RATE_WINDOW steps
+    checkpoint: CheckpointOutcome | None = None  #: the latest checkpoint event
+    last_checkpoint: int | None = None  #: the newest step whose checkpoint was written
+    checkpoint_errors: tuple[CheckpointOutcome, ...] = ()  #: failed checkpoint writes (the first MAX_ERRORS)
+    checkpoint_failures: int = 0  #: how many checkpoint writes failed in all
     summary: Summary | None = None
     classes: tuple[tuple[str, tuple[int, ...]], ...] = ()  #: (class id, its workers), from the latest classes event
     tolerance: float | None = None  #: the sketch vote's relative tolerance
@@ -129,45 +175,37 @@ def _evolve(obj: Any, **changes: Any) -> Any:
     return new
 
 
-# --- field readers: every one raises BadEvent on a wrong type --------------------------------------------------------
+def _legacy_counts(state: ViewState, ids: tuple[int, ...]) -> WorkerCounts:
+    """An old summary's ``flagged_workers`` (ids only): the counts are the view's own, where it saw any."""
+    return tuple((i, state.workers[i].disagreements if i < len(state.workers) and state.workers[i].disagreements
+                  else None) for i in ids)
 
-def _num(event: Mapping[str, Any], key: str, default: float | None = None) -> float | None:
-    value = event.get(key, default)
+
+def _aggregation(event: Mapping[str, Any]) -> tuple[UpdateAction, int | None, str | None]:
+    value = event.get("aggregation")
     if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadEvent(f"{key}: expected a finite number, got {value!r}")
-    return float(value)
+        return UpdateAction.AGGREGATE, None, None
+    if not isinstance(value, dict):
+        raise BadEvent("aggregation: expected a map with action, s and reason")
+    try:
+        action = UpdateAction(value.get("action", UpdateAction.AGGREGATE.value))
+    except ValueError:
+        raise BadEvent(f"aggregation.action: unknown action {value.get('action')!r}") from None
+    return action, ev.opt_count(value, "s"), ev.text(value, "reason")
 
 
-def _int(event: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = event.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadEvent(f"{key}: expected an integer, got {value!r}")
-    return value
-
-
-def _count(event: Mapping[str, Any], key: str, default: int | None = 0) -> int:
-    value = _int(event, key, default)
-    if value < 0:
-        raise BadEvent(f"{key}: expected a count >= 0, got {value}")
-    return value
-
-
-def _str(event: Mapping[str, Any], key: str, default: str = "?") -> str:
-    value = event.get(key, default)
-    if value is None:
-        return default
-    return str(value)[:64]
-
-
-def _ids(event: Mapping[str, Any], key: str) -> tuple[int, ...]:
-    value = event.get(key) or ()
-    if not isinstance(value, (list, tuple)) or len(value) > MAX_WORKERS:
-        raise BadEvent(f"{key}: expected a list of worker ids")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_WORKERS for v in value):
-        raise BadEvent(f"{key}: worker ids must be integers in [0, {MAX_WORKERS})")
-    return tuple(sorted(set(value)))
+def _checkpoint_errors(event: Mapping[str, Any]) -> tuple[tuple[CheckpointOutcome, ...], int]:
+    """A summary's ``checkpoint_errors`` ([{step, error}, ...]): the first MAX_ERRORS and how many in all."""
+    value = event.get("checkpoint_errors") or ()
+    if not isinstance(value, (list, tuple)):
+        raise BadEvent("checkpoint_errors: expected a list of {step, error}")
+    errors = []
+    for item in value[:MAX_ERRORS]:
+        if not isinstance(item, dict):
+            raise BadEvent("checkpoint_errors: expected a list of {step, error}")
+        errors.append(CheckpointOutcome(step=ev.count(item, "step", None), ok=False,
+                                        error=ev.text(item, "error") or "unknown error"))
+    return tuple(errors), len(value)
 
 
 def _grow(workers: tuple[WorkerView, ...], size: int) -> tuple[WorkerView, ...]:
@@ -177,46 +215,67 @@ def _grow(workers: tuple[WorkerView, ...], size: int) -> tuple[WorkerView, ...]:
 # --- one fold per event kind ----------------------------------------------------------------------------------------
 
 def _fold_job(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
-    workers = _int(event, "workers", 0)
+    workers = ev.integer(event, "workers", 0)
     if not 0 <= workers <= MAX_WORKERS:
         raise BadEvent(f"workers: {workers} out of range")
     job = JobInfo(
-        scheme=_str(event, "scheme"), workers=workers, files=_count(event, "files"),
-        replication=_count(event, "replication"), network=_str(event, "network"), dataset=_str(event, "dataset"),
-        batch_size=_count(event, "batch_size"), aggregator=_str(event, "aggregator"),
-        attack=_str(event, "attack", "none"), byzantine=_count(event, "byzantine"),
-        total_steps=_count(event, "total_steps"), steps_per_epoch=_count(event, "steps_per_epoch"),
-        start_step=_count(event, "start_step"), resumed=bool(event.get("resumed", False)),
+        scheme=ev.string(event, "scheme"), workers=workers, files=ev.count(event, "files"),
+        replication=ev.count(event, "replication"), network=ev.string(event, "network"),
+        dataset=ev.string(event, "dataset"),
+        batch_size=ev.count(event, "batch_size"), aggregator=ev.string(event, "aggregator"),
+        attack=ev.string(event, "attack", "none"), byzantine=ev.count(event, "byzantine"),
+        total_steps=ev.count(event, "total_steps"), steps_per_epoch=ev.count(event, "steps_per_epoch"),
+        start_step=ev.count(event, "start_step"), resumed=bool(event.get("resumed", False)),
     )
     # A resumed run starts a new rate window (the gap while it was down is not step time) and a new summary.
-    return dict(job=job, workers=_grow(state.workers, workers), recent=(), summary=None)
+    # ``refused`` is counted per PS process, so it starts again from 0 too.
+    return dict(job=job, workers=_grow(state.workers, workers), recent=(), summary=None, refused=0)
+
+
+def _step_categories(event: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The step's four worker categories; an old metrics file's ``flagged`` counts as ``outvoted`` (it meant
+    "lost a vote", which is all it could prove)."""
+    categories = {name: ev.worker_ids(event, name) for name in CATEGORIES}
+    if "outvoted" not in event and "flagged" in event:
+        categories["outvoted"] = tuple(sorted(set(ev.worker_ids(event, "flagged")) - set(categories["lying"])))
+    return categories
+
+
+def _mark(worker: WorkerView, index: int, sets: Mapping[str, set[int]]) -> WorkerView:
+    lying, outvoted, slow = index in sets["lying"], index in sets["outvoted"], index in sets["slow"]
+    return _evolve(worker, lying_now=lying, outvoted_now=outvoted, slow_now=slow, lies=worker.lies + lying,
+                   disagreements=worker.disagreements + outvoted, slow_steps=worker.slow_steps + slow,
+                   erasures=worker.erasures + (index in sets["erased"]))
 
 
 def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
-    step, time = _count(event, "step", None), _num(event, "time")
-    flagged, erased = _ids(event, "flagged"), _ids(event, "erased")
+    step, time = ev.count(event, "step", None), ev.number(event, "time")
+    categories = _step_categories(event)
+    action, s, reason = _aggregation(event)
+    refused = ev.opt_count(event, "refused")
     vote = VoteOutcome(
-        step=step, files=_count(event, "files"), won=_count(event, "files_won"),
-        dropped=_count(event, "files_dropped"), corrupted=_count(event, "files_corrupted"),
-        flagged=flagged, erased=erased,
+        step=step, files=ev.count(event, "files"), won=ev.count(event, "files_won"),
+        dropped=ev.count(event, "files_dropped"), corrupted=ev.count(event, "files_corrupted"), **categories,
+        action=action, s=s, reason=reason, hedges=ev.count(event, "hedges"), refused=refused,
+        refused_rose=refused is not None and refused > state.refused,
     )
     times = event.get("times") or {}
     if not isinstance(times, dict):
         raise BadEvent("times: expected a map of phase -> seconds")
-    phases = {name: _num(times, name, 0.0) or 0.0 for name in (*PHASES, "total") if name in times}
-    workers = _grow(state.workers, max((*flagged, *erased), default=-1) + 1)
-    flagged_set, erased_set = set(flagged), set(erased)
-    workers = tuple(
-        _evolve(w, flagged_now=i in flagged_set, disagreements=w.disagreements + (i in flagged_set),
-                erasures=w.erasures + (i in erased_set))
-        if w.flagged_now or i in flagged_set or i in erased_set else w
-        for i, w in enumerate(workers)
-    )
+    phases = {name: ev.number(times, name, 0.0) or 0.0 for name in (*PHASES, "total") if name in times}
+    workers = _grow(state.workers, max((i for ids in categories.values() for i in ids), default=-1) + 1)
+    sets = {name: set(ids) for name, ids in categories.items()}
+    marked = set().union(*sets.values())
+    workers = tuple(_mark(w, i, sets) if w.lying_now or w.outvoted_now or w.slow_now or i in marked else w
+                    for i, w in enumerate(workers))
     recent = (state.recent + ((step, time),))[-RATE_WINDOW:] if time is not None else state.recent
     return dict(
-        step=step, epoch=_count(event, "epoch", state.epoch or 0), lr=_num(event, "lr"),
-        loss=_num(event, "loss"), vote=vote, steps_seen=state.steps_seen + 1,
+        step=step, epoch=ev.count(event, "epoch", state.epoch or 0), lr=ev.number(event, "lr"),
+        loss=ev.number(event, "loss"), vote=vote, steps_seen=state.steps_seen + 1,
         files_corrupted=state.files_corrupted + vote.corrupted, files_dropped=state.files_dropped + vote.dropped,
+        steps_skipped=state.steps_skipped + (action is UpdateAction.SKIP),
+        steps_lowered_s=state.steps_lowered_s + (action is UpdateAction.LOWER_S),
+        hedges=state.hedges + vote.hedges, refused=state.refused if refused is None else refused,
         workers=workers, phases_last=phases,
         phases_sum={k: state.phases_sum.get(k, 0.0) + phases.get(k, 0.0) for k in {*state.phases_sum, *phases}},
         recent=recent,
@@ -224,7 +283,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _fold_worker(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
-    worker = _int(event, "worker")
+    worker = ev.integer(event, "worker")
     if not 0 <= worker < MAX_WORKERS:
         raise BadEvent(f"worker: {worker} out of range")
     try:
@@ -233,42 +292,64 @@ def _fold_worker(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
         raise BadEvent(f"state: unknown worker state {event.get('state')!r}") from None
     workers = _grow(state.workers, worker + 1)
     old = workers[worker]
-    compute_s = _num(event, "compute_s")
+    compute_s = ev.number(event, "compute_s")
     updated = _evolve(old, state=new_state, compute_s=old.compute_s if compute_s is None else compute_s,
-                      address=_str(event, "address", old.address), klass=_str(event, "class", old.klass))
+                      address=ev.string(event, "address", old.address), klass=ev.string(event, "class", old.klass))
     return dict(workers=workers[:worker] + (updated,) + workers[worker + 1:])
 
 
 def _fold_eval(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
-    top1 = _num(event, "top1")
+    top1 = ev.number(event, "top1")
     if top1 is None:
         raise BadEvent("top1: missing")
-    result = EvalResult(step=_count(event, "step", None), top1=top1, top5=_num(event, "top5"), loss=_num(event, "loss"))
+    result = EvalResult(step=ev.count(event, "step", None), top1=top1, top5=ev.number(event, "top5"),
+                        loss=ev.number(event, "loss"))
     best = top1 if state.best_top1 is None else max(state.best_top1, top1)
     return dict(last_eval=result, best_top1=best)
 
 
+def _fold_checkpoint(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    ok = event.get("ok")
+    if not isinstance(ok, bool):
+        raise BadEvent(f"ok: expected true or false, got {ok!r}")
+    outcome = CheckpointOutcome(step=ev.count(event, "step", None), ok=ok,
+                                error=None if ok else ev.text(event, "error") or "unknown error")
+    if ok:
+        last = outcome.step if state.last_checkpoint is None else max(state.last_checkpoint, outcome.step)
+        return dict(checkpoint=outcome, last_checkpoint=last)
+    errors = state.checkpoint_errors + (outcome,) if len(state.checkpoint_errors) < MAX_ERRORS \
+        else state.checkpoint_errors
+    return dict(checkpoint=outcome, checkpoint_errors=errors, checkpoint_failures=state.checkpoint_failures + 1)
+
+
 def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    complete = event.get("metrics_complete")
+    if complete is not None and not isinstance(complete, bool):
+        raise BadEvent(f"metrics_complete: expected true or false, got {complete!r}")
+    outvoted = ev.count_map(event, "outvoted_workers") if "outvoted_workers" in event or \
+        "flagged_workers" not in event else _legacy_counts(state, ev.worker_ids(event, "flagged_workers"))
+    errors, failures = _checkpoint_errors(event)
     summary = Summary(
-        steps=_count(event, "steps", state.steps_seen), wall_s=_num(event, "wall_s", 0.0) or 0.0,
-        best_top1=_num(event, "best_top1"), final_top1=_num(event, "final_top1"),
-        files_corrupted=_count(event, "files_corrupted", state.files_corrupted),
-        files_dropped=_count(event, "files_dropped", state.files_dropped),
-        flagged_workers=_ids(event, "flagged_workers"), reason=_str(event, "reason", "completed")[:200],
+        steps=ev.count(event, "steps", state.steps_seen), wall_s=ev.number(event, "wall_s", 0.0) or 0.0,
+        best_top1=ev.number(event, "best_top1"), final_top1=ev.number(event, "final_top1"),
+        files_corrupted=ev.count(event, "files_corrupted", state.files_corrupted),
+        files_dropped=ev.count(event, "files_dropped", state.files_dropped),
+        reason=ev.string(event, "reason", "completed")[:200],
+        lying_workers=ev.count_map(event, "lying_workers"), outvoted_workers=outvoted,
+        slow_workers=ev.count_map(event, "slow_workers"), erased_workers=ev.count_map(event, "erased_workers"),
+        steps_skipped=ev.opt_count(event, "steps_skipped"), steps_lowered_s=ev.opt_count(event, "steps_lowered_s"),
+        refused=ev.opt_count(event, "refused"), checkpoint_errors=errors, checkpoint_failures=failures,
+        last_checkpoint=ev.opt_count(event, "last_checkpoint"), metrics_complete=complete,
     )
     return dict(summary=summary)
 
 
 def _fold_classes(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     entries = event.get("classes")
-    if not isinstance(entries, list) or len(entries) > MAX_WORKERS:
-        raise BadEvent("classes: expected a list")
-    classes = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise BadEvent("classes: expected maps")
-        classes.append((_str(entry, "id"), _ids(entry, "workers")))
-    return dict(classes=tuple(classes), tolerance=_num(event, "tolerance"))
+    if not isinstance(entries, list) or len(entries) > MAX_WORKERS or not all(isinstance(e, dict) for e in entries):
+        raise BadEvent("classes: expected a list of maps")
+    classes = tuple((ev.string(e, "id"), ev.worker_ids(e, "workers")) for e in entries)
+    return dict(classes=classes, tolerance=ev.number(event, "tolerance"))
 
 
 #: kind -> function of (state, event) returning the fields that change (raises BadEvent)
@@ -277,6 +358,7 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.STEP: _fold_step,
     EventKind.WORKER: _fold_worker,
     EventKind.EVAL: _fold_eval,
+    EventKind.CHECKPOINT: _fold_checkpoint,
     EventKind.SUMMARY: _fold_summary,
     EventKind.CLASSES: _fold_classes,
 }
@@ -298,7 +380,7 @@ def fold(state: ViewState, event: Any) -> ViewState:
     try:
         if kind is None:
             raise BadEvent("not an event")
-        time = _num(event, "time")
+        time = ev.number(event, "time")
         changes = _FOLDS[kind](state, event)
     except BadEvent:
         return _evolve(state, malformed=state.malformed + 1)
@@ -313,53 +395,3 @@ def fold_all(events: Iterable[Any], state: ViewState | None = None) -> ViewState
     for event in events:
         state = fold(state, event)
     return state
-
-
-# --- derived figures ------------------------------------------------------------------------------------------------
-
-def progress(state: ViewState) -> tuple[int, int]:
-    """(completed steps, total steps); total is 0 when unknown."""
-    total = state.job.total_steps if state.job else 0
-    done = 0 if state.step is None else state.step + 1
-    return (min(done, total) if total else done), total
-
-
-def epochs(state: ViewState) -> tuple[int, int] | None:
-    """(current epoch counted from 1, total epochs), or None when the job gave no epoch size."""
-    done, total = progress(state)
-    if state.job is None or not state.job.steps_per_epoch or state.epoch is None or not total:
-        return None
-    return state.epoch + 1, -(-total // state.job.steps_per_epoch)
-
-
-def seconds_per_step(state: ViewState) -> float | None:
-    """Mean wall time between the recent step events (None until two steps are seen)."""
-    if len(state.recent) < 2:
-        return None
-    (s0, t0), (s1, t1) = state.recent[0], state.recent[-1]
-    return (t1 - t0) / (s1 - s0) if s1 > s0 and t1 >= t0 else None
-
-
-def eta_seconds(state: ViewState) -> float | None:
-    """Estimated seconds until the last step, from the recent step rate."""
-    done, total = progress(state)
-    rate = seconds_per_step(state)
-    return None if rate is None or not total else max(total - done, 0) * rate
-
-
-def phase_means(state: ViewState) -> dict[str, float]:
-    """Mean seconds per step of each phase seen so far, in :data:`PHASES` order (plus ``total`` if reported)."""
-    n = max(state.steps_seen, 1)
-    return {k: state.phases_sum[k] / n for k in (*PHASES, "total") if k in state.phases_sum}
-
-
-def final_summary(state: ViewState) -> Summary:
-    """The run's summary: the ``summary`` event if one came, else one built from what was seen."""
-    if state.summary is not None:
-        return state.summary
-    flagged = tuple(i for i, w in enumerate(state.workers) if w.disagreements)
-    final = state.last_eval.top1 if state.last_eval else None
-    wall = (state.now - state.started) if state.now is not None and state.started is not None else 0.0
-    return Summary(steps=state.steps_seen, wall_s=wall, best_top1=state.best_top1, final_top1=final,
-                   files_corrupted=state.files_corrupted, files_dropped=state.files_dropped,
-                   flagged_workers=flagged, reason="no summary received")

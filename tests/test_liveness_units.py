@@ -1,0 +1,158 @@
+"""Pieces of the liveness work that are pure or in-process: centered clipping from the previous aggregate, the
+pre-authentication limits of the wire server, the secret fetch order, deadlines, superseded events, tallies."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import numpy as np
+import pytest
+
+import wire
+from shield_ps.byzantine.aggregators import aggregate
+from shield_ps.events import effective_events
+from shield_ps.phases.accounting import StepAccount, Tally
+from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.fetch import holder_order
+
+TOKEN = "unit-test-token-0123456789abcdef"
+
+
+# ---- centered clipping (Karimireddy, He and Jaggi, ICML 2021) ----------------------------------------------------
+def _alie_rows(n: int = 15, byzantine: int = 3, d: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal(d).astype(np.float32)
+    honest = truth + 0.1 * rng.standard_normal((n, d)).astype(np.float32)
+    attacked = honest.copy()
+    mu, sigma = honest.mean(axis=0), honest.std(axis=0)
+    attacked[:byzantine] = mu - 1.0 * sigma  # ALIE, z = 1
+    return attacked, truth
+
+
+def test_centered_clipping_from_the_previous_aggregate_differs_from_the_mean_under_alie() -> None:
+    X, truth = _alie_rows()
+    previous = truth + np.float32(0.01)  # last step's aggregate: close to the honest mean
+    clipped = aggregate("centered-clipping", X, tau=1.0, iters=1, center=previous)
+    mean = aggregate("mean", X)
+    assert np.abs(clipped - mean).max() > 1e-3
+    assert np.linalg.norm(clipped - truth) < np.linalg.norm(mean - truth)
+
+
+def test_centered_clipping_bounds_what_byzantine_rows_can_move() -> None:
+    """One iteration moves the centre by the mean of clipped differences, each of norm <= tau: b rows, however
+    large, move the result by at most 2 * b / n * tau."""
+    X, truth = _alie_rows()
+    tau, n, b = 0.5, X.shape[0], 3
+    honest = aggregate("centered-clipping", X, tau=tau, iters=1, center=truth)
+    wild = X.copy()
+    wild[:b] = 1e6 * np.random.default_rng(1).standard_normal((b, X.shape[1])).astype(np.float32)
+    moved = aggregate("centered-clipping", wild, tau=tau, iters=1, center=truth)
+    assert np.linalg.norm(moved - honest) <= 2 * b / n * tau * (1 + 1e-5)
+    assert np.linalg.norm(moved - truth) <= tau * (1 + 1e-5)
+
+
+def test_the_ps_clips_around_the_previous_aggregate() -> None:
+    from shield_ps.config import ServeConfig
+    from shield_ps.job import resolve_job
+    from shield_ps.phases.aggregate import Aggregation, ShortStep
+
+    plan = resolve_job(ServeConfig(scheme="mols", workers=15, replication=3, max_steps=2,
+                                   aggregator="centered-clipping", cc_tau=0.5))
+    X, truth = _alie_rows(n=plan.placement.f)
+    rows = np.empty_like(X)
+    step = Aggregation(plan, rows, ShortStep.SKIP)
+    np.copyto(rows, X)
+    first = step.run(0, list(range(plan.placement.f)), ()).gradient
+    assert first is not None and np.linalg.norm(first) <= 0.5 * (1 + 1e-5)  # from 0, one clipped move
+    step.commit()
+    np.copyto(rows, X)
+    second = step.run(1, list(range(plan.placement.f)), ()).gradient
+    expected = aggregate("centered-clipping", X, tau=0.5, iters=1, center=first)
+    assert second is not None and np.array_equal(second, expected)
+
+
+# ---- wire: pre-authentication limits -----------------------------------------------------------------------------
+async def _idle_sockets(port: int, count: int, source: str) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+def test_preauth_connections_are_capped_small_and_given_back() -> None:
+    async def main() -> None:
+        async def owner(conn: wire.Connection) -> None:
+            await conn.recv()
+
+        limits = wire.Limits(max_preauth=6, max_preauth_per_host=4)
+        server = await wire.serve("127.0.0.1", 0, owner, token=TOKEN, limits=limits,
+                                  timeouts=wire.Timeouts(handshake=1.0))
+        try:
+            socks = await _idle_sockets(server.port, 10, "127.0.0.2")
+            for _ in range(100):
+                if server.refused["preauth"] >= 6:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.preauth_count == 4 and server.refused["preauth"] == 6  # the per-host cap
+            assert all(len(c.reader._buf) <= 16 * 1024 for c in server.connections)
+            agent = await wire.connect("127.0.0.1", server.port, token=TOKEN)  # another host still gets in
+            assert agent.peer is not None
+            for _ in range(200):  # the silent ones are cut at the handshake deadline and counted
+                if server.preauth_count == 0 and server.refused["timeout"] == 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.preauth_count == 0 and server.refused["timeout"] == 4
+            assert len(server.connections) == 1 and server.refused_total == 10
+            await agent.close()
+            for sock in socks:
+                sock.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+# ---- fetch order, deadlines, events, tallies ---------------------------------------------------------------------
+def test_fetch_order_depends_on_the_secret_and_covers_every_holder() -> None:
+    holders = (3, 7, 11)
+    orders = {tuple(holder_order(bytes([n]) * 32, 5, 2, holders)) for n in range(40)}
+    assert all(sorted(order) == list(holders) for order in orders)
+    assert len({order[0] for order in orders}) == 3  # no holder can count on being asked first, or never
+    assert holder_order(b"s" * 32, 5, 2, holders) == holder_order(b"s" * 32, 5, 2, holders)
+
+
+def test_deadlines_scale_with_size_and_hedge_from_the_median() -> None:
+    d = Deadlines(gather=60, latency=2.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.5)
+    assert d.transfer(0) == 2.0 and d.transfer(45_000_000) == pytest.approx(6.5)
+    assert d.hedge_delay(45_000_000) == 0.5  # nothing measured yet: the floor
+    for seconds in (0.2, 0.3, 0.25):
+        d.record_fetch(seconds)
+    assert d.hedge_delay(45_000_000) == pytest.approx(1.0)  # 4 x the median
+    for _ in range(5):
+        d.record_fetch(100.0)
+    assert d.hedge_delay(45_000_000) == d.transfer(45_000_000)  # never past the transfer budget
+    assert d.worst_fetch(45_000_000, 3) == 3 * d.transfer(45_000_000)
+
+
+def test_a_resumed_job_supersedes_the_steps_it_runs_again() -> None:
+    events = [{"kind": "job", "resumed": False, "start_step": 0}] + [{"kind": "step", "step": s} for s in range(5)]
+    events += [{"kind": "eval", "step": 2}, {"kind": "eval", "step": 4}, {"kind": "checkpoint", "step": 4}]
+    events += [{"kind": "job", "resumed": True, "start_step": 2}] + [{"kind": "step", "step": s} for s in (2, 3)]
+    kept = effective_events(events)
+    assert [e["step"] for e in kept if e["kind"] == "step"] == [0, 1, 2, 3]
+    assert [e["step"] for e in kept if e["kind"] == "eval"] == [2]  # the state at the checkpoint resumed from
+    assert not [e for e in kept if e["kind"] == "checkpoint"]
+
+
+def test_tally_round_trips_and_never_counts_a_liar_as_outvoted() -> None:
+    tally = Tally()
+    account = StepAccount.build(lying={2}, outvoted={2, 5}, slow={7}, erased={7, 9})
+    assert account.lying == [2] and account.outvoted == [5]
+    tally.add(account, files_corrupted=1, files_dropped=2, action="skip")
+    again = Tally.from_json(tally.to_json())
+    assert again == tally and again.summary_fields()["slow_workers"] == {"7": 1}
+    assert again.totals["steps_skipped"] == 1 and Tally.from_json(None) == Tally()
