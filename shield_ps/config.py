@@ -17,7 +17,8 @@ from shield_ps.errors import ConfigError
 
 #: Fields that do not change the result of a step; everything else is hashed.
 _OPERATIONAL_FIELDS = frozenset({
-    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "local_agent_env", "view", "eval_freq", "epochs", "max_steps",
+    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "local_agent_env", "view", "eval_freq",
+    "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
     "max_skipped_steps",

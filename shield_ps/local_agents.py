@@ -87,7 +87,8 @@ def parse_agent_env(specs: Sequence[str], count: int) -> dict[int, dict[str, str
         head, sep, assignment = spec.partition(":")
         name, eq, value = assignment.partition("=")
         if not sep or not eq or not name or not (name.replace("_", "").isalnum() and not name[0].isdigit()):
-            raise ValueError(f"--local-agent-env {spec!r}: expected INDICES:NAME=VALUE, e.g. 0,2:ATEN_CPU_CAPABILITY=avx2")
+            raise ValueError(f"--local-agent-env {spec!r}: expected INDICES:NAME=VALUE, "
+                             "e.g. 0,2:ATEN_CPU_CAPABILITY=avx2")
         try:
             indices = [int(part) for part in head.split(",")]
         except ValueError:

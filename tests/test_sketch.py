@@ -49,7 +49,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("d", [1, 31, 32, 1000, 4097 * 32 + 5])
-def test_sketch_equals_its_definition_bit_for_bit_whatever_the_blocking(d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sketch_equals_its_definition_bit_for_bit_whatever_the_blocking(d: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(d)
     x = (rng.standard_normal(d) * rng.choice([1e-30, 1e-3, 1e3], size=d)).astype(np.float32)
     seed = bytes(range(32))

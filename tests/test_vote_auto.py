@@ -107,7 +107,8 @@ def test_a_deviating_agent_is_outvoted_and_a_sketch_liar_is_proven_to_lie(tmp_pa
 def test_alie_over_mixed_classes_still_corrupts_exactly_c_max(tmp_path: Path) -> None:
     # MOLS K=15 r=3, q=3: the worst-case set wins c_max(3) = 3 of the 25 files (tests/test_runtime_integration.py).
     result = run_serve(tmp_path, "--scheme", "mols", "--workers", "15", "--replication", "3", "--local-agents", "15",
-                       "--max-steps", "3", "--eval-freq", "3", "--byzantine", "3", "--attack", "alie", "--join-timeout", "900",
+                       "--max-steps", "3", "--eval-freq", "3", "--byzantine", "3", "--attack", "alie",
+                       "--join-timeout", "900",
                        "--local-agent-env", f"1,4,7,10,13:{AVX2}", "--local-agent-env", f"2,5,8,11,14:{ONEDNN}",
                        timeout=1400)
     assert result.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]

@@ -2,10 +2,11 @@
 
 Every digest of the step is in (each holder is committed to its payload) before the PS draws a fresh seed and sends
 each holder of a disputed file one SKETCH naming its disputed files (:mod:`wire.sketch`). Answers are collected until
-all are in or the phase's deadline passes: a missing answer is an erasure for
-that file's sketch vote, never a wait. The deadline is ``latency + max(files x d / SKETCH_RATE, 2 x the step's
-compute phase)``: a loaded agent that needed long for its gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol violation). The vote itself and
-the check of the fetched payload are pure (:mod:`shield_ps.byzantine.sketch`); the round decides nothing on its own.
+all are in or the phase's deadline passes: a missing answer is an erasure for that file's sketch vote, never a wait.
+The deadline is ``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed
+long for its gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol
+violation). The vote itself and the check of the fetched payload are pure (:mod:`shield_ps.byzantine.sketch`); the
+round decides nothing on its own.
 """
 from __future__ import annotations
 
