@@ -27,14 +27,13 @@ g_l^T C g_l / k with C = X X^T and E[g^T C g] = tr C = ||v||^2:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
 
 import blake3
 import numpy as np
-from scipy.optimize import brentq
-
 from shield_ps.byzantine.vote import FileVote, FileWorkers, VoteResult, _check_replies, _holders_and_r_prime
 from shield_ps.errors import VoteError
 
@@ -86,14 +85,29 @@ class SketchParams:
 
     def upper(self) -> float:
         """y: ||Y(v)||^2/k <= y ||v||^2 except with probability honest_p (Chernoff bound of chi^2_k / k)."""
-        target = math.log(self.honest_p) / (self.rows / 2.0)
-        return float(brentq(lambda y: math.log(y) + 1.0 - y - target, 1.0 + 1e-12, 1e6))
+        return _upper_factor(self.rows, self.honest_p)
 
     def hiding(self) -> float:
         """sqrt(y / x): a pair whose quantised difference exceeds this many tolerances agrees with probability at
         most accept_p (inf when ``lower`` is 0)."""
         x = self.lower()
         return math.sqrt(self.upper() / x) if x > 0 else math.inf
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_factor(rows: int, honest_p: float) -> float:
+    """The y > 1 with (y e^(1-y))^(rows/2) = honest_p, by bisection (monotone in y; 200 halvings reach float64)."""
+    target = math.log(honest_p) / (rows / 2.0)
+    low, high = 1.0, 2.0
+    while math.log(high) + 1.0 - high > target:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if math.log(mid) + 1.0 - mid > target:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 DEFAULT_PARAMS = SketchParams()
