@@ -12,7 +12,8 @@ Per file, after the gather:
   - Otherwise the sketch vote's center wins: one payload of the center's digest is fetched (hedged among the
     holders that committed the same digest), checked against that digest, and its sketch recomputed at the PS and
     compared bit for bit with the center's (:func:`shield_ps.byzantine.sketch.check_payload`). A mismatch proves the
-    center lied: it is marked lying, excluded, and the file is voted again (at most r rounds).
+    center lied: it is marked lying, excluded, and the file is voted again (at most r rounds); when no holder of the
+    center's digest delivers it in time, they are left out of that file's next vote.
 
 Ingress stays one payload per file plus the sketches (k*c*8 bytes per disputed replica).
 """
@@ -76,7 +77,8 @@ class AutoVote:
         for file in range(len(answers)):
             if file not in disputed:
                 answers[file] = {}
-        excluded: set[int] = set()
+        excluded: set[int] = set()  # proven liars: out of every file's vote
+        gone: dict[int, set[int]] = {}  # file -> holders of a center digest that nobody delivered
         files = list(exact.files)
         sketch_vote = vote_sketches(self.placement, answers, self.tolerance, digests=replies)
         for file in disputed:
@@ -89,7 +91,9 @@ class AutoVote:
         for _ in range(self.placement.r):
             if not pending:
                 break
-            sketch_vote = vote_sketches(self.placement, answers, self.tolerance, excluded=excluded, digests=replies)
+            current = [{w: a for w, a in got.items() if w not in gone.get(file, ())}
+                       for file, got in enumerate(answers)]
+            sketch_vote = vote_sketches(self.placement, current, self.tolerance, excluded=excluded, digests=replies)
             started = []
             for file in pending:
                 center = sketch_vote.files[file].winner
@@ -104,11 +108,16 @@ class AutoVote:
                 started.append((file, center))
             report = await self.fetcher.finish()
             pending = []
-            for file, center in started:  # a center whose committed payload is not finite lied in its sketch
-                if file not in report.fetched and replies[file][center] in report.invalid:
+            for file, center in started:
+                if file in report.fetched:
+                    continue
+                digest = replies[file][center]
+                if digest in report.invalid:  # a center whose committed payload is not finite lied in its sketch
                     lying.add(center)
                     excluded.add(center)
-                    pending.append(file)
+                else:  # nobody holding the center's digest delivered it: try the next group without them
+                    gone.setdefault(file, set()).update(w for w, d in replies[file].items() if d == digest)
+                pending.append(file)
             fetched = [(file, center) for file, center in started if file in report.fetched]
             verdicts = await asyncio.get_running_loop().run_in_executor(
                 None, self._check, [(self.rows[file], answers[file][center]) for file, center in fetched])
