@@ -103,6 +103,7 @@ def test_a_deviating_agent_is_outvoted_and_a_sketch_liar_is_proven_to_lie(tmp_pa
     assert "worker 0 lied about file 0" in ps.output()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_alie_over_mixed_classes_still_corrupts_exactly_c_max(tmp_path: Path) -> None:
     # MOLS K=15 r=3, q=3: the worst-case set wins c_max(3) = 3 of the 25 files (tests/test_runtime_integration.py).
@@ -119,6 +120,7 @@ def test_alie_over_mixed_classes_still_corrupts_exactly_c_max(tmp_path: Path) ->
         assert e["files_corrupted"] == 3 and e["files_dropped"] == 0 and e["sketch"]["disputed"] > 0, e
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resnet18_on_mnist_over_three_classes(tmp_path: Path) -> None:
     # oneDNN limited to AVX2 moves ResNet-18's gradients by ~6e-4 (BatchNorm jumps): a real tolerance, two steps.
