@@ -130,7 +130,7 @@ class AutoVote:
                 lying.add(center)
                 excluded.add(center)
                 pending.append(file)
-        report = self.fetcher.report
+        report = await self.fetcher.finish()  # the exact winners' fetches may still be running
         report.lying |= lying
         for file in pending:  # still unresolved after r rounds: dropped
             files[file] = FileVote(file, None, (), (), tuple(self.placement.file_workers[file]))
