@@ -1,9 +1,16 @@
-"""``shield-agent join HOST:PORT``: serve a PS as one worker until it ends the run."""
+"""``shield-agent join HOST:PORT``: serve a PS as one or more workers (``--workers N``) until it ends the run.
+
+At default verbosity the agent says which worker slot(s) it became and how the run ended; the exit status is 0 when
+the PS completed the run, 1 when the run failed or the PS was lost, 2 on a refused token or another error of ours.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
+import logging
 import os
+import signal
 from pathlib import Path
 
 from wire.auth import read_token
@@ -12,6 +19,15 @@ from wire.cli import host_port, positive_float, positive_int
 from wire.errors import TokenError
 
 DEFAULT_DATA_DIR = "~/.cache/shield/data"
+#: Worker slots one process may host (each is a connection; a PS accepts 1024 connections by default).
+MAX_WORKERS = 1024
+
+
+def _workers(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_WORKERS} worker slots per process, got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
     parser.add_argument("--device", type=parse_device, default="cpu",
                         help="where to compute: cpu (default), cuda, cuda:N, or auto (a GPU when torch sees one)")
+    parser.add_argument("--workers", type=_workers, default=1, metavar="N",
+                        help="worker slots in this process (one torch import and one dataset copy for all; each "
+                        "slot is its own worker for the PS; default 1)")
+    parser.add_argument("--compute-threads", type=positive_int, metavar="P",
+                        help="threads computing the slots' files (default: min(N, cores / torch threads))")
     parser.add_argument("--name", default="", help="a name shown on the PS (default: none)")
     parser.add_argument("--no-reconnect", action="store_true", help="exit when the PS connection drops")
     parser.add_argument("--spot-watch", action="store_true",
@@ -47,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
                            lie_factor=args.lie, lie_payload=args.lie_payload, spot_watch=args.spot_watch,
-                           imds=args.imds, lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch,
-                           device=args.device)
+                           imds=args.imds, workers=args.workers, compute_threads=args.compute_threads,
+                           lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch, device=args.device)
+    client_log = logging.getLogger("shield_agent.client")
+    if client_log.getEffectiveLevel() > logging.INFO:
+        client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v
+    if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID writes every thread's stack to stderr (a stuck agent's log)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     install_event_loop()
     return asyncio.run(run_agent(options))

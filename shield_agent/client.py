@@ -1,13 +1,17 @@
 """The agent's network side: join a PS, receive the job, compute files per step, answer fetches.
 
-One session per connection: the PS sends JOB (a request; we load the data, build the model and reply JOB with our
-parameter count), then for every step a STEP with the parameter vector. We compute our files one by one in a worker
-thread (torch releases the GIL, so the event loop keeps answering heartbeats) and send a DIGESTS message per file as
-soon as it is ready. The PS then FETCHes the payload of one file from one holder; we reply with a VECTOR.
+One session per connection, and one connection per worker slot: ``--workers N`` runs N slots in one process (see
+:mod:`shield_agent.host` for what they share). The PS sends JOB (a request; we load the data, build the model and
+reply JOB with our parameter count), then for every step a STEP with the parameter vector. We compute our files one
+by one on the process's compute pool (torch releases the GIL, so the event loop keeps answering heartbeats) and send
+a DIGESTS message per file as soon as it is ready. The PS then FETCHes the payload of one file from one holder; we
+reply with a VECTOR.
 
 A new STEP while the previous step is still being computed (the PS gave up on us) cancels the old computation after
 its current file. The PS ends the run with LEAVE; a dropped connection is retried with exponential backoff unless
-the agent was started with ``reconnect=False`` (local agents, which must die with their PS).
+the agent was started with ``reconnect=False`` (local agents, which must die with their PS). A PS that refuses our
+token ``max_refusals`` times in a row ends the agent with :class:`~shield_agent.errors.JoinRefused` (exit status 2);
+a run the PS ends with any reason but ``completed`` gives exit status 1.
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shield_agent.errors import ComputeError, ShieldAgentError
+from shield_agent.errors import ComputeError, JoinRefused, ShieldAgentError
 from shield_agent.fingerprint import parse_probe, probe_fields
+from shield_agent.host import ComputeHost
 from shield_agent.sketching import answers as sketch_answers
 from shield_agent.sketching import deviate, grind
-from wire import Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
+from wire import AuthError, Codec, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
 from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
@@ -55,6 +60,15 @@ class AgentOptions:
     device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
+    workers: int = 1  # worker slots in this process, each its own authenticated connection
+    compute_threads: int | None = None  # the slots' compute pool (default: see shield_agent.host)
+    max_refusals: int = 3  # consecutive refusals of our token before giving up
+
+    def slot_name(self, slot: int) -> str:
+        """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""
+        if self.workers == 1:
+            return self.name
+        return f"{self.name or 'agent'}/{slot}"[:64]
 
 
 @dataclass(frozen=True)
@@ -118,17 +132,20 @@ class _StepWork:
 class AgentSession:
     """One authenticated connection to the PS, from JOB to LEAVE or disconnect."""
 
-    def __init__(self, options: AgentOptions, conn: Any) -> None:
+    def __init__(self, options: AgentOptions, conn: Any, host: ComputeHost | None = None) -> None:
         self.options = options
         self.conn = conn
+        self.host = host or ComputeHost(1)
+        self._own_host = host is None
         self.job: AgentJob | None = None
         self.computer: Any = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shield-compute")
+        self._executor: concurrent.futures.Executor | None = None
         self._params: list[np.ndarray] = []
         self._grads: dict[int, np.ndarray] = {}
         self._work: _StepWork | None = None
         self._honest: dict[int, np.ndarray] = {}  # lie_sketch only: what we sketch instead of what we committed
         self.finished = False
+        self.end_reason: str | None = None  # what the PS's LEAVE said
 
     async def run(self) -> None:
         try:
@@ -141,7 +158,8 @@ class AgentSession:
                 self._work.cancelled = True
                 if self._work.task is not None:
                     await asyncio.gather(self._work.task, return_exceptions=True)
-            self._executor.shutdown(wait=True)
+            if self._own_host:
+                self.host.shutdown()
 
     async def _dispatch(self, msg: Message) -> None:
         if msg.kind is Kind.JOB:
@@ -153,23 +171,25 @@ class AgentSession:
         elif msg.kind is Kind.SKETCH:
             await self._on_sketch(msg)
         elif msg.kind is Kind.LEAVE:
-            log.info("the PS ended the run: %s", msg.header.get("reason", ""))
+            reason = msg.header.get("reason", "")
+            self.end_reason = reason if isinstance(reason, str) else repr(reason)[:200]
             self.finished = True
         else:
             msg.discard()
             log.warning("ignoring unexpected %s from the PS", msg.kind.value)
 
     async def _on_job(self, msg: Message) -> None:
-        from shield_agent.compute import ComputeSpec, GradientComputer
+        from shield_agent.compute import ComputeSpec
 
         job = AgentJob.from_header(msg.header)
         threads = self.options.threads or job.threads
         spec = ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed, job.batch_size,
                            job.num_files, threads, device=self.options.device)
         loop = asyncio.get_running_loop()
+        self._executor = self.host.executor(threads)
         try:
             probe = parse_probe(msg.header, job.num_files)
-            self.computer = await loop.run_in_executor(self._executor, GradientComputer, spec)
+            self.computer = await loop.run_in_executor(self._executor, self.host.build, spec)
             fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads)
         except ShieldAgentError as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
@@ -178,7 +198,7 @@ class AgentSession:
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
         self._grads = {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
-        log.info("worker %d: files %s, %d parameters", job.worker, list(job.files), d)
+        log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
         await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint})
 
     async def _on_step(self, msg: Message) -> None:
@@ -266,26 +286,66 @@ class AgentSession:
 
 
 async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:
-    """Join the PS and serve until it ends the run (exit status 0), retrying with backoff when allowed.
-    ``session_type`` is the per-connection behaviour (tests substitute Byzantine ones)."""
+    """Run ``options.workers`` worker slots until the PS ends the run; the exit status is the worst slot's: 0 the run
+    completed, 1 it failed or the PS was lost, 2 a slot hit an error of its own. Raises :class:`JoinRefused` when
+    the PS refused our token ``options.max_refusals`` times in a row. ``session_type`` is the per-connection
+    behaviour (tests substitute Byzantine ones)."""
     import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
+    host = ComputeHost(options.workers, options.compute_threads)
     watcher = _start_spot_watcher(options)
+    refusals = _Refusals(options.max_refusals)
+    try:
+        codes = await asyncio.gather(*(_run_slot(options, slot, host, watcher, refusals, session_type)
+                                       for slot in range(options.workers)))
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, host.shutdown)
+    if refusals.error is not None:
+        raise refusals.error
+    return max(codes)
+
+
+class _Refusals:
+    """Consecutive refusals of our token, counted over all slots (they share the token): the first slot to reach
+    the limit sets :attr:`error` and the others stop too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+        self.error: JoinRefused | None = None
+
+    def refused(self, address: str, exc: Exception, retry: bool) -> bool:
+        """Count one refusal; True when the agent must stop (at the limit, or at once when it may not retry)."""
+        self.count += 1
+        if (self.count >= self.limit or not retry) and self.error is None:
+            times = "once" if self.count == 1 else f"{self.count} times in a row"
+            self.error = JoinRefused(f"{address} refused our authentication {times} ({exc}); check --token or "
+                                     "--token-file against the PS's token")
+        return self.error is not None
+
+
+async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher: "SpotWatcher | None",
+                    refusals: _Refusals, session_type: type[AgentSession] = AgentSession) -> int:
+    """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
+    address = f"{options.host}:{options.port}"
     backoff = 0.5
-    while True:
+    while refusals.error is None:
         try:
-            conn = await connect(options.host, options.port, token=options.token, role="agent", name=options.name)
+            conn = await connect(options.host, options.port, token=options.token, role="agent",
+                                 name=options.slot_name(slot))
         except (OSError, WireError, asyncio.TimeoutError) as exc:
+            token_refused = isinstance(exc, AuthError) and "token" in str(exc)
+            if token_refused and refusals.refused(address, exc, options.reconnect):
+                return 2
             if not options.reconnect:
-                log.error("cannot join %s:%d: %s", options.host, options.port, exc)
+                log.error("cannot join %s: %s", address, exc)
                 return 1
-            log.warning("cannot join %s:%d (%s); retrying in %.1fs", options.host, options.port, exc, backoff)
+            log.warning("cannot join %s (%s); retrying in %.1fs", address, exc, backoff)
             await asyncio.sleep(backoff * (1 + random.random() / 4))
             backoff = min(backoff * 2, options.max_backoff)
             continue
-        log.info("joined %s:%d as peer %d", options.host, options.port, conn.peer.id)
-        backoff = 0.5
-        session = session_type(options, conn)
+        refusals.count, backoff = 0, 0.5
+        log.debug("slot %d joined %s as peer %d", slot, address, conn.peer.id)
+        session = session_type(options, conn, host)
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
             await session.run()
@@ -299,11 +359,22 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
                 await asyncio.gather(leaver, return_exceptions=True)
             await conn.close("agent leaving")
         if session.finished or (watcher is not None and watcher.event.is_set()):
-            return 0
+            return _ended(session, conn.peer.id)
         if not options.reconnect:
-            log.warning("lost the PS (%s); not reconnecting", conn.close_error)
+            log.warning("worker %d lost the PS (%s); not reconnecting", conn.peer.id, conn.close_error)
             return 1
-        log.warning("lost the PS (%s); reconnecting", conn.close_error)
+        log.warning("worker %d lost the PS (%s); reconnecting", conn.peer.id, conn.close_error)
+    return 2
+
+
+def _ended(session: AgentSession, worker: int) -> int:
+    """Log how the run ended for this slot; 0 when the PS said it completed."""
+    reason = session.end_reason or "left"
+    if reason == "completed" or session.end_reason is None:
+        log.info("worker %d: the run ended: %s", worker, reason)
+        return 0
+    log.warning("worker %d: the run ended: %s", worker, reason)
+    return 1
 
 
 def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":

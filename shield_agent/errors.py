@@ -24,3 +24,9 @@ class ComputeError(ShieldAgentError):
     """A job spec the compute core cannot honour (e.g. batch size not a multiple of the file count)."""
 
     code = "compute"
+
+
+class JoinRefused(ShieldAgentError):
+    """The PS refused our token again and again: retrying cannot help."""
+
+    code = "auth"

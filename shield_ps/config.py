@@ -21,8 +21,46 @@ _OPERATIONAL_FIELDS = frozenset({
     "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
-    "max_skipped_steps",
+    "max_skipped_steps", "agent_processes",
 })
+
+#: The paper's configuration of each scheme, used when ``--workers``/``--replication`` are not given
+#: (ByzShield, Konstantinidis & Ramamoorthy 2021, Sec. 5: MOLS K = 15, r = 3; Ramanujan Case 2 K = 25, r = 5;
+#: Ramanujan Case 1 K = 15, r = 3; DETOX and majority vote in groups of 3; the baseline has no replication).
+SCHEME_DEFAULTS: dict[str, tuple[int, int]] = {
+    "baseline": (15, 1),
+    "detox": (15, 3),
+    "maj_vote": (15, 3),
+    "mols": (15, 3),
+    "rama_one": (15, 3),
+    "rama_two": (25, 5),
+}
+
+#: --join-timeout when not given: remote agents, and agents this PS starts itself (they import torch and load data
+#: on the same cores as everything else, so their first join can take minutes on a small busy machine).
+JOIN_TIMEOUT_REMOTE_S = 120.0
+JOIN_TIMEOUT_LOCAL_S = 300.0
+
+
+def valid_placements(scheme: str, limit: int = 4, max_workers: int = 64) -> list[tuple[int, int]]:
+    """Up to ``limit`` small valid ``(K, r)`` of ``scheme`` (for error messages), the paper's first."""
+    from shield_ps.byzantine.placement import build_placement
+    from shield_ps.errors import ShieldPSError
+
+    found: list[tuple[int, int]] = []
+    default = SCHEME_DEFAULTS.get(scheme)
+    candidates = [default] if default else []
+    replications = (1,) if default and default[1] == 1 else (3, 5, 7)  # r = 1 only where there is no replication
+    candidates += [(k, r) for r in replications for k in range(r, max_workers + 1) if (k, r) != default]
+    for workers, replication in candidates:
+        try:
+            build_placement(scheme, workers, replication)
+        except (ShieldPSError, ValueError):
+            continue
+        found.append((workers, replication))
+        if len(found) >= limit:
+            break
+    return found
 
 
 @dataclass(frozen=True)
@@ -83,6 +121,7 @@ class ServeConfig:
     max_skipped_steps: int = 20
     cc_tau: float = 10.0
     cc_iters: int = 1
+    agent_processes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """The PS daemon: accept agents and observers, run the steps, evaluate and checkpoint off the step loop.
 
-Lifecycle: resolve the job (fails fast on bad configuration) -> load the initial or resumed state -> listen ->
-start local agents -> wait for agents -> steps -> final evaluation and checkpoint -> LEAVE to every agent -> close.
+Lifecycle: resolve the job (fails fast on bad configuration) -> listen (a port in use fails before any heavy work)
+-> start local agents (they import torch and load data while we do) -> load the model and the initial or resumed
+state -> wait for agents (the deadline counts from the last progress) -> steps -> final evaluation and checkpoint
+-> LEAVE to every agent -> close.
 A misbehaving agent is disconnected with an ERROR frame saying why; it never takes the PS down.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import secrets
 import time
@@ -20,7 +23,8 @@ from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
-from shield_ps.local_agents import LocalAgents, parse_agent_env, write_token_file
+from shield_ps.local_agents import (LocalAgents, default_processes, parse_agent_env, split_slots,
+                                   write_token_file)
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
@@ -31,6 +35,8 @@ from wire import ConnectionClosed, Connection, Kind, Limits, Role, Timeouts, Wir
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "~/.cache/shield/data"
+#: While agents are still loading, the join wait goes on up to this many times --join-timeout.
+JOIN_CAP_FACTOR = 5
 
 
 class ModelState:
@@ -65,9 +71,10 @@ class PSDaemon:
     """One training run. ``on_listening(host, port)`` is called once the port is bound."""
 
     def __init__(self, config: ServeConfig, token: str, sink: EventSink,
-                 on_listening: Callable[[str, int], None] | None = None) -> None:
+                 on_listening: Callable[[str, int], None] | None = None, token_file: Path | None = None) -> None:
         self.config = config
         self.token = token
+        self.token_file = token_file  # what local agents read the token from
         self.sink = sink
         self.on_listening = on_listening
         self.plan = resolve_job(config)
@@ -85,34 +92,38 @@ class PSDaemon:
         self.checkpoints = CheckpointLedger(sink)
         self._skipped_in_a_row = 0
         self.fetch_secret: bytes | None = None  # the fetch-order secret (default: fresh random bytes per run)
+        self._model_ready = asyncio.Event()
+        self.fleet: FleetClasses | None = None  # determinism classes (once the model is ready)
 
     async def run(self) -> int:
         """Run to the end; returns the process exit status (0 completed, 1 failed or not safely checkpointed)."""
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, ModelState, self.plan)
-        total_steps = self.plan.total_steps(model.steps_per_epoch)
-        start_step, optimizer = self._initial_state(model)
         self.pool = WorkerPool(self.plan.placement.worker_files, self.sink.emit)
+        server = self.server = await self._listen()
+        agents = self._start_local_agents(server.port)
+        try:
+            model = await loop.run_in_executor(None, ModelState, self.plan)
+            start_step, optimizer = self._initial_state(model)
+        except BaseException:
+            await server.close()
+            if agents is not None:
+                await loop.run_in_executor(None, agents.stop)
+            raise
+        total_steps = self.plan.total_steps(model.steps_per_epoch)
         self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent, secret=self.fetch_secret)
         self.fleet = FleetClasses(self.config.vote, self.runner.d, self.config.vote_tol, self.sink.emit,
                                   self.runner.set_tolerance)
         if self._resumed_center is not None and self.runner.aggregation.center is not None:
             self.runner.aggregation.center[:] = self._resumed_center
-        c = self.config
-        limits = Limits(max_preauth=c.max_preauth, max_preauth_per_host=c.max_preauth_per_host)
-        timeouts = Timeouts(handshake=c.handshake_timeout)
-        server = self.server = await serve(c.host, c.port, self._on_connection, token=self.token,
-                                           admit=self.pool.admit, limits=limits, timeouts=timeouts)
-        if self.on_listening:
-            self.on_listening(server.host, server.port)
-        agents = self._start_local_agents(server.port)
+        self._model_ready.set()
         started, reason, step = time.monotonic(), "completed", start_step
         self.runner.completed_steps = start_step
         try:
             self._emit_job(total_steps, model.steps_per_epoch, start_step)
-            ready = await self.pool.wait_ready(self.plan.placement.K, self.config.join_timeout)
+            ready = await self.pool.wait_ready(self.plan.placement.K, self.config.join_timeout,
+                                               cap=self.config.join_timeout * JOIN_CAP_FACTOR)
             if ready == 0:
-                raise TrainingError(f"no agent joined within --join-timeout {self.config.join_timeout:.0f}s")
+                raise TrainingError(self.pool.join_failure())
             if ready < self.plan.placement.K:
                 log.warning("starting with %d of K=%d agents (the missing ones are erasures)",
                             ready, self.plan.placement.K)
@@ -155,13 +166,36 @@ class PSDaemon:
         self.checkpoints.last_step = checkpoint.step
         return checkpoint.step, MomentumSGD(checkpoint.params, self.config.momentum, checkpoint.velocity)
 
+    async def _listen(self) -> Any:
+        """Bind the port (before any heavy work, so a port in use fails in a second, with advice)."""
+        c = self.config
+        limits = Limits(max_preauth=c.max_preauth, max_preauth_per_host=c.max_preauth_per_host)
+        timeouts = Timeouts(handshake=c.handshake_timeout)
+        try:
+            server = await serve(c.host, c.port, self._on_connection, token=self.token,
+                                 admit=self.pool.admit if self.pool else None, limits=limits, timeouts=timeouts)
+        except OSError as exc:
+            where = f"{self.config.host}:{self.config.port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {self.config.port} is in use on {self.config.host}: pass --port 0 to pick "
+                                  "a free port, or another --port") from None
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        if self.on_listening:
+            self.on_listening(server.host, server.port)
+        return server
+
     def _start_local_agents(self, port: int) -> LocalAgents | None:
         if not self.config.local_agents:
             return None
-        token_file = write_token_file(self.train_dir / ".token", self.token)
-        agents = LocalAgents(self.config.local_agents, self.config.host, port, token_file,
+        if self.token_file is None:
+            self.token_file = write_token_file(self.train_dir / "token", self.token)
+        agents = LocalAgents(self.config.local_agents, self.config.host, port, self.token_file,
                              self.train_dir / "agents", self.config.data_dir,
-                             envs=parse_agent_env(self.config.local_agent_env, self.config.local_agents))
+                             processes=self.config.agent_processes,
+                             envs=parse_agent_env(self.config.local_agent_env,
+                                                  len(split_slots(self.config.local_agents,
+                                                                  self.config.agent_processes
+                                                                  or default_processes(self.config.local_agents)))))
         agents.start()
         return agents
 
@@ -261,9 +295,12 @@ class PSDaemon:
         if conn.peer.role == Role.OBSERVER.value:
             await self.observers.serve(conn)
             return
-        assert self.pool is not None and self.runner is not None
+        assert self.pool is not None
         link = self.pool.bind(conn)
         try:
+            await self._model_ready.wait()  # agents may join while the PS still loads the model
+            assert self.runner is not None
+            assert self.fleet is not None
             reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields()},
                                        timeout=self.config.join_timeout)
             num_params = reply.header.get("num_params")
@@ -295,9 +332,11 @@ class PSDaemon:
         except WireError as exc:
             log.info("worker %d: %s", link.worker, exc)
         finally:
-            self.fleet.leave(link.worker)
+            if self.fleet is not None:
+                self.fleet.leave(link.worker)
             self.pool.release(link)
-            self.runner.on_agent_lost(link)
+            if self.runner is not None:
+                self.runner.on_agent_lost(link)
 
 
 def new_token() -> str:

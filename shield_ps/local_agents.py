@@ -1,8 +1,12 @@
-"""``--local-agents K``: spawn K ``shield-agent join`` subprocesses on this machine and tear them down on exit.
+"""``--local-agents K``: spawn ``shield-agent join --workers N`` subprocesses on this machine hosting K worker slots
+in all, and tear them down on exit.
 
-Each agent logs to ``RUN/agents/agent-NN.log``. Local agents reconnect when the PS cuts their connection (a missed
-deadline, docs/liveness.md) and leave when the PS ends the run (LEAVE); on Linux they also receive SIGTERM when the
-PS process dies (``PR_SET_PDEATHSIG``), so they never outlive it. Elsewhere they are started with
+The K slots are spread over P processes (``--agent-processes P``; default one per core but one, which the PS keeps
+busy, at least 1 and at most K), so torch is imported and the dataset loaded P times instead of K times. Each
+process computes its slots' files on up to one thread per core, so P = 1 still uses every core for gradients.
+Process ``NN`` logs to ``RUN/agents/agent-NN.log``. A slot whose connection the PS cuts (a missed deadline,
+docs/liveness.md) reconnects; every slot leaves when the PS ends the run (LEAVE). On Linux the processes also receive
+SIGTERM when the PS process dies (``PR_SET_PDEATHSIG``), so they never outlive it; elsewhere they are started with
 ``--no-reconnect`` and exit when the PS goes away.
 """
 from __future__ import annotations
@@ -34,10 +38,11 @@ class LocalAgents:
     """K agent subprocesses joined to ``host:port``; :meth:`stop` is idempotent."""
 
     def __init__(self, count: int, host: str, port: int, token_file: Path, log_dir: Path,
-                 data_dir: str | None, extra_args: Sequence[str] = (),
+                 data_dir: str | None, extra_args: Sequence[str] = (), processes: int | None = None,
                  envs: Mapping[int, Mapping[str, str]] | None = None) -> None:
         self.count = count
-        self._envs = dict(envs or {})  # agent index -> extra environment (e.g. other kernel settings)
+        self.slots = split_slots(count, processes or default_processes(count))
+        self._envs = dict(envs or {})  # agent process index -> extra environment (e.g. other kernel settings)
         self._args = [host, port, token_file, data_dir, list(extra_args)]
         self._log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -46,9 +51,10 @@ class LocalAgents:
         host, port, token_file, data_dir, extra = self._args
         self._log_dir.mkdir(parents=True, exist_ok=True)
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        for index in range(self.count):
+        for index, workers in enumerate(self.slots):
             cmd = [sys.executable, "-m", "shield_agent.cli", "-v", "join", f"{connect_host}:{port}",
-                   "--token-file", str(token_file), "--name", f"local-{index:02d}", *extra]
+                   "--token-file", str(token_file), "--name", f"local-{index:02d}", "--workers", str(workers),
+                   *extra]
             if not sys.platform.startswith("linux"):
                 cmd.append("--no-reconnect")
             if data_dir:
@@ -59,7 +65,8 @@ class LocalAgents:
                 env = {**os.environ, **self._envs[index]} if index in self._envs else None
                 self.processes.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                                        stdin=subprocess.DEVNULL, preexec_fn=preexec, env=env))
-        log.info("started %d local agents (logs in %s)", self.count, self._log_dir)
+        log.info("started %d local worker slots in %d processes (logs in %s)", self.count, len(self.slots),
+                 self._log_dir)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.processes)
@@ -80,8 +87,9 @@ class LocalAgents:
 
 
 def parse_agent_env(specs: Sequence[str], count: int) -> dict[int, dict[str, str]]:
-    """``--local-agent-env "0,2:NAME=VALUE"`` (repeatable) -> {agent index: {NAME: VALUE}}; ValueError saying what
-    is allowed (indices in 0..count-1, a variable name of letters, digits and underscores)."""
+    """``--local-agent-env "0,2:NAME=VALUE"`` (repeatable) -> {agent process index: {NAME: VALUE}}; ValueError
+    saying what is allowed (indices in 0..count-1 for ``count`` agent processes, a variable name of letters, digits
+    and underscores)."""
     envs: dict[int, dict[str, str]] = {}
     for spec in specs:
         head, sep, assignment = spec.partition(":")
@@ -94,10 +102,25 @@ def parse_agent_env(specs: Sequence[str], count: int) -> dict[int, dict[str, str
         except ValueError:
             raise ValueError(f"--local-agent-env {spec!r}: indices must be integers like 0,2") from None
         if any(not 0 <= i < count for i in indices):
-            raise ValueError(f"--local-agent-env {spec!r}: agent indices must be in 0..{count - 1}")
+            raise ValueError(f"--local-agent-env {spec!r}: agent process indices must be in 0..{count - 1} "
+                             "(see --agent-processes)")
         for i in indices:
             envs.setdefault(i, {})[name] = value
     return envs
+
+
+def default_processes(slots: int, cores: int | None = None) -> int:
+    """One agent process per core but one (the PS's own), at least one, never more than the slots. Every process
+    starts with a torch import (seconds of CPU), and all of them start at once with the PS's own, so on a small
+    machine fewer processes reach the first step sooner; each process computes on all cores anyway."""
+    return max(1, min(slots, (cores or os.cpu_count() or 1) - 1))
+
+
+def split_slots(slots: int, processes: int) -> list[int]:
+    """``slots`` worker slots over ``processes`` processes as evenly as possible (the first ones get one more)."""
+    processes = max(1, min(slots, processes))
+    base, extra = divmod(slots, processes)
+    return [base + (i < extra) for i in range(processes)]
 
 
 def write_token_file(path: Path, token: str) -> Path:

@@ -51,6 +51,8 @@ class WorkerPool:
         self._observer_ids = itertools.count(OBSERVER_ID_BASE)
         self.changed = asyncio.Event()
         self.step = 0
+        self._join_seen = 0  # most agents connected at once during the join wait
+        self._join_waited = 0.0
 
     def admit(self, role: Role, name: str) -> int:
         """Assign an id during the handshake: the lowest free slot for an agent (AuthError when all K are taken)."""
@@ -73,6 +75,7 @@ class WorkerPool:
         link = AgentLink(slot, conn, conn.peer.name, self._files[slot],
                          address=f"{address[0]}:{address[1]}" if address else None)
         self._links[slot] = link
+        self.changed.set()
         return link
 
     def set_ready(self, link: AgentLink) -> None:
@@ -104,16 +107,53 @@ class WorkerPool:
     def connected(self) -> list[AgentLink]:
         return [link for link in self._links if link is not None]
 
-    async def wait_ready(self, count: int, timeout: float) -> int:
-        """Wait until ``count`` agents are ready or ``timeout`` passes; returns how many are ready."""
-        deadline = time.monotonic() + timeout
-        while len(self.ready_links()) < count:
-            remaining = deadline - time.monotonic()
+    def progress(self) -> tuple[int, int, int]:
+        """(ready, loading, missing): agents that answered JOB, agents connected but still loading (importing torch,
+        reading data, building the model), and slots nobody has connected to."""
+        ready = sum(1 for link in self._links if link is not None and link.ready)
+        connected = sum(1 for link in self._links if link is not None)
+        return ready, connected - ready, self.K - connected
+
+    async def wait_ready(self, count: int, timeout: float, cap: float | None = None) -> int:
+        """Wait until ``count`` agents are ready; returns how many are ready at the end.
+
+        The deadline counts from the last progress (an agent connecting or becoming ready): ``timeout`` seconds
+        without progress end the wait, except that while some connected agent is still loading the wait goes on, up
+        to ``cap`` seconds in all (default ``timeout``). A ``join`` event reports each change with the time left.
+        """
+        started = time.monotonic()
+        cap_at = started + max(cap or timeout, timeout)
+        last, deadline = None, started + timeout
+        while True:
+            now = time.monotonic()
+            ready, loading, missing = current = self.progress()
+            if current != last:
+                last, deadline = current, min(now + timeout, cap_at)
+                self._join_seen = max(self._join_seen, ready + loading)
+                self._emit("join", ready=ready, loading=loading, missing=missing,
+                           left_s=round(self._join_deadline(deadline, cap_at, loading) - now, 1))
+            if ready >= count:
+                return ready
+            remaining = self._join_deadline(deadline, cap_at, loading) - now
             if remaining <= 0:
-                break
+                self._join_waited = now - started
+                return ready
             self.changed.clear()
             try:
                 await asyncio.wait_for(self.changed.wait(), remaining)
             except asyncio.TimeoutError:
-                break
-        return len(self.ready_links())
+                pass
+
+    @staticmethod
+    def _join_deadline(deadline: float, cap_at: float, loading: int) -> float:
+        return cap_at if loading else deadline
+
+    def join_failure(self) -> str:
+        """Why the join wait ended with no agent ready: who connected, who became ready, what the rest were doing."""
+        ready, loading, missing = self.progress()
+        loading_ids = [link.worker for link in self._links if link is not None and not link.ready]
+        doing = (f"{loading} still loading (workers {loading_ids[:10]}{'...' if loading > 10 else ''}: importing "
+                 "torch, reading data or building the model), " if loading else "")
+        return (f"no agent became ready within {self._join_waited:.0f}s of waiting: {self._join_seen} connected, "
+                f"{ready} became ready, {doing}{missing} never connected (see --join-timeout; hand-started agents "
+                "need the token: shield-agent join HOST:PORT --token-file RUN/token)")

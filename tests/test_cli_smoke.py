@@ -14,6 +14,15 @@ def test_help_exits_zero(module: str) -> None:
     assert "usage" in result.stdout.lower()
 
 
+@pytest.mark.parametrize("module,prog", [("shield_ps.cli", "shield-ps"), ("shield_agent.cli", "shield-agent"),
+                                         ("shield_ops.cli", "shield-ops")])
+def test_version(module: str, prog: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    name, version = result.stdout.split()
+    assert name == prog and version[0].isdigit()
+
+
 def test_unknown_subcommand_is_one_line_error() -> None:
     result = subprocess.run([sys.executable, "-m", "shield_ps.cli", "frobnicate"], capture_output=True, text=True,
                             timeout=120)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import pytest
 
 from shield_ps.events import effective_events
 from shield_ps.view import fold_all, iter_events
-from tests.runtime_helpers import (MNIST_DIR, TOKEN, events, final_params, run_serve, start_agent, start_serve,
-                                   wait_for_step, wait_for_worker)
+from tests.runtime_helpers import (MNIST_DIR, TOKEN, Process, events, final_params, run_serve, start_agent,
+                                   start_serve, wait_for_step, wait_for_worker)
 
 pytestmark = [
     pytest.mark.slow,
@@ -148,19 +150,39 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) ->
 def test_agent_with_wrong_token_is_refused_and_run_unaffected(tmp_path: Path) -> None:
     ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3",
                            "--max-steps", "20", "--eval-freq", "10")
-    intruder = start_agent(port, tmp_path / "intruder.log", "wrong-token-wrong-token-wrong")
+    # started as a user would (it may reconnect): it must still give up, after a few refusals, in one line
+    intruder = Process([sys.executable, "-m", "shield_agent.cli", "join", f"127.0.0.1:{port}", "--token",
+                        "wrong-token-wrong-token-wrong", "--data-dir", str(MNIST_DIR)], tmp_path / "intruder.log")
     agents = [start_agent(port, tmp_path / f"agent{i}.log") for i in range(3)]
     try:
-        assert intruder.wait(timeout=240) != 0
+        assert intruder.wait(timeout=240) == 2, intruder.output()[-2000:]
         assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
     finally:
         for proc in agents + [intruder, ps]:
             proc.stop()
-    assert "auth" in intruder.output().lower()
+    errors = [line for line in intruder.output().splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "refused our authentication 3 times in a row" in errors[0], intruder.output()
     summary = _summary(tmp_path)
     assert summary["reason"] == "completed" and summary["lying_workers"] == summary["outvoted_workers"] == {}
     assert summary["refused"] >= 1  # the intruder, refused before authentication, is counted
     assert all(not e["erased"] for e in events(tmp_path, "step"))
+
+
+def test_a_hand_started_agent_exits_non_zero_when_the_run_does_not_complete(tmp_path: Path) -> None:
+    ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3",
+                           "--max-steps", "1000", "--eval-freq", "500")
+    agent = Process([sys.executable, "-m", "shield_agent.cli", "join", f"127.0.0.1:{port}", "--token", TOKEN,
+                     "--data-dir", str(MNIST_DIR), "--workers", "3"], tmp_path / "agent.log")
+    try:
+        wait_for_step(tmp_path, 2, timeout=240, watch=[ps, agent])
+        ps.kill(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 1, agent.output()[-2000:]
+    finally:
+        for proc in (agent, ps):
+            proc.stop()
+    output = agent.output()
+    assert sorted(output.count(f"became worker {w} ") for w in range(3)) == [1, 1, 1], output
+    assert output.count("the run ended: interrupted") == 3
 
 
 def test_real_byzantine_agents_are_outvoted_and_caught(tmp_path: Path) -> None:

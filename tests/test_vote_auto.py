@@ -50,7 +50,8 @@ def _start_in_slots(port: int, tmp_path: Path, ps: Process, agents: list[tuple[s
 
 def test_exact_vote_is_refused_over_mixed_classes(tmp_path: Path) -> None:
     result = run_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3", "--max-steps", "2",
-                       "--vote", "exact", "--local-agents", "3", "--local-agent-env", f"2:{AVX2}")
+                       "--vote", "exact", "--local-agents", "3", "--agent-processes", "3",
+                       "--local-agent-env", f"2:{AVX2}")
     log = (tmp_path / "serve.log").read_text()
     assert result.returncode == 1, log[-3000:]
     assert "2 determinism classes" in log and "--vote auto" in log and "cpu_capability" in log
@@ -59,7 +60,8 @@ def test_exact_vote_is_refused_over_mixed_classes(tmp_path: Path) -> None:
 
 def test_auto_vote_completes_over_three_classes_at_one_payload_per_file(tmp_path: Path) -> None:
     result = run_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3", "--max-steps", "5",
-                       "--eval-freq", "5", "--local-agents", "3", "--local-agent-env", f"1:{AVX2}",
+                       "--eval-freq", "5", "--local-agents", "3", "--agent-processes", "3",
+                       "--local-agent-env", f"1:{AVX2}",
                        "--local-agent-env", f"2:{ONEDNN}")
     assert result.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     classes = events(tmp_path, "classes")[-1]
@@ -107,10 +109,12 @@ def test_a_deviating_agent_is_outvoted_and_a_sketch_liar_is_proven_to_lie(tmp_pa
 @pytest.mark.timeout(1500)
 def test_alie_over_mixed_classes_still_corrupts_exactly_c_max(tmp_path: Path) -> None:
     # MOLS K=15 r=3, q=3: the worst-case set wins c_max(3) = 3 of the 25 files (tests/test_runtime_integration.py).
+    # 15 worker slots in three agent processes, one per class
     result = run_serve(tmp_path, "--scheme", "mols", "--workers", "15", "--replication", "3", "--local-agents", "15",
+                       "--agent-processes", "3",
                        "--max-steps", "3", "--eval-freq", "3", "--byzantine", "3", "--attack", "alie",
                        "--join-timeout", "900",
-                       "--local-agent-env", f"1,4,7,10,13:{AVX2}", "--local-agent-env", f"2,5,8,11,14:{ONEDNN}",
+                       "--local-agent-env", f"1:{AVX2}", "--local-agent-env", f"2:{ONEDNN}",
                        timeout=1400)
     assert result.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     assert len(events(tmp_path, "classes")[-1]["classes"]) == 3
@@ -126,6 +130,7 @@ def test_resnet18_on_mnist_over_three_classes(tmp_path: Path) -> None:
     # oneDNN limited to AVX2 moves ResNet-18's gradients by ~6e-4 (BatchNorm jumps): a real tolerance, two steps.
     result = run_serve(tmp_path, "--scheme", "detox", "--workers", "3", "--replication", "3", "--network",
                        "ResNet18", "--max-steps", "2", "--eval-freq", "2", "--local-agents", "3",
+                       "--agent-processes", "3",
                        "--local-agent-env", f"1:{AVX2}", "--local-agent-env", f"2:{ONEDNN}", timeout=840)
     assert result.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     classes = events(tmp_path, "classes")[-1]

@@ -82,9 +82,20 @@ def enum_choice(enum_type: type[E], aliases: dict[str, E] | None = None) -> Call
     return parse
 
 
+def package_version() -> str:
+    """The installed ``shield`` distribution's version ("unknown" when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shield")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(prog: str, description: str, commands: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The tool's parser: ``-v`` and one subparser per entry of ``commands`` (name -> module)."""
+    """The tool's parser: ``--version``, ``-v`` and one subparser per entry of ``commands`` (name -> module)."""
     parser = OneLineErrorParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in commands.values():

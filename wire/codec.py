@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-import blosc2
+import functools
 
 from wire.digest import StreamingDigest, digest_bytes
 from wire.errors import LimitError, VectorError
@@ -21,7 +21,16 @@ from wire.errors import LimitError, VectorError
 if TYPE_CHECKING:
     from wire.frames import Limits
 
-blosc2.set_releasegil(True)  # or every compress stalls the event loop (see ARCHITECTURE.md)
+
+@functools.cache
+def _blosc2() -> Any:
+    """blosc2, imported on first use: importing it costs ~1.5 s of CPU (it pulls in httpx and numexpr), which every
+    PS and agent process would pay at start-up although the default codec, ``none``, never calls it."""
+    import blosc2
+
+    blosc2.set_releasegil(True)  # or every compress stalls the event loop (see ARCHITECTURE.md)
+    return blosc2
+
 
 #: Whitelisted element types: name on the wire -> item size.
 DTYPES = {"float32": 4}
@@ -45,8 +54,8 @@ class Shuffle(str, enum.Enum):
     BIT = "bitshuffle"
 
 
-_BLOSC_CODECS = {Codec.LZ4: blosc2.Codec.LZ4, Codec.ZSTD: blosc2.Codec.ZSTD}
-_BLOSC_FILTERS = {Shuffle.BYTE: blosc2.Filter.SHUFFLE, Shuffle.BIT: blosc2.Filter.BITSHUFFLE}
+_BLOSC_CODECS = {Codec.LZ4: "LZ4", Codec.ZSTD: "ZSTD"}  # names in blosc2.Codec
+_BLOSC_FILTERS = {Shuffle.BYTE: "SHUFFLE", Shuffle.BIT: "BITSHUFFLE"}  # names in blosc2.Filter
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,7 @@ class VectorDesc:
         for k, size in enumerate(desc.sizes):
             start, end = desc.raw_range(k)
             low, high = (end - start, end - start) if codec is Codec.NONE else (
-                _MIN_BLOSC_CHUNK, end - start + blosc2.MAX_OVERHEAD)
+                _MIN_BLOSC_CHUNK, end - start + _blosc2().MAX_OVERHEAD)
             if not low <= size <= high:
                 raise VectorError(f"chunk {k} of {size} bytes outside {low}..{high}")
         if sum(desc.sizes) != payload_len:
@@ -159,8 +168,9 @@ def encode_vector(src: Any, codec: Codec | str = Codec.LZ4, level: int = 1, *,
     if codec is Codec.NONE:
         chunks: list[bytes | memoryview] = pieces
     else:
-        kwargs: dict[str, Any] = {"codec": _BLOSC_CODECS[codec], "clevel": level, "typesize": ITEMSIZE,
-                                  "filters": [_BLOSC_FILTERS[shuffle]]}
+        blosc2 = _blosc2()
+        kwargs: dict[str, Any] = {"codec": blosc2.Codec[_BLOSC_CODECS[codec]], "clevel": level,
+                                  "typesize": ITEMSIZE, "filters": [blosc2.Filter[_BLOSC_FILTERS[shuffle]]]}
         if nthreads is not None:
             kwargs["nthreads"] = nthreads
         chunks = [blosc2.compress2(piece, **kwargs) for piece in pieces]
@@ -176,13 +186,13 @@ def decode_chunk_into(desc: VectorDesc, k: int, chunk: bytes | bytearray | memor
         dest[start:end] = chunk
         return
     try:
-        nbytes, cbytes, _ = blosc2.get_cbuffer_sizes(chunk)
+        nbytes, cbytes, _ = _blosc2().get_cbuffer_sizes(chunk)
     except Exception:
         raise VectorError(f"chunk {k} is not a blosc2 chunk") from None
     if nbytes != end - start or cbytes != len(chunk):
         raise VectorError(f"chunk {k} declares {nbytes}/{cbytes} bytes, expected {end - start}/{len(chunk)}")
     try:
-        blosc2.decompress2(chunk, dst=dest[start:end])
+        _blosc2().decompress2(chunk, dst=dest[start:end])
     except Exception as exc:
         raise VectorError(f"chunk {k} does not decompress: {exc}") from None
 

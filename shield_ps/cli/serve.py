@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -19,8 +20,9 @@ from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
 from shield_ps.byzantine.vote import VoteMode
-from shield_ps.config import ServeConfig
-from shield_ps.local_agents import parse_agent_env
+from shield_ps.config import (JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig,
+                              valid_placements)
+from shield_ps.local_agents import default_processes, parse_agent_env
 from shield_ps.phases.aggregate import ShortStep
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
@@ -91,17 +93,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for remote agents)")
     g.add_argument("--port", type=_port, default=7700, help="port (0 picks a free one and prints it)")
     g.add_argument("--local-agents", type=non_negative_int, default=0, metavar="K",
-                   help="spawn K agents on this machine and stop them at the end")
+                   help="host K worker slots on this machine (in a few agent processes) and stop them at the end")
+    g.add_argument("--agent-processes", type=positive_int, metavar="P",
+                   help="agent processes for --local-agents (default: one per core but one for the PS, at least 1, "
+                   "at most K)")
+    g.add_argument("--token", help="cluster token (visible to other local users in the process list: prefer "
+                   "--token-file)")
+    g.add_argument("--token-file", help="file holding the cluster token (default: a fresh random token written to "
+                   "RUN/token, readable by you only, and the join command printed)")
     g.add_argument("--local-agent-env", action="append", default=[], metavar="INDICES:NAME=VALUE",
-                   help="extra environment for some local agents, e.g. 0,2:ATEN_CPU_CAPABILITY=avx2 (repeatable; "
-                   "mixes determinism classes on one machine)")
-    g.add_argument("--token", help="cluster token (default: a fresh random one, shown for remote agents)")
-    g.add_argument("--token-file", help="file holding the cluster token")
+                   help="extra environment for some local agent processes, e.g. 0,2:ATEN_CPU_CAPABILITY=avx2 "
+                   "(repeatable; indices of --agent-processes; mixes determinism classes on one machine)")
     g.add_argument("--threads", type=positive_int, default=1, help="torch threads per agent (default 1)")
     g = p.add_argument_group("placement")
     g.add_argument("--scheme", "--approach", type=enum_choice(Scheme, SCHEME_ALIASES), default=Scheme.MOLS)
-    g.add_argument("--workers", type=positive_int, default=15, metavar="K", help="number of workers K")
-    g.add_argument("--replication", "--group-size", type=positive_int, default=3, metavar="R")
+    g.add_argument("--workers", type=positive_int, metavar="K",
+                   help="number of workers K (default: the paper's for the scheme: 25 for rama_two, else 15)")
+    g.add_argument("--replication", "--group-size", type=positive_int, metavar="R",
+                   help="replication r (default: the paper's for the scheme: 5 for rama_two, 1 for baseline, else 3)")
     g.add_argument("--rama-m", type=positive_int, help="m of the Ramanujan Case 2 construction (default s)")
     g = p.add_argument_group("training")
     g.add_argument("--network", default="LeNet", help="model (LeNet, ResNet18, ResNet34, ResNet50, DenseNet, ...)")
@@ -118,7 +127,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate and checkpoint every N steps")
     g.add_argument("--train-dir", help="where checkpoints and metrics.jsonl go (default runs/YYYYmmdd-HHMMSS)")
     g.add_argument("--seed", type=non_negative_int, default=0)
-    g.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint (of --train-dir; default: the newest run in runs/)")
+    g.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="N",
+                   help="keep the newest N checkpoints of the run (default 3)")
     g = p.add_argument_group("robustness")
     g.add_argument("--aggregator", "--mode", type=enum_choice(Aggregator), default=Aggregator.COORD_MEDIAN)
     g.add_argument("--buckets", type=positive_int, help="coord-median / sign-sgd: number of buckets")
@@ -170,13 +182,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="unauthenticated connections held at once (default 128)")
     g.add_argument("--max-preauth-per-host", type=positive_int, default=32,
                    help="of those, from one source address (default 32)")
-    g.add_argument("--join-timeout", type=positive_float, default=120.0, help="seconds to wait for agents")
+    g.add_argument("--join-timeout", type=positive_float, metavar="S",
+                   help="seconds to wait for agents without progress; agents still loading extend the wait up to "
+                   f"5*S (default {JOIN_TIMEOUT_REMOTE_S:.0f}, or {JOIN_TIMEOUT_LOCAL_S:.0f} with --local-agents)")
     add_view_options(p)
 
 
+RUNS_DIR = Path("runs")
+
+
 def _train_dir(args: argparse.Namespace) -> str:
-    """The run directory; a directory that already holds a run is reused only with --resume (nothing is lost)."""
+    """The run directory; a directory that already holds a run is reused only with --resume (nothing is lost).
+    ``--resume`` without ``--train-dir`` picks the newest run under ``runs/``."""
     if args.train_dir is None:
+        if args.resume:
+            return _newest_run()
         return time.strftime("runs/%Y%m%d-%H%M%S")
     previous = Path(args.train_dir) / "metrics.jsonl"
     if previous.exists() and previous.stat().st_size and not args.resume:
@@ -185,18 +205,50 @@ def _train_dir(args: argparse.Namespace) -> str:
     return args.train_dir
 
 
+def _newest_run() -> str:
+    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "checkpoints").is_dir()), key=lambda p: p.name)
+    if not runs:
+        raise ConfigError(f"--resume without --train-dir resumes the newest run under {RUNS_DIR}/, and there is none "
+                          "with checkpoints; pass --train-dir RUN")
+    logging.getLogger(__name__).warning("--resume: resuming the newest run, %s", runs[-1])
+    return str(runs[-1])
+
+
+def _placement_args(args: argparse.Namespace) -> tuple[int, int]:
+    """--workers and --replication, each defaulting to the paper's configuration of the scheme."""
+    default_k, default_r = SCHEME_DEFAULTS[args.scheme.value]
+    return args.workers or default_k, args.replication or default_r
+
+
+def check_placement(scheme: str, workers: int, replication: int, rama_m: int | None) -> None:
+    """Fail with a message naming valid ``--workers``/``--replication`` pairs when the placement cannot be built."""
+    from shield_ps.byzantine.placement import build_placement
+
+    try:
+        build_placement(scheme, workers, replication, rama_m)
+    except ConfigError as exc:
+        valid = "; ".join(f"--workers {k} --replication {r}" for k, r in valid_placements(scheme))
+        raise type(exc)(f"{exc} (valid for {scheme}, e.g.: {valid})") from None
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_MAX_STEPS
     if args.fixed_byzantine and args.byzantine_gen is not ByzantineChoice.FIXED:
         raise ConfigError("--fixed-byzantine needs --byzantine-gen fixed")
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.agent_processes and not args.local_agents:
+        raise ConfigError("--agent-processes applies to --local-agents K; agents joined by hand choose their own "
+                          "--workers N")
+    workers, replication = _placement_args(args)
+    check_placement(args.scheme.value, workers, replication, args.rama_m)
+    join_timeout = args.join_timeout or (JOIN_TIMEOUT_LOCAL_S if args.local_agents else JOIN_TIMEOUT_REMOTE_S)
     try:
-        parse_agent_env(args.local_agent_env, max(1, args.local_agents))
+        parse_agent_env(args.local_agent_env, args.agent_processes or default_processes(max(1, args.local_agents)))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return ServeConfig(
-        scheme=args.scheme.value, workers=args.workers, replication=args.replication, rama_m=args.rama_m,
+        scheme=args.scheme.value, workers=workers, replication=replication, rama_m=args.rama_m,
         network=args.network, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, gamma=args.gamma, lr_step=args.lr_step, epochs=args.epochs,
         max_steps=max_steps if not args.epochs else None, eval_freq=args.eval_freq, train_dir=_train_dir(args),
@@ -206,9 +258,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote.value, vote_rtol=args.vote_rtol,
         vote_tol=args.vote_tol, codec=args.codec,
         codec_level=args.codec_level, threads=args.threads, host=args.host, port=args.port, resume=args.resume,
-        local_agents=args.local_agents, local_agent_env=tuple(args.local_agent_env),
-        view="plain" if args.plain else "quiet" if args.quiet else "auto",
-        gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=args.join_timeout,
+        local_agents=args.local_agents, local_agent_env=tuple(args.local_agent_env), view="plain" if args.plain else "quiet" if args.quiet else "auto",
+        gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=join_timeout,
+        checkpoint_keep=args.keep_checkpoints, agent_processes=args.agent_processes,
         min_bandwidth=args.min_bandwidth, hedge_factor=args.hedge_factor, hedge_floor=args.hedge_floor,
         handshake_timeout=args.handshake_timeout, max_preauth=args.max_preauth,
         max_preauth_per_host=args.max_preauth_per_host, short_step=args.short_step.value,
@@ -216,44 +268,95 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     )
 
 
-def _token(args: argparse.Namespace) -> str:
+def _token(args: argparse.Namespace) -> tuple[str, bool]:
+    """The cluster token and whether it must be written to RUN/token (it was generated or given on the command
+    line: local agents and the printed join command need a file)."""
     from shield_ps.daemon import new_token
     from wire.auth import read_token
 
-    return read_token(args.token, args.token_file) or new_token()
+    if args.token is not None:
+        print("shield-ps serve: warning: --token is visible to other local users (in the process list); prefer "
+              "--token-file", file=sys.stderr)
+    token = read_token(args.token, args.token_file)
+    return (token, args.token_file is None) if token is not None else (new_token(), True)
+
+
+def join_command(host: str, port: int, token_file: Path) -> str:
+    """The exact command that joins agents to this PS."""
+    import socket
+
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"shield-agent join {shown}:{port} --token-file {token_file}"
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (what ``mkdir -p`` would create), or None."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _leaves_nothing(train_dir: Path) -> bool:
+    """True when a run directory holds nothing a run made (only the token and an empty metrics.jsonl)."""
+    for path in train_dir.iterdir():
+        if path.name == "token" or (path.name == "metrics.jsonl" and path.stat().st_size == 0):
+            continue
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
     from shield_ps.daemon import PSDaemon
     from shield_ps.events import EventSink
+    from shield_ps.job import resolve_job
+    from shield_ps.local_agents import write_token_file
     from shield_ps.view import view_from_args
     from wire import install_event_loop
 
     config = config_from_args(args)
-    token = _token(args)
-    Path(config.train_dir).mkdir(parents=True, exist_ok=True)
+    resolve_job(config)  # validation: a refused run leaves nothing behind
+    token, write_token = _token(args)
+    train_dir = Path(config.train_dir)
+    created = _first_missing(train_dir)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    token_file = write_token_file(train_dir / "token", token) if write_token else Path(args.token_file)
     view = view_from_args(args)
     root = logging.getLogger()
     handler = view.log_handler(root.level or logging.WARNING)
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    sink = EventSink(Path(config.train_dir) / "metrics.jsonl")
+    sink = EventSink(train_dir / "metrics.jsonl")
     sink.subscribe(view.publish)
 
     def listening(host: str, port: int) -> None:
-        view.post_line(f"shield-ps: listening on {host}:{port}")
-        if not config.local_agents or config.local_agents < config.workers:
-            view.post_line(f"agents join with: shield-agent join {host}:{port} --token-file FILE")
+        view.post_line(f"shield-ps: listening on {host}:{port}; run directory {train_dir}")
+        if config.local_agents < config.workers:
+            missing = config.workers - config.local_agents
+            command = join_command(host, port, token_file) + ("" if missing == 1 else f" --workers {missing}")
+            view.post_line(f"waiting for {missing} agent slot(s); join with: {command}")
+            if missing > 1:
+                view.post_line(f"(--workers N hosts N slots in one agent process; several processes, here or on "
+                               f"other machines, may share the {missing} slots)")
 
     install_event_loop()
-    daemon = PSDaemon(config, token, sink, on_listening=listening)
+    daemon = PSDaemon(config, token, sink, on_listening=listening, token_file=token_file)
     view.start()
     try:
         return asyncio.run(_serve(daemon))
+    except ConfigError:
+        sink.close()
+        if created is not None and _leaves_nothing(train_dir):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         view.close()
         sink.close()
+        if train_dir.exists():
+            print(f"shield-ps: run directory {train_dir}", file=sys.stderr)
 
 
 async def _serve(daemon: "PSDaemon") -> int:  # type: ignore[name-defined]

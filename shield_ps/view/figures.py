@@ -1,5 +1,6 @@
 """Figures derived from a :class:`~shield_ps.view.state.ViewState` (pure functions): progress, epochs, the step rate
-and ETA, phase means, and the run's summary (the ``summary`` event, or one built from what the view saw)."""
+and ETA, phase means, the join progress line, the median step time, and the run's summary (the ``summary`` event, or
+one built from what the view saw)."""
 from __future__ import annotations
 
 from shield_ps.view.fields import WorkerCounts
@@ -61,3 +62,23 @@ def final_summary(state: ViewState) -> Summary:
                    steps_skipped=state.steps_skipped, steps_lowered_s=state.steps_lowered_s, refused=state.refused,
                    checkpoint_errors=state.checkpoint_errors, checkpoint_failures=state.checkpoint_failures,
                    last_checkpoint=state.last_checkpoint)
+
+
+def waiting_line(state: ViewState) -> str | None:
+    """``waiting for agents: R ready, L loading, M missing (Ns left)`` while the PS waits for its agents (no step
+    yet), else None."""
+    join = state.join
+    if join is None or state.step is not None:
+        return None
+    left = "" if join.left_s is None else f" ({join.left_s:.0f}s left)"
+    return f"waiting for agents: {join.ready} ready, {join.loading} loading, {join.missing} missing{left}"
+
+
+def median_step_seconds(state: ViewState) -> float | None:
+    """Median wall time between consecutive recent step events (the last :data:`RATE_WINDOW` steps), so a slow
+    start-up does not count as step time."""
+    gaps = sorted((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(state.recent, state.recent[1:]) if s1 > s0)
+    if not gaps:
+        return None
+    mid = len(gaps) // 2
+    return gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from shield_ps.view import fmt
 from shield_ps.view.plain import job_title
-from shield_ps.view.figures import epochs, eta_seconds, progress
+from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
 from shield_ps.view.state import PHASES, UpdateAction, ViewState, WorkerState, WorkerView
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)
@@ -74,6 +74,9 @@ def _metrics_row(state: ViewState) -> Text:
 
 def _vote_row(state: ViewState) -> Text:
     vote = state.vote
+    waiting = waiting_line(state)
+    if waiting is not None:
+        return Text(waiting, style="yellow")
     if vote is None:
         return Text("vote -", style="dim")
     text = Text.assemble(("vote ", "bold"), f"won {vote.won}/{vote.files} ")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
-from shield_ps.view.figures import epochs, eta_seconds, progress
+from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
 from shield_ps.view.state import CATEGORIES, EventKind, UpdateAction, ViewState, WorkerState, event_kind
 
 #: worker states worth a log line.
@@ -100,6 +100,10 @@ def _summary_line(event: Mapping[str, Any], state: ViewState) -> None:
     return None  # the summary is printed by View.close(), once, in every mode
 
 
+def _join_line(event: Mapping[str, Any], state: ViewState) -> str | None:
+    return waiting_line(state)
+
+
 _LINES: dict[EventKind, Callable[[Mapping[str, Any], ViewState], str | None]] = {
     EventKind.JOB: _job_line,
     EventKind.STEP: _step_line,
@@ -108,6 +112,7 @@ _LINES: dict[EventKind, Callable[[Mapping[str, Any], ViewState], str | None]] = 
     EventKind.CHECKPOINT: _checkpoint_line,
     EventKind.SUMMARY: _summary_line,
     EventKind.CLASSES: _classes_line,
+    EventKind.JOIN: _join_line,
 }
 
 

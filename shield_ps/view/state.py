@@ -32,6 +32,7 @@ class EventKind(str, enum.Enum):
     EVAL = "eval"
     CHECKPOINT = "checkpoint"
     SUMMARY = "summary"
+    JOIN = "join"
     CLASSES = "classes"
 
 
@@ -135,6 +136,16 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class JoinProgress:
+    """The PS's wait for its agents: ready, still loading, never connected, and seconds left at that moment."""
+
+    ready: int
+    loading: int
+    missing: int
+    left_s: float | None
+
+
+@dataclass(frozen=True)
 class ViewState:
     job: JobInfo | None = None
     started: float | None = None  #: time of the first event seen
@@ -164,6 +175,7 @@ class ViewState:
     summary: Summary | None = None
     classes: tuple[tuple[str, tuple[int, ...]], ...] = ()  #: (class id, its workers), from the latest classes event
     tolerance: float | None = None  #: the sketch vote's relative tolerance
+    join: JoinProgress | None = None  #: the latest join progress (shown until the first step)
     malformed: int = 0
 
 
@@ -344,6 +356,11 @@ def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     return dict(summary=summary)
 
 
+def _fold_join(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(join=JoinProgress(ready=ev.count(event, "ready"), loading=ev.count(event, "loading"),
+                                  missing=ev.count(event, "missing"), left_s=ev.number(event, "left_s")))
+
+
 def _fold_classes(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     entries = event.get("classes")
     if not isinstance(entries, list) or len(entries) > MAX_WORKERS or not all(isinstance(e, dict) for e in entries):
@@ -360,6 +377,9 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.EVAL: _fold_eval,
     EventKind.CHECKPOINT: _fold_checkpoint,
     EventKind.SUMMARY: _fold_summary,
+    EventKind.JOIN: _fold_join,
+
+
     EventKind.CLASSES: _fold_classes,
 }
 

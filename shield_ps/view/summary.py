@@ -10,7 +10,7 @@ from rich.table import Table
 
 from shield_ps.view import fmt
 from shield_ps.view.fields import WorkerCounts
-from shield_ps.view.figures import final_summary
+from shield_ps.view.figures import final_summary, median_step_seconds
 from shield_ps.view.state import Summary, ViewState
 
 #: how many workers a category row names before it says how many more
@@ -55,7 +55,8 @@ def _metrics(summary: Summary) -> SummaryRow:
 def summary_rows(state: ViewState) -> list[SummaryRow]:
     """The rows of the final summary; pure, shared by the plain and the live rendering."""
     summary = final_summary(state)
-    per_step = f" ({summary.wall_s / summary.steps:.3f} s/step)" if summary.steps else ""
+    median = median_step_seconds(state)
+    per_step = f" (median {median:.3f} s/step)" if median is not None else ""
     return [
         SummaryRow("run", summary.reason, loud=summary.reason.startswith("failed")),
         SummaryRow("steps", f"{summary.steps} in {fmt.duration(summary.wall_s)}{per_step}"),

@@ -1,0 +1,94 @@
+"""Many worker slots per agent process: how slots are spread over processes, and that slots computing concurrently
+in one process produce file gradients bit-identical to a one-worker process (ByzShield's vote needs equal digests).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import wait
+
+import numpy as np
+import pytest
+
+from shield_agent.host import ComputeHost, default_compute_threads
+from shield_ps.local_agents import default_processes, split_slots
+from tests.runtime_helpers import MNIST_DIR, REPO
+
+needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(),
+                                 reason="local MNIST data missing")
+
+#: (step, file) pairs every test computes; 25 files of 10 samples (MOLS K=15's f), two steps.
+FILES = [(0, 0), (0, 7), (0, 24), (1, 3), (1, 7), (2, 11)]
+SPEC = dict(network="LeNet", dataset="MNIST", seed=3, batch_size=250, num_files=25, threads=1)
+
+
+@pytest.mark.parametrize("slots,processes,expected", [
+    (15, 2, [8, 7]), (15, 1, [15]), (15, 15, [1] * 15), (35, 2, [18, 17]), (3, 8, [1, 1, 1]), (1, 1, [1]),
+    (25, 4, [7, 6, 6, 6]),
+])
+def test_slots_are_spread_evenly_over_processes(slots: int, processes: int, expected: list[int]) -> None:
+    assert split_slots(slots, processes) == expected
+    assert sum(split_slots(slots, processes)) == slots
+
+
+def test_default_layout_is_about_one_process_per_core() -> None:
+    assert default_processes(15, cores=2) == 1
+    assert default_processes(15, cores=8) == 7
+    assert default_processes(15, cores=1) == 1
+    assert default_processes(1, cores=16) == 1
+    assert default_processes(35, cores=0) >= 1
+    assert default_compute_threads(15, 1, cores=2) == 2
+    assert default_compute_threads(15, 4, cores=2) == 1  # intra-op threads never oversubscribe the cores
+    assert default_compute_threads(1, 1, cores=16) == 1
+
+
+_ONE_WORKER = """
+import json, sys
+import numpy as np
+from shield_agent.compute import ComputeSpec, GradientComputer
+from wire import digest_bytes
+spec = ComputeSpec(data_dir=sys.argv[1], **json.loads(sys.argv[2]))
+computer = GradientComputer(spec)
+params = computer.initial_parameters()
+out = {}
+for step, file in json.loads(sys.argv[3]):
+    grad = computer.file_gradient(params * np.float32(1 + step / 8), step, file).gradient
+    out[f"{step}/{file}"] = digest_bytes(memoryview(grad).cast("B")).hex()
+print(json.dumps(out))
+"""
+
+
+@needs_mnist
+def test_concurrent_slots_match_a_one_worker_process_bit_for_bit() -> None:
+    """Four slots (each its own computer) in one process, on a pool of two compute threads, all computing at once;
+    the digests equal those of a separate process computing the same files one by one."""
+    from shield_agent.compute import ComputeSpec
+    from wire import digest_bytes
+
+    reference = json.loads(subprocess.run(
+        [sys.executable, "-c", _ONE_WORKER, str(MNIST_DIR), json.dumps(SPEC), json.dumps(FILES)],
+        capture_output=True, text=True, check=True, cwd=REPO, timeout=300).stdout.splitlines()[-1])
+
+    host = ComputeHost(slots=4, pool_threads=2)
+    try:
+        executor = host.executor(1)
+        spec = ComputeSpec(data_dir=str(MNIST_DIR), **SPEC)
+        computers = [f.result() for f in [executor.submit(host.build, spec) for _ in range(4)]]
+        assert len({id(c.model) for c in computers}) == 4, "slots must not share a model"
+        assert len({c.data.train_images.data_ptr() for c in computers}) == 1, "slots share one dataset copy"
+        params = computers[0].initial_parameters()
+
+        def compute(slot: int, step: int, file: int) -> tuple[str, str]:
+            grad = computers[slot].file_gradient(params * np.float32(1 + step / 8), step, file).gradient
+            return f"{step}/{file}", digest_bytes(memoryview(grad).cast("B")).hex()
+
+        # every slot computes every file, interleaved, so computations of different slots overlap in time
+        futures = [executor.submit(compute, slot, step, file) for step, file in FILES for slot in range(4)]
+        wait(futures)
+        results = [f.result() for f in futures]
+    finally:
+        host.shutdown()
+    assert host.threads == 2
+    for key, digest in results:
+        assert digest == reference[key], f"slot digest of {key} differs from the one-worker process"
