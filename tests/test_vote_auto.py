@@ -43,7 +43,7 @@ def _start_in_slots(port: int, tmp_path: Path, ps: Process, agents: list[tuple[s
     for slot, (env, extra) in enumerate(agents):
         proc = _agent(port, tmp_path / f"agent-{slot}.log", _env(env), *extra)
         started.append(proc)
-        proc.wait_for_output(rf"as peer {slot}\b", timeout=240)
+        proc.wait_for_output(rf"(as peer|became worker) {slot}\b", timeout=240)
         assert ps.proc.poll() is None, ps.output()[-3000:]
     return started
 
