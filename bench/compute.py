@@ -13,7 +13,9 @@ Times are CPU seconds of the calling thread (``time.thread_time``; one torch thr
 keeps other processes on a shared machine out of the figures; medians. Overhead = median(a) / median(b) - 1.
 
 ResNet18 runs on a synthetic dataset in the real CIFAR-10 binary layout (random pixels; timing is what matters);
-LeNet runs on the local MNIST. One torch thread, as a job fixes it. Last line: JSON of all figures.
+LeNet runs on the local MNIST. One torch thread, as a job fixes it. When torch sees a GPU, the same files are also
+timed with ``--device cuda`` (wall time per file, synchronised by the gradient's copy back to the host; keys
+``*_gpu_ms``). Last line: JSON of all figures.
 """
 from __future__ import annotations
 
@@ -113,6 +115,26 @@ def measure(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, f
     return row
 
 
+def measure_gpu(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, float]:
+    """Per-file gradient wall time on the GPU (synchronised: the gradient is copied back to the host each time),
+    median of ``reps``; also checks that two computations of the same file are bit-equal there."""
+    computer = GradientComputer(spec)
+    params = computer.initial_parameters()
+    out = np.empty(computer.num_params, dtype=np.float32)
+    seconds = []
+    for rep in range(warmup + reps):
+        started = time.perf_counter()
+        computer.file_gradient(params, rep, rep % spec.num_files, out=out)
+        if rep >= warmup:
+            seconds.append(time.perf_counter() - started)
+    first = computer.file_gradient(params, 0, 0).gradient
+    again = computer.file_gradient(params, 0, 0).gradient
+    ms = statistics.median(seconds) * 1e3
+    print(f"{name:>14}: file_gradient on {torch.cuda.get_device_name(computer.device)} {ms:8.2f} ms (wall, "
+          f"synchronised) | repeat bit-equal: {bool(np.array_equal(first, again))} | {reps} reps")
+    return {f"{name}_gpu_ms": ms, f"{name}_gpu_repeat_equal": float(np.array_equal(first, again))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=200, help="LeNet repetitions (ResNet18: reps / 20, at least 5)")
@@ -129,6 +151,13 @@ def main() -> int:
         ]
         for name, spec, reps, warmup in runs:
             figures.update(measure(name, spec, reps, warmup))
+        if torch.cuda.is_available():  # the GPU figures (skipped without a GPU)
+            for name, spec, reps, warmup in runs:
+                gpu = ComputeSpec(spec.network, spec.dataset, spec.data_dir, spec.seed, spec.batch_size,
+                                  spec.num_files, spec.threads, device="cuda")
+                figures.update(measure_gpu(name, gpu, reps, warmup))
+        else:
+            print("no GPU visible to torch: GPU figures skipped")
     figures["threads"] = args.threads
     figures["load_avg_1min"] = os.getloadavg()[0]
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))

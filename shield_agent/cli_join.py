@@ -14,7 +14,8 @@ import signal
 from pathlib import Path
 
 from wire.auth import read_token
-from wire.cli import host_port, positive_int
+from shield_agent.device import parse_device
+from wire.cli import host_port, positive_float, positive_int
 from wire.errors import TokenError
 
 DEFAULT_DATA_DIR = "~/.cache/shield/data"
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_DATA_DIR", DEFAULT_DATA_DIR),
                         help="where the datasets are (default: $SHIELD_DATA_DIR or %(default)s)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
+    parser.add_argument("--device", type=parse_device, default="cpu",
+                        help="where to compute: cpu (default), cuda, cuda:N, or auto (a GPU when torch sees one)")
     parser.add_argument("--workers", type=_workers, default=1, metavar="N",
                         help="worker slots in this process (one torch import and one dataset copy for all; each "
                         "slot is its own worker for the PS; default 1)")
@@ -53,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     # testing the defence end to end: real Byzantine agents that lie on the wire
     parser.add_argument("--lie", type=float, metavar="FACTOR", help=argparse.SUPPRESS)
     parser.add_argument("--lie-payload", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--lie-deviation", type=positive_float, metavar="REL", help=argparse.SUPPRESS)
+    parser.add_argument("--lie-sketch", action="store_true", help=argparse.SUPPRESS)
 
 
 def _seconds_per_file(text: str) -> float:
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
                            lie_factor=args.lie, lie_payload=args.lie_payload, spot_watch=args.spot_watch,
                            imds=args.imds, workers=args.workers, compute_threads=args.compute_threads,
-                           synthetic=args.synthetic)
+                           synthetic=args.synthetic, lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch,
+                           device=args.device)
     client_log = logging.getLogger("shield_agent.client")
     if client_log.getEffectiveLevel() > logging.INFO:
         client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v

@@ -26,10 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shield_agent.errors import ComputeError, JoinRefused, ShieldAgentError
+from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
+from shield_agent.sketching import answers as sketch_answers
+from shield_agent.sketching import deviate, grind
 from wire import AuthError, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
 from wire.autocodec import parse_codec_choice
 from wire.digest import DIGEST_SIZE
+from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -53,6 +57,9 @@ class AgentOptions:
     max_backoff: float = 30.0
     lie_factor: float | None = None  # testing only: a Byzantine agent that computes factor * gradient
     lie_payload: bool = False  # testing only: a Byzantine agent whose payloads do not match its digests
+    lie_deviation: float | None = None  # testing only: adds this relative deviation to every gradient
+    lie_sketch: bool = False  # testing only: sketches its honest gradient, not the one it committed to
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
     workers: int = 1  # worker slots in this process, each its own authenticated connection
@@ -144,6 +151,7 @@ class AgentSession:
         self._params: list[np.ndarray] = []
         self._grads: dict[int, np.ndarray] = {}
         self._work: _StepWork | None = None
+        self._honest: dict[int, np.ndarray] = {}  # lie_sketch only: what we sketch instead of what we committed
         self.finished = False
         self.end_reason: str | None = None  # what the PS's LEAVE said
 
@@ -168,6 +176,8 @@ class AgentSession:
             await self._on_step(msg)
         elif msg.kind is Kind.FETCH:
             await self._on_fetch(msg)
+        elif msg.kind is Kind.SKETCH:
+            await self._on_sketch(msg)
         elif msg.kind is Kind.LEAVE:
             reason = msg.header.get("reason", "")
             self.end_reason = reason if isinstance(reason, str) else repr(reason)[:200]
@@ -182,7 +192,9 @@ class AgentSession:
         loop = asyncio.get_running_loop()
         self._executor = self.host.executor(threads)
         try:
+            probe = parse_probe(msg.header, job.num_files)
             self.computer = await loop.run_in_executor(self._executor, self._make_computer, job, threads)
+            fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads)
         except ShieldAgentError as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
@@ -191,7 +203,7 @@ class AgentSession:
         self._grads = {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
-        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker})
+        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint})
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:
         """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
@@ -204,7 +216,7 @@ class AgentSession:
         from shield_agent.compute import ComputeSpec
 
         return self.host.build(ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed,
-                                           job.batch_size, job.num_files, threads))
+                                           job.batch_size, job.num_files, threads, device=self.options.device))
 
     async def _on_step(self, msg: Message) -> None:
         if self.job is None or msg.vector is None:
@@ -240,6 +252,12 @@ class AgentSession:
                                                 file, out)
             if self.options.lie_factor is not None:
                 out *= np.float32(self.options.lie_factor)
+            if self.options.lie_deviation is not None:
+                if self.options.lie_sketch:
+                    self._honest[file] = out.copy()
+                await loop.run_in_executor(self._executor, deviate, out, self.options.lie_deviation, work.step, file)
+                if self.options.lie_sketch:
+                    await loop.run_in_executor(self._executor, grind, out)
             digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
             if work.cancelled:
                 return
@@ -270,6 +288,28 @@ class AgentSession:
                                         codec=job.codec, level=job.codec_level, reply_to=msg)
         except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends and reconnects
             log.info("step %d: reply for file %d not sent: %s", step, file, exc)
+
+
+    async def _on_sketch(self, msg: Message) -> None:
+        """The step's revealed seed: sketch the named files we computed (one SKETCH each, as DIGESTS)."""
+        work, job = self._work, self.job
+        if job is None:
+            raise ComputeError("SKETCH before JOB")
+        try:
+            request = parse_sketch_request(msg.header, job.num_files)
+        except SketchHeaderError as exc:
+            raise ComputeError(f"malformed SKETCH from the PS: {exc}") from None
+        if work is None or work.step != request.step:
+            log.info("SKETCH for step %d, which is not ours now: ignored", request.step)
+            return
+        source = self._honest if self.options.lie_sketch else self._grads
+        ready = {f: source[f] for f in request.files if f in work.done and f in source}
+        loop = asyncio.get_running_loop()
+        for answer in await loop.run_in_executor(self._executor, sketch_answers, request, ready):
+            try:
+                await self.conn.send(Kind.SKETCH, answer.header())
+            except ConnectionClosed:
+                return
 
 
 async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:

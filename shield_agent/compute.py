@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from shield_agent.device import resolve_device
 from shield_agent.errors import ComputeError
 from shield_agent.zoo.datasets import DATASETS, BatchTransform, load_dataset, parse_dataset
 from shield_agent.zoo.flat import FlatParameters
@@ -41,6 +42,7 @@ class ComputeSpec:
     batch_size: int
     num_files: int
     threads: int = 1
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -137,18 +139,20 @@ class GradientComputer:
     def __init__(self, spec: ComputeSpec) -> None:
         self.spec = spec
         network, dataset = parse_network(spec.network), parse_dataset(spec.dataset)
+        self.device = resolve_device(spec.device)
         configure_torch(spec.threads)
         self.data = load_dataset(dataset, spec.data_dir)
         self.transform = BatchTransform(DATASETS[dataset])
-        self.model = build_seeded_model(network, dataset, spec.seed)
+        self.model = build_seeded_model(network, dataset, spec.seed).to(self.device)
         self.model.train()
-        self.flat = FlatParameters(self.model)
+        self.flat = FlatParameters(self.model, self.device)
         self._initial = self.flat.values()
         self.num_params: int = self.flat.num_params
         self.schedule = BatchSchedule(spec.seed, len(self.data.train_labels), spec.batch_size, spec.num_files)
         self.steps_per_epoch: int = self.schedule.steps_per_epoch
-        log.info("compute: %s on %s, %d parameters, %d steps per epoch, %d samples per file, %d thread(s)",
-                 network.value, dataset.value, self.num_params, self.steps_per_epoch, spec.file_size, spec.threads)
+        log.info("compute: %s on %s, %d parameters, %d steps per epoch, %d samples per file, %d thread(s), %s",
+                 network.value, dataset.value, self.num_params, self.steps_per_epoch, spec.file_size, spec.threads,
+                 self.device)
 
     def initial_parameters(self) -> np.ndarray:
         """The job's initial parameter vector (float32, deterministic from the spec's seed)."""
@@ -164,7 +168,10 @@ class GradientComputer:
         indices = self.schedule.file(step, file)
         rng = seeded_rng(self.spec.seed, step, file, AUGMENT_TAG) if self.transform.info.augment else None
         images = self.transform(self.data.train_images.index_select(0, indices), rng)
-        return images, self.data.train_labels.index_select(0, indices)
+        labels = self.data.train_labels.index_select(0, indices)
+        if self.device.type != "cpu":
+            return images.to(self.device), labels.to(self.device)
+        return images, labels
 
     def file_gradient(self, params: np.ndarray, step: int, file: int, out: np.ndarray | None = None) -> FileGradient:
         """Gradient of the mean cross-entropy over file ``file`` of step ``step`` at ``params``, computed in train

@@ -83,6 +83,8 @@ class SyntheticResult:
 class SyntheticComputer:
     """Drop-in for :class:`shield_agent.compute.GradientComputer` in a synthetic job (benchmarks, tests)."""
 
+    device = "cpu"  # what the determinism fingerprint reports (shield_agent.fingerprint)
+
     def __init__(self, d: int, seed: int, delay: float) -> None:
         if not (isinstance(delay, (int, float)) and 0 <= delay <= 3600):
             raise ComputeError(f"synthetic delay must be in 0..3600 seconds per file, got {delay!r}")

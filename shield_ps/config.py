@@ -17,7 +17,8 @@ from shield_ps.errors import ConfigError
 
 #: Fields that do not change the result of a step; everything else is hashed.
 _OPERATIONAL_FIELDS = frozenset({
-    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "view", "eval_freq", "epochs", "max_steps",
+    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "local_agent_env", "view", "eval_freq",
+    "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
     "max_skipped_steps", "agent_processes", "agg_threads",
@@ -97,8 +98,9 @@ class ServeConfig:
     fixed_byzantine: tuple[int, ...] = ()
     detox_attack: str = "worst"
     seed: int = 0
-    vote: str = "exact"
+    vote: str = "auto"
     vote_rtol: float = 1e-5
+    vote_tol: float | None = None  # --vote auto: relative tolerance of the sketch vote (None: from the probe spread)
     codec: str = "auto"
     codec_level: int = 1
     threads: int = 1
@@ -108,6 +110,7 @@ class ServeConfig:
     port: int = 7700
     resume: bool = False
     local_agents: int = 0
+    local_agent_env: tuple[str, ...] = ()  # "INDICES:NAME=VALUE" per local agent (e.g. other kernel settings)
     view: str = "auto"
     gather_timeout: float = 120.0
     upload_timeout: float = 10.0  # latency allowance of one transfer (plus bytes / min_bandwidth)
@@ -129,6 +132,7 @@ class ServeConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fixed_byzantine"] = list(self.fixed_byzantine)
+        data["local_agent_env"] = list(self.local_agent_env)
         return data
 
     @classmethod
@@ -139,6 +143,7 @@ class ServeConfig:
             raise ConfigError(f"unknown configuration fields: {', '.join(unknown)}")
         values = dict(data)
         values["fixed_byzantine"] = tuple(values.get("fixed_byzantine", ()))
+        values["local_agent_env"] = tuple(values.get("local_agent_env", ()))
         return cls(**values)
 
     def training_fields(self) -> dict[str, Any]:

@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from shield_ps.classes import FingerprintError, FleetClasses
 from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
 from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
-from shield_ps.local_agents import LocalAgents, write_token_file
+from shield_ps.local_agents import (LocalAgents, default_processes, parse_agent_env, split_slots,
+                                   write_token_file)
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
@@ -98,6 +100,7 @@ class PSDaemon:
         self._skipped_in_a_row = 0
         self.fetch_secret: bytes | None = None  # the fetch-order secret (default: fresh random bytes per run)
         self._model_ready = asyncio.Event()
+        self.fleet: FleetClasses | None = None  # determinism classes (once the model is ready)
 
     async def run(self) -> int:
         """Run to the end; returns the process exit status (0 completed, 1 failed or not safely checkpointed)."""
@@ -115,6 +118,8 @@ class PSDaemon:
             raise
         total_steps = self.plan.total_steps(model.steps_per_epoch)
         self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent, secret=self.fetch_secret)
+        self.fleet = FleetClasses(self.config.vote, self.runner.d, self.config.vote_tol, self.sink.emit,
+                                  self.runner.set_tolerance)
         if self._resumed_center is not None and self.runner.aggregation.center is not None:
             self.runner.aggregation.center[:] = self._resumed_center
         self._model_ready.set()
@@ -129,6 +134,7 @@ class PSDaemon:
             if ready < self.plan.placement.K:
                 log.warning("starting with %d of K=%d agents (the missing ones are erasures)",
                             ready, self.plan.placement.K)
+            self.fleet.check_start()
             for step in range(start_step, total_steps):
                 outcome = await self.runner.run(step)
                 self._record(outcome, model.steps_per_epoch)
@@ -193,13 +199,18 @@ class PSDaemon:
         extra = ["--synthetic", "0"] if self.config.synthetic_d is not None else []
         agents = LocalAgents(self.config.local_agents, self.config.host, port, self.token_file,
                              self.train_dir / "agents", self.config.data_dir,
-                             extra, processes=self.config.agent_processes)
+                             extra, processes=self.config.agent_processes,
+                             envs=parse_agent_env(self.config.local_agent_env,
+                                                  len(split_slots(self.config.local_agents,
+                                                                  self.config.agent_processes
+                                                                  or default_processes(self.config.local_agents)))))
         agents.start()
         return agents
 
     def _emit_job(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         c, p = self.config, self.plan.placement
-        self.sink.emit("job", scheme=p.scheme.value, workers=p.K, files=p.f, replication=p.r, files_per_worker=p.l,
+        self.sink.emit("job", vote=c.vote, vote_tol=c.vote_tol, scheme=p.scheme.value, workers=p.K, files=p.f,
+                       replication=p.r, files_per_worker=p.l,
                        network=c.network, dataset=c.dataset, batch_size=self.plan.batch_size,
                        aggregator=self.plan.aggregator.value, attack=c.attack, byzantine=c.byzantine,
                        byzantine_gen=c.byzantine_gen, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
@@ -299,15 +310,29 @@ class PSDaemon:
         try:
             await self._model_ready.wait()  # agents may join while the PS still loads the model
             assert self.runner is not None
-            reply = await conn.request(Kind.JOB, self.plan.job_header(link.worker), timeout=self.config.join_timeout)
+            assert self.fleet is not None
+            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields()},
+                                       timeout=self.config.join_timeout)
             num_params = reply.header.get("num_params")
             if reply.kind is not Kind.JOB or num_params != self.runner.d:
                 await conn.close(f"agent has {num_params} parameters, the PS {self.runner.d}", code="job")
                 return
+            try:
+                refused = self.fleet.admit(link.worker, reply.header)
+            except FingerprintError as exc:
+                await conn.close(f"bad fingerprint: {exc}", code="fingerprint")
+                return
+            if refused is not None:
+                log.warning("worker %d refused: %s", link.worker, refused)
+                await conn.close(refused, code="class")
+                return
+            link.extra["class"] = self.fleet.class_of(link.worker)
             self.pool.set_ready(link)
             async for msg in conn:
                 if msg.kind is Kind.DIGESTS:
                     self.runner.on_digest(link, msg.header)
+                elif msg.kind is Kind.SKETCH:
+                    self.runner.on_sketch(link, msg.header)
                 elif msg.kind is Kind.LEAVE:
                     break
                 else:
@@ -317,6 +342,8 @@ class PSDaemon:
         except WireError as exc:
             log.info("worker %d: %s", link.worker, exc)
         finally:
+            if self.fleet is not None:
+                self.fleet.leave(link.worker)
             self.pool.release(link)
             if self.runner is not None:
                 self.runner.on_agent_lost(link)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,11 @@ class LocalAgents:
     """K agent subprocesses joined to ``host:port``; :meth:`stop` is idempotent."""
 
     def __init__(self, count: int, host: str, port: int, token_file: Path, log_dir: Path,
-                 data_dir: str | None, extra_args: Sequence[str] = (), processes: int | None = None) -> None:
+                 data_dir: str | None, extra_args: Sequence[str] = (), processes: int | None = None,
+                 envs: Mapping[int, Mapping[str, str]] | None = None) -> None:
         self.count = count
         self.slots = split_slots(count, processes or default_processes(count))
+        self._envs = dict(envs or {})  # agent process index -> extra environment (e.g. other kernel settings)
         self._args = [host, port, token_file, data_dir, list(extra_args)]
         self._log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -60,8 +62,9 @@ class LocalAgents:
             log_path = self._log_dir / f"agent-{index:02d}.log"
             with open(log_path, "ab") as log_file:
                 preexec = _die_with_parent if sys.platform.startswith("linux") else None
+                env = {**os.environ, **self._envs[index]} if index in self._envs else None
                 self.processes.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                                       stdin=subprocess.DEVNULL, preexec_fn=preexec))
+                                                       stdin=subprocess.DEVNULL, preexec_fn=preexec, env=env))
         log.info("started %d local worker slots in %d processes (logs in %s)", self.count, len(self.slots),
                  self._log_dir)
 
@@ -81,6 +84,29 @@ class LocalAgents:
                 proc.kill()
                 proc.wait()
         self.processes.clear()
+
+
+def parse_agent_env(specs: Sequence[str], count: int) -> dict[int, dict[str, str]]:
+    """``--local-agent-env "0,2:NAME=VALUE"`` (repeatable) -> {agent process index: {NAME: VALUE}}; ValueError
+    saying what is allowed (indices in 0..count-1 for ``count`` agent processes, a variable name of letters, digits
+    and underscores)."""
+    envs: dict[int, dict[str, str]] = {}
+    for spec in specs:
+        head, sep, assignment = spec.partition(":")
+        name, eq, value = assignment.partition("=")
+        if not sep or not eq or not name or not (name.replace("_", "").isalnum() and not name[0].isdigit()):
+            raise ValueError(f"--local-agent-env {spec!r}: expected INDICES:NAME=VALUE, "
+                             "e.g. 0,2:ATEN_CPU_CAPABILITY=avx2")
+        try:
+            indices = [int(part) for part in head.split(",")]
+        except ValueError:
+            raise ValueError(f"--local-agent-env {spec!r}: indices must be integers like 0,2") from None
+        if any(not 0 <= i < count for i in indices):
+            raise ValueError(f"--local-agent-env {spec!r}: agent process indices must be in 0..{count - 1} "
+                             "(see --agent-processes)")
+        for i in indices:
+            envs.setdefault(i, {})[name] = value
+    return envs
 
 
 def default_processes(slots: int, cores: int | None = None) -> int:

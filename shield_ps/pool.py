@@ -95,7 +95,7 @@ class WorkerPool:
         if state != link.state or state in (WorkerState.CONNECTED, WorkerState.LEFT):
             link.state = state
             self._emit("worker", step=self.step, worker=link.worker, state=state.value, compute_s=link.compute_s,
-                       address=link.address)
+                       address=link.address, **({"class": link.extra["class"]} if "class" in link.extra else {}))
 
     def link(self, worker: int) -> AgentLink | None:
         link = self._links[worker]

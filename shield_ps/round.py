@@ -19,17 +19,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shield_ps.byzantine.vote import VoteResult, vote_digests, vote_tolerant
+from shield_ps.byzantine.sketch import DEFAULT_PARAMS
+from shield_ps.byzantine.vote import VoteMode, VoteResult, vote_digests, vote_tolerant
 from shield_ps.collector import DigestRejected, StepCollector
 from shield_ps.errors import TrainingError
 from shield_ps.events import WorkerState
 from shield_ps.job import JobPlan
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.phases.accounting import StepAccount
+from shield_ps.phases.auto_vote import AutoVote
 from shield_ps.phases.aggregate import Aggregation, AggregationOutcome, ShortStep
 from shield_ps.phases.broadcast import Broadcaster
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher, FetchReport
+from shield_ps.phases.sketch import SketchRound
 from shield_ps.pool import AgentLink, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class StepOutcome:
     account: StepAccount
     aggregation: dict[str, Any]
     hedges: int
+    sketch: dict[str, Any]
     bytes_in: int
     bytes_out: int
     times: dict[str, float] = field(default_factory=dict)
@@ -77,6 +81,11 @@ class StepRunner:
         self.fetcher = Fetcher(self._rows, self.deadlines, secret or secrets.token_bytes(32),
                                pool.link, self._on_violation)
         self.aggregation = Aggregation(plan, self._rows, ShortStep(cfg.short_step))
+        self.sketches = SketchRound(DEFAULT_PARAMS, f, d, self.deadlines.latency, pool.link, self._on_violation)
+        self.auto = AutoVote(plan.placement, self.fetcher, self.sketches, self._rows, self._start_fetch)
+        self.vote_mode = VoteMode(cfg.vote)
+        self._votes = {VoteMode.EXACT: self._exact_vote, VoteMode.AUTO: self._auto_vote,
+                       VoteMode.TOLERANT: self._tolerant_vote}
         self.collector: StepCollector | None = None
         self.completed_steps: int | None = None
         self._step_lying: set[int] = set()
@@ -98,9 +107,18 @@ class StepRunner:
         if recorded and collector.worker_done(link.worker):
             self.pool.set_state(link, WorkerState.DONE, compute_s=collector.compute_s.get(link.worker))
 
+    def set_tolerance(self, tol: float) -> None:
+        """The sketch vote's relative tolerance (set from the determinism classes, shield_ps.classes)."""
+        self.auto.tolerance = tol
+
+    def on_sketch(self, link: AgentLink, header: dict[str, Any]) -> None:
+        """Called by the agent's connection task for every SKETCH message (``--vote auto``)."""
+        self.sketches.on_answer(link, header)
+
     def on_agent_lost(self, link: AgentLink) -> None:
         if self.collector is not None:
             self.collector.drop_worker(link.worker)
+        self.sketches.drop_worker(link.worker)
 
     def _on_violation(self, link: AgentLink, why: str) -> None:
         self._step_lying.add(link.worker)
@@ -114,8 +132,8 @@ class StepRunner:
         self._step_slow.add(worker)
 
     def _on_winner(self, file: int, digest: bytes, holders: tuple[int, ...]) -> None:
-        """Streaming vote: ``digest`` has r' holders, so it has won ``file``: fetch it now (exact vote only)."""
-        if self.collector is not None and self.plan.config.vote == "exact":
+        """Streaming vote: ``digest`` has r' holders, so it has won ``file``: fetch it now (exact and auto votes)."""
+        if self.collector is not None and self.vote_mode is not VoteMode.TOLERANT:
             self._start_fetch(self.collector, file, digest)
 
     def _start_fetch(self, collector: StepCollector, file: int, digest: bytes) -> None:
@@ -124,7 +142,7 @@ class StepRunner:
 
     # ---- the step ---------------------------------------------------------------------------------------------
     async def run(self, step: int) -> StepOutcome:
-        plan, cfg = self.plan, self.plan.config
+        plan = self.plan
         times: dict[str, float] = {}
         started = time.perf_counter()
         lr = plan.schedule.lr_at(step)
@@ -146,10 +164,8 @@ class StepRunner:
         late = await self._gather(step, collector)
         times["compute"] = time.perf_counter() - mark
 
-        if cfg.vote == "tolerant":
-            vote, won, report = await self._tolerant_vote(collector, times)
-        else:
-            vote, won, report = await self._exact_vote(collector, times)
+        self.auto.last = {}
+        vote, won, report = await self._votes[self.vote_mode](collector, times)
 
         mark = time.perf_counter()
         byzantine = plan.byzantine.at(step) if plan.byzantine is not None else ()
@@ -172,7 +188,7 @@ class StepRunner:
             files=plan.placement.f, files_won=len(won), files_dropped=plan.placement.f - len(won),
             files_corrupted=len(result.corrupted), account=account,
             aggregation={"action": result.action, "s": result.s, "reason": result.reason},
-            hedges=report.hedges, bytes_in=bytes_in, bytes_out=bytes_out, times=times,
+            hedges=report.hedges, sketch=dict(self.auto.last), bytes_in=bytes_in, bytes_out=bytes_out, times=times,
             codecs={"out": dict(self.broadcaster.codecs), "in": dict(report.codecs)})
 
     async def _ready_links(self) -> list[AgentLink]:
@@ -227,6 +243,10 @@ class StepRunner:
             vote = vote_digests(self.plan.placement, collector.replies, invalid=report.invalid)
         won = [file for file in vote.files_won if file in report.fetched]
         return vote, won, report
+
+    async def _auto_vote(self, collector: StepCollector,
+                         times: dict[str, float]) -> tuple[VoteResult[bytes], list[int], FetchReport]:
+        return await self.auto.run(collector.step, collector, times)
 
     async def _tolerant_vote(self, collector: StepCollector,
                              times: dict[str, float]) -> tuple[Any, list[int], FetchReport]:

@@ -222,6 +222,22 @@ def test_replay_file_and_a_torn_last_line(tmp_path: Path) -> None:
         replay_file(tmp_path / "missing", view)
 
 
+def test_determinism_classes_are_shown_in_plain_and_live_views() -> None:
+    job = next(e for e in _events() if e["kind"] == "job")
+    extra = [{"kind": "worker", "time": 1.0, "step": 0, "worker": 1, "state": "connected", "compute_s": None,
+              "address": "10.0.0.2:5", "class": "c-6646e76d"},
+             {"kind": "classes", "time": 1.0, "vote": "auto", "spread": 3.5e-7, "tolerance": 3.5e-6,
+              "classes": [{"id": "c-026cf1bc", "workers": [0, 2], "environment": {}},
+                          {"id": "c-6646e76d", "workers": [1], "environment": {"aten_cpu_capability": "avx2"}}]}]
+    state = fold_all([job, *extra])
+    assert state.classes == (("c-026cf1bc", (0, 2)), ("c-6646e76d", (1,))) and state.tolerance == 3.5e-6
+    assert format_event(extra[0], state).endswith("worker 1 connected (10.0.0.2:5) class c-6646e76d")
+    line = format_event(extra[1], state)
+    assert "2 determinism class(es)" in line and "c-6646e76d workers 1" in line and "3.5e-06" in line
+    assert any("2 classes, tol 3.5e-06" in row for row in _screen(state, 100, 30))
+    assert fold_all([job, {"kind": "classes", "time": 1.0, "classes": "x"}]).malformed == 1
+
+
 def test_plain_step_lines_name_each_category_skipped_updates_and_new_refusals() -> None:
     events = _events()
     raw, _ = _run_view(ViewMode.PLAIN, events)

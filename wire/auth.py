@@ -40,7 +40,8 @@ class Role(str, enum.Enum):
 
 #: What each role may send to the server once authenticated (replies included). Extend here, nowhere else.
 ROLE_SENDS: dict[Role, frozenset[Kind]] = {
-    Role.AGENT: frozenset({Kind.JOB, Kind.DIGESTS, Kind.VECTOR, Kind.HEARTBEAT, Kind.LEAVE, Kind.ERROR}),
+    Role.AGENT: frozenset({Kind.JOB, Kind.DIGESTS, Kind.VECTOR, Kind.SKETCH, Kind.HEARTBEAT, Kind.LEAVE,
+                           Kind.ERROR}),
     Role.OBSERVER: frozenset({Kind.SUBSCRIBE, Kind.HEARTBEAT, Kind.LEAVE, Kind.ERROR}),
 }
 

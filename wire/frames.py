@@ -47,6 +47,7 @@ class Kind(str, enum.Enum):
     ERROR = "error"
     SUBSCRIBE = "subscribe"
     EVENT = "event"
+    SKETCH = "sketch"  # PS -> agent: the step's revealed seed and files; agent -> PS: one sketch per file
 
 
 #: Kinds that may carry a vector payload (parameters in STEP, gradients in VECTOR).

@@ -15,11 +15,12 @@ from shield_agent.errors import ComputeError
 class FlatParameters:
     """The flat view of ``model``'s trainable parameters (see module docstring)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, device: torch.device | None = None) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.sizes = [p.numel() for p in self.params]
         self.num_params = int(sum(self.sizes))
-        self.flat = torch.empty(self.num_params, dtype=torch.float32)
+        self.device = device if device is not None else torch.device("cpu")
+        self.flat = torch.empty(self.num_params, dtype=torch.float32, device=self.device)
         offset = 0
         with torch.no_grad():
             for p, size in zip(self.params, self.sizes):
@@ -27,8 +28,10 @@ class FlatParameters:
                 view.copy_(p)
                 p.data = view
                 offset += size
-        #: numpy view sharing memory with :attr:`flat`: decode parameter vectors straight into it to skip a copy.
-        self.array: np.ndarray = self.flat.numpy()
+        #: numpy view sharing memory with :attr:`flat` (on a GPU: a host staging buffer copied over by :meth:`load`):
+        #: decode parameter vectors straight into it to skip a copy.
+        self.on_host = self.device.type == "cpu"
+        self.array: np.ndarray = self.flat.numpy() if self.on_host else self.flat.cpu().numpy()
 
     def check(self, params: np.ndarray, what: str = "parameter vector") -> None:
         """Raise :class:`ComputeError` unless ``params`` is a float32 array of shape ``(num_params,)``."""
@@ -39,17 +42,22 @@ class FlatParameters:
     def load(self, params: np.ndarray) -> None:
         """Copy ``params`` into the model (a no-op when ``params`` is :attr:`array` itself)."""
         self.check(params)
-        if params.ctypes.data != self.array.ctypes.data or params.strides != self.array.strides:
+        if not self.on_host:
+            self.flat.copy_(torch.from_numpy(params))
+        elif params.ctypes.data != self.array.ctypes.data or params.strides != self.array.strides:
             np.copyto(self.array, params, casting="no")
 
     def values(self) -> np.ndarray:
         """A copy of the current parameter vector."""
-        return self.array.copy()
+        return self.array.copy() if self.on_host else self.flat.cpu().numpy()
 
     def gradient(self, out: np.ndarray) -> np.ndarray:
         """Copy every parameter's ``.grad`` (zeros where a parameter got none) into ``out``; returns ``out``."""
         self.check(out, "gradient output")
-        parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(size)
+        parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(size, device=self.device)
                  for p, size in zip(self.params, self.sizes)]
-        torch.cat(parts, out=torch.from_numpy(out))  # one kernel: measurably cheaper than a copy per tensor
+        if self.on_host:
+            torch.cat(parts, out=torch.from_numpy(out))  # one kernel: measurably cheaper than a copy per tensor
+        else:
+            torch.from_numpy(out).copy_(torch.cat(parts))  # one device-to-host copy (synchronises)
         return out

@@ -15,6 +15,7 @@ Two modes:
 """
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Collection, Generic, Mapping, Sequence, TypeVar, Union
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
     from shield_ps.byzantine.placement import Placement
 
 W = TypeVar("W")
+
+
+class VoteMode(str, enum.Enum):
+    """``--vote``: exact digests (one determinism class), auto (exact where holders agree, the commit-then-sketch
+    round of :mod:`shield_ps.byzantine.sketch` where they do not; the default), tolerant (fetch every replica)."""
+
+    EXACT = "exact"
+    AUTO = "auto"
+    TOLERANT = "tolerant"
+
 FileWorkers = Union["Placement", Sequence[Sequence[int]]]
 
 

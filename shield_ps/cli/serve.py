@@ -19,8 +19,10 @@ from shield_ps.byzantine.aggregators import Aggregator
 from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
+from shield_ps.byzantine.vote import VoteMode
 from shield_ps.config import (JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig,
                               valid_placements)
+from shield_ps.local_agents import default_processes, parse_agent_env
 from shield_ps.phases.aggregate import ShortStep
 from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
@@ -116,6 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--token-file)")
     g.add_argument("--token-file", help="file holding the cluster token (default: a fresh random token written to "
                    "RUN/token, readable by you only, and the join command printed)")
+    g.add_argument("--local-agent-env", action="append", default=[], metavar="INDICES:NAME=VALUE",
+                   help="extra environment for some local agent processes, e.g. 0,2:ATEN_CPU_CAPABILITY=avx2 "
+                   "(repeatable; indices of --agent-processes; mixes determinism classes on one machine)")
     g.add_argument("--threads", type=positive_int, default=1, help="torch threads per agent (default 1)")
     g = p.add_argument_group("placement")
     g.add_argument("--scheme", "--approach", type=enum_choice(Scheme, SCHEME_ALIASES), default=Scheme.MOLS)
@@ -164,10 +169,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=ByzantineChoice.WORST)
     g.add_argument("--fixed-byzantine", type=_worker_list, default=(), help="worker ids for --byzantine-gen fixed")
     g.add_argument("--detox-attack", type=enum_choice(DetoxAttack, _DETOX_ALIASES), default=DetoxAttack.WORST)
-    g.add_argument("--vote", choices=("exact", "tolerant"), default="exact",
-                   help="exact: vote on digests, fetch one payload per file; tolerant: fetch every replica and "
-                   "vote on vectors within --vote-rtol (mixed hardware; ingress f*r*d)")
+    g.add_argument("--vote", type=enum_choice(VoteMode), default=VoteMode.AUTO,
+                   help="auto (default): vote on digests, and where a file's digests disagree (agents of different "
+                   "determinism classes) on sketches within --vote-tol; ingress about f*d. exact: digests only, "
+                   "refused when the agents form more than one class. tolerant: fetch every replica and vote on "
+                   "vectors within --vote-rtol (ingress f*r*d)")
     g.add_argument("--vote-rtol", type=positive_float, default=1e-5, help="relative tolerance of --vote tolerant")
+    g.add_argument("--vote-tol", type=positive_float,
+                   help="relative tolerance of --vote auto's sketch vote (default: 10x the spread of the agents' "
+                   "probe gradients between classes, within [1e-6, 0.05])")
     g.add_argument("--short-step", type=enum_choice(ShortStep), default=ShortStep.SKIP,
                    help="when too few files survive for the aggregator's s: skip the update (default, always sound) "
                    "or lower-s (aggregate with the largest valid s; weaker)")
@@ -257,6 +267,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     workers, replication = _placement_args(args)
     check_placement(args.scheme.value, workers, replication, args.rama_m)
     join_timeout = args.join_timeout or (JOIN_TIMEOUT_LOCAL_S if args.local_agents else JOIN_TIMEOUT_REMOTE_S)
+    try:
+        parse_agent_env(args.local_agent_env, args.agent_processes or default_processes(max(1, args.local_agents)))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return ServeConfig(
         scheme=args.scheme.value, workers=workers, replication=replication, rama_m=args.rama_m,
         network=args.network, dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
@@ -265,10 +279,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         aggregator=args.aggregator.value, buckets=args.buckets, agg_s=args.agg_s, agg_m=args.agg_m,
         byzantine=args.byzantine, attack=args.attack, attack_c=args.attack_c, alie_z=args.alie_z,
         byzantine_gen=args.byzantine_gen.value, fixed_byzantine=tuple(args.fixed_byzantine),
-        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote, vote_rtol=args.vote_rtol, codec=args.codec,
-        codec_level=args.codec_level, threads=args.threads, agg_threads=args.agg_threads,
-        synthetic_d=args.synthetic_d, host=args.host, port=args.port, resume=args.resume,
-        local_agents=args.local_agents, view="plain" if args.plain else "quiet" if args.quiet else "auto",
+        detox_attack=args.detox_attack.value, seed=args.seed, vote=args.vote.value, vote_rtol=args.vote_rtol,
+        vote_tol=args.vote_tol, codec=args.codec, codec_level=args.codec_level, threads=args.threads,
+        agg_threads=args.agg_threads, synthetic_d=args.synthetic_d, host=args.host, port=args.port,
+        resume=args.resume, local_agents=args.local_agents, local_agent_env=tuple(args.local_agent_env),
+        view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=join_timeout,
         checkpoint_keep=args.keep_checkpoints, agent_processes=args.agent_processes,
         min_bandwidth=args.min_bandwidth, hedge_factor=args.hedge_factor, hedge_floor=args.hedge_floor,

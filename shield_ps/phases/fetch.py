@@ -103,6 +103,13 @@ class Fetcher:
         if file not in self._tasks:
             self._tasks[file] = asyncio.get_running_loop().create_task(self._fetch_file(file, digest, holders))
 
+    def forget(self, file: int) -> None:
+        """Allow ``file`` to be fetched again this step (its previous fetch has finished: the auto vote moves to
+        another holder's digest after a proven lie)."""
+        task = self._tasks.get(file)
+        if task is not None and task.done():
+            del self._tasks[file]
+
     async def finish(self) -> FetchReport:
         """Wait for every fetch started this step (each bounded by its hedges and deadlines)."""
         results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)

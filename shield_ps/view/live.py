@@ -166,6 +166,9 @@ def _workers(state: ViewState, width: int, max_rows: int | None = None) -> list[
                            ("slow", sum(w.slow_now for w in workers), "magenta")):
         if n:
             head.append(f"  {n} {name}", style=style)
+    if len(state.classes) > 1:
+        tol = f", tol {state.tolerance:.2g}" if state.tolerance is not None else ""
+        head.append(f"  {len(state.classes)} classes{tol}", style="yellow")
     per_row = max(1, width // WORKER_CELL)
     shown = list(enumerate(workers))
     hidden = 0

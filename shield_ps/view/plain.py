@@ -71,7 +71,14 @@ def _worker_line(event: Mapping[str, Any], state: ViewState) -> str | None:
     if view.state not in NOTABLE_WORKER_STATES:
         return None
     address = f" ({view.address})" if view.address else ""
-    return f"worker {worker} {view.state.value}{address}"
+    klass = f" class {view.klass}" if view.klass and view.state is WorkerState.CONNECTED else ""
+    return f"worker {worker} {view.state.value}{address}{klass}"
+
+
+def _classes_line(event: Mapping[str, Any], state: ViewState) -> str:
+    tol = f" · sketch tolerance {state.tolerance:.3g}" if state.tolerance is not None else ""
+    return (f"{len(state.classes)} determinism class(es): "
+            + " · ".join(f"{cid} workers {fmt.ids(ws)}" for cid, ws in state.classes) + tol)
 
 
 def _eval_line(event: Mapping[str, Any], state: ViewState) -> str:
@@ -104,6 +111,7 @@ _LINES: dict[EventKind, Callable[[Mapping[str, Any], ViewState], str | None]] = 
     EventKind.EVAL: _eval_line,
     EventKind.CHECKPOINT: _checkpoint_line,
     EventKind.SUMMARY: _summary_line,
+    EventKind.CLASSES: _classes_line,
     EventKind.JOIN: _join_line,
 }
 

@@ -33,6 +33,8 @@ class EventKind(str, enum.Enum):
     CHECKPOINT = "checkpoint"
     SUMMARY = "summary"
     JOIN = "join"
+    CLASSES = "classes"
+
 
 class UpdateAction(str, enum.Enum):
     """What a step did with the files it won (``aggregation.action`` in a ``step`` event)."""
@@ -65,6 +67,7 @@ class WorkerView:
     state: WorkerState = WorkerState.UNKNOWN
     compute_s: float | None = None
     address: str = ""
+    klass: str = ""  #: determinism class (docs/byzantine.md)
     disagreements: int = 0  #: steps in which this worker was outvoted (its digest lost a vote; honest ones can be)
     lies: int = 0  #: steps in which it was proven lying (payload not matching its own digest, protocol violation)
     slow_steps: int = 0  #: steps in which it missed a deadline
@@ -170,6 +173,8 @@ class ViewState:
     checkpoint_errors: tuple[CheckpointOutcome, ...] = ()  #: failed checkpoint writes (the first MAX_ERRORS)
     checkpoint_failures: int = 0  #: how many checkpoint writes failed in all
     summary: Summary | None = None
+    classes: tuple[tuple[str, tuple[int, ...]], ...] = ()  #: (class id, its workers), from the latest classes event
+    tolerance: float | None = None  #: the sketch vote's relative tolerance
     join: JoinProgress | None = None  #: the latest join progress (shown until the first step)
     malformed: int = 0
 
@@ -301,7 +306,7 @@ def _fold_worker(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     old = workers[worker]
     compute_s = ev.number(event, "compute_s")
     updated = _evolve(old, state=new_state, compute_s=old.compute_s if compute_s is None else compute_s,
-                      address=ev.string(event, "address", old.address))
+                      address=ev.string(event, "address", old.address), klass=ev.string(event, "class", old.klass))
     return dict(workers=workers[:worker] + (updated,) + workers[worker + 1:])
 
 
@@ -356,6 +361,14 @@ def _fold_join(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
                                   missing=ev.count(event, "missing"), left_s=ev.number(event, "left_s")))
 
 
+def _fold_classes(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
+    entries = event.get("classes")
+    if not isinstance(entries, list) or len(entries) > MAX_WORKERS or not all(isinstance(e, dict) for e in entries):
+        raise BadEvent("classes: expected a list of maps")
+    classes = tuple((ev.string(e, "id"), ev.worker_ids(e, "workers")) for e in entries)
+    return dict(classes=classes, tolerance=ev.number(event, "tolerance"))
+
+
 #: kind -> function of (state, event) returning the fields that change (raises BadEvent)
 _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]] = {
     EventKind.JOB: _fold_job,
@@ -365,6 +378,9 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.CHECKPOINT: _fold_checkpoint,
     EventKind.SUMMARY: _fold_summary,
     EventKind.JOIN: _fold_join,
+
+
+    EventKind.CLASSES: _fold_classes,
 }
 
 

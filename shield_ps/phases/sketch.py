@@ -1,0 +1,117 @@
+"""The sketch phase of ``--vote auto``: the commit-then-sketch round for files whose digests disagree.
+
+Every digest of the step is in (each holder is committed to its payload) before the PS draws a fresh seed and sends
+each holder of a disputed file one SKETCH naming its disputed files (:mod:`wire.sketch`). Answers are collected until
+all are in or the phase's deadline passes: a missing answer is an erasure for that file's sketch vote, never a wait.
+The deadline is ``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed
+long for its gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol
+violation). The vote itself and the check of the fetched payload are pure (:mod:`shield_ps.byzantine.sketch`); the
+round decides nothing on its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+
+from shield_ps.byzantine.sketch import SketchParams, SketchReply, new_seed
+from shield_ps.pool import AgentLink
+from wire import ConnectionClosed, Kind, WireError
+from wire.sketch import SketchHeaderError, SketchRequest, parse_sketch_answer
+
+log = logging.getLogger(__name__)
+
+#: Coordinates per second an agent is given to sketch (about 10x slower than measured on one loaded core).
+SKETCH_RATE = 2e6
+
+
+class SketchRound:
+    """One step's sketch requests and answers (``answers[file][worker]``)."""
+
+    def __init__(self, params: SketchParams, num_files: int, d: int, latency: float,
+                 link_of: Callable[[int], AgentLink | None],
+                 on_violation: Callable[[AgentLink, str], None]) -> None:
+        self.params = params
+        self._f, self._d, self._latency = num_files, d, latency
+        self._link_of, self._violation = link_of, on_violation
+        self.step = -1
+        self.seed = b""
+        self.answers: list[dict[int, SketchReply]] = [{} for _ in range(num_files)]
+        self._expected: dict[int, set[int]] = {}
+        self._done = asyncio.Event()
+        self.bytes_requested = 0
+
+    def deadline(self, files_per_worker: int, compute_s: float = 0.0) -> float:
+        return self._latency + max(files_per_worker * self._d / SKETCH_RATE, 2.0 * compute_s)
+
+    async def run(self, step: int, requests: dict[int, tuple[int, ...]],
+                  compute_s: float = 0.0) -> list[dict[int, SketchReply]]:
+        """Reveal a fresh seed to the holders in ``requests`` (worker -> its disputed files) and collect their
+        sketches until complete or the deadline; returns per file worker -> reply (only what arrived, validated)."""
+        self.step, self.seed = step, new_seed()
+        self.answers = [{} for _ in range(self._f)]
+        self._expected = {w: set(files) for w, files in requests.items() if files}
+        self._done = asyncio.Event()
+        started = time.monotonic()
+        sends = []
+        for worker, files in sorted(self._expected.items()):
+            link = self._link_of(worker)
+            if link is None:
+                continue
+            request = SketchRequest(step, self.seed, tuple(sorted(files)), self.params.rows, self.params.width)
+            sends.append(self._send(link, request))
+        await asyncio.gather(*sends)
+        self._check_done()
+        budget = self.deadline(max((len(f) for f in self._expected.values()), default=0), compute_s)
+        try:
+            await asyncio.wait_for(self._done.wait(), max(0.0, budget - (time.monotonic() - started)))
+        except asyncio.TimeoutError:
+            log.warning("step %d: no sketch from workers %s within %.1fs: erasures in the sketch vote", step,
+                        sorted(self._expected), budget)
+        self._expected = {}
+        return self.answers
+
+    async def _send(self, link: AgentLink, request: SketchRequest) -> None:
+        try:
+            await link.conn.send(Kind.SKETCH, request.header())
+        except (WireError, ConnectionClosed) as exc:
+            log.info("step %d: could not ask worker %d for sketches: %s", self.step, link.worker, exc)
+            self._expected.pop(link.worker, None)
+
+    def on_answer(self, link: AgentLink, header: dict) -> None:
+        """An agent's SKETCH (called from its connection task)."""
+        try:
+            answer = parse_sketch_answer(header, self._f, self.params.nbytes)
+        except SketchHeaderError as exc:
+            self._violation(link, str(exc))
+            return
+        if answer.step != self.step:
+            return  # a late answer of an earlier step
+        expected = self._expected.get(link.worker)
+        if expected is None or answer.file not in expected:
+            if link.worker in self.answers[answer.file]:
+                self._violation(link, f"second sketch for file {answer.file} of step {answer.step}")
+            return
+        reply = SketchReply(None)
+        if answer.sketch is not None:
+            values = np.frombuffer(answer.sketch, dtype="<f8").reshape(self.params.rows, self.params.width)
+            if not np.isfinite(values).all():
+                self._violation(link, "sketch holds NaN or Inf")
+                return
+            reply = SketchReply(values.astype(np.float64), answer.norm)
+        self.answers[answer.file][link.worker] = reply
+        expected.discard(answer.file)
+        if not expected:
+            del self._expected[link.worker]
+        self._check_done()
+
+    def drop_worker(self, worker: int) -> None:
+        self._expected.pop(worker, None)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if not self._expected:
+            self._done.set()

@@ -1,0 +1,67 @@
+"""The PS's sketch phase on its own: what it accepts from agents, what drops them, and its deadline."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from shield_ps.byzantine.sketch import DEFAULT_PARAMS
+from shield_ps.phases.sketch import SKETCH_RATE, SketchRound
+from shield_ps.pool import AgentLink
+
+F, D = 3, 1000
+
+
+def _link(worker: int) -> AgentLink:
+    return AgentLink(worker, conn=None, name=f"w{worker}", files=(0, 1))  # type: ignore[arg-type]
+
+
+def _answer(step: int, file: int, values: np.ndarray | None = None, norm: float | None = 2.0) -> dict:
+    values = np.zeros((DEFAULT_PARAMS.rows, DEFAULT_PARAMS.width)) if values is None else values
+    return {"step": step, "file": file, "sketch": values.astype("<f8").tobytes(), "norm": norm}
+
+
+def test_answers_are_validated_recorded_and_complete_the_round() -> None:
+    async def main() -> None:
+        violations: list[tuple[int, str]] = []
+        rnd = SketchRound(DEFAULT_PARAMS, F, D, 0.2, lambda w: None, lambda link, why: violations.append((link.worker,
+                                                                                                            why)))
+        rnd.step = 5
+        rnd._expected = {0: {0, 1}, 1: {0}}
+        w0, w1 = _link(0), _link(1)
+        rnd.on_answer(w0, _answer(4, 0))  # an earlier step's late answer: ignored
+        rnd.on_answer(w0, _answer(5, 0))
+        rnd.on_answer(w0, _answer(5, 0))  # the same file again: a violation
+        rnd.on_answer(w1, {**_answer(5, 0), "sketch": b"short"})  # malformed: a violation
+        bad = np.zeros((DEFAULT_PARAMS.rows, DEFAULT_PARAMS.width))
+        bad[3, 4] = np.nan
+        rnd.on_answer(w1, _answer(5, 0, bad))  # NaN inside: a violation
+        assert [w for w, _ in violations] == [0, 1, 1]
+        assert "second sketch" in violations[0][1] and "sketch" in violations[1][1] and "NaN" in violations[2][1]
+        rnd.on_answer(w1, {"step": 5, "file": 0, "sketch": None, "norm": None})  # non-finite gradient: recorded
+        assert not rnd._done.is_set()
+        rnd.on_answer(w0, _answer(5, 1))
+        assert rnd._done.is_set()
+        assert set(rnd.answers[0]) == {0, 1} and rnd.answers[0][1].sketch is None
+        assert rnd.answers[1][0].norm == 2.0 and rnd.answers[1][0].sketch.shape == (256, 32)
+
+    asyncio.run(main())
+
+
+def test_the_round_ends_at_its_deadline_with_erasures() -> None:
+    async def main() -> None:
+        rnd = SketchRound(DEFAULT_PARAMS, F, D, 0.3, lambda w: _link(w), lambda link, why: None)
+
+        async def no_send(link: AgentLink, request: object) -> None:  # the agent takes the request and never answers
+            return None
+
+        rnd._send = no_send  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answers = await rnd.run(7, {0: (0, 1), 2: (2,)}, compute_s=0.0)
+        waited = loop.time() - started
+        assert answers == [{}, {}, {}] and len(rnd.seed) == 32
+        assert 0.3 <= waited < 0.3 + 2 * D / SKETCH_RATE + 2.0
+        assert rnd.deadline(2, compute_s=5.0) == 0.3 + 10.0  # a slow compute phase stretches it
+
+    asyncio.run(main())
