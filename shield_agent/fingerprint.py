@@ -68,7 +68,8 @@ def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int) -> d
     """The JOB reply's fingerprint fields (runs the probe gradient when the PS named one; call off the event loop)."""
     from wire import digest_bytes
 
-    fields: dict[str, Any] = {"environment": environment(computer.device, threads)}
+    own = getattr(computer, "environment", None)  # a synthetic computer describes itself, without torch
+    fields: dict[str, Any] = {"environment": own(threads) if own else environment(computer.device, threads)}
     if probe is None:
         return fields
     from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch

@@ -83,8 +83,6 @@ class SyntheticResult:
 class SyntheticComputer:
     """Drop-in for :class:`shield_agent.compute.GradientComputer` in a synthetic job (benchmarks, tests)."""
 
-    device = "cpu"  # what the determinism fingerprint reports (shield_agent.fingerprint)
-
     def __init__(self, d: int, seed: int, delay: float) -> None:
         if not (isinstance(delay, (int, float)) and 0 <= delay <= 3600):
             raise ComputeError(f"synthetic delay must be in 0..3600 seconds per file, got {delay!r}")
@@ -95,6 +93,10 @@ class SyntheticComputer:
 
     def initial_parameters(self) -> np.ndarray:
         return initial_parameters(self.num_params, self.seed)
+
+    def environment(self, threads: int) -> dict[str, str | int]:
+        """The determinism fingerprint's environment of a synthetic agent (no torch: numpy alone computes)."""
+        return {"device": "synthetic", "numpy": np.__version__, "threads": int(threads)}
 
     def file_gradient(self, params: np.ndarray, step: int, file: int,
                       out: np.ndarray | None = None) -> SyntheticResult:
