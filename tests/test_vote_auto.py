@@ -101,7 +101,11 @@ def test_a_deviating_agent_is_outvoted_and_a_sketch_liar_is_proven_to_lie(tmp_pa
     assert len(steps) == 4
     for e in steps:
         assert e["files_won"] == 2 and e["files_dropped"] == 0, e
-        assert e["lying"] == [0] and e["outvoted"] == [3], e
+        assert e["outvoted"] == [3], e
+        # file 0 goes to the sketch round unless workers 1 and 2 happen to compute the same bits that step (the two
+        # kernel settings agree on some LeNet steps): then the exact majority wins it and the liar is never asked
+        assert e["lying"] == ([0] if e["sketch"]["sketch_won"] == 2 else []), e
+    assert sum(e["lying"] == [0] for e in steps) >= 2
     assert "worker 0 lied about file 0" in ps.output()
 
 
