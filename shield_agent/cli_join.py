@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-reconnect", action="store_true", help="exit when the PS connection drops")
     parser.add_argument("--spot-watch", action="store_true",
                         help="poll the EC2 metadata service for a spot interruption notice and leave cleanly")
+    parser.add_argument("--spot-notice-file", metavar="PATH",
+                        help="as --spot-watch, and write the notice there (JSON) when it appears, before leaving, "
+                        "so that shield-ops starts this node's replacement at once")
     parser.add_argument("--imds", type=host_port, help=argparse.SUPPRESS)
     parser.add_argument("--synthetic", type=_seconds_per_file, metavar="SECONDS_PER_FILE",
                         help="benchmarks and tests only: join a synthetic job (shield-ps serve --synthetic-d) and "
@@ -80,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
     host, port = args.address
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
-                           lie_factor=args.lie, lie_payload=args.lie_payload, spot_watch=args.spot_watch,
-                           imds=args.imds, workers=args.workers, compute_threads=args.compute_threads,
-                           synthetic=args.synthetic, lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch,
-                           device=args.device)
+                           lie_factor=args.lie, lie_payload=args.lie_payload,
+                           spot_watch=args.spot_watch or args.spot_notice_file is not None, imds=args.imds,
+                           spot_notice_file=args.spot_notice_file, workers=args.workers,
+                           compute_threads=args.compute_threads, synthetic=args.synthetic,
+                           lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch, device=args.device)
     client_log = logging.getLogger("shield_agent.client")
     if client_log.getEffectiveLevel() > logging.INFO:
         client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v

@@ -62,6 +62,7 @@ class AgentOptions:
     device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
+    spot_notice_file: str | None = None  # where the watcher writes the notice (shield-ops reads it over SSH)
     workers: int = 1  # worker slots in this process, each its own authenticated connection
     compute_threads: int | None = None  # the slots' compute pool (default: see shield_agent.host)
     max_refusals: int = 3  # consecutive refusals of our token before giving up
@@ -408,9 +409,10 @@ def _ended(session: AgentSession, worker: int) -> int:
 def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
     if not options.spot_watch:
         return None
-    from shield_agent.spot import SpotWatcher
+    from shield_agent.spot import SpotWatcher, endpoint_from_env
 
-    watcher = SpotWatcher(*options.imds) if options.imds else SpotWatcher()
+    host, port = options.imds or endpoint_from_env()
+    watcher = SpotWatcher(host, port, marker=options.spot_notice_file)
     task = asyncio.get_running_loop().create_task(watcher.run())
     task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
     return watcher

@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,24 @@ TOKEN_TTL_S = 21600
 MAX_HEADER_BYTES = 8192
 MAX_BODY_BYTES = 65536
 ACTIONS = frozenset({"terminate", "stop", "hibernate"})
+
+
+#: the AWS SDKs' setting for another metadata endpoint (``http://host:port/``); tests point each node at its own
+ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+
+
+def endpoint_from_env() -> tuple[str, int]:
+    """``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` as (host, port) when set and well formed, else EC2's address."""
+    text = os.environ.get(ENDPOINT_ENV, "")
+    if text:
+        try:
+            url = urlsplit(text)
+            if url.scheme == "http" and url.hostname:
+                return url.hostname, url.port or 80
+        except ValueError:
+            pass
+        log.warning("ignoring %s=%r: expected http://HOST[:PORT]/", ENDPOINT_ENV, text[:100])
+    return IMDS_HOST, IMDS_PORT
 
 
 class IMDSError(Exception):
@@ -103,15 +124,24 @@ def parse_notice(body: bytes) -> SpotNotice:
     return SpotNotice(doc["action"], doc["time"][:64])
 
 
+def write_notice(path: Path, notice: SpotNotice) -> None:
+    """Write ``notice`` as one JSON line to ``path`` atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(notice)) + "\n")
+    os.replace(tmp, path)
+
+
 class SpotWatcher:
     """Poll IMDSv2 for a spot interruption notice; :attr:`event` is set and :attr:`notice` filled when one appears.
 
-    ``give_up_after`` consecutive failures *before the service ever answered* end the watch with ``None`` (we are
-    not on EC2). Once it has answered, failures are logged and polling goes on.
+    With ``marker``, the notice is also written there (JSON) before :attr:`event` is set: shield-ops' probe reads it
+    over SSH and starts the node's replacement at once (docs/ops.md). ``give_up_after`` consecutive failures *before the
+    service ever answered* end the watch with ``None`` (we are not on EC2). Once it has answered, failures are logged
+    and polling goes on.
     """
 
     def __init__(self, host: str = IMDS_HOST, port: int = IMDS_PORT, interval: float = 5.0,
-                 timeout: float = 2.0, give_up_after: int = 3) -> None:
+                 timeout: float = 2.0, give_up_after: int = 3, marker: str | Path | None = None) -> None:
         if interval <= 0 or timeout <= 0 or give_up_after < 1:
             raise ValueError("interval and timeout must be > 0 and give_up_after >= 1")
         self.host, self.port = host, port
@@ -120,6 +150,7 @@ class SpotWatcher:
         self.notice: SpotNotice | None = None
         self._token: str | None = None
         self._answered = False
+        self.marker = Path(marker) if marker is not None else None
 
     async def _fetch_token(self) -> str:
         reply = await http_request(self.host, self.port, "PUT", "/latest/api/token",
@@ -145,6 +176,15 @@ class SpotWatcher:
             raise IMDSError(f"instance-action answered {reply.status}")
         return parse_notice(reply.body)
 
+    def _write_marker(self, notice: SpotNotice) -> None:
+        if self.marker is None:
+            return
+        try:
+            write_notice(self.marker, notice)
+        except OSError as exc:
+            log.error("cannot write the spot notice to %s (shield-ops will replace this node only once it is "
+                      "gone): %s", self.marker, exc)
+
     async def run(self) -> SpotNotice | None:
         """Poll until a notice appears (returned, and :attr:`event` set) or IMDS proves absent (``None``)."""
         failures = 0
@@ -162,7 +202,8 @@ class SpotWatcher:
                 notice = None
             if notice is not None:
                 self.notice = notice
-                self.event.set()
                 log.warning("spot interruption notice: %s at %s", notice.action, notice.time)
+                self._write_marker(notice)
+                self.event.set()
                 return notice
             await asyncio.sleep(self.interval)

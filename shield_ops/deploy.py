@@ -133,9 +133,16 @@ def ps_command(cfg: ClusterConfig, run_dir: str = "run", resume: bool = False, h
              "--train-dir", f"$HOME/{ROOT}/{run_dir}", "--workers", str(cfg.agents.count)] + list(cfg.ps.args) + extra)
 
 
+#: where an agent started with ``--spot-watch`` writes EC2's interruption notice (the probe reads it back)
+SPOT_NOTICE = "spot-notice"
+
+
 def agent_command(cfg: ClusterConfig, ps_host: str, name: str) -> list[str]:
+    """The agent's command line; with ``--spot-watch`` in ``agents.args`` it also writes the notice to
+    :data:`SPOT_NOTICE`, so that ``up --watch`` replaces the node as soon as the notice comes."""
+    notice = ["--spot-notice-file", f"$HOME/{ROOT}/{SPOT_NOTICE}"] if "--spot-watch" in cfg.agents.args else []
     return (["venv/bin/shield-agent", "join", f"{ps_host}:{cfg.ps_port}", "--token-file", f"$HOME/{ROOT}/token",
-             "--data-dir", f"$HOME/{ROOT}/data", "--name", name] + list(cfg.agents.args))
+             "--data-dir", f"$HOME/{ROOT}/data", "--name", name] + notice + list(cfg.agents.args))
 
 
 def _shell(args: list[str]) -> str:
@@ -211,7 +218,8 @@ CURRENT_RUN = "d=$(head -n 1 RUN 2>/dev/null | tr -cd 'a-z0-9-'); d=${d:-run}; "
 
 def probe_script() -> str:
     """What ``status`` asks a node: deploy marker, daemons, the current run's job event and last events, the
-    supervisor's state (each line prefixed with its kind; everything read back is parsed as untrusted text)."""
+    supervisor's state, an agent's spot interruption notice (each line prefixed with its kind; everything read back
+    is parsed as untrusted text)."""
     metrics = '"$d/metrics.jsonl"'
     return (
         f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; {CURRENT_RUN}echo \"deployed $(cat DEPLOYED 2>/dev/null)\"; "
@@ -222,7 +230,7 @@ def probe_script() -> str:
         f"sed 's/^/metric /'; tail -n 500 {metrics} | cut -c1-65536 | "
         "grep -E '\"kind\": ?\"(job|step|eval|summary)\"' | tail -n 6 | sed 's/^/metric /'; fi; "
         "[ -f supervisor-state.json ] && head -c 65536 supervisor-state.json | tr -d '\\n' | sed 's/^/autostop /' "
-        "&& echo; true"
+        f"&& echo; [ -f {SPOT_NOTICE} ] && head -c 512 {SPOT_NOTICE} | tr -d '\\n' | sed 's/^/spot /' && echo; true"
     )
 
 

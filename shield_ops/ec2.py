@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import CapacityError, ProvisionError
-from shield_ops.nodes import Node
+from shield_ops.nodes import SPOT_NOTICE_TAG, Node
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,22 @@ async def wait_state(client: Any, waiter_name: str, instance_ids: list[str], tim
 async def describe(client: Any, instance_ids: list[str]) -> list[Node]:
     reply = await client.describe_instances(InstanceIds=instance_ids)
     return [Node.from_ec2(i) for r in reply["Reservations"] for i in r["Instances"]]
+
+
+async def tag_spot_notice(client: Any, cfg: ClusterConfig, notices: dict[str, str]) -> None:
+    """Tag instances (id -> the notice's time) ``shield:spot-notice``: from then on ``up`` launches their node
+    afresh and leaves them to EC2 (terminating them once the heir exists). Only this cluster's instances."""
+    if not notices:
+        return
+    tagged = {n.instance_id for n in await find_instances(client, cfg)}
+    for instance_id, when in notices.items():
+        if instance_id not in tagged:
+            raise ProvisionError(f"refusing to tag {instance_id}: not a live instance of cluster {cfg.name}")
+        value = "".join(c for c in when if c.isprintable())[:64] or "unknown"
+        try:
+            await client.create_tags(Resources=[instance_id], Tags=[{"Key": SPOT_NOTICE_TAG, "Value": value}])
+        except ClientError as exc:
+            raise _refused("CreateTags", exc) from None
 
 
 # ------------------------------------------------------------------------------------------- deletion

@@ -22,6 +22,10 @@ class NodeState(str, enum.Enum):
     FAILED = "failed"
 
 
+#: set by ``up --watch`` on an instance whose agent reported a spot interruption notice (value: the notice's time)
+SPOT_NOTICE_TAG = "shield:spot-notice"
+
+
 @dataclass
 class Node:
     """One instance of the cluster, identified by its ``shield:node`` tag (``ps``, ``agent-0``, ...)."""
@@ -37,6 +41,7 @@ class Node:
     launch_time: datetime | None
     transition_reason: str | None = None
     incarnation: str | None = None
+    spot_notice: str | None = None  # the ``shield:spot-notice`` tag: the time EC2 will reclaim it; being replaced
 
     @classmethod
     def from_ec2(cls, inst: dict[str, Any]) -> "Node":
@@ -47,7 +52,7 @@ class Node:
             zone=inst.get("Placement", {}).get("AvailabilityZone", "?"), ec2_state=inst["State"]["Name"],
             public_ip=inst.get("PublicIpAddress"), private_ip=inst.get("PrivateIpAddress"),
             launch_time=inst.get("LaunchTime"), transition_reason=inst.get("StateTransitionReason") or None,
-            incarnation=tags.get("shield:incarnation"),
+            incarnation=tags.get("shield:incarnation"), spot_notice=tags.get(SPOT_NOTICE_TAG),
         )
 
 

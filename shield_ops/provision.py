@@ -1,7 +1,8 @@
 """The provisioning stage of ``up`` and the whole of ``down``: plan, key pair, security group, spot instances.
 
 Idempotent by construction: the plan is computed from what EC2 reports under the cluster tag, so a second ``up``
-keeps everything and launches only nodes that are missing (e.g. an agent lost to a spot interruption).
+keeps everything and launches only nodes that are missing (e.g. an agent lost to a spot interruption, or one under a
+spot interruption notice: ``up --watch`` tags it ``shield:spot-notice`` and it no longer counts as its node).
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ class Plan:
                 out.append(f"  launch {name}: spot {' | '.join(types)}")
         desired = set(cfg.node_names())
         for node in self.terminate:
-            why = "a duplicate of that node" if node.name in desired else "not in the config (scale-down)"
+            why = ("replaced after a spot interruption notice" if node.spot_notice is not None
+                   else "a duplicate of that node" if node.name in desired else "not in the config (scale-down)")
             out.append(f"  terminate {node.name}: {node.instance_id} {node.instance_type} ({why})")
         price = f"${self.hourly_usd:.3f}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
         out.append(f"  estimated spot price of the whole cluster: {price}")
@@ -100,10 +102,13 @@ async def make_plan(client: Any, cfg: ClusterConfig) -> Plan:
     subnets = await ec2.subnets_by_zone(client, cfg, vpc_id)
     key = await ec2.find_key_pair(client, cfg)
     group = await ec2.find_security_group(client, cfg, vpc_id)
-    found, duplicates = _split_duplicates(await ec2.find_instances(client, cfg))
+    instances = await ec2.find_instances(client, cfg)
+    found, duplicates = _split_duplicates([n for n in instances if n.spot_notice is None])
     desired = cfg.node_names()
     keep = {n: found[n] for n in desired if n in found}
     duplicates += [node for name, node in found.items() if name not in desired]
+    # under a spot notice (tagged by ``up --watch``): replaced now, left to EC2 until the heir exists, then terminated
+    duplicates += [n for n in instances if n.spot_notice is not None and n.name in found]
     launch = [n for n in desired if n not in found]
     prices = await ec2.spot_prices(client, set(cfg.ps.instance_types) | set(cfg.agents.instance_types))
     return Plan(vpc_id, subnets, key, group, keep, launch, duplicates, _estimate(cfg, prices, keep, launch))

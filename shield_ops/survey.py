@@ -21,7 +21,8 @@ from shield_ops.state import LEDGER_FILE
 
 def parse_probe(text: str) -> dict[str, Any]:
     """Parse the node probe's output (untrusted text): deploy marker, daemons, last metrics events, supervisor."""
-    out: dict[str, Any] = {"deployed": None, "daemons": {}, "metrics": [], "run": None, "autostop": None}
+    out: dict[str, Any] = {"deployed": None, "daemons": {}, "metrics": [], "run": None, "autostop": None,
+                           "spot": None}
     for line in text.splitlines():
         word, _, rest = line.partition(" ")
         if word == "deployed":
@@ -31,6 +32,8 @@ def parse_probe(text: str) -> dict[str, Any]:
         elif word == "daemon":
             role, _, state = rest.partition(" ")
             out["daemons"][role] = state.strip()
+        elif word == "spot":
+            out["spot"] = _spot_notice(rest)
         elif word in ("metric", "autostop"):
             try:
                 event = json.loads(rest)
@@ -39,6 +42,17 @@ def parse_probe(text: str) -> dict[str, Any]:
             if isinstance(event, dict):
                 out["metrics"].append(event) if word == "metric" else out.__setitem__("autostop", event)
     return out
+
+
+def _spot_notice(text: str) -> dict[str, str] | None:
+    """An agent's spot notice file ({"action", "time"}, written by shield_agent.spot), or None if malformed."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("action", "time")):
+        return None
+    return {"action": doc["action"][:16], "time": doc["time"][:64]}
 
 
 def ps_progress(metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -79,9 +93,10 @@ async def probe(ssh: SSHContext, node: Node) -> tuple[NodeState, str, dict[str, 
 
 
 def _current(instances: list[Node]) -> Node:
-    """The instance that is ``node`` now: the newest live one, else the newest."""
+    """The instance that is ``node`` now: the newest live one not under a spot notice, else the newest live one,
+    else the newest."""
     live = [n for n in instances if n.ec2_state not in cost.GONE_STATES]
-    pool = live or instances
+    pool = [n for n in live if n.spot_notice is None] or live or instances
     return max(pool, key=lambda n: (n.launch_time is not None, n.launch_time or dt.datetime.min, n.instance_id))
 
 
@@ -124,6 +139,9 @@ async def status(cfg: ClusterConfig, ssh: SSHContext) -> dict[str, Any]:
             if state_value in (NodeState.PENDING.value, NodeState.RUNNING.value, NodeState.SSH_READY.value):
                 state_value = "replacing"
             detail = f"{detail}; replaced {history[-1]['instance_id']} ({history[-1]['ec2_state']})".lstrip("; ")
+        notice = found_probe.get("spot") if name in probes else None
+        if notice is not None:
+            detail = f"{detail}; spot interruption notice ({notice['action']} at {notice['time']})".lstrip("; ")
         if name not in desired:
             detail = f"{detail}; not in the config (scale-down: `up` terminates it)".lstrip("; ")
         if name == "ps" and found_probe:
@@ -139,7 +157,7 @@ async def status(cfg: ClusterConfig, ssh: SSHContext) -> dict[str, Any]:
                      "uptime_s": round(entry.hours(now) * 3600) if entry and name in probes else None,
                      "usd_per_hour": entry.usd_per_hour if entry and name in probes else None,
                      "cost_usd": round(sum(e.cost(now) or 0.0 for e in ledger.history(name)), 9),
-                     "history": history})
+                     "spot_notice": notice, "history": history})
     total, hourly = ledger.total(now), ledger.hourly()
     elapsed = (progress["step_time"] - progress["job_time"]) if "step_time" in progress and "job_time" in progress \
         else None

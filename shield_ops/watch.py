@@ -3,9 +3,12 @@
 Every ``interval`` seconds it looks at the cluster as ``status`` does; when a node is lost (a spot interruption, a
 terminated instance) or a daemon is dead, it runs ``up`` again without asking (``--watch`` is the consent): the
 lost node is launched, deployed and started, and joins the live PS in its vacated slot (the PS admits an agent into
-the lowest free slot). A replaced PS restores the newest checkpoint from the S3 mirror when one is configured, and
-the agents are restarted towards its address. The watch ends when the run has ended (the PS's ``summary``), when
-the cluster is gone (``down``, or the supervisor's autostop), or after ``max_rounds`` looks.
+the lowest free slot). An agent that reported a spot interruption notice (its ``--spot-watch`` wrote
+``~/shield/spot-notice``, read by the status probe) counts as lost at once: its instance is tagged
+``shield:spot-notice`` and its heir launched within the two-minute notice, the doomed instance being left to EC2. A
+replaced PS restores the newest checkpoint from the S3 mirror when one is configured, and the agents are restarted
+towards its address. The watch ends when the run has ended (the PS's ``summary``), when the cluster is gone (``down``,
+or the supervisor's autostop), or after ``max_rounds`` looks.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shield_ops import lifecycle, survey
+from shield_ops import ec2, lifecycle, survey
 from shield_ops.errors import ShieldOpsError
 from shield_ops.config import ClusterConfig
 from shield_ops.nodes import NodeState
@@ -28,11 +31,28 @@ log = logging.getLogger(__name__)
 
 
 def needs_repair(cfg: ClusterConfig, report: dict[str, Any]) -> list[str]:
-    """The desired nodes that are not running their daemon (lost, replacing, or with a dead daemon)."""
+    """The desired nodes that are not running their daemon (lost, replacing, or with a dead daemon) or whose
+    instance is under a spot interruption notice."""
     rows = {row["node"]: row for row in report["nodes"]}
     return [name for name in cfg.node_names()
             if name not in rows or rows[name]["state"] != NodeState.STARTED.value
-            or "stopped" in rows[name]["detail"].split("replaced")[0]]
+            or "stopped" in rows[name]["detail"].split("replaced")[0] or rows[name].get("spot_notice")]
+
+
+def spot_noticed(report: dict[str, Any]) -> dict[str, str]:
+    """Instance id -> notice time of the live instances whose agent reported a spot interruption notice."""
+    return {row["instance_id"]: row["spot_notice"]["time"] for row in report["nodes"]
+            if row.get("spot_notice") and row.get("instance_id")}
+
+
+async def _repair(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: lifecycle.UpOptions,
+                  reporter: Reporter, report: dict[str, Any]) -> int:
+    noticed = spot_noticed(report)
+    if noticed:
+        reporter.info(f"watch: spot interruption notice on {', '.join(noticed)}: starting the replacement now")
+        async with ec2.ec2_client(cfg.region) as client:
+            await ec2.tag_spot_notice(client, cfg, noticed)
+    return await lifecycle.up(cfg, state, ssh, opts, reporter)
 
 
 async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: lifecycle.UpOptions,
@@ -59,7 +79,7 @@ async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: 
         if broken:
             reporter.info(f"watch: repairing {', '.join(broken)}")
             try:
-                status = await lifecycle.up(cfg, state, ssh, opts, reporter)
+                status = await _repair(cfg, state, ssh, opts, reporter, report)
             except (ShieldOpsError, BotoCoreError, ClientError, OSError, asyncio.TimeoutError) as exc:
                 reporter.info(f"watch: the repair failed ({exc}); trying again in {interval_s:.0f}s")
                 status = 1

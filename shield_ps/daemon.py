@@ -307,6 +307,7 @@ class PSDaemon:
             return
         assert self.pool is not None
         link = self.pool.bind(conn)
+        left: str | None = None
         try:
             await self._model_ready.wait()  # agents may join while the PS still loads the model
             assert self.runner is not None
@@ -334,6 +335,7 @@ class PSDaemon:
                 elif msg.kind is Kind.SKETCH:
                     self.runner.on_sketch(link, msg.header)
                 elif msg.kind is Kind.LEAVE:
+                    left = leave_reason(msg.header)
                     break
                 else:
                     msg.discard()
@@ -344,9 +346,15 @@ class PSDaemon:
         finally:
             if self.fleet is not None:
                 self.fleet.leave(link.worker)
-            self.pool.release(link)
+            self.pool.release(link, left)
             if self.runner is not None:
                 self.runner.on_agent_lost(link)
+
+
+def leave_reason(header: dict[str, Any]) -> str:
+    """The reason an agent's LEAVE gives (untrusted: printable text, at most 64 characters; ``left`` otherwise)."""
+    reason = header.get("reason")
+    return reason if isinstance(reason, str) and 0 < len(reason) <= 64 and reason.isprintable() else "left"
 
 
 def new_token() -> str:

@@ -83,19 +83,24 @@ class WorkerPool:
         self.set_state(link, WorkerState.CONNECTED)
         self.changed.set()
 
-    def release(self, link: AgentLink) -> None:
+    def release(self, link: AgentLink, reason: str | None = None) -> None:
+        """Free the link's slot; ``reason`` is what the agent's LEAVE said (e.g. ``spot interruption``), if it did."""
         if self._links[link.worker] is link:
             self._links[link.worker] = None
-            self.set_state(link, WorkerState.LEFT)
+            self.set_state(link, WorkerState.LEFT, reason=reason)
             self.changed.set()
 
-    def set_state(self, link: AgentLink, state: WorkerState, compute_s: float | None = None) -> None:
+    def set_state(self, link: AgentLink, state: WorkerState, compute_s: float | None = None,
+                  reason: str | None = None) -> None:
         if compute_s is not None:
             link.compute_s = compute_s
         if state != link.state or state in (WorkerState.CONNECTED, WorkerState.LEFT):
             link.state = state
+            extra = {"reason": reason} if reason is not None else {}
+            if "class" in link.extra:
+                extra["class"] = link.extra["class"]
             self._emit("worker", step=self.step, worker=link.worker, state=state.value, compute_s=link.compute_s,
-                       address=link.address, **({"class": link.extra["class"]} if "class" in link.extra else {}))
+                       address=link.address, **extra)
 
     def link(self, worker: int) -> AgentLink | None:
         link = self._links[worker]

@@ -16,7 +16,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import asyncssh
 import pytest
@@ -83,7 +83,7 @@ async def _pump(src: asyncio.StreamReader, dst: Any) -> None:
         dst.write(chunk)
 
 
-def _handler(home: Path) -> Callable[[asyncssh.SSHServerProcess], Any]:
+def _handler(home: Path, extra: dict[str, str]) -> Callable[[asyncssh.SSHServerProcess], Any]:
     env = {"HOME": str(home), "PATH": os.environ["PATH"], "LANG": "C.UTF-8", "USER": "ubuntu",
            "SHELL": "/bin/sh", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
 
@@ -95,7 +95,7 @@ def _handler(home: Path) -> Callable[[asyncssh.SSHServerProcess], Any]:
             process.exit(1)
             return
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", process.command, cwd=home, env={**env, **aws}, stdin=asyncio.subprocess.DEVNULL,
+            "/bin/sh", "-c", process.command, cwd=home, env={**env, **aws, **extra}, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             await asyncio.gather(_pump(proc.stdout, process.stdout), _pump(proc.stderr, process.stderr))
@@ -131,6 +131,8 @@ class FakeCloud:
         self.nodes: dict[str, FakeNode] = {}
         self.resolved: list[tuple[str, Endpoint]] = []
         self.state_dir: Path | None = None
+        #: per-node environment of its commands (awaited on the nodes' loop when the node's server starts)
+        self.node_env: Callable[[str], Awaitable[dict[str, str]]] | None = None
 
     def user_data(self, instance_id: str) -> str:
         reply = boto_client(self.moto_url).describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
@@ -147,6 +149,7 @@ class FakeCloud:
         home = self.root / instance_id
         home.mkdir(parents=True, exist_ok=True)
         node = FakeNode(instance_id, home, 0, None, host_key=host_key, client_pub=client_pub)
+        extra = await self.node_env(instance_id) if self.node_env is not None else {}
 
         class Server(asyncssh.SSHServer):
             def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -155,7 +158,7 @@ class FakeCloud:
         node.acceptor = await asyncssh.create_server(
             Server, "127.0.0.1", port, server_host_keys=[host_key], reuse_address=True,
             authorized_client_keys=asyncssh.import_authorized_keys(client_pub.decode()),
-            process_factory=_handler(home), encoding=None,
+            process_factory=_handler(home, extra), encoding=None,
             sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(home).encode()))
         node.port = node.acceptor.sockets[0].getsockname()[1]
         return node

@@ -3,6 +3,7 @@
 with the replacement computing. ``status`` keeps the lost instance in the node's history."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,15 +30,16 @@ NAME = "e2e-heal"
 STEPS = 80
 
 
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
-    root = tmp_path_factory.mktemp("heal")
+@contextlib.contextmanager
+def open_bed(root: Path, moto_env: str, wheel: Path, name: str = NAME,
+             agent_args: tuple[str, ...] = ("--threads", "1")) -> Iterator[dict[str, Any]]:
+    """A 1+2 node cluster on moto and loopback SSH nodes (LeNet/MNIST, baseline, ``STEPS`` steps)."""
     ami = boto_client(moto_env).describe_images()["Images"][0]["ImageId"]
     config = root / "cluster.toml"
     port = free_port()
     config.write_text(f"""
 [cluster]
-name = "{NAME}"
+name = "{name}"
 region = "us-east-1"
 [network]
 zones = ["us-east-1a"]
@@ -53,7 +55,7 @@ args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--d
 [agents]
 count = 2
 instance_types = ["m5.large"]
-args = ["--threads", "1"]
+args = {json.dumps(list(agent_args))}
 [deploy]
 python = "{sys.executable}"
 venv_args = ["--without-pip"]
@@ -76,6 +78,12 @@ start_timeout = 120
             subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
         nodes.set_resolver(None)
         cloud.stop()
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
+    with open_bed(tmp_path_factory.mktemp("heal"), moto_env, wheel) as opened:
+        yield opened
 
 
 def last_step(metrics: Path) -> int:

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import pytest
 
-from shield_agent.spot import IMDSError, SpotNotice, SpotWatcher, http_request, parse_notice
+from shield_agent.spot import (ENDPOINT_ENV, IMDSError, SpotNotice, SpotWatcher, endpoint_from_env, http_request,
+                               parse_notice)
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 
@@ -142,3 +143,50 @@ def test_http_client_rejects_a_bad_status_line() -> None:
 def test_constructor_checks_its_arguments() -> None:
     with pytest.raises(ValueError):
         SpotWatcher(interval=0)
+
+
+def test_the_notice_is_written_to_the_marker_before_the_event(tmp_path: Any) -> None:
+    marker = tmp_path / "spot-notice"
+
+    async def test(imds: FakeIMDS, port: int) -> bool:
+        watcher = SpotWatcher("127.0.0.1", port, interval=0.01, marker=marker)
+        imds.notice = {"action": "terminate", "time": "2026-11-26T18:00:00Z"}
+        task = asyncio.create_task(watcher.run())
+        await watcher.event.wait()
+        written = marker.exists()
+        await task
+        return written
+    assert with_imds(test)
+    assert json.loads(marker.read_text()) == {"action": "terminate", "time": "2026-11-26T18:00:00Z"}
+    assert not (tmp_path / "spot-notice.tmp").exists()
+
+
+def test_an_unwritable_marker_is_logged_and_the_agent_still_leaves(tmp_path: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    async def test(imds: FakeIMDS, port: int) -> bool:
+        watcher = SpotWatcher("127.0.0.1", port, interval=0.01, marker=tmp_path / "missing" / "spot-notice")
+        imds.notice = {"action": "terminate", "time": "2026-11-26T18:00:00Z"}
+        await watcher.run()
+        return watcher.event.is_set()
+    assert with_imds(test)
+    assert "cannot write the spot notice" in caplog.text
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("", ("169.254.169.254", 80)), ("http://127.0.0.1:8123/", ("127.0.0.1", 8123)),
+    ("http://[::1]/", ("::1", 80)), ("ftp://x/", ("169.254.169.254", 80)),
+    ("http://h:99999/", ("169.254.169.254", 80))])
+def test_the_metadata_endpoint_comes_from_the_sdk_setting(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                          expected: tuple[str, int]) -> None:
+    monkeypatch.setenv(ENDPOINT_ENV, value)
+    assert endpoint_from_env() == expected
+
+
+@pytest.mark.parametrize("header, expected", [
+    ({"reason": "spot interruption"}, "spot interruption"), ({}, "left"), ({"reason": 7}, "left"),
+    ({"reason": "x" * 65}, "left"), ({"reason": "a\nb"}, "left"), ({"reason": ""}, "left")])
+def test_the_ps_records_a_leave_reason_only_when_it_is_short_printable_text(header: dict[str, Any],
+                                                                            expected: str) -> None:
+    from shield_ps.daemon import leave_reason
+
+    assert leave_reason(header) == expected

@@ -388,6 +388,15 @@ def test_probe_parsing_ignores_garbage_and_reads_progress() -> None:
     assert probe["deployed"] == "abc123" and probe["daemons"] == {"ps": "running", "agent": "stopped"}
     assert lifecycle.ps_progress(probe["metrics"]) == {"total_steps": 300, "step": 12, "loss": 0.5, "lr": 0.01,
                                                        "eval_step": 10, "top1": 0.9}
+    assert probe["spot"] is None
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('spot {"action": "terminate", "time": "2026-11-29T23:59:00Z"}', {"action": "terminate",
+                                                                      "time": "2026-11-29T23:59:00Z"}),
+    ("spot {not json", None), ('spot ["terminate"]', None), ('spot {"action": "terminate", "time": 5}', None)])
+def test_probe_reads_an_agents_spot_notice_and_nothing_else(line: str, expected: Any) -> None:
+    assert lifecycle.parse_probe(f"deployed x\n{line}\n")["spot"] == expected
 
 
 def test_deploy_hash_ignores_zip_timestamps_but_not_contents(tmp_path: Path) -> None:

@@ -261,4 +261,5 @@ def test_spot_interruption_notice_makes_the_agent_leave_cleanly(tmp_path: Path) 
     assert _summary(tmp_path)["reason"] == "completed"
     left = [e for e in events(tmp_path, "worker") if e["state"] == "left"]
     assert left and left[0]["step"] < 399, "the spot agent should leave mid-run (IMDS is polled every 5 s)"
+    assert left[0]["reason"] == "spot interruption"  # the PS records why (docs/metrics.md)
     assert events(tmp_path, "step")[-1]["erased"], "its slot is an erasure after it left"
