@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from shield_ps.config import ServeConfig  # noqa: E402
 from tests.byzantine_zoo import ZOO, run_cluster, secret_favouring, zoo_config  # noqa: E402
 
 BEHAVIOURS = ["trickle", "slow-payload", "silent-fetch", "delayed-fetch", "slow-step-reader", "silent-digests",
@@ -30,9 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--gather-timeout", type=float, default=8.0)
+    parser.add_argument("--hedge-floor", type=float, default=ServeConfig.hedge_floor,
+                        help="default: the PS's own default")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    changes = {"gather_timeout": args.gather_timeout, "max_steps": args.steps}
+    changes = {"gather_timeout": args.gather_timeout, "max_steps": args.steps, "hedge_floor": args.hedge_floor}
     secret = secret_favouring(zoo_config(Path("unused"), **changes), CULPRIT)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

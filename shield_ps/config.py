@@ -116,7 +116,7 @@ class ServeConfig:
     upload_timeout: float = 10.0  # latency allowance of one transfer (plus bytes / min_bandwidth)
     min_bandwidth: float = 10.0  # MB/s, the slowest link a transfer is given time for
     hedge_factor: float = 4.0
-    hedge_floor: float = 1.0
+    hedge_floor: float = 0.25
     handshake_timeout: float = 5.0
     max_preauth: int = 128
     max_preauth_per_host: int = 32

@@ -199,7 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--hedge-factor", type=positive_float, default=4.0,
                    help="ask the next holder of a file when a fetch runs this many times the median fetch time "
                    "(default 4)")
-    g.add_argument("--hedge-floor", type=positive_float, default=1.0, help="never hedge sooner (seconds, default 1)")
+    g.add_argument("--hedge-floor", type=positive_float, default=0.25,
+                   help="never hedge, nor end the gather's straggler grace, sooner (seconds, default 0.25)")
     g.add_argument("--handshake-timeout", type=positive_float, default=5.0,
                    help="seconds an unauthenticated connection may take to authenticate (default 5)")
     g.add_argument("--max-preauth", type=positive_int, default=128,
