@@ -153,9 +153,10 @@ def test_agent_with_wrong_token_is_refused_and_run_unaffected(tmp_path: Path) ->
     # started as a user would (it may reconnect): it must still give up, after a few refusals, in one line
     intruder = Process([sys.executable, "-m", "shield_agent.cli", "join", f"127.0.0.1:{port}", "--token",
                         "wrong-token-wrong-token-wrong", "--data-dir", str(MNIST_DIR)], tmp_path / "intruder.log")
-    agents = [start_agent(port, tmp_path / f"agent{i}.log") for i in range(3)]
-    try:
+    agents: list[Process] = []
+    try:  # the PS waits for its agents meanwhile, so the intruder is refused by a live PS every time
         assert intruder.wait(timeout=240) == 2, intruder.output()[-2000:]
+        agents = [start_agent(port, tmp_path / f"agent{i}.log") for i in range(3)]
         assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
     finally:
         for proc in agents + [intruder, ps]:
