@@ -119,10 +119,12 @@ class Fetcher:
         return self.report
 
     async def cancel(self) -> None:
-        tasks = [*self._tasks.values(), *self._draining]
+        """Cancel the step's fetches; payloads still draining are let finish (each bounded by its own deadline),
+        so closing the PS does not cut a healthy connection mid-frame."""
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._draining, return_exceptions=True)
 
     # ---- one file ---------------------------------------------------------------------------------------------
     async def _fetch_file(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]]) -> None:
