@@ -18,7 +18,7 @@ import pytest
 from shield_ops import nodes
 from shield_ops.deploy import stop_script
 from shield_ops.supervisor import pid_alive
-from tests.test_ops_e2e import MNIST, RUNTIME, free_port, node_env, shield_ops, wheel  # noqa: F401  (a fixture)
+from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, RUNTIME, free_port, node_env, shield_ops, wheel  # noqa: F401  (a fixture)
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to supervise")
@@ -52,16 +52,7 @@ instance_types = ["m5.large"]
 args = ["--threads", "1"]
 [autostop]
 interval_s = 0.5
-[deploy]
-python = "{sys.executable}"
-venv_args = ["--without-pip"]
-pip_args = ["--no-deps", "--no-index"]
-prepare = false
-upload_data = "{MNIST}"
-ssh_ready_timeout = 30
-ssh_retry_interval = 0.2
-start_timeout = 120
-""")
+{LOCAL_DEPLOY}""")
     state_dir = root / "state"
     cloud = FakeCloud(root / "nodes", moto_env)
     cloud.state_dir = state_dir

@@ -32,6 +32,18 @@ from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401 
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
+#: The [deploy] section of the slower ops tests' clusters (autostop, heal, mirror, sshd): this interpreter's packages,
+#: the local MNIST data uploaded, generous start deadlines for a loaded machine.
+LOCAL_DEPLOY = f"""[deploy]
+python = "{sys.executable}"
+venv_args = ["--without-pip"]
+pip_args = ["--no-deps", "--no-index"]
+prepare = false
+upload_data = "{MNIST}"
+ssh_ready_timeout = 30
+ssh_retry_interval = 0.2
+start_timeout = 120
+"""
 NAME = "e2e"
 TAG = {"Name": "tag:shield:cluster", "Values": [NAME]}
 

@@ -21,7 +21,7 @@ import pytest
 from shield_ops import cli, nodes
 from shield_ops.deploy import stop_script
 from tests.test_ops_autostop import events, instances, ps_home, wheel  # noqa: F401  (wheel is a fixture)
-from tests.test_ops_e2e import MNIST, RUNTIME, free_port, node_env, shield_ops
+from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, RUNTIME, free_port, node_env, shield_ops
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to heal")
@@ -56,16 +56,7 @@ args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--d
 count = 2
 instance_types = ["m5.large"]
 args = {json.dumps(list(agent_args))}
-[deploy]
-python = "{sys.executable}"
-venv_args = ["--without-pip"]
-pip_args = ["--no-deps", "--no-index"]
-prepare = false
-upload_data = "{MNIST}"
-ssh_ready_timeout = 30
-ssh_retry_interval = 0.2
-start_timeout = 120
-""")
+{LOCAL_DEPLOY}""")
     state_dir = root / "state"
     cloud = FakeCloud(root / "nodes", moto_env)
     cloud.state_dir = state_dir

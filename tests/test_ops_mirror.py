@@ -24,7 +24,7 @@ import pytest
 from shield_ops import cli, nodes
 from shield_ops.deploy import stop_script
 from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
-from tests.test_ops_e2e import MNIST, REPO, RUNTIME, free_port, node_env, shield_ops
+from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, REPO, RUNTIME, free_port, node_env, shield_ops
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.test_ops_heal import instances_by_node as _by_node
 
@@ -74,16 +74,7 @@ interval_s = 0.5
 [mirror]
 bucket = "{BUCKET}"
 prefix = "runs/{NAME}"
-[deploy]
-python = "{sys.executable}"
-venv_args = ["--without-pip"]
-pip_args = ["--no-deps", "--no-index"]
-prepare = false
-upload_data = "{MNIST}"
-ssh_ready_timeout = 30
-ssh_retry_interval = 0.2
-start_timeout = 120
-""")
+{LOCAL_DEPLOY}""")
     state_dir = root / "state"
     cloud = FakeCloud(root / "nodes", moto_env)
     cloud.state_dir = state_dir

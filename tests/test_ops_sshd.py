@@ -27,7 +27,7 @@ import pytest
 from shield_ops import nodes
 from shield_ops.nodes import Endpoint, Node
 from tests.test_ops_autostop import wheel  # noqa: F401  (a fixture)
-from tests.test_ops_e2e import MNIST, RUNTIME, free_port, shield_ops
+from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, RUNTIME, free_port, shield_ops
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -141,16 +141,7 @@ args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--d
 count = 1
 instance_types = ["m5.large"]
 args = ["--threads", "1"]
-[deploy]
-python = "{sys.executable}"
-venv_args = ["--without-pip"]
-pip_args = ["--no-deps", "--no-index"]
-prepare = false
-upload_data = "{MNIST}"
-ssh_ready_timeout = 30
-ssh_retry_interval = 0.2
-start_timeout = 120
-""")
+{LOCAL_DEPLOY}""")
     state_dir = root / "state"
     cloud = FakeCloud(root / "fake", moto_env)
     cloud.state_dir = state_dir
