@@ -56,11 +56,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--synthetic", type=_seconds_per_file, metavar="SECONDS_PER_FILE",
                         help="benchmarks and tests only: join a synthetic job (shield-ps serve --synthetic-d) and "
                         "answer each file with a deterministic pseudo-gradient after SECONDS_PER_FILE (no torch)")
+    parser.add_argument("--no-relay", action="store_true",
+                        help="do not forward the step's parameters to other agents (they then take them from others "
+                        "or from the PS; this agent still takes them from relays)")
+    parser.add_argument("--relay-bind", metavar="HOST",
+                        help="address the relay server listens on (default: 127.0.0.1 when the PS is on loopback, "
+                        "else all interfaces); other agents reach it at the address the PS sees plus --relay-port")
+    parser.add_argument("--relay-port", type=_port, default=0, metavar="PORT",
+                        help="the relay server's port (default 0: any free port)")
     # testing the defence end to end: real Byzantine agents that lie on the wire
+    parser.add_argument("--lie-relay", choices=("corrupt", "stall"), help=argparse.SUPPRESS)
     parser.add_argument("--lie", type=float, metavar="FACTOR", help=argparse.SUPPRESS)
     parser.add_argument("--lie-payload", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--lie-deviation", type=positive_float, metavar="REL", help=argparse.SUPPRESS)
     parser.add_argument("--lie-sketch", action="store_true", help=argparse.SUPPRESS)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: any free port), got {text!r}")
+    return value
 
 
 def _seconds_per_file(text: str) -> float:
@@ -87,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
                            spot_watch=args.spot_watch or args.spot_notice_file is not None, imds=args.imds,
                            spot_notice_file=args.spot_notice_file, workers=args.workers,
                            compute_threads=args.compute_threads, synthetic=args.synthetic,
-                           lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch, device=args.device)
+                           lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch, device=args.device,
+                           relay=not args.no_relay, relay_bind=args.relay_bind, relay_port=args.relay_port,
+                           relay_lie=args.lie_relay)
     client_log = logging.getLogger("shield_agent.client")
     if client_log.getEffectiveLevel() > logging.INFO:
         client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v

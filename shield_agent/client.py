@@ -28,6 +28,7 @@ import numpy as np
 from shield_agent.errors import ComputeError, JoinRefused, ShieldAgentError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
+from shield_agent.relay import RelayHub, RelaySource
 from shield_agent.sketching import answers as sketch_answers
 from shield_agent.sketching import deviate, grind
 from wire import AuthError, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
@@ -67,6 +68,10 @@ class AgentOptions:
     compute_threads: int | None = None  # the slots' compute pool (default: see shield_agent.host)
     max_refusals: int = 3  # consecutive refusals of our token before giving up
     synthetic: float | None = None  # benchmarks and tests only: seconds per file of synthetic compute (no torch)
+    relay: bool = True  # serve the step's parameters to other agents (shield_agent.relay)
+    relay_bind: str | None = None  # the relay server's address (default: loopback for a loopback PS, else all)
+    relay_port: int = 0
+    relay_lie: str | None = None  # testing only: a Byzantine relay ("corrupt" or "stall")
 
     def slot_name(self, slot: int) -> str:
         """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""
@@ -141,11 +146,14 @@ class _StepWork:
 class AgentSession:
     """One authenticated connection to the PS, from JOB to LEAVE or disconnect."""
 
-    def __init__(self, options: AgentOptions, conn: Any, host: ComputeHost | None = None) -> None:
+    def __init__(self, options: AgentOptions, conn: Any, host: ComputeHost | None = None,
+                 relay: RelayHub | None = None) -> None:
         self.options = options
         self.conn = conn
         self.host = host or ComputeHost(1)
         self._own_host = host is None
+        self.relay = relay or RelayHub(options.token)  # without a server: it can still take vectors from relays
+        self._relay_task: asyncio.Task[None] | None = None
         self.job: AgentJob | None = None
         self.computer: Any = None
         self._executor: concurrent.futures.Executor | None = None
@@ -163,10 +171,13 @@ class AgentSession:
                 if self.finished:
                     break
         finally:
+            await self._cancel_relay()
             if self._work is not None:
                 self._work.cancelled = True
                 if self._work.task is not None:
                     await asyncio.gather(self._work.task, return_exceptions=True)
+            if self.job is not None:
+                self.relay.store.local_workers.discard(self.job.worker)
             if self._own_host:
                 self.host.shutdown()
 
@@ -203,8 +214,10 @@ class AgentSession:
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
         self._grads = {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
+        self.relay.store.local_workers.add(job.worker)
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
-        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint})
+        relay = {"relay_port": self.relay.port} if self.relay.port else {}
+        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint, **relay})
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:
         """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
@@ -220,22 +233,58 @@ class AgentSession:
                                            job.batch_size, job.num_files, threads, device=self.options.device))
 
     async def _on_step(self, msg: Message) -> None:
-        if self.job is None or msg.vector is None:
+        """STEP t: the parameters follow in the message, or (relay broadcast) the header says where to take them."""
+        if self.job is None or (msg.vector is None and "relay" not in msg.header):
             msg.discard()
             raise ComputeError("STEP before JOB, or without parameters")
         step = _int(msg.header.get("step"))
-        previous = self._work
-        if previous is not None:
-            previous.cancelled = True
+        if self._work is not None:
+            self._work.cancelled = True
+        await self._cancel_relay()
         params = self._params[step % 2]
         expected = msg.header.get("params_digest")
         if expected is not None and not (isinstance(expected, bytes) and len(expected) == DIGEST_SIZE):
             msg.discard()
             raise ComputeError(f"malformed STEP {step}: params_digest must be {DIGEST_SIZE} bytes")
+        await self.relay.store.reclaim(params)  # other agents may still be reading step t-2's vector from it
+        if msg.vector is None:
+            if expected is None:
+                raise ComputeError(f"malformed STEP {step}: a relayed step needs params_digest")
+            source = RelaySource.from_header(msg.header)
+            self._relay_task = asyncio.get_running_loop().create_task(
+                self._step_from_relay(step, source, expected, params))
+            return
         got = await msg.read_vector_into(params, digest=expected is not None)
         if got != expected:  # never compute on parameters that are not the PS's: the step erases us instead
             log.error("step %d: the parameters received do not match the digest in STEP: step skipped", step)
             return
+        await self._begin(step, expected, params)
+
+    async def _step_from_relay(self, step: int, source: RelaySource, digest: bytes, params: np.ndarray) -> None:
+        """Take the parameters from ``source``; when that fails, tell the PS why (it sends them directly)."""
+        reason = await self.relay.receive(source, step, digest, params)
+        if reason is None:
+            await self._begin(step, digest, params)
+            return
+        log.warning("step %d: relay from worker %d (%s:%d) %s: asking the PS", step, source.worker, source.host,
+                    source.port, reason)
+        try:
+            await self.conn.send(Kind.RELAY, {"step": step, "reason": reason})
+        except ConnectionClosed:
+            pass
+
+    async def _cancel_relay(self) -> None:
+        task, self._relay_task = self._relay_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _begin(self, step: int, digest: bytes | None, params: np.ndarray) -> None:
+        """``params`` hold step ``step``'s parameters (checked against ``digest``): offer them to the agents we
+        relay to, and compute once the previous step's computation has stopped."""
+        if digest is not None:
+            await self.relay.store.publish(step, digest, params)
+        previous = self._work
         if previous is not None and previous.task is not None:
             await asyncio.gather(previous.task, return_exceptions=True)
         work = _StepWork(step)
@@ -322,12 +371,14 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
         import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
     host = ComputeHost(options.workers, options.compute_threads)
+    hub = await _start_relay(options)
     watcher = _start_spot_watcher(options)
     refusals = _Refusals(options.max_refusals)
     try:
-        codes = await asyncio.gather(*(_run_slot(options, slot, host, watcher, refusals, session_type)
+        codes = await asyncio.gather(*(_run_slot(options, slot, host, hub, watcher, refusals, session_type)
                                        for slot in range(options.workers)))
     finally:
+        await hub.close()
         await asyncio.get_running_loop().run_in_executor(None, host.shutdown)
     if refusals.error is not None:
         raise refusals.error
@@ -352,7 +403,22 @@ class _Refusals:
         return self.error is not None
 
 
-async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher: "SpotWatcher | None",
+async def _start_relay(options: AgentOptions) -> RelayHub:
+    """The process's relay hub; its server listens unless ``options.relay`` is off (docs/performance.md)."""
+    loopback = options.host in ("127.0.0.1", "localhost", "::1")
+    hub = RelayHub(options.token, bind=options.relay_bind or ("127.0.0.1" if loopback else "0.0.0.0"),
+                   port=options.relay_port, lie=options.relay_lie)
+    if options.relay:
+        try:
+            await hub.start()
+        except OSError as exc:
+            raise ShieldAgentError(f"cannot serve relays on {options.relay_bind}:{options.relay_port}: {exc} "
+                                   "(choose another --relay-port, or --no-relay)") from None
+    return hub
+
+
+async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
+                    watcher: "SpotWatcher | None",
                     refusals: _Refusals, session_type: type[AgentSession] = AgentSession) -> int:
     """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
     address = f"{options.host}:{options.port}"
@@ -374,7 +440,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, watcher
             continue
         refusals.count, backoff = 0, 0.5
         log.debug("slot %d joined %s as peer %d", slot, address, conn.peer.id)
-        session = session_type(options, conn, host)
+        session = session_type(options, conn, host, hub)
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
             await session.run()

@@ -21,7 +21,7 @@ _OPERATIONAL_FIELDS = frozenset({
     "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
-    "max_skipped_steps", "agent_processes", "agg_threads",
+    "max_skipped_steps", "agent_processes", "agg_threads", "relay", "relay_roots", "relay_fanout", "relay_latency",
 })
 
 #: The paper's configuration of each scheme, used when ``--workers``/``--replication`` are not given
@@ -117,6 +117,10 @@ class ServeConfig:
     min_bandwidth: float = 10.0  # MB/s, the slowest link a transfer is given time for
     hedge_factor: float = 4.0
     hedge_floor: float = 0.25
+    relay: str = "on"  # relay broadcast (shield_ps.phases.relay): the PS sends the parameters to relay_roots agents
+    relay_roots: int = 2
+    relay_fanout: int = 2
+    relay_latency: float = 2.0  # seconds per relay hop, plus bytes / min_bandwidth
     handshake_timeout: float = 5.0
     max_preauth: int = 128
     max_preauth_per_host: int = 32

@@ -328,12 +328,15 @@ class PSDaemon:
                 await conn.close(refused, code="class")
                 return
             link.extra["class"] = self.fleet.class_of(link.worker)
+            link.relay = relay_address(link.address, reply.header.get("relay_port"))
             self.pool.set_ready(link)
             async for msg in conn:
                 if msg.kind is Kind.DIGESTS:
                     self.runner.on_digest(link, msg.header)
                 elif msg.kind is Kind.SKETCH:
                     self.runner.on_sketch(link, msg.header)
+                elif msg.kind is Kind.RELAY:
+                    self.runner.on_relay(link, msg.header)
                 elif msg.kind is Kind.LEAVE:
                     left = leave_reason(msg.header)
                     break
@@ -349,6 +352,14 @@ class PSDaemon:
             self.pool.release(link, left)
             if self.runner is not None:
                 self.runner.on_agent_lost(link)
+
+
+def relay_address(address: str | None, port: Any) -> tuple[str, int] | None:
+    """Where an agent's process serves relays: the host its connection comes from and the port its JOB reply gives
+    (untrusted: None unless a port in 1..65535)."""
+    if address is None or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    return address.rsplit(":", 1)[0], port
 
 
 def leave_reason(header: dict[str, Any]) -> str:

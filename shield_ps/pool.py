@@ -36,6 +36,7 @@ class AgentLink:
     state: WorkerState = WorkerState.CONNECTED
     compute_s: float | None = None
     address: str | None = None
+    relay: tuple[str, int] | None = None  # where this agent's process serves parameters to other agents
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,6 +59,8 @@ class WorkerPool:
         """Assign an id during the handshake: the lowest free slot for an agent (AuthError when all K are taken)."""
         if role is Role.OBSERVER:
             return next(self._observer_ids)
+        if role is not Role.AGENT:
+            raise AuthError(f"the PS does not take {role.value} connections (relays are served by agents)")
         now = time.monotonic()
         for slot in range(self.K):
             reserved_at = self._reserved.get(slot)

@@ -32,6 +32,7 @@ from shield_ps.phases.aggregate import Aggregation, AggregationOutcome, ShortSte
 from shield_ps.phases.broadcast import Broadcaster
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher, FetchReport
+from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, plan_tree
 from shield_ps.phases.sketch import SketchRound
 from shield_ps.pool import AgentLink, WorkerPool
 
@@ -57,6 +58,7 @@ class StepOutcome:
     bytes_out: int
     times: dict[str, float] = field(default_factory=dict)
     codecs: dict[str, dict[str, int]] = field(default_factory=dict)  # direction -> codec -> vectors (--codec auto)
+    relay_tree: dict[str, Any] = field(default_factory=dict)  # relay broadcast: direct sends, relayed, complaints
 
     def event_fields(self) -> dict[str, Any]:
         fields = {k: v for k, v in self.__dict__.items() if k != "account"}
@@ -78,8 +80,8 @@ class StepRunner:
         self._replicas: dict[tuple[int, int], np.ndarray] = {}
         self.deadlines = Deadlines.from_config(cfg)
         self.broadcaster = Broadcaster(d, self.deadlines, cfg.codec, cfg.codec_level, self._on_sent, self._on_slow)
-        self.fetcher = Fetcher(self._rows, self.deadlines, secret or secrets.token_bytes(32),
-                               pool.link, self._on_violation)
+        self._secret = secret or secrets.token_bytes(32)
+        self.fetcher = Fetcher(self._rows, self.deadlines, self._secret, pool.link, self._on_violation)
         self.aggregation = Aggregation(plan, self._rows, ShortStep(cfg.short_step))
         self.sketches = SketchRound(DEFAULT_PARAMS, f, d, self.deadlines.latency, pool.link, self._on_violation)
         self.auto = AutoVote(plan.placement, self.fetcher, self.sketches, self._rows, self._start_fetch)
@@ -90,6 +92,10 @@ class StepRunner:
         self.completed_steps: int | None = None
         self._step_lying: set[int] = set()
         self._step_slow: set[int] = set()
+        self.relay_book = RelayBook()
+        self._sources: dict[int, Source | None] = {}
+        self._complaints: list[list[Any]] = []
+        self._relay_done: set[int] = set()
         self._update: tuple[int, asyncio.Future[None]] | None = None
         self._loop = asyncio.get_event_loop()
 
@@ -119,6 +125,30 @@ class StepRunner:
         if self.collector is not None:
             self.collector.drop_worker(link.worker)
         self.sketches.drop_worker(link.worker)
+
+    def on_relay(self, link: AgentLink, header: dict[str, Any]) -> None:
+        """Called for every RELAY message: ``link``'s relay failed in the current step; record its source's process
+        and send it the vector directly (once per worker and step; anything else is ignored)."""
+        step, reason = header.get("step"), header.get("reason")
+        source = self._sources.get(link.worker)
+        if step != self.pool.step or reason not in REASONS or source is None or link.worker in self._relay_done:
+            log.debug("ignoring RELAY from worker %d: %r", link.worker, header)
+            return
+        self._relay_done.add(link.worker)
+        log.warning("step %d: worker %d got no valid parameters from worker %d's relay (%s): sending them directly",
+                    step, link.worker, source.worker, reason)
+        self._complaints.append([link.worker, source.worker, reason])
+        self.relay_book.complain(step, link.worker, source.worker)
+        self._loop.create_task(self.broadcaster.send_direct(link, step))
+
+    def _relay_plan(self, step: int, links: list[AgentLink]) -> dict[int, Source | None]:
+        """The step's relay tree (``--relay on`` and more agent processes than roots), else everyone direct."""
+        cfg = self.plan.config
+        if getattr(cfg, "relay", "off") != "on":
+            return {}
+        nodes = [RelayNode(link.worker, link.relay) for link in links]
+        return plan_tree(nodes, step, self._secret, roots=cfg.relay_roots, fanout=cfg.relay_fanout,
+                         no_relay=self.relay_book.no_relay(step), direct=self.relay_book.direct(step))
 
     def _on_violation(self, link: AgentLink, why: str) -> None:
         self._step_lying.add(link.worker)
@@ -154,7 +184,8 @@ class StepRunner:
         collector = StepCollector(step, plan.placement.f, {link.worker: link.files for link in links},
                                   r_prime=plan.placement.r_prime, on_winner=self._on_winner)
         self.collector = collector
-        _, busy = await self.broadcaster.start(step, lr, self.optimizer.params, links)
+        self._sources, self._complaints, self._relay_done = self._relay_plan(step, links), [], set()
+        _, busy = await self.broadcaster.start(step, lr, self.optimizer.params, links, self._sources)
         for worker in busy:
             self._step_slow.add(worker)
             collector.drop_worker(worker)
@@ -180,7 +211,8 @@ class StepRunner:
         account = StepAccount.build(
             lying=self._step_lying | report.lying, outvoted=set(vote.disagreeing) | (result.attack_outvoted & present),
             slow=self._step_slow | report.slow | late,
-            erased=(set(range(plan.placement.K)) - {link.worker for link in links}) | collector.lost | late)
+            erased=(set(range(plan.placement.K)) - {link.worker for link in links}) | collector.lost | late,
+            relay={accused for _, accused, _ in self._complaints})
         bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before))
         return StepOutcome(
             step=step, lr=lr, loss=self._honest_loss(collector, set(byzantine) | set(account.lying)
@@ -189,7 +221,16 @@ class StepRunner:
             files_corrupted=len(result.corrupted), account=account,
             aggregation={"action": result.action, "s": result.s, "reason": result.reason},
             hedges=report.hedges, sketch=dict(self.auto.last), bytes_in=bytes_in, bytes_out=bytes_out, times=times,
-            codecs={"out": dict(self.broadcaster.codecs), "in": dict(report.codecs)})
+            codecs={"out": dict(self.broadcaster.codecs), "in": dict(report.codecs)},
+            relay_tree=self._relay_fields())
+
+    def _relay_fields(self) -> dict[str, Any]:
+        if not self._sources:
+            return {}
+        relayed = sum(1 for source in self._sources.values() if source is not None)
+        depth = max((source.depth for source in self._sources.values() if source is not None), default=1)
+        return {"direct": len(self.broadcaster.direct), "relayed": relayed, "depth": depth,
+                "complaints": list(self._complaints)}
 
     async def _ready_links(self) -> list[AgentLink]:
         links = self.pool.ready_links()

@@ -175,6 +175,8 @@ ZOO: dict[str, tuple[type[AgentSession], dict[str, Any]]] = {
     "liar-2x": (AgentSession, {"lie_factor": 2.0}),  # consistent liars: outvoted, never proven lying
     "liar-3x": (AgentSession, {"lie_factor": 3.0}),
     "nan": (AgentSession, {"lie_factor": float("nan")}),  # non-finite gradients, digested consistently
+    "relay-corrupt": (AgentSession, {"relay_lie": "corrupt"}),  # computes honestly, relays a changed vector
+    "relay-stall": (AgentSession, {"relay_lie": "stall"}),  # computes honestly, never answers a relay request
 }
 
 
@@ -207,6 +209,22 @@ def secret_favouring(config: ServeConfig, worker: int) -> bytes:
         secret = n.to_bytes(8, "big") * 4
         if all(any(holder_order(secret, step, f, placement.file_workers[f])[0] == worker for f in files)
                for step in range(config.max_steps or 0)):
+            return secret
+    raise AssertionError("no such secret")
+
+
+def secret_making_relay(config: ServeConfig, worker: int, steps: int = 1) -> bytes:
+    """A secret under which ``worker`` (its own agent process) forwards the parameters to another worker in each of
+    the first ``steps`` steps (the relay tree of shield_ps.phases.relay)."""
+    from shield_ps.phases.relay import RelayNode, plan_tree
+
+    nodes = [RelayNode(w, ("127.0.0.1", 10_000 + w)) for w in range(config.workers)]
+    for n in range(10_000):
+        secret = n.to_bytes(8, "big") * 4
+        if all(any(source is not None and source.worker == worker
+                   for source in plan_tree(nodes, step, secret, roots=config.relay_roots,
+                                           fanout=config.relay_fanout).values())
+               for step in range(steps)):
             return secret
     raise AssertionError("no such secret")
 

@@ -36,13 +36,15 @@ class Role(str, enum.Enum):
 
     AGENT = "agent"
     OBSERVER = "observer"
+    RELAY = "relay"  # another agent asking an agent's relay server for a step's parameters (shield_agent.relay)
 
 
 #: What each role may send to the server once authenticated (replies included). Extend here, nowhere else.
 ROLE_SENDS: dict[Role, frozenset[Kind]] = {
-    Role.AGENT: frozenset({Kind.JOB, Kind.DIGESTS, Kind.VECTOR, Kind.SKETCH, Kind.HEARTBEAT, Kind.LEAVE,
-                           Kind.ERROR}),
+    Role.AGENT: frozenset({Kind.JOB, Kind.DIGESTS, Kind.VECTOR, Kind.SKETCH, Kind.RELAY, Kind.HEARTBEAT,
+                           Kind.LEAVE, Kind.ERROR}),
     Role.OBSERVER: frozenset({Kind.SUBSCRIBE, Kind.HEARTBEAT, Kind.LEAVE, Kind.ERROR}),
+    Role.RELAY: frozenset({Kind.RELAY, Kind.HEARTBEAT, Kind.LEAVE, Kind.ERROR}),
 }
 
 

@@ -48,6 +48,7 @@ class Kind(str, enum.Enum):
     SUBSCRIBE = "subscribe"
     EVENT = "event"
     SKETCH = "sketch"  # PS -> agent: the step's revealed seed and files; agent -> PS: one sketch per file
+    RELAY = "relay"  # agent -> relay: the step's parameters, please; agent -> PS: my relay failed, send them directly
 
 
 #: Kinds that may carry a vector payload (parameters in STEP, gradients in VECTOR).

@@ -201,6 +201,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 4)")
     g.add_argument("--hedge-floor", type=positive_float, default=0.25,
                    help="never hedge, nor end the gather's straggler grace, sooner (seconds, default 0.25)")
+    g.add_argument("--relay", choices=("on", "off"), default="on",
+                   help="relay broadcast (default on): the PS sends each step's parameters to --relay-roots agent "
+                   "processes, which forward them in a tree, every hop checked by digest; off: to every agent")
+    g.add_argument("--relay-roots", type=positive_int, default=2,
+                   help="agent processes the PS sends the parameters to (default 2)")
+    g.add_argument("--relay-fanout", type=positive_int, default=2,
+                   help="agent processes each relay forwards them to (default 2)")
+    g.add_argument("--relay-latency", type=positive_float, default=2.0,
+                   help="seconds per hop of the relay tree, plus the vector's size / --min-bandwidth: an agent k hops "
+                   "from the PS asks the PS directly after k such hops (default 2)")
     g.add_argument("--handshake-timeout", type=positive_float, default=5.0,
                    help="seconds an unauthenticated connection may take to authenticate (default 5)")
     g.add_argument("--max-preauth", type=positive_int, default=128,
@@ -288,6 +298,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=join_timeout,
         checkpoint_keep=args.keep_checkpoints, agent_processes=args.agent_processes,
         min_bandwidth=args.min_bandwidth, hedge_factor=args.hedge_factor, hedge_floor=args.hedge_floor,
+        relay=args.relay, relay_roots=args.relay_roots, relay_fanout=args.relay_fanout,
+        relay_latency=args.relay_latency,
         handshake_timeout=args.handshake_timeout, max_preauth=args.max_preauth,
         max_preauth_per_host=args.max_preauth_per_host, short_step=args.short_step.value,
         max_skipped_steps=args.max_skipped_steps, cc_tau=args.cc_tau, cc_iters=args.cc_iters,

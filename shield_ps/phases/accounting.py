@@ -1,10 +1,12 @@
-"""Who did what in a step, in four categories that are never mixed, and the run's running totals.
+"""Who did what in a step, in five categories that are never mixed, and the run's running totals.
 
 * ``lying``: proven to misbehave: a payload that does not hash to the sender's own digest, or a protocol violation.
 * ``outvoted``: the worker's digest lost a vote (or, in a simulated attack, its rewritten value did). An honest
   worker outvoted in a file the adversary won is here, never among the liars.
 * ``slow``: missed a deadline (the STEP send, the gather, a fetch or its hedge delay).
 * ``erased``: sent none of its replies for the step: not connected, lost mid-step, skipped or late.
+* ``relay``: another agent took the step's parameters from its process and got nothing valid in time (corrupt or
+  withheld; unproven: the PS did not see those bytes, see :mod:`shield_ps.phases.relay`).
 
 :class:`Tally` keeps the per-worker counts and the run's totals; it is saved in checkpoints, so a resumed run goes on
 counting from there.
@@ -14,22 +16,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CATEGORIES = ("lying", "outvoted", "slow", "erased")
+CATEGORIES = ("lying", "outvoted", "slow", "erased", "relay")
 TOTALS = ("files_corrupted", "files_dropped", "steps_skipped", "steps_lowered_s")
 
 
 @dataclass
 class StepAccount:
-    """The four categories of one step (sorted worker ids)."""
+    """The categories of one step (sorted worker ids)."""
 
     lying: list[int] = field(default_factory=list)
     outvoted: list[int] = field(default_factory=list)
     slow: list[int] = field(default_factory=list)
     erased: list[int] = field(default_factory=list)
+    relay: list[int] = field(default_factory=list)
 
     @classmethod
-    def build(cls, *, lying: set[int], outvoted: set[int], slow: set[int], erased: set[int]) -> "StepAccount":
-        return cls(lying=sorted(lying), outvoted=sorted(outvoted - lying), slow=sorted(slow), erased=sorted(erased))
+    def build(cls, *, lying: set[int], outvoted: set[int], slow: set[int], erased: set[int],
+              relay: set[int] = frozenset()) -> "StepAccount":  # type: ignore[assignment]
+        return cls(lying=sorted(lying), outvoted=sorted(outvoted - lying), slow=sorted(slow), erased=sorted(erased),
+                   relay=sorted(relay))
 
     def fields(self) -> dict[str, list[int]]:
         return {name: list(getattr(self, name)) for name in CATEGORIES}

@@ -6,6 +6,10 @@ cancelled, which closes that connection (half a frame is on the wire), and the w
 broadcast never waits for a slow reader: a worker whose previous STEP is still being sent is skipped for this step
 (it is erased), and only the sends still reading the buffer about to be overwritten (two steps old, each bounded by
 its own deadline) are waited for.
+
+With the relay broadcast (:mod:`shield_ps.phases.relay`) the vector goes to the tree's roots only; every other worker
+gets a STEP header naming its source and how long to wait for it, and the whole vector again only when it asks
+(:meth:`Broadcaster.send_direct`, once per worker and step).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.relay import Source
 from shield_ps.pool import AgentLink
 from wire import Codec, ConnectionClosed, EncodedVector, Kind, WireError, vector_digest
 
@@ -34,11 +39,14 @@ class Broadcaster:
         self._codec, self._level = codec, level
         self._on_sent, self._on_slow = on_sent, on_slow
         self.codecs: dict[str, int] = {}  # codec -> links, of the last broadcast
+        self._step: tuple[int, float, bytes] | None = None  # the last broadcast's step, lr and digest
+        self.direct: set[int] = set()  # workers sent the whole vector in the last broadcast (roots, fallbacks)
 
-    async def start(self, step: int, lr: float, params: np.ndarray,
-                    links: list[AgentLink]) -> tuple[list[AgentLink], list[int]]:
+    async def start(self, step: int, lr: float, params: np.ndarray, links: list[AgentLink],
+                    sources: dict[int, Source | None] | None = None) -> tuple[list[AgentLink], list[int]]:
         """Snapshot ``params`` and start sending STEP to ``links``; returns the links sent to and the workers skipped
-        because their previous STEP is still on its way."""
+        because their previous STEP is still on its way. ``sources`` (relay broadcast) maps a worker to where it
+        takes the vector from; a worker with no source (or every worker, without ``sources``) gets it from us."""
         index = step % 2
         users = self._users[index]
         if users:  # sends of step t-2 still reading this buffer: each is bounded by its own deadline
@@ -54,21 +62,50 @@ class Broadcaster:
                 busy.append(link.worker)
             else:
                 ready.append(link)
-        encoded = await self._encode_per_link(buffer, ready)
+        sources = sources or {}
+        direct = [link for link in ready if sources.get(link.worker) is None]
+        encoded = await self._encode_per_link(buffer, direct)
         digest = await loop.run_in_executor(None, vector_digest, buffer)  # agents check it before computing
+        self._step, self.direct = (step, lr, digest), {link.worker for link in direct}
+        hop = self._deadlines.relay_hop(buffer.nbytes)
         for link in ready:
-            vector = encoded[link.worker]
-            budget = self._deadlines.transfer(sum(vector.desc.sizes))
-            task = loop.create_task(self._send(link, step, lr, digest, vector, budget))
-            self._inflight[link.worker] = task
-            users.add(task)
-            task.add_done_callback(users.discard)
+            source = sources.get(link.worker)
+            if source is None:
+                vector = encoded[link.worker]
+                self._start_send(link, step, lr, digest, vector, self._deadlines.transfer(sum(vector.desc.sizes)))
+            else:
+                relay = {"worker": source.worker, "host": source.address[0], "port": source.address[1],
+                         "wait": round(source.depth * hop, 3)}
+                self._start_send(link, step, lr, digest, None, self._deadlines.latency, relay)
             sent.append(link)
         if busy:
             log.warning("step %d: workers %s are still receiving the previous step: erased for this step", step, busy)
         return sent, busy
 
-    async def _encode_per_link(self, buffer: np.ndarray, links: list[AgentLink]) -> dict[int, EncodedVector]:
+    async def send_direct(self, link: AgentLink, step: int) -> bool:
+        """Send the whole vector of the current step to ``link`` (its relay failed); False when ``step`` is not the
+        current one, or it was already sent the vector in this step."""
+        if self._step is None or self._step[0] != step or link.worker in self.direct:
+            return False
+        previous = self._inflight.get(link.worker)
+        if previous is not None and not previous.done():
+            return False
+        self.direct.add(link.worker)
+        _, lr, digest = self._step
+        encoded = (await self._encode_per_link(self._buffers[step % 2], [link], count=False))[link.worker]
+        self._start_send(link, step, lr, digest, encoded, self._deadlines.transfer(sum(encoded.desc.sizes)))
+        return True
+
+    def _start_send(self, link: AgentLink, step: int, lr: float, digest: bytes, vector: EncodedVector | None,
+                    budget: float, relay: dict[str, Any] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(link, step, lr, digest, vector, budget, relay))
+        self._inflight[link.worker] = task
+        users = self._users[step % 2]
+        users.add(task)
+        task.add_done_callback(users.discard)
+
+    async def _encode_per_link(self, buffer: np.ndarray, links: list[AgentLink],
+                               count: bool = True) -> dict[int, EncodedVector]:
         """``buffer`` encoded once per codec some link uses: ``--codec auto`` picks per link from its measured rate
         (wire.autocodec), a fixed codec is the same for all. Also counts the codecs used (``codecs``)."""
         loop = asyncio.get_running_loop()
@@ -78,13 +115,17 @@ class Broadcaster:
             pick = picks[link.worker]
             if pick not in encodings:
                 encodings[pick] = await loop.run_in_executor(None, link.conn.encode_timed, buffer, *pick)
-        self.codecs = {}
+        if count:
+            self.codecs = {}
         for codec, _ in picks.values():
             self.codecs[codec.value] = self.codecs.get(codec.value, 0) + 1
         return {worker: encodings[pick] for worker, pick in picks.items()}
 
-    async def _send(self, link: AgentLink, step: int, lr: float, digest: bytes, encoded: Any, budget: float) -> None:
-        header = {"step": step, "lr": lr, "params_digest": digest}
+    async def _send(self, link: AgentLink, step: int, lr: float, digest: bytes, encoded: EncodedVector | None,
+                    budget: float, relay: dict[str, Any] | None) -> None:
+        header: dict[str, Any] = {"step": step, "lr": lr, "params_digest": digest}
+        if relay is not None:
+            header["relay"] = relay
         try:
             await asyncio.wait_for(link.conn.send(Kind.STEP, header, vector=encoded), budget)
             self._on_sent(link)

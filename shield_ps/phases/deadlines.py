@@ -24,17 +24,24 @@ class Deadlines:
     min_bandwidth: float  # bytes per second
     hedge_factor: float
     hedge_floor: float
+    relay_latency: float = 2.0
     fetch_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
 
     @classmethod
     def from_config(cls, config: object) -> "Deadlines":
         return cls(gather=float(config.gather_timeout), latency=float(config.upload_timeout),  # type: ignore[attr-defined]
                    min_bandwidth=float(config.min_bandwidth) * 1e6,  # type: ignore[attr-defined]
-                   hedge_factor=float(config.hedge_factor), hedge_floor=float(config.hedge_floor))  # type: ignore[attr-defined]
+                   hedge_factor=float(config.hedge_factor), hedge_floor=float(config.hedge_floor),  # type: ignore[attr-defined]
+                   relay_latency=float(getattr(config, "relay_latency", 2.0)))
 
     def transfer(self, nbytes: int) -> float:
         """The whole-extent budget of one transfer of ``nbytes``."""
         return self.latency + nbytes / self.min_bandwidth
+
+    def relay_hop(self, nbytes: int) -> float:
+        """What one hop of the relay tree may take: a worker ``k`` hops from the PS waits ``k`` hops for the vector
+        before asking the PS for it directly."""
+        return self.relay_latency + nbytes / self.min_bandwidth
 
     def hedge_delay(self, nbytes: int) -> float:
         """How long a fetch may run before the next holder is asked too (never past the transfer budget)."""

@@ -1,0 +1,258 @@
+"""Relay broadcast, the agent's side: serve the step's parameters to other agents, and take them from one.
+
+The PS sends each step's parameter vector to a few agents only; every other agent is told in its STEP header where to
+take it (a parent agent's relay server, or a sibling slot of its own process) and the BLAKE3 digest it must have
+(``params_digest``). An agent publishes a vector only after checking that digest, so a relay can withhold or corrupt
+the parameters but never make anyone compute on wrong ones: the receiver checks the digest too, and when nothing
+valid arrived by the deadline the PS named it tells the PS (``RELAY``), which sends the vector directly and records
+the relay (shield_ps.phases.relay). docs/performance.md explains the tree.
+
+One :class:`RelayHub` per agent process: a store of the verified vectors of the last steps (:class:`RelayStore`),
+a server other agents connect to with the cluster token (role ``relay``), and cached client connections to the
+relays this process takes vectors from.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shield_agent.errors import ComputeError
+from wire import (AuthError, Codec, ConnectionClosed, Kind, Limits, Message, RemoteError, Timeouts, WireError,
+                  WireTimeoutError, connect, serve)
+from wire.auth import Role
+from wire.digest import DIGEST_SIZE
+
+log = logging.getLogger(__name__)
+
+#: The longest wait a STEP header or a relay request may ask for, seconds.
+MAX_WAIT_S = 900.0
+#: Steps whose vectors a store keeps (a slot's two parameter buffers).
+_KEPT_STEPS = 2
+#: Why a relay failed, as the RELAY message to the PS says it.
+REASONS = ("corrupt", "stalled", "unreachable", "refused")
+
+
+class RelayError(ComputeError):
+    """A malformed relay instruction from the PS."""
+
+    code = "bad_relay"
+
+
+@dataclass(frozen=True)
+class RelaySource:
+    """Where the PS told us to take a step's parameters: worker ``worker``'s process at ``host:port``, within
+    ``wait`` seconds of the STEP header."""
+
+    worker: int
+    host: str
+    port: int
+    wait: float
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> "RelaySource":
+        relay = header.get("relay")
+        try:
+            if not isinstance(relay, dict):
+                raise TypeError("relay must be a map")
+            worker, host, port, wait = relay["worker"], relay["host"], relay["port"], relay["wait"]
+            if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
+                raise TypeError("worker")
+            if not isinstance(host, str) or not 0 < len(host) <= 255:
+                raise TypeError("host")
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise TypeError("port")
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= MAX_WAIT_S:
+                raise TypeError("wait")
+        except (KeyError, TypeError) as exc:
+            raise RelayError(f"malformed relay instruction in STEP: {exc}") from None
+        return cls(worker, host, port, float(wait))
+
+
+class RelayStore:
+    """The verified parameter vectors of this process's slots, by step, and who is still reading each buffer."""
+
+    def __init__(self) -> None:
+        self._vectors: dict[int, tuple[bytes, np.ndarray]] = {}
+        self._readers: dict[int, int] = {}  # id(buffer) -> serves in progress
+        self._changed = asyncio.Condition()
+        self.local_workers: set[int] = set()
+
+    async def publish(self, step: int, digest: bytes, buffer: np.ndarray) -> None:
+        """``buffer`` holds the parameters of ``step`` and hashes to ``digest`` (the caller checked)."""
+        async with self._changed:
+            if step not in self._vectors:
+                self._vectors[step] = (digest, buffer)
+                for old in sorted(self._vectors)[:-_KEPT_STEPS]:
+                    del self._vectors[old]
+            self._changed.notify_all()
+
+    async def get(self, step: int, digest: bytes, timeout: float) -> np.ndarray | None:
+        """The vector of ``step`` once published with ``digest`` (None after ``timeout`` seconds)."""
+        def found() -> bool:
+            entry = self._vectors.get(step)
+            return entry is not None and entry[0] == digest
+
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(found)
+                    return self._vectors[step][1]
+        except TimeoutError:
+            return None
+
+    @contextlib.contextmanager
+    def reading(self, buffer: np.ndarray) -> Any:
+        """Mark ``buffer`` as being sent to another agent (its owner waits before overwriting it)."""
+        key = id(buffer)
+        self._readers[key] = self._readers.get(key, 0) + 1
+        try:
+            yield buffer
+        finally:
+            self._readers[key] -= 1
+            if not self._readers[key]:
+                del self._readers[key]
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def reclaim(self, buffer: np.ndarray) -> None:
+        """Before overwriting ``buffer``: withdraw it and wait for the serves still reading it (each is bounded by
+        its own deadline, see :meth:`RelayHub._serve_one`)."""
+        async with self._changed:
+            for step, (_, held) in list(self._vectors.items()):
+                if held is buffer:
+                    del self._vectors[step]
+            await self._changed.wait_for(lambda: id(buffer) not in self._readers)
+
+
+class RelayHub:
+    """The process's relay server, its client connections, and its store (see the module docstring).
+
+    ``lie`` (testing only) makes the server Byzantine: ``corrupt`` serves a vector with one value changed, ``stall``
+    never answers."""
+
+    def __init__(self, token: str, *, bind: str = "127.0.0.1", port: int = 0, lie: str | None = None,
+                 timeouts: Timeouts | None = None) -> None:
+        self.store = RelayStore()
+        self._token, self._bind, self._port, self._lie = token, bind, port, lie
+        self._timeouts = timeouts or Timeouts()
+        self._server: Any = None
+        self._clients: dict[tuple[str, int], Any] = {}
+        self._client_locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    @property
+    def port(self) -> int | None:
+        """The server's bound port (None when not serving)."""
+        return self._server.port if self._server is not None else None
+
+    async def start(self) -> None:
+        """Listen for other agents (role ``relay`` only; the cluster token authenticates them)."""
+        def admit(role: Role, name: str, ids: Any = iter(range(1 << 62))) -> int:
+            if role is not Role.RELAY:
+                raise AuthError("this is an agent's relay server: only relay connections")
+            return next(ids)
+
+        self._server = await serve(self._bind, self._port, self._serve, token=self._token, admit=admit,
+                                   limits=Limits(max_preauth=64, max_preauth_per_host=16), timeouts=self._timeouts)
+        log.info("relay server on %s:%d", self._bind, self._server.port)
+
+    async def close(self) -> None:
+        for conn in self._clients.values():
+            await conn.close("agent leaving")
+        self._clients.clear()
+        if self._server is not None:
+            await self._server.close(grace=1.0)
+
+    # ---- serving ----------------------------------------------------------------------------------------------
+    async def _serve(self, conn: Any) -> None:
+        async for msg in conn:
+            if msg.kind is Kind.RELAY:
+                await self._serve_one(conn, msg)
+            else:
+                msg.discard()
+
+    async def _serve_one(self, conn: Any, msg: Message) -> None:
+        step, digest, wait = msg.header.get("step"), msg.header.get("digest"), msg.header.get("wait")
+        if (isinstance(step, bool) or not isinstance(step, int) or not isinstance(digest, bytes)
+                or len(digest) != DIGEST_SIZE or isinstance(wait, bool) or not isinstance(wait, (int, float))
+                or not 0 < wait <= MAX_WAIT_S):
+            await conn.reply(msg, Kind.ERROR, {"code": "bad_relay", "reason": "step, digest and wait expected"})
+            return
+        if self._lie == "stall":
+            await asyncio.sleep(wait)
+            return
+        buffer = await self.store.get(step, digest, 0.9 * wait)  # answer before the asker gives up
+        if buffer is None:
+            await conn.reply(msg, Kind.ERROR, {"code": "not_ready", "reason": f"no parameters for step {step}"})
+            return
+        with self.store.reading(buffer):
+            payload = buffer
+            if self._lie == "corrupt":
+                payload = buffer.copy()
+                payload[len(payload) // 2] += np.float32(1.0)
+            try:
+                await asyncio.wait_for(conn.send_vector(Kind.VECTOR, {"step": step}, payload, codec=Codec.NONE,
+                                                        reply_to=msg), wait)
+            except asyncio.TimeoutError:
+                await conn.close(f"relay of step {step} took more than {wait:.1f}s", code="timeout")
+
+    # ---- receiving --------------------------------------------------------------------------------------------
+    async def receive(self, source: RelaySource, step: int, digest: bytes, dest: np.ndarray) -> str | None:
+        """Fill ``dest`` with the parameters of ``step`` from ``source`` within ``source.wait`` seconds and check
+        them against ``digest``; None when done, else why not (one of :data:`REASONS`)."""
+        if source.worker in self.store.local_workers:  # a sibling slot of this process takes them for us
+            buffer = await self.store.get(step, digest, source.wait)
+            if buffer is None:
+                return "stalled"
+            np.copyto(dest, buffer)
+            return None
+        key = (source.host, source.port)
+        lock = self._client_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with asyncio.timeout(source.wait):
+                async with lock:
+                    return await self._receive_remote(key, step, digest, dest, source.wait)
+        except TimeoutError:
+            await self._drop_client(key)
+            return "stalled"
+
+    async def _receive_remote(self, key: tuple[str, int], step: int, digest: bytes, dest: np.ndarray,
+                              wait: float) -> str | None:
+        try:
+            conn = self._clients.get(key)
+            if conn is None or conn.closed:
+                conn = self._clients[key] = await connect(*key, token=self._token, role=Role.RELAY,
+                                                          timeouts=self._timeouts)
+        except (OSError, WireError) as exc:
+            log.info("relay %s:%d unreachable: %s", *key, exc)
+            return "unreachable"
+        try:
+            reply = await conn.request(Kind.RELAY, {"step": step, "digest": digest, "wait": wait}, timeout=wait + 1)
+            if reply.kind is not Kind.VECTOR or reply.vector is None:
+                reply.discard()
+                await self._drop_client(key)
+                return "corrupt"
+            got = await reply.read_vector_into(dest, digest=True)
+        except RemoteError as exc:
+            log.info("relay %s:%d refused step %d: %s", *key, step, exc)
+            return "refused"
+        except WireTimeoutError:
+            await self._drop_client(key)
+            return "stalled"
+        except (WireError, ConnectionClosed) as exc:
+            log.info("relay %s:%d failed for step %d: %s", *key, step, exc)
+            await self._drop_client(key)
+            return "corrupt"
+        return None if got == digest else "corrupt"
+
+    async def _drop_client(self, key: tuple[str, int]) -> None:
+        conn = self._clients.pop(key, None)
+        if conn is not None:
+            await conn.close("relay failed")

@@ -1,0 +1,115 @@
+"""Relay broadcast, the PS's side: who takes the step's parameters from whom, and who failed to relay them.
+
+Sending the parameters to every agent costs the PS K*d*4 bytes per step (1.56 GB at K = 35 and ResNet-18's d). With
+the relay on, the PS sends the vector to ``roots`` agent processes only, and every other process takes it from a
+parent in a tree of fan-out ``fanout`` (worker slots of one process share one copy: the process is the tree's node).
+STEP carries the vector's BLAKE3 digest, every agent checks it before computing or forwarding, and an agent that has
+nothing valid when its wait ends tells the PS (``RELAY``), which sends it the vector directly. PS egress is then
+``roots * d * 4`` plus one vector per fallback. docs/performance.md measures it.
+
+A complaint cannot be verified (the PS did not see the bytes between two agents), so it costs the accused only its
+place as a relay: it is recorded (category ``relay``) and kept out of the tree's inner nodes for a cooldown that
+doubles with each complaint, and the accuser takes its vectors from the PS for a cooldown too. A Byzantine accuser
+can thus demote honest relays, which raises egress towards the direct broadcast's, never the result: the parameters
+are checked by digest at every hop. The tree is reshuffled every step by a keyed hash, so a Byzantine relay cannot
+choose whom it serves.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+#: Steps a first complaint keeps the accused out of the inner nodes (and the accuser on direct sends).
+COOLDOWN_STEPS = 8
+#: The longest cooldown, steps.
+MAX_COOLDOWN_STEPS = 1024
+#: What an agent may say in RELAY (shield_agent.relay.REASONS).
+REASONS = frozenset({"corrupt", "stalled", "unreachable", "refused"})
+
+
+@dataclass(frozen=True)
+class RelayNode:
+    """One worker slot as the planner sees it: its id, and where its process serves relays (None: it does not)."""
+
+    worker: int
+    serves: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a worker takes the step's parameters: ``worker``'s process at ``address``, ``depth`` hops from the PS
+    (a root's children are at depth 2)."""
+
+    worker: int
+    address: tuple[str, int]
+    depth: int
+
+
+def _rank(secret: bytes, step: int, worker: int) -> bytes:
+    return hashlib.blake2b(step.to_bytes(8, "big") + worker.to_bytes(8, "big"), key=secret[:64],
+                           digest_size=16).digest()
+
+
+def plan_tree(nodes: Iterable[RelayNode], step: int, secret: bytes, *, roots: int, fanout: int,
+              no_relay: frozenset[int] = frozenset(), direct: frozenset[int] = frozenset()) -> dict[int, Source | None]:
+    """The step's relay tree: worker -> its :class:`Source`, or None when the PS sends to it directly.
+
+    Slots of one process (same relay address) form one node, represented by its smallest worker id; its other slots
+    take the vector from it inside the process. Nodes whose process serves and none of whose workers is in
+    ``no_relay`` may be inner nodes; they come first, in an order keyed by ``secret`` and ``step``, then the others.
+    Position p < ``roots`` is a root; position p >= ``roots`` hangs under inner node ``(p - roots) // fanout`` (a
+    ``fanout``-ary heap); a node with no inner node left for it is a root too. Workers in ``direct`` always get the
+    vector from the PS.
+    """
+    groups: dict[object, list[int]] = {}
+    for node in nodes:
+        key: object = node.serves if node.serves is not None else ("alone", node.worker)
+        groups.setdefault(key, []).append(node.worker)
+    members = {min(workers): sorted(workers) for workers in groups.values()}
+    serves = {min(workers): key for key, workers in groups.items() if isinstance(key, tuple) and key[0] != "alone"}
+    inner = [w for w in members if w in serves and not set(members[w]) & no_relay]
+    rest = [w for w in members if w not in inner]
+    order = sorted(inner, key=lambda w: _rank(secret, step, w)) + sorted(rest, key=lambda w: _rank(secret, step, w))
+    plan: dict[int, Source | None] = {}
+    depth: dict[int, int] = {}
+    for position, rep in enumerate(order):
+        parent_index = (position - roots) // fanout if position >= roots else -1
+        if 0 <= parent_index < len(inner) and parent_index < position and rep not in direct:
+            parent = order[parent_index]
+            plan[rep] = Source(parent, serves[parent], depth[parent] + 1)
+            depth[rep] = depth[parent] + 1
+        else:
+            plan[rep] = None
+            depth[rep] = 1
+        for sibling in members[rep][1:]:
+            address = serves.get(rep)
+            plan[sibling] = Source(rep, address, depth[rep] + 1) if address is not None else None
+    for worker in direct:
+        if worker in plan:
+            plan[worker] = None
+    return plan
+
+
+@dataclass
+class RelayBook:
+    """Complaints and cooldowns over the run (operational state: not checkpointed, a restart forgets them)."""
+
+    demoted_until: dict[int, int] = field(default_factory=dict)  # accused -> first step it may relay again
+    direct_until: dict[int, int] = field(default_factory=dict)  # accuser -> first step it is relayed to again
+    strikes: dict[int, int] = field(default_factory=dict)  # complaints involving the worker, either side
+
+    def no_relay(self, step: int) -> frozenset[int]:
+        return frozenset(w for w, until in self.demoted_until.items() if step < until)
+
+    def direct(self, step: int) -> frozenset[int]:
+        return frozenset(w for w, until in self.direct_until.items() if step < until)
+
+    def complain(self, step: int, accuser: int, accused: int) -> None:
+        """``accuser`` got nothing valid from ``accused``'s process at ``step``."""
+        for worker, book in ((accused, self.demoted_until), (accuser, self.direct_until)):
+            strikes = self.strikes[worker] = self.strikes.get(worker, 0) + 1
+            book[worker] = step + 1 + min(MAX_COOLDOWN_STEPS, COOLDOWN_STEPS << min(strikes - 1, 16))

@@ -1,0 +1,250 @@
+"""Relay broadcast: the tree (pure), the agents' relay hub over real TCP, and whole runs with relays that corrupt or
+stall (shield_ps.phases.relay, shield_agent.relay)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shield_agent.relay import RelayHub, RelaySource, RelayError
+from shield_ps.phases.relay import COOLDOWN_STEPS, RelayBook, RelayNode, plan_tree
+from tests.byzantine_zoo import RunResult, run_cluster, secret_making_relay, zoo_config
+from tests.runtime_helpers import MNIST_DIR
+from wire import AuthError, Kind, connect, digest_bytes
+from wire.auth import Role
+
+TOKEN = "relay-test-token-0123456789abcdef"
+SECRET = bytes(range(32))
+
+
+def _nodes(k: int, per_process: int = 1, serving: bool = True) -> list[RelayNode]:
+    return [RelayNode(w, ("10.0.0.1", 9000 + w // per_process) if serving else None) for w in range(k)]
+
+
+def _check_tree(plan: dict, nodes: list[RelayNode], no_relay: frozenset[int] = frozenset()) -> None:
+    """Every worker has a source or is direct; every chain ends at the PS in ``depth`` hops without a cycle; a source
+    is a serving process; nobody in ``no_relay`` forwards to another process."""
+    address = {n.worker: n.serves for n in nodes}
+    assert set(plan) == set(address)
+    for worker, source in plan.items():
+        hops, current, seen = 1, source, {worker}
+        while current is not None:
+            assert current.worker not in seen
+            assert current.address == address[current.worker] is not None
+            if current.address != address[worker]:  # across processes: only relays that may relay
+                assert current.worker not in no_relay
+            seen.add(current.worker)
+            hops += 1
+            current = plan[current.worker]
+        assert hops == (source.depth if source is not None else 1)
+
+
+@pytest.mark.parametrize("k,roots,fanout", [(1, 2, 2), (9, 2, 2), (15, 2, 2), (35, 2, 2), (35, 3, 4), (35, 1, 1)])
+def test_tree_covers_everyone_from_roots_only(k: int, roots: int, fanout: int) -> None:
+    nodes = _nodes(k)
+    for step in range(5):
+        plan = plan_tree(nodes, step, SECRET, roots=roots, fanout=fanout)
+        _check_tree(plan, nodes)
+        assert sum(source is None for source in plan.values()) == min(k, roots)  # PS egress: `roots` vectors
+        children: dict[int, int] = {}
+        for source in plan.values():
+            if source is not None:
+                children[source.worker] = children.get(source.worker, 0) + 1
+        assert max(children.values(), default=0) <= fanout
+
+
+def test_tree_is_keyed_and_reshuffled_every_step() -> None:
+    nodes = _nodes(15)
+    plans = [plan_tree(nodes, step, SECRET, roots=2, fanout=2) for step in range(6)]
+    assert plans[0] == plan_tree(nodes, 0, SECRET, roots=2, fanout=2)
+    assert len({tuple(sorted((w, s.worker if s else -1) for w, s in p.items())) for p in plans}) > 3
+    assert plan_tree(nodes, 0, bytes(32), roots=2, fanout=2) != plans[0]
+
+
+def test_slots_of_one_process_share_one_copy() -> None:
+    nodes = _nodes(12, per_process=4)  # three processes of four slots
+    plan = plan_tree(nodes, 0, SECRET, roots=2, fanout=2)
+    _check_tree(plan, nodes)
+    for base in (0, 4, 8):
+        for sibling in range(base + 1, base + 4):
+            assert plan[sibling] is not None and plan[sibling].worker == base
+    assert sum(source is None for source in plan.values()) == 2
+
+
+def test_demoted_and_silent_processes_only_receive() -> None:
+    nodes = _nodes(15)[:12] + [RelayNode(w, None) for w in (12, 13, 14)]  # three agents serve no relay
+    no_relay = frozenset({0, 1, 2, 3})
+    for step in range(5):
+        plan = plan_tree(nodes, step, SECRET, roots=2, fanout=2, no_relay=no_relay, direct=frozenset({5}))
+        _check_tree(plan, nodes, no_relay)
+        assert plan[5] is None
+        parents = {s.worker for s in plan.values() if s is not None}
+        assert not parents & (no_relay | {12, 13, 14})
+
+
+def test_without_relays_everyone_is_direct() -> None:
+    plan = plan_tree(_nodes(9, serving=False), 0, SECRET, roots=2, fanout=2)
+    assert all(source is None for source in plan.values())
+
+
+def test_complaints_demote_the_accused_and_put_the_accuser_on_direct_sends() -> None:
+    book = RelayBook()
+    book.complain(3, accuser=1, accused=7)
+    assert book.no_relay(4) == {7} and book.direct(4) == {1}
+    assert book.no_relay(3 + COOLDOWN_STEPS + 1) == frozenset()
+    book.complain(20, accuser=2, accused=7)  # a second strike doubles the cooldown
+    assert 7 in book.no_relay(20 + 2 * COOLDOWN_STEPS) and 7 not in book.no_relay(21 + 2 * COOLDOWN_STEPS)
+
+
+@pytest.mark.parametrize("relay", [None, "x", {"worker": 1, "host": "h", "port": 0, "wait": 1.0},
+                                   {"worker": 1, "host": "h", "port": 9, "wait": 1e9},
+                                   {"worker": True, "host": "h", "port": 9, "wait": 1.0},
+                                   {"worker": 1, "host": "", "port": 9, "wait": 1.0}])
+def test_malformed_relay_instructions_are_refused(relay: object) -> None:
+    with pytest.raises(RelayError):
+        RelaySource.from_header({"relay": relay})
+
+
+# ---- the agents' relay hub over real TCP ------------------------------------------------------------------------
+async def _hubs(lie: str | None = None) -> tuple[RelayHub, RelayHub]:
+    server, client = RelayHub(TOKEN, lie=lie), RelayHub(TOKEN)
+    await server.start()
+    return server, client
+
+
+async def _relay_once(lie: str | None, wait: float = 5.0, publish: bool = True) -> tuple[str | None, np.ndarray]:
+    server, client = await _hubs(lie)
+    vector = np.arange(100_000, dtype=np.float32)
+    digest = digest_bytes(memoryview(vector).cast("B"))
+    dest = np.zeros_like(vector)
+    try:
+        if publish:
+            await server.store.publish(4, digest, vector)
+        source = RelaySource(worker=3, host="127.0.0.1", port=server.port, wait=wait)
+        reason = await asyncio.wait_for(client.receive(source, 4, digest, dest), wait + 10)
+    finally:
+        await client.close()
+        await server.close()
+    return reason, dest
+
+
+def test_hub_relays_a_verified_vector() -> None:
+    reason, dest = asyncio.run(_relay_once(None))
+    assert reason is None and np.array_equal(dest, np.arange(100_000, dtype=np.float32))
+
+
+@pytest.mark.parametrize("lie,expected", [("corrupt", "corrupt"), ("stall", "stalled")])
+def test_hub_reports_a_byzantine_relay(lie: str, expected: str) -> None:
+    reason, _ = asyncio.run(_relay_once(lie, wait=1.0))
+    assert reason == expected
+
+
+def test_hub_waits_for_a_vector_not_yet_there_then_refuses() -> None:
+    reason, _ = asyncio.run(_relay_once(None, wait=0.5, publish=False))
+    assert reason == "refused"
+
+
+def test_hub_reports_an_unreachable_relay() -> None:
+    async def main() -> str | None:
+        client = RelayHub(TOKEN)
+        vector = np.zeros(10, np.float32)
+        try:
+            return await client.receive(RelaySource(3, "127.0.0.1", 1, 2.0), 0, b"\0" * 32, vector)
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) == "unreachable"
+
+
+def test_relay_server_takes_relay_connections_only() -> None:
+    async def main() -> None:
+        server = RelayHub(TOKEN)
+        await server.start()
+        try:
+            with pytest.raises(AuthError):
+                await connect("127.0.0.1", server.port, token=TOKEN, role=Role.AGENT)
+            conn = await connect("127.0.0.1", server.port, token=TOKEN, role=Role.RELAY)
+            reply = await conn.request(Kind.RELAY, {"step": "x"}, timeout=5)
+            await conn.close()
+        except Exception as exc:  # RemoteError is what a malformed request gets
+            assert type(exc).__name__ == "RemoteError", exc
+        else:
+            raise AssertionError(f"a malformed relay request was answered with {reply}")
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_store_keeps_a_buffer_until_its_readers_are_done() -> None:
+    async def main() -> list[str]:
+        hub = RelayHub(TOKEN)
+        buffer = np.zeros(4, np.float32)
+        await hub.store.publish(0, b"d" * 32, buffer)
+        order: list[str] = []
+
+        async def reader() -> None:
+            with hub.store.reading(buffer):
+                await asyncio.sleep(0.2)
+                order.append("read")
+
+        task = asyncio.get_running_loop().create_task(reader())
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(hub.store.reclaim(buffer), 5)
+        order.append("reclaimed")
+        await task
+        assert await hub.store.get(0, b"d" * 32, 0.05) is None  # withdrawn
+        return order
+
+    assert asyncio.run(main()) == ["read", "reclaimed"]
+
+
+# ---- whole runs ---------------------------------------------------------------------------------------------------
+needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="local MNIST missing")
+CULPRIT = 8
+STEPS = 3
+
+
+def _secret() -> bytes:
+    return secret_making_relay(zoo_config(Path("unused")), CULPRIT)
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return run_cluster(tmp_path_factory.mktemp("direct"), slots=[None] * 9, secret=_secret(), relay="off",
+                       max_steps=STEPS)
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("zoo", [None, "relay-corrupt", "relay-stall"])
+def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, zoo: str | None) -> None:
+    result = run_cluster(tmp_path, zoo=zoo, secret=_secret(), relay="on", max_steps=STEPS)
+    steps = result.of("step")
+    assert result.exit_code == 0 and [e["step"] for e in steps] == list(range(STEPS))
+    assert np.array_equal(result.params, direct.params)  # bit-identical to the direct broadcast
+    d4 = 431_080 * 4
+    for relayed, plain in zip(steps, direct.of("step")):
+        assert plain["bytes_out"] > 8 * d4 and not plain["relay_tree"]
+        tree = relayed["relay_tree"]
+        assert tree["direct"] + tree["relayed"] == 9 + len(tree["complaints"])
+        assert relayed["bytes_out"] <= (tree["direct"] + 0.2) * d4
+        assert relayed["lying"] == [] and relayed["outvoted"] == [] and relayed["erased"] == []
+        assert relayed["files_won"] == 9
+    if zoo is None:
+        assert all(e["relay"] == [] and e["relay_tree"]["complaints"] == [] for e in steps)
+        assert all(e["relay_tree"]["direct"] == 2 for e in steps)
+        assert all(e["bytes_out"] <= 2.2 * d4 for e in steps)
+        return
+    first = steps[0]
+    assert first["relay"] == [CULPRIT], first
+    assert {accused for _, accused, _ in first["relay_tree"]["complaints"]} == {CULPRIT}
+    reason = {"relay-corrupt": "corrupt", "relay-stall": "stalled"}[zoo]
+    assert {why for _, _, why in first["relay_tree"]["complaints"]} == {reason}
+    assert all(e["relay"] == [] for e in steps[1:])  # demoted: it forwards to nobody in the following steps
+    assert result.of("summary")[-1]["relay_workers"] == {str(CULPRIT): 1}
+    config = zoo_config(Path("unused"))
+    hop = config.relay_latency + d4 / (config.min_bandwidth * 1e6)
+    assert first["times"]["total"] < 4 * hop + 60  # a stalled relay costs its children a bounded wait
