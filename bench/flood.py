@@ -295,11 +295,13 @@ def _serve_cmd(train_dir: Path, args: argparse.Namespace) -> list[str]:
 
 
 def _wait_port(log_path: Path, ps: subprocess.Popen[bytes], timeout: float) -> int:
+    from shield_ps.cli.serve import listening_port
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in log_path.read_text(errors="replace").splitlines():
-            if "listening on" in line:
-                return int(line.rsplit(":", 1)[1].split()[0])
+        port = listening_port(log_path.read_text(errors="replace"))
+        if port is not None:
+            return port
         if ps.poll() is not None:
             break
         time.sleep(0.2)

@@ -17,7 +17,8 @@ threads, which holds no GIL) gets from this machine in the same minute: on a sha
 often busy. Ends with one JSON line; its keys are the issue's contract:
 
     critical_path_vs_aggregate_update (d=11.2M, K=15), aggregate_2threads_speedup (aggregator -> ratio),
-    egress_vs_d4_k35, relay_step_time_vs_direct_k15 (null: no relay broadcast yet)
+    egress_vs_d4_k35 (the relay broadcast, the default), relay_step_time_vs_direct_k15 (median step time with the relay
+    broadcast over direct sends, --relay-pairs alternating runs at K = 15 and d = --relay-d)
 
     python bench/scale.py [--dims 430000,11200000,23500000] [--workers 15,25,35] [--seconds-per-file 1.0]
 """
@@ -42,6 +43,7 @@ import numpy as np  # noqa: E402
 
 from aggregators import SPEEDUP_OTHERS, SPEEDUP_TARGETS, threads_speedup  # noqa: E402
 from shield_ps.byzantine.placement import build_placement  # noqa: E402
+from shield_ps.cli.serve import listening_port  # noqa: E402
 
 TOKEN = "bench-scale-token-0123456789abcdef"
 #: K -> (scheme, r): the placements measured.
@@ -52,7 +54,7 @@ RESNET18_D = 11_200_000
 class Cluster:
     """A PS and K synthetic agents on 127.0.0.1; :meth:`stop` ends every process it started, by PID."""
 
-    def __init__(self, run_dir: Path, K: int, d: int, args: argparse.Namespace) -> None:
+    def __init__(self, run_dir: Path, K: int, d: int, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
         scheme, r = PLACEMENTS[K]
         run_dir.mkdir(parents=True)
         self.run_dir = run_dir
@@ -61,7 +63,7 @@ class Cluster:
                "--synthetic-d", str(d), "--scheme", scheme, "--workers", str(K), "--replication", str(r),
                "--max-steps", str(args.steps + args.warmup), "--eval-freq", str(args.steps + args.warmup),
                "--aggregator", args.aggregator, "--train-dir", str(run_dir / "run"), "--join-timeout", "300",
-               "--gather-timeout", "600", "--upload-timeout", "300", *args.serve_flags]
+               "--gather-timeout", "600", "--upload-timeout", "300", *args.serve_flags, *extra]
         # agents reconnect if the PS drops them (a send over its deadline on a loaded machine closes the link)
         self.ps = self._start(cmd, run_dir / "serve.log")
         port = self._port()
@@ -80,9 +82,9 @@ class Cluster:
         deadline = time.monotonic() + timeout
         log = self.run_dir / "serve.log"
         while time.monotonic() < deadline:
-            for line in log.read_text(errors="replace").splitlines():
-                if "listening on" in line:
-                    return int(line.rsplit(":", 1)[1])
+            port = listening_port(log.read_text(errors="replace"))
+            if port is not None:
+                return port
             if self.ps.poll() is not None:
                 break
             time.sleep(0.1)
@@ -128,10 +130,10 @@ def after_last_digest(times: dict[str, float]) -> float:
     return times["total"] - times["broadcast"] - times["compute"]
 
 
-def measure(K: int, d: int, args: argparse.Namespace, tmp: Path) -> dict:
+def measure(K: int, d: int, args: argparse.Namespace, tmp: Path, extra: tuple[str, ...] = (), tag: str = "") -> dict:
     scheme, r = PLACEMENTS[K]
     placement = build_placement(scheme, K, r, None)
-    cluster = Cluster(tmp / f"K{K}-d{d}", K, d, args)
+    cluster = Cluster(tmp / f"K{K}-d{d}{tag}", K, d, args, extra)
     try:
         steps = cluster.wait(timeout=3600)[args.warmup:]
     finally:
@@ -154,6 +156,22 @@ def measure(K: int, d: int, args: argparse.Namespace, tmp: Path) -> dict:
     row["ingress_vs_d4"] = row["ingress_bytes"] / (d * 4)
     row["egress_vs_d4"] = row["egress_bytes"] / (d * 4)
     return row
+
+
+def relay_comparison(args: argparse.Namespace, tmp: Path) -> dict:
+    """K = 15 at d = ``args.relay_d``: ``args.relay_pairs`` pairs of runs with the relay broadcast and with direct
+    sends, alternating which goes first; the ratio of the medians of their median step times."""
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    egress: dict[str, list[float]] = {"on": [], "off": []}
+    for pair in range(args.relay_pairs):
+        for relay in (("on", "off") if pair % 2 == 0 else ("off", "on")):
+            row = measure(15, args.relay_d, args, tmp, ("--relay", relay), tag=f"-relay-{relay}-{pair}")
+            times[relay].append(row["step_s"])
+            egress[relay].append(row["egress_vs_d4"])
+            print(f"K=15 d={args.relay_d:>10,} relay {relay:3s}: step {row['step_s']:.3f} s, egress "
+                  f"{row['egress_vs_d4']:.2f} d*4", flush=True)
+    ratio = statistics.median(times["on"]) / statistics.median(times["off"])
+    return {"ratio": ratio, "step_s": times, "egress_vs_d4": egress}
 
 
 def parallel_ceiling(reps: int, mb: int = 256) -> float:
@@ -191,6 +209,9 @@ def main() -> None:
                         help="run a configuration only if its estimate fits in this share of MemAvailable")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the aggregation thread speedup")
     parser.add_argument("--skip-clusters", action="store_true", help="only the aggregation thread speedup")
+    parser.add_argument("--relay-pairs", type=int, default=2,
+                        help="pairs of K = 15 runs, relay broadcast on and off (0: leave the comparison out)")
+    parser.add_argument("--relay-d", type=int, default=RESNET18_D, help="d of the relay comparison")
     parser.add_argument("--keep", help="keep the runs' directories (logs, metrics.jsonl) under this directory")
     parser.add_argument("--serve-flags", default="--min-bandwidth 1",
                         help="extra flags for shield-ps serve, one string (default: deadlines for a loaded machine, "
@@ -230,6 +251,11 @@ def main() -> None:
     k35 = sorted((r for r in rows if r["K"] == 35), key=lambda r: -r["d"])
     figures["egress_vs_d4_k35"] = round(k35[0]["egress_vs_d4"], 3) if k35 else None
     figures["relay_step_time_vs_direct_k15"] = None
+    if args.relay_pairs > 0 and not args.skip_clusters:
+        with tempfile.TemporaryDirectory(prefix="shield-bench-relay-") as scratch:
+            comparison = relay_comparison(args, Path(args.keep or scratch))
+        figures["relay_step_time_vs_direct_k15"] = round(comparison["ratio"], 3)
+        figures["relay_comparison"] = {"d": args.relay_d, **comparison}
 
     need = int(25 * RESNET18_D * 4 * 1.15)  # X, plus the scratch, the output and the Gram products
     if not args.skip_threads and need > args.memory_share * available_bytes():

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shield_ps import aggregate  # noqa: E402
+from shield_ps.cli.serve import listening_port  # noqa: E402
 from shield_ps.config import ServeConfig  # noqa: E402
 from shield_ps.job import resolve_job  # noqa: E402
 
@@ -51,9 +52,9 @@ def _serve(train_dir: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]
 def _port(train_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in (train_dir / "serve.log").read_text(errors="replace").splitlines():
-            if "listening on" in line:
-                return int(line.rsplit(":", 1)[1])
+        port = listening_port((train_dir / "serve.log").read_text(errors="replace"))
+        if port is not None:
+            return port
         if proc.poll() is not None:
             break
         time.sleep(0.1)

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from shield_ps.cli.serve import LISTENING_PATTERN
+
 REPO = Path(__file__).resolve().parent.parent
 MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
 TOKEN = "integration-test-token-0123456789"
-_LISTEN = re.compile(r"listening on [^:\s]+:(\d+)")
+_LISTEN = LISTENING_PATTERN  # the benchmarks read the port with the same pattern (listening_port)
 
 
 def serve_command(train_dir: Path, *args: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import shutil
 import signal
 import sys
@@ -30,6 +31,9 @@ from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
 
 DEFAULT_MAX_STEPS = 300
+#: The line `serve` prints once it listens; scripts (bench/) read the port back with :func:`listening_port`.
+LISTENING_LINE = "shield-ps: listening on {host}:{port}; run directory {train_dir}"
+LISTENING_PATTERN = re.compile(r"shield-ps: listening on \S+:(\d+);")
 _ATTACK_ALIASES = {"rev_grad": Attack.REV_GRAD, "reverse-gradient": Attack.REV_GRAD}
 _CHOICE_ALIASES = {"hard_coded": ByzantineChoice.WORST, "hard-coded": ByzantineChoice.WORST}
 _DETOX_ALIASES = {"whole_group": DetoxAttack.WHOLE_GROUP}
@@ -223,6 +227,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_view_options(p)
 
 
+def listening_port(log_text: str) -> int | None:
+    """The port in ``serve``'s :data:`LISTENING_LINE` within ``log_text`` (None until it is there)."""
+    found = LISTENING_PATTERN.search(log_text)
+    return int(found.group(1)) if found else None
+
+
 RUNS_DIR = Path("runs")
 
 
@@ -371,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     sink.subscribe(view.publish)
 
     def listening(host: str, port: int) -> None:
-        view.post_line(f"shield-ps: listening on {host}:{port}; run directory {train_dir}")
+        view.post_line(LISTENING_LINE.format(host=host, port=port, train_dir=train_dir))
         if config.local_agents < config.workers:
             missing = config.workers - config.local_agents
             command = join_command(host, port, token_file) + ("" if missing == 1 else f" --workers {missing}")
