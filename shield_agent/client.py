@@ -216,7 +216,7 @@ class AgentSession:
         self.job = job
         self.relay.store.local_workers.add(job.worker)
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
-        relay = {"relay_port": self.relay.port} if self.relay.port else {}
+        relay = {"relay_port": self.relay.port, "relay_id": self.relay.id} if self.relay.port else {}
         await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint, **relay})
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,7 @@ class RelayHub:
     def __init__(self, token: str, *, bind: str = "127.0.0.1", port: int = 0, lie: str | None = None,
                  timeouts: Timeouts | None = None) -> None:
         self.store = RelayStore()
+        self.id = secrets.token_bytes(16)  # told to the PS only: slots reporting it are this process's (docs/wire.md)
         self._token, self._bind, self._port, self._lie = token, bind, port, lie
         self._timeouts = timeouts or Timeouts()
         self._server: Any = None

@@ -328,7 +328,7 @@ class PSDaemon:
                 await conn.close(refused, code="class")
                 return
             link.extra["class"] = self.fleet.class_of(link.worker)
-            link.relay = relay_address(link.address, reply.header.get("relay_port"))
+            link.relay = relay_address(link.address, reply.header.get("relay_port"), reply.header.get("relay_id"))
             self.pool.set_ready(link)
             async for msg in conn:
                 if msg.kind is Kind.DIGESTS:
@@ -354,12 +354,15 @@ class PSDaemon:
                 self.runner.on_agent_lost(link)
 
 
-def relay_address(address: str | None, port: Any) -> tuple[str, int] | None:
-    """Where an agent's process serves relays: the host its connection comes from and the port its JOB reply gives
-    (untrusted: None unless a port in 1..65535)."""
-    if address is None or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+def relay_address(address: str | None, port: Any, process: Any) -> tuple[str, int, bytes] | None:
+    """Where an agent's process serves relays: the host its connection comes from, the port its JOB reply gives, and
+    the process's random id from the same reply (slots with equal triples share one copy of the parameters; an agent
+    that names another process's port without its id is a process of its own). Untrusted: None unless a port in
+    1..65535 and a 16-byte id."""
+    if (address is None or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+            or not isinstance(process, bytes) or len(process) != 16):
         return None
-    return address.rsplit(":", 1)[0], port
+    return address.rsplit(":", 1)[0], port, process
 
 
 def leave_reason(header: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ class AgentLink:
     state: WorkerState = WorkerState.CONNECTED
     compute_s: float | None = None
     address: str | None = None
-    relay: tuple[str, int] | None = None  # where this agent's process serves parameters to other agents
+    relay: tuple[str, int, bytes] | None = None  # host, port and id of this agent's process's relay server
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -131,7 +131,8 @@ class StepRunner:
         and send it the vector directly (once per worker and step; anything else is ignored)."""
         step, reason = header.get("step"), header.get("reason")
         source = self._sources.get(link.worker)
-        if step != self.pool.step or reason not in REASONS or source is None or link.worker in self._relay_done:
+        if (step != self.pool.step or not isinstance(reason, str) or reason not in REASONS or source is None
+                or link.worker in self._relay_done):
             log.debug("ignoring RELAY from worker %d: %r", link.worker, header)
             return
         self._relay_done.add(link.worker)

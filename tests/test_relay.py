@@ -32,8 +32,8 @@ def _check_tree(plan: dict, nodes: list[RelayNode], no_relay: frozenset[int] = f
         hops, current, seen = 1, source, {worker}
         while current is not None:
             assert current.worker not in seen
-            assert current.address == address[current.worker] is not None
-            if current.address != address[worker]:  # across processes: only relays that may relay
+            assert address[current.worker] is not None and current.address == address[current.worker][:2]
+            if address[worker] is None or current.address != address[worker][:2]:  # across processes: only relays that may relay
                 assert current.worker not in no_relay
             seen.add(current.worker)
             hops += 1
@@ -71,6 +71,27 @@ def test_slots_of_one_process_share_one_copy() -> None:
         for sibling in range(base + 1, base + 4):
             assert plan[sibling] is not None and plan[sibling].worker == base
     assert sum(source is None for source in plan.values()) == 2
+
+
+def test_a_slot_naming_another_process_port_without_its_id_is_a_process_of_its_own() -> None:
+    honest, other = b"h" * 16, b"x" * 16
+    nodes = [RelayNode(0, ("10.0.0.1", 9000, other))] + [RelayNode(w, ("10.0.0.1", 9000, honest)) for w in (1, 2, 3)]
+    nodes += [RelayNode(w, ("10.0.0.2", 9000 + w, bytes([w]) * 16)) for w in range(4, 9)]
+    for step in range(4):
+        plan = plan_tree(nodes, step, SECRET, roots=2, fanout=2)
+        for sibling in (2, 3):  # the honest process's slots take the vector from its own first slot, never from 0
+            assert plan[sibling] is not None and plan[sibling].worker == 1
+
+
+def test_relay_address_needs_a_port_and_the_process_id() -> None:
+    from shield_ps.daemon import relay_address
+
+    assert relay_address("10.0.0.7:51234", 7001, b"i" * 16) == ("10.0.0.7", 7001, b"i" * 16)
+    assert relay_address("::1:51234", 7001, b"i" * 16) == ("::1", 7001, b"i" * 16)
+    for port, process in [(0, b"i" * 16), (70000, b"i" * 16), (True, b"i" * 16), ("7001", b"i" * 16), (7001, None),
+                          (7001, b"short"), (7001, "i" * 16)]:
+        assert relay_address("10.0.0.7:51234", port, process) is None
+    assert relay_address(None, 7001, b"i" * 16) is None
 
 
 def test_demoted_and_silent_processes_only_receive() -> None:

@@ -33,10 +33,11 @@ REASONS = frozenset({"corrupt", "stalled", "unreachable", "refused"})
 
 @dataclass(frozen=True)
 class RelayNode:
-    """One worker slot as the planner sees it: its id, and where its process serves relays (None: it does not)."""
+    """One worker slot as the planner sees it: its id, and where its process serves relays (host, port, the process's
+    id; None: it does not)."""
 
     worker: int
-    serves: tuple[str, int] | None
+    serves: tuple[str, int, bytes] | tuple[str, int] | None
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,22 @@ def plan_tree(nodes: Iterable[RelayNode], step: int, secret: bytes, *, roots: in
         parent_index = (position - roots) // fanout if position >= roots else -1
         if 0 <= parent_index < len(inner) and parent_index < position and rep not in direct:
             parent = order[parent_index]
-            plan[rep] = Source(parent, serves[parent], depth[parent] + 1)
+            plan[rep] = Source(parent, _host_port(serves[parent]), depth[parent] + 1)
             depth[rep] = depth[parent] + 1
         else:
             plan[rep] = None
             depth[rep] = 1
         for sibling in members[rep][1:]:
             address = serves.get(rep)
-            plan[sibling] = Source(rep, address, depth[rep] + 1) if address is not None else None
+            plan[sibling] = Source(rep, _host_port(address), depth[rep] + 1) if address is not None else None
     for worker in direct:
         if worker in plan:
             plan[worker] = None
     return plan
+
+
+def _host_port(serves: tuple) -> tuple[str, int]:
+    return serves[0], serves[1]
 
 
 @dataclass
