@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shield_ps.events import WorkerState
 from shield_ps.view import fields as ev
+from shield_ps.view.codecs import CodecUse, add, read_codecs
 from shield_ps.view.fields import MAX_WORKERS, BadEvent, WorkerCounts
 
 #: the PS-side phases of one step, in the order they happen (``times`` in a ``step`` event).
@@ -176,6 +177,8 @@ class ViewState:
     classes: tuple[tuple[str, tuple[int, ...]], ...] = ()  #: (class id, its workers), from the latest classes event
     tolerance: float | None = None  #: the sketch vote's relative tolerance
     join: JoinProgress | None = None  #: the latest join progress (shown until the first step)
+    codecs: CodecUse | None = None  #: the latest step's codecs per direction (None: not reported)
+    codec_totals: CodecUse | None = None  #: their sums over the steps that reported them
     malformed: int = 0
 
 
@@ -281,6 +284,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     workers = tuple(_mark(w, i, sets) if w.lying_now or w.outvoted_now or w.slow_now or i in marked else w
                     for i, w in enumerate(workers))
     recent = (state.recent + ((step, time),))[-RATE_WINDOW:] if time is not None else state.recent
+    codecs = read_codecs(event)
     return dict(
         step=step, epoch=ev.count(event, "epoch", state.epoch or 0), lr=ev.number(event, "lr"),
         loss=ev.number(event, "loss"), vote=vote, steps_seen=state.steps_seen + 1,
@@ -290,7 +294,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
         hedges=state.hedges + vote.hedges, refused=state.refused if refused is None else refused,
         workers=workers, phases_last=phases,
         phases_sum={k: state.phases_sum.get(k, 0.0) + phases.get(k, 0.0) for k in {*state.phases_sum, *phases}},
-        recent=recent,
+        recent=recent, codecs=codecs, codec_totals=add(state.codec_totals, codecs),
     )
 
 
@@ -378,8 +382,6 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.CHECKPOINT: _fold_checkpoint,
     EventKind.SUMMARY: _fold_summary,
     EventKind.JOIN: _fold_join,
-
-
     EventKind.CLASSES: _fold_classes,
 }
 
