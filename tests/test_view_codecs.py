@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
+import shutil
+import sys
 from pathlib import Path
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,8 +22,10 @@ from shield_ps.view.fake import fake_run
 from shield_ps.view.live import render
 from shield_ps.view.state import fold
 from shield_ps.view.summary import summary_lines
+from tests.tmux_helpers import tmux_screens
 
 STEPS, WORKERS = 24, 15
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _step(step: int, **fields: object) -> dict:
@@ -180,3 +187,16 @@ def test_the_codec_row_gives_way_on_a_short_terminal_and_never_overflows() -> No
             shown.append(any("codec out" in line for line in lines))
         assert not shown[0] and all(shown[1:]), (width, shown)  # from 15 lines on there is room for it
     assert not any("codec" in line for line in summary_lines(fold_all(fake_run(steps=3, workers=4))))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux (Debian package) is not installed")
+def test_the_fake_demo_shows_the_codec_row_in_a_real_terminal() -> None:
+    """Each step stays 0.3 s on screen: longer than the live panel's redraw period (0.25 s), so each is drawn."""
+    command = (f"{shlex.quote(sys.executable)} -m shield_ps.view --fake --steps 6 --workers 6 --pace-ms 300; "
+               "echo EXIT=$?")
+    screens = tmux_screens(command, cwd=REPO, width=80, height=30, timeout=60, max_screens=500, interval=0.05)
+    assert "EXIT=0" in screens[-1], screens[-1]
+    rows = {line.strip("│ ") for screen in screens for line in screen.splitlines() if line.startswith("│ codec ")}
+    assert "codec out none×5 lz4×1 · in none×24 lz4×1" in rows, rows  # the last step switched a link
+    assert any(row.startswith("codec out none×6 · in none×2") for row in rows), rows  # and earlier ones did not
+    assert "codecs       out none 94.4% lz4 5.6% (36 sends)" in screens[-1]
