@@ -1,5 +1,6 @@
 """The end-of-run summary: steps, wall time, accuracy, files, skipped updates, workers by category (lying, outvoted,
-slow, erased: never mixed), refused connections, checkpoints and whether the metrics file is complete."""
+slow, erased: never mixed), refused connections, the codecs each direction used (when the steps reported them),
+checkpoints and whether the metrics file is complete."""
 from __future__ import annotations
 
 from typing import NamedTuple
