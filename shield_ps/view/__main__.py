@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.run is None) == (not args.fake):
         parser.error("give a RUN or --fake (not both)")
     try:
-        events = fake_run(args.steps, args.workers, eval_every=max(args.steps // 6, 1)) if args.fake \
+        events = fake_run(args.steps, args.workers, eval_every=max(args.steps // 6, 1), codecs=True) if args.fake \
             else iter_events(args.run)
     except ShieldPSError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

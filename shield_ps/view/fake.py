@@ -3,7 +3,8 @@
 It is not a simulation of training: the loss decays, the accuracy rises, a few fixed workers are Byzantine and are
 mostly outvoted; the first of them forges a payload now and then (proven lying); an honest worker is outvoted once
 in a while (in a file the adversary won: outvoted, never a liar); one worker is late now and then (slow and erased);
-one step skips its update; connections are refused before authentication twice. Every figure is a function of
+one step skips its update; connections are refused before authentication twice. With ``codecs``, the steps also
+report the codecs used (raw everywhere, one link switched to LZ4 from time to time). Every figure is a function of
 ``seed`` and the step.
 """
 from __future__ import annotations
@@ -16,10 +17,21 @@ from shield_ps.view.state import CATEGORIES, PHASES
 
 #: a step whose files were too few to aggregate (``aggregation.action`` = ``skip``), as the step index mod this
 SKIP_EVERY = 11
+#: with ``codecs``, a step in which one worker's links use LZ4 (both directions), as the step index mod this
+LZ4_EVERY = 3
+
+
+def _codecs(step: int, workers: int, won: int) -> dict[str, dict[str, int]]:
+    """A step's ``codecs`` (docs/metrics.md): raw on every link but one every LZ4_EVERY steps."""
+    switched = int(step % LZ4_EVERY == LZ4_EVERY - 1 and workers > 1)
+    fetched = min(switched, won)
+    out = {"none": workers - switched, "lz4": switched}
+    into = {"none": won - fetched, "lz4": fetched}
+    return {"out": {k: v for k, v in out.items() if v}, "in": {k: v for k, v in into.items() if v}}
 
 
 def _step_event(rng: random.Random, step: int, steps: int, workers: int, files: int, seed: int,
-                byzantine: tuple[int, ...], now: float, refused: int) -> dict[str, Any]:
+                byzantine: tuple[int, ...], now: float, refused: int, codecs: bool = False) -> dict[str, Any]:
     late = (step * 7 + seed) % workers if step % 5 == 4 else None
     skip = step % SKIP_EVERY == SKIP_EVERY - 1
     dropped = files - 2 if skip else 1 if step % 7 == 3 else 0
@@ -36,17 +48,20 @@ def _step_event(rng: random.Random, step: int, steps: int, workers: int, files: 
     times["total"] = round(sum(times[p] for p in PHASES), 5)
     aggregation = ({"action": "skip", "s": None, "reason": "2 files survived; the aggregator needs 3"} if skip
                    else {"action": "aggregate", "s": len(byzantine), "reason": None})
-    return {"kind": "step", "time": now, "step": step, "epoch": step // max(steps // 4, 1),
+    event = {"kind": "step", "time": now, "step": step, "epoch": step // max(steps // 4, 1),
             "lr": 0.01 * (0.5 if step >= steps // 2 else 1.0), "loss": round(2.3 * math.exp(-step / 15) + 0.05, 5),
             "files": files, "files_won": files - dropped, "files_dropped": dropped, "files_corrupted": corrupted,
             "lying": lying, "outvoted": outvoted, "slow": [late] if late is not None else [],
             "erased": [late] if late is not None else [], "aggregation": aggregation, "hedges": int(step % 3 == 2),
             "refused": refused, "bytes_in": 1_234_567, "bytes_out": 2_345_678, "times": times}
+    if codecs:
+        event["codecs"] = _codecs(step, workers, files - dropped)
+    return event
 
 
 def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every: int = 10, seed: int = 0,
              byzantine: tuple[int, ...] = (3, 7), start_time: float = 1_700_000_000.0,
-             step_s: float = 0.5, final: bool = True) -> Iterator[dict[str, Any]]:
+             step_s: float = 0.5, final: bool = True, codecs: bool = False) -> Iterator[dict[str, Any]]:
     """Yield job, worker, step, eval, checkpoint and (if ``final``) summary events of a fake run of ``steps``
     steps; the summary's totals are those of the steps."""
     rng = random.Random(seed)
@@ -72,7 +87,8 @@ def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every:
             state = "late" if w == late else "done"
             yield {"kind": "worker", "time": now, "step": step, "worker": w, "state": state,
                    "compute_s": round(0.15 + 0.1 * rng.random(), 4), "address": f"127.0.0.1:{40000 + w}"}
-        event = _step_event(rng, step, steps, workers, files, seed, byzantine, now, refused=2 * (step >= 3))
+        event = _step_event(rng, step, steps, workers, files, seed, byzantine, now, refused=2 * (step >= 3),
+                            codecs=codecs)
         totals["files_corrupted"] += event["files_corrupted"]
         totals["files_dropped"] += event["files_dropped"]
         totals["steps_skipped"] += event["aggregation"]["action"] == "skip"

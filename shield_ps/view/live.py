@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from shield_ps.view import fmt
+from shield_ps.view.codecs import DIRECTIONS
 from shield_ps.view.plain import job_title
 from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
 from shield_ps.view.state import PHASES, UpdateAction, ViewState, WorkerState, WorkerView
@@ -83,6 +84,22 @@ def _vote_row(state: ViewState) -> Text:
     text.append(f"dropped {vote.dropped} ", style="yellow" if vote.dropped else "")
     text.append(f"corrupted {vote.corrupted}", style="bold red" if vote.corrupted else "")
     text.append(f"  total corrupted {state.files_corrupted} dropped {state.files_dropped}", style="dim")
+    return text
+
+
+def _codec_row(state: ViewState) -> Text | None:
+    """The latest step's codecs: ``codec out none×14 lz4×1 · in none×25`` (None when the step did not report them);
+    a compressing codec is coloured so that a switch stands out."""
+    use = state.codecs
+    if use is None:
+        return None
+    text = Text("codec", style="bold")
+    for i, direction in enumerate(DIRECTIONS):
+        text.append(" ·" if i else "")
+        text.append(f" {direction}")
+        for name, count in use.direction(direction) or (("-", 0),):
+            text.append(" ")
+            text.append(name if name == "-" else f"{name}×{count}", style="dim" if name in ("none", "-") else "cyan")
     return text
 
 
@@ -223,9 +240,11 @@ def _side_by_side(left: list[Text], right: list[Text], left_width: int) -> list[
 def render(state: ViewState, width: int = 80, height: int | None = None) -> Panel:
     """The whole live panel for a terminal of ``width`` x ``height`` characters."""
     inner = width - 4
-    alerts = _alerts_row(state)
+    alerts, codec = _alerts_row(state), _codec_row(state)
     lines = [Text(job_title(state, steps=False), style="bold"), _progress_row(state, inner), _metrics_row(state),
              _vote_row(state)] + ([alerts] if alerts is not None else [])
+    if codec is not None and (height is None or height - 3 - len(lines) > len(PHASES)):
+        lines.insert(4, codec)  # below the vote; on a terminal too short for it and the phase bars, it gives way
     room = None if height is None else height - 2 - len(lines)  # lines left inside the border
     right = min(PHASE_COLUMN, max(PHASE_COLUMN_MIN, inner // 3))
     left = inner - right - 2

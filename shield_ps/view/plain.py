@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
+from shield_ps.view.codecs import step_text
 from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
 from shield_ps.view.state import CATEGORIES, EventKind, UpdateAction, ViewState, WorkerState, event_kind
 
@@ -48,7 +49,7 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
              f"lr {fmt.lr(state.lr)}",
              f"loss {fmt.num(state.loss)}",
              f"won {vote.won}/{vote.files}", f"dropped {vote.dropped}", f"corrupted {vote.corrupted}"]
-    for category in CATEGORIES:  # lying, outvoted, slow, erased: never mixed
+    for category in CATEGORIES:  # lying, outvoted, slow, erased, relay: never mixed
         if getattr(vote, category):
             parts.append(f"{category} {fmt.ids(getattr(vote, category))}")
     if vote.action is UpdateAction.SKIP:
@@ -62,6 +63,8 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
     if "total" in times:
         parts.append(f"in {times['total']:.3f}s")
     parts.append(f"eta {fmt.duration(eta_seconds(state))}")
+    if state.codecs is not None:
+        parts.append(f"codec {step_text(state.codecs)}")
     return " ".join(parts)
 
 

@@ -13,7 +13,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shield_ps.events import WorkerState
 from shield_ps.view import fields as ev
+from shield_ps.view.codecs import CodecUse, add, read_codecs
 from shield_ps.view.fields import MAX_WORKERS, BadEvent, WorkerCounts
+from shield_ps.view.records import (CheckpointOutcome, EvalResult, JobInfo, JoinProgress, Summary, UpdateAction,
+                                    VoteOutcome, WorkerView)
+
+__all__ = ["CATEGORIES", "PHASES", "CheckpointOutcome", "EvalResult", "EventKind", "JobInfo", "JoinProgress",
+           "Summary", "UpdateAction", "ViewState", "VoteOutcome", "WorkerState", "WorkerView", "event_kind", "fold",
+           "fold_all"]
 
 #: the PS-side phases of one step, in the order they happen (``times`` in a ``step`` event).
 PHASES: tuple[str, ...] = ("broadcast", "compute", "gather", "vote", "aggregate", "update")
@@ -22,7 +29,7 @@ RATE_WINDOW = 32
 #: how many checkpoint errors a state keeps (a hostile stream must not grow it without bound).
 MAX_ERRORS = 64
 #: the step event's worker categories, never mixed (shield_ps.phases.accounting).
-CATEGORIES: tuple[str, ...] = ("lying", "outvoted", "slow", "erased")
+CATEGORIES: tuple[str, ...] = ("lying", "outvoted", "slow", "erased", "relay")
 
 
 class EventKind(str, enum.Enum):
@@ -34,115 +41,6 @@ class EventKind(str, enum.Enum):
     SUMMARY = "summary"
     JOIN = "join"
     CLASSES = "classes"
-
-
-class UpdateAction(str, enum.Enum):
-    """What a step did with the files it won (``aggregation.action`` in a ``step`` event)."""
-
-    AGGREGATE = "aggregate"
-    LOWER_S = "lower-s"  #: aggregated with a lowered s (too few files survived for the configured one)
-    SKIP = "skip"  #: no update this step (too few files survived for any valid s)
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    scheme: str = "?"
-    workers: int = 0
-    files: int = 0
-    replication: int = 0
-    network: str = "?"
-    dataset: str = "?"
-    batch_size: int = 0
-    aggregator: str = "?"
-    attack: str = "none"
-    byzantine: int = 0
-    total_steps: int = 0
-    steps_per_epoch: int = 0
-    start_step: int = 0
-    resumed: bool = False
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    state: WorkerState = WorkerState.UNKNOWN
-    compute_s: float | None = None
-    address: str = ""
-    klass: str = ""  #: determinism class (docs/byzantine.md)
-    disagreements: int = 0  #: steps in which this worker was outvoted (its digest lost a vote; honest ones can be)
-    lies: int = 0  #: steps in which it was proven lying (payload not matching its own digest, protocol violation)
-    slow_steps: int = 0  #: steps in which it missed a deadline
-    erasures: int = 0  #: steps in which this worker sent none of its replies
-    lying_now: bool = False  #: proven lying in the last step (the only mark the live panel shows in red)
-    outvoted_now: bool = False  #: outvoted in the last step
-    slow_now: bool = False  #: missed a deadline in the last step
-
-
-@dataclass(frozen=True)
-class VoteOutcome:
-    step: int
-    files: int
-    won: int
-    dropped: int
-    corrupted: int
-    lying: tuple[int, ...] = ()
-    outvoted: tuple[int, ...] = ()  #: an old metrics file's ``flagged`` is read as outvoted
-    slow: tuple[int, ...] = ()
-    erased: tuple[int, ...] = ()
-    action: UpdateAction = UpdateAction.AGGREGATE
-    s: int | None = None  #: the s the aggregator ran with (None when not reported)
-    reason: str | None = None  #: why the update was skipped or s lowered
-    hedges: int = 0  #: fetches hedged to a second holder
-    refused: int | None = None  #: connections refused before authentication so far (None when not reported)
-    refused_rose: bool = False  #: ``refused`` grew since the previous step
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    step: int
-    top1: float
-    top5: float | None
-    loss: float | None
-
-
-@dataclass(frozen=True)
-class CheckpointOutcome:
-    step: int
-    ok: bool
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The run's summary. Fields an older PS did not report are None (or empty) and shown as unknown."""
-
-    steps: int
-    wall_s: float
-    best_top1: float | None
-    final_top1: float | None
-    files_corrupted: int
-    files_dropped: int
-    reason: str
-    lying_workers: WorkerCounts = ()
-    outvoted_workers: WorkerCounts = ()
-    slow_workers: WorkerCounts = ()
-    erased_workers: WorkerCounts = ()
-    steps_skipped: int | None = None
-    steps_lowered_s: int | None = None
-    refused: int | None = None
-    checkpoint_errors: tuple[CheckpointOutcome, ...] = ()  #: the first MAX_ERRORS failed writes
-    checkpoint_failures: int = 0  #: how many checkpoint writes failed in all
-    last_checkpoint: int | None = None
-    metrics_complete: bool | None = None
-
-
-@dataclass(frozen=True)
-class JoinProgress:
-    """The PS's wait for its agents: ready, still loading, never connected, and seconds left at that moment."""
-
-    ready: int
-    loading: int
-    missing: int
-    left_s: float | None
 
 
 @dataclass(frozen=True)
@@ -176,6 +74,8 @@ class ViewState:
     classes: tuple[tuple[str, tuple[int, ...]], ...] = ()  #: (class id, its workers), from the latest classes event
     tolerance: float | None = None  #: the sketch vote's relative tolerance
     join: JoinProgress | None = None  #: the latest join progress (shown until the first step)
+    codecs: CodecUse | None = None  #: the latest step's codecs per direction (None: not reported)
+    codec_totals: CodecUse | None = None  #: their sums over the steps that reported them
     malformed: int = 0
 
 
@@ -281,6 +181,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     workers = tuple(_mark(w, i, sets) if w.lying_now or w.outvoted_now or w.slow_now or i in marked else w
                     for i, w in enumerate(workers))
     recent = (state.recent + ((step, time),))[-RATE_WINDOW:] if time is not None else state.recent
+    codecs = read_codecs(event)
     return dict(
         step=step, epoch=ev.count(event, "epoch", state.epoch or 0), lr=ev.number(event, "lr"),
         loss=ev.number(event, "loss"), vote=vote, steps_seen=state.steps_seen + 1,
@@ -290,7 +191,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
         hedges=state.hedges + vote.hedges, refused=state.refused if refused is None else refused,
         workers=workers, phases_last=phases,
         phases_sum={k: state.phases_sum.get(k, 0.0) + phases.get(k, 0.0) for k in {*state.phases_sum, *phases}},
-        recent=recent,
+        recent=recent, codecs=codecs, codec_totals=add(state.codec_totals, codecs),
     )
 
 
@@ -378,8 +279,6 @@ _FOLDS: dict[EventKind, Callable[[ViewState, Mapping[str, Any]], dict[str, Any]]
     EventKind.CHECKPOINT: _fold_checkpoint,
     EventKind.SUMMARY: _fold_summary,
     EventKind.JOIN: _fold_join,
-
-
     EventKind.CLASSES: _fold_classes,
 }
 

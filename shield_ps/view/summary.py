@@ -1,5 +1,6 @@
 """The end-of-run summary: steps, wall time, accuracy, files, skipped updates, workers by category (lying, outvoted,
-slow, erased: never mixed), refused connections, checkpoints and whether the metrics file is complete."""
+slow, erased: never mixed), refused connections, the codecs each direction used (when the steps reported them),
+checkpoints and whether the metrics file is complete."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -9,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from shield_ps.view import fmt
+from shield_ps.view.codecs import shares_text
 from shield_ps.view.fields import WorkerCounts
 from shield_ps.view.figures import final_summary, median_step_seconds
 from shield_ps.view.state import Summary, ViewState
@@ -52,6 +54,12 @@ def _metrics(summary: Summary) -> SummaryRow:
     return SummaryRow("metrics", "INCOMPLETE: metrics.jsonl could not be written to the end", loud=True)
 
 
+def _codecs(state: ViewState) -> list[SummaryRow]:
+    """The run's codec shares per direction, over the steps the view saw report them (no row for an older run)."""
+    totals = state.codec_totals
+    return [] if totals is None else [SummaryRow("codecs", shares_text(totals))]
+
+
 def summary_rows(state: ViewState) -> list[SummaryRow]:
     """The rows of the final summary; pure, shared by the plain and the live rendering."""
     summary = final_summary(state)
@@ -69,6 +77,7 @@ def summary_rows(state: ViewState) -> list[SummaryRow]:
         SummaryRow("slow", _workers(summary.slow_workers)),
         SummaryRow("erased", _workers(summary.erased_workers)),
         SummaryRow("refused", f"{_known(summary.refused)} connections before authentication"),
+    ] + _codecs(state) + [
         _checkpoints(summary),
         _metrics(summary),
     ]
