@@ -339,3 +339,17 @@ def test_replay_and_plot_of_a_resumed_run_count_each_step_once(tmp_path: Path) -
     assert curves.loss == {**{s: 9.0 for s in range(5)}, **{s: 1.0 for s in range(5, 9)}}
     assert curves.top1 == {5: 0.3} and curves.timed_steps == 9
     assert curves_from_events(events, "raw") == dataclasses.replace(curves, label="raw")
+
+
+def test_relay_faults_show_in_the_step_line_and_the_summary() -> None:
+    events = _events()
+    step = next(e for e in events if e["kind"] == "step")
+    step["relay"] = [8]
+    summary = next(e for e in events if e["kind"] == "summary")
+    summary["relay_workers"] = {"8": 1}
+    raw, _ = _run_view(ViewMode.PLAIN, events, width=120)
+    lines = raw.splitlines()
+    assert sum("relay 8" in line for line in lines if "] step " in line) == 1
+    assert "summary: relay       8 (x1)" in lines
+    clean, _ = _run_view(ViewMode.PLAIN, _events(), width=120)
+    assert not any(line.startswith("summary: relay") for line in clean.splitlines())

@@ -93,7 +93,7 @@ def fake_run(steps: int = 40, workers: int = 15, *, files: int = 25, eval_every:
         totals["files_dropped"] += event["files_dropped"]
         totals["steps_skipped"] += event["aggregation"]["action"] == "skip"
         for name in CATEGORIES:
-            for w in event[name]:
+            for w in event.get(name, ()):
                 counts[name][w] = counts[name].get(w, 0) + 1
         yield event
         if (step + 1) % eval_every == 0 or step == steps - 1:

@@ -63,6 +63,7 @@ class VoteOutcome:
     outvoted: tuple[int, ...] = ()  #: an old metrics file's ``flagged`` is read as outvoted
     slow: tuple[int, ...] = ()
     erased: tuple[int, ...] = ()
+    relay: tuple[int, ...] = ()  #: reported by another agent for a relay that delivered nothing valid
     action: UpdateAction = UpdateAction.AGGREGATE
     s: int | None = None  #: the s the aggregator ran with (None when not reported)
     reason: str | None = None  #: why the update was skipped or s lowered
@@ -101,6 +102,7 @@ class Summary:
     outvoted_workers: WorkerCounts = ()
     slow_workers: WorkerCounts = ()
     erased_workers: WorkerCounts = ()
+    relay_workers: WorkerCounts = ()
     steps_skipped: int | None = None
     steps_lowered_s: int | None = None
     refused: int | None = None

@@ -145,7 +145,7 @@ def _fold_job(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _step_categories(event: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The step's four worker categories; an old metrics file's ``flagged`` counts as ``outvoted`` (it meant
+    """The step's worker categories; an old metrics file's ``flagged`` counts as ``outvoted`` (it meant
     "lost a vote", which is all it could prove)."""
     categories = {name: ev.worker_ids(event, name) for name in CATEGORIES}
     if "outvoted" not in event and "flagged" in event:
@@ -250,6 +250,7 @@ def _fold_summary(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
         reason=ev.string(event, "reason", "completed")[:200],
         lying_workers=ev.count_map(event, "lying_workers"), outvoted_workers=outvoted,
         slow_workers=ev.count_map(event, "slow_workers"), erased_workers=ev.count_map(event, "erased_workers"),
+        relay_workers=ev.count_map(event, "relay_workers"),
         steps_skipped=ev.opt_count(event, "steps_skipped"), steps_lowered_s=ev.opt_count(event, "steps_lowered_s"),
         refused=ev.opt_count(event, "refused"), checkpoint_errors=errors, checkpoint_failures=failures,
         last_checkpoint=ev.opt_count(event, "last_checkpoint"), metrics_complete=complete,

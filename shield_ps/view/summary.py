@@ -76,6 +76,7 @@ def summary_rows(state: ViewState) -> list[SummaryRow]:
         SummaryRow("outvoted", _workers(summary.outvoted_workers)),
         SummaryRow("slow", _workers(summary.slow_workers)),
         SummaryRow("erased", _workers(summary.erased_workers)),
+    ] + ([SummaryRow("relay", _workers(summary.relay_workers))] if summary.relay_workers else []) + [
         SummaryRow("refused", f"{_known(summary.refused)} connections before authentication"),
     ] + _codecs(state) + [
         _checkpoints(summary),
