@@ -254,11 +254,24 @@ class AgentSession:
             self._relay_task = asyncio.get_running_loop().create_task(
                 self._step_from_relay(step, source, expected, params))
             return
-        got = await msg.read_vector_into(params, digest=expected is not None)
+        got = await self._receive(msg, step, expected, params)
         if got != expected:  # never compute on parameters that are not the PS's: the step erases us instead
             log.error("step %d: the parameters received do not match the digest in STEP: step skipped", step)
             return
         await self._begin(step, expected, params)
+
+    async def _receive(self, msg: Message, step: int, expected: bytes | None, params: np.ndarray) -> bytes | None:
+        """The STEP's vector into ``params``, offered to the agents we relay to as it arrives (relay broadcast)."""
+        if expected is None:
+            return await msg.read_vector_into(params, digest=False)
+        store = self.relay.store
+        entry = store.begin(step, expected, params)
+        got = None
+        try:
+            got = await msg.read_vector_into(params, progress=lambda nbytes: store.progress(entry, nbytes))
+        finally:
+            store.finish(entry, ok=got == expected)
+        return got
 
     async def _step_from_relay(self, step: int, source: RelaySource, digest: bytes, params: np.ndarray) -> None:
         """Take the parameters from ``source``; when that fails, tell the PS why (it sends them directly)."""
@@ -280,10 +293,8 @@ class AgentSession:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _begin(self, step: int, digest: bytes | None, params: np.ndarray) -> None:
-        """``params`` hold step ``step``'s parameters (checked against ``digest``): offer them to the agents we
-        relay to, and compute once the previous step's computation has stopped."""
-        if digest is not None:
-            await self.relay.store.publish(step, digest, params)
+        """``params`` hold step ``step``'s parameters (checked against ``digest``): compute once the previous step's
+        computation has stopped."""
         previous = self._work
         if previous is not None and previous.task is not None:
             await asyncio.gather(previous.task, return_exceptions=True)

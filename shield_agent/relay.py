@@ -2,10 +2,11 @@
 
 The PS sends each step's parameter vector to a few agents only; every other agent is told in its STEP header where to
 take it (a parent agent's relay server, or a sibling slot of its own process) and the BLAKE3 digest it must have
-(``params_digest``). An agent publishes a vector only after checking that digest, so a relay can withhold or corrupt
-the parameters but never make anyone compute on wrong ones: the receiver checks the digest too, and when nothing
-valid arrived by the deadline the PS named it tells the PS (``RELAY``), which sends the vector directly and records
-the relay (shield_ps.phases.relay). docs/performance.md explains the tree.
+(``params_digest``). A relay forwards each chunk as it arrives (cut-through), and every receiver checks the digest
+before computing, so a relay can withhold or corrupt the parameters but never make anyone compute on wrong ones: when
+nothing valid arrived by the deadline the PS named, the agent tells the PS (``RELAY``), which sends the vector
+directly and records the relay (shield_ps.phases.relay). A relay whose own vector turns out wrong cuts the frames it
+is forwarding. docs/performance.md measures the tree.
 
 One :class:`RelayHub` per agent process: a store of the verified vectors of the last steps (:class:`RelayStore`),
 a server other agents connect to with the cluster token (role ``relay``), and cached client connections to the
@@ -74,37 +75,90 @@ class RelaySource:
         return cls(worker, host, port, float(wait))
 
 
+class RelayAborted(Exception):
+    """The vector being forwarded failed upstream (wrong digest, or its receive ended early)."""
+
+
+@dataclass(eq=False)
+class RelayEntry:
+    """A step's vector in this process: being received into ``buffer`` (``filled`` bytes so far), received and
+    checked against ``digest`` (``done``), or failed."""
+
+    step: int
+    digest: bytes
+    buffer: np.ndarray
+    filled: int = 0
+    state: str = "filling"  # "done", "failed"
+
+
 class RelayStore:
-    """The verified parameter vectors of this process's slots, by step, and who is still reading each buffer."""
+    """The parameter vectors of this process's slots, by step, and who is still reading each buffer.
+
+    A vector is offered as soon as its receive starts, so a relay forwards each chunk as it arrives (cut-through): a
+    tree of depth k then costs about one transfer plus k chunk times, not k transfers. Only a receive that ends with
+    the right digest becomes ``done``; sibling slots take only those, and every receiver checks the digest itself.
+    """
 
     def __init__(self) -> None:
-        self._vectors: dict[int, tuple[bytes, np.ndarray]] = {}
+        self._entries: dict[int, RelayEntry] = {}
         self._readers: dict[int, int] = {}  # id(buffer) -> serves in progress
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future[None]] = []
         self.local_workers: set[int] = set()
 
-    async def publish(self, step: int, digest: bytes, buffer: np.ndarray) -> None:
-        """``buffer`` holds the parameters of ``step`` and hashes to ``digest`` (the caller checked)."""
-        async with self._changed:
-            if step not in self._vectors:
-                self._vectors[step] = (digest, buffer)
-                for old in sorted(self._vectors)[:-_KEPT_STEPS]:
-                    del self._vectors[old]
-            self._changed.notify_all()
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def get(self, step: int, digest: bytes, timeout: float) -> np.ndarray | None:
-        """The vector of ``step`` once published with ``digest`` (None after ``timeout`` seconds)."""
-        def found() -> bool:
-            entry = self._vectors.get(step)
-            return entry is not None and entry[0] == digest
+    async def _change(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
 
+    def begin(self, step: int, digest: bytes, buffer: np.ndarray) -> RelayEntry:
+        """A slot starts receiving ``step``'s vector into ``buffer``; report on the entry with :meth:`progress` and
+        :meth:`finish`. It is offered to others unless another slot already offers that step."""
+        entry = RelayEntry(step, digest, buffer)
+        current = self._entries.get(step)
+        if current is None or current.state == "failed":
+            self._entries[step] = entry
+            for old in sorted(self._entries)[:-_KEPT_STEPS]:
+                del self._entries[old]
+            self._changed()
+        return entry
+
+    def progress(self, entry: RelayEntry, nbytes: int) -> None:
+        entry.filled = max(entry.filled, nbytes)
+        self._changed()
+
+    def finish(self, entry: RelayEntry, ok: bool) -> None:
+        """The receive ended: with the right digest (``ok``), or not (whoever forwards it is cut off)."""
+        entry.state = "done" if ok else "failed"
+        if ok:
+            entry.filled = entry.buffer.nbytes
+        self._changed()
+
+    async def get(self, step: int, digest: bytes, timeout: float, *, complete: bool = False) -> RelayEntry | None:
+        """``step``'s entry with ``digest`` once it is offered (``complete``: once received and checked); None
+        after ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
-                async with self._changed:
-                    await self._changed.wait_for(found)
-                    return self._vectors[step][1]
+                while True:
+                    entry = self._entries.get(step)
+                    if (entry is not None and entry.digest == digest and entry.state != "failed"
+                            and (entry.state == "done" or not complete)):
+                        return entry
+                    await self._change()
         except TimeoutError:
             return None
+
+    async def filled(self, entry: RelayEntry, nbytes: int) -> None:
+        """Return once ``entry``'s first ``nbytes`` bytes are in place; :class:`RelayAborted` if it failed."""
+        while entry.filled < nbytes:
+            if entry.state == "failed":
+                raise RelayAborted(f"the vector of step {entry.step} failed upstream")
+            await self._change()
 
     @contextlib.contextmanager
     def reading(self, buffer: np.ndarray) -> Any:
@@ -117,20 +171,16 @@ class RelayStore:
             self._readers[key] -= 1
             if not self._readers[key]:
                 del self._readers[key]
-            asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+            self._changed()
 
     async def reclaim(self, buffer: np.ndarray) -> None:
         """Before overwriting ``buffer``: withdraw it and wait for the serves still reading it (each is bounded by
         its own deadline, see :meth:`RelayHub._serve_one`)."""
-        async with self._changed:
-            for step, (_, held) in list(self._vectors.items()):
-                if held is buffer:
-                    del self._vectors[step]
-            await self._changed.wait_for(lambda: id(buffer) not in self._readers)
+        for step, entry in list(self._entries.items()):
+            if entry.buffer is buffer:
+                del self._entries[step]
+        while id(buffer) in self._readers:
+            await self._change()
 
 
 class RelayHub:
@@ -190,30 +240,38 @@ class RelayHub:
         if self._lie == "stall":
             await asyncio.sleep(wait)
             return
-        buffer = await self.store.get(step, digest, 0.9 * wait)  # answer before the asker gives up
-        if buffer is None:
+        entry = await self.store.get(step, digest, 0.9 * wait)  # answer before the asker gives up
+        if entry is None:
             await conn.reply(msg, Kind.ERROR, {"code": "not_ready", "reason": f"no parameters for step {step}"})
             return
-        with self.store.reading(buffer):
-            payload = buffer
-            if self._lie == "corrupt":
-                payload = buffer.copy()
-                payload[len(payload) // 2] += np.float32(1.0)
+        with self.store.reading(entry.buffer):
             try:
-                await asyncio.wait_for(conn.send_vector(Kind.VECTOR, {"step": step}, payload, codec=Codec.NONE,
-                                                        reply_to=msg), wait)
+                await asyncio.wait_for(self._send(conn, msg, entry), wait)
             except asyncio.TimeoutError:
                 await conn.close(f"relay of step {step} took more than {wait:.1f}s", code="timeout")
+            except RelayAborted as exc:  # the frame was cut and the connection closed: the asker finds out
+                log.info("relay of step %d cut: %s", step, exc)
+
+    async def _send(self, conn: Any, msg: Message, entry: RelayEntry) -> None:
+        header = {"step": entry.step}
+        if self._lie == "corrupt":
+            await self.store.filled(entry, entry.buffer.nbytes)
+            payload = entry.buffer.copy()
+            payload[len(payload) // 2] += np.float32(1.0)
+            await conn.send_vector(Kind.VECTOR, header, payload, codec=Codec.NONE, reply_to=msg)
+            return
+        await conn.send_vector_as_filled(Kind.VECTOR, header, entry.buffer,
+                                         lambda nbytes: self.store.filled(entry, nbytes), reply_to=msg)
 
     # ---- receiving --------------------------------------------------------------------------------------------
     async def receive(self, source: RelaySource, step: int, digest: bytes, dest: np.ndarray) -> str | None:
         """Fill ``dest`` with the parameters of ``step`` from ``source`` within ``source.wait`` seconds and check
         them against ``digest``; None when done, else why not (one of :data:`REASONS`)."""
         if source.worker in self.store.local_workers:  # a sibling slot of this process takes them for us
-            buffer = await self.store.get(step, digest, source.wait)
-            if buffer is None:
+            entry = await self.store.get(step, digest, source.wait, complete=True)
+            if entry is None:
                 return "stalled"
-            np.copyto(dest, buffer)
+            np.copyto(dest, entry.buffer)
             return None
         key = (source.host, source.port)
         lock = self._client_locks.setdefault(key, asyncio.Lock())
@@ -235,13 +293,17 @@ class RelayHub:
         except (OSError, WireError) as exc:
             log.info("relay %s:%d unreachable: %s", *key, exc)
             return "unreachable"
+        entry: RelayEntry | None = None
+        got = None
         try:
             reply = await conn.request(Kind.RELAY, {"step": step, "digest": digest, "wait": wait}, timeout=wait + 1)
             if reply.kind is not Kind.VECTOR or reply.vector is None:
                 reply.discard()
                 await self._drop_client(key)
                 return "corrupt"
-            got = await reply.read_vector_into(dest, digest=True)
+            entry = self.store.begin(step, digest, dest)  # offered on at once: our children get each chunk as it lands
+            got = await reply.read_vector_into(dest, digest=True,
+                                               progress=lambda nbytes: self.store.progress(entry, nbytes))
         except RemoteError as exc:
             log.info("relay %s:%d refused step %d: %s", *key, step, exc)
             return "refused"
@@ -252,6 +314,9 @@ class RelayHub:
             log.info("relay %s:%d failed for step %d: %s", *key, step, exc)
             await self._drop_client(key)
             return "corrupt"
+        finally:
+            if entry is not None:
+                self.store.finish(entry, ok=got == digest)
         return None if got == digest else "corrupt"
 
     async def _drop_client(self, key: tuple[str, int]) -> None:

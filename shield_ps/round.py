@@ -32,7 +32,7 @@ from shield_ps.phases.aggregate import Aggregation, AggregationOutcome, ShortSte
 from shield_ps.phases.broadcast import Broadcaster
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher, FetchReport
-from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, plan_tree
+from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree
 from shield_ps.phases.sketch import SketchRound
 from shield_ps.pool import AgentLink, WorkerPool
 
@@ -139,8 +139,15 @@ class StepRunner:
         log.warning("step %d: worker %d got no valid parameters from worker %d's relay (%s): sending them directly",
                     step, link.worker, source.worker, reason)
         self._complaints.append([link.worker, source.worker, reason])
-        self.relay_book.complain(step, link.worker, source.worker)
         self._loop.create_task(self.broadcaster.send_direct(link, step))
+
+    def _relay_blame(self, step: int) -> set[int]:
+        """The step's failed relays (:func:`~shield_ps.phases.relay.blame`); they and their accusers go on the relay
+        cooldowns."""
+        pairs = blame(self._complaints)
+        for accuser, accused in pairs:
+            self.relay_book.complain(step, accuser, accused)
+        return {accused for _, accused in pairs}
 
     def _relay_plan(self, step: int, links: list[AgentLink]) -> dict[int, Source | None]:
         """The step's relay tree (``--relay on`` and more agent processes than roots), else everyone direct."""
@@ -213,7 +220,7 @@ class StepRunner:
             lying=self._step_lying | report.lying, outvoted=set(vote.disagreeing) | (result.attack_outvoted & present),
             slow=self._step_slow | report.slow | late,
             erased=(set(range(plan.placement.K)) - {link.worker for link in links}) | collector.lost | late,
-            relay={accused for _, accused, _ in self._complaints})
+            relay=self._relay_blame(step))
         bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before))
         return StepOutcome(
             step=step, lr=lr, loss=self._honest_loss(collector, set(byzantine) | set(account.lying)

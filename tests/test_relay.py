@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shield_agent.relay import RelayHub, RelaySource, RelayError
-from shield_ps.phases.relay import COOLDOWN_STEPS, RelayBook, RelayNode, plan_tree
+from shield_ps.phases.relay import COOLDOWN_STEPS, RelayBook, RelayNode, blame, plan_tree
 from tests.byzantine_zoo import RunResult, run_cluster, secret_making_relay, zoo_config
 from tests.runtime_helpers import MNIST_DIR
 from wire import AuthError, Kind, connect, digest_bytes
@@ -119,6 +119,12 @@ def test_complaints_demote_the_accused_and_put_the_accuser_on_direct_sends() -> 
     assert 7 in book.no_relay(20 + 2 * COOLDOWN_STEPS) and 7 not in book.no_relay(21 + 2 * COOLDOWN_STEPS)
 
 
+def test_a_relay_cut_off_by_its_own_source_is_excused() -> None:
+    complaints = [[3, 8, "corrupt"], [6, 8, "corrupt"], [5, 3, "corrupt"], [0, 6, "stalled"], [7, 2, "stalled"]]
+    assert blame(complaints) == [(3, 8), (6, 8), (7, 2)]
+    assert blame([]) == []
+
+
 @pytest.mark.parametrize("relay", [None, "x", {"worker": 1, "host": "h", "port": 0, "wait": 1.0},
                                    {"worker": 1, "host": "h", "port": 9, "wait": 1e9},
                                    {"worker": True, "host": "h", "port": 9, "wait": 1.0},
@@ -142,7 +148,7 @@ async def _relay_once(lie: str | None, wait: float = 5.0, publish: bool = True) 
     dest = np.zeros_like(vector)
     try:
         if publish:
-            await server.store.publish(4, digest, vector)
+            server.store.finish(server.store.begin(4, digest, vector), ok=True)
         source = RelaySource(worker=3, host="127.0.0.1", port=server.port, wait=wait)
         reason = await asyncio.wait_for(client.receive(source, 4, digest, dest), wait + 10)
     finally:
@@ -160,6 +166,50 @@ def test_hub_relays_a_verified_vector() -> None:
 def test_hub_reports_a_byzantine_relay(lie: str, expected: str) -> None:
     reason, _ = asyncio.run(_relay_once(lie, wait=1.0))
     assert reason == expected
+
+
+async def _cut_through(fail: bool) -> tuple[str | None, np.ndarray, int]:
+    """The relay offers a vector while it still arrives (half of it in place); the asker gets the first chunks before
+    the rest lands, then everything (or, when the relay's own receive fails, a cut frame)."""
+    server, client = await _hubs()
+    vector = np.arange(3 << 20, dtype=np.float32)  # three 4 MiB chunks
+    digest = digest_bytes(memoryview(vector).cast("B"))
+    incoming = np.zeros_like(vector)
+    dest = np.zeros_like(vector)
+    entry = server.store.begin(7, digest, incoming)
+    incoming[: 1 << 20] = vector[: 1 << 20]
+    server.store.progress(entry, 4 << 20)
+    seen_early = 0
+    try:
+        source = RelaySource(worker=3, host="127.0.0.1", port=server.port, wait=20.0)
+        task = asyncio.get_running_loop().create_task(client.receive(source, 7, digest, dest))
+        for _ in range(200):  # the first chunk reaches the asker before the relay has the rest
+            await asyncio.sleep(0.02)
+            if dest[(1 << 20) - 1] == vector[(1 << 20) - 1]:
+                seen_early = 1
+                break
+        if fail:
+            server.store.finish(entry, ok=False)
+        else:
+            incoming[:] = vector
+            server.store.progress(entry, vector.nbytes)
+            server.store.finish(entry, ok=True)
+        reason = await asyncio.wait_for(task, 30)
+    finally:
+        await client.close()
+        await server.close()
+    return reason, dest, seen_early
+
+
+def test_hub_forwards_chunks_as_they_arrive() -> None:
+    reason, dest, seen_early = asyncio.run(_cut_through(fail=False))
+    assert seen_early and reason is None
+    assert np.array_equal(dest, np.arange(3 << 20, dtype=np.float32))
+
+
+def test_hub_cuts_the_frame_when_its_own_receive_fails() -> None:
+    reason, _, seen_early = asyncio.run(_cut_through(fail=True))
+    assert seen_early and reason == "corrupt"
 
 
 def test_hub_waits_for_a_vector_not_yet_there_then_refuses() -> None:
@@ -203,7 +253,7 @@ def test_store_keeps_a_buffer_until_its_readers_are_done() -> None:
     async def main() -> list[str]:
         hub = RelayHub(TOKEN)
         buffer = np.zeros(4, np.float32)
-        await hub.store.publish(0, b"d" * 32, buffer)
+        hub.store.finish(hub.store.begin(0, b"d" * 32, buffer), ok=True)
         order: list[str] = []
 
         async def reader() -> None:
@@ -261,7 +311,10 @@ def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, 
         return
     first = steps[0]
     assert first["relay"] == [CULPRIT], first
-    assert {accused for _, accused, _ in first["relay_tree"]["complaints"]} == {CULPRIT}
+    complaints = first["relay_tree"]["complaints"]
+    accusers = {accuser for accuser, _, _ in complaints}
+    # relays forward chunks before their own digest check: the culprit's children cut theirs off and complain too
+    assert {accused for _, accused, _ in complaints} - accusers == {CULPRIT}
     reason = {"relay-corrupt": "corrupt", "relay-stall": "stalled"}[zoo]
     assert {why for _, _, why in first["relay_tree"]["complaints"]} == {reason}
     assert all(e["relay"] == [] for e in steps[1:])  # demoted: it forwards to nobody in the following steps

@@ -514,3 +514,77 @@ def test_connections_above_the_cap_are_turned_away() -> None:
                 await asyncio.sleep(0.01)
             await good_round_trip(server.port)
     run(main())
+
+
+@LOOPS
+@pytest.mark.parametrize("codec", [wire.Codec.NONE, wire.Codec.LZ4])
+def test_receive_reports_progress_chunk_by_chunk(codec: wire.Codec, uv: bool) -> None:
+    """``progress`` sees the bytes in place, in order, ending at the whole vector: what a relay forwards."""
+    async def main() -> None:
+        async def owner(conn: wire.Connection) -> None:
+            async for msg in conn:
+                x = np.arange(D, dtype=np.float32)
+                await conn.send_vector(Kind.VECTOR, {}, x, codec=codec, chunk_elems=65536, reply_to=msg)
+
+        async with serving(owner) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            dest = np.zeros(D, np.float32)
+            seen: list[tuple[int, bool]] = []
+
+            def progress(nbytes: int) -> None:  # every byte reported is already the final value
+                n = nbytes // 4
+                seen.append((nbytes, bool(np.array_equal(dest[:n], np.arange(n, dtype=np.float32)))))
+
+            reply = await conn.request(Kind.DIGESTS, {})
+            await reply.read_vector_into(dest, progress=progress)
+            await conn.close()
+            assert [n for n, _ in seen] == [min((k + 1) * 65536, D) * 4 for k in range(-(-D // 65536))]
+            assert all(ok for _, ok in seen)
+    run(main(), uv=uv)
+
+
+@LOOPS
+def test_send_as_filled_streams_what_is_in_place_and_cuts_the_frame_on_failure(uv: bool) -> None:
+    async def main() -> None:
+        source = np.arange(D, dtype=np.float32)
+        buffer = np.zeros(D, np.float32)
+        state = {"filled": 0, "fail": False}
+        changed = asyncio.Event()
+
+        async def filled(nbytes: int) -> None:
+            while state["filled"] < nbytes:
+                if state["fail"]:
+                    raise RuntimeError("upstream failed")
+                changed.clear()
+                await changed.wait()
+
+        async def owner(conn: wire.Connection) -> None:
+            async for msg in conn:
+                with contextlib.suppress(RuntimeError):
+                    await conn.send_vector_as_filled(Kind.VECTOR, {}, buffer, filled, reply_to=msg)
+
+        async def fill(upto: int) -> None:
+            buffer[:upto // 4] = source[:upto // 4]
+            state["filled"] = upto
+            changed.set()
+
+        async with serving(owner) as server:
+            conn = await wire.connect("127.0.0.1", server.port, token=TOKEN, timeouts=FAST)
+            dest = np.zeros(D, np.float32)
+            reply = await conn.request(Kind.DIGESTS, {})
+            reading = asyncio.get_running_loop().create_task(reply.read_vector_into(dest))
+            for upto in (D * 2, D * 4):  # half of the (one) chunk is not sent yet; then everything
+                await asyncio.sleep(0.05)
+                assert not reading.done()
+                await fill(upto)
+            assert await reading == wire.vector_digest(source)
+            buffer[:] = 0
+            state.update(filled=0)
+            reply = await conn.request(Kind.DIGESTS, {})
+            reading = asyncio.get_running_loop().create_task(reply.read_vector_into(dest))
+            await asyncio.sleep(0.05)
+            state["fail"] = True
+            changed.set()
+            with pytest.raises(wire.ConnectionClosed):
+                await reading
+    run(main(), uv=uv)

@@ -13,10 +13,10 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec, is_loopback
-from wire.codec import Codec, EncodedVector
+from wire.codec import Codec, EncodedVector, encode_vector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
 from wire.message import Message, Peer, Timeouts
@@ -94,6 +94,16 @@ class Connection(asyncio.BufferedProtocol):
         encoded = await self._loop.run_in_executor(
             None, lambda: self.encode_timed(array, codec, level, **encode_kwargs))
         await self.send(kind, header, vector=encoded, reply_to=reply_to)
+
+    async def send_vector_as_filled(self, kind: Kind, header: dict[str, Any] | None, array: Any,
+                                    filled: Callable[[int], Awaitable[None]], *,
+                                    reply_to: Message | int | None = None) -> None:
+        """Send ``array`` (1-D float32, raw) while it is still being written: before each chunk, ``await
+        filled(end)`` must return once the array's first ``end`` bytes are final (see ``progress`` in
+        :meth:`Message.read_vector_into`); if it raises, the frame is cut and the connection closed. Relays use it
+        to forward a vector chunk by chunk as it arrives."""
+        re = reply_to.id if isinstance(reply_to, Message) else reply_to
+        await self._send_frame(kind, header, encode_vector(array, Codec.NONE), None, re, before_chunk=filled)
 
     def pick_codec(self, choice: Codec | str, level: int) -> tuple[Codec, int]:
         """The (codec, level) for the next vector sent here (``auto``: :attr:`tx_codec`'s choice)."""
@@ -175,7 +185,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- sending ----------------------------------------------------------------------------------------------
     async def _send_frame(self, kind: Kind, header: dict[str, Any] | None, vector: EncodedVector | None,
-                          msg_id: int | None, reply_to: int | None) -> None:
+                          msg_id: int | None, reply_to: int | None,
+                          before_chunk: Callable[[int], Awaitable[None]] | None = None) -> None:
         if vector is not None and not isinstance(vector, EncodedVector):
             raise TypeError("vector must be an EncodedVector (see wire.encode_vector or Connection.send_vector)")
         head = encode_frame(kind, header, msg_id=msg_id, reply_to=reply_to,
@@ -187,7 +198,9 @@ class Connection(asyncio.BufferedProtocol):
             if vector is not None:
                 self._mid_frame = True
                 try:
-                    for chunk in vector.chunks:
+                    for k, chunk in enumerate(vector.chunks):
+                        if before_chunk is not None:
+                            await before_chunk(vector.desc.raw_range(k)[1])
                         self._write(chunk)
                         await self._drain()
                 except BaseException:  # e.g. the sender was cancelled: half a frame is on the wire, no way back
@@ -200,7 +213,8 @@ class Connection(asyncio.BufferedProtocol):
             wire_bytes = sum(vector.desc.sizes)
             if vector.desc.codec is Codec.NONE or wire_bytes >= MIN_SAMPLE_BYTES:
                 await self._flush()  # raw chunks are views of the caller's array; big frames time the link
-            self.tx_codec.record_send(wire_bytes, time.perf_counter() - started)
+            if before_chunk is None:  # a relayed send's time is its source's, not this link's
+                self.tx_codec.record_send(wire_bytes, time.perf_counter() - started)
 
     def _write(self, data: bytes | memoryview) -> None:
         self._check_open()

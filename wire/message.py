@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from wire.codec import check_dest
 from wire.digest import digest_bytes
@@ -58,11 +58,14 @@ class Message:
     def __repr__(self) -> str:
         return f"Message({self.kind.value}, id={self.id}, re={self.reply_to}, vector={self.vector is not None})"
 
-    async def read_vector_into(self, dest: Any, *, digest: bool = True) -> bytes | None:
+    async def read_vector_into(self, dest: Any, *, digest: bool = True,
+                               progress: Callable[[int], None] | None = None) -> bytes | None:
         """Receive the vector into ``dest`` (writable 1-D float32, exactly ``vector.n`` long, reused across steps) and
         return the BLAKE3-256 of its raw bytes (``None`` if not ``digest``). A wrong size or dtype raises
         :class:`VectorError` after discarding the payload (the connection stays usable); a corrupt chunk raises it
-        and closes the connection. Cancelling this call closes the connection."""
+        and closes the connection. Cancelling this call closes the connection. ``progress(nbytes)`` is called (on the
+        event loop) each time the first ``nbytes`` bytes of ``dest`` hold their final values, before the digest is
+        known: a relay may forward them at once (:meth:`Connection.send_vector_as_filled`)."""
         if self.vector is None:
             raise VectorError(f"{self.kind.value} message carries no vector")
         if self._consumed:
@@ -78,7 +81,7 @@ class Message:
         if self.vector.nbytes == 0:  # nothing on the wire to wait for
             return digest_bytes(b"") if digest else None
         sink = VectorSink(self.vector, view, digest=digest, scratch=conn._scratch, wake=conn._pump,
-                          on_error=conn._fail)
+                          on_error=conn._fail, progress=progress)
         conn._sinks.add(sink)
         try:
             conn._attach(sink)

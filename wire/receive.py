@@ -22,8 +22,10 @@ class VectorSink:
     """Streams one payload described by ``desc`` into ``dest`` (the destination's byte view, already checked)."""
 
     def __init__(self, desc: VectorDesc, dest: memoryview, *, digest: bool, scratch: list[list[bytearray]],
-                 wake: Callable[[], None], on_error: Callable[[VectorError], None]) -> None:
+                 wake: Callable[[], None], on_error: Callable[[VectorError], None],
+                 progress: Callable[[int], None] | None = None) -> None:
         self.desc = desc
+        self._progress = progress
         self._dest = dest
         self._hasher = StreamingDigest() if digest else None
         self._wake = wake
@@ -68,6 +70,8 @@ class VectorSink:
             self._busy[self._k % _SLOTS] = True
         if self._compressed or self._hasher is not None:  # raw bytes not hashed need no work
             self._queue.put_nowait(self._k)
+        if not self._compressed and self._progress is not None:  # the raw bytes are in place now
+            self._progress(self.desc.raw_range(self._k)[1])
         self._k += 1
         self._filled = 0
         if self._k == self.desc.nchunks:
@@ -94,6 +98,8 @@ class VectorSink:
             if self._compressed:
                 self._busy[k % _SLOTS] = False
                 self._wake()
+                if self._progress is not None:
+                    self._progress(self.desc.raw_range(k)[1])
         if self._compressed:
             self._slots = []
             self._pool.append(self._pair)

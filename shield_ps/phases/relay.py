@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,15 @@ def plan_tree(nodes: Iterable[RelayNode], step: int, secret: bytes, *, roots: in
         if worker in plan:
             plan[worker] = None
     return plan
+
+
+def blame(complaints: Iterable[tuple[int, int, str] | list[Any]]) -> list[tuple[int, int]]:
+    """The (accuser, accused) pairs of a step's complaints ``[accuser, accused, reason]`` that count: a relay forwards
+    each chunk before its own digest check, so when its source fails it, it cuts its children off and they complain
+    about it; an accused that complained itself in the step is excused."""
+    complaints = [tuple(c) for c in complaints]
+    accusers = {c[0] for c in complaints}
+    return [(c[0], c[1]) for c in complaints if c[1] not in accusers]
 
 
 def _host_port(serves: tuple) -> tuple[str, int]:
