@@ -13,10 +13,10 @@ K=35 MOLS r=5 (f=49). Per step (median over the measured steps, the first ``--wa
 Configurations that would not fit in 3/4 of the machine's available memory (estimated from K, f and d by
 :func:`footprint`: a synthetic agent holds 4 vectors of d whatever its number of files, the PS about 3f + 6) are
 skipped and listed; each measured row has its estimate and the peak it reached (``peak_rss_gb``, the sum of the
-processes' peak resident sets). Then the aggregation's 1 -> 2 thread speedup at d = 11.2M (n = f of K=15) for every aggregator,
-measured alternately, best of ``--reps``, next to the speedup that a perfectly parallel kernel (BLAKE3 on two
-threads, which holds no GIL) gets from this machine in the same minute: on a shared 2-core machine the other core is
-often busy. Ends with one JSON line; its keys are the issue's contract:
+processes' peak resident sets). Then the aggregation's 1 -> 2 thread speedup at d = 11.2M (n = f of K=15) for
+every aggregator, measured alternately, best of ``--reps``, next to the speedup that a perfectly parallel kernel
+(BLAKE3 on two threads, which holds no GIL) gets from this machine in the same minute: on a shared 2-core machine
+the other core is often busy. Ends with one JSON line; its keys are the issue's contract:
 
     critical_path_vs_aggregate_update (d=11.2M, K=15), aggregate_2threads_speedup (aggregator -> ratio),
     egress_vs_d4_k35, relay_step_time_vs_direct_k15 (null: no relay broadcast yet)
