@@ -205,7 +205,9 @@ class AgentSession:
             raise
         d = self.computer.num_params
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
-        self._lazy = _lazy_files(self.computer, self.options)
+        from shield_agent.synthetic import lazy_files
+
+        self._lazy = lazy_files(self.computer, self.options)
         self._grads = {} if self._lazy is not None else {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
@@ -355,14 +357,6 @@ class AgentSession:
                 await self.conn.send(Kind.SKETCH, answer.header())
             except ConnectionClosed:
                 return
-
-
-def _lazy_files(computer: Any, options: AgentOptions) -> "LazyFiles | None":
-    """A synthetic job's :class:`~shield_agent.synthetic.LazyFiles` (with the options' lies), None for a real one."""
-    from shield_agent.synthetic import SyntheticLies, lazy_files
-
-    lies = SyntheticLies(options.lie_factor, options.lie_deviation, options.lie_sketch, options.lie_payload)
-    return lazy_files(computer, lies)
 
 
 async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -256,9 +256,13 @@ class LazyFiles:
         return sketch_answers(request, {file: vector})
 
 
-def lazy_files(computer: object, lies: SyntheticLies) -> LazyFiles | None:
-    """The slot's :class:`LazyFiles` when ``computer`` is synthetic, None for a real (torch) computer."""
-    return LazyFiles(computer, lies) if isinstance(computer, SyntheticComputer) else None
+def lazy_files(computer: object, options: Any) -> LazyFiles | None:
+    """The slot's :class:`LazyFiles`, with the lies of ``options`` (an AgentOptions), when ``computer`` is synthetic;
+    None for a real (torch) computer."""
+    if not isinstance(computer, SyntheticComputer):
+        return None
+    lies = SyntheticLies(options.lie_factor, options.lie_deviation, options.lie_sketch, options.lie_payload)
+    return LazyFiles(computer, lies)
 
 
 def make_computer(job_d: int | None, delay: float | None, seed: int) -> SyntheticComputer | None:
