@@ -10,11 +10,13 @@ K=35 MOLS r=5 (f=49). Per step (median over the measured steps, the first ``--wa
 - PS ingress and egress bytes, also in units of d*4 (one vector);
 - the aggregation time and the update time.
 
-Configurations that would not fit in half of the machine's available memory (estimated from K, l, f and d) are
-skipped and listed. Then the aggregation's 1 -> 2 thread speedup at d = 11.2M (n = f of K=15) for every aggregator,
-measured alternately, best of ``--reps``, next to the speedup that a perfectly parallel kernel (BLAKE3 on two
-threads, which holds no GIL) gets from this machine in the same minute: on a shared 2-core machine the other core is
-often busy. Ends with one JSON line; its keys are the issue's contract:
+Configurations that would not fit in 3/4 of the machine's available memory (estimated from K, f and d by
+:func:`footprint`: a synthetic agent holds 4 vectors of d whatever its number of files, the PS up to (r+1)f + 6) are
+skipped and listed; each measured row has its estimate and the peak it reached (``peak_rss_gb``, the sum of the
+processes' peak resident sets). Then the aggregation's 1 -> 2 thread speedup at d = 11.2M (n = f of K=15) for
+every aggregator, measured alternately, best of ``--reps``, next to the speedup that a perfectly parallel kernel
+(BLAKE3 on two threads, which holds no GIL) gets from this machine in the same minute: on a shared 2-core machine
+the other core is often busy. Ends with one JSON line; its keys are the issue's contract:
 
     critical_path_vs_aggregate_update (d=11.2M, K=15), aggregate_2threads_speedup (aggregator -> ratio),
     egress_vs_d4_k35 (the relay broadcast, the default), relay_step_time_vs_direct_k15 (median step time with the relay
@@ -59,6 +61,7 @@ class Cluster:
         run_dir.mkdir(parents=True)
         self.run_dir = run_dir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.peaks: dict[int, int] = {}
         cmd = [sys.executable, "-m", "shield_ps.cli", "serve", "--port", "0", "--plain", "--token", TOKEN,
                "--synthetic-d", str(d), "--scheme", scheme, "--workers", str(K), "--replication", str(r),
                "--max-steps", str(args.steps + args.warmup), "--eval-freq", str(args.steps + args.warmup),
@@ -91,10 +94,32 @@ class Cluster:
         raise RuntimeError(f"the PS did not start:\n{log.read_text()[-2000:]}")
 
     def wait(self, timeout: float) -> list[dict]:
-        if self.ps.wait(timeout=timeout) != 0:
+        deadline = time.monotonic() + timeout
+        while self.ps.poll() is None:
+            self._sample_memory()
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.ps.args, timeout)
+            time.sleep(0.5)
+        if self.ps.returncode != 0:
             raise RuntimeError(f"the run failed:\n{(self.run_dir / 'serve.log').read_text()[-3000:]}")
         lines = (self.run_dir / "run" / "metrics.jsonl").read_text().splitlines()
         return [e for e in map(json.loads, lines) if e["kind"] == "step"]
+
+    def _sample_memory(self) -> None:
+        """Record every live process's peak resident set (VmHWM) so far."""
+        for proc in self.procs:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), int(line.split()[1]) * 1024)
+
+    def peak_bytes(self) -> int:
+        """The sum of the processes' peak resident sets (an upper bound of the cluster's peak; sampled every 0.5 s,
+        so a process's last half second may be missed)."""
+        return sum(self.peaks.values())
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -115,12 +140,26 @@ def available_bytes() -> int:
     return 0
 
 
+#: Vectors of d float32 one synthetic agent (one slot, one compute thread) holds, whatever its l: two parameter
+#: vectors, its compute thread's scratch and its payload vector (shield_agent.synthetic.LazyFiles).
+AGENT_VECTORS = 4
+#: Vectors of d the PS holds besides (r + 1) per file (the f rows, and the fetcher's spare buffers: one per attempt,
+#: kept for the run, up to r per file when a slow step asks every holder): parameters, momentum, the sent snapshot
+#: and a few more. Measured peaks at d = 11.2M: 52 to 74 vectors at K=15 (r=3, f=25), 144 at K=25 (r=5, f=25),
+#: 237 at K=35 (r=5, f=49); an agent 4 vectors and 67 MB.
+PS_VECTORS = 6
+#: Resident bytes of one process before any vector (interpreter, numpy, blake3, the wire; measured ~60 MB).
+PROCESS_BYTES = 70_000_000
+
+
 def footprint(K: int, d: int) -> int:
-    """Estimated bytes of a configuration: each agent holds 2 parameter vectors and l gradients; the PS f rows, the
-    parameters, momentum, the sent snapshot and a few more; ~60 MB of interpreter per process."""
+    """Estimated peak bytes of a configuration, the sum of its processes' peak resident sets (about what it holds
+    at once): AGENT_VECTORS vectors of d per agent, (r + 1) * f + PS_VECTORS at the PS, and PROCESS_BYTES per
+    process. Checked against the measured ``peak_rss_gb`` of every row."""
     scheme, r = PLACEMENTS[K]
     placement = build_placement(scheme, K, r, None)
-    return (K * (2 + placement.l) + placement.f + 6) * d * 4 + (K + 1) * 60_000_000
+    vectors = K * AGENT_VECTORS + (r + 1) * placement.f + PS_VECTORS
+    return vectors * d * 4 + (K + 1) * PROCESS_BYTES
 
 
 def after_last_digest(times: dict[str, float]) -> float:
@@ -138,6 +177,9 @@ def measure(K: int, d: int, args: argparse.Namespace, tmp: Path, extra: tuple[st
         steps = cluster.wait(timeout=3600)[args.warmup:]
     finally:
         cluster.stop()
+    peak = cluster.peak_bytes()
+    ps_peak = cluster.peaks.get(cluster.ps.pid, 0)
+    agent_peak = max((v for k, v in cluster.peaks.items() if k != cluster.ps.pid), default=0)
     med = lambda values: statistics.median(list(values))  # noqa: E731
     row = {
         "K": K, "d": d, "scheme": scheme, "r": r, "f": placement.f, "steps": len(steps),
@@ -146,6 +188,8 @@ def measure(K: int, d: int, args: argparse.Namespace, tmp: Path, extra: tuple[st
         "aggregate_s": med(s["times"]["aggregate"] for s in steps),
         "update_s": med(s["times"]["update"] for s in steps),
         "ingress_bytes": med(s["bytes_in"] for s in steps), "egress_bytes": med(s["bytes_out"] for s in steps),
+        "estimated_gb": round(footprint(K, d) / 1e9, 2), "peak_rss_gb": round(peak / 1e9, 2),
+        "ps_peak_rss_gb": round(ps_peak / 1e9, 2), "agent_peak_rss_gb": round(agent_peak / 1e9, 3),
         "files_won": med(s["files_won"] for s in steps), "hedges": sum(s.get("hedges", 0) for s in steps),
         "slow_or_erased": sum(len(s.get("slow", [])) + len(s.get("erased", [])) for s in steps),
         "per_step": [[s["files_won"], round(s["bytes_in"] / (d * 4), 2), round(s["bytes_out"] / (d * 4), 2),
@@ -205,8 +249,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out")
     parser.add_argument("--aggregator", default="coord-median")
     parser.add_argument("--reps", type=int, default=5, help="alternating repetitions of the thread speedup")
-    parser.add_argument("--memory-share", type=float, default=0.5,
-                        help="run a configuration only if its estimate fits in this share of MemAvailable")
+    parser.add_argument("--memory-share", type=float, default=0.75,
+                        help="run a configuration only if its estimate (an upper bound: the sum of its processes' "
+                        "peaks) fits in this share of MemAvailable, in (0, 1]")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the aggregation thread speedup")
     parser.add_argument("--skip-clusters", action="store_true", help="only the aggregation thread speedup")
     parser.add_argument("--relay-pairs", type=int, default=2,
@@ -218,6 +263,8 @@ def main() -> None:
                         "--min-bandwidth 1 MB/s, so that no link is cut off as slow)")
     args = parser.parse_args()
     args.serve_flags = args.serve_flags.split()
+    if not 0 < args.memory_share <= 1:
+        parser.error(f"--memory-share must be in (0, 1], got {args.memory_share}")
     dims = [int(x) for x in args.dims.split(",")]
     workers = [int(x) for x in args.workers.split(",")]
     unknown = sorted(set(workers) - set(PLACEMENTS))
@@ -241,7 +288,8 @@ def main() -> None:
                   f"{row['after_last_digest_s']:6.3f} s = {row['critical_path_vs_aggregate_update']:5.2f} x "
                   f"(aggregate {row['aggregate_s']:.3f} + update {row['update_s']:.3f}); ingress "
                   f"{row['ingress_vs_d4']:5.1f} d*4, egress {row['egress_vs_d4']:5.1f} d*4; files won "
-                  f"{row['files_won']:.0f}, hedges {row['hedges']}, slow/erased {row['slow_or_erased']}", flush=True)
+                  f"{row['files_won']:.0f}, hedges {row['hedges']}, slow/erased {row['slow_or_erased']}; peak RSS "
+                  f"{row['peak_rss_gb']:.1f} GB (estimated {row['estimated_gb']:.1f})", flush=True)
 
     figures: dict = {"seconds_per_file": args.seconds_per_file, "aggregator": args.aggregator, "rows": rows,
                      "skipped": skipped}

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
+    from shield_agent.synthetic import LazyFiles
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ class _StepWork:
 class AgentSession:
     """One authenticated connection to the PS, from JOB to LEAVE or disconnect."""
 
+    _lazy: "LazyFiles | None" = None  # a synthetic job's gradients, regenerated instead of stored (no self._grads)
+
     def __init__(self, options: AgentOptions, conn: Any, host: ComputeHost | None = None,
                  relay: RelayHub | None = None) -> None:
         self.options = options
@@ -212,7 +216,10 @@ class AgentSession:
             raise
         d = self.computer.num_params
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
-        self._grads = {f: np.empty(d, np.float32) for f in job.files}
+        from shield_agent.synthetic import lazy_files
+
+        self._lazy = lazy_files(self.computer, self.options)
+        self._grads = {} if self._lazy is not None else {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
         self.relay.store.local_workers.add(job.worker)
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
@@ -308,18 +315,11 @@ class AgentSession:
         for file in self.job.files:
             if work.cancelled:
                 return
-            out = self._grads[file]
-            result = await loop.run_in_executor(self._executor, self.computer.file_gradient, params, work.step,
-                                                file, out)
-            if self.options.lie_factor is not None:
-                out *= np.float32(self.options.lie_factor)
-            if self.options.lie_deviation is not None:
-                if self.options.lie_sketch:
-                    self._honest[file] = out.copy()
-                await loop.run_in_executor(self._executor, deviate, out, self.options.lie_deviation, work.step, file)
-                if self.options.lie_sketch:
-                    await loop.run_in_executor(self._executor, grind, out)
-            digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
+            if self._lazy is not None:  # synthetic: digested in the compute thread's scratch, regenerated on FETCH
+                result = await loop.run_in_executor(self._executor, self._lazy.digest, params, work.step, file)
+                digest = result.digest
+            else:
+                result, digest = await self._file_digest(work, params, file)
             if work.cancelled:
                 return
             work.done.add(file)
@@ -329,6 +329,23 @@ class AgentSession:
                                                     "loss": loss, "seconds": result.seconds})
             except ConnectionClosed:
                 return
+
+    async def _file_digest(self, work: _StepWork, params: np.ndarray, file: int) -> tuple[Any, bytes]:
+        """Compute ``file`` into its gradient buffer (with the testing-only lies) and digest it."""
+        loop = asyncio.get_running_loop()
+        out = self._grads[file]
+        result = await loop.run_in_executor(self._executor, self.computer.file_gradient, params, work.step,
+                                            file, out)
+        if self.options.lie_factor is not None:
+            out *= np.float32(self.options.lie_factor)
+        if self.options.lie_deviation is not None:
+            if self.options.lie_sketch:
+                self._honest[file] = out.copy()
+            await loop.run_in_executor(self._executor, deviate, out, self.options.lie_deviation, work.step, file)
+            if self.options.lie_sketch:
+                await loop.run_in_executor(self._executor, grind, out)
+        digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
+        return result, digest
 
     async def _on_fetch(self, msg: Message) -> None:
         work, job = self._work, self.job
@@ -341,14 +358,37 @@ class AgentSession:
             await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
                                                     "reason": f"file {file} of step {step} is not computed here"})
             return
-        payload = self._grads[file]
-        if self.options.lie_payload:
-            payload = payload * np.float32(-1.0)
-        try:
-            await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
-                                        codec=job.codec, level=job.codec_level, reply_to=msg)
-        except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends and reconnects
-            log.info("step %d: reply for file %d not sent: %s", step, file, exc)
+        async with self._payload(work, file) as payload:
+            if payload is None:  # a synthetic regeneration whose parameters were replaced meanwhile
+                await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
+                                                        "reason": f"file {file} of step {step} is gone here"})
+                return
+            try:
+                await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
+                                            codec=job.codec, level=job.codec_level, reply_to=msg)
+            except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends, reconnects
+                log.info("step %d: reply for file %d not sent: %s", step, file, exc)
+
+    @contextlib.asynccontextmanager
+    async def _payload(self, work: _StepWork, file: int) -> AsyncIterator[np.ndarray | None]:
+        """The payload of computed ``file`` of ``work``'s step, valid until the block ends: the stored gradient, or
+        a synthetic job's regenerated one (None when the step's parameters were replaced meanwhile: see
+        :meth:`_still_holds`)."""
+        if self._lazy is None:
+            payload = self._grads[file]
+            yield payload * np.float32(-1.0) if self.options.lie_payload else payload
+            return
+        async with self._lazy.payload(self._params[work.step % 2], work.step, file,
+                                      lambda: self._still_holds(work)) as payload:
+            yield payload
+
+    def _still_holds(self, work: _StepWork) -> bool:
+        """Whether ``self._params[work.step % 2]`` surely still holds ``work``'s parameters: ``work`` is current and
+        no later STEP has arrived. Every STEP marks the current work cancelled before it writes into a parameter
+        buffer (and ``self._work`` never returns to an older step), so while this holds nothing has started to
+        overwrite the buffer; checked after a regeneration, it proves the regeneration read step t's parameters.
+        (Conservative: after a STEP t+1 whose parameters were refused, step t's files are not_ready too.)"""
+        return self._work is work and not work.cancelled
 
 
     async def _on_sketch(self, msg: Message) -> None:
@@ -363,10 +403,16 @@ class AgentSession:
         if work is None or work.step != request.step:
             log.info("SKETCH for step %d, which is not ours now: ignored", request.step)
             return
-        source = self._honest if self.options.lie_sketch else self._grads
-        ready = {f: source[f] for f in request.files if f in work.done and f in source}
         loop = asyncio.get_running_loop()
-        for answer in await loop.run_in_executor(self._executor, sketch_answers, request, ready):
+        if self._lazy is not None:  # synthetic: regenerated one file at a time
+            done = [f for f in request.files if f in work.done]
+            found = await self._lazy.sketches(self._params[work.step % 2], request, done,
+                                              lambda: self._still_holds(work))
+        else:
+            source = self._honest if self.options.lie_sketch else self._grads
+            ready = {f: source[f] for f in request.files if f in work.done and f in source}
+            found = await loop.run_in_executor(self._executor, sketch_answers, request, ready)
+        for answer in found:
             try:
                 await self.conn.send(Kind.SKETCH, answer.header())
             except ConnectionClosed:

@@ -13,15 +13,31 @@ simulate attacks on these vectors as on real ones. Most bytes come from ``p`` (w
 incompressible, as real gradients are), so codecs see realistic data. A file takes at least ``delay`` seconds
 (the generation is a few milliseconds per million parameters; the rest is a sleep), which stands for the forward
 and backward pass of a real model. Nothing here is meant for training anything real.
+
+A synthetic worker slot stores no gradients (:class:`LazyFiles`): it computes a file into its compute thread's one
+scratch vector to digest it, and computes it again into the slot's one payload vector when the PS fetches or sketches
+it. That is exact because the vector is a pure function of (the step's parameters, step, file, seed, D) and the
+testing-only lies (which are pure functions of the vector, step and file), and the slot keeps step t's parameters
+until STEP t+2. A slot thus holds 3 vectors of D (two parameter vectors and the payload) plus one per compute thread
+of its process, whatever its number of files l, instead of 2 + l.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
 from shield_agent.errors import ComputeError
+from shield_agent.sketching import answers as sketch_answers
+from shield_agent.sketching import deviate, grind
+from wire import digest_bytes
+from wire.sketch import SketchAnswer, SketchRequest
 
 #: Length of the repeated noise pattern (a prime, so it never lines up with chunk or block sizes).
 NOISE_PERIOD = 65_521
@@ -98,18 +114,155 @@ class SyntheticComputer:
         """The determinism fingerprint's environment of a synthetic agent (no torch: numpy alone computes)."""
         return {"device": "synthetic", "numpy": np.__version__, "threads": int(threads)}
 
+    def loss(self, params: np.ndarray) -> float:
+        """The quadratic's loss at ``params`` (what the agent reports with a digest)."""
+        return 0.5 * float(DECAY) * float(np.dot(params, params)) / self.num_params
+
     def file_gradient(self, params: np.ndarray, step: int, file: int,
-                      out: np.ndarray | None = None) -> SyntheticResult:
-        """The synthetic gradient of ``file`` at ``step``, ready no sooner than ``delay`` seconds after the call."""
+                      out: np.ndarray | None = None, *, wait: bool = True) -> SyntheticResult:
+        """The synthetic gradient of ``file`` at ``step``, ready no sooner than ``delay`` seconds after the call
+        (at once with ``wait=False``: a regeneration, or a caller that waits itself)."""
         started = time.perf_counter()
         if out is None:
             out = np.empty(self.num_params, dtype=np.float32)
         synthetic_gradient(params, step, file, self.seed, out)
-        loss = 0.5 * float(DECAY) * float(np.dot(params, params)) / self.num_params
+        if not wait:
+            return SyntheticResult(out, math.nan, time.perf_counter() - started)
+        loss = self.loss(params)
         left = self.delay - (time.perf_counter() - started)
         if left > 0:
             time.sleep(left)
         return SyntheticResult(out, loss, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class SyntheticLies:
+    """The testing-only lies of :class:`~shield_agent.client.AgentOptions`, applied to a synthetic vector exactly as
+    the session applies them to a stored gradient (same operations, same order, so the same bits)."""
+
+    factor: float | None = None
+    deviation: float | None = None
+    sketch: bool = False
+    payload: bool = False
+
+    @property
+    def keeps_honest(self) -> bool:
+        """Whether the session sketches an honest vector (only a deviating liar that lies in its sketch has one)."""
+        return self.deviation is not None and self.sketch
+
+
+@dataclass(frozen=True)
+class SyntheticDigest:
+    """What :meth:`LazyFiles.digest` returns: the file's digest, with what the agent reports of a computation."""
+
+    digest: bytes
+    loss: float
+    seconds: float
+
+
+_scratch = threading.local()
+
+
+def _thread_scratch(d: int) -> np.ndarray:
+    """This thread's one scratch vector of ``d`` float32 (kept for the thread's life: pool threads reuse it)."""
+    buffer = getattr(_scratch, "vector", None)
+    if buffer is None or buffer.shape[0] != d:
+        buffer = _scratch.vector = np.empty(d, np.float32)
+    return buffer
+
+
+class LazyFiles:
+    """A synthetic worker slot's gradients, never stored (see the module's docstring).
+
+    :meth:`digest` runs on the compute pool and uses that thread's scratch vector; :meth:`payload` and
+    :meth:`sketches` regenerate into the slot's one payload vector, one at a time (a lock), off the compute pool
+    (whose threads sleep out the synthetic delay). Both recompute ``committed``: the gradient, then the lies."""
+
+    def __init__(self, computer: SyntheticComputer, lies: SyntheticLies) -> None:
+        self.computer = computer
+        self.lies = lies
+        self._payload: np.ndarray | None = None
+        self._lock = asyncio.Lock()
+
+    def committed(self, params: np.ndarray, step: int, file: int, out: np.ndarray, *,
+                  honest: bool = False) -> np.ndarray:
+        """The vector the slot digests for ``file`` at ``step`` (with ``honest``: the one a sketch-liar sketches)
+        written into ``out``: the synthetic gradient, times ``lies.factor``, plus the deviation, ground."""
+        self.computer.file_gradient(params, step, file, out, wait=False)
+        if self.lies.factor is not None:
+            out *= np.float32(self.lies.factor)
+        if self.lies.deviation is not None and not honest:
+            deviate(out, self.lies.deviation, step, file)
+            if self.lies.sketch:
+                grind(out)
+        return out
+
+    def digest(self, params: np.ndarray, step: int, file: int) -> SyntheticDigest:
+        """Compute ``file`` into this thread's scratch and digest it; no sooner than the computer's delay."""
+        started = time.perf_counter()
+        out = self.committed(params, step, file, _thread_scratch(self.computer.num_params))
+        digest = digest_bytes(memoryview(out).cast("B"))
+        loss = self.computer.loss(params)
+        left = self.computer.delay - (time.perf_counter() - started)
+        if left > 0:
+            time.sleep(left)
+        return SyntheticDigest(digest, loss, time.perf_counter() - started)
+
+    def _buffer(self) -> np.ndarray:
+        if self._payload is None:
+            self._payload = np.empty(self.computer.num_params, np.float32)
+        return self._payload
+
+    def _fill_payload(self, params: np.ndarray, step: int, file: int) -> np.ndarray:
+        out = self.committed(params, step, file, self._buffer())
+        if self.lies.payload:  # the same operation as the stored path's ``payload * -1`` (NaN signs included)
+            np.multiply(out, np.float32(-1.0), out=out)
+        return out
+
+    @contextlib.asynccontextmanager
+    async def payload(self, params: np.ndarray, step: int, file: int,
+                      current: Callable[[], bool]) -> AsyncIterator[np.ndarray | None]:
+        """The FETCH payload of ``file`` at ``step``, regenerated from ``params`` and held (no other regeneration
+        until the block ends: send it inside). None when ``current()`` is false after the regeneration: the
+        caller's check that ``params`` still holds step ``step``'s parameters (else it may hold a torn mix, and the
+        only right answer is not_ready)."""
+        async with self._lock:
+            if not current():
+                yield None
+                return
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(None, self._fill_payload, params, step, file)
+            yield out if current() else None
+
+    async def sketches(self, params: np.ndarray, request: SketchRequest, files: list[int],
+                       current: Callable[[], bool]) -> list[SketchAnswer]:
+        """The SKETCH answers for ``files`` (computed at ``request.step`` from ``params``), one file at a time in
+        the payload vector, in ``request.files``' order; [] when ``current()`` turns false meanwhile. A sketch-liar
+        (``lies.sketch``) sketches its honest vector, and answers nothing when it has none (no deviation)."""
+        if self.lies.sketch and not self.lies.keeps_honest:
+            return []
+        loop = asyncio.get_running_loop()
+        out: list[SketchAnswer] = []
+        async with self._lock:
+            for file in (f for f in request.files if f in files):
+                answer = await loop.run_in_executor(None, self._sketch_one, params, request, file)
+                if not current():
+                    return []
+                out.extend(answer)
+        return out
+
+    def _sketch_one(self, params: np.ndarray, request: SketchRequest, file: int) -> list[SketchAnswer]:
+        vector = self.committed(params, request.step, file, self._buffer(), honest=self.lies.sketch)
+        return sketch_answers(request, {file: vector})
+
+
+def lazy_files(computer: object, options: Any) -> LazyFiles | None:
+    """The slot's :class:`LazyFiles`, with the lies of ``options`` (an AgentOptions), when ``computer`` is synthetic;
+    None for a real (torch) computer."""
+    if not isinstance(computer, SyntheticComputer):
+        return None
+    lies = SyntheticLies(options.lie_factor, options.lie_deviation, options.lie_sketch, options.lie_payload)
+    return LazyFiles(computer, lies)
 
 
 def make_computer(job_d: int | None, delay: float | None, seed: int) -> SyntheticComputer | None:

@@ -1,0 +1,223 @@
+"""Synthetic worker slots store no gradients (shield_agent.synthetic.LazyFiles): they digest each file in one scratch
+vector and regenerate it on FETCH and SKETCH. A real agent (in this process) against a hand-driven PS on 127.0.0.1
+answers bit for bit what the stored path answers, holds ~3 vectors of d instead of 2 + l, and answers not_ready once
+a step's parameters may be gone; a whole run with every testing-only lie ends with the stored path's parameters."""
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import wire
+from shield_agent.client import AgentOptions, AgentSession, run_agent
+from shield_agent.synthetic import LazyFiles, SyntheticComputer, SyntheticLies, initial_parameters, synthetic_gradient
+from tests.byzantine_zoo import ZOO, run_cluster, secret_favouring, zoo_config
+from wire import Kind
+from wire.sketch import SketchRequest
+
+TOKEN = "l" * 32
+D = 200_003  # not a multiple of the noise period
+FILES = [0, 1, 2, 3, 4, 5]  # l = 6: the stored path holds 8 vectors of D, the lazy one 3 or 4
+SEED = 7
+
+
+class EagerSession(AgentSession):
+    """The stored path for a synthetic job (what every synthetic agent did before LazyFiles): one gradient buffer
+    per file, filled by the computer, lied about, digested, and sent as stored."""
+
+    async def _on_job(self, msg: wire.Message) -> None:
+        await super()._on_job(msg)
+        assert self.job is not None
+        self._lazy = None
+        self._grads = {f: np.empty(self.computer.num_params, np.float32) for f in self.job.files}
+
+
+def _job() -> dict[str, Any]:
+    return {"worker": 0, "files": FILES, "network": "LeNet", "dataset": "MNIST", "seed": SEED, "batch_size": 2,
+            "num_files": 8, "threads": 1, "codec": "auto", "codec_level": 1, "synthetic_d": D}
+
+
+def _agent_bytes() -> int:
+    """Bytes of numpy arrays allocated by shield_agent's code and still alive (tracemalloc)."""
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/shield_agent/*")])
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+async def _fetch(conn: wire.Connection, step: int, file: int) -> tuple[np.ndarray, bytes | None] | str:
+    """A FETCH: the payload and its digest, or the ERROR code the agent answered."""
+    try:
+        msg = await conn.request(Kind.FETCH, {"step": step, "file": file}, timeout=20)
+    except wire.RemoteError as exc:
+        return exc.remote_code
+    out = np.empty(D, np.float32)
+    return out, await msg.read_vector_into(out)
+
+
+async def _step(conn: wire.Connection, step: int, params: np.ndarray, good: bool) -> dict[int, bytes]:
+    """Send STEP (with the right digest, or a wrong one: the agent refuses those parameters); with the right one,
+    wait for every file's digest."""
+    digest = wire.vector_digest(params) if good else bytes(32)
+    await conn.send(Kind.STEP, {"step": step, "lr": 0.1, "params_digest": digest},
+                    vector=wire.encode_vector(params, "none"))
+    digests: dict[int, bytes] = {}
+    while good and len(digests) < len(FILES):
+        msg = await conn.recv(timeout=30)
+        if msg.kind is Kind.DIGESTS and msg.header["step"] == step:
+            digests[msg.header["file"]] = msg.header["digest"]
+    return digests
+
+
+async def _scenario(session_type: type[AgentSession], lies: dict[str, Any]) -> dict[str, Any]:
+    """Drive one agent through steps 0..3 (steps 1 and 2 with refused parameters) and record what it answers."""
+    record: dict[str, Any] = {}
+    p0, p2, p3 = (initial_parameters(D, SEED) * np.float32(k) for k in (1, 2, 3))
+
+    async def on_connection(conn: wire.Connection) -> None:
+        await conn.request(Kind.JOB, _job(), timeout=20)
+        record["digests0"] = await _step(conn, 0, p0, good=True)
+        record["bytes_after_digests"] = _agent_bytes()
+        record["payloads0"] = {f: await _fetch(conn, 0, f) for f in FILES}
+        record["bytes_after_fetches"] = _agent_bytes()
+        request = SketchRequest(0, bytes(range(32)), tuple(FILES), 8, 64)
+        await conn.send(Kind.SKETCH, request.header())
+        record["sketches0"] = []
+        expected = 0 if lies.get("lie_sketch") and lies.get("lie_deviation") is None else len(FILES)
+        while len(record["sketches0"]) < expected:
+            msg = await conn.recv(timeout=30)
+            if msg.kind is Kind.SKETCH:
+                record["sketches0"].append(msg.header)
+        await _step(conn, 1, p2, good=False)  # refused: params[1] holds junk, params[0] still step 0's
+        record["after_refused_1"] = await _fetch(conn, 0, 0)
+        await _step(conn, 2, p2, good=False)  # refused, but params[0] now holds p2, not step 0's parameters
+        record["after_refused_2"] = await _fetch(conn, 0, 1)
+        record["digests3"] = await _step(conn, 3, p3, good=True)
+        record["payload3"] = await _fetch(conn, 3, 5)
+        record["old_step"] = await _fetch(conn, 0, 5)
+        record["not_ours"] = await _fetch(conn, 3, 7)
+        await conn.send(Kind.LEAVE, {"reason": "completed"})
+
+    server = await wire.serve("127.0.0.1", 0, on_connection, token=TOKEN)
+    tracemalloc.start()
+    try:
+        options = AgentOptions(host="127.0.0.1", port=server.port, token=TOKEN, data_dir="/nonexistent",
+                               reconnect=False, synthetic=0.0, **lies)
+        record["status"] = await asyncio.wait_for(run_agent(options, session_type), 120)
+    finally:
+        tracemalloc.stop()
+        await server.close()
+    return record
+
+
+LIES = [{}, {"lie_factor": 2.0, "lie_payload": True}, {"lie_deviation": 0.05, "lie_sketch": True},
+        {"lie_deviation": 0.05}, {"lie_sketch": True}, {"lie_factor": float("nan")}]
+
+
+@pytest.mark.parametrize("lies", LIES, ids=["honest", "factor-payload", "deviation-sketch", "deviation", "sketch",
+                                             "nan"])
+def test_regenerated_payloads_and_sketches_are_the_stored_ones(lies: dict[str, Any]) -> None:
+    lazy = asyncio.run(_scenario(AgentSession, lies))
+    eager = asyncio.run(_scenario(EagerSession, lies))
+    assert lazy["status"] == eager["status"] == 0
+    assert lazy["digests0"] == eager["digests0"] and lazy["digests3"] == eager["digests3"]
+    assert set(lazy["digests0"]) == set(FILES)
+    if all(np.isfinite(v) for v in lies.values() if isinstance(v, float)):  # (all-NaN vectors are all alike)
+        assert lazy["digests0"] != lazy["digests3"]
+    for f in FILES:
+        (a, a_digest), (b, b_digest) = lazy["payloads0"][f], eager["payloads0"][f]
+        assert a_digest == b_digest and a.tobytes() == b.tobytes(), f  # bit for bit, NaNs included
+        assert (a_digest == lazy["digests0"][f]) is not lies.get("lie_payload", False), f
+    assert lazy["sketches0"] == eager["sketches0"]
+    assert lazy["payload3"][1] == eager["payload3"][1]
+    if not lies:  # the payload is the synthetic gradient at the step's parameters
+        p0 = initial_parameters(D, SEED)
+        np.testing.assert_array_equal(lazy["payloads0"][3][0], synthetic_gradient(p0, 0, 3, SEED, np.empty_like(p0)))
+
+
+def test_a_synthetic_slot_holds_no_gradient_per_file() -> None:
+    """Live arrays that shield_agent allocated while the slot holds l = 6 computed files: the stored path held 2 + l
+    vectors of D; the lazy one holds 2 parameter vectors and the compute thread's scratch (3), plus the payload
+    vector once it has been fetched from (4)."""
+    vector = D * 4
+    lazy = asyncio.run(_scenario(AgentSession, {}))
+    assert 3 * vector <= lazy["bytes_after_digests"] < 3.5 * vector, lazy["bytes_after_digests"] / vector
+    assert 4 * vector <= lazy["bytes_after_fetches"] < 4.5 * vector, lazy["bytes_after_fetches"] / vector
+
+
+def test_fetches_of_a_step_whose_parameters_may_be_gone_are_not_ready() -> None:
+    """After a later STEP arrived (even one whose parameters the agent refused), step 0's files are not_ready: the
+    second refused STEP wrote step 2's parameters into step 0's buffer, and a regeneration would send a vector that
+    is not the one digested. A step's own files are served; files not ours and old steps are not_ready."""
+    record = asyncio.run(_scenario(AgentSession, {}))
+    assert record["after_refused_1"] == "not_ready"
+    assert record["after_refused_2"] == "not_ready"
+    assert record["old_step"] == "not_ready" and record["not_ours"] == "not_ready"
+    payload, digest = record["payload3"]
+    assert digest == record["digests3"][5]
+    p3 = initial_parameters(D, SEED) * np.float32(3)
+    np.testing.assert_array_equal(payload, synthetic_gradient(p3, 3, 5, SEED, np.empty_like(p3)))
+
+
+def test_a_regeneration_whose_parameters_were_replaced_meanwhile_is_withheld() -> None:
+    """LazyFiles checks the caller's ``current`` after regenerating: a STEP that arrived meanwhile (current turns
+    false) makes the payload None, never a vector computed from half-overwritten parameters."""
+    lazy = LazyFiles(SyntheticComputer(1000, SEED, 0.0), SyntheticLies())
+    params = initial_parameters(1000, SEED)
+    answers = iter([True, False])
+
+    async def main() -> list[Any]:
+        got = []
+        async with lazy.payload(params, 0, 1, lambda: True) as payload:
+            got.append(None if payload is None else payload.copy())
+        async with lazy.payload(params, 0, 1, lambda: next(answers)) as payload:
+            got.append(payload)
+        async with lazy.payload(params, 0, 1, lambda: False) as payload:
+            got.append(payload)
+        return got
+
+    fresh, raced, stale = asyncio.run(main())
+    np.testing.assert_array_equal(fresh, synthetic_gradient(params, 0, 1, SEED, np.empty_like(params)))
+    assert raced is None and stale is None
+
+
+def _synthetic_zoo(session: type[AgentSession]) -> dict[str, tuple[type[AgentSession], dict[str, Any]]]:
+    """The behaviours of the whole-run test, every one a synthetic agent of ``session``'s path."""
+    base = {"synthetic": 0.0}
+    return {"honest": (session, base),
+            "sketch-liar": (session, {**base, "lie_deviation": 1e-3, "lie_sketch": True}),
+            "deviator": (session, {**base, "lie_deviation": 2e-3}),
+            "forger": (session, {**base, "lie_payload": True}),
+            "liar-2x": (session, {**base, "lie_factor": 2.0})}
+
+
+def test_a_synthetic_run_with_every_lie_ends_as_with_stored_gradients(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rama case 2, K=9 (l=3), a PS and nine synthetic agents in this process over TCP: worker 0 commits to a
+    deviation but sketches honestly (file 0's three holders all differ: a sketch round proves it lying), worker 3
+    deviates twice as far (outvoted), worker 1 forges payloads (proven lying when asked), worker 2 doubles its
+    gradients (outvoted). The lazy and the stored paths give the same votes and bit-identical final parameters."""
+    slots = ["sketch-liar", "forger", "liar-2x", "deviator", "honest", "honest", "honest", "honest", "honest"]
+    changes = {"synthetic_d": 100_003, "vote_tol": 1e-4, "max_steps": 3, "eval_freq": 3, "seed": SEED}
+    secret = secret_favouring(zoo_config(tmp_path, **changes), 1)
+    results = {}
+    for name, session in (("lazy", AgentSession), ("eager", EagerSession)):
+        for behaviour, entry in _synthetic_zoo(session).items():
+            monkeypatch.setitem(ZOO, behaviour, entry)
+        results[name] = run_cluster(tmp_path / name, slots=slots, secret=secret, **changes)
+    lazy, eager = results["lazy"], results["eager"]
+    assert lazy.exit_code == eager.exit_code == 0
+    keys = ("step", "files_won", "files_dropped", "outvoted")
+    lazy_steps, eager_steps = ([{k: e.get(k) for k in keys} for e in r.of("step")] for r in (lazy, eager))
+    assert lazy_steps == eager_steps and len(lazy_steps) == 3
+    # the same two files are dropped by both paths (the liars leave them without enough agreeing holders)
+    assert all(e["files_won"] == 7 and e["files_dropped"] == 2 for e in lazy_steps), lazy_steps
+    assert all(e["outvoted"] == [2, 3] for e in lazy_steps), lazy_steps
+    for run in (lazy, eager):
+        lying = [e["lying"] for e in run.of("step")]
+        assert all(0 in x for x in lying), lying  # the sketch liar, proven by its payload's recomputed sketch
+        assert any(1 in x for x in lying), lying  # the forger, whenever it is asked first (timing decides)
+    assert lazy.params.tobytes() == eager.params.tobytes()
+    assert not np.array_equal(lazy.params, initial_parameters(100_003, SEED))
