@@ -60,9 +60,10 @@ class FetchReport:
 
 
 class _Attempt:
-    """One FETCH of one file from one holder, into the spare buffer ``dest``."""
+    """One FETCH of one file from one holder, into the spare buffer ``dest`` (taken when its payload starts to
+    arrive: a holder that never answers holds no memory)."""
 
-    def __init__(self, worker: int, dest: np.ndarray) -> None:
+    def __init__(self, worker: int, dest: np.ndarray | None = None) -> None:
         self.worker, self.dest = worker, dest
         self.task: asyncio.Task[bytes | None] | None = None
         self.started = time.monotonic()
@@ -170,31 +171,31 @@ class Fetcher:
         return None
 
     def _launch(self, file: int, worker: int, *, first: bool) -> _Attempt:
-        """Start one attempt, into a spare buffer."""
-        attempt = _Attempt(worker, self._spares.pop() if self._spares else np.empty(self._d, dtype=np.float32))
+        """Start one attempt (its spare buffer comes with its payload)."""
+        attempt = _Attempt(worker)
         link = self._link_of(worker)
         assert link is not None
-        attempt.task = asyncio.get_running_loop().create_task(self._attempt(link, file, attempt.dest, attempt))
+        attempt.task = asyncio.get_running_loop().create_task(self._attempt(link, file, attempt))
         self.report.attempts += 1
         return attempt
 
     async def fetch_replica(self, link: AgentLink, file: int, dest: np.ndarray) -> bytes | None:
         """One bounded FETCH of ``file`` from ``link`` into ``dest`` (the tolerant vote fetches every replica)."""
         self.report.attempts += 1
-        return await self._attempt(link, file, dest, _Attempt(link.worker, dest))
+        return await self._attempt(link, file, _Attempt(link.worker, dest))
 
-    async def _attempt(self, link: AgentLink, file: int, dest: np.ndarray, attempt: _Attempt) -> bytes | None:
+    async def _attempt(self, link: AgentLink, file: int, attempt: _Attempt) -> bytes | None:
         budget = self._deadlines.transfer(self._d * 4)
         try:
-            return await asyncio.wait_for(self._fetch_into(link, file, dest, attempt), budget)
+            return await asyncio.wait_for(self._fetch_into(link, file, attempt), budget)
         except asyncio.TimeoutError:
             log.warning("step %d: worker %d did not deliver file %d within %.1fs: cut off", self.step, link.worker,
                         file, budget)
             self.report.slow.add(link.worker)
             return None
 
-    async def _fetch_into(self, link: AgentLink, file: int, dest: np.ndarray, attempt: _Attempt) -> bytes | None:
-        """FETCH ``file`` from ``link`` into ``dest``; the payload's digest, or None if none came."""
+    async def _fetch_into(self, link: AgentLink, file: int, attempt: _Attempt) -> bytes | None:
+        """FETCH ``file`` from ``link`` into the attempt's buffer; the payload's digest, or None if none came."""
         try:
             msg = await link.conn.request(Kind.FETCH, {"step": self.step, "file": file}, timeout=None)
         except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
@@ -207,9 +208,11 @@ class Fetcher:
             return None
         codec = msg.vector.codec.value
         self.report.codecs[codec] = self.report.codecs.get(codec, 0) + 1
+        if attempt.dest is None:
+            attempt.dest = self._spares.pop() if self._spares else np.empty(self._d, dtype=np.float32)
         attempt.receiving = True
         try:
-            return await msg.read_vector_into(dest)
+            return await msg.read_vector_into(attempt.dest)
         except ConnectionClosed as exc:  # closed under this read (e.g. a sibling read was cancelled): lost, not lying
             log.info("step %d: worker %d's connection closed during file %d: %s", self.step, link.worker, file, exc)
             return None
@@ -264,7 +267,8 @@ class Fetcher:
                 await attempt.task  # type: ignore[misc]
             except asyncio.CancelledError:
                 pass
-            self._quarantine.append(attempt.dest)  # a cancelled decode may still write into it this step
+            if attempt.dest is not None:  # a cancelled decode may still write into it this step
+                self._quarantine.append(attempt.dest)
 
     def _drained(self, task: asyncio.Task[bytes | None], dest: np.ndarray) -> None:
         self._draining.discard(task)
@@ -272,4 +276,5 @@ class Fetcher:
 
     def _release(self, attempt: _Attempt) -> None:
         """A finished attempt's spare buffer is free again."""
-        self._spares.append(attempt.dest)
+        if attempt.dest is not None:
+            self._spares.append(attempt.dest)
