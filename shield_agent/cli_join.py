@@ -93,7 +93,8 @@ def _seconds_per_file(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shield_agent.client import AgentOptions, run_agent
+    from shield_agent.client import AgentOptions
+    from shield_agent.slots import run_agent
     from wire import install_event_loop
 
     token = read_token(args.token, args.token_file)
@@ -109,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
                            lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch, device=args.device,
                            relay=not args.no_relay, relay_bind=args.relay_bind, relay_port=args.relay_port,
                            relay_lie=args.lie_relay)
-    client_log = logging.getLogger("shield_agent.client")
-    if client_log.getEffectiveLevel() > logging.INFO:
-        client_log.setLevel(logging.INFO)  # which worker we became and how the run ended, even without -v
+    for name in ("shield_agent.client", "shield_agent.slots"):  # which worker we became and how the run ended,
+        told = logging.getLogger(name)  # even without -v
+        if told.getEffectiveLevel() > logging.INFO:
+            told.setLevel(logging.INFO)
     if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID writes every thread's stack to stderr (a stuck agent's log)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     install_event_loop()

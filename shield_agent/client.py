@@ -1,17 +1,15 @@
-"""The agent's network side: join a PS, receive the job, compute files per step, answer fetches.
+"""One worker slot's session with the PS: receive the job, compute files per step, answer fetches.
 
-One session per connection, and one connection per worker slot: ``--workers N`` runs N slots in one process (see
-:mod:`shield_agent.host` for what they share). The PS sends JOB (a request; we load the data, build the model and
-reply JOB with our parameter count), then for every step a STEP with the parameter vector. We compute our files one
-by one on the process's compute pool (torch releases the GIL, so the event loop keeps answering heartbeats) and send
-a DIGESTS message per file as soon as it is ready. The PS then FETCHes the payload of one file from one holder; we
-reply with a VECTOR.
+One session per connection, and one connection per worker slot (:mod:`shield_agent.slots` runs a process's slots
+and reconnects them; :mod:`shield_agent.host` says what they share). The PS sends JOB (a request; we load the data,
+build the model and reply JOB with our parameter count), then for every step a STEP with the parameter vector, or
+with where to take it (the relay broadcast, :mod:`shield_agent.relay`). We compute our files one by one on the
+process's compute pool (torch releases the GIL, so the event loop keeps answering heartbeats) and send a DIGESTS
+message per file as soon as it is ready. The PS then FETCHes the payload of one file from one holder; we reply with
+a VECTOR.
 
 A new STEP while the previous step is still being computed (the PS gave up on us) cancels the old computation after
-its current file. The PS ends the run with LEAVE; a dropped connection is retried with exponential backoff unless
-the agent was started with ``reconnect=False`` (local agents, which must die with their PS). A PS that refuses our
-token ``max_refusals`` times in a row ends the agent with :class:`~shield_agent.errors.JoinRefused` (exit status 2);
-a run the PS ends with any reason but ``completed`` gives exit status 1.
+its current file. The PS ends the run with LEAVE.
 """
 from __future__ import annotations
 
@@ -20,119 +18,25 @@ import concurrent.futures
 import contextlib
 import logging
 import math
-import random
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import numpy as np
 
-from shield_agent.errors import ComputeError, JoinRefused, ShieldAgentError
+from shield_agent.errors import ComputeError, ShieldAgentError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
+from shield_agent.job import AgentJob, AgentOptions, as_int
 from shield_agent.relay import RelayHub, RelaySource
 from shield_agent.sketching import answers as sketch_answers
 from shield_agent.sketching import deviate, grind
-from wire import AuthError, ConnectionClosed, Kind, Message, WireError, connect, digest_bytes
-from wire.autocodec import parse_codec_choice
+from wire import ConnectionClosed, Kind, Message, digest_bytes
 from wire.digest import DIGEST_SIZE
 from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
-    from shield_agent.spot import SpotWatcher
     from shield_agent.synthetic import LazyFiles
 
 log = logging.getLogger(__name__)
-
-_MAX_FILES_PER_WORKER = 1 << 16
-
-
-@dataclass(frozen=True)
-class AgentOptions:
-    """How to reach the PS and what this machine brings (everything else comes from the PS's JOB)."""
-
-    host: str
-    port: int
-    token: str
-    data_dir: str
-    threads: int | None = None
-    name: str = ""
-    reconnect: bool = True
-    max_backoff: float = 30.0
-    lie_factor: float | None = None  # testing only: a Byzantine agent that computes factor * gradient
-    lie_payload: bool = False  # testing only: a Byzantine agent whose payloads do not match its digests
-    lie_deviation: float | None = None  # testing only: adds this relative deviation to every gradient
-    lie_sketch: bool = False  # testing only: sketches its honest gradient, not the one it committed to
-    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
-    spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
-    imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
-    spot_notice_file: str | None = None  # where the watcher writes the notice (shield-ops reads it over SSH)
-    workers: int = 1  # worker slots in this process, each its own authenticated connection
-    compute_threads: int | None = None  # the slots' compute pool (default: see shield_agent.host)
-    max_refusals: int = 3  # consecutive refusals of our token before giving up
-    synthetic: float | None = None  # benchmarks and tests only: seconds per file of synthetic compute (no torch)
-    relay: bool = True  # serve the step's parameters to other agents (shield_agent.relay)
-    relay_bind: str | None = None  # the relay server's address (default: loopback for a loopback PS, else all)
-    relay_port: int = 0
-    relay_lie: str | None = None  # testing only: a Byzantine relay ("corrupt" or "stall")
-
-    def slot_name(self, slot: int) -> str:
-        """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""
-        if self.workers == 1:
-            return self.name
-        return f"{self.name or 'agent'}/{slot}"[:64]
-
-
-@dataclass(frozen=True)
-class AgentJob:
-    """The job as the PS describes it in JOB (validated: the PS is authenticated, but we still check types)."""
-
-    worker: int
-    files: tuple[int, ...]
-    network: str
-    dataset: str
-    seed: int
-    batch_size: int
-    num_files: int
-    threads: int
-    codec: str
-    codec_level: int
-    synthetic_d: int | None = None  # a synthetic job (benchmarks, tests): its parameter count
-
-    @classmethod
-    def from_header(cls, header: dict[str, Any]) -> "AgentJob":
-        try:
-            files = header["files"]
-            if not isinstance(files, list) or len(files) > _MAX_FILES_PER_WORKER:
-                raise TypeError("files")
-            job = cls(
-                worker=_int(header["worker"]), files=tuple(_int(f) for f in files),
-                network=_str(header["network"]), dataset=_str(header["dataset"]), seed=_int(header["seed"]),
-                batch_size=_int(header["batch_size"]), num_files=_int(header["num_files"]),
-                threads=_int(header["threads"]), codec=_str(header["codec"]),
-                codec_level=_int(header["codec_level"]),
-                synthetic_d=_int(header["synthetic_d"]) if "synthetic_d" in header else None,
-            )
-        except (KeyError, TypeError) as exc:
-            raise ComputeError(f"malformed JOB from the PS: {exc}") from None
-        if any(not 0 <= f < job.num_files for f in job.files):
-            raise ComputeError(f"JOB assigns files {list(job.files)} outside 0..{job.num_files - 1}")
-        try:
-            parse_codec_choice(job.codec)
-        except ValueError as exc:
-            raise ComputeError(f"malformed JOB from the PS: {exc}") from None
-        return job
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 256:
-        raise TypeError(f"expected a short string, got {type(value).__name__}")
-    return value
 
 
 class _StepWork:
@@ -244,7 +148,7 @@ class AgentSession:
         if self.job is None or (msg.vector is None and "relay" not in msg.header):
             msg.discard()
             raise ComputeError("STEP before JOB, or without parameters")
-        step = _int(msg.header.get("step"))
+        step = as_int(msg.header.get("step"))
         if self._work is not None:
             self._work.cancelled = True
         await self._cancel_relay()
@@ -350,7 +254,7 @@ class AgentSession:
     async def _on_fetch(self, msg: Message) -> None:
         work, job = self._work, self.job
         try:
-            step, file = _int(msg.header.get("step")), _int(msg.header.get("file"))
+            step, file = as_int(msg.header.get("step")), as_int(msg.header.get("file"))
         except TypeError:
             await self.conn.reply(msg, Kind.ERROR, {"code": "bad_fetch", "reason": "step and file must be integers"})
             return
@@ -417,136 +321,3 @@ class AgentSession:
                 await self.conn.send(Kind.SKETCH, answer.header())
             except ConnectionClosed:
                 return
-
-
-async def run_agent(options: AgentOptions, session_type: type[AgentSession] = AgentSession) -> int:
-    """Run ``options.workers`` worker slots until the PS ends the run; the exit status is the worst slot's: 0 the run
-    completed, 1 it failed or the PS was lost, 2 a slot hit an error of its own. Raises :class:`JoinRefused` when
-    the PS refused our token ``options.max_refusals`` times in a row. ``session_type`` is the per-connection
-    behaviour (tests substitute Byzantine ones)."""
-    if options.synthetic is None:
-        import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
-
-    host = ComputeHost(options.workers, options.compute_threads)
-    hub = await _start_relay(options)
-    watcher = _start_spot_watcher(options)
-    refusals = _Refusals(options.max_refusals)
-    try:
-        codes = await asyncio.gather(*(_run_slot(options, slot, host, hub, watcher, refusals, session_type)
-                                       for slot in range(options.workers)))
-    finally:
-        await hub.close()
-        await asyncio.get_running_loop().run_in_executor(None, host.shutdown)
-    if refusals.error is not None:
-        raise refusals.error
-    return max(codes)
-
-
-class _Refusals:
-    """Consecutive refusals of our token, counted over all slots (they share the token): the first slot to reach
-    the limit sets :attr:`error` and the others stop too."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.count = limit, 0
-        self.error: JoinRefused | None = None
-
-    def refused(self, address: str, exc: Exception, retry: bool) -> bool:
-        """Count one refusal; True when the agent must stop (at the limit, or at once when it may not retry)."""
-        self.count += 1
-        if (self.count >= self.limit or not retry) and self.error is None:
-            times = "once" if self.count == 1 else f"{self.count} times in a row"
-            self.error = JoinRefused(f"{address} refused our authentication {times} ({exc}); check --token or "
-                                     "--token-file against the PS's token")
-        return self.error is not None
-
-
-async def _start_relay(options: AgentOptions) -> RelayHub:
-    """The process's relay hub; its server listens unless ``options.relay`` is off (docs/performance.md)."""
-    loopback = options.host in ("127.0.0.1", "localhost", "::1")
-    hub = RelayHub(options.token, bind=options.relay_bind or ("127.0.0.1" if loopback else "0.0.0.0"),
-                   port=options.relay_port, lie=options.relay_lie)
-    if options.relay:
-        try:
-            await hub.start()
-        except OSError as exc:
-            raise ShieldAgentError(f"cannot serve relays on {options.relay_bind}:{options.relay_port}: {exc} "
-                                   "(choose another --relay-port, or --no-relay)") from None
-    return hub
-
-
-async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
-                    watcher: "SpotWatcher | None",
-                    refusals: _Refusals, session_type: type[AgentSession] = AgentSession) -> int:
-    """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
-    address = f"{options.host}:{options.port}"
-    backoff = 0.5
-    while refusals.error is None:
-        try:
-            conn = await connect(options.host, options.port, token=options.token, role="agent",
-                                 name=options.slot_name(slot))
-        except (OSError, WireError, asyncio.TimeoutError) as exc:
-            token_refused = isinstance(exc, AuthError) and "token" in str(exc)
-            if token_refused and refusals.refused(address, exc, options.reconnect):
-                return 2
-            if not options.reconnect:
-                log.error("cannot join %s: %s", address, exc)
-                return 1
-            log.warning("cannot join %s (%s); retrying in %.1fs", address, exc, backoff)
-            await asyncio.sleep(backoff * (1 + random.random() / 4))
-            backoff = min(backoff * 2, options.max_backoff)
-            continue
-        refusals.count, backoff = 0, 0.5
-        log.debug("slot %d joined %s as peer %d", slot, address, conn.peer.id)
-        session = session_type(options, conn, host, hub)
-        leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
-        try:
-            await session.run()
-        except ShieldAgentError as exc:
-            log.error("%s", exc)
-            await conn.close(str(exc), code=exc.code)
-            return 2
-        finally:
-            if leaver is not None:
-                leaver.cancel()
-                await asyncio.gather(leaver, return_exceptions=True)
-            await conn.close("agent leaving")
-        if session.finished or (watcher is not None and watcher.event.is_set()):
-            return _ended(session, conn.peer.id)
-        if not options.reconnect:
-            log.warning("worker %d lost the PS (%s); not reconnecting", conn.peer.id, conn.close_error)
-            return 1
-        log.warning("worker %d lost the PS (%s); reconnecting", conn.peer.id, conn.close_error)
-    return 2
-
-
-def _ended(session: AgentSession, worker: int) -> int:
-    """Log how the run ended for this slot; 0 when the PS said it completed."""
-    reason = session.end_reason or "left"
-    if reason == "completed" or session.end_reason is None:
-        log.info("worker %d: the run ended: %s", worker, reason)
-        return 0
-    log.warning("worker %d: the run ended: %s", worker, reason)
-    return 1
-
-
-def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
-    if not options.spot_watch:
-        return None
-    from shield_agent.spot import SpotWatcher, endpoint_from_env
-
-    host, port = options.imds or endpoint_from_env()
-    watcher = SpotWatcher(host, port, marker=options.spot_notice_file)
-    task = asyncio.get_running_loop().create_task(watcher.run())
-    task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-    return watcher
-
-
-async def _leave_on_notice(watcher: "SpotWatcher", session: AgentSession) -> None:
-    """On a spot interruption notice, tell the PS we are leaving (it erases us at once) and end the session."""
-    await watcher.event.wait()
-    log.warning("spot interruption notice (%s): leaving the PS", watcher.notice)
-    try:
-        await session.conn.send(Kind.LEAVE, {"reason": "spot interruption"})
-    finally:
-        session.finished = True
-        await session.conn.close("spot interruption")

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from shield_agent.client import AgentOptions, AgentSession, run_agent
+from shield_agent.client import AgentOptions, AgentSession
+from shield_agent.slots import run_agent
 from shield_ps.checkpoint import load_latest
 from shield_ps.config import ServeConfig
 from shield_ps.daemon import PSDaemon

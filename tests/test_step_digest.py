@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 import wire
-from shield_agent.client import AgentOptions, run_agent
+from shield_agent.client import AgentOptions
+from shield_agent.slots import run_agent
 from shield_agent.synthetic import initial_parameters
 from wire import Kind
 

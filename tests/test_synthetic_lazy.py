@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import wire
-from shield_agent.client import AgentOptions, AgentSession, run_agent
+from shield_agent.client import AgentOptions, AgentSession
+from shield_agent.slots import run_agent
 from shield_agent.synthetic import LazyFiles, SyntheticComputer, SyntheticLies, initial_parameters, synthetic_gradient
 from tests.byzantine_zoo import ZOO, run_cluster, secret_favouring, zoo_config
 from wire import Kind
