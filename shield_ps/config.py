@@ -21,7 +21,8 @@ _OPERATIONAL_FIELDS = frozenset({
     "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
-    "max_skipped_steps", "agent_processes", "agg_threads", "relay", "relay_roots", "relay_fanout", "relay_latency",
+    "max_skipped_steps", "agent_processes", "agg_threads", "streaming_vote", "relay", "relay_roots", "relay_fanout",
+    "relay_latency",
 })
 
 #: The paper's configuration of each scheme, used when ``--workers``/``--replication`` are not given
@@ -117,6 +118,7 @@ class ServeConfig:
     min_bandwidth: float = 10.0  # MB/s, the slowest link a transfer is given time for
     hedge_factor: float = 4.0
     hedge_floor: float = 0.25
+    streaming_vote: bool = True  # fetch a file as soon as r' digests agree (False: after the gather, serially)
     relay: str = "on"  # relay broadcast (shield_ps.phases.relay): the PS sends the parameters to relay_roots agents
     relay_roots: int = 2
     relay_fanout: int = 2

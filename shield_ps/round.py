@@ -171,7 +171,8 @@ class StepRunner:
 
     def _on_winner(self, file: int, digest: bytes, holders: tuple[int, ...]) -> None:
         """Streaming vote: ``digest`` has r' holders, so it has won ``file``: fetch it now (exact and auto votes)."""
-        if self.collector is not None and self.vote_mode is not VoteMode.TOLERANT:
+        streaming = self.plan.config.streaming_vote and self.vote_mode is not VoteMode.TOLERANT
+        if self.collector is not None and streaming:
             self._start_fetch(self.collector, file, digest)
 
     def _start_fetch(self, collector: StepCollector, file: int, digest: bytes) -> None:

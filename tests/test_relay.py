@@ -32,7 +32,8 @@ def _check_tree(plan: dict, nodes: list[RelayNode], no_relay: frozenset[int] = f
         hops, current, seen = 1, source, {worker}
         while current is not None:
             assert current.worker not in seen
-            assert address[current.worker] is not None and current.address == address[current.worker][:2]
+            assert address[current.worker] is not None
+            assert current.address == address[current.worker][:2]
             if address[worker] is None or current.address != address[worker][:2]:  # across processes: only relays that may relay
                 assert current.worker not in no_relay
             seen.add(current.worker)
@@ -322,3 +323,20 @@ def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, 
     config = zoo_config(Path("unused"))
     hop = config.relay_latency + d4 / (config.min_bandwidth * 1e6)
     assert first["times"]["total"] < 4 * hop + 60  # a stalled relay costs its children a bounded wait
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("zoo", [None, "trickle", "relay-corrupt"])
+def test_serial_direct_steps_match_streaming_relayed_steps(tmp_path: Path, zoo: str | None) -> None:
+    """The step before this issue (every digest in, then vote, then fetch; the PS sends every agent the vector) and
+    the step now (streaming vote, relay broadcast) end with the same parameters, bit for bit, also with a Byzantine
+    agent in either phase."""
+    serial = run_cluster(tmp_path / "serial", zoo=zoo, secret=_secret(), relay="off", streaming_vote=False,
+                         max_steps=STEPS)
+    streaming = run_cluster(tmp_path / "streaming", zoo=zoo, secret=_secret(), relay="on", max_steps=STEPS)
+    assert serial.exit_code == streaming.exit_code == 0
+    assert all(e["files_won"] == 9 for run in (serial, streaming) for e in run.of("step"))
+    assert np.array_equal(serial.params, streaming.params)
+    assert all(not e["relay_tree"] for e in serial.of("step"))
+    assert all(e["relay_tree"]["relayed"] >= 4 for e in streaming.of("step"))  # at most 3 are sent it directly

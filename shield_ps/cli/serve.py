@@ -205,6 +205,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 4)")
     g.add_argument("--hedge-floor", type=positive_float, default=0.25,
                    help="never hedge, nor end the gather's straggler grace, sooner (seconds, default 0.25)")
+    g.add_argument("--streaming-vote", choices=("on", "off"), default="on",
+                   help="on (default): fetch a file's winning payload as soon as r' equal digests are in, while "
+                   "others still compute; off: after every digest is in (the serial step, for comparison)")
     g.add_argument("--relay", choices=("on", "off"), default="on",
                    help="relay broadcast (default on): the PS sends each step's parameters to --relay-roots agent "
                    "processes, which forward them in a tree, every hop checked by digest; off: to every agent")
@@ -308,8 +311,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=join_timeout,
         checkpoint_keep=args.keep_checkpoints, agent_processes=args.agent_processes,
         min_bandwidth=args.min_bandwidth, hedge_factor=args.hedge_factor, hedge_floor=args.hedge_floor,
-        relay=args.relay, relay_roots=args.relay_roots, relay_fanout=args.relay_fanout,
-        relay_latency=args.relay_latency,
+        streaming_vote=args.streaming_vote == "on", relay=args.relay, relay_roots=args.relay_roots,
+        relay_fanout=args.relay_fanout, relay_latency=args.relay_latency,
         handshake_timeout=args.handshake_timeout, max_preauth=args.max_preauth,
         max_preauth_per_host=args.max_preauth_per_host, short_step=args.short_step.value,
         max_skipped_steps=args.max_skipped_steps, cc_tau=args.cc_tau, cc_iters=args.cc_iters,

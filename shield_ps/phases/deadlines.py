@@ -29,10 +29,12 @@ class Deadlines:
 
     @classmethod
     def from_config(cls, config: object) -> "Deadlines":
-        return cls(gather=float(config.gather_timeout), latency=float(config.upload_timeout),  # type: ignore[attr-defined]
-                   min_bandwidth=float(config.min_bandwidth) * 1e6,  # type: ignore[attr-defined]
-                   hedge_factor=float(config.hedge_factor), hedge_floor=float(config.hedge_floor),  # type: ignore[attr-defined]
-                   relay_latency=float(getattr(config, "relay_latency", 2.0)))
+        def get(name: str) -> object:
+            return getattr(config, name)
+
+        return cls(gather=float(get("gather_timeout")), latency=float(get("upload_timeout")),
+                   min_bandwidth=float(get("min_bandwidth")) * 1e6, hedge_factor=float(get("hedge_factor")),
+                   hedge_floor=float(get("hedge_floor")), relay_latency=float(getattr(config, "relay_latency", 2.0)))
 
     def transfer(self, nbytes: int) -> float:
         """The whole-extent budget of one transfer of ``nbytes``."""
