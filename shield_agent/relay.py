@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -206,7 +207,9 @@ class RelayHub:
 
     async def start(self) -> None:
         """Listen for other agents (role ``relay`` only; the cluster token authenticates them)."""
-        def admit(role: Role, name: str, ids: Any = iter(range(1 << 62))) -> int:
+        ids = itertools.count()
+
+        def admit(role: Role, name: str) -> int:
             if role is not Role.RELAY:
                 raise AuthError("this is an agent's relay server: only relay connections")
             return next(ids)
