@@ -184,3 +184,52 @@ def test_garbage_before_authentication_is_counted_as_protocol_and_leaves_no_nonc
             await server.close()
 
     asyncio.run(main())
+
+
+def test_first_step_hedges_from_the_broadcast_then_from_real_fetches() -> None:
+    deadlines = Deadlines(gather=60.0, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
+    nbytes = 45_000_000
+    assert deadlines.hedge_delay(nbytes) == 0.25  # nothing known yet: the floor
+    deadlines.seed(0.5)  # a STEP send of the same vector took 0.5 s
+    deadlines.seed(0.7)
+    assert deadlines.hedge_delay(nbytes) == pytest.approx(4 * 0.6)
+    deadlines.record_fetch(0.1)  # the first real fetch replaces the seeds
+    assert deadlines.hedge_delay(nbytes) == pytest.approx(0.4)
+    deadlines.seed(5.0)  # later broadcasts never move it
+    assert deadlines.hedge_delay(nbytes) == pytest.approx(0.4)
+
+
+def test_spare_buffers_kept_across_steps_are_bounded_by_the_files() -> None:
+    from shield_ps.phases.fetch import Fetcher
+
+    async def main() -> int:
+        rows = np.zeros((5, 8), np.float32)
+        deadlines = Deadlines(gather=60.0, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
+        fetcher = Fetcher(rows, deadlines, b"s" * 32, lambda worker: None, lambda link, why: None)
+        fetcher._quarantine.extend(np.zeros(8, np.float32) for _ in range(40))  # a step that hedged every file
+        fetcher.begin(1)
+        return len(fetcher._spares)
+
+    assert asyncio.run(main()) == 5 + 4
+
+
+def test_a_holder_whose_payload_keeps_pace_is_not_hedged() -> None:
+    from shield_ps.phases.fetch import Fetcher, _Attempt
+
+    def attempt(received: int, receiving: bool = True) -> _Attempt:
+        a = _Attempt(worker=0)
+        a.receiving, a.received, a.receiving_since = receiving, received, 0.0
+        return a
+
+    rows = np.zeros((3, 8), np.float32)
+    deadlines = Deadlines(gather=60.0, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
+    fetcher = Fetcher(rows, deadlines, b"s" * 32, lambda worker: None, lambda link, why: None)
+    shared = [attempt(40 << 20), attempt(44 << 20), attempt(36 << 20)]  # the step's payloads, sharing the ingress
+    fetcher._receiving.update(shared)
+    assert fetcher._keeping_pace([shared[1]])  # as fast as the others: the PS's ingress is the limit
+    trickle = attempt(1 << 20)
+    fetcher._receiving.add(trickle)
+    assert not fetcher._keeping_pace([trickle])  # far slower than the rest: hedged
+    assert not fetcher._keeping_pace([attempt(0, receiving=False)])  # has not started its payload
+    fetcher._receiving = {attempt(0), attempt(0)}
+    assert not fetcher._keeping_pace([attempt(0)])  # no chunk in anywhere yet: no evidence, hedge as usual

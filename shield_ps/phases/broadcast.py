@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -127,7 +128,10 @@ class Broadcaster:
         if relay is not None:
             header["relay"] = relay
         try:
+            started = time.perf_counter()
             await asyncio.wait_for(link.conn.send(Kind.STEP, header, vector=encoded), budget)
+            if encoded is not None:
+                self._deadlines.seed(time.perf_counter() - started)
             self._on_sent(link)
         except asyncio.TimeoutError:
             reason = f"took more than {budget:.1f}s to receive STEP {step}"

@@ -26,6 +26,7 @@ class Deadlines:
     hedge_floor: float
     relay_latency: float = 2.0
     fetch_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
+    _seeded: bool = False
 
     @classmethod
     def from_config(cls, config: object) -> "Deadlines":
@@ -57,7 +58,18 @@ class Deadlines:
         return max(self.hedge_floor, self.hedge_factor * typical)
 
     def record_fetch(self, seconds: float) -> None:
+        if self._seeded:  # real fetch times replace the broadcast's
+            self.fetch_times.clear()
+            self._seeded = False
         self.fetch_times.append(seconds)
+
+    def seed(self, seconds: float) -> None:
+        """A STEP send of a whole vector took ``seconds``: until the first fetch completes, the hedge delay is taken
+        from such sends (the same bytes over the same links), not from the floor alone, so the first step does not
+        hedge every fetch of a large vector on a busy link."""
+        if not self.fetch_times or self._seeded:
+            self._seeded = True
+            self.fetch_times.append(seconds)
 
     def worst_fetch(self, nbytes: int, holders: int) -> float:
         """An upper bound on one file's fetch phase: each holder asked in turn after at most a transfer budget."""

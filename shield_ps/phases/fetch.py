@@ -59,6 +59,12 @@ class FetchReport:
     codecs: dict[str, int] = field(default_factory=dict)  # codec -> payloads received (--codec auto)
 
 
+#: A receiving attempt keeps pace (is not hedged) at this share of the median rate of the payloads arriving.
+_PACE = 0.5
+#: Spare buffers kept across steps beyond one per file (hedges that receive take more, for their step only).
+_SPARES_OVER_F = 4
+
+
 class _Attempt:
     """One FETCH of one file from one holder, into the spare buffer ``dest`` (taken when its payload starts to
     arrive: a holder that never answers holds no memory)."""
@@ -69,6 +75,12 @@ class _Attempt:
         self.started = time.monotonic()
         self.overtaken = False  # a hedge was sent because this one was not done in time
         self.receiving = False  # its payload has started to arrive
+        self.received = 0  # bytes of it in place
+        self.receiving_since = 0.0
+
+    def rate(self, now: float) -> float:
+        """Bytes per second of its payload so far (0 before it starts)."""
+        return self.received / max(now - self.receiving_since, 1e-3) if self.receiving else 0.0
 
 
 class Fetcher:
@@ -87,6 +99,7 @@ class Fetcher:
         self._spares: list[np.ndarray] = []
         self._quarantine: list[np.ndarray] = []
         self._draining: set[asyncio.Task[bytes | None]] = set()
+        self._receiving: set[_Attempt] = set()  # attempts whose payload is arriving, any file
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.report = FetchReport()
         self.step = -1
@@ -96,6 +109,7 @@ class Fetcher:
         self.step = step
         self._spares.extend(self._quarantine)
         self._quarantine.clear()
+        del self._spares[len(self._rows) + _SPARES_OVER_F:]  # what a step of many hedges left behind goes back
         self._tasks.clear()
         self.report = FetchReport()
 
@@ -145,6 +159,8 @@ class Fetcher:
                 delay = self._deadlines.hedge_delay(nbytes) if pending else None
                 done, _ = await asyncio.wait([a.task for a in running], timeout=delay,
                                              return_when=asyncio.FIRST_COMPLETED)
+                if not done and self._keeping_pace(running):
+                    continue  # its payload flows as fast as the others': a hedge would only share the same ingress
                 if not done:  # hedge: ask the next holder too
                     for attempt in running:
                         attempt.overtaken = True
@@ -163,6 +179,17 @@ class Fetcher:
                         return
         finally:
             await self._cancel_losers(running)
+
+    def _keeping_pace(self, running: list[_Attempt]) -> bool:
+        """True when every running attempt's payload is arriving at least half as fast as the median payload now
+        arriving: the PS's own ingress, shared by every fetch of the step, is what makes them slow, not the holder
+        (a holder that has not started its payload, or trickles it, is not keeping pace)."""
+        now = time.monotonic()
+        rates = sorted(a.rate(now) for a in self._receiving)
+        if not rates:
+            return False
+        typical = rates[len(rates) // 2]  # 0 while no payload has a whole chunk in: no evidence, hedge as usual
+        return typical > 0 and all(a.receiving and a.rate(now) >= _PACE * typical for a in running)
 
     def _next_holder(self, step: int, file: int, holders: tuple[int, ...], asked: list[int]) -> int | None:
         for worker in holder_order(self._secret, step, file, holders):
@@ -210,9 +237,11 @@ class Fetcher:
         self.report.codecs[codec] = self.report.codecs.get(codec, 0) + 1
         if attempt.dest is None:
             attempt.dest = self._spares.pop() if self._spares else np.empty(self._d, dtype=np.float32)
-        attempt.receiving = True
+        attempt.receiving, attempt.receiving_since = True, time.monotonic()
+        self._receiving.add(attempt)
         try:
-            return await msg.read_vector_into(attempt.dest)
+            return await msg.read_vector_into(attempt.dest, progress=lambda nbytes: setattr(attempt, "received",
+                                                                                             nbytes))
         except ConnectionClosed as exc:  # closed under this read (e.g. a sibling read was cancelled): lost, not lying
             log.info("step %d: worker %d's connection closed during file %d: %s", self.step, link.worker, file, exc)
             return None
@@ -220,6 +249,8 @@ class Fetcher:
             self.report.lying.add(link.worker)
             self._violation(link, f"bad VECTOR payload: {exc}")
             return None
+        finally:
+            self._receiving.discard(attempt)
 
     def _judge(self, attempt: _Attempt, digest: bytes) -> bool:
         """True when the attempt delivered the winning payload; otherwise records why not (the caller moves on)."""
