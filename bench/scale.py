@@ -11,7 +11,7 @@ K=35 MOLS r=5 (f=49). Per step (median over the measured steps, the first ``--wa
 - the aggregation time and the update time.
 
 Configurations that would not fit in 3/4 of the machine's available memory (estimated from K, f and d by
-:func:`footprint`: a synthetic agent holds 4 vectors of d whatever its number of files, the PS about 2f + 8) are
+:func:`footprint`: a synthetic agent holds 4 vectors of d whatever its number of files, the PS about 2.5f + 8) are
 skipped and listed; each measured row has its estimate and the peak it reached (``peak_rss_gb``, the sum of the
 processes' peak resident sets). Then the aggregation's 1 -> 2 thread speedup at d = 11.2M (n = f of K=15) for
 every aggregator, measured alternately, best of ``--reps``, next to the speedup that a perfectly parallel kernel
@@ -143,11 +143,11 @@ def available_bytes() -> int:
 #: Vectors of d float32 one synthetic agent (one slot, one compute thread) holds, whatever its l: two parameter
 #: vectors, its compute thread's scratch and its payload vector (shield_agent.synthetic.LazyFiles).
 AGENT_VECTORS = 4
-#: Vectors of d the PS holds besides 2 per file (the f rows and one spare buffer per file being fetched; hedges that
-#: receive take more, within their step, and at most f + 4 spares are kept): parameters, momentum, the two broadcast
-#: snapshots, the checkpoint's copies and a few more. Measured peaks at d = 11.2M (2026-11-30, after the fetch
-#: stopped hedging payloads that keep pace): 49 vectors at K=25 (r=5, f=25), where 144 were before; an agent 4
-#: vectors and 67 MB.
+#: Vectors of d the PS holds besides 2.5 per file (the f rows, one spare buffer per file being fetched, and the
+#: aggregation's and a few hedges' temporaries; at most f + 4 spares are kept across steps): parameters, momentum,
+#: the two broadcast snapshots, the checkpoint's copies and a few more. Measured peaks (2026-11-30, after the fetch
+#: stopped hedging payloads that keep pace): 41-43 vectors at K=15 and K=25 (f=25) at 11.2M, 52-58 at 23.5M, 120 at
+#: K=35 (f=49) at 11.2M, where 144 (K=25) and 237 (K=35) were before; an agent 4 vectors and 67 MB.
 PS_VECTORS = 8
 #: Resident bytes of one process before any vector (interpreter, numpy, blake3, the wire; measured ~60 MB).
 PROCESS_BYTES = 70_000_000
@@ -155,11 +155,11 @@ PROCESS_BYTES = 70_000_000
 
 def footprint(K: int, d: int) -> int:
     """Estimated peak bytes of a configuration, the sum of its processes' peak resident sets (about what it holds
-    at once): AGENT_VECTORS vectors of d per agent, 2 * f + PS_VECTORS at the PS, and PROCESS_BYTES per
+    at once): AGENT_VECTORS vectors of d per agent, 2.5 * f + PS_VECTORS at the PS, and PROCESS_BYTES per
     process. Checked against the measured ``peak_rss_gb`` of every row."""
     scheme, r = PLACEMENTS[K]
     placement = build_placement(scheme, K, r, None)
-    vectors = K * AGENT_VECTORS + 2 * placement.f + PS_VECTORS
+    vectors = K * AGENT_VECTORS + (5 * placement.f) // 2 + PS_VECTORS
     return vectors * d * 4 + (K + 1) * PROCESS_BYTES
 
 
