@@ -118,7 +118,7 @@ def main() -> None:
         d = _param_count(Path(tmp) / "alone0")
 
     def ps_side(steps: list[dict]) -> float:
-        return statistics.median(sum(s["times"][p] for p in PS_PHASES) for s in steps)
+        return statistics.median(sum(s["times"].get(p, 0.0) for p in PS_PHASES) for s in steps)
 
     ps_alone, ps_watched = ps_side(alone), ps_side(watched)
     agg = aggregator_alone(plan.aggregator.value, f, d, plan.aggregation_kwargs(0))
@@ -136,7 +136,7 @@ def main() -> None:
           f"{plan.aggregator.value}, {len(alone)} steps measured")
     print(f"PS-side time per step (broadcast+vote+aggregate+update): {ps_alone * 1e3:.1f} ms")
     for name, steps in (("alone", alone), ("watched", watched)):
-        phases = {p: statistics.median(s["times"][p] for s in steps) for p in PS_PHASES + ("compute", "gather")}
+        phases = {p: statistics.median(s["times"].get(p, 0.0) for s in steps) for p in PS_PHASES + ("compute", "gather")}
         print(f"  phases ({name}, median ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
         figures[f"phases_{name}_ms"] = {k: round(v * 1e3, 2) for k, v in phases.items()}
     print(f"aggregator alone on ({f}, {d}): {agg * 1e3:.1f} ms -> ratio {ps_alone / agg:.2f} (target <= 2)")
