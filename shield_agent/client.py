@@ -85,7 +85,7 @@ class AgentSession:
                 if self._work.task is not None:
                     await asyncio.gather(self._work.task, return_exceptions=True)
             if self.job is not None:
-                self.relay.store.local_workers.discard(self.job.worker)
+                self.relay.store.left(self.job.worker)
             if self._own_host:
                 self.host.shutdown()
 
@@ -125,7 +125,7 @@ class AgentSession:
         self._lazy = lazy_files(self.computer, self.options)
         self._grads = {} if self._lazy is not None else {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
-        self.relay.store.local_workers.add(job.worker)
+        self.relay.store.joined(job.worker)
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
         relay = {"relay_port": self.relay.port, "relay_id": self.relay.id} if self.relay.port else {}
         await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint, **relay})

@@ -117,6 +117,14 @@ class RelayStore:
         self._waiters.append(waiter)
         await waiter
 
+    def joined(self, worker: int) -> None:
+        self.local_workers.add(worker)
+        self._changed()
+
+    def left(self, worker: int) -> None:
+        self.local_workers.discard(worker)
+        self._changed()
+
     def begin(self, step: int, digest: bytes, buffer: np.ndarray) -> RelayEntry:
         """A slot starts receiving ``step``'s vector into ``buffer``; report on the entry with :meth:`progress` and
         :meth:`finish`. It is offered to others unless another slot already offers that step."""
@@ -140,9 +148,11 @@ class RelayStore:
             entry.filled = entry.buffer.nbytes
         self._changed()
 
-    async def get(self, step: int, digest: bytes, timeout: float, *, complete: bool = False) -> RelayEntry | None:
+    async def get(self, step: int, digest: bytes, timeout: float, *, complete: bool = False,
+                  while_connected: bool = False) -> RelayEntry | None:
         """``step``'s entry with ``digest`` once it is offered (``complete``: once received and checked); None
-        after ``timeout`` seconds."""
+        after ``timeout`` seconds, or (``while_connected``) as soon as no slot of this process is connected to the
+        PS, since then none will receive it (the asker turns to the PS at once instead of at the end of its wait)."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -150,6 +160,8 @@ class RelayStore:
                     if (entry is not None and entry.digest == digest and entry.state != "failed"
                             and (entry.state == "done" or not complete)):
                         return entry
+                    if while_connected and not self.local_workers:
+                        return None
                     await self._change()
         except TimeoutError:
             return None
@@ -243,7 +255,7 @@ class RelayHub:
         if self._lie == "stall":
             await asyncio.sleep(wait)
             return
-        entry = await self.store.get(step, digest, 0.9 * wait)  # answer before the asker gives up
+        entry = await self.store.get(step, digest, 0.9 * wait, while_connected=True)  # answer before the asker gives up
         if entry is None:
             await conn.reply(msg, Kind.ERROR, {"code": "not_ready", "reason": f"no parameters for step {step}"})
             return

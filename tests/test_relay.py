@@ -144,6 +144,7 @@ async def _hubs(lie: str | None = None) -> tuple[RelayHub, RelayHub]:
 
 async def _relay_once(lie: str | None, wait: float = 5.0, publish: bool = True) -> tuple[str | None, np.ndarray]:
     server, client = await _hubs(lie)
+    server.store.joined(3)  # a slot of the relay's process is connected to the PS
     vector = np.arange(100_000, dtype=np.float32)
     digest = digest_bytes(memoryview(vector).cast("B"))
     dest = np.zeros_like(vector)
@@ -216,6 +217,27 @@ def test_hub_cuts_the_frame_when_its_own_receive_fails() -> None:
 def test_hub_waits_for_a_vector_not_yet_there_then_refuses() -> None:
     reason, _ = asyncio.run(_relay_once(None, wait=0.5, publish=False))
     assert reason == "refused"
+
+
+def test_a_relay_with_no_slot_connected_to_the_ps_says_so_at_once() -> None:
+    """Its slots lost the PS (or crashed): nobody in that process will receive the step, so the asker is told at
+    once instead of at the end of its wait."""
+    async def main() -> tuple[str | None, float]:
+        server, client = await _hubs()
+        server.store.joined(5)
+        started = asyncio.get_running_loop().time()
+        try:
+            source = RelaySource(worker=5, host="127.0.0.1", port=server.port, wait=20.0)
+            task = asyncio.get_running_loop().create_task(client.receive(source, 3, b"d" * 32, np.zeros(4, np.float32)))
+            await asyncio.sleep(0.3)
+            server.store.left(5)  # the slot's session ended
+            return await asyncio.wait_for(task, 30), asyncio.get_running_loop().time() - started
+        finally:
+            await client.close()
+            await server.close()
+
+    reason, seconds = asyncio.run(main())
+    assert reason == "refused" and seconds < 10
 
 
 def test_hub_reports_an_unreachable_relay() -> None:
