@@ -139,8 +139,8 @@ def test_a_lost_ps_is_replaced_and_resumes_from_the_s3_checkpoint(bed: dict[str,
     thread.join(timeout=400)
     assert not thread.is_alive(), out.getvalue()[-3000:]
     assert result.get("code") == 0, out.getvalue()[-3000:]
-    heir = by_node(bed["moto"])["ps"]
-    assert heir != lost
+    heir = by_node(bed["moto"]).get("ps")
+    assert heir is not None and heir != lost, (by_node(bed["moto"]), out.getvalue()[-3000:])
     run_dir = bed["cloud"].nodes[heir].home / "shield/run"
     run = events(run_dir / "metrics.jsonl")
     jobs = [e for e in run if e["kind"] == "job"]
