@@ -102,7 +102,7 @@ class RelayStore:
 
     def __init__(self) -> None:
         self._entries: dict[int, RelayEntry] = {}
-        self._readers: dict[int, int] = {}  # id(buffer) -> serves in progress
+        self._readers: dict[int, set[asyncio.Task[None]]] = {}  # id(buffer) -> the sends reading it
         self._waiters: list[asyncio.Future[None]] = []
         self.local_workers: set[int] = set()
 
@@ -174,24 +174,26 @@ class RelayStore:
             await self._change()
 
     @contextlib.contextmanager
-    def reading(self, buffer: np.ndarray) -> Any:
-        """Mark ``buffer`` as being sent to another agent (its owner waits before overwriting it)."""
-        key = id(buffer)
-        self._readers[key] = self._readers.get(key, 0) + 1
+    def reading(self, buffer: np.ndarray, send: asyncio.Task[None]) -> Any:
+        """``send`` is sending ``buffer`` to another agent (its owner cancels it before overwriting the buffer)."""
+        readers = self._readers.setdefault(id(buffer), set())
+        readers.add(send)
         try:
             yield buffer
         finally:
-            self._readers[key] -= 1
-            if not self._readers[key]:
-                del self._readers[key]
+            readers.discard(send)
+            if not readers:
+                del self._readers[id(buffer)]
             self._changed()
 
     async def reclaim(self, buffer: np.ndarray) -> None:
-        """Before overwriting ``buffer``: withdraw it and wait for the serves still reading it (each is bounded by
-        its own deadline, see :meth:`RelayHub._serve_one`)."""
+        """Before overwriting ``buffer`` (with the step after next): withdraw it and cancel the sends still reading
+        it, so an agent that reads slowly never holds up our step; each such send is two steps old."""
         for step, entry in list(self._entries.items()):
             if entry.buffer is buffer:
                 del self._entries[step]
+        for send in self._readers.get(id(buffer), ()):
+            send.cancel()
         while id(buffer) in self._readers:
             await self._change()
 
@@ -259,13 +261,18 @@ class RelayHub:
         if entry is None:
             await conn.reply(msg, Kind.ERROR, {"code": "not_ready", "reason": f"no parameters for step {step}"})
             return
-        with self.store.reading(entry.buffer):
+        send = asyncio.get_running_loop().create_task(self._send(conn, msg, entry))
+        with self.store.reading(entry.buffer, send):
             try:
-                await asyncio.wait_for(self._send(conn, msg, entry), wait)
+                await asyncio.wait_for(send, wait)
             except asyncio.TimeoutError:
                 await conn.close(f"relay of step {step} took more than {wait:.1f}s", code="timeout")
             except RelayAborted as exc:  # the frame was cut and the connection closed: the asker finds out
                 log.info("relay of step %d cut: %s", step, exc)
+            except asyncio.CancelledError:
+                if not send.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+                await conn.close(f"step {step}'s parameters were withdrawn (a newer step needs the buffer)")
 
     async def _send(self, conn: Any, msg: Message, entry: RelayEntry) -> None:
         header = {"step": entry.step}
