@@ -66,12 +66,11 @@ def plan_tree(nodes: Iterable[RelayNode], step: int, secret: bytes, *, roots: in
     ``fanout``-ary heap); a node with no inner node left for it is a root too. Workers in ``direct`` always get the
     vector from the PS.
     """
-    groups: dict[object, list[int]] = {}
-    for node in nodes:
-        key: object = node.serves if node.serves is not None else ("alone", node.worker)
-        groups.setdefault(key, []).append(node.worker)
+    groups: dict[tuple[str, int] | tuple[str, int, bytes] | int, list[int]] = {}
+    for node in nodes:  # a slot that serves no relay is a group of its own, keyed by its worker id
+        groups.setdefault(node.serves if node.serves is not None else node.worker, []).append(node.worker)
     members = {min(workers): sorted(workers) for workers in groups.values()}
-    serves = {min(workers): key for key, workers in groups.items() if isinstance(key, tuple) and key[0] != "alone"}
+    serves = {min(workers): key for key, workers in groups.items() if isinstance(key, tuple)}
     inner = [w for w in members if w in serves and not set(members[w]) & no_relay]
     rest = [w for w in members if w not in inner]
     order = sorted(inner, key=lambda w: _rank(secret, step, w)) + sorted(rest, key=lambda w: _rank(secret, step, w))
@@ -79,16 +78,15 @@ def plan_tree(nodes: Iterable[RelayNode], step: int, secret: bytes, *, roots: in
     depth: dict[int, int] = {}
     for position, rep in enumerate(order):
         parent_index = (position - roots) // fanout if position >= roots else -1
-        if 0 <= parent_index < len(inner) and parent_index < position and rep not in direct:
+        if 0 <= parent_index < len(inner) and rep not in direct:  # parents come first: parent_index < position
             parent = order[parent_index]
             plan[rep] = Source(parent, _host_port(serves[parent]), depth[parent] + 1)
             depth[rep] = depth[parent] + 1
         else:
             plan[rep] = None
             depth[rep] = 1
-        for sibling in members[rep][1:]:
-            address = serves.get(rep)
-            plan[sibling] = Source(rep, _host_port(address), depth[rep] + 1) if address is not None else None
+        for sibling in members[rep][1:]:  # only a serving process has siblings
+            plan[sibling] = Source(rep, _host_port(serves[rep]), depth[rep] + 1)
     for worker in direct:
         if worker in plan:
             plan[worker] = None
