@@ -139,7 +139,7 @@ class StepRunner:
         log.warning("step %d: worker %d got no valid parameters from worker %d's relay (%s): sending them directly",
                     step, link.worker, source.worker, reason)
         self._complaints.append([link.worker, source.worker, reason])
-        self._loop.create_task(self.broadcaster.send_direct(link, step))
+        self.broadcaster.send_direct(link, step)
 
     def _relay_blame(self, step: int) -> set[int]:
         """The step's failed relays (:func:`~shield_ps.phases.relay.blame`); they and their accusers go on the relay

@@ -83,23 +83,31 @@ class Broadcaster:
             log.warning("step %d: workers %s are still receiving the previous step: erased for this step", step, busy)
         return sent, busy
 
-    async def send_direct(self, link: AgentLink, step: int) -> bool:
-        """Send the whole vector of the current step to ``link`` (its relay failed); False when ``step`` is not the
-        current one, or it was already sent the vector in this step."""
+    def send_direct(self, link: AgentLink, step: int) -> bool:
+        """Start sending the whole vector of the current step to ``link`` (its relay failed); False when ``step`` is
+        not the current one, or it was already sent the vector in this step."""
         if self._step is None or self._step[0] != step or link.worker in self.direct:
             return False
         previous = self._inflight.get(link.worker)
         if previous is not None and not previous.done():
             return False
         self.direct.add(link.worker)
+        self._track(link, step, asyncio.get_running_loop().create_task(self._send_direct(link, step)))
+        return True
+
+    async def _send_direct(self, link: AgentLink, step: int) -> None:
+        assert self._step is not None
         _, lr, digest = self._step
         encoded = (await self._encode_per_link(self._buffers[step % 2], [link], count=False))[link.worker]
-        self._start_send(link, step, lr, digest, encoded, self._deadlines.transfer(sum(encoded.desc.sizes)))
-        return True
+        await self._send(link, step, lr, digest, encoded, self._deadlines.transfer(sum(encoded.desc.sizes)), None)
 
     def _start_send(self, link: AgentLink, step: int, lr: float, digest: bytes, vector: EncodedVector | None,
                     budget: float, relay: dict[str, Any] | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(link, step, lr, digest, vector, budget, relay))
+        self._track(link, step, asyncio.get_running_loop().create_task(
+            self._send(link, step, lr, digest, vector, budget, relay)))
+
+    def _track(self, link: AgentLink, step: int, task: asyncio.Task[None]) -> None:
+        """``task`` sends to ``link`` from step ``step``'s buffer (held until it ends: see :meth:`start`)."""
         self._inflight[link.worker] = task
         users = self._users[step % 2]
         users.add(task)
