@@ -7,19 +7,16 @@ after ``up`` returns, only the supervisor on the PS node acts.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from shield_ops import nodes
-from shield_ops.deploy import stop_script
 from shield_ops.supervisor import pid_alive
-from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, RUNTIME, free_port, node_env, shield_ops, wheel  # noqa: F401  (a fixture)
-from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
+from tests.ops_beds import BASELINE_ARGS, open_bed
+from tests.test_ops_e2e import RUNTIME, shield_ops, wheel  # noqa: F401  (a fixture)
+from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to supervise")
 
@@ -29,42 +26,11 @@ TAG = {"Name": "tag:shield:cluster", "Values": [NAME]}
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
-    root = tmp_path_factory.mktemp("stop")
-    ami = boto_client(moto_env).describe_images()["Images"][0]["ImageId"]
-    config = root / "cluster.toml"
-    config.write_text(f"""
-[cluster]
-name = "{NAME}"
-region = "us-east-1"
-[network]
-zones = ["us-east-1a"]
-operator_cidr = "127.0.0.1/32"
-[nodes]
-ami = "{ami}"
-[ps]
-instance_types = ["m5.large"]
-port = {free_port()}
-args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--dataset", "MNIST", "--batch-size", "20",
-        "--max-steps", "6", "--eval-freq", "3", "--aggregator", "mean", "--byzantine", "0", "--seed", "3"]
-[agents]
-count = 2
-instance_types = ["m5.large"]
-args = ["--threads", "1"]
-[autostop]
-interval_s = 0.5
-{LOCAL_DEPLOY}""")
-    state_dir = root / "state"
-    cloud = FakeCloud(root / "nodes", moto_env)
-    cloud.state_dir = state_dir
-    nodes.set_resolver(cloud.resolver)
-    try:
-        yield {"config": config, "state": state_dir, "cloud": cloud, "moto": moto_env, "wheel": wheel,
-               "base": ["-c", str(config), "--state-dir", str(state_dir)]}
-    finally:
-        for fake in cloud.nodes.values():
-            subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
-        nodes.set_resolver(None)
-        cloud.stop()
+    ps_args = (*BASELINE_ARGS, "--batch-size", "20", "--max-steps", "6", "--eval-freq", "3", "--byzantine", "0",
+               "--seed", "3")
+    with open_bed(tmp_path_factory.mktemp("stop"), moto_env, wheel, NAME, ps_args,
+                  sections="[autostop]\ninterval_s = 0.5") as opened:
+        yield opened
 
 
 def instances(url: str) -> dict[str, str]:

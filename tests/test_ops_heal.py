@@ -3,26 +3,19 @@
 with the replacement computing. ``status`` keeps the lost instance in the node's history."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from shield_ops import cli, nodes
-from shield_ops.deploy import stop_script
-from tests.test_ops_autostop import events, instances, ps_home, wheel  # noqa: F401  (wheel is a fixture)
-from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, RUNTIME, free_port, node_env, shield_ops
-from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
+from tests.ops_beds import BASELINE_ARGS, open_bed, start_watch
+from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
+from tests.test_ops_e2e import RUNTIME, shield_ops
+from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to heal")
 
@@ -30,50 +23,13 @@ NAME = "e2e-heal"
 STEPS = 80
 
 
-@contextlib.contextmanager
-def open_bed(root: Path, moto_env: str, wheel: Path, name: str = NAME,
-             agent_args: tuple[str, ...] = ("--threads", "1")) -> Iterator[dict[str, Any]]:
-    """A 1+2 node cluster on moto and loopback SSH nodes (LeNet/MNIST, baseline, ``STEPS`` steps)."""
-    ami = boto_client(moto_env).describe_images()["Images"][0]["ImageId"]
-    config = root / "cluster.toml"
-    port = free_port()
-    config.write_text(f"""
-[cluster]
-name = "{name}"
-region = "us-east-1"
-[network]
-zones = ["us-east-1a"]
-operator_cidr = "127.0.0.1/32"
-[nodes]
-ami = "{ami}"
-[ps]
-instance_types = ["m5.large"]
-port = {port}
-args = ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--dataset", "MNIST",
-        "--batch-size", "1000", "--max-steps", "{STEPS}", "--eval-freq", "{STEPS}", "--aggregator", "mean",
-        "--seed", "5"]
-[agents]
-count = 2
-instance_types = ["m5.large"]
-args = {json.dumps(list(agent_args))}
-{LOCAL_DEPLOY}""")
-    state_dir = root / "state"
-    cloud = FakeCloud(root / "nodes", moto_env)
-    cloud.state_dir = state_dir
-    nodes.set_resolver(cloud.resolver)
-    try:
-        yield {"config": config, "state": state_dir, "cloud": cloud, "moto": moto_env, "wheel": wheel, "port": port,
-               "base": ["-c", str(config), "--state-dir", str(state_dir)]}
-    finally:
-        for fake in cloud.nodes.values():
-            subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
-        nodes.set_resolver(None)
-        cloud.stop()
+#: The heal and spot-notice clusters' PS: ``STEPS`` steps of large batches, so a replacement fits in a run.
+PS_ARGS = (*BASELINE_ARGS, "--batch-size", "1000", "--max-steps", str(STEPS), "--eval-freq", str(STEPS), "--seed", "5")
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
-    with open_bed(tmp_path_factory.mktemp("heal"), moto_env, wheel) as opened:
+    with open_bed(tmp_path_factory.mktemp("heal"), moto_env, wheel, NAME, PS_ARGS) as opened:
         yield opened
 
 
@@ -85,15 +41,7 @@ def last_step(metrics: Path) -> int:
 def test_a_lost_agent_is_replaced_by_the_watch_and_rejoins_the_live_ps(bed: dict[str, Any]) -> None:
     """The PS is paused (SIGSTOP) from the first erasure until the replacement has started: it stands in for a run
     long enough to outlast a replacement on any machine, and keeps this test short."""
-    out = io.StringIO()
-    result: dict[str, int] = {}
-
-    def watch() -> None:
-        with redirect_stdout(out):
-            result["code"] = cli.main(["up", *bed["base"], "-y", "--watch", "--watch-interval", "0.5",
-                                       "--wheel", str(bed["wheel"]), "--format", "json"])
-    thread = threading.Thread(target=watch, name="shield-ops-watch", daemon=True)
-    thread.start()
+    thread, out, result = start_watch(bed)
     deadline = time.monotonic() + 240
     first: dict[str, str] = {}
     while time.monotonic() < deadline and len(first) < 3:

@@ -7,25 +7,21 @@ run of the same configuration.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 
-from shield_ops import cli, nodes
-from shield_ops.deploy import stop_script
 from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
-from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, REPO, RUNTIME, free_port, node_env, shield_ops
-from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
+from tests.ops_beds import open_bed, start_watch
+from tests.test_ops_e2e import MNIST, REPO, RUNTIME, shield_ops
+from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.test_ops_heal import instances_by_node as _by_node
 
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to mirror")
@@ -46,47 +42,14 @@ def by_node(url: str) -> dict[str, str]:
 def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     import boto3
 
-    root = tmp_path_factory.mktemp("mirror")
     saved = os.environ.get("AWS_ENDPOINT_URL_S3")
     os.environ["AWS_ENDPOINT_URL_S3"] = moto_env
     boto3.client("s3", region_name="us-east-1", endpoint_url=moto_env).create_bucket(Bucket=BUCKET)
-    ami = boto_client(moto_env).describe_images()["Images"][0]["ImageId"]
-    config = root / "cluster.toml"
-    config.write_text(f"""
-[cluster]
-name = "{NAME}"
-region = "us-east-1"
-[network]
-zones = ["us-east-1a"]
-operator_cidr = "127.0.0.1/32"
-[nodes]
-ami = "{ami}"
-[ps]
-instance_types = ["m5.large"]
-port = {free_port()}
-args = {json.dumps(PS_ARGS)}
-[agents]
-count = 2
-instance_types = ["m5.large"]
-args = ["--threads", "1"]
-[autostop]
-interval_s = 0.5
-[mirror]
-bucket = "{BUCKET}"
-prefix = "runs/{NAME}"
-{LOCAL_DEPLOY}""")
-    state_dir = root / "state"
-    cloud = FakeCloud(root / "nodes", moto_env)
-    cloud.state_dir = state_dir
-    nodes.set_resolver(cloud.resolver)
+    sections = f'[autostop]\ninterval_s = 0.5\n[mirror]\nbucket = "{BUCKET}"\nprefix = "runs/{NAME}"'
     try:
-        yield {"config": config, "state": state_dir, "cloud": cloud, "moto": moto_env, "wheel": wheel,
-               "root": root, "base": ["-c", str(config), "--state-dir", str(state_dir)]}
+        with open_bed(tmp_path_factory.mktemp("mirror"), moto_env, wheel, NAME, PS_ARGS, sections=sections) as opened:
+            yield opened
     finally:
-        for fake in cloud.nodes.values():
-            subprocess.run(["/bin/sh", "-c", stop_script()], env=node_env(fake.home), timeout=30)
-        nodes.set_resolver(None)
-        cloud.stop()
         if saved is None:
             os.environ.pop("AWS_ENDPOINT_URL_S3", None)
         else:
@@ -118,15 +81,7 @@ def reference_run(root: Path) -> np.ndarray:
 
 
 def test_a_lost_ps_is_replaced_and_resumes_from_the_s3_checkpoint(bed: dict[str, Any]) -> None:
-    out = io.StringIO()
-    result: dict[str, int] = {}
-
-    def watch() -> None:
-        with redirect_stdout(out):
-            result["code"] = cli.main(["up", *bed["base"], "-y", "--watch", "--watch-interval", "0.5",
-                                       "--wheel", str(bed["wheel"]), "--format", "json"])
-    thread = threading.Thread(target=watch, name="shield-ops-watch", daemon=True)
-    thread.start()
+    thread, out, result = start_watch(bed)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not mirrored_checkpoints(bed["moto"]):
         time.sleep(0.5)

@@ -5,24 +5,21 @@ heir while the old instance is still running; the heir joins the live PS in the 
 old instance, and the run completes."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
-import threading
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from shield_ops import cli
 from shield_ops.nodes import SPOT_NOTICE_TAG
 from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
 from tests.test_ops_e2e import RUNTIME, shield_ops
 from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
-from tests.test_ops_heal import STEPS, clients_of, instances_by_node, last_step, open_bed, replacement_started
+from tests.ops_beds import open_bed, start_watch
+from tests.test_ops_heal import PS_ARGS, STEPS, clients_of, instances_by_node, last_step, replacement_started
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to run")
@@ -35,8 +32,8 @@ NOTICE = {"action": "terminate", "time": "2026-11-29T23:59:00Z"}
 def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     from tests.test_ops_spot import FakeIMDS, serve
 
-    with open_bed(tmp_path_factory.mktemp("notice"), moto_env, wheel, NAME,
-                  ("--threads", "1", "--spot-watch")) as opened:
+    with open_bed(tmp_path_factory.mktemp("notice"), moto_env, wheel, NAME, PS_ARGS,
+                  agent_args=("--threads", "1", "--spot-watch")) as opened:
         imds: dict[str, FakeIMDS] = {}
         runners: list[Any] = []
 
@@ -57,15 +54,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) ->
 
 
 def test_a_spot_notice_starts_the_replacement_before_the_instance_dies(bed: dict[str, Any]) -> None:
-    out = io.StringIO()
-    result: dict[str, int] = {}
-
-    def watch() -> None:
-        with redirect_stdout(out):
-            result["code"] = cli.main(["up", *bed["base"], "-y", "--watch", "--watch-interval", "0.5",
-                                       "--wheel", str(bed["wheel"]), "--format", "json"])
-    thread = threading.Thread(target=watch, name="shield-ops-watch", daemon=True)
-    thread.start()
+    thread, out, result = start_watch(bed)
     deadline = time.monotonic() + 240
     first: dict[str, str] = {}
     while time.monotonic() < deadline and len(first) < 3:
