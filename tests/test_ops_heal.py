@@ -3,6 +3,7 @@
 with the replacement computing. ``status`` keeps the lost instance in the node's history."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -38,23 +39,30 @@ def last_step(metrics: Path) -> int:
     return steps[-1] if steps else -1
 
 
+def wait_running(bed: dict[str, Any], name: str, out: io.StringIO, deadline: float) -> tuple[dict[str, str], Path]:
+    """Wait until the watch has the cluster's three instances up and the PS has run 3 steps; node -> instance id of
+    them and the PS's metrics.jsonl."""
+    first: dict[str, str] = {}
+    while time.monotonic() < deadline and len(first) < 3:
+        first = instances_by_node(bed["moto"], name)
+        time.sleep(0.5)
+    assert len(first) == 3, out.getvalue()[-3000:]
+    while time.monotonic() < deadline and first["ps"] not in bed["cloud"].nodes:  # created at its first SSH dial
+        time.sleep(0.5)
+    metrics = bed["cloud"].nodes[first["ps"]].home / "shield/run/metrics.jsonl"
+    while time.monotonic() < deadline and last_step(metrics) < 3:
+        time.sleep(0.2)
+    assert last_step(metrics) >= 3, out.getvalue()[-3000:]
+    return first, metrics
+
+
 def test_a_lost_agent_is_replaced_by_the_watch_and_rejoins_the_live_ps(bed: dict[str, Any]) -> None:
     """The PS is paused (SIGSTOP) from the first erasure until the replacement has started: it stands in for a run
     long enough to outlast a replacement on any machine, and keeps this test short."""
     thread, out, result = start_watch(bed)
     deadline = time.monotonic() + 240
-    first: dict[str, str] = {}
-    while time.monotonic() < deadline and len(first) < 3:
-        first = instances_by_node(bed["moto"])
-        time.sleep(0.5)
-    assert len(first) == 3, out.getvalue()[-3000:]
-    while time.monotonic() < deadline and first["ps"] not in bed["cloud"].nodes:  # created at its first SSH dial
-        time.sleep(0.5)
+    first, metrics = wait_running(bed, NAME, out, deadline)
     home = bed["cloud"].nodes[first["ps"]].home
-    metrics = home / "shield/run/metrics.jsonl"
-    while time.monotonic() < deadline and last_step(metrics) < 3:
-        time.sleep(0.2)
-    assert last_step(metrics) >= 3, out.getvalue()[-3000:]
     lost = first["agent-1"]
     boto_client(bed["moto"]).terminate_instances(InstanceIds=[lost])  # a spot interruption, as EC2 does it
     bed["cloud"].kill(lost)

@@ -19,7 +19,8 @@ from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fix
 from tests.test_ops_e2e import RUNTIME, shield_ops
 from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.ops_beds import open_bed, start_watch
-from tests.test_ops_heal import PS_ARGS, STEPS, clients_of, instances_by_node, last_step, replacement_started
+from tests.test_ops_heal import (PS_ARGS, STEPS, clients_of, instances_by_node, last_step, replacement_started,
+                                  wait_running)
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to run")
@@ -56,18 +57,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory, moto_env: str, wheel: Path) ->
 def test_a_spot_notice_starts_the_replacement_before_the_instance_dies(bed: dict[str, Any]) -> None:
     thread, out, result = start_watch(bed)
     deadline = time.monotonic() + 240
-    first: dict[str, str] = {}
-    while time.monotonic() < deadline and len(first) < 3:
-        first = instances_by_node(bed["moto"], NAME)
-        time.sleep(0.5)
-    assert len(first) == 3, out.getvalue()[-3000:]
-    while time.monotonic() < deadline and first["ps"] not in bed["cloud"].nodes:  # created at its first SSH dial
-        time.sleep(0.5)
+    first, metrics = wait_running(bed, NAME, out, deadline)
     home = bed["cloud"].nodes[first["ps"]].home
-    metrics = home / "shield/run/metrics.jsonl"
-    while time.monotonic() < deadline and last_step(metrics) < 3:
-        time.sleep(0.2)
-    assert last_step(metrics) >= 3, out.getvalue()[-3000:]
     doomed = first["agent-1"]
     bed["imds"][doomed].notice = NOTICE  # EC2's two-minute warning, to agent-1's instance only
 
