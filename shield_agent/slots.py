@@ -120,11 +120,20 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
             await conn.close("agent leaving")
         if session.finished or (watcher is not None and watcher.event.is_set()):
             return _ended(session, conn.peer.id)
+        refused = getattr(conn.close_error, "remote_code", None)
+        if refused in FINAL_REFUSALS:
+            log.error("the PS refused this agent: %s", getattr(conn.close_error, "reason", conn.close_error))
+            return 2
         if not options.reconnect:
             log.warning("worker %d lost the PS (%s); not reconnecting", conn.peer.id, conn.close_error)
             return 1
         log.warning("worker %d lost the PS (%s); reconnecting", conn.peer.id, conn.close_error)
     return 2
+
+
+#: Close codes after which joining again would only be refused again: another determinism class under --vote exact,
+#: a probe the PS proved false, another model (the agent must be fixed, not retried).
+FINAL_REFUSALS = frozenset({"class", "fingerprint", "job"})
 
 
 def _ended(session: AgentSession, worker: int) -> int:

@@ -2,9 +2,10 @@
 
 At JOB the PS names a probe (file 0 of step 0 at the job's initial parameters) and a probe seed; each agent answers
 with its environment, the digest of that gradient and its sketch (:mod:`shield_agent.fingerprint`). Agents with
-equal probe digests form one class. The honest spread between classes, estimated from the probe sketches, sets the
-tolerance of the sketch vote (:func:`tolerance`); ``--vote exact`` with more than one class is refused, since exact
-digests cannot agree across classes (docs/byzantine.md).
+equal probe digests form one class. The honest spread between classes, estimated from the probe sketches that the PS
+or a quorum of a class's members vouch for, sets the tolerance of the sketch vote
+(:func:`shield_ps.byzantine.tolerance.decide_tolerance`); under ``--vote exact`` only the majority class runs, since
+exact digests cannot agree across classes (docs/byzantine.md).
 """
 from __future__ import annotations
 
@@ -15,18 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply, quantisation_error, relative_spread
-from shield_ps.errors import ConfigError, ShieldPSError
+from shield_ps.byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply
+from shield_ps.byzantine.tolerance import (DEFAULT_CAP, SPREAD_FACTOR, ProbeClaim, Reference, ToleranceDecision,
+                                           check_override, clamp_tolerance, decide_tolerance, same_reply,
+                                           tolerance_floor)
+from shield_ps.errors import ShieldPSError
 
 log = logging.getLogger(__name__)
 
-#: The tolerance is this multiple of the largest probe spread between classes ...
-SPREAD_FACTOR = 10.0
-#: ... capped here: far below the 0.7-1.4 relative distance between two different files' gradients, and below
-#: what ALIE moves a file (1.1-1.3): see docs/byzantine.md.
-TOLERANCE_CAP = 0.05
-#: ... and never below this (and never below 20x the sketch's quantisation error at the model's size).
-TOLERANCE_FLOOR = 1e-6
 UNKNOWN_CLASS = "unknown"
 _MAX_ENV_ITEMS = 32
 _MAX_ENV_CHARS = 160
@@ -102,11 +99,6 @@ class DeterminismClasses:
             out.setdefault(self.members[worker].class_id, []).append(worker)
         return out
 
-    def spread(self) -> float:
-        """Largest estimated relative distance between the probe gradients of two classes (0 with one class)."""
-        representatives = [self.members[workers[0]].probe for workers in self.classes().values()]
-        return relative_spread([p for p in representatives if p is not None])
-
     def describe(self) -> str:
         """One line per class: its id, workers and the environment entries that differ between classes."""
         classes = self.classes()
@@ -124,81 +116,138 @@ class DeterminismClasses:
 
 
 def tolerance(spread: float, d: int, override: float | None = None,
-              params: SketchParams = DEFAULT_PARAMS) -> float:
-    """The sketch vote's relative tolerance: ``override`` (``--vote-tol``) when given, else
-    clamp(SPREAD_FACTOR * spread, floor, TOLERANCE_CAP) with floor = max(TOLERANCE_FLOOR, 20 x the quantisation
-    error bound at d). Raises ConfigError for an override that the sketch cannot honour."""
-    floor = max(TOLERANCE_FLOOR, 20.0 * quantisation_error(d, params))
+              params: SketchParams = DEFAULT_PARAMS, cap: float = DEFAULT_CAP) -> float:
+    """The sketch vote's relative tolerance for a vouched-for ``spread``: ``override`` (``--vote-tol``) when given,
+    else clamp(SPREAD_FACTOR * spread, floor, cap) with floor = max(1e-6, 20 x the quantisation error
+    bound at d). Raises ConfigError for an override that the sketch cannot honour."""
     if override is not None:
-        if not floor <= override <= 0.5:
-            raise ConfigError(f"--vote-tol {override:g} must be in [{floor:.2g}, 0.5] at d={d} (below the floor the "
-                              "sketch's quantisation dominates; above 0.5 different files look alike)")
-        return override
-    value = min(max(SPREAD_FACTOR * spread, floor), TOLERANCE_CAP)
-    if SPREAD_FACTOR * spread > TOLERANCE_CAP:
-        log.warning("the honest spread between determinism classes (%.3g) times %g exceeds the cap %g: tolerance "
-                    "capped; honest files of distant classes may be dropped (set --vote-tol or unify the fleet)",
-                    spread, SPREAD_FACTOR, TOLERANCE_CAP)
-    return value
+        return check_override(override, d, params)
+    return clamp_tolerance(spread, tolerance_floor(d, params), cap)
 
 
 class FleetClasses:
     """The PS's bookkeeping of classes over a run: the JOB probe, admission, the tolerance, the ``classes`` event.
 
-    ``set_tolerance`` receives every new tolerance (the step runner's auto vote). Under ``--vote exact`` a second
-    class is refused: at start (:meth:`check_start` raises) and afterwards (:meth:`admit` returns why)."""
+    ``set_tolerance`` receives every new tolerance (the step runner's auto vote); ``reference`` is the PS's own probe
+    (:mod:`shield_ps.reference`), set before any agent gets JOB. ``quorum`` members must report one probe for a class
+    other than the PS's to count (:mod:`shield_ps.byzantine.tolerance`). Under ``--vote exact`` one class runs: at
+    start the agents outside a strict-majority class are excluded (:meth:`check_start`), and a later agent of
+    another class is refused (:meth:`admit`)."""
 
-    def __init__(self, vote: str, d: int, override: float | None, emit: Any, set_tolerance: Any) -> None:
+    def __init__(self, vote: str, d: int, override: float | None, emit: Any, set_tolerance: Any, *,
+                 quorum: int = 1) -> None:
         from shield_ps.byzantine.sketch import new_seed
 
-        self.vote, self.d, self.override = vote, d, override
+        self.vote, self.d, self.override, self.quorum = vote, d, override, quorum
         self._emit, self._set_tolerance = emit, set_tolerance
         self.probe_seed = new_seed()
         self.registry = DeterminismClasses()
+        self.reference: Reference | None = None
         self.started = False
+        self.ended = False  # the run is over: agents leaving no longer change anything
         self.tolerance = tolerance(0.0, d, override)
+        self.decision: ToleranceDecision | None = None
 
     def job_fields(self) -> dict[str, Any]:
         return {"probe": probe_request(self.probe_seed)}
 
     def admit(self, worker: int, header: dict[str, Any]) -> str | None:
-        """Record ``worker``'s fingerprint; returns why it is refused (exact vote, new class, run started), else None.
-        Raises FingerprintError for malformed fields."""
+        """Record ``worker``'s fingerprint; returns why it is refused (a probe that contradicts the PS's own, or under
+        --vote exact a new class once the run started), else None. Raises FingerprintError for malformed fields."""
         fingerprint = parse_fingerprint(worker, header)
+        lie = self._contradicts_reference(fingerprint)
+        if lie is not None:
+            return lie
         known = set(self.registry.classes())
         if self.vote == "exact" and self.started and known and fingerprint.class_id not in known:
             return (f"--vote exact: this agent's determinism class {fingerprint.class_id} differs from the run's "
                     f"({', '.join(sorted(known))}); its digests could never agree (use --vote auto)")
-        if self.registry.add(fingerprint) and self.started:
+        self.registry.add(fingerprint)
+        if self.started:
             self.update()
         return None
+
+    def _contradicts_reference(self, fingerprint: Fingerprint) -> str | None:
+        ref = self.reference
+        if ref is None or fingerprint.probe_digest != ref.digest or fingerprint.probe is None:
+            return None
+        if same_reply(fingerprint.probe, ref.probe):
+            return None
+        return ("its probe sketch or norm contradicts its own probe digest, whose gradient the PS computed itself: "
+                "a lying agent (refused)")
 
     def class_of(self, worker: int) -> str:
         member = self.registry.members.get(worker)
         return member.class_id if member is not None else UNKNOWN_CLASS
 
     def leave(self, worker: int) -> None:
-        self.registry.remove(worker)
+        """``worker`` left: its probe no longer counts (the tolerance is recomputed once the run has started)."""
+        if self.registry.members.pop(worker, None) is not None and self.started and not self.ended:
+            self.update()
 
-    def check_start(self) -> None:
-        """At the first step: refuse --vote exact over several classes; set the tolerance; emit ``classes``."""
-        from shield_ps.errors import TrainingError
-
+    def check_start(self) -> dict[int, str]:
+        """At the first step: set the tolerance and emit ``classes``. Under --vote exact over several classes, the
+        agents outside a strict-majority class are returned (worker -> why) to be excluded; without a strict majority
+        the run is refused (TrainingError)."""
+        excluded: dict[int, str] = {}
         classes = self.registry.classes()
         if self.vote == "exact" and len(classes) > 1:
-            raise TrainingError(
-                f"--vote exact: the agents fall into {len(classes)} determinism classes, whose gradients are never "
-                f"bit-equal: {self.registry.describe()}. Use --vote auto (the default: digests where replicas agree, "
-                "sketches within a tolerance where they do not), or run every agent with the same software, device, "
-                "thread count and kernel settings (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)")
+            excluded = self._exact_minorities(classes)
+            for worker in excluded:
+                self.registry.remove(worker)
         self.started = True
         self.update()
+        return excluded
+
+    def _exact_minorities(self, classes: dict[str, list[int]]) -> dict[int, str]:
+        from shield_ps.errors import TrainingError
+
+        total = sum(len(ws) for ws in classes.values())
+        major, members = max(classes.items(), key=lambda item: (len(item[1]), -item[1][0]))
+        if 2 * len(members) <= total:
+            raise TrainingError(
+                f"--vote exact: the agents fall into {len(classes)} determinism classes, none of them a majority, "
+                f"whose gradients are never bit-equal: {self.registry.describe()}. Use --vote auto (the default: "
+                "digests where replicas agree, sketches within a tolerance where they do not), or run every agent "
+                "with the same software, device, thread count and kernel settings (ATEN_CPU_CAPABILITY, "
+                "ONEDNN_MAX_CPU_ISA)")
+        ours = self.registry.members[members[0]].environment
+        out: dict[int, str] = {}
+        for cid, workers in classes.items():
+            if cid == major:
+                continue
+            env = self.registry.members[workers[0]].environment
+            differing = sorted(k for k in set(env) | set(ours) if str(env.get(k)) != str(ours.get(k)))
+            why = ("its environment matches the majority's, so its probe gradient is wrong (a faulty or lying agent)"
+                   if not differing else "its environment differs: " + ", ".join(
+                       f"{k}={env.get(k, '-')} (majority {ours.get(k, '-')})" for k in differing[:4])
+                   + "; use --vote auto for a mixed fleet")
+            for worker in workers:
+                out[worker] = (f"--vote exact: excluded: determinism class {cid} is not the majority's {major}; "
+                               + why)
+        log.warning("--vote exact: %d agent(s) outside the majority class %s excluded: %s", len(out), major,
+                    self.registry.describe())
+        return out
 
     def update(self) -> None:
-        spread = self.registry.spread()
-        self.tolerance = tolerance(spread, self.d, self.override)
+        members = self.registry.members
+        claims = {w: ProbeClaim(m.probe_digest, m.probe) for w, m in members.items() if m.probe_digest is not None}
+        decision = decide_tolerance(claims, self.d, quorum=self.quorum, reference=self.reference)
+        self.decision = decision
+        previous = self.tolerance
+        self.tolerance = decision.tolerance if self.override is None else check_override(self.override, self.d)
         self._set_tolerance(self.tolerance)
         classes = self.registry.summary()
-        log.info("%d determinism class(es): %s; sketch tolerance %.3g (probe spread %.3g)", len(classes),
-                 self.registry.describe(), self.tolerance, spread)
-        self._emit("classes", classes=classes, spread=spread, tolerance=self.tolerance, vote=self.vote)
+        if decision.unattested_spread * SPREAD_FACTOR > decision.cap:
+            log.warning("probe spread %.3g (unattested included) times %g exceeds the cap %.3g: tolerance capped",
+                        decision.unattested_spread, SPREAD_FACTOR, decision.cap)
+        level = logging.INFO if self.tolerance != previous or len(classes) > 1 else logging.DEBUG
+        log.log(level, "%d determinism class(es): %s; sketch tolerance %.3g (vouched probe spread %.3g, with "
+                "unattested probes %.3g; cap %.3g)", len(classes), self.registry.describe(), self.tolerance,
+                decision.spread, decision.unattested_spread, decision.cap)
+        self._emit("classes", classes=classes, spread=decision.spread, tolerance=self.tolerance, vote=self.vote,
+                   unattested=list(decision.unattested), unattested_spread=decision.unattested_spread,
+                   cap=decision.cap, reference=self._reference_class())
+
+    def _reference_class(self) -> str | None:
+        return "c-" + self.reference.digest.hex()[:8] if self.reference is not None else None

@@ -29,6 +29,7 @@ from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.phases.accounting import Tally
+from shield_ps.reference import ProbeGradients
 from shield_ps.round import StepOutcome, StepRunner
 from wire import ConnectionClosed, Connection, Kind, Limits, Role, Timeouts, WireError, serve
 
@@ -45,11 +46,14 @@ class ModelState:
     def __init__(self, plan: JobPlan) -> None:
         c = plan.config
         self.evaluator: Any = None
+        self.probe: ProbeGradients | None = None  # the PS's own probe (shield_ps.reference)
         if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
-            from shield_agent.synthetic import STEPS_PER_EPOCH, initial_parameters
+            from shield_agent.synthetic import SyntheticComputer
 
-            self.initial = initial_parameters(c.synthetic_d, c.seed)
-            self.steps_per_epoch = STEPS_PER_EPOCH
+            synthetic = SyntheticComputer(c.synthetic_d, c.seed, 0.0)
+            self.initial = synthetic.initial_parameters()
+            self.steps_per_epoch = synthetic.steps_per_epoch
+            self.probe = ProbeGradients.compute(synthetic, plan.placement.f)
             return
         from shield_agent.compute import ComputeSpec, GradientComputer
         from shield_agent.errors import DatasetError
@@ -71,6 +75,7 @@ class ModelState:
             raise ConfigError(str(exc)) from None
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch
+        self.probe = ProbeGradients.compute(computer, plan.placement.f)
         self.evaluator = Evaluator(c.network, c.dataset, data_dir, c.seed, threads=c.threads)
 
 
@@ -119,7 +124,10 @@ class PSDaemon:
         total_steps = self.plan.total_steps(model.steps_per_epoch)
         self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent, secret=self.fetch_secret)
         self.fleet = FleetClasses(self.config.vote, self.runner.d, self.config.vote_tol, self.sink.emit,
-                                  self.runner.set_tolerance)
+                                  self.runner.set_tolerance, quorum=self.plan.attestation_quorum)
+        if model.probe is not None:
+            self.fleet.reference = await loop.run_in_executor(None, model.probe.reference, self.fleet.probe_seed)
+            model.probe = None
         if self._resumed_center is not None and self.runner.aggregation.center is not None:
             self.runner.aggregation.center[:] = self._resumed_center
         self._model_ready.set()
@@ -134,7 +142,7 @@ class PSDaemon:
             if ready < self.plan.placement.K:
                 log.warning("starting with %d of K=%d agents (the missing ones are erasures)",
                             ready, self.plan.placement.K)
-            self.fleet.check_start()
+            await self._exclude(self.fleet.check_start())
             for step in range(start_step, total_steps):
                 outcome = await self.runner.run(step)
                 self._record(outcome, model.steps_per_epoch)
@@ -280,6 +288,8 @@ class PSDaemon:
             reason = f"failed: the final checkpoint was not written: {self.checkpoints.final_error(steps)}"
             log.error("%s", reason)
         assert self.pool is not None
+        if self.fleet is not None:
+            self.fleet.ended = True
         for link in self.pool.connected():
             try:
                 await asyncio.wait_for(link.conn.send(Kind.LEAVE, {"reason": reason}), 5.0)
@@ -296,6 +306,15 @@ class PSDaemon:
         self._eval_pool.shutdown(wait=True)
         self._ckpt_pool.shutdown(wait=True)
         return reason
+
+    async def _exclude(self, excluded: dict[int, str]) -> None:
+        """Close the agents that the fleet's classes exclude at start (``--vote exact``: not the majority class)."""
+        assert self.pool is not None
+        for worker, why in excluded.items():
+            link = self.pool.link(worker)
+            if link is not None:
+                log.warning("worker %d (%s) excluded: %s", worker, link.name, why)
+                await link.conn.close(why, code="class")
 
     def _drop_agent(self, link: AgentLink, why: str) -> None:
         log.warning("dropping worker %d (%s): %s", link.worker, link.name, why)

@@ -46,6 +46,14 @@ class JobPlan:
     def samples_per_file(self) -> int:
         return self.batch_size // self.placement.f
 
+    @property
+    def attestation_quorum(self) -> int:
+        """Members of one determinism class that must report one probe for it to set the tolerance
+        (:func:`shield_ps.byzantine.tolerance.attestation_quorum`)."""
+        from shield_ps.byzantine.tolerance import attestation_quorum
+
+        return attestation_quorum(self.placement.r_prime, self.config.byzantine)
+
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.config.max_steps is not None:
             return self.config.max_steps
@@ -94,6 +102,7 @@ def resolve_job(config: ServeConfig) -> JobPlan:
     attack, byzantine = _resolve_attack(config, placement)
     bound = config.agg_s if config.agg_s is not None else default_byzantine_count(placement, config.byzantine)
     kwargs = _aggregator_kwargs(config, aggregator, bound, placement.f)
+    _check_withholding(config, placement, aggregator, kwargs, attack is not None)
     schedule = Schedule(config.lr, config.gamma, config.lr_step)
     for note in notes:
         log.warning("%s", note)
@@ -102,6 +111,11 @@ def resolve_job(config: ServeConfig) -> JobPlan:
 
 
 def _resolve_attack(config: ServeConfig, placement: Placement) -> tuple[Attack | None, ByzantineSchedule | None]:
+    if config.attack == NO_ATTACK and config.byzantine > 0 and config.byzantine_gen == "fixed":
+        # no simulation: the fixed workers are real Byzantine agents on the wire, named so that files_corrupted
+        # counts the files they could set (shield_ps.round)
+        return None, make_schedule("fixed", placement, config.byzantine, seed=config.seed,
+                                   fixed=list(config.fixed_byzantine))
     if config.attack == NO_ATTACK or config.byzantine == 0:
         if config.attack != NO_ATTACK:
             log.warning("--attack %s with --byzantine 0: no worker is Byzantine", config.attack)
@@ -114,6 +128,48 @@ def _resolve_attack(config: ServeConfig, placement: Placement) -> tuple[Attack |
     schedule = make_schedule(config.byzantine_gen, placement, config.byzantine, seed=config.seed, fixed=fixed,
                              detox_attack=detox)
     return attack, schedule
+
+
+def _check_withholding(config: ServeConfig, placement: Placement, aggregator: Aggregator, kwargs: dict[str, Any],
+                       simulated: bool) -> None:
+    """q Byzantine agents that withhold their replies (erasures: nothing proves who they are) drop the files where
+    they hold r - r' + 1 = r' copies, c of them (the same count as the files they could win), every step. Refuse a
+    configuration where the f - c files left can never be aggregated with the configured s: every update would be
+    skipped and the run would fail. A simulated attack's Byzantine workers are the PS's own simulation and never
+    withhold, so it is only warned about; ``--short-step lower-s`` accepts the risk explicitly."""
+    q = config.byzantine
+    if q == 0 or config.short_step == "lower-s":
+        return
+    droppable = default_byzantine_count(placement, q)
+    left = placement.f - droppable
+    why = _rejects(aggregator, kwargs, left)
+    if why is None:
+        return
+    message = (f"--byzantine {q}: {q} Byzantine agents can withhold the c={droppable} files where they hold r' "
+               f"copies, every step, leaving {left} of f={placement.f}, and {why}: every update would be skipped. "
+               "Lower --byzantine, pick an aggregator that needs fewer files (e.g. coord-median) or a placement with "
+               "more files, or accept the risk with --short-step lower-s")
+    if simulated:
+        log.warning("%s (the simulated attack never withholds, so this run goes on)", message)
+        return
+    raise AggregationError(message)
+
+
+def _rejects(aggregator: Aggregator, kwargs: dict[str, Any], n: int) -> str | None:
+    """Why ``aggregator`` refuses n rows with ``kwargs`` (None when it accepts them)."""
+    import numpy as np
+
+    from shield_ps.byzantine.aggregators import aggregate
+
+    if n <= 0:
+        return "no file is left"
+    probe = np.random.default_rng(0).standard_normal((n, 2)).astype(np.float32)
+    small = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
+    try:
+        aggregate(aggregator, probe, **small)
+    except AggregationError as exc:
+        return str(exc)
+    return None
 
 
 def _aggregator_kwargs(config: ServeConfig, aggregator: Aggregator, bound: int, files: int) -> dict[str, Any]:

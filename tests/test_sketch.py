@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shield_ps.byzantine import sketch as sk
 from shield_ps.byzantine.sketch import (SketchParams, SketchReply, agree, check_payload, l2_norm, relative_spread,
-                                        sketch, sketch_many, vote_sketches)
+                                        sketch, sketch_many, tie_key, vote_sketches)
 from shield_ps.errors import VoteError
 
 PARAMS = SketchParams()
@@ -170,17 +170,26 @@ def test_vote_groups_replicas_within_the_tolerance_and_blames_the_rest() -> None
         {**_replies({2: g[2], 3: near[2]}, seed), 4: SketchReply(None)},  # 4's gradient was not finite
     ]
     res = vote_sketches(HOLDERS, replies, TOL, 2)
-    assert res.winners == (0, 1, 2)
+    assert all(res.winners[i] in res.files[i].holders for i in range(3))
     assert res.files[0].holders == (0, 1, 2) and res.files[0].disagreeing == ()
     assert res.files[1].holders == (1, 2) and res.files[1].disagreeing == (3,)
     assert res.files[2].holders == (2, 3) and res.files[2].disagreeing == (4,)
     # excluding the center (e.g. caught lying) moves the win to the next-best reply
     again = vote_sketches(HOLDERS, replies, TOL, 2, excluded={1})
     assert again.winners[1] is None and again.files[1].absent == (1,)
-    assert vote_sketches(HOLDERS, replies, TOL, 2, excluded={0}).winners[0] == 1
-    # with the committed digests, ties go to the smallest digest (the payload taken does not depend on worker ids)
-    digests = [{0: b"\x09", 1: b"\x01", 2: b"\x09"}, {1: b"", 2: b"", 3: b""}, {2: b"", 3: b"", 4: b""}]
-    assert vote_sketches(HOLDERS, replies, TOL, 2, digests=digests).winners[0] == 1
+    assert vote_sketches(HOLDERS, replies, TOL, 2, excluded={0}).files[0].holders == (1, 2)
+    # with the committed digests, ties go to the smallest hash of the digest keyed by the step's seed: not to a
+    # digest ground small before the seed was revealed, and not to a worker id
+    ground, other = b"\x00" * 32, b"\x77" * 32
+    digests = [{0: other, 1: ground, 2: other}, {1: b"", 2: b"", 3: b""}, {2: b"", 3: b"", 4: b""}]
+    wins = []
+    for key in range(64):
+        order_key = key.to_bytes(32, "big")
+        winner = vote_sketches(HOLDERS, replies, TOL, 2, digests=digests, order_key=order_key).winners[0]
+        expected = 1 if tie_key(order_key, ground, 1) < tie_key(order_key, other, 0) else 0
+        assert winner == expected
+        wins.append(winner == 1)
+    assert 16 <= sum(wins) <= 48  # the ground digest wins about half the ties, like any other
 
 
 def test_vote_without_majority_drops_the_file_and_blames_nobody_but_non_finite() -> None:

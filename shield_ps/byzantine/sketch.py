@@ -250,16 +250,18 @@ def _check_reply(file: int, worker: int, reply: object, params: SketchParams) ->
 def vote_sketches(file_workers: FileWorkers, replies: Sequence[Mapping[int, SketchReply]], tol: float,
                   r_prime: int | None = None, *, params: SketchParams = DEFAULT_PARAMS,
                   excluded: Collection[int] = frozenset(),
-                  digests: Sequence[Mapping[int, bytes]] | None = None) -> VoteResult[int]:
+                  digests: Sequence[Mapping[int, bytes]] | None = None,
+                  order_key: bytes = b"") -> VoteResult[int]:
     """Tolerant majority vote on sketches, one seed per step.
 
     For each file, every finite reply w has a group N(w): the replies that :func:`agree` with it (itself included).
-    The reply with the largest group wins if that group has at least r' members (ties: the smallest committed digest
-    when ``digests`` is given, so the payload taken does not depend on which worker slot a class landed in; then the
-    lowest worker id); the
-    file's ``winner`` is that worker (the *center*: fetch its payload and check it with :func:`check_payload`),
-    ``holders`` its group, ``disagreeing`` every other reply (and non-finite ones). ``excluded`` workers (caught lying,
-    or unreachable for this file) count as absent. Raises VoteError for malformed input or a negative tolerance.
+    The reply with the largest group wins if that group has at least r' members; the file's ``winner`` is that worker
+    (the group's *center*), ``holders`` its group, ``disagreeing`` every other reply (and non-finite ones).
+    Ties go to the smallest keyed hash ``BLAKE3(order_key || digest)`` of the committed digest (of the worker id
+    without ``digests``), then the lowest worker: with ``order_key`` the step's sketch seed, revealed only after
+    every digest was committed, no holder can grind its digest to win a tie, and which payload is taken does not
+    depend on which worker slot a class landed in. ``excluded`` workers (caught lying, or unreachable for this file)
+    count as absent. Raises VoteError for malformed input or a negative tolerance.
     """
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise VoteError(f"the tolerance must be a finite number >= 0, got {tol!r}")
@@ -271,12 +273,18 @@ def vote_sketches(file_workers: FileWorkers, replies: Sequence[Mapping[int, Sket
         finite = [w for w in sorted(present) if present[w].finite]
         groups = {w: tuple(v for v in finite if v == w or agree(present[w], present[v], tol, params)) for w in finite}
         keys = digests[i] if digests is not None else {}
-        center = min(finite, key=lambda w: (-len(groups[w]), keys.get(w, b""), w), default=None)
+        center = min(finite, key=lambda w: (-len(groups[w]), tie_key(order_key, keys.get(w), w), w), default=None)
         winner = center if center is not None and len(groups[center]) >= r_prime else None
         agreeing = groups[winner] if winner is not None else ()
         lost = tuple(w for w in sorted(present) if w not in agreeing and (winner is not None or w not in finite))
         files.append(FileVote(i, winner, agreeing, lost, tuple(w for w in ws if w not in present)))
     return VoteResult(tuple(files), r_prime)
+
+
+def tie_key(order_key: bytes, digest: bytes | None, worker: int) -> bytes:
+    """The keyed hash that breaks ties between equal groups (see :func:`vote_sketches`)."""
+    material = digest if digest is not None else worker.to_bytes(8, "big")
+    return blake3.blake3(_CONTEXT + b"/tie" + bytes(order_key) + material).digest()
 
 
 def check_payload(payload: np.ndarray, claimed: SketchReply, seed: bytes,

@@ -7,7 +7,11 @@ step then follows ``--short-step``:
 * ``skip`` (default): no update this step. Sound whatever the adversary did: a skipped step leaves the parameters and
   momentum unchanged, so no Byzantine value enters them. Lowering s is not sound in general, because a file needs r'
   Byzantine holders to be corrupted whether or not other holders were erased, so up to c_max(q) of the remaining rows
-  may still be corrupted.
+  may still be corrupted. One exception is sound and always applied first: a dropped file whose r holders all
+  replied and disagreed provably had a Byzantine majority (:func:`shield_ps.phases.vote.provable_drops`), so it is one
+  of the at most s files the adversary could have won; with p such files the survivors hold at most s - p corrupted
+  rows, and the step aggregates with s - p (action ``lower-s``, reason "proven"). So q Byzantine co-holders that
+  drop their own files instead of winning them cannot stop training.
 * ``lower-s``: aggregate with the largest s the aggregator accepts for the rows left (the event says which s). Weaker:
   the guarantee holds only if at most that many rows are corrupted (e.g. files lost to honest erasures, no attack).
 
@@ -48,6 +52,7 @@ class AggregationOutcome:
     corrupted: tuple[int, ...] = ()
     attack_outvoted: set[int] = field(default_factory=set)
     reason: str | None = None
+    simulated: bool = False  # the attack was simulated on the PS (``corrupted`` is then its count)
 
 
 def _accepts(aggregator: Aggregator, n: int, kwargs: dict[str, Any]) -> bool:
@@ -81,20 +86,29 @@ class Aggregation:
         self.center: np.ndarray | None = np.zeros(rows.shape[1], dtype=np.float32) if clipping else None
         self._next_center: np.ndarray | None = np.zeros(rows.shape[1], dtype=np.float32) if clipping else None
 
-    def run(self, step: int, won: list[int], byzantine: tuple[int, ...]) -> AggregationOutcome:
-        """Blocking (run it in an executor): rows of ``won`` files are aggregated in place of ``rows``."""
+    def run(self, step: int, won: list[int], byzantine: tuple[int, ...], proven: int = 0) -> AggregationOutcome:
+        """Blocking (run it in an executor): rows of ``won`` files are aggregated in place of ``rows``. ``proven``:
+        dropped files with a proven Byzantine majority (each lowers s by one when the aggregator needs it)."""
         plan = self.plan
         corrupted, attack_outvoted = self._simulate_attack(won, byzantine)
+        simulated = plan.attack is not None
         kwargs = plan.aggregation_kwargs(step)
         if self.center is not None:
             kwargs["center"] = self.center
-        action, s = "aggregate", kwargs.get("s")
+        action, s, reason = "aggregate", kwargs.get("s"), None
         if not _accepts(plan.aggregator, len(won), kwargs):
-            lowered = largest_valid_s(plan.aggregator, len(won), kwargs) if self.policy is ShortStep.LOWER_S else None
+            sound = max(0, int(kwargs.get("s", 0)) - proven) if proven and "s" in kwargs else None
+            if sound is not None and _accepts(plan.aggregator, len(won), {**kwargs, "s": sound}):
+                lowered: int | None = sound
+                reason = f"proven: {proven} dropped file(s) had a proven Byzantine majority, s {s} -> {sound}"
+            elif self.policy is ShortStep.LOWER_S:
+                lowered = largest_valid_s(plan.aggregator, len(won), kwargs)
+            else:
+                lowered = None
             if lowered is None:
                 reason = (f"{len(won)} of {plan.placement.f} files survived and {plan.aggregator.value} cannot "
                           f"aggregate them with s={s}")
-                return AggregationOutcome(None, "skip", s, corrupted, attack_outvoted, reason)
+                return AggregationOutcome(None, "skip", s, corrupted, attack_outvoted, reason, simulated)
             action, s, kwargs["s"] = "lower-s", lowered, lowered
         for position, file in enumerate(won):
             if position != file:
@@ -103,7 +117,7 @@ class Aggregation:
         gradient = np.ascontiguousarray(gradient, dtype=np.float32)
         if self._next_center is not None:
             np.copyto(self._next_center, gradient)
-        return AggregationOutcome(gradient, action, s, corrupted, attack_outvoted)
+        return AggregationOutcome(gradient, action, s, corrupted, attack_outvoted, reason, simulated)
 
     def commit(self) -> None:
         """The update of the step just aggregated was applied: its aggregate is the next centre."""

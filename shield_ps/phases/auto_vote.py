@@ -2,57 +2,77 @@
 
 Per file, after the gather:
 
-* all present digests equal: today's exact path (the streaming vote has usually fetched it already);
+* all present digests equal: the exact path (the streaming vote has usually fetched it already);
 * digests differ (the file is *disputed*): its holders sketch their gradients under a seed revealed now
   (:mod:`shield_ps.phases.sketch`) and the sketch vote groups replicas within the tolerance
-  (:func:`shield_ps.byzantine.sketch.vote_sketches`).
+  (:func:`shield_ps.byzantine.sketch.vote_sketches`, ties broken by a hash keyed with that seed, so no holder can
+  grind its digest into a tie's win).
+
   - If some digest still has r' equal copies, it wins exactly as in the exact vote (its payload is what r' holders
     committed to) and the sketch vote only decides who disagreed: a replica of another class within the tolerance
-    is not blamed.
-  - Otherwise the sketch vote's center wins: one payload of the center's digest is fetched (hedged among the
-    holders that committed the same digest), checked against that digest, and its sketch recomputed at the PS and
-    compared bit for bit with the center's (:func:`shield_ps.byzantine.sketch.check_payload`). A mismatch proves the
-    center lied: it is marked lying, excluded, and the file is voted again (at most r rounds); when no holder of the
-    center's digest delivers it in time, they are left out of that file's next vote.
+    is not blamed, and a holder that sent another digest and then no sketch is outvoted, never absolved. Such files
+    never hold the sketch round up.
+  - Otherwise (a *split* file) the sketch vote's winning group decides: the PS fetches one payload per digest of the
+    group and keeps their coordinate-wise median (:mod:`shield_ps.phases.groups`); an outlier's sketch is recomputed
+    and a mismatch proves its holder lied. Liars are excluded and the file is voted again (at most r rounds); holders
+    that did not deliver in time are left out of that file's next vote.
 
-Ingress stays one payload per file plus the sketches (k*c*8 bytes per disputed replica).
+A holder whose sketch agreed but whose payload the PS never needed is audited now and then
+(:mod:`shield_ps.phases.audit`). Ingress: one payload per exact file, one per group digest of a split file, plus the
+sketches (k*c*8 bytes per disputed replica).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply, check_payloads, vote_sketches
+from shield_ps.byzantine.sketch import SketchReply, vote_sketches
 from shield_ps.byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.collector import StepCollector
-from shield_ps.phases.fetch import Fetcher, FetchReport
+from shield_ps.phases.fetch import Fetcher
+from shield_ps.phases.groups import GroupOutcome, SplitFiles
 from shield_ps.phases.sketch import SketchRound
+from shield_ps.phases.vote import VoteOutcome, provable_drops
 
 log = logging.getLogger(__name__)
 
 
-def disputed_files(replies: list[dict[int, bytes]]) -> list[int]:
+def disputed_files(replies: Sequence[Mapping[int, bytes]]) -> list[int]:
     """Files whose present digests are not all equal."""
     return [file for file, got in enumerate(replies) if len(set(got.values())) > 1]
+
+
+@dataclass
+class SplitResult:
+    """The split files of one step after every round."""
+
+    files: dict[int, FileVote[bytes]] = field(default_factory=dict)
+    won: set[int] = field(default_factory=set)
+    lying: set[int] = field(default_factory=set)
+    slow: set[int] = field(default_factory=set)
+    used: dict[int, list[tuple[tuple[int, ...], int]]] = field(default_factory=dict)
+    recomputed: int = 0
+    provable: set[int] = field(default_factory=set)  # dropped at the first vote with every holder's sketch in
 
 
 class AutoVote:
     """Runs the auto vote of one step over the runner's fetcher and rows."""
 
     def __init__(self, placement: Any, fetcher: Fetcher, sketches: SketchRound, rows: np.ndarray,
-                 start_fetch: Callable[[StepCollector, int, bytes], None]) -> None:
+                 start_fetch: Callable[[StepCollector, int, bytes], None], splits: SplitFiles) -> None:
         self.placement = placement
-        self.fetcher, self.sketches, self.rows = fetcher, sketches, rows
+        self.fetcher, self.sketches, self.rows, self.splits = fetcher, sketches, rows, splits
         self._start_fetch = start_fetch
         self.tolerance = 0.0
         self.last: dict[str, Any] = {}
+        self.used: dict[int, list[tuple[tuple[int, ...], int]]] = {}  # split file -> payloads in its median
+        self.answers: list[dict[int, SketchReply]] = []
 
-    async def run(self, step: int, collector: StepCollector,
-                  times: dict[str, float]) -> tuple[VoteResult[bytes], list[int], FetchReport]:
+    async def run(self, step: int, collector: StepCollector, times: dict[str, float]) -> VoteOutcome:
         mark = time.perf_counter()
         replies = collector.replies
         exact = vote_digests(self.placement, replies)
@@ -61,103 +81,159 @@ class AutoVote:
                 self._start_fetch(collector, file_vote.file, file_vote.winner)
         disputed = disputed_files(replies)
         self.last = {"disputed": len(disputed), "sketch_won": 0, "tolerance": self.tolerance}
+        self.used, self.answers = {}, []
         if not disputed:
             times["vote"] = time.perf_counter() - mark
-            report = await self.fetcher.finish()
-            if report.invalid:
-                exact = vote_digests(self.placement, replies, invalid=report.invalid)
-            return exact, [f for f in exact.files_won if f in report.fetched], report
+            return await self._finish(exact, list(exact.files), replies, set(), SplitResult())
+        split = [f for f in disputed if exact.files[f].winner is None]
+        answers = self.answers = await self._sketch_round(step, replies, disputed, split, times)
+        files = self._blamed(exact, replies, answers, disputed)
+        times["vote"] = time.perf_counter() - mark
+        result = await self._resolve_split(step, split, replies, answers)
+        r = self.placement.r
+        first = vote_sketches(self.placement, answers, self.tolerance, digests=replies, order_key=self.sketches.seed)
+        result.provable = {f for f in split if first.files[f].winner is None and len(answers[f]) == r
+                           and all(a.finite for a in answers[f].values())}
+        for file, file_vote in result.files.items():
+            files[file] = file_vote
+        self.used = result.used
+        self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed)
+        outcome = await self._finish(exact, files, replies, result.slow, result)
+        outcome.settle = lambda: self._settle(outcome, exact, replies, disputed, set(result.files))
+        return outcome
 
+    def _blamed(self, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
+                answers: list[dict[int, SketchReply]], disputed: list[int]) -> list[FileVote[bytes]]:
+        """The exact vote, with the blame of each disputed file that has an exact winner taken from the sketches
+        in so far."""
+        files = list(exact.files)
+        sketched = vote_sketches(self.placement, answers, self.tolerance, digests=replies,
+                                 order_key=self.sketches.seed)
+        for file in disputed:
+            if exact.files[file].winner is not None:
+                files[file] = blame(exact.files[file], sketched.files[file], set(answers[file]))
+        return files
+
+    def _settle(self, outcome: VoteOutcome, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
+                disputed: list[int], split: set[int]) -> set[int]:
+        """At the end of the step: the sketch answers are closed; files decided by an exact winner take their final
+        blame from every answer that came (they never waited for one), and a holder of such a file that sent
+        another digest and no sketch is outvoted. Returns the holders of undecided files that never answered."""
+        missing = self.sketches.close()
+        blamed = self._blamed(exact, replies, self.answers, [f for f in disputed if f not in split])
+        files = list(outcome.vote.files)
+        for file in disputed:
+            if file not in split and files[file].winner == exact.files[file].winner:
+                files[file] = blamed[file]
+        outcome.vote = VoteResult(tuple(files), outcome.vote.r_prime)
+        outvoted = {w for fv in files for w in fv.disagreeing}
+        return {w for w, fs in missing.items() if fs & split} - outvoted
+
+    async def _sketch_round(self, step: int, replies: Sequence[Mapping[int, bytes]], disputed: list[int],
+                            split: list[int], times: dict[str, float]) -> list[dict[int, SketchReply]]:
         requests: dict[int, list[int]] = {}
         for file in disputed:
             for worker in replies[file]:
                 requests.setdefault(worker, []).append(file)
+        holders = self.placement.file_workers
+        r_prime = self.placement.r_prime
+
+        def decidable(answers: list[dict[int, SketchReply]]) -> bool:
+            return all(vote_sketches([holders[f]], [answers[f]], self.tolerance, r_prime).files[0].won
+                       for f in split)
+
         answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()},
-                                          times.get("compute", 0.0))
+                                          times.get("compute", 0.0), decidable=decidable, wait=bool(split))
         for file in range(len(answers)):
             if file not in disputed:
                 answers[file] = {}
-        excluded: set[int] = set()  # proven liars: out of every file's vote
-        gone: dict[int, set[int]] = {}  # file -> holders of a center digest that nobody delivered
-        files = list(exact.files)
-        sketch_vote = vote_sketches(self.placement, answers, self.tolerance, digests=replies)
-        for file in disputed:
-            if exact.files[file].winner is not None:
-                files[file] = self._blame(exact.files[file], sketch_vote.files[file])
-        times["vote"] = time.perf_counter() - mark
+        return answers
 
-        pending = [f for f in disputed if exact.files[f].winner is None]
-        lying: set[int] = set()
+    async def _resolve_split(self, step: int, split: list[int], replies: Sequence[Mapping[int, bytes]],
+                             answers: list[dict[int, SketchReply]]) -> SplitResult:
+        """Vote the split files on their sketches and take their groups' medians, at most r rounds."""
+        result = SplitResult()
+        excluded: set[int] = set()
+        gone: dict[int, set[int]] = {}
+        pending = list(split)
         for _ in range(self.placement.r):
             if not pending:
                 break
             current = [{w: a for w, a in got.items() if w not in gone.get(file, ())}
                        for file, got in enumerate(answers)]
-            sketch_vote = vote_sketches(self.placement, current, self.tolerance, excluded=excluded, digests=replies)
-            started = []
+            vote = vote_sketches(self.placement, current, self.tolerance, excluded=excluded, digests=replies,
+                                 order_key=self.sketches.seed)
+            decided = [f for f in pending if vote.files[f].winner is not None]
             for file in pending:
-                center = sketch_vote.files[file].winner
-                files[file] = self._as_digest_vote(sketch_vote.files[file], replies[file])
-                if center is None:
-                    continue
-                digest = replies[file][center]
-                group = set(sketch_vote.files[file].holders)
-                self.fetcher.forget(file)
-                self.fetcher.start(file, digest, lambda file=file, digest=digest, group=group: tuple(sorted(
-                    w for w, d in replies[file].items() if d == digest and w in group and w not in excluded)))
-                started.append((file, center))
-            report = await self.fetcher.finish()
-            pending = []
-            for file, center in started:
-                if file in report.fetched:
-                    continue
-                digest = replies[file][center]
-                if digest in report.invalid:  # a center whose committed payload is not finite lied in its sketch
-                    lying.add(center)
-                    excluded.add(center)
-                else:  # nobody holding the center's digest delivered it: try the next group without them
-                    gone.setdefault(file, set()).update(w for w, d in replies[file].items() if d == digest)
-                pending.append(file)
-            fetched = [(file, center) for file, center in started if file in report.fetched]
-            verdicts = await asyncio.get_running_loop().run_in_executor(
-                None, self._check, [(self.rows[file], answers[file][center]) for file, center in fetched])
-            for (file, center), why in zip(fetched, verdicts):
-                if why is None:
-                    self.last["sketch_won"] += 1
-                    continue
-                log.warning("step %d: worker %d lied about file %d: %s", step, center, file, why)
-                report.fetched.discard(file)
-                lying.add(center)
-                excluded.add(center)
-                pending.append(file)
-        report = await self.fetcher.finish()  # the exact winners' fetches may still be running
-        report.lying |= lying
-        for file in pending:  # still unresolved after r rounds: dropped
-            files[file] = FileVote(file, None, (), (), tuple(self.placement.file_workers[file]))
-        if report.invalid:  # winning payloads found non-finite: the file is dropped, their senders disagree
+                result.files[file] = as_digest_vote(vote.files[file], replies[file])
+            if not decided:
+                break
+            outcome = await self.splits.resolve(step, decided, vote, replies, answers, self.sketches.seed,
+                                                self.tolerance)
+            self._merge(result, outcome, vote, replies, excluded, gone)
+            pending = sorted(outcome.retry)
+        for file in split:
+            if file not in result.won:
+                result.files[file] = FileVote(file, None, (), result.files[file].disagreeing if file in result.files
+                                              else (), tuple(self.placement.file_workers[file]))
+        return result
+
+    @staticmethod
+    def _merge(result: SplitResult, outcome: GroupOutcome, vote: VoteResult[int],
+               replies: Sequence[Mapping[int, bytes]], excluded: set[int], gone: dict[int, set[int]]) -> None:
+        result.won |= outcome.won
+        result.lying |= outcome.lying
+        result.slow |= outcome.slow
+        result.recomputed += outcome.recomputed
+        excluded |= outcome.lying
+        for file, workers in outcome.gone.items():
+            gone.setdefault(file, set()).update(workers)
+        for file in outcome.won:
+            used = outcome.used[file]
+            result.used[file] = used
+            in_median = {w for holders, _ in used for w in holders}
+            sketched = vote.files[file]
+            out = set(sketched.disagreeing) | (set(sketched.holders) - in_median) | outcome.outvoted.get(file, set())
+            center = replies[file][min(in_median)]
+            result.files[file] = FileVote(file, center, tuple(sorted(in_median)), tuple(sorted(out - in_median)),
+                                          sketched.absent)
+
+    async def _finish(self, exact: VoteResult[bytes], files: list[FileVote[bytes]],
+                      replies: Sequence[Mapping[int, bytes]], slow: set[int], split: SplitResult) -> VoteOutcome:
+        """Wait for the exact winners' fetches; a non-finite winning payload drops its file and blames its
+        senders."""
+        report = await self.fetcher.finish()
+        report.lying |= split.lying
+        report.slow |= slow - split.lying
+        if report.invalid:
             revote = vote_digests(self.placement, replies, invalid=report.invalid)
             for file, file_vote in enumerate(files):
-                if file not in disputed:
+                if file in split.files:
+                    continue
+                if len(set(replies[file].values())) <= 1:
                     files[file] = revote.files[file]
                 elif file_vote.winner in report.invalid:
                     bad = tuple(sorted(w for w, d in replies[file].items() if d in report.invalid))
                     files[file] = FileVote(file, None, (), bad, file_vote.absent)
         vote = VoteResult(tuple(files), exact.r_prime)
-        return vote, [f for f in vote.files_won if f in report.fetched], report
+        won = [f for f in vote.files_won if f in report.fetched or f in split.won]
+        undisputed = [replies[f] if f not in split.files else {} for f in range(len(replies))]
+        provable = provable_drops(vote, undisputed, self.placement.r, report.invalid) | split.provable
+        return VoteOutcome(vote, won, report, provable, split.used, dict(self.last), self.answers)
 
-    def _check(self, items: list[tuple[np.ndarray, SketchReply]]) -> list[str | None]:
-        return check_payloads(items, self.sketches.seed, self.sketches.params)
 
-    @staticmethod
-    def _blame(exact: FileVote[bytes], sketched: FileVote[int]) -> FileVote[bytes]:
-        """An exact winner stands; who disagreed comes from the sketch vote when its group holds every exact
-        winner (a replica of another class within the tolerance is not blamed), else from the digests."""
-        if sketched.winner is not None and set(exact.holders) <= set(sketched.holders):
-            agreeing = tuple(sorted(set(exact.holders) | set(sketched.holders)))
-            return FileVote(exact.file, exact.winner, agreeing, sketched.disagreeing, exact.absent)
-        return exact
+def blame(exact: FileVote[bytes], sketched: FileVote[int], answered: set[int]) -> FileVote[bytes]:
+    """An exact winner stands; who disagreed comes from the sketch vote when its group holds every exact winner
+    (a replica of another class within the tolerance is not blamed), else from the digests. A holder whose digest
+    lost and who sent no sketch stays outvoted: silence absolves nobody."""
+    if sketched.winner is not None and set(exact.holders) <= set(sketched.holders):
+        agreeing = tuple(sorted(set(exact.holders) | set(sketched.holders)))
+        silent = {w for w in exact.disagreeing if w not in answered}
+        disagreeing = tuple(sorted(set(sketched.disagreeing) | silent))
+        return FileVote(exact.file, exact.winner, agreeing, disagreeing, exact.absent)
+    return exact
 
-    @staticmethod
-    def _as_digest_vote(sketched: FileVote[int], replies: dict[int, bytes]) -> FileVote[bytes]:
-        winner = replies[sketched.winner] if sketched.winner is not None else None
-        return FileVote(sketched.file, winner, sketched.holders, sketched.disagreeing, sketched.absent)
+
+def as_digest_vote(sketched: FileVote[int], replies: Mapping[int, bytes]) -> FileVote[bytes]:
+    winner = replies[sketched.winner] if sketched.winner is not None else None
+    return FileVote(sketched.file, winner, sketched.holders, sketched.disagreeing, sketched.absent)

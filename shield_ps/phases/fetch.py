@@ -51,6 +51,7 @@ class FetchReport:
     """What the fetches of one step found."""
 
     fetched: set[int] = field(default_factory=set)  # files whose verified payload is in its row
+    payloads: set[tuple[int, bytes]] = field(default_factory=set)  # (file, digest) fetched into a caller's buffer
     invalid: set[bytes] = field(default_factory=set)  # winning digests whose payload is not finite
     lying: set[int] = field(default_factory=set)
     slow: set[int] = field(default_factory=set)
@@ -100,7 +101,7 @@ class Fetcher:
         self._quarantine: list[np.ndarray] = []
         self._draining: set[asyncio.Task[bytes | None]] = set()
         self._receiving: set[_Attempt] = set()  # attempts whose payload is arriving, any file
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int | tuple[int, bytes], asyncio.Task[None]] = {}
         self.report = FetchReport()
         self.step = -1
 
@@ -118,6 +119,18 @@ class Fetcher:
         if file not in self._tasks:
             self._tasks[file] = asyncio.get_running_loop().create_task(self._fetch_file(file, digest, holders))
 
+    def start_payload(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]],
+                      dest: np.ndarray) -> asyncio.Task[None]:
+        """Fetch the payload of ``digest`` for ``file`` into ``dest`` (not the file's row), hedged among ``holders()``
+        like a winner's; ``report.payloads`` gets ``(file, digest)`` once it is in and verified. The split files of
+        the sketch vote fetch one payload per digest of their agreeing group this way."""
+        key = (file, digest)
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = asyncio.get_running_loop().create_task(
+                self._fetch_file(file, digest, holders, dest))
+        return task
+
     def forget(self, file: int) -> None:
         """Allow ``file`` to be fetched again this step (its previous fetch has finished: the auto vote moves to
         another holder's digest after a proven lie)."""
@@ -129,7 +142,8 @@ class Fetcher:
         """Wait for every fetch started this step (each bounded by its hedges and deadlines)."""
         results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for file, result in zip(self._tasks, results):
-            if isinstance(result, BaseException):  # a bug of ours: that file is lost for the step, the run goes on
+            # an exception is a bug of ours: that file is lost for the step, the run goes on
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("step %d: fetching file %d failed: %r", self.step, file, result)
         return self.report
 
@@ -142,7 +156,8 @@ class Fetcher:
         await asyncio.gather(*tasks, *self._draining, return_exceptions=True)
 
     # ---- one file ---------------------------------------------------------------------------------------------
-    async def _fetch_file(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]]) -> None:
+    async def _fetch_file(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]],
+                          dest: np.ndarray | None = None) -> None:
         step, report = self.step, self.report
         asked: list[int] = []
         running: list[_Attempt] = []
@@ -175,7 +190,7 @@ class Fetcher:
                     if self._judge(attempt, digest):
                         await self._cancel_losers(running)  # before the row is written: a loser may write into it
                         running.clear()
-                        await self._accept(file, attempt, digest)
+                        await self._accept(file, attempt, digest, dest)
                         return
         finally:
             await self._cancel_losers(running)
@@ -268,16 +283,19 @@ class Fetcher:
         self._release(attempt)
         return False
 
-    async def _accept(self, file: int, attempt: _Attempt, digest: bytes) -> None:
+    async def _accept(self, file: int, attempt: _Attempt, digest: bytes, dest: np.ndarray | None) -> None:
         loop = asyncio.get_running_loop()
-        row = self._rows[file]
+        row = self._rows[file] if dest is None else dest
         await loop.run_in_executor(None, np.copyto, row, attempt.dest)
         self._release(attempt)
         if await loop.run_in_executor(None, has_non_finite, row, self._zeros):
             log.warning("step %d: the winning payload of file %d is not finite: file dropped", self.step, file)
             self.report.invalid.add(digest)
             return
-        self.report.fetched.add(file)
+        if dest is None:
+            self.report.fetched.add(file)
+        else:
+            self.report.payloads.add((file, digest))
 
     async def _cancel_losers(self, running: list[_Attempt]) -> None:
         """Cancel the attempts not needed any more; one whose payload is arriving drains in the background instead

@@ -2,18 +2,25 @@
 
 Every digest of the step is in (each holder is committed to its payload) before the PS draws a fresh seed and sends
 each holder of a disputed file one SKETCH naming its disputed files (:mod:`wire.sketch`). Answers are collected until
-all are in or the phase's deadline passes: a missing answer is an erasure for that file's sketch vote, never a wait.
-The deadline is ``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed
-long for its gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol
-violation). The vote itself and the check of the fetched payload are pure (:mod:`shield_ps.byzantine.sketch`); the
-round decides nothing on its own.
+all are in, or until a straggler grace after the round is *decidable*, or until the phase's deadline: a missing answer
+is an erasure for that file's sketch vote (its worker is reported), never a wait past the grace.
+
+The round is decidable once the caller's ``decidable(answers)`` holds (the auto vote: every file that needs the
+sketch vote has a group of r' agreeing answers; files that an exact r' majority of digests already decided never hold
+the round up), or once more than half of the asked workers have answered everything. The grace is the gather's
+straggler grace over the answer times (``max(hedge_floor, hedge_factor x median answer time)``), so one agent that
+never answers costs a step that grace, not the deadline. The deadline is
+``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed long for its
+gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol violation). The
+vote itself and the check of fetched payloads are pure (:mod:`shield_ps.byzantine.sketch`); the round decides nothing
+on its own.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -33,29 +40,42 @@ class SketchRound:
 
     def __init__(self, params: SketchParams, num_files: int, d: int, latency: float,
                  link_of: Callable[[int], AgentLink | None],
-                 on_violation: Callable[[AgentLink, str], None]) -> None:
+                 on_violation: Callable[[AgentLink, str], None],
+                 grace: Callable[[Sequence[float]], float] = lambda times: 0.25) -> None:
         self.params = params
         self._f, self._d, self._latency = num_files, d, latency
         self._link_of, self._violation = link_of, on_violation
+        self._grace = grace
         self.step = -1
         self.seed = b""
         self.answers: list[dict[int, SketchReply]] = [{} for _ in range(num_files)]
         self._expected: dict[int, set[int]] = {}
+        self._asked = 0
+        self._answer_times: list[float] = []
+        self._started = 0.0
+        self._decidable: Callable[[list[dict[int, SketchReply]]], bool] | None = None
         self._done = asyncio.Event()
+        self._ready = asyncio.Event()
+        self.missing: dict[int, set[int]] = {}  # worker -> files it did not answer in time (last round)
         self.bytes_requested = 0
 
     def deadline(self, files_per_worker: int, compute_s: float = 0.0) -> float:
         return self._latency + max(files_per_worker * self._d / SKETCH_RATE, 2.0 * compute_s)
 
-    async def run(self, step: int, requests: dict[int, tuple[int, ...]],
-                  compute_s: float = 0.0) -> list[dict[int, SketchReply]]:
+    async def run(self, step: int, requests: dict[int, tuple[int, ...]], compute_s: float = 0.0, *,
+                  decidable: Callable[[list[dict[int, SketchReply]]], bool] | None = None,
+                  wait: bool = True) -> list[dict[int, SketchReply]]:
         """Reveal a fresh seed to the holders in ``requests`` (worker -> its disputed files) and collect their
-        sketches until complete or the deadline; returns per file worker -> reply (only what arrived, validated)."""
+        sketches until complete, a grace after the round is decidable, or the deadline (with ``wait=False``: not at
+        all); returns per file worker -> reply, which keeps filling with answers that arrive later, until
+        :meth:`close`."""
         self.step, self.seed = step, new_seed()
         self.answers = [{} for _ in range(self._f)]
         self._expected = {w: set(files) for w, files in requests.items() if files}
-        self._done = asyncio.Event()
-        started = time.monotonic()
+        self._asked, self._answer_times, self._decidable = len(self._expected), [], decidable
+        self._done, self._ready = asyncio.Event(), asyncio.Event()
+        self._started = started = time.monotonic()
+        self.missing = {}
         sends = []
         for worker, files in sorted(self._expected.items()):
             link = self._link_of(worker)
@@ -63,16 +83,39 @@ class SketchRound:
                 continue
             request = SketchRequest(step, self.seed, tuple(sorted(files)), self.params.rows, self.params.width)
             sends.append(self._send(link, request))
+        asked = {w: set(fs) for w, fs in self._expected.items()}
         await asyncio.gather(*sends)
         self._check_done()
-        budget = self.deadline(max((len(f) for f in self._expected.values()), default=0), compute_s)
-        try:
-            await asyncio.wait_for(self._done.wait(), max(0.0, budget - (time.monotonic() - started)))
-        except asyncio.TimeoutError:
-            log.warning("step %d: no sketch from workers %s within %.1fs: erasures in the sketch vote", step,
-                        sorted(self._expected), budget)
-        self._expected = {}
+        if wait:
+            budget = self.deadline(max((len(f) for f in asked.values()), default=0), compute_s)
+            await self._wait(step, budget - (time.monotonic() - started))
         return self.answers
+
+    def close(self) -> dict[int, set[int]]:
+        """Stop collecting this round's answers; returns (and keeps in :attr:`missing`) worker -> the files it did
+        not answer."""
+        self.missing = {w: set(files) for w, files in self._expected.items() if files}
+        self._expected = {}
+        self._done.set()
+        return self.missing
+
+    async def _wait(self, step: int, budget: float) -> None:
+        """Until every answer is in; or a grace after the round became decidable; or ``budget`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, budget)
+        done, ready = loop.create_task(self._done.wait()), loop.create_task(self._ready.wait())
+        try:
+            finished, _ = await asyncio.wait({done, ready}, timeout=max(0.0, deadline - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if ready in finished and done not in finished:
+                grace = min(self._grace(self._answer_times), max(0.0, deadline - loop.time()))
+                await asyncio.wait({done}, timeout=grace)
+        finally:
+            done.cancel()
+            ready.cancel()
+        if self._expected and not self._done.is_set():
+            log.info("step %d: no sketch yet from workers %s: erasures in the sketch vote of the undecided files",
+                     step, sorted(self._expected))
 
     async def _send(self, link: AgentLink, request: SketchRequest) -> None:
         try:
@@ -106,6 +149,7 @@ class SketchRound:
         expected.discard(answer.file)
         if not expected:
             del self._expected[link.worker]
+            self._answer_times.append(time.monotonic() - self._started)
         self._check_done()
 
     def drop_worker(self, worker: int) -> None:
@@ -115,3 +159,8 @@ class SketchRound:
     def _check_done(self) -> None:
         if not self._expected:
             self._done.set()
+            return
+        if self._ready.is_set():
+            return
+        if 2 * len(self._expected) < self._asked or (self._decidable is not None and self._decidable(self.answers)):
+            self._ready.set()

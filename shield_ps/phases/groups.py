@@ -1,0 +1,190 @@
+"""Split files of ``--vote auto``: files the sketch vote decides take the median of the winning group's payloads.
+
+A *split* file is one without r' equal digests among its holders. The sketch vote (:mod:`shield_ps.phases.auto_vote`)
+names its winning group: at least r' holders whose sketches agree within the tolerance. This phase fetches one
+payload per distinct digest of the group (each hedged among the group members that committed that digest), writes
+their coordinate-wise median into the file's row, and checks every payload against that median
+(:mod:`shield_ps.byzantine.groups`): an outlier's sketch is recomputed, which proves a lie when it differs from what
+its holder sent. So no single holder's payload decides a split file, and a Byzantine group member can move the row
+no further than the honest spread (docs/byzantine.md).
+
+Liveness: the phase waits until each file's fetched payloads cover r' of its group, then a hedge delay more for the
+rest (so a clean run takes every payload and is deterministic), and no longer: a holder that withholds its payload,
+even the only holder of its digest, costs the step one hedge delay and is reported ``slow``. Every fetch is bounded by
+the fetcher's own deadlines. Cost: up to r payloads per split file instead of one (only split files: with two
+determinism classes and r = 3 every disputed file keeps an exact sub-majority and none is split).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from shield_ps.byzantine.groups import median_into, outliers
+from shield_ps.byzantine.sketch import SketchParams, SketchReply, check_payloads
+from shield_ps.byzantine.vote import VoteResult
+from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.fetch import Fetcher
+
+log = logging.getLogger(__name__)
+
+#: Payload buffers kept across steps (more are allocated for a step that needs them, then let go).
+_KEEP_BUFFERS = 12
+
+
+@dataclass
+class GroupOutcome:
+    """What the split files of one round came to."""
+
+    won: set[int] = field(default_factory=set)  # files whose median is in their row
+    retry: set[int] = field(default_factory=set)  # files to vote again without the holders in ``gone``
+    gone: dict[int, set[int]] = field(default_factory=dict)  # file -> holders left out of its next vote
+    lying: set[int] = field(default_factory=set)  # proven: a payload contradicting its own sketch
+    slow: set[int] = field(default_factory=set)  # did not deliver its payload in time
+    outvoted: dict[int, set[int]] = field(default_factory=dict)  # file -> holders whose payload was an outlier
+    used: dict[int, list[tuple[tuple[int, ...], int]]] = field(default_factory=dict)  # file -> (holders, weight)
+    recomputed: int = 0  # sketches recomputed at the PS (outliers)
+
+
+@dataclass
+class _Payload:
+    file: int
+    digest: bytes
+    holders: tuple[int, ...]
+    buffer: np.ndarray
+    task: asyncio.Task[None] | None = None
+
+
+class SplitFiles:
+    """Fetches, checks and combines the winning groups' payloads of one step's split files."""
+
+    def __init__(self, fetcher: Fetcher, rows: np.ndarray, deadlines: Deadlines, r_prime: int,
+                 params: SketchParams) -> None:
+        self._fetcher, self._rows, self._deadlines = fetcher, rows, deadlines
+        self._r_prime, self._params = r_prime, params
+        self._pool: list[np.ndarray] = []
+
+    async def resolve(self, step: int, files: Sequence[int], vote: VoteResult[int],
+                      replies: Sequence[Mapping[int, bytes]], answers: Sequence[Mapping[int, SketchReply]],
+                      seed: bytes, tolerance: float) -> GroupOutcome:
+        """Fetch and combine the winning groups of ``files`` (those the sketch vote gave a winner)."""
+        outcome = GroupOutcome()
+        payloads = self._start(files, vote, replies)
+        try:
+            await self._wait(payloads)
+            fetched = self._settle(payloads, outcome)
+            await self._combine(step, fetched, answers, seed, tolerance, outcome)
+        finally:
+            for payload in payloads:
+                if payload.task is not None and not payload.task.done():
+                    payload.task.cancel()
+            await asyncio.gather(*(p.task for p in payloads if p.task is not None), return_exceptions=True)
+            self._release(payloads)
+        return outcome
+
+    # ---- fetching ---------------------------------------------------------------------------------------------
+    def _start(self, files: Sequence[int], vote: VoteResult[int],
+               replies: Sequence[Mapping[int, bytes]]) -> list[_Payload]:
+        payloads = []
+        for file in files:
+            group = vote.files[file].holders
+            by_digest: dict[bytes, list[int]] = {}
+            for worker in group:
+                by_digest.setdefault(replies[file][worker], []).append(worker)
+            for digest, holders in sorted(by_digest.items()):
+                payload = _Payload(file, digest, tuple(sorted(holders)), self._buffer())
+                payload.task = self._fetcher.start_payload(file, digest, lambda h=payload.holders: h, payload.buffer)
+                payloads.append(payload)
+        return payloads
+
+    async def _wait(self, payloads: list[_Payload]) -> None:
+        """Until every fetch ended, or a hedge delay after each file's fetched payloads cover r' holders."""
+        loop = asyncio.get_running_loop()
+        grace_ends: float | None = None
+        while True:
+            running = {p.task for p in payloads if p.task is not None and not p.task.done()}
+            if not running:
+                return
+            if grace_ends is None and self._quorum(payloads):
+                grace_ends = loop.time() + self._deadlines.hedge_delay(self._rows.shape[1] * 4)
+            timeout = None if grace_ends is None else max(0.0, grace_ends - loop.time())
+            done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return
+
+    def _quorum(self, payloads: list[_Payload]) -> bool:
+        weight: dict[int, int] = {}
+        for payload in payloads:
+            weight.setdefault(payload.file, 0)
+            if (payload.file, payload.digest) in self._fetcher.report.payloads:
+                weight[payload.file] += len(payload.holders)
+        return all(w >= self._r_prime for w in weight.values())
+
+    def _settle(self, payloads: list[_Payload], outcome: GroupOutcome) -> dict[int, list[_Payload]]:
+        """The payloads that arrived, per file; the holders of the others are slow and left out of a next vote."""
+        fetched: dict[int, list[_Payload]] = {}
+        for payload in payloads:
+            fetched.setdefault(payload.file, [])
+            if (payload.file, payload.digest) in self._fetcher.report.payloads:
+                fetched[payload.file].append(payload)
+                continue
+            if payload.digest in self._fetcher.report.invalid:  # a finite sketch of a non-finite payload: a lie
+                outcome.lying.update(payload.holders)
+            else:
+                outcome.slow.update(payload.holders)
+            outcome.gone.setdefault(payload.file, set()).update(payload.holders)
+        return fetched
+
+    # ---- combining --------------------------------------------------------------------------------------------
+    async def _combine(self, step: int, fetched: dict[int, list[_Payload]],
+                       answers: Sequence[Mapping[int, SketchReply]], seed: bytes, tolerance: float,
+                       outcome: GroupOutcome) -> None:
+        loop = asyncio.get_running_loop()
+        hiding = self._params.hiding()
+        for file, got in fetched.items():
+            while got:
+                if sum(len(p.holders) for p in got) < self._r_prime:
+                    break
+                row = self._rows[file]
+                suspects = await loop.run_in_executor(None, self._median_and_outliers, got, row, tolerance, hiding)
+                if not suspects:
+                    outcome.won.add(file)
+                    outcome.used[file] = [(p.holders, len(p.holders)) for p in got]
+                    break
+                await self._judge(step, file, [got[i] for i in suspects], answers, seed, outcome)
+                got = [p for i, p in enumerate(got) if i not in suspects]
+            if file not in outcome.won:
+                outcome.retry.add(file)
+
+    @staticmethod
+    def _median_and_outliers(got: list[_Payload], row: np.ndarray, tolerance: float, hiding: float) -> list[int]:
+        median_into([p.buffer for p in got], [len(p.holders) for p in got], row)
+        return outliers([p.buffer for p in got], row, tolerance, hiding) if len(got) > 1 else []
+
+    async def _judge(self, step: int, file: int, suspects: list[_Payload], answers: Sequence[Mapping[int, SketchReply]],
+                     seed: bytes, outcome: GroupOutcome) -> None:
+        """Recompute each outlier's sketch: a holder whose sketch differs lied; the others are outvoted."""
+        items = [(p.buffer, answers[file][w]) for p in suspects for w in p.holders if w in answers[file]]
+        owners = [w for p in suspects for w in p.holders if w in answers[file]]
+        verdicts = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: check_payloads(items, seed, self._params))
+        outcome.recomputed += len(items)
+        for worker, why in zip(owners, verdicts):
+            if why is not None:
+                log.warning("step %d: worker %d lied about file %d: %s", step, worker, file, why)
+                outcome.lying.add(worker)
+            else:
+                outcome.outvoted.setdefault(file, set()).add(worker)
+            outcome.gone.setdefault(file, set()).add(worker)
+
+    # ---- buffers ----------------------------------------------------------------------------------------------
+    def _buffer(self) -> np.ndarray:
+        return self._pool.pop() if self._pool else np.empty(self._rows.shape[1], dtype=np.float32)
+
+    def _release(self, payloads: list[_Payload]) -> None:
+        for payload in payloads:
+            if len(self._pool) < _KEEP_BUFFERS:
+                self._pool.append(payload.buffer)

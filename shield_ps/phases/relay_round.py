@@ -1,0 +1,114 @@
+"""The relay broadcast within one step: the tree, the complaints, and how long a relayed worker is waited for.
+
+The tree comes from :func:`~shield_ps.phases.relay.plan_tree`; the complaints and cooldowns over the run from
+:class:`~shield_ps.phases.relay.RelayBook`. Within a step:
+
+* a worker ``k`` hops from the PS waits ``k`` relay hops for the parameters before it asks the PS (``RELAY``); until
+  then the gather may not erase it for being late: :meth:`RelayRound.protected_until` keeps it in the step up to the
+  end of its relay wait, and, once it has complained, a straggler grace after the complaint (the PS sends it the
+  parameters directly). An honest child of a stalling relay therefore computes in the step it was cheated in;
+* a complaint counts toward the step it names: one for the current step is recorded at once, one for the step just
+  accounted (it crossed the step's end on the wire) is blamed on that step's book entry; anything older or malformed
+  is ignored. One complaint per worker and step counts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree
+from shield_ps.pool import AgentLink
+
+log = logging.getLogger(__name__)
+
+
+class RelayRound:
+    """The relay side of the current step (and of the step just accounted, for late complaints)."""
+
+    def __init__(self, deadlines: Deadlines, secret: bytes, *, enabled: bool, roots: int, fanout: int,
+                 nbytes: int) -> None:
+        self._deadlines, self._secret = deadlines, secret
+        self.enabled, self._roots, self._fanout, self._nbytes = enabled, roots, fanout, nbytes
+        self.book = RelayBook()
+        self.step = -1
+        self.sources: dict[int, Source | None] = {}
+        self.complaints: list[list[Any]] = []
+        self._done: set[int] = set()
+        self._started = 0.0
+        self._complained_at: dict[int, float] = {}
+        self._previous: tuple[int, list[list[Any]], set[int], dict[int, Source | None]] | None = None
+
+    def plan(self, step: int, links: list[AgentLink]) -> dict[int, Source | None]:
+        """The step's tree (``--relay on`` and more agent processes than roots), else everyone direct."""
+        if self.step >= 0:
+            self._previous = (self.step, self.complaints, self._done, self.sources)
+        self.step, self.complaints, self._done, self._complained_at = step, [], set(), {}
+        self._started = time.monotonic()
+        if not self.enabled:
+            self.sources = {}
+            return self.sources
+        nodes = [RelayNode(link.worker, link.relay) for link in links]
+        self.sources = plan_tree(nodes, step, self._secret, roots=self._roots, fanout=self._fanout,
+                                 no_relay=self.book.no_relay(step), direct=self.book.direct(step))
+        return self.sources
+
+    def on_complaint(self, link: AgentLink, header: dict[str, Any], send_direct: Callable[[AgentLink, int], Any],
+                     changed: Callable[[], None]) -> None:
+        """A RELAY from ``link``: its relay failed it in the step the header names."""
+        step, reason = header.get("step"), header.get("reason")
+        if not isinstance(reason, str) or reason not in REASONS or isinstance(step, bool) or not isinstance(step, int):
+            log.debug("ignoring RELAY from worker %d: %r", link.worker, header)
+            return
+        if step == self.step:
+            source = self.sources.get(link.worker)
+            if source is None or link.worker in self._done:
+                return
+            self._done.add(link.worker)
+            self._complained_at[link.worker] = time.monotonic()
+            log.warning("step %d: worker %d got no valid parameters from worker %d's relay (%s): sending them "
+                        "directly", step, link.worker, source.worker, reason)
+            self.complaints.append([link.worker, source.worker, reason])
+            send_direct(link, step)
+            changed()
+        elif self._previous is not None and step == self._previous[0]:
+            self._late(link, step, reason)
+
+    def _late(self, link: AgentLink, step: int, reason: str) -> None:
+        _, complaints, done, sources = self._previous  # type: ignore[misc]
+        source = sources.get(link.worker)
+        if source is None or link.worker in done:
+            return
+        done.add(link.worker)
+        complaints.append([link.worker, source.worker, reason])
+        if (link.worker, source.worker) in blame(complaints):
+            self.book.complain(step, link.worker, source.worker)
+        log.warning("step %d (late): worker %d's relay, worker %d, failed it (%s)", step, link.worker, source.worker,
+                    reason)
+
+    def blame(self) -> set[int]:
+        """The current step's failed relays (:func:`~shield_ps.phases.relay.blame`); they and their accusers go on
+        the relay cooldowns."""
+        pairs = blame(self.complaints)
+        for accuser, accused in pairs:
+            self.book.complain(self.step, accuser, accused)
+        return {accused for _, accused in pairs}
+
+    def protected_until(self, worker: int, grace: float) -> float | None:
+        """The monotonic time before which ``worker`` may not be erased as late: the end of its relay wait, or
+        ``grace`` after its complaint (None: not relayed)."""
+        if worker in self._complained_at:
+            return self._complained_at[worker] + grace
+        source = self.sources.get(worker)
+        if source is None:
+            return None
+        return self._started + source.depth * self._deadlines.relay_hop(self._nbytes) + self._deadlines.hedge_floor
+
+    def fields(self, direct: int) -> dict[str, Any]:
+        """The step event's ``relay_tree`` (empty without a tree)."""
+        if not self.sources:
+            return {}
+        relayed = sum(1 for source in self.sources.values() if source is not None)
+        depth = max((source.depth for source in self.sources.values() if source is not None), default=1)
+        return {"direct": direct, "relayed": relayed, "depth": depth, "complaints": list(self.complaints)}
