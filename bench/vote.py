@@ -8,7 +8,10 @@ For f files of d float32 (LeNet d = 431,080; ResNet-18 d = 11,173,962) and r = 3
   r sketches each file's holders sent, and the recomputation of the fetched payloads' sketches under the step's seed
   (one pass over all of them, as the runtime does, and one file at a time, as a streaming fetch would) and the norm
   check (``check_payload``); and the common two-class case, where r' holders of each disputed file still share a
-  digest (it wins exactly; the sketches only decide who is blamed), with no recomputation.
+  digest (it wins exactly; the sketches only decide who is blamed), with no recomputation;
+* median (split files today, issue 26): the sketch vote, then the digest and NaN/Inf checks of each of the r payloads
+  of every file's group, their coordinate-wise median and each payload's distance to it (the outlier check); no
+  recomputation unless a payload is an outlier.
 
 Receiving the bytes is the same in both paths and is not counted. Times are process CPU seconds (all threads), the
 best of ``--reps``; the machine is shared, so CPU seconds are the steadier figure. Ends with one JSON line holding
@@ -31,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from shield_ps.byzantine.sketch import (DEFAULT_PARAMS, SketchReply, check_payload,  # noqa: E402
                                         check_payloads, l2_norm, new_seed, sketch_many, vote_sketches)
+from shield_ps.byzantine.groups import median_into, outliers  # noqa: E402
 from shield_ps.byzantine.vote import vote_digests  # noqa: E402
 from wire.digest import digest_bytes  # noqa: E402
 
@@ -83,7 +87,20 @@ def run(name: str, d: int, f: int, reps: int) -> dict[str, float]:
         vote_sketches(holders, replies, 1e-3, 2)
         _payload_checks(rows, zeros)
 
+    replicas = [rows, rows * np.float32(1 + 1e-7), rows * np.float32(1 - 1e-7)]  # three classes' payloads
+
+    def median_path() -> None:
+        vote_sketches(holders, replies, 1e-3, 2)
+        out = np.empty(d, np.float32)
+        for i in range(f):
+            got = [replicas[j][i] for j in range(R)]
+            for payload in got:
+                _payload_checks(payload[None], zeros)
+            median_into(got, [1] * R, out)
+            assert outliers(got, out, 1e-3, DEFAULT_PARAMS.hiding()) == []
+
     exact_s = cpu_best(exact, reps)
+    median_s = cpu_best(median_path, reps)
     majority_s = cpu_best(two_classes, reps)
     batched_s = cpu_best(lambda: sketch_path(True), reps)
     streamed_s = cpu_best(lambda: sketch_path(False), max(1, reps - 1))
@@ -91,11 +108,13 @@ def run(name: str, d: int, f: int, reps: int) -> dict[str, float]:
            f"sketch_streamed_cpu_s_{name}": streamed_s,
            f"sketch_vs_exact_cpu_{name}": batched_s / exact_s,
            f"sketch_streamed_vs_exact_cpu_{name}": streamed_s / exact_s,
-           f"sketch_majority_vs_exact_cpu_{name}": majority_s / exact_s}
+           f"sketch_majority_vs_exact_cpu_{name}": majority_s / exact_s,
+           f"sketch_median_cpu_s_{name}": median_s, f"sketch_median_vs_exact_cpu_{name}": median_s / exact_s}
     print(f"{name:9s} d={d:>10,} f={f}: exact {exact_s * 1e3:8.1f} ms   sketch {batched_s * 1e3:8.1f} ms "
           f"({batched_s / exact_s:5.1f}x)   one file at a time {streamed_s * 1e3:8.1f} ms "
           f"({streamed_s / exact_s:5.1f}x)   with an exact sub-majority {majority_s * 1e3:8.1f} ms "
-          f"({majority_s / exact_s:5.1f}x)", flush=True)
+          f"({majority_s / exact_s:5.1f}x)   split files' group median {median_s * 1e3:8.1f} ms "
+          f"({median_s / exact_s:5.1f}x)", flush=True)
     return out
 
 

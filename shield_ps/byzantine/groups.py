@@ -26,49 +26,51 @@ from typing import Sequence
 
 import numpy as np
 
+from shield_ps.byzantine.aggregators.network import pruned_network, sort_rows
+from shield_ps.byzantine.aggregators.order import median_of, median_positions
+
 #: A payload is an outlier beyond this many hiding bounds (times tau, relative to the median's norm).
 OUTLIER_FACTOR = 2.0
-_BLOCK = 1 << 18
+_BLOCK = 1 << 15
 
 
 def median_into(payloads: Sequence[np.ndarray], weights: Sequence[int], out: np.ndarray) -> np.ndarray:
     """The coordinate-wise median of ``payloads``, payload i counted ``weights[i]`` times, into ``out`` (float32).
 
-    With an even total the two middle values are averaged (in float32, ``(a + b) * 0.5``). The result does not
+    As ``np.median`` computes it (an even count averages the two middle values in float32), per column block with a
+    pruned sorting network of vectorised min/max (:mod:`shield_ps.byzantine.aggregators.network`). The result does not
     depend on the order of the payloads."""
     if not payloads or len(payloads) != len(weights) or any(w < 1 for w in weights):
         raise ValueError("median_into needs at least one payload and a positive weight for each")
     rows = [p for p, w in zip(payloads, weights) for _ in range(w)]
-    n = len(rows)
+    n, d = len(rows), out.shape[0]
     if n == 1:
         np.copyto(out, rows[0])
         return out
-    d = out.shape[0]
-    stack = np.empty((n, min(_BLOCK, d)), dtype=np.float32)
-    low, high = (n - 1) // 2, n // 2
+    network = pruned_network(n, frozenset(median_positions(n)))
+    scratch = np.empty((n, min(_BLOCK, d)), dtype=np.float32)
     for start in range(0, d, _BLOCK):
         stop = min(start + _BLOCK, d)
-        block = stack[:, :stop - start]
+        block = scratch[:, :stop - start]
         for i, row in enumerate(rows):
-            block[i] = row[start:stop]
-        block.sort(axis=0)
-        if low == high:
-            out[start:stop] = block[low]
-        else:
-            np.add(block[low], block[high], out=out[start:stop])
-            out[start:stop] *= np.float32(0.5)
+            np.copyto(block[i], row[start:stop])
+        out[start:stop] = median_of(sort_rows(block, network))
     return out
 
 
 def relative_distances(payloads: Sequence[np.ndarray], center: np.ndarray) -> list[float]:
-    """``||p - center|| / ||center||`` for each payload (float64 sums over blocks; inf for a zero center)."""
+    """``||p - center|| / ||center||`` for each payload (blocks of float32 differences, sums in float64; inf for a
+    zero center and a payload that differs from it)."""
     scale = _norm(center)
+    diff = np.empty(min(_BLOCK, center.shape[0]), dtype=np.float32)
     out = []
     for payload in payloads:
         total = 0.0
         for start in range(0, center.shape[0], _BLOCK):
-            diff = payload[start:start + _BLOCK].astype(np.float64) - center[start:start + _BLOCK]
-            total += float(np.dot(diff, diff))
+            stop = min(start + _BLOCK, center.shape[0])
+            part = diff[:stop - start]
+            np.subtract(payload[start:stop], center[start:stop], out=part)
+            total += float(np.dot(part, part))
         out.append(float(np.sqrt(total)) / scale if scale > 0 else (0.0 if total == 0 else float("inf")))
     return out
 
@@ -88,6 +90,6 @@ def could_bias(weights: Sequence[int], byzantine: Sequence[bool]) -> bool:
 def _norm(x: np.ndarray) -> float:
     total = 0.0
     for start in range(0, x.shape[0], _BLOCK):
-        chunk = x[start:start + _BLOCK].astype(np.float64)
+        chunk = x[start:start + _BLOCK]
         total += float(np.dot(chunk, chunk))
     return float(np.sqrt(total))
