@@ -117,17 +117,24 @@ class AutoVote:
     def _settle(self, outcome: VoteOutcome, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
                 disputed: list[int], split: set[int]) -> set[int]:
         """At the end of the step: the sketch answers are closed; files decided by an exact winner take their final
-        blame from every answer that came (they never waited for one), and a holder of such a file that sent
-        another digest and no sketch is outvoted. Returns the holders of undecided files that never answered."""
+        blame from every answer that came (they never waited for one). Returns the workers that sent another digest
+        than a file's exact winner and no sketch by now, and those that never answered a sketch an undecided file
+        needed: both slow (a lost digest with a sketch that disagrees is outvoted)."""
         missing = self.sketches.close()
-        blamed = self._blamed(exact, replies, self.answers, [f for f in disputed if f not in split])
+        decided = [f for f in disputed if f not in split]
+        blamed = self._blamed(exact, replies, self.answers, decided)
         files = list(outcome.vote.files)
-        for file in disputed:
-            if file not in split and files[file].winner == exact.files[file].winner:
-                files[file] = blamed[file]
+        quiet: set[int] = set()
+        for file in decided:
+            if files[file].winner == exact.files[file].winner:
+                quiet_here = silent(exact.files[file], set(self.answers[file]))
+                fv = blamed[file]
+                files[file] = FileVote(file, fv.winner, fv.holders,
+                                       tuple(w for w in fv.disagreeing if w not in quiet_here), fv.absent)
+                quiet |= quiet_here
         outcome.vote = VoteResult(tuple(files), outcome.vote.r_prime)
         outvoted = {w for fv in files for w in fv.disagreeing}
-        return {w for w, fs in missing.items() if fs & split} - outvoted
+        return (quiet | {w for w, fs in missing.items() if fs & split}) - outvoted
 
     async def _sketch_round(self, step: int, replies: Sequence[Mapping[int, bytes]], disputed: list[int],
                             split: list[int], times: dict[str, float]) -> list[dict[int, SketchReply]]:
@@ -225,13 +232,17 @@ class AutoVote:
 def blame(exact: FileVote[bytes], sketched: FileVote[int], answered: set[int]) -> FileVote[bytes]:
     """An exact winner stands; who disagreed comes from the sketch vote when its group holds every exact winner
     (a replica of another class within the tolerance is not blamed), else from the digests. A holder whose digest
-    lost and who sent no sketch stays outvoted: silence absolves nobody."""
+    lost and who sent no sketch is left out of both (:func:`silent`): it is reported slow, never absolved."""
     if sketched.winner is not None and set(exact.holders) <= set(sketched.holders):
         agreeing = tuple(sorted(set(exact.holders) | set(sketched.holders)))
-        silent = {w for w in exact.disagreeing if w not in answered}
-        disagreeing = tuple(sorted(set(sketched.disagreeing) | silent))
+        disagreeing = tuple(sorted(set(sketched.disagreeing) & answered))
         return FileVote(exact.file, exact.winner, agreeing, disagreeing, exact.absent)
     return exact
+
+
+def silent(exact: FileVote[bytes], answered: set[int]) -> set[int]:
+    """Holders of a file decided by an exact winner whose digest lost and who sent no sketch (yet)."""
+    return {w for w in exact.disagreeing if w not in answered}
 
 
 def as_digest_vote(sketched: FileVote[int], replies: Mapping[int, bytes]) -> FileVote[bytes]:
