@@ -151,15 +151,19 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
 
 
 def run_cluster(train_dir: Path, *, slots: "list[str | Agent | None] | None" = None, zoo: str | None = None,
-                secret: bytes | None = None, interrupt_after: int | None = None, **changes: Any) -> RunResult:
+                secret: bytes | None = None, interrupt_after: int | None = None, require_checkpoint: bool = True,
+                **changes: Any) -> RunResult:
     """Run a whole training job in this process. ``slots[i]`` is worker i's agent (None: honest; a string: its
     ``--adversary`` values, e.g. ``"hider:0.04 fake-probe"``); the default is K honest workers, with ``zoo`` as worker
-    K-1 when given."""
+    K-1 when given. Without ``require_checkpoint``, a run that wrote none (it failed before its first step) has
+    ``params`` None."""
     config = zoo_config(train_dir, **changes)
     if slots is None:
         slots = [None] * (config.workers - 1) + [zoo]
     kept: list[Any] = []
     code = asyncio.run(_run(config, [as_agent(s) for s in slots], secret, interrupt_after, kept))
     checkpoint = load_latest(train_dir / "checkpoints")
-    assert checkpoint is not None, f"no checkpoint in {train_dir}"
-    return RunResult(read_events(train_dir / "metrics.jsonl"), checkpoint.params, code, kept[0] if kept else None)
+    assert checkpoint is not None or not require_checkpoint, f"no checkpoint in {train_dir}"
+    params = checkpoint.params if checkpoint is not None else None
+    return RunResult(read_events(train_dir / "metrics.jsonl"), params, code,  # type: ignore[arg-type]
+                     kept[0] if kept else None)
