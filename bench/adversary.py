@@ -58,7 +58,7 @@ from tests.byzantine_zoo import (RunResult, run_cluster, secret_favouring, secre
 OTHER = "other-class:3e-7"
 SCHEMES: dict[str, dict[str, Any]] = {
     "rama": {"scheme": "rama_two", "workers": 9, "replication": 3, "rama_m": 3},
-    "mols": {"scheme": "mols", "workers": 15, "replication": 3},
+    "mols": {"scheme": "mols", "workers": 15, "replication": 3, "rama_m": None},
 }
 #: the drop fleet: q and the aggregator whose n >= ... precondition q droppers can break (issue #26, row 6)
 DROP = {"rama": {"byzantine": 3, "aggregator": "multi-krum"}, "mols": {"byzantine": 4, "aggregator": "bulyan"}}
