@@ -183,10 +183,10 @@ def _secret(kind: str, config: Any, worker: int, steps: int) -> bytes:
     return secret_favouring(config, worker)
 
 
-def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log: Callable[[str], None]
-                 ) -> tuple[list[dict[str, Any]], float]:
+def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log: Callable[[str], None],
+                 gather_timeout: float = 60.0) -> tuple[list[dict[str, Any]], float]:
     """Every scenario of ``scheme`` against its fleet's clean run; the rows and the scheme's clean spread."""
-    base = {**SCHEMES[scheme], "max_steps": steps, "gather_timeout": 8.0}
+    base = {**SCHEMES[scheme], "max_steps": steps, "gather_timeout": gather_timeout}
     config = zoo_config(Path("unused"), **base)
     k = config.workers
     placement = build_placement(config.scheme, k, config.replication, config.rama_m)
@@ -197,7 +197,9 @@ def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log
     for fleet in fleets:
         changes = {**base, **fleet_changes(fleet, scheme)}
         clean[fleet] = _run(root / scheme, f"clean-{fleet}", fleet_slots(fleet, k), neutral, changes)
-        log(f"{scheme}: clean {fleet}: median step {clean[fleet].median_s}s, exit {clean[fleet].exit_code}")
+        honest = {c: sum(len(e[c]) for e in clean[fleet].steps) for c in CATEGORIES}
+        log(f"{scheme}: clean {fleet}: median step {_fmt(clean[fleet].median_s, '.2f')} s, exit "
+            f"{clean[fleet].exit_code}, tolerance {clean[fleet].tolerance}, workers reported {honest}")
     spread = _shift(clean["two-alt"].params, clean["two"].params) or 0.0
     rows = []
     for scenario in scenarios:
@@ -255,6 +257,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per run (default 4; 3 with --quick)")
     parser.add_argument("--schemes", default=None, help="comma-separated of rama,mols (default both; rama --quick)")
     parser.add_argument("--only", default=None, help="comma-separated scenario names (default all)")
+    parser.add_argument("--gather-timeout", type=float, default=60.0,
+                        help="the PS's gather deadline (default 60 s: generous, so that no honest agent of a loaded "
+                        "two-class fleet is erased and the clean spread is the classes', not the machine's)")
     parser.add_argument("--json-out", help="also write the rows to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
@@ -272,7 +277,8 @@ def main() -> None:
     rows, spreads = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for scheme in schemes:
-            got, spreads[scheme] = bench_scheme(scheme, steps, only, Path(tmp), lambda s: print(s, flush=True))
+            got, spreads[scheme] = bench_scheme(scheme, steps, only, Path(tmp), lambda s: print(s, flush=True),
+                                                args.gather_timeout)
             rows.extend(got)
     for scheme, spread in spreads.items():
         print(f"{scheme}: clean spread (two honest two-class fleets, ||p - p'|| / ||p||) = {spread:.3e}; "
