@@ -311,7 +311,12 @@ class AgentSession:
         """Run ``coro`` in the background until it ends or the session does (a behaviour's delayed answer)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._spawned.add(task)
-        task.add_done_callback(self._spawned.discard)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._spawned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("a background answer ended: %r", task.exception())
 
     @contextlib.asynccontextmanager
     async def payload(self, work: _StepWork, file: int) -> AsyncIterator[np.ndarray | None]:
