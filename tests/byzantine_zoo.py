@@ -135,7 +135,13 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
             assert daemon.pool is not None
             while len(daemon.pool.ready_links()) <= slot and not ps.done():
                 daemon.pool.changed.clear()
-                await asyncio.wait_for(daemon.pool.changed.wait(), 300)
+                changed = loop.create_task(daemon.pool.changed.wait())
+                try:  # the PS may also end (or fail) meanwhile: then its result is the answer, not a timeout
+                    done, _ = await asyncio.wait({changed, ps}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if not done:
+                    raise TimeoutError(f"agent {slot} was not ready within 300 s")
         try:
             return await asyncio.wait_for(asyncio.shield(ps), 600)
         except asyncio.CancelledError:
