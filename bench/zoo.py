@@ -1,8 +1,8 @@
 """Step time under each Byzantine timing behaviour, against a clean run measured in the same script.
 
 Runs the in-process cluster of the liveness tests (Ramanujan Case 2, K = 9, r = 3, LeNet on MNIST; the PS and all
-agents in this process over real TCP on 127.0.0.1) once clean and once per behaviour of tests/byzantine_zoo.py with
-the culprit as worker 8, and prints per behaviour the median and worst step time, their ratio to the clean run's
+agents in this process over real TCP on 127.0.0.1) once clean and once per timing behaviour of the adversary zoo
+(shield_agent.adversary, docs/adversary.md) with the culprit as worker 8, and prints per behaviour the median and worst step time, their ratio to the clean run's
 median, and where the culprit was reported. Ends with one JSON line.
 
     python bench/zoo.py [--steps 8] [--gather-timeout 8]
@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shield_ps.config import ServeConfig  # noqa: E402
-from tests.byzantine_zoo import ZOO, run_cluster, secret_favouring, zoo_config  # noqa: E402
+from shield_agent.adversary import parse_adversary  # noqa: E402
+from tests.byzantine_zoo import run_cluster, secret_favouring, zoo_config  # noqa: E402
 
 BEHAVIOURS = ["trickle", "slow-payload", "silent-fetch", "delayed-fetch", "slow-step-reader", "silent-digests",
               "reconnect-every-step", "flood", "wrong-length", "replay"]
@@ -42,7 +43,7 @@ def main() -> None:
         clean = run_cluster(Path(tmp) / "clean", slots=[None] * 9, secret=secret, **changes)
         base = statistics.median(e["times"]["total"] for e in clean.of("step"))
         for name in BEHAVIOURS:
-            assert name in ZOO
+            parse_adversary(name)
             result = run_cluster(Path(tmp) / name, zoo=name, secret=secret, **changes)
             totals = [e["times"]["total"] for e in result.of("step")]
             found = {c: sum(CULPRIT in e[c] for e in result.of("step")) for c in ("lying", "outvoted", "slow",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from wire.auth import read_token
 from shield_agent.device import parse_device
-from wire.cli import host_port, positive_float, positive_int
+from wire.cli import host_port, positive_int
 from wire.errors import TokenError
 
 DEFAULT_DATA_DIR = "~/.cache/shield/data"
@@ -64,12 +64,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "else all interfaces); other agents reach it at the address the PS sees plus --relay-port")
     parser.add_argument("--relay-port", type=_port, default=0, metavar="PORT",
                         help="the relay server's port (default 0: any free port)")
-    # testing the defence end to end: real Byzantine agents that lie on the wire
-    parser.add_argument("--lie-relay", choices=("corrupt", "stall"), help=argparse.SUPPRESS)
-    parser.add_argument("--lie", type=float, metavar="FACTOR", help=argparse.SUPPRESS)
-    parser.add_argument("--lie-payload", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--lie-deviation", type=positive_float, metavar="REL", help=argparse.SUPPRESS)
-    parser.add_argument("--lie-sketch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--adversary", type=_behaviour, action=_Behaviours, default=[], metavar="NAME[:ARGS]",
+                        help="red-teaming: run as a Byzantine agent with this behaviour (repeatable, they compose: "
+                        "--adversary hider:0.04 --adversary fake-probe); the zoo, each behaviour's ARGS and what the "
+                        "PS should do about it: docs/adversary.md")
+
+
+def _behaviour(text: str) -> object:
+    from shield_agent.adversary import AdversaryError, parse_adversary
+
+    try:
+        return parse_adversary(text)
+    except AdversaryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Behaviours(argparse.Action):
+    """``--adversary`` repeated: the behaviours in order, refused (one line, exit 2) when two cannot compose."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from shield_agent.adversary import AdversaryError, check_composable
+
+        specs = [*getattr(namespace, self.dest, []), values]
+        try:
+            check_composable(tuple(specs))  # type: ignore[arg-type]
+        except AdversaryError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        setattr(namespace, self.dest, specs)
 
 
 def _port(text: str) -> int:
@@ -103,13 +125,11 @@ def run(args: argparse.Namespace) -> int:
     host, port = args.address
     options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
-                           lie_factor=args.lie, lie_payload=args.lie_payload,
                            spot_watch=args.spot_watch or args.spot_notice_file is not None, imds=args.imds,
                            spot_notice_file=args.spot_notice_file, workers=args.workers,
-                           compute_threads=args.compute_threads, synthetic=args.synthetic,
-                           lie_deviation=args.lie_deviation, lie_sketch=args.lie_sketch, device=args.device,
+                           compute_threads=args.compute_threads, synthetic=args.synthetic, device=args.device,
                            relay=not args.no_relay, relay_bind=args.relay_bind, relay_port=args.relay_port,
-                           relay_lie=args.lie_relay)
+                           adversary=tuple(args.adversary))
     for name in ("shield_agent.client", "shield_agent.slots"):  # which worker we became and how the run ended,
         told = logging.getLogger(name)  # even without -v
         if told.getEffectiveLevel() > logging.INFO:

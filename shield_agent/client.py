@@ -10,25 +10,30 @@ a VECTOR.
 
 A new STEP while the previous step is still being computed (the PS gave up on us) cancels the old computation after
 its current file. The PS ends the run with LEAVE.
+
+A Byzantine agent (``--adversary``, :mod:`shield_agent.adversary`) is this session with an :class:`Adversary`
+consulted at a few named hooks: the JOB reply's probe, each STEP, a relayed step, what a file's gradient commits to,
+what is sketched, and each FETCH. An honest session's adversary has no behaviour, and each hook is then skipped.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import numpy as np
 
+from shield_agent.adversary import Adversary
 from shield_agent.errors import ComputeError, ShieldAgentError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentJob, AgentOptions, as_int
 from shield_agent.relay import RelayHub, RelaySource
 from shield_agent.sketching import answers as sketch_answers
-from shield_agent.sketching import deviate, grind
 from wire import ConnectionClosed, Kind, Message, digest_bytes
 from wire.digest import DIGEST_SIZE
 from wire.sketch import SketchHeaderError, parse_sketch_request
@@ -68,7 +73,9 @@ class AgentSession:
         self._params: list[np.ndarray] = []
         self._grads: dict[int, np.ndarray] = {}
         self._work: _StepWork | None = None
-        self._honest: dict[int, np.ndarray] = {}  # lie_sketch only: what we sketch instead of what we committed
+        self.adversary = Adversary(options.adversary)
+        self._sketched: dict[int, np.ndarray] = {}  # a sketch-liar's: what it sketches instead of what it committed
+        self._spawned: set[asyncio.Task[None]] = set()
         self.finished = False
         self.end_reason: str | None = None  # what the PS's LEAVE said
 
@@ -80,6 +87,9 @@ class AgentSession:
                     break
         finally:
             await self._cancel_relay()
+            for task in list(self._spawned):
+                task.cancel()
+            await asyncio.gather(*self._spawned, return_exceptions=True)
             if self._work is not None:
                 self._work.cancelled = True
                 if self._work.task is not None:
@@ -114,7 +124,8 @@ class AgentSession:
         try:
             probe = parse_probe(msg.header, job.num_files)
             self.computer = await loop.run_in_executor(self._executor, self._make_computer, job, threads)
-            fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads)
+            fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads,
+                                                     self.adversary)
         except ShieldAgentError as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
@@ -122,7 +133,7 @@ class AgentSession:
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
         from shield_agent.synthetic import lazy_files
 
-        self._lazy = lazy_files(self.computer, self.options)
+        self._lazy = lazy_files(self.computer, self.adversary, job.worker)
         self._grads = {} if self._lazy is not None else {f: np.empty(d, np.float32) for f in job.files}
         self.job = job
         self.relay.store.joined(job.worker)
@@ -144,6 +155,13 @@ class AgentSession:
                                            job.batch_size, job.num_files, threads, device=self.options.device))
 
     async def _on_step(self, msg: Message) -> None:
+        taker = self.adversary.takes("on_step")
+        if taker is not None:
+            await taker.on_step(self, msg)
+            return
+        await self.honest_step(msg)
+
+    async def honest_step(self, msg: Message) -> None:
         """STEP t: the parameters follow in the message, or (relay broadcast) the header says where to take them."""
         if self.job is None or (msg.vector is None and "relay" not in msg.header):
             msg.discard()
@@ -185,6 +203,13 @@ class AgentSession:
         return got
 
     async def _step_from_relay(self, step: int, source: RelaySource, digest: bytes, params: np.ndarray) -> None:
+        taker = self.adversary.takes("relayed_step")
+        if taker is not None:
+            await taker.relayed_step(self, step, source, digest, params)
+            return
+        await self.honest_relayed_step(step, source, digest, params)
+
+    async def honest_relayed_step(self, step: int, source: RelaySource, digest: bytes, params: np.ndarray) -> None:
         """Take the parameters from ``source``; when that fails, tell the PS why (it sends them directly)."""
         reason = await self.relay.receive(source, step, digest, params)
         if reason is None:
@@ -235,23 +260,27 @@ class AgentSession:
                 return
 
     async def _file_digest(self, work: _StepWork, params: np.ndarray, file: int) -> tuple[Any, bytes]:
-        """Compute ``file`` into its gradient buffer (with the testing-only lies) and digest it."""
+        """Compute ``file`` into its gradient buffer (then what a Byzantine agent commits to instead) and digest it."""
         loop = asyncio.get_running_loop()
         out = self._grads[file]
         result = await loop.run_in_executor(self._executor, self.computer.file_gradient, params, work.step,
                                             file, out)
-        if self.options.lie_factor is not None:
-            out *= np.float32(self.options.lie_factor)
-        if self.options.lie_deviation is not None:
-            if self.options.lie_sketch:
-                self._honest[file] = out.copy()
-            await loop.run_in_executor(self._executor, deviate, out, self.options.lie_deviation, work.step, file)
-            if self.options.lie_sketch:
-                await loop.run_in_executor(self._executor, grind, out)
+        if self.adversary.commits:
+            assert self.job is not None
+            await loop.run_in_executor(self._executor, functools.partial(
+                self.adversary.commit, out, work.step, file, self.job.worker, keep=self._sketched))
         digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
         return result, digest
 
     async def _on_fetch(self, msg: Message) -> None:
+        taker = self.adversary.takes("on_fetch")
+        if taker is not None:
+            await taker.on_fetch(self, msg)
+            return
+        await self.answer_fetch(msg)
+
+    async def answer_fetch(self, msg: Message) -> None:
+        """The honest answer to a FETCH: the payload of a file computed for the current step, or not_ready."""
         work, job = self._work, self.job
         try:
             step, file = as_int(msg.header.get("step")), as_int(msg.header.get("file"))
@@ -262,7 +291,7 @@ class AgentSession:
             await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
                                                     "reason": f"file {file} of step {step} is not computed here"})
             return
-        async with self._payload(work, file) as payload:
+        async with self.payload(work, file) as payload:
             if payload is None:  # a synthetic regeneration whose parameters were replaced meanwhile
                 await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
                                                         "reason": f"file {file} of step {step} is gone here"})
@@ -273,14 +302,30 @@ class AgentSession:
             except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends, reconnects
                 log.info("step %d: reply for file %d not sent: %s", step, file, exc)
 
+    @property
+    def work(self) -> _StepWork | None:
+        """The current step's computation (its step and the files done so far), or None before the first."""
+        return self._work
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background until it ends or the session does (a behaviour's delayed answer)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._spawned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("a background answer ended: %r", task.exception())
+
     @contextlib.asynccontextmanager
-    async def _payload(self, work: _StepWork, file: int) -> AsyncIterator[np.ndarray | None]:
+    async def payload(self, work: _StepWork, file: int) -> AsyncIterator[np.ndarray | None]:
         """The payload of computed ``file`` of ``work``'s step, valid until the block ends: the stored gradient, or
         a synthetic job's regenerated one (None when the step's parameters were replaced meanwhile: see
         :meth:`_still_holds`)."""
         if self._lazy is None:
             payload = self._grads[file]
-            yield payload * np.float32(-1.0) if self.options.lie_payload else payload
+            yield self.adversary.forge(payload) if self.adversary.forges else payload
             return
         async with self._lazy.payload(self._params[work.step % 2], work.step, file,
                                       lambda: self._still_holds(work)) as payload:
@@ -307,13 +352,15 @@ class AgentSession:
         if work is None or work.step != request.step:
             log.info("SKETCH for step %d, which is not ours now: ignored", request.step)
             return
+        if not self.adversary.answers_sketch:
+            return
         loop = asyncio.get_running_loop()
         if self._lazy is not None:  # synthetic: regenerated one file at a time
             done = [f for f in request.files if f in work.done]
             found = await self._lazy.sketches(self._params[work.step % 2], request, done,
                                               lambda: self._still_holds(work))
         else:
-            source = self._honest if self.options.lie_sketch else self._grads
+            source = self._sketched if self.adversary.sketch_stage is not None else self._grads
             ready = {f: source[f] for f in request.files if f in work.done and f in source}
             found = await loop.run_in_executor(self._executor, sketch_answers, request, ready)
         for answer in found:

@@ -64,8 +64,9 @@ def parse_probe(header: dict[str, Any], num_files: int) -> dict[str, Any] | None
             "width": request.width}
 
 
-def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int) -> dict[str, Any]:
-    """The JOB reply's fingerprint fields (runs the probe gradient when the PS named one; call off the event loop)."""
+def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int, adversary: Any = None) -> dict[str, Any]:
+    """The JOB reply's fingerprint fields (runs the probe gradient when the PS named one; call off the event loop).
+    A Byzantine agent's ``adversary`` (shield_agent.adversary) may change the probe gradient and the fields."""
     from wire import digest_bytes
 
     own = getattr(computer, "environment", None)  # a synthetic computer describes itself, without torch
@@ -75,9 +76,13 @@ def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int) -> d
     from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch
 
     gradient = computer.file_gradient(computer.initial_parameters(), probe["step"], probe["file"]).gradient
+    if adversary is not None:
+        adversary.probe_gradient(gradient, probe["step"], probe["file"])
     fields["probe_digest"] = digest_bytes(memoryview(gradient).cast("B"))
     if np.isfinite(gradient).all():
         params = SketchParams(rows=probe["rows"], width=probe["width"])
         fields["probe_sketch"] = sketch(gradient, probe["seed"], params).astype("<f8").tobytes()
         fields["probe_norm"] = l2_norm(gradient)
+    if adversary is not None:
+        adversary.probe(fields, gradient, probe)
     return fields

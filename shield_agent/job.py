@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shield_agent.errors import ComputeError
 from wire.autocodec import parse_codec_choice
+
+if TYPE_CHECKING:
+    from shield_agent.adversary import BehaviourSpec
 
 _MAX_FILES_PER_WORKER = 1 << 16
 
@@ -22,10 +25,6 @@ class AgentOptions:
     name: str = ""
     reconnect: bool = True
     max_backoff: float = 30.0
-    lie_factor: float | None = None  # testing only: a Byzantine agent that computes factor * gradient
-    lie_payload: bool = False  # testing only: a Byzantine agent whose payloads do not match its digests
-    lie_deviation: float | None = None  # testing only: adds this relative deviation to every gradient
-    lie_sketch: bool = False  # testing only: sketches its honest gradient, not the one it committed to
     device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
@@ -37,7 +36,7 @@ class AgentOptions:
     relay: bool = True  # serve the step's parameters to other agents (shield_agent.relay)
     relay_bind: str | None = None  # the relay server's address (default: loopback for a loopback PS, else all)
     relay_port: int = 0
-    relay_lie: str | None = None  # testing only: a Byzantine relay ("corrupt" or "stall")
+    adversary: "tuple[BehaviourSpec, ...]" = ()  # --adversary: Byzantine behaviours (shield_agent.adversary)
 
     def slot_name(self, slot: int) -> str:
         """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""

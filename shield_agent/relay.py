@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from shield_agent.adversary import HONEST, Adversary
 from shield_agent.errors import ComputeError
-from wire import (AuthError, Codec, ConnectionClosed, Kind, Limits, Message, RemoteError, Timeouts, WireError,
+from wire import (AuthError, ConnectionClosed, Kind, Limits, Message, RemoteError, Timeouts, WireError,
                   WireTimeoutError, connect, serve)
 from wire.auth import Role
 from wire.digest import DIGEST_SIZE
@@ -201,14 +202,16 @@ class RelayStore:
 class RelayHub:
     """The process's relay server, its client connections, and its store (see the module docstring).
 
-    ``lie`` (testing only) makes the server Byzantine: ``corrupt`` serves a vector with one value changed, ``stall``
-    never answers."""
+    ``adversary`` (``--adversary``, :mod:`shield_agent.adversary`) may make the server Byzantine: a behaviour that
+    takes relay requests or relay sends over (``relay-staller``, ``relay-corrupter``)."""
 
-    def __init__(self, token: str, *, bind: str = "127.0.0.1", port: int = 0, lie: str | None = None,
+    def __init__(self, token: str, *, bind: str = "127.0.0.1", port: int = 0, adversary: Adversary = HONEST,
                  timeouts: Timeouts | None = None) -> None:
         self.store = RelayStore()
         self.id = secrets.token_bytes(16)  # told to the PS only: slots reporting it are this process's (docs/wire.md)
-        self._token, self._bind, self._port, self._lie = token, bind, port, lie
+        self._token, self._bind, self._port = token, bind, port
+        self._request_taker = adversary.takes("relay_request")
+        self._send_taker = adversary.takes("relay_send")
         self._timeouts = timeouts or Timeouts()
         self._server: Any = None
         self._clients: dict[tuple[str, int], Any] = {}
@@ -254,8 +257,8 @@ class RelayHub:
                 or not 0 < wait <= MAX_WAIT_S):
             await conn.reply(msg, Kind.ERROR, {"code": "bad_relay", "reason": "step, digest and wait expected"})
             return
-        if self._lie == "stall":
-            await asyncio.sleep(wait)
+        if self._request_taker is not None and await self._request_taker.relay_request(self.store, conn, msg, step,
+                                                                                      digest, float(wait)):
             return
         entry = await self.store.get(step, digest, 0.9 * wait, while_connected=True)  # answer before the asker gives up
         if entry is None:
@@ -275,13 +278,10 @@ class RelayHub:
                 await conn.close(f"step {step}'s parameters were withdrawn (a newer step needs the buffer)")
 
     async def _send(self, conn: Any, msg: Message, entry: RelayEntry) -> None:
-        header = {"step": entry.step}
-        if self._lie == "corrupt":
-            await self.store.filled(entry, entry.buffer.nbytes)
-            payload = entry.buffer.copy()
-            payload[len(payload) // 2] += np.float32(1.0)
-            await conn.send_vector(Kind.VECTOR, header, payload, codec=Codec.NONE, reply_to=msg)
+        if self._send_taker is not None:
+            await self._send_taker.relay_send(self.store, conn, msg, entry)
             return
+        header = {"step": entry.step}
         await conn.send_vector_as_filled(Kind.VECTOR, header, entry.buffer,
                                          lambda nbytes: self.store.filled(entry, nbytes), reply_to=msg)
 

@@ -14,6 +14,7 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
+from shield_agent.adversary import Adversary
 from shield_agent.client import AgentSession
 from shield_agent.errors import JoinRefused, ShieldAgentError
 from shield_agent.host import ComputeHost
@@ -72,7 +73,7 @@ async def _start_relay(options: AgentOptions) -> RelayHub:
     """The process's relay hub; its server listens unless ``options.relay`` is off (docs/performance.md)."""
     loopback = options.host in ("127.0.0.1", "localhost", "::1")
     hub = RelayHub(options.token, bind=options.relay_bind or ("127.0.0.1" if loopback else "0.0.0.0"),
-                   port=options.relay_port, lie=options.relay_lie)
+                   port=options.relay_port, adversary=Adversary(options.adversary))
     if options.relay:
         try:
             await hub.start()

@@ -16,10 +16,10 @@ and backward pass of a real model. Nothing here is meant for training anything r
 
 A synthetic worker slot stores no gradients (:class:`LazyFiles`): it computes a file into its compute thread's one
 scratch vector to digest it, and computes it again into the slot's one payload vector when the PS fetches or sketches
-it. That is exact because the vector is a pure function of (the step's parameters, step, file, seed, D) and the
-testing-only lies (which are pure functions of the vector, step and file), and the slot keeps step t's parameters
-until STEP t+2. A slot thus holds 3 vectors of D (two parameter vectors and the payload) plus one per compute thread
-of its process, whatever its number of files l, instead of 2 + l.
+it. That is exact because the vector is a pure function of (the step's parameters, step, file, seed, D) and a
+Byzantine agent's commits (pure functions of the vector, step, file and worker: shield_agent.adversary), and the slot
+keeps step t's parameters until STEP t+2. A slot thus holds 3 vectors of D (two parameter vectors and the payload)
+plus one per compute thread of its process, whatever its number of files l, instead of 2 + l.
 """
 from __future__ import annotations
 
@@ -29,13 +29,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import numpy as np
 
+from shield_agent.adversary import HONEST, Adversary
 from shield_agent.errors import ComputeError
 from shield_agent.sketching import answers as sketch_answers
-from shield_agent.sketching import deviate, grind
 from wire import digest_bytes
 from wire.sketch import SketchAnswer, SketchRequest
 
@@ -136,22 +136,6 @@ class SyntheticComputer:
 
 
 @dataclass(frozen=True)
-class SyntheticLies:
-    """The testing-only lies of :class:`~shield_agent.client.AgentOptions`, applied to a synthetic vector exactly as
-    the session applies them to a stored gradient (same operations, same order, so the same bits)."""
-
-    factor: float | None = None
-    deviation: float | None = None
-    sketch: bool = False
-    payload: bool = False
-
-    @property
-    def keeps_honest(self) -> bool:
-        """Whether the session sketches an honest vector (only a deviating liar that lies in its sketch has one)."""
-        return self.deviation is not None and self.sketch
-
-
-@dataclass(frozen=True)
 class SyntheticDigest:
     """What :meth:`LazyFiles.digest` returns: the file's digest, with what the agent reports of a computation."""
 
@@ -176,25 +160,23 @@ class LazyFiles:
 
     :meth:`digest` runs on the compute pool and uses that thread's scratch vector; :meth:`payload` and
     :meth:`sketches` regenerate into the slot's one payload vector, one at a time (a lock), off the compute pool
-    (whose threads sleep out the synthetic delay). Both recompute ``committed``: the gradient, then the lies."""
+    (whose threads sleep out the synthetic delay). Both recompute ``committed``: the gradient, then the adversary's
+    commits (worker ``worker``'s)."""
 
-    def __init__(self, computer: SyntheticComputer, lies: SyntheticLies) -> None:
+    def __init__(self, computer: SyntheticComputer, adversary: Adversary = HONEST, worker: int = 0) -> None:
         self.computer = computer
-        self.lies = lies
+        self.adversary = adversary
+        self.worker = worker
         self._payload: np.ndarray | None = None
         self._lock = asyncio.Lock()
 
     def committed(self, params: np.ndarray, step: int, file: int, out: np.ndarray, *,
                   honest: bool = False) -> np.ndarray:
         """The vector the slot digests for ``file`` at ``step`` (with ``honest``: the one a sketch-liar sketches)
-        written into ``out``: the synthetic gradient, times ``lies.factor``, plus the deviation, ground."""
+        written into ``out``: the synthetic gradient, then the adversary's commits (up to the sketch-liar's)."""
         self.computer.file_gradient(params, step, file, out, wait=False)
-        if self.lies.factor is not None:
-            out *= np.float32(self.lies.factor)
-        if self.lies.deviation is not None and not honest:
-            deviate(out, self.lies.deviation, step, file)
-            if self.lies.sketch:
-                grind(out)
+        if self.adversary.commits:
+            self.adversary.commit(out, step, file, self.worker, upto=self.adversary.sketch_stage if honest else None)
         return out
 
     def digest(self, params: np.ndarray, step: int, file: int) -> SyntheticDigest:
@@ -215,8 +197,8 @@ class LazyFiles:
 
     def _fill_payload(self, params: np.ndarray, step: int, file: int) -> np.ndarray:
         out = self.committed(params, step, file, self._buffer())
-        if self.lies.payload:  # the same operation as the stored path's ``payload * -1`` (NaN signs included)
-            np.multiply(out, np.float32(-1.0), out=out)
+        if self.adversary.forges:  # the same operation as the stored path's forge (NaN signs included)
+            self.adversary.forge(out, out)
         return out
 
     @contextlib.asynccontextmanager
@@ -238,9 +220,7 @@ class LazyFiles:
                        current: Callable[[], bool]) -> list[SketchAnswer]:
         """The SKETCH answers for ``files`` (computed at ``request.step`` from ``params``), one file at a time in
         the payload vector, in ``request.files``' order; [] when ``current()`` turns false meanwhile. A sketch-liar
-        (``lies.sketch``) sketches its honest vector, and answers nothing when it has none (no deviation)."""
-        if self.lies.sketch and not self.lies.keeps_honest:
-            return []
+        sketches the vector it had before its own commit."""
         loop = asyncio.get_running_loop()
         out: list[SketchAnswer] = []
         async with self._lock:
@@ -252,17 +232,17 @@ class LazyFiles:
         return out
 
     def _sketch_one(self, params: np.ndarray, request: SketchRequest, file: int) -> list[SketchAnswer]:
-        vector = self.committed(params, request.step, file, self._buffer(), honest=self.lies.sketch)
+        vector = self.committed(params, request.step, file, self._buffer(),
+                                honest=self.adversary.sketch_stage is not None)
         return sketch_answers(request, {file: vector})
 
 
-def lazy_files(computer: object, options: Any) -> LazyFiles | None:
-    """The slot's :class:`LazyFiles`, with the lies of ``options`` (an AgentOptions), when ``computer`` is synthetic;
+def lazy_files(computer: object, adversary: Adversary, worker: int) -> LazyFiles | None:
+    """Worker ``worker``'s :class:`LazyFiles` (with its session's ``adversary``) when ``computer`` is synthetic;
     None for a real (torch) computer."""
     if not isinstance(computer, SyntheticComputer):
         return None
-    lies = SyntheticLies(options.lie_factor, options.lie_deviation, options.lie_sketch, options.lie_payload)
-    return LazyFiles(computer, lies)
+    return LazyFiles(computer, adversary, worker)
 
 
 def make_computer(job_d: int | None, delay: float | None, seed: int) -> SyntheticComputer | None:

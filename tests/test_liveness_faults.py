@@ -23,8 +23,8 @@ pytestmark = [
 
 HONEST = [None] * 9
 #: workers 5 and 8 share exactly one file (file 2) of Ramanujan Case 2 with K = 9, r = 3, m = 3
-TWO_LIARS = [None] * 5 + ["liar-2x", None, None, "liar-3x"]
-TWO_NAN = [None] * 5 + ["nan", None, None, "nan"]
+TWO_LIARS = [None] * 5 + ["scale:2", None, None, "scale:3"]
+TWO_NAN = [None] * 5 + ["scale:nan", None, None, "scale:nan"]
 
 
 @pytest.fixture

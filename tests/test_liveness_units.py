@@ -84,37 +84,73 @@ async def _idle_sockets(port: int, count: int, source: str) -> list[socket.socke
     return socks
 
 
+class _JumpingClockLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+    """An event loop whose clock the test moves forward at once (``jump``), so that a deadline passes exactly when
+    the test says, whatever the machine's load: before the jump no deadline of ``HANDSHAKE_S`` can pass (the test
+    takes far less real time than that), after it every one has."""
+
+    offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+    def jump(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+HANDSHAKE_S = 120.0
+
+
 def test_preauth_connections_are_capped_small_and_given_back() -> None:
+    """Ten silent sockets from 127.0.0.2: four are held before authentication (the per-host cap), six refused at
+    once; an agent from another host still gets in; then the handshake deadline passes (the clock jumps past it)
+    and the four silent ones are cut, counted and given back. Every wait is on an event (a refusal, the agent's
+    arrival, the handshake tasks ending), never on a poll against a short real deadline (which lost the race under
+    a loaded machine: the 1 s handshake deadline used to pass before the caps were checked)."""
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, _JumpingClockLoop)
+        authenticated = asyncio.Event()
+
         async def owner(conn: wire.Connection) -> None:
+            authenticated.set()
             await conn.recv()
 
         limits = wire.Limits(max_preauth=6, max_preauth_per_host=4)
         server = await wire.serve("127.0.0.1", 0, owner, token=TOKEN, limits=limits,
-                                  timeouts=wire.Timeouts(handshake=1.0))
+                                  timeouts=wire.Timeouts(handshake=HANDSHAKE_S))
+        refusals: asyncio.Queue[str] = asyncio.Queue()
+        count_refusal = server._refuse
+
+        def refuse(reason: str, host: str) -> None:
+            count_refusal(reason, host)
+            refusals.put_nowait(reason)
+
+        server._refuse = refuse  # type: ignore[method-assign]
+        socks: list[socket.socket] = []
         try:
             socks = await _idle_sockets(server.port, 10, "127.0.0.2")
-            for _ in range(100):
-                if server.refused["preauth"] >= 6:
-                    break
-                await asyncio.sleep(0.02)
+            assert [await asyncio.wait_for(refusals.get(), 60) for _ in range(6)] == ["preauth"] * 6
             assert server.preauth_count == 4 and server.refused["preauth"] == 6  # the per-host cap
             assert all(len(c.reader._buf) <= 16 * 1024 for c in server.connections)
+            silent = set(server._tasks)  # the four handshakes held open
+            assert len(silent) == 4
             agent = await wire.connect("127.0.0.1", server.port, token=TOKEN)  # another host still gets in
-            assert agent.peer is not None
-            for _ in range(200):  # the silent ones are cut at the handshake deadline and counted
-                if server.preauth_count == 0 and server.refused["timeout"] == 4:
-                    break
-                await asyncio.sleep(0.02)
+            await asyncio.wait_for(authenticated.wait(), 60)
+            assert agent.peer is not None and server.refused_total == 6
+            loop.jump(HANDSHAKE_S + 1)  # the silent ones' handshake deadline passes now
+            assert [await asyncio.wait_for(refusals.get(), 60) for _ in range(4)] == ["timeout"] * 4
+            await asyncio.wait_for(asyncio.gather(*silent), 60)  # cut and given back
             assert server.preauth_count == 0 and server.refused["timeout"] == 4
             assert len(server.connections) == 1 and server.refused_total == 10
             await agent.close()
+        finally:
             for sock in socks:
                 sock.close()
-        finally:
             await server.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_JumpingClockLoop) as runner:
+        runner.run(main())
 
 
 # ---- fetch order, deadlines, events, tallies ---------------------------------------------------------------------

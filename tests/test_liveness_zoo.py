@@ -1,4 +1,5 @@
-"""Liveness under Byzantine timing: each behaviour of the zoo (tests/byzantine_zoo.py) against a small real cluster.
+"""Liveness under Byzantine timing: each timing behaviour of the adversary zoo (shield_agent.adversary, run by
+tests/byzantine_zoo.py) against a small real cluster.
 
 Ramanujan Case 2 with K = 9, r = 3 (each file has three holders, r' = 2), LeNet on MNIST, 4 steps, the PS and every
 agent in this process over real TCP on 127.0.0.1. For each behaviour: the run completes every step, no step takes

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shield_agent.adversary import Adversary, parse_adversaries
 from shield_agent.relay import RelayHub, RelaySource, RelayError
 from shield_ps.phases.relay import COOLDOWN_STEPS, RelayBook, RelayNode, blame, plan_tree
-from tests.byzantine_zoo import RunResult, run_cluster, secret_making_relay, zoo_config
+from tests.byzantine_zoo import RunResult, run_cluster, secret_making_relay, secret_relaying_to, zoo_config
 from tests.runtime_helpers import MNIST_DIR
 from wire import AuthError, Kind, connect, digest_bytes
 from wire.auth import Role
@@ -137,7 +138,9 @@ def test_malformed_relay_instructions_are_refused(relay: object) -> None:
 
 # ---- the agents' relay hub over real TCP ------------------------------------------------------------------------
 async def _hubs(lie: str | None = None) -> tuple[RelayHub, RelayHub]:
-    server, client = RelayHub(TOKEN, lie=lie), RelayHub(TOKEN)
+    """A relay server (Byzantine with ``--adversary lie``) and a client hub."""
+    server = RelayHub(TOKEN, adversary=Adversary(parse_adversaries([lie] if lie else [])))
+    client = RelayHub(TOKEN)
     await server.start()
     return server, client
 
@@ -164,7 +167,7 @@ def test_hub_relays_a_verified_vector() -> None:
     assert reason is None and np.array_equal(dest, np.arange(100_000, dtype=np.float32))
 
 
-@pytest.mark.parametrize("lie,expected", [("corrupt", "corrupt"), ("stall", "stalled")])
+@pytest.mark.parametrize("lie,expected", [("relay-corrupter", "corrupt"), ("relay-staller", "stalled")])
 def test_hub_reports_a_byzantine_relay(lie: str, expected: str) -> None:
     reason, _ = asyncio.run(_relay_once(lie, wait=1.0))
     assert reason == expected
@@ -319,7 +322,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 @needs_mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("zoo", [None, "relay-corrupt", "relay-stall"])
+@pytest.mark.parametrize("zoo", [None, "relay-corrupter", "relay-staller"])
 def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, zoo: str | None) -> None:
     result = run_cluster(tmp_path, zoo=zoo, secret=_secret(), relay="on", max_steps=STEPS)
     steps = result.of("step")
@@ -344,7 +347,7 @@ def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, 
     accusers = {accuser for accuser, _, _ in complaints}
     # relays forward chunks before their own digest check: the culprit's children cut theirs off and complain too
     assert {accused for _, accused, _ in complaints} - accusers == {CULPRIT}
-    reason = {"relay-corrupt": "corrupt", "relay-stall": "stalled"}[zoo]
+    reason = {"relay-corrupter": "corrupt", "relay-staller": "stalled"}[zoo]
     assert {why for _, _, why in first["relay_tree"]["complaints"]} == {reason}
     assert all(e["relay"] == [] for e in steps[1:])  # demoted: it forwards to nobody in the following steps
     assert result.of("summary")[-1]["relay_workers"] == {str(CULPRIT): 1}
@@ -355,7 +358,7 @@ def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, 
 
 @needs_mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("zoo", [None, "trickle", "relay-corrupt"])
+@pytest.mark.parametrize("zoo", [None, "trickle", "relay-corrupter"])
 def test_serial_direct_steps_match_streaming_relayed_steps(tmp_path: Path, zoo: str | None) -> None:
     """The step before this issue (every digest in, then vote, then fetch; the PS sends every agent the vector) and
     the step now (streaming vote, relay broadcast) end with the same parameters, bit for bit, also with a Byzantine
@@ -368,3 +371,21 @@ def test_serial_direct_steps_match_streaming_relayed_steps(tmp_path: Path, zoo: 
     assert np.array_equal(serial.params, streaming.params)
     assert all(not e["relay_tree"] for e in serial.of("step"))
     assert all(e["relay_tree"]["relayed"] >= 4 for e in streaming.of("step"))  # at most 3 are sent it directly
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_repeated_complaints_of_one_accuser_in_one_step_count_once(tmp_path: Path) -> None:
+    """Worker 8 (``--adversary relay-accuser:5``) sends five false RELAY complaints at once against the honest relay
+    the PS named for it at step 0. One complaint counts: the relay is benched for COOLDOWN_STEPS as for one strike
+    (five strikes would bench it 8 << 4 = 128 steps), and the accuser, put on direct sends, computes every step."""
+    secret, relay = secret_relaying_to(zoo_config(Path("unused")), CULPRIT)
+    result = run_cluster(tmp_path, zoo="relay-accuser:5", secret=secret, relay="on", max_steps=STEPS)
+    steps = result.of("step")
+    assert result.exit_code == 0 and [e["step"] for e in steps] == list(range(STEPS))
+    complaints = steps[0]["relay_tree"]["complaints"]
+    assert [c for c in complaints if c[0] == CULPRIT] == [[CULPRIT, relay, "stalled"]], complaints
+    book = result.daemon.runner.relay_book
+    assert book.strikes.get(relay) == 1, book
+    assert book.demoted_until[relay] <= 1 + COOLDOWN_STEPS, book
+    assert all(e["files_won"] == 9 and CULPRIT not in e["erased"] for e in steps)

@@ -195,9 +195,9 @@ def test_real_byzantine_agents_are_outvoted_and_caught(tmp_path: Path) -> None:
                            "--max-steps", "20", "--eval-freq", "10")
     honest = start_agent(port, tmp_path / "honest.log", TOKEN, "--name", "honest")
     wait_for_worker(tmp_path, 0, watch=[ps])
-    liar = start_agent(port, tmp_path / "liar.log", TOKEN, "--lie", "-100")
+    liar = start_agent(port, tmp_path / "liar.log", TOKEN, "--adversary", "scale:-100")
     wait_for_worker(tmp_path, 1, watch=[ps])
-    forger = start_agent(port, tmp_path / "forger.log", TOKEN, "--lie-payload")
+    forger = start_agent(port, tmp_path / "forger.log", TOKEN, "--adversary", "forger")
     try:
         assert ps.wait(timeout=300) == 0, ps.output()[-3000:]
     finally:

@@ -1,7 +1,8 @@
 """Synthetic worker slots store no gradients (shield_agent.synthetic.LazyFiles): they digest each file in one scratch
 vector and regenerate it on FETCH and SKETCH. A real agent (in this process) against a hand-driven PS on 127.0.0.1
 answers bit for bit what the stored path answers, holds ~3 vectors of d instead of 2 + l, and answers not_ready once
-a step's parameters may be gone; a whole run with every testing-only lie ends with the stored path's parameters."""
+a step's parameters may be gone; a whole run with Byzantine agents of every kind the adversary zoo has for the vote
+(shield_agent.adversary) ends with the stored path's parameters."""
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 
 import wire
+from shield_agent.adversary import parse_adversaries
 from shield_agent.client import AgentOptions, AgentSession
 from shield_agent.slots import run_agent
-from shield_agent.synthetic import LazyFiles, SyntheticComputer, SyntheticLies, initial_parameters, synthetic_gradient
-from tests.byzantine_zoo import ZOO, run_cluster, secret_favouring, zoo_config
+from shield_agent.synthetic import LazyFiles, SyntheticComputer, initial_parameters, synthetic_gradient
+from tests.byzantine_zoo import Agent, run_cluster, secret_favouring, zoo_config
 from wire import Kind
 from wire.sketch import SketchRequest
 
@@ -28,7 +30,7 @@ SEED = 7
 
 class EagerSession(AgentSession):
     """The stored path for a synthetic job (what every synthetic agent did before LazyFiles): one gradient buffer
-    per file, filled by the computer, lied about, digested, and sent as stored."""
+    per file, filled by the computer, changed by the adversary's commits, digested, and sent as stored."""
 
     async def _on_job(self, msg: wire.Message) -> None:
         await super()._on_job(msg)
@@ -72,7 +74,7 @@ async def _step(conn: wire.Connection, step: int, params: np.ndarray, good: bool
     return digests
 
 
-async def _scenario(session_type: type[AgentSession], lies: dict[str, Any]) -> dict[str, Any]:
+async def _scenario(session_type: type[AgentSession], adversary: tuple[str, ...]) -> dict[str, Any]:
     """Drive one agent through steps 0..3 (steps 1 and 2 with refused parameters) and record what it answers."""
     record: dict[str, Any] = {}
     p0, p2, p3 = (initial_parameters(D, SEED) * np.float32(k) for k in (1, 2, 3))
@@ -86,7 +88,7 @@ async def _scenario(session_type: type[AgentSession], lies: dict[str, Any]) -> d
         request = SketchRequest(0, bytes(range(32)), tuple(FILES), 8, 64)
         await conn.send(Kind.SKETCH, request.header())
         record["sketches0"] = []
-        expected = 0 if lies.get("lie_sketch") and lies.get("lie_deviation") is None else len(FILES)
+        expected = 0 if "silent-disputer" in adversary else len(FILES)
         while len(record["sketches0"]) < expected:
             msg = await conn.recv(timeout=30)
             if msg.kind is Kind.SKETCH:
@@ -105,7 +107,7 @@ async def _scenario(session_type: type[AgentSession], lies: dict[str, Any]) -> d
     tracemalloc.start()
     try:
         options = AgentOptions(host="127.0.0.1", port=server.port, token=TOKEN, data_dir="/nonexistent",
-                               reconnect=False, synthetic=0.0, **lies)
+                               reconnect=False, synthetic=0.0, adversary=parse_adversaries(adversary))
         record["status"] = await asyncio.wait_for(run_agent(options, session_type), 120)
     finally:
         tracemalloc.stop()
@@ -113,24 +115,25 @@ async def _scenario(session_type: type[AgentSession], lies: dict[str, Any]) -> d
     return record
 
 
-LIES = [{}, {"lie_factor": 2.0, "lie_payload": True}, {"lie_deviation": 0.05, "lie_sketch": True},
-        {"lie_deviation": 0.05}, {"lie_sketch": True}, {"lie_factor": float("nan")}]
+#: every hook of the zoo that touches the vector: commits (in order), the sketch source, silence, the forged payload
+LIES = [(), ("scale:2", "forger"), ("sketch-liar:0.05,centre,4",), ("deviator:0.05",), ("silent-disputer",),
+        ("scale:nan",), ("other-class:3e-7", "hider:0.04", "sketch-liar:0.05,non-centre,4"), ("dropper",)]
 
 
-@pytest.mark.parametrize("lies", LIES, ids=["honest", "factor-payload", "deviation-sketch", "deviation", "sketch",
-                                             "nan"])
-def test_regenerated_payloads_and_sketches_are_the_stored_ones(lies: dict[str, Any]) -> None:
+@pytest.mark.parametrize("lies", LIES, ids=["honest", "scale-forger", "sketch-liar", "deviator", "silent-disputer",
+                                             "nan", "class-hider-liar", "dropper"])
+def test_regenerated_payloads_and_sketches_are_the_stored_ones(lies: tuple[str, ...]) -> None:
     lazy = asyncio.run(_scenario(AgentSession, lies))
     eager = asyncio.run(_scenario(EagerSession, lies))
     assert lazy["status"] == eager["status"] == 0
     assert lazy["digests0"] == eager["digests0"] and lazy["digests3"] == eager["digests3"]
     assert set(lazy["digests0"]) == set(FILES)
-    if all(np.isfinite(v) for v in lies.values() if isinstance(v, float)):  # (all-NaN vectors are all alike)
+    if "scale:nan" not in lies:  # (all-NaN vectors are all alike)
         assert lazy["digests0"] != lazy["digests3"]
     for f in FILES:
         (a, a_digest), (b, b_digest) = lazy["payloads0"][f], eager["payloads0"][f]
         assert a_digest == b_digest and a.tobytes() == b.tobytes(), f  # bit for bit, NaNs included
-        assert (a_digest == lazy["digests0"][f]) is not lies.get("lie_payload", False), f
+        assert (a_digest == lazy["digests0"][f]) is not ("forger" in lies), f
     assert lazy["sketches0"] == eager["sketches0"]
     assert lazy["payload3"][1] == eager["payload3"][1]
     if not lies:  # the payload is the synthetic gradient at the step's parameters
@@ -143,7 +146,7 @@ def test_a_synthetic_slot_holds_no_gradient_per_file() -> None:
     vectors of D; the lazy one holds 2 parameter vectors and the compute thread's scratch (3), plus the payload
     vector once it has been fetched from (4)."""
     vector = D * 4
-    lazy = asyncio.run(_scenario(AgentSession, {}))
+    lazy = asyncio.run(_scenario(AgentSession, ()))
     assert 3 * vector <= lazy["bytes_after_digests"] < 3.5 * vector, lazy["bytes_after_digests"] / vector
     assert 4 * vector <= lazy["bytes_after_fetches"] < 4.5 * vector, lazy["bytes_after_fetches"] / vector
 
@@ -152,7 +155,7 @@ def test_fetches_of_a_step_whose_parameters_may_be_gone_are_not_ready() -> None:
     """After a later STEP arrived (even one whose parameters the agent refused), step 0's files are not_ready: the
     second refused STEP wrote step 2's parameters into step 0's buffer, and a regeneration would send a vector that
     is not the one digested. A step's own files are served; files not ours and old steps are not_ready."""
-    record = asyncio.run(_scenario(AgentSession, {}))
+    record = asyncio.run(_scenario(AgentSession, ()))
     assert record["after_refused_1"] == "not_ready"
     assert record["after_refused_2"] == "not_ready"
     assert record["old_step"] == "not_ready" and record["not_ours"] == "not_ready"
@@ -165,7 +168,7 @@ def test_fetches_of_a_step_whose_parameters_may_be_gone_are_not_ready() -> None:
 def test_a_regeneration_whose_parameters_were_replaced_meanwhile_is_withheld() -> None:
     """LazyFiles checks the caller's ``current`` after regenerating: a STEP that arrived meanwhile (current turns
     false) makes the payload None, never a vector computed from half-overwritten parameters."""
-    lazy = LazyFiles(SyntheticComputer(1000, SEED, 0.0), SyntheticLies())
+    lazy = LazyFiles(SyntheticComputer(1000, SEED, 0.0))
     params = initial_parameters(1000, SEED)
     answers = iter([True, False])
 
@@ -184,30 +187,23 @@ def test_a_regeneration_whose_parameters_were_replaced_meanwhile_is_withheld() -
     assert raced is None and stale is None
 
 
-def _synthetic_zoo(session: type[AgentSession]) -> dict[str, tuple[type[AgentSession], dict[str, Any]]]:
-    """The behaviours of the whole-run test, every one a synthetic agent of ``session``'s path."""
-    base = {"synthetic": 0.0}
-    return {"honest": (session, base),
-            "sketch-liar": (session, {**base, "lie_deviation": 1e-3, "lie_sketch": True}),
-            "deviator": (session, {**base, "lie_deviation": 2e-3}),
-            "forger": (session, {**base, "lie_payload": True}),
-            "liar-2x": (session, {**base, "lie_factor": 2.0})}
+def _synthetic_agents(session: type[AgentSession], adversaries: list[tuple[str, ...]]) -> list[Agent]:
+    """The whole-run test's slots, every one a synthetic agent of ``session``'s path."""
+    return [Agent(adversary, session, {"synthetic": 0.0}) for adversary in adversaries]
 
 
-def test_a_synthetic_run_with_every_lie_ends_as_with_stored_gradients(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_synthetic_run_with_every_lie_ends_as_with_stored_gradients(tmp_path: Path) -> None:
     """Rama case 2, K=9 (l=3), a PS and nine synthetic agents in this process over TCP: worker 0 commits to a
     deviation but sketches honestly (file 0's three holders all differ: a sketch round proves it lying), worker 3
     deviates twice as far (outvoted), worker 1 forges payloads (proven lying when asked), worker 2 doubles its
     gradients (outvoted). The lazy and the stored paths give the same votes and bit-identical final parameters."""
-    slots = ["sketch-liar", "forger", "liar-2x", "deviator", "honest", "honest", "honest", "honest", "honest"]
+    slots = [("sketch-liar:1e-3,centre,8",), ("forger",), ("scale:2",), ("deviator:2e-3",)] + [()] * 5
     changes = {"synthetic_d": 100_003, "vote_tol": 1e-4, "max_steps": 3, "eval_freq": 3, "seed": SEED}
     secret = secret_favouring(zoo_config(tmp_path, **changes), 1)
     results = {}
     for name, session in (("lazy", AgentSession), ("eager", EagerSession)):
-        for behaviour, entry in _synthetic_zoo(session).items():
-            monkeypatch.setitem(ZOO, behaviour, entry)
-        results[name] = run_cluster(tmp_path / name, slots=slots, secret=secret, **changes)
+        results[name] = run_cluster(tmp_path / name, slots=list(_synthetic_agents(session, slots)), secret=secret,
+                                    **changes)
     lazy, eager = results["lazy"], results["eager"]
     assert lazy.exit_code == eager.exit_code == 0
     keys = ("step", "files_won", "files_dropped", "outvoted")

@@ -104,8 +104,8 @@ def test_a_deviating_agent_is_outvoted_and_a_sketch_liar_is_proven_to_lie(tmp_pa
     tol = 1e-4
     ps, port = start_serve(tmp_path, "--scheme", "detox", "--workers", "6", "--replication", "3", "--max-steps", "4",
                            "--eval-freq", "4", "--vote-tol", str(tol))
-    liar = ("--lie-deviation", str(10 * tol), "--lie-sketch")
-    deviator = ("--lie-deviation", str(10 * tol))
+    liar = ("--adversary", f"sketch-liar:{10 * tol},centre,12")
+    deviator = ("--adversary", f"deviator:{10 * tol}")
     agents = _start_in_slots(port, tmp_path, ps, [("", liar), ("", ()), (AVX2, ()),
                                                   ("", deviator), ("", ()), (AVX2, ())])
     try:

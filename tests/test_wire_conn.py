@@ -361,6 +361,50 @@ def test_replayed_auth_is_refused() -> None:
     run(main())
 
 
+async def _drip(peer: RawPeer, kind: Kind, header: dict, seconds: float) -> bool:
+    """Send one frame a byte at a time over about ``seconds``; False if the server closed the link meanwhile."""
+    data = encode_frame(kind, header)
+    for i in range(len(data)):
+        if peer.writer.is_closing() or peer.reader.at_eof():
+            return False
+        peer.writer.write(data[i:i + 1])
+        with contextlib.suppress(ConnectionError):
+            await peer.writer.drain()
+        await asyncio.sleep(seconds / len(data))
+    return True
+
+
+def test_a_peer_dripping_its_handshake_is_cut_at_the_outer_deadline() -> None:
+    """The handshake has a deadline over its whole extent (HELLO .. WELCOME), not only per message: a peer that
+    holds the token but drips HELLO and then AUTH a byte at a time, each within the deadline (0.6 of it) but both
+    together past it (at least 1.2 of it), is cut at the deadline and counted, never authenticated."""
+    handshake = 4.0
+    owned = asyncio.Event()
+
+    async def owner(conn: wire.Connection) -> None:
+        if conn.peer.name == "drip":
+            owned.set()
+        await echo(conn)
+
+    async def main() -> None:
+        async with serving(owner, timeouts=wire.Timeouts(handshake=handshake)) as server:
+            peer = await RawPeer.open(server.port)
+            cnonce = auth.new_nonce()
+            hello = {"version": wire.PROTOCOL_VERSION, "role": "agent", "name": "drip", "nonce": cnonce}
+            assert await _drip(peer, Kind.HELLO, hello, 0.6 * handshake)
+            challenge = await asyncio.wait_for(peer.recv(), handshake)
+            assert challenge.kind is Kind.CHALLENGE
+            mac = auth.client_mac(TOKEN.encode(), challenge.header["nonce"], auth.Role.AGENT, "drip", cnonce)
+            finished = await _drip(peer, Kind.AUTH, {"nonce": challenge.header["nonce"], "mac": mac}, 0.6 * handshake)
+            assert not finished  # cut mid-AUTH, at the deadline
+            # the server says why, unless our next bytes met the closed socket first (a reset loses the ERROR frame)
+            assert await asyncio.wait_for(peer.closed_with(), 2 * handshake) in ("timeout", None)
+            peer.close()
+            assert not owned.is_set() and server.refused["timeout"] == 1 and not server.connections
+            await good_round_trip(server.port)
+    run(main(), limit=30)
+
+
 def test_client_refuses_a_server_without_the_token() -> None:
     async def main() -> None:
         async def fake_ps(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
