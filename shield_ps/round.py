@@ -96,6 +96,7 @@ class StepRunner:
                                     grace=self.deadlines.straggler_grace)
         splits = SplitFiles(self.fetcher, self._rows, self.deadlines, plan.placement.r_prime, DEFAULT_PARAMS)
         self.auto = AutoVote(plan.placement, self.fetcher, self.sketches, self._rows, self._start_fetch, splits)
+        self.auto.class_of = self._class_of
         self.audit = Audit(self.fetcher, d, DEFAULT_PARAMS)
         self.vote_mode = VoteMode(cfg.vote)
         self._votes: dict[VoteMode, VotePhase] = {
@@ -147,6 +148,10 @@ class StepRunner:
     def on_relay(self, link: AgentLink, header: dict[str, Any]) -> None:
         """Called for every RELAY message: ``link``'s relay failed it (:mod:`shield_ps.phases.relay_round`)."""
         self.relays.on_complaint(link, header, self.broadcaster.send_direct, self.gather.changed)
+
+    def _class_of(self, worker: int) -> str:
+        link = self.pool.link(worker)
+        return str(link.extra.get("class", "unknown")) if link is not None else "unknown"
 
     def _on_violation(self, link: AgentLink, why: str) -> None:
         self._step_lying.add(link.worker)

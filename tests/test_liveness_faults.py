@@ -25,6 +25,7 @@ HONEST = [None] * 9
 #: workers 5 and 8 share exactly one file (file 2) of Ramanujan Case 2 with K = 9, r = 3, m = 3
 TWO_LIARS = [None] * 5 + ["scale:2", None, None, "scale:3"]
 TWO_NAN = [None] * 5 + ["scale:nan", None, None, "scale:nan"]
+TWO_SILENT = [None] * 5 + ["silent-digests", None, None, "silent-digests"]
 
 
 @pytest.fixture
@@ -76,26 +77,42 @@ def test_interrupted_run_saves_its_last_good_state_and_resumes_bit_identically(t
     assert summary["erased_workers"] == reference["erased_workers"] == {"8": 6}  # counts continue from step 2
 
 
-def test_too_few_files_skip_the_update_and_the_run_fails_only_after_the_limit(tmp_path: Path) -> None:
-    """Two liars with different values share file 2: it has no majority every step. Krum with s = 3 needs
-    n >= 2s + 3 = 9 = f files, so every step is short."""
-    skipped = run_cluster(tmp_path / "skip", slots=TWO_LIARS, max_steps=3, aggregator="krum", agg_s=3)
+def test_files_lost_to_silence_skip_the_update_and_the_run_fails_only_after_the_limit(tmp_path: Path) -> None:
+    """Two silent holders of file 2 send no digest: nothing proves they are Byzantine (an honest worker can be slow),
+    so the file's loss leaves s as it is. Krum with s = 3 needs n >= 2s + 3 = 9 = f files, so every step is short."""
+    skipped = run_cluster(tmp_path / "skip", slots=TWO_SILENT, max_steps=3, aggregator="krum", agg_s=3,
+                          gather_timeout=8.0)
     steps = skipped.of("step")
     assert skipped.exit_code == 0 and [e["aggregation"]["action"] for e in steps] == ["skip"] * 3
-    assert all(e["files_won"] == 8 and e["outvoted"] == [5, 8] and e["lying"] == [] for e in steps)
+    assert all(e["files_won"] == 8 and {5, 8} <= set(e["erased"]) and e["lying"] == [] for e in steps)
     initial = run_cluster(tmp_path / "zero", slots=HONEST, max_steps=1, lr=1e-30)  # ~the initial parameters
     assert np.allclose(skipped.params, initial.params, rtol=0, atol=1e-20)
     assert skipped.of("summary")[-1]["steps_skipped"] == 3
 
-    lowered = run_cluster(tmp_path / "lower", slots=TWO_LIARS, max_steps=2, aggregator="krum", agg_s=3,
-                          short_step="lower-s")
+    lowered = run_cluster(tmp_path / "lower", slots=TWO_SILENT, max_steps=2, aggregator="krum", agg_s=3,
+                          short_step="lower-s", gather_timeout=8.0)
     assert lowered.exit_code == 0
     assert [(e["aggregation"]["action"], e["aggregation"]["s"]) for e in lowered.of("step")] == [("lower-s", 2)] * 2
 
-    failed = run_cluster(tmp_path / "fail", slots=TWO_LIARS, max_steps=5, aggregator="krum", agg_s=3,
-                         max_skipped_steps=2)
+    failed = run_cluster(tmp_path / "fail", slots=TWO_SILENT, max_steps=5, aggregator="krum", agg_s=3,
+                         max_skipped_steps=2, gather_timeout=8.0)
     assert failed.exit_code == 1 and len(failed.of("step")) == 2
     assert "2 steps in a row could not be aggregated" in failed.of("summary")[-1]["reason"]
+
+
+def test_a_proven_byzantine_majority_lowers_s_soundly_instead_of_skipping(tmp_path: Path) -> None:
+    """Two liars with different values share file 2: all three of its holders replied and no two agree, so two of
+    them were Byzantine (honest holders agree): file 2 is one of the s files the adversary could have won, and krum
+    aggregates the 8 others with s = 3 - 1 = 2 every step instead of skipping (issue 26: co-holders that drop their
+    own files cannot stop training)."""
+    result = run_cluster(tmp_path, slots=TWO_LIARS, max_steps=3, aggregator="krum", agg_s=3)
+    steps = result.of("step")
+    assert result.exit_code == 0 and len(steps) == 3
+    for e in steps:
+        assert e["files_won"] == 8 and e["outvoted"] == [5, 8] and e["lying"] == [], e
+        assert (e["aggregation"]["action"], e["aggregation"]["s"]) == ("lower-s", 2), e
+        assert e["aggregation"]["reason"].startswith("proven:"), e
+    assert result.of("summary")[-1]["steps_skipped"] == 0
 
 
 def test_a_non_finite_winning_payload_is_dropped_never_aggregated(tmp_path: Path) -> None:

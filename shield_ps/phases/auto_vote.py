@@ -71,6 +71,7 @@ class AutoVote:
         self.last: dict[str, Any] = {}
         self.used: dict[int, list[tuple[tuple[int, ...], int]]] = {}  # split file -> payloads in its median
         self.answers: list[dict[int, SketchReply]] = []
+        self.class_of: Callable[[int], str] = lambda worker: "unknown"  # a worker's determinism class
 
     async def run(self, step: int, collector: StepCollector, times: dict[str, float]) -> VoteOutcome:
         mark = time.perf_counter()
@@ -86,8 +87,9 @@ class AutoVote:
             times["vote"] = time.perf_counter() - mark
             return await self._finish(exact, list(exact.files), replies, set(), SplitResult())
         split = [f for f in disputed if exact.files[f].winner is None]
-        answers = self.answers = await self._sketch_round(step, replies, disputed, split, times)
-        files = self._blamed(exact, replies, answers, disputed)
+        excusable = {f: self._excusable(exact.files[f]) for f in disputed if f not in split}
+        answers = self.answers = await self._sketch_round(step, exact, replies, split, excusable, times)
+        files = self._blamed(exact, replies, answers, excusable)
         times["vote"] = time.perf_counter() - mark
         result = await self._resolve_split(step, split, replies, answers)
         r = self.placement.r
@@ -99,48 +101,56 @@ class AutoVote:
         self.used = result.used
         self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed)
         outcome = await self._finish(exact, files, replies, result.slow, result)
-        outcome.settle = lambda: self._settle(outcome, exact, replies, disputed, set(result.files))
+        outcome.settle = lambda: self._settle(outcome, exact, replies, excusable, set(split))
         return outcome
 
+    def _excusable(self, exact: FileVote[bytes]) -> set[int]:
+        """Holders that lost to an exact winner but belong to another determinism class than every winner (or to
+        none known): only their sketch can show they agree. A loser of a winner's own class has no excuse."""
+        winners = {self.class_of(w) for w in exact.holders}
+        return {w for w in exact.disagreeing if self.class_of(w) not in winners or self.class_of(w) == "unknown"}
+
     def _blamed(self, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
-                answers: list[dict[int, SketchReply]], disputed: list[int]) -> list[FileVote[bytes]]:
+                answers: list[dict[int, SketchReply]], excusable: Mapping[int, set[int]]) -> list[FileVote[bytes]]:
         """The exact vote, with the blame of each disputed file that has an exact winner taken from the sketches
         in so far."""
         files = list(exact.files)
         sketched = vote_sketches(self.placement, answers, self.tolerance, digests=replies,
                                  order_key=self.sketches.seed)
-        for file in disputed:
-            if exact.files[file].winner is not None:
-                files[file] = blame(exact.files[file], sketched.files[file], set(answers[file]))
+        for file, losers in excusable.items():
+            files[file] = blame(exact.files[file], sketched.files[file], set(answers[file]), losers)
         return files
 
     def _settle(self, outcome: VoteOutcome, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
-                disputed: list[int], split: set[int]) -> set[int]:
+                excusable: Mapping[int, set[int]], split: set[int]) -> set[int]:
         """At the end of the step: the sketch answers are closed; files decided by an exact winner take their final
-        blame from every answer that came (they never waited for one). Returns the workers that sent another digest
-        than a file's exact winner and no sketch by now, and those that never answered a sketch an undecided file
+        blame from every answer that came (they never waited for one). Returns the workers of another class that
+        lost to an exact winner and sent no sketch by now, and those that never answered a sketch an undecided file
         needed: both slow (a lost digest with a sketch that disagrees is outvoted)."""
         missing = self.sketches.close()
-        decided = [f for f in disputed if f not in split]
-        blamed = self._blamed(exact, replies, self.answers, decided)
+        blamed = self._blamed(exact, replies, self.answers, excusable)
         files = list(outcome.vote.files)
         quiet: set[int] = set()
-        for file in decided:
+        for file, losers in excusable.items():
             if files[file].winner == exact.files[file].winner:
-                quiet_here = silent(exact.files[file], set(self.answers[file]))
-                fv = blamed[file]
-                files[file] = FileVote(file, fv.winner, fv.holders,
-                                       tuple(w for w in fv.disagreeing if w not in quiet_here), fv.absent)
-                quiet |= quiet_here
+                files[file] = blamed[file]
+                quiet |= losers - set(self.answers[file])
         outcome.vote = VoteResult(tuple(files), outcome.vote.r_prime)
         outvoted = {w for fv in files for w in fv.disagreeing}
         return (quiet | {w for w, fs in missing.items() if fs & split}) - outvoted
 
-    async def _sketch_round(self, step: int, replies: Sequence[Mapping[int, bytes]], disputed: list[int],
-                            split: list[int], times: dict[str, float]) -> list[dict[int, SketchReply]]:
+    async def _sketch_round(self, step: int, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
+                            split: list[int], excusable: Mapping[int, set[int]], times: dict[str, float]
+                            ) -> list[dict[int, SketchReply]]:
+        """Ask every holder of a split file, and for a file with an exact winner its excusable losers and the
+        winners (to compare with), for their sketches; waits only for the split files'."""
         requests: dict[int, list[int]] = {}
-        for file in disputed:
-            for worker in replies[file]:
+        asked = {f: set(replies[f]) for f in split}
+        for file, losers in excusable.items():
+            if losers:  # the winners sketch too, to be compared with
+                asked[file] = set(exact.files[file].holders) | losers
+        for file, workers in asked.items():
+            for worker in workers:
                 requests.setdefault(worker, []).append(file)
         holders = self.placement.file_workers
         r_prime = self.placement.r_prime
@@ -152,7 +162,7 @@ class AutoVote:
         answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()},
                                           times.get("compute", 0.0), decidable=decidable, wait=bool(split))
         for file in range(len(answers)):
-            if file not in disputed:
+            if file not in asked:
                 answers[file] = {}
         return answers
 
@@ -229,20 +239,19 @@ class AutoVote:
         return VoteOutcome(vote, won, report, provable, split.used, dict(self.last), self.answers)
 
 
-def blame(exact: FileVote[bytes], sketched: FileVote[int], answered: set[int]) -> FileVote[bytes]:
-    """An exact winner stands; who disagreed comes from the sketch vote when its group holds every exact winner
-    (a replica of another class within the tolerance is not blamed), else from the digests. A holder whose digest
-    lost and who sent no sketch is left out of both (:func:`silent`): it is reported slow, never absolved."""
+def blame(exact: FileVote[bytes], sketched: FileVote[int], answered: set[int],
+          excusable: set[int]) -> FileVote[bytes]:
+    """An exact winner stands. An ``excusable`` loser (another determinism class) that answered, in a sketch group
+    holding every exact winner, agrees (a replica of another class within the tolerance is not blamed); one that has
+    not answered is neither agreeing nor outvoted (the caller reports it slow: silence absolves nobody); every other
+    loser is outvoted."""
+    absolved: set[int] = set()
     if sketched.winner is not None and set(exact.holders) <= set(sketched.holders):
-        agreeing = tuple(sorted(set(exact.holders) | set(sketched.holders)))
-        disagreeing = tuple(sorted(set(sketched.disagreeing) & answered))
-        return FileVote(exact.file, exact.winner, agreeing, disagreeing, exact.absent)
-    return exact
-
-
-def silent(exact: FileVote[bytes], answered: set[int]) -> set[int]:
-    """Holders of a file decided by an exact winner whose digest lost and who sent no sketch (yet)."""
-    return {w for w in exact.disagreeing if w not in answered}
+        absolved = set(sketched.holders) & excusable & answered
+    quiet = excusable - answered
+    agreeing = tuple(sorted(set(exact.holders) | absolved))
+    disagreeing = tuple(w for w in exact.disagreeing if w not in absolved and w not in quiet)
+    return FileVote(exact.file, exact.winner, agreeing, disagreeing, exact.absent)
 
 
 def as_digest_vote(sketched: FileVote[int], replies: Mapping[int, bytes]) -> FileVote[bytes]:
