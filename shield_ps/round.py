@@ -211,13 +211,13 @@ class StepRunner:
         result = await self._loop.run_in_executor(None, self.aggregation.run, step, outcome.won, byzantine,
                                                   len(outcome.provable))
         times["aggregate"] = time.perf_counter() - mark
-        audit_lying, audit_slow = await self._settle_audit()
         mark = time.perf_counter()
         await self._apply(step, lr, result)
         times["update"] = time.perf_counter() - mark
+        unanswered = await outcome.settle() if outcome.settle is not None else set()
+        audit_lying, audit_slow = await self._settle_audit(outcome)
         times["total"] = time.perf_counter() - started
 
-        unanswered = outcome.settle() if outcome.settle is not None else set()
         report, vote = outcome.report, outcome.vote
         lying = self._step_lying | report.lying | audit_lying
         self.exclusions.convict(step, lying)
@@ -247,21 +247,22 @@ class StepRunner:
                 self.pool.set_state(link, WorkerState.LATE)
 
     def _start_audit(self, outcome: VoteOutcome, replies: list[dict[int, bytes]]) -> None:
-        """``--vote auto``: audit one holder whose agreeing sketch nothing else checked
-        (:mod:`shield_ps.phases.audit`)."""
-        if not outcome.answers:
-            return
-        found = candidates(outcome.vote.files, replies, outcome.answers, set(outcome.used))
-        target = pick(found, self._secret, self.sketches.seed)
+        """``--vote auto``: fetch one payload whose holder only its sketch may absolve (:mod:`..phases.audit`)."""
+        target = pick(candidates(outcome.excusable, replies), self._secret, self.sketches.seed)
         if target is not None:
-            self.audit.start(target, outcome.answers[target.file][target.worker], self.sketches.seed)
+            self.audit.start(target)
 
-    async def _settle_audit(self) -> tuple[set[int], set[int]]:
-        target = await self.audit.settle(self.deadlines.hedge_delay(self.d * 4))
-        if target is None:
+    async def _settle_audit(self, outcome: VoteOutcome) -> tuple[set[int], set[int]]:
+        """The audit's verdict, once the step's blame is final: (lying, slow)."""
+        target = self.audit.target
+        if self.audit.task is None or target is None:
             return set(), set()
-        return ({target.worker}, set()) if self.audit.verdict == "lying" else (
-            (set(), {target.worker}) if self.audit.verdict == "slow" else (set(), set()))
+        absolved = target.worker in outcome.vote.files[target.file].holders
+        claimed = outcome.answers[target.file].get(target.worker) if outcome.answers else None
+        await self.audit.settle(self.deadlines.hedge_delay(self.d * 4), claimed, absolved, self.sketches.seed)
+        verdict = self.audit.verdict
+        return ({target.worker}, set()) if verdict == "lying" else (
+            (set(), {target.worker}) if verdict == "slow" else (set(), set()))
 
     @staticmethod
     def _real_corruption(outcome: VoteOutcome, replies: list[dict[int, bytes]], byzantine: set[int],

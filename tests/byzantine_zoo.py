@@ -133,11 +133,13 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
                                    max_backoff=1.0, adversary=parse_adversaries(agent.adversary), **agent.options)
             agents.append(loop.create_task(run_agent(options, agent.session)))
             assert daemon.pool is not None
-            while len(daemon.pool.ready_links()) <= slot and not ps.done():
+            while len(daemon.pool.ready_links()) <= slot and not ps.done() and not agents[-1].done():
                 daemon.pool.changed.clear()
                 changed = loop.create_task(daemon.pool.changed.wait())
-                try:  # the PS may also end (or fail) meanwhile: then its result is the answer, not a timeout
-                    done, _ = await asyncio.wait({changed, ps}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
+                try:  # the PS may also end (or fail) meanwhile: then its result is the answer, not a timeout; an
+                    # agent the PS refused for good ends: its slot stays empty
+                    done, _ = await asyncio.wait({changed, ps, agents[-1]}, timeout=300,
+                                                 return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     changed.cancel()
                 if not done:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shield_ps.byzantine.groups import OUTLIER_FACTOR, could_bias, median_into, outliers, relative_distances
-from shield_ps.byzantine.vote import FileVote, VoteResult, vote_digests
+from shield_ps.byzantine.vote import vote_digests
 from shield_ps.config import ServeConfig
 from shield_ps.errors import AggregationError
 from shield_ps.job import resolve_job
@@ -90,14 +90,11 @@ def test_a_proven_liar_sits_out_a_doubling_number_of_steps() -> None:
 
 
 # ---- the audit ----------------------------------------------------------------------------------------------------
-def test_audit_candidates_are_sketch_only_agreements_and_the_pick_is_keyed() -> None:
+def test_audit_candidates_are_the_excusable_losers_and_the_pick_is_keyed() -> None:
     win, other = b"w" * 32, b"o" * 32
-    files = (FileVote(0, win, (0, 1, 2), (), ()), FileVote(1, win, (1, 2, 3), (), ()), FileVote(2, None, (), (), ()))
     replies = [{0: win, 1: win, 2: other}, {1: win, 2: win, 3: win}, {2: other}]
-    answers = [{0: object(), 1: object(), 2: object()}, {}, {}]
-    found = candidates(files, replies, answers, split=set())  # type: ignore[arg-type]
-    assert found == [Candidate(0, 2, other)]
-    assert candidates(files, replies, answers, split={0}) == []  # type: ignore[arg-type]
+    assert candidates({0: {2}, 1: set()}, replies) == [Candidate(0, 2, other)]
+    assert candidates({}, replies) == []
     many = [Candidate(f, w, b"x") for f in range(5) for w in range(3)]
     picks = {pick(many, b"k" * 32, i.to_bytes(32, "big")) for i in range(40)}
     assert len(picks) > 5 and pick([], b"k", b"s") is None  # a different candidate from step to step

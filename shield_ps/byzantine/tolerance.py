@@ -11,7 +11,8 @@ as someone vouches for it:
 * another class's probe is *attested* when ``quorum`` of its members report the same sketch and norm
   (``quorum = max(r', q + 1)``: at least one honest member among them when at most q agents are Byzantine);
 * every other probe (a class smaller than the quorum, or a member contradicting its class) is *unattested*: it may
-  widen tau to at most ``UNATTESTED_FACTOR`` times what the attested probes give.
+  widen tau to at most ``UNATTESTED_FACTOR`` = 1.5 times what the attested probes give (issue 26 asked for at most
+  2x; the margin covers the sketch estimate's own spread from run to run, about +-9 % at k = 256).
 
 The cap of tau follows the model: the PS also measures the relative distance D between the gradients of two different
 files at the initial parameters, and tau never exceeds ``D / CAP_DIVISOR`` (the fixed 0.05 of earlier releases was
@@ -37,7 +38,7 @@ DEFAULT_CAP = 0.05
 #: ... and never below this (and never below 20 x the sketch's quantisation error at the model's size).
 TOLERANCE_FLOOR = 1e-6
 #: Unattested probes may widen tau at most this many times.
-UNATTESTED_FACTOR = 2.0
+UNATTESTED_FACTOR = 1.5
 
 
 @dataclass(frozen=True)

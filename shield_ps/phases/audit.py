@@ -1,11 +1,13 @@
 """The audit of ``--vote auto``: one keyed-random check per step of a sketch the PS had no reason to verify.
 
 In a disputed file decided by an exact r' majority, the other holders' sketches only decide who is blamed: a holder
-whose sketch agrees with the winners counts as agreeing, and its payload is never fetched. A holder that sketches
-one vector and commits another would never be caught. Each step the PS therefore picks one such holder (*candidate*:
-its sketch agreed, its digest differs from the winner's, the PS never checked its payload) by a hash keyed with the
-PS's secret and the step's sketch seed, both unknown to the agents when they commit, fetches its payload, and
-recomputes its sketch: a payload that does not hash to its digest, or whose sketch differs, proves a lie.
+of another determinism class whose sketch agrees with the winners counts as agreeing, and its payload is never
+fetched. A holder that sketches one vector and commits another would never be caught. Each step the PS therefore
+picks one such holder (*candidate*: it lost to an exact winner, it is of another class, the PS never checked its
+payload) by a hash keyed with the PS's secret and the step's sketch seed, both unknown to the agents when they
+commit, and fetches its payload at once (the sketches of such files are not waited for). At the end of the step, if
+the candidate's sketch came and agreed (it is counted as agreeing), the PS recomputes it: a payload that does not
+hash to its digest, or whose sketch differs, proves a lie.
 
 A holder that lies in c of the N candidates of a step is caught with probability c/N per step. Cost per audited step:
 one payload of ingress (1/f of the step's, about 4 % at f = 25) and one sketch recomputation (k multiply-adds per
@@ -23,7 +25,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from shield_ps.byzantine.sketch import SketchParams, SketchReply, check_payload
-from shield_ps.byzantine.vote import FileVote
 from shield_ps.phases.fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,10 @@ class Candidate:
     digest: bytes
 
 
-def candidates(files: Sequence[FileVote[bytes]], replies: Sequence[Mapping[int, bytes]],
-               answers: Sequence[Mapping[int, SketchReply]], split: set[int]) -> list[Candidate]:
-    """Holders counted as agreeing on the strength of their sketch alone (see the module docstring)."""
-    out = []
-    for file_vote in files:
-        if file_vote.winner is None or file_vote.file in split:
-            continue
-        for worker in file_vote.holders:
-            digest = replies[file_vote.file].get(worker)
-            if digest is not None and digest != file_vote.winner and worker in answers[file_vote.file]:
-                out.append(Candidate(file_vote.file, worker, digest))
-    return out
+def candidates(excusable: Mapping[int, set[int]], replies: Sequence[Mapping[int, bytes]]) -> list[Candidate]:
+    """The holders that lost to an exact winner and may be absolved by their sketch (see the module docstring)."""
+    return [Candidate(file, worker, replies[file][worker]) for file, workers in sorted(excusable.items())
+            for worker in sorted(workers) if worker in replies[file]]
 
 
 def pick(found: Sequence[Candidate], secret: bytes, seed: bytes) -> Candidate | None:
@@ -60,35 +53,23 @@ def pick(found: Sequence[Candidate], secret: bytes, seed: bytes) -> Candidate | 
 
 
 class Audit:
-    """Fetches and checks one candidate's payload (started after the vote, settled before the step's accounting)."""
+    """Fetches one candidate's payload (started after the vote) and checks it against its sketch at the step's end."""
 
     def __init__(self, fetcher: Fetcher, d: int, params: SketchParams) -> None:
         self._fetcher, self._params = fetcher, params
         self._buffer = np.empty(d, dtype=np.float32)
         self.task: asyncio.Task[None] | None = None
         self.target: Candidate | None = None
-        self.verdict: str | None = None  # "lying", "slow" or "clean" once settled
+        self.verdict: str | None = None  # "lying", "slow", "clean" or "moot" (its sketch disagreed or never came)
 
-    def start(self, target: Candidate, claimed: SketchReply, seed: bytes) -> None:
+    def start(self, target: Candidate) -> None:
         self.target, self.verdict = target, None
-        fetch = self._fetcher.start_payload(target.file, target.digest, lambda: (target.worker,), self._buffer)
-        self.task = asyncio.get_running_loop().create_task(self._check(fetch, claimed, seed))
+        self.task = self._fetcher.start_payload(target.file, target.digest, lambda: (target.worker,), self._buffer)
 
-    async def _check(self, fetch: asyncio.Task[None], claimed: SketchReply, seed: bytes) -> None:
-        await fetch
-        assert self.target is not None
-        if (self.target.file, self.target.digest) not in self._fetcher.report.payloads:
-            self.verdict = "lying" if self.target.worker in self._fetcher.report.lying else "slow"
-            return
-        why = await asyncio.get_running_loop().run_in_executor(
-            None, check_payload, self._buffer, claimed, seed, self._params)
-        self.verdict = "clean" if why is None else "lying"
-        if why is not None:
-            log.warning("audit: worker %d lied about file %d: %s", self.target.worker, self.target.file, why)
-
-    async def settle(self, grace: float) -> Candidate | None:
-        """Wait at most ``grace`` more; returns the audited candidate (its :attr:`verdict` set) or None."""
-        if self.task is None:
+    async def settle(self, grace: float, claimed: SketchReply | None, absolved: bool, seed: bytes) -> Candidate | None:
+        """Wait for the payload at most ``grace`` more; then judge it when its holder was absolved by ``claimed``.
+        Returns the audited candidate (its :attr:`verdict` set) or None when nothing was audited."""
+        if self.task is None or self.target is None:
             return None
         task, self.task = self.task, None
         try:
@@ -96,5 +77,15 @@ class Audit:
         except asyncio.TimeoutError:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            self.verdict = "slow"
-        return self.target
+        target = self.target
+        if (target.file, target.digest) not in self._fetcher.report.payloads:
+            self.verdict = "lying" if target.worker in self._fetcher.report.lying else "slow"
+        elif not absolved or claimed is None:
+            self.verdict = "moot"
+        else:
+            why = await asyncio.get_running_loop().run_in_executor(
+                None, check_payload, self._buffer, claimed, seed, self._params)
+            self.verdict = "clean" if why is None else "lying"
+            if why is not None:
+                log.warning("audit: worker %d lied about file %d: %s", target.worker, target.file, why)
+        return target

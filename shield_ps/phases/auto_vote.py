@@ -102,6 +102,7 @@ class AutoVote:
         self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed)
         outcome = await self._finish(exact, files, replies, result.slow, result)
         outcome.settle = lambda: self._settle(outcome, exact, replies, excusable, set(split))
+        outcome.excusable = excusable
         return outcome
 
     def _excusable(self, exact: FileVote[bytes]) -> set[int]:
@@ -121,12 +122,14 @@ class AutoVote:
             files[file] = blame(exact.files[file], sketched.files[file], set(answers[file]), losers)
         return files
 
-    def _settle(self, outcome: VoteOutcome, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
-                excusable: Mapping[int, set[int]], split: set[int]) -> set[int]:
-        """At the end of the step: the sketch answers are closed; files decided by an exact winner take their final
-        blame from every answer that came (they never waited for one). Returns the workers of another class that
-        lost to an exact winner and sent no sketch by now, and those that never answered a sketch an undecided file
-        needed: both slow (a lost digest with a sketch that disagrees is outvoted)."""
+    async def _settle(self, outcome: VoteOutcome, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
+                      excusable: Mapping[int, set[int]], split: set[int]) -> set[int]:
+        """At the end of the step: the answers still missing get one straggler grace, then the round is closed;
+        files decided by an exact winner take their final blame from every answer that came (their decision never
+        waited for one). Returns the workers of another class that lost to an exact winner and sent no sketch, and
+        those that never answered a sketch an undecided file needed: both slow (a lost digest with a sketch that
+        disagrees is outvoted)."""
+        await self.sketches.linger()
         missing = self.sketches.close()
         blamed = self._blamed(exact, replies, self.answers, excusable)
         files = list(outcome.vote.files)

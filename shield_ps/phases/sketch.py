@@ -91,6 +91,16 @@ class SketchRound:
             await self._wait(step, budget - (time.monotonic() - started))
         return self.answers
 
+    async def linger(self) -> None:
+        """At the end of the step: if answers are still missing, wait for them one straggler grace at most (the files
+        they concern were decided without them; the answers only decide who is blamed)."""
+        if not self._expected:
+            return
+        try:
+            await asyncio.wait_for(self._done.wait(), self._grace(self._answer_times))
+        except asyncio.TimeoutError:
+            pass
+
     def close(self) -> dict[int, set[int]]:
         """Stop collecting this round's answers; returns (and keeps in :attr:`missing`) worker -> the files it did
         not answer."""

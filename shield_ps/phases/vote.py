@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ class VoteOutcome:
     answers: list[dict[int, SketchReply]] = field(default_factory=list)  # the sketch answers (auto vote)
     #: called at the end of the step (auto vote): final blame from the sketches that came meanwhile; returns the
     #: workers that never answered a sketch the vote needed (slow)
-    settle: Callable[[], set[int]] | None = None
+    settle: Callable[[], Awaitable[set[int]]] | None = None
+    excusable: dict[int, set[int]] = field(default_factory=dict)  # file -> losers of another class (auto vote)
 
 
 class VotePhase(Protocol):
