@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from shield_agent.zoo.names import Dataset
+from shield_agent.zoo.sources import EMBEDDED
 from shield_ps.cli.serve import LISTENING_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+#: real MNIST (its test split): the copy embedded in the package, or $SHIELD_MNIST_DIR
+MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR") or EMBEDDED[Dataset.MNIST])
 TOKEN = "integration-test-token-0123456789"
 _LISTEN = LISTENING_PATTERN  # the benchmarks read the port with the same pattern (listening_port)
 

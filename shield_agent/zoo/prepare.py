@@ -99,14 +99,28 @@ def _extract(archive: Path, data_dir: Path) -> None:
         tar.extractall(root, members=members)
 
 
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories a failed prepare created (innermost first), as long as they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None) -> ImageData:
     """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check."""
     data = parse_dataset(dataset)
     folder = Path(data_dir).expanduser()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    for item in DOWNLOADS[data]():
-        path = _fetch(item, folder, mirror)
-        if item.extract:
-            _extract(path, folder)
+    try:
+        for item in DOWNLOADS[data]():
+            path = _fetch(item, folder, mirror)
+            if item.extract:
+                _extract(path, folder)
+    except DatasetError:
+        _remove_empty(created)
+        raise
     _load_cached.cache_clear()  # a load from before the download may be cached (e.g. MNIST's test-only split)
     return load_dataset(data, folder)
