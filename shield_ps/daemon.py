@@ -20,6 +20,7 @@ from typing import Any, Callable
 from shield_ps.classes import FingerprintError, FleetClasses
 from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
 from shield_ps.config import ServeConfig, diff_training_fields
+from shield_ps.data import locate_data
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
@@ -34,7 +35,6 @@ from wire import ConnectionClosed, Connection, Kind, Limits, Role, Timeouts, Wir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = "~/.cache/shield/data"
 #: While agents are still loading, the join wait goes on up to this many times --join-timeout.
 JOIN_CAP_FACTOR = 5
 
@@ -45,6 +45,7 @@ class ModelState:
     def __init__(self, plan: JobPlan) -> None:
         c = plan.config
         self.evaluator: Any = None
+        self.train_samples: int | None = None  # told to agents in JOB, so one reading other data says so
         if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
             from shield_agent.synthetic import STEPS_PER_EPOCH, initial_parameters
 
@@ -52,25 +53,18 @@ class ModelState:
             self.steps_per_epoch = STEPS_PER_EPOCH
             return
         from shield_agent.compute import ComputeSpec, GradientComputer
-        from shield_agent.errors import DatasetError
+        from shield_agent.errors import ShieldAgentError
         from shield_agent.evaluation import Evaluator
 
-        from shield_agent.errors import ShieldAgentError
-        from shield_agent.zoo.prepare import prepare
-
-        data_dir = str(Path(c.data_dir or DEFAULT_DATA_DIR).expanduser())
+        data_dir = str(locate_data(c.dataset, c.data_dir, download=True).path)
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
         try:
-            try:
-                computer = GradientComputer(spec)
-            except DatasetError:
-                log.warning("%s is not in %s yet: downloading it (first use)", c.dataset, data_dir)
-                prepare(c.dataset, data_dir)
-                computer = GradientComputer(spec)
+            computer = GradientComputer(spec)
         except ShieldAgentError as exc:
             raise ConfigError(str(exc)) from None
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch
+        self.train_samples = len(computer.data.train_labels)
         self.evaluator = Evaluator(c.network, c.dataset, data_dir, c.seed, threads=c.threads)
 
 
@@ -100,6 +94,7 @@ class PSDaemon:
         self._skipped_in_a_row = 0
         self.fetch_secret: bytes | None = None  # the fetch-order secret (default: fresh random bytes per run)
         self._model_ready = asyncio.Event()
+        self._data_fields: dict[str, Any] = {}  # JOB fields describing the PS's dataset (once the model is ready)
         self.fleet: FleetClasses | None = None  # determinism classes (once the model is ready)
 
     async def run(self) -> int:
@@ -120,6 +115,8 @@ class PSDaemon:
         self.runner = StepRunner(self.plan, self.pool, optimizer, self._drop_agent, secret=self.fetch_secret)
         self.fleet = FleetClasses(self.config.vote, self.runner.d, self.config.vote_tol, self.sink.emit,
                                   self.runner.set_tolerance)
+        if model.train_samples is not None:
+            self._data_fields = {"train_samples": model.train_samples}
         if self._resumed_center is not None and self.runner.aggregation.center is not None:
             self.runner.aggregation.center[:] = self._resumed_center
         self._model_ready.set()
@@ -312,7 +309,8 @@ class PSDaemon:
             await self._model_ready.wait()  # agents may join while the PS still loads the model
             assert self.runner is not None
             assert self.fleet is not None
-            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields()},
+            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields(),
+                                                    **self._data_fields},
                                        timeout=self.config.join_timeout)
             num_params = reply.header.get("num_params")
             if reply.kind is not Kind.JOB or num_params != self.runner.d:

@@ -30,9 +30,14 @@ def cache(tmp_path, monkeypatch):
 def test_the_embedded_copy_is_mnist_real_test_split():
     folder = EMBEDDED[Dataset.MNIST]
     assert sorted(p.name for p in folder.glob("*.gz")) == sorted(TEST_SPLIT)
-    checksums = {item.filename: item.md5 for item in prepare_module.DOWNLOADS[Dataset.MNIST]()}
-    for name in TEST_SPLIT:  # unmodified: torchvision's checksums of the published files
-        assert md5_of(folder / name) == checksums[name]
+    from torchvision.datasets import MNIST
+
+    ours = {item.filename: item.md5 for item in prepare_module.DOWNLOADS[Dataset.MNIST]()}
+    assert ours == dict(MNIST.resources)  # the files, checksums and mirrors prepare fetches are torchvision's
+    assert {url.rsplit("/", 1)[0] + "/" for item in prepare_module.DOWNLOADS[Dataset.MNIST]()
+            for url in item.urls} == set(MNIST.mirrors)
+    for name in TEST_SPLIT:  # unmodified: the checksums of the published files
+        assert md5_of(folder / name) == ours[name]
     data = load_dataset(Dataset.MNIST, folder)
     assert (len(data.train_labels), len(data.test_labels)) == (8000, 2000)
     assert "CC BY-SA 3.0" in (folder / "README.md").read_text()

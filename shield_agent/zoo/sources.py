@@ -116,7 +116,7 @@ def locate(dataset: str | Dataset, data_dir: str | Path | None = None, download:
         except DatasetError as exc:
             if data not in EMBEDDED:
                 raise
-            log.warning("%s could not be downloaded into %s (%s)", data.value, cache, exc)
+            log.warning("%s: first-use download into %s failed (%s)", data.value, cache, str(exc).split(" (")[0])
     if data in EMBEDDED:
         return DataLocation(data, EMBEDDED[data], Origin.EMBEDDED)
     raise DatasetError(f"{data.value} is not in {cache} ({missing(data, cache)} missing): pass --data-dir DIR where "
