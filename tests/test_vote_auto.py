@@ -74,6 +74,7 @@ def test_auto_vote_completes_over_three_classes_at_one_payload_per_file(tmp_path
     for e in steps:
         assert e["files_dropped"] == 0 and not e["lying"] and not e["outvoted"], e
         assert e["sketch"]["disputed"] == f  # three classes: no two digests of a file are ever equal
+        assert e["times"]["gather"] > 0  # the payloads fetched after the sketch vote are timed (the view's bar)
         assert e["bytes_in"] <= 1.1 * f * LENET_D * 4 + 3 * f * SKETCH_BYTES * 1.05, e["bytes_in"]
     assert sum(e["sketch"]["sketch_won"] for e in steps) >= 4  # won by the sketch vote and its recomputation
     summary = _summary(tmp_path)

@@ -63,7 +63,9 @@ class AutoVote:
         self.last = {"disputed": len(disputed), "sketch_won": 0, "tolerance": self.tolerance}
         if not disputed:
             times["vote"] = time.perf_counter() - mark
+            mark = time.perf_counter()
             report = await self.fetcher.finish()
+            times["gather"] = time.perf_counter() - mark  # the winners' payloads not fetched during compute
             if report.invalid:
                 exact = vote_digests(self.placement, replies, invalid=report.invalid)
             return exact, [f for f in exact.files_won if f in report.fetched], report
@@ -85,6 +87,7 @@ class AutoVote:
             if exact.files[file].winner is not None:
                 files[file] = self._blame(exact.files[file], sketch_vote.files[file])
         times["vote"] = time.perf_counter() - mark
+        mark = time.perf_counter()
 
         pending = [f for f in disputed if exact.files[f].winner is None]
         lying: set[int] = set()
@@ -131,6 +134,7 @@ class AutoVote:
                 excluded.add(center)
                 pending.append(file)
         report = await self.fetcher.finish()  # the exact winners' fetches may still be running
+        times["gather"] = time.perf_counter() - mark  # the payloads' fetches and checks after the sketch vote
         report.lying |= lying
         for file in pending:  # still unresolved after r rounds: dropped
             files[file] = FileVote(file, None, (), (), tuple(self.placement.file_workers[file]))
