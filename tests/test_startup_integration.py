@@ -76,7 +76,9 @@ def test_readme_main_command_starts_and_finishes(tmp_path: Path) -> None:
     assert f"data MNIST: the embedded test split ({MNIST_EMBEDDED})" in output
     summary = events(runs[0], "summary")[-1]
     assert summary["reason"] == "completed" and summary["steps"] == 3
-    assert [e["step"] for e in events(runs[0], "step")] == [0, 1, 2]
+    steps = events(runs[0], "step")
+    assert [e["step"] for e in steps] == [0, 1, 2]
+    assert all(e["times"]["gather"] > 0 for e in steps), [e["times"] for e in steps]  # --vote auto times it too
     assert stat.S_IMODE((runs[0] / "token").stat().st_mode) == 0o600
     agent_logs = sorted((runs[0] / "agents").iterdir())
     assert 1 <= len(agent_logs) <= max(2, os.cpu_count() or 1), "15 slots in about one process per core"
