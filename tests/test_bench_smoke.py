@@ -21,7 +21,7 @@ SMALLEST: dict[str, tuple[tuple[str, ...], str]] = {
     "flood.py": (("--scheme", "detox", "--workers", "3", "--replication", "3", "--steps", "200", "--warmup", "0",
                   "--tail", "2", "--rounds", "1", "--sockets", "10"), "flood_step_time_ratio"),
     "scale.py": (("--dims", "1000", "--workers", "15", "--steps", "1", "--warmup", "0", "--reps", "1",
-                  "--relay-pairs", "1", "--relay-d", "1000", "--seconds-per-file", "0"), "rows"),
+                  "--relay-pairs", "1", "--relay-d", "1000", "--seconds-per-file", "0", "--skip-threads"), "rows"),
     "startup.py": (("--workers", "3", "--scheme", "detox", "--replication", "3", "--steps", "1"), "ready_speedup"),
     "step.py": (("--scheme", "detox", "--workers", "3", "--replication", "3", "--steps", "2", "--warmup", "0",
                  "--rounds", "1"), "ps_side_vs_aggregator"),
