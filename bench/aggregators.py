@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Callable
 
-# Run as a script, this folder comes first on sys.path and bench/wire.py would shadow the wire package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from shield_ps import AGGREGATORS, aggregate  # noqa: E402
-from shield_ps.byzantine.aggregators import uses_byzantine_count  # noqa: E402
-from shield_ps.byzantine.vote import vote_digests  # noqa: E402
-from wire.digest import digest_bytes  # noqa: E402
+from shield_ps import AGGREGATORS, aggregate
+from shield_ps.byzantine.aggregators import uses_byzantine_count
+from shield_ps.byzantine.vote import vote_digests
+from wire.digest import digest_bytes
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -125,6 +120,8 @@ def main() -> None:
     parser.add_argument("--s-high", type=int, default=5, help="a second, near-maximal s for multi-krum and bulyan")
     parser.add_argument("--threads", type=int, default=2, help="BLAKE3 threads for the parallel-hash figure")
     args = parser.parse_args()
+    if args.s_high <= args.s or args.n < 4 * args.s_high + 3:
+        parser.error("need --s < --s-high and --n >= 4 * s-high + 3 (bulyan's precondition)")
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((args.n, args.dim), dtype=np.float32)

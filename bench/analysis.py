@@ -8,7 +8,7 @@ ours, and the two must agree on c_max and on the lexicographically smallest opti
 time is estimated from its measured rate (sets per second) and printed as an estimate. The last line is one JSON
 object.
 
-    python bench/analysis.py [--brute-max 1500000]
+    python bench/analysis.py [--brute-max 1500000] [--configs mols_K15_r3,...]
 """
 from __future__ import annotations
 
@@ -55,12 +55,18 @@ def brute_force(p: Placement, q: int) -> tuple[int, tuple[int, ...]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brute-max", type=int, default=1_500_000, help="largest C(K, q) to brute-force")
+    parser.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
+                        help="comma-separated configurations to run (default: all of them)")
     args = parser.parse_args()
+    chosen = args.configs.split(",")
+    unknown = sorted(set(chosen) - {c[0] for c in CONFIGS})
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(c[0] for c in CONFIGS)})")
     load_start = os.getloadavg()[0]
     print(f"load average at start: {load_start:.2f} ({os.cpu_count()} cores)")
     figures: dict = {"load_start": round(load_start, 2), "configs": {}}
     all_within = True
-    for name, scheme, K, r, q_max, limit in CONFIGS:
+    for name, scheme, K, r, q_max, limit in (c for c in CONFIGS if c[0] in chosen):
         p = build_placement(scheme, K, r)
         clear_cache()
         table: dict[str, int] = {}

@@ -37,7 +37,7 @@ from shield_agent.compute import ComputeSpec, GradientComputer
 from shield_agent.zoo.models import build_seeded_model
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist")
 
 
 def fake_cifar10(folder: Path, per_file: int = 1000) -> str:
@@ -139,6 +139,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=200, help="LeNet repetitions (ResNet18: reps / 20, at least 5)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-resnet", action="store_true", help="LeNet only")
     args = parser.parse_args()
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +149,7 @@ def main() -> int:
             ("lenet_bf30", ComputeSpec("LeNet", "MNIST", MNIST_DIR, 1, 300, 10, args.threads), args.reps, 10),
             ("resnet18_bf30", ComputeSpec("ResNet18", "Cifar10", cifar, 1, 300, 10, args.threads),
              max(5, args.reps // 20), 2),
-        ]
+        ][:2 if args.skip_resnet else 3]
         for name, spec, reps, warmup in runs:
             figures.update(measure(name, spec, reps, warmup))
         if torch.cuda.is_available():  # the GPU figures (skipped without a GPU)

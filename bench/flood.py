@@ -203,8 +203,7 @@ class Flooder:
 
 
 def flooder_main(args: argparse.Namespace) -> None:
-    here = Path(__file__).resolve().parent  # bench/wire.py would shadow the wire package
-    sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.path.insert(0, str(REPO))
     _raise_nofile(args.sockets + 256)
     sources = [f"127.0.0.{2 + i}" for i in range(args.source_hosts)]
     Flooder(args.port, args.sockets, sources, args.reconnect_delay, args.connect_timeout).run(args.duration)
@@ -288,8 +287,8 @@ def _stop(proc: subprocess.Popen[Any] | None, group: bool) -> None:
 def _serve_cmd(train_dir: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "shield_ps.cli", "serve", "--port", "0", "--host", PS_HOST, "--plain",
             "--token", TOKEN, "--local-agents", str(args.workers), "--scheme", args.scheme,
-            "--workers", str(args.workers), "--replication", str(args.replication), "--rama-m", str(args.rama_m),
-            "--network", "LeNet", "--dataset", "MNIST", "--data-dir", args.data_dir, "--max-steps", str(args.steps),
+            "--workers", str(args.workers), "--replication", str(args.replication),
+            *(["--rama-m", str(args.rama_m)] if args.scheme == "rama_two" else []), "--network", "LeNet", "--dataset", "MNIST", "--data-dir", args.data_dir, "--max-steps", str(args.steps),
             "--eval-freq", str(10 * args.steps), "--train-dir", str(train_dir), "--join-timeout", "600",
             "--seed", "0"]
 
@@ -487,7 +486,7 @@ def main() -> None:
     parser.add_argument("--scheme", default="rama_two")
     parser.add_argument("--workers", type=int, default=9)
     parser.add_argument("--replication", type=int, default=3)
-    parser.add_argument("--rama-m", type=int, default=3)
+    parser.add_argument("--rama-m", type=int, default=3, help="m of --scheme rama_two (default 3)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5, help="steps never measured")
     parser.add_argument("--tail", type=int, default=8, help="flood-free steps at the end (memory given back?)")
@@ -497,8 +496,9 @@ def main() -> None:
     parser.add_argument("--reconnect-delay", type=float, default=0.1, help="seconds before reopening a socket")
     parser.add_argument("--sample-s", type=float, default=0.25, help="RSS/metrics sampling period")
     parser.add_argument("--run-timeout", type=float, default=1500, help="seconds one PS run may take")
-    parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR",
-                                                             str(REPO.parent / "shared" / "data" / "mnist")))
+    parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR") or
+                        str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist"),
+                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the package)")
     parser.add_argument("--keep", help="keep the run directories under this path (default: a temporary one)")
     parser.add_argument("--flooder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

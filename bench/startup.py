@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist")
 KB_MB = 1.0 / 1024
 
 
@@ -124,13 +124,15 @@ def run_config(name: str, flags: list[str], workers: int, steps: int, timeout: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=15, help="K of the MOLS LeNet comparison (default 15)")
+    parser.add_argument("--workers", type=int, default=15, help="K of the LeNet comparison (default 15)")
+    parser.add_argument("--scheme", default="mols", help="placement of the comparison (default mols)")
+    parser.add_argument("--replication", type=int, default=3, help="r of the comparison (default 3)")
     parser.add_argument("--steps", type=int, default=5, help="training steps per run (default 5)")
     parser.add_argument("--large", action="store_true", help="also run MOLS K=35 r=5 and rama_two K=25 r=5")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
     args = parser.parse_args()
     k = args.workers
-    scheme = ["--scheme", "mols", "--workers", str(k), "--replication", "3"]
+    scheme = ["--scheme", args.scheme, "--workers", str(k), "--replication", str(args.replication)]
     figures: dict[str, Any] = {"workers": k, "cores": os.cpu_count()}
     runs = {
         "baseline": scheme + ["--agent-processes", str(k)],

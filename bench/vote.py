@@ -25,18 +25,15 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from shield_ps.byzantine.sketch import (DEFAULT_PARAMS, SketchReply, check_payload,  # noqa: E402
+from shield_ps.byzantine.sketch import (DEFAULT_PARAMS, SketchReply, check_payload,
                                         check_payloads, l2_norm, new_seed, sketch_many, vote_sketches)
-from shield_ps.byzantine.groups import median_into, outliers  # noqa: E402
-from shield_ps.byzantine.vote import vote_digests  # noqa: E402
-from wire.digest import digest_bytes  # noqa: E402
+from shield_ps.byzantine.groups import median_into, outliers
+from shield_ps.byzantine.vote import vote_digests
+from wire.digest import digest_bytes
 
 SIZES = {"lenet": 431_080, "resnet18": 11_173_962}
 R = 3

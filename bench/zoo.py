@@ -2,10 +2,10 @@
 
 Runs the in-process cluster of the liveness tests (Ramanujan Case 2, K = 9, r = 3, LeNet on MNIST; the PS and all
 agents in this process over real TCP on 127.0.0.1) once clean and once per timing behaviour of the adversary zoo
-(shield_agent.adversary, docs/adversary.md) with the culprit as worker 8, and prints per behaviour the median and worst step time, their ratio to the clean run's
-median, and where the culprit was reported. Ends with one JSON line.
+(shield_agent.adversary, docs/adversary.md) with the culprit as worker 8, and prints per behaviour the median and
+worst step time, their ratio to the clean run's median, and where the culprit was reported. Ends with one JSON line.
 
-    python bench/zoo.py [--steps 8] [--gather-timeout 8]
+    python bench/zoo.py [--steps 8] [--gather-timeout 8] [--behaviours trickle,...]
 """
 from __future__ import annotations
 
@@ -34,7 +34,12 @@ def main() -> None:
     parser.add_argument("--gather-timeout", type=float, default=8.0)
     parser.add_argument("--hedge-floor", type=float, default=ServeConfig.hedge_floor,
                         help="default: the PS's own default")
+    parser.add_argument("--behaviours", default=",".join(BEHAVIOURS),
+                        help="comma-separated Byzantine behaviours to time (default: all)")
     args = parser.parse_args()
+    chosen = args.behaviours.split(",")
+    if not set(chosen) <= set(BEHAVIOURS):
+        parser.error(f"--behaviours: choose from {', '.join(BEHAVIOURS)}")
     logging.basicConfig(level=logging.ERROR)
     changes = {"gather_timeout": args.gather_timeout, "max_steps": args.steps, "hedge_floor": args.hedge_floor}
     secret = secret_favouring(zoo_config(Path("unused"), **changes), CULPRIT)
@@ -42,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clean = run_cluster(Path(tmp) / "clean", slots=[None] * 9, secret=secret, **changes)
         base = statistics.median(e["times"]["total"] for e in clean.of("step"))
-        for name in BEHAVIOURS:
+        for name in chosen:
             parse_adversary(name)
             result = run_cluster(Path(tmp) / name, zoo=name, secret=secret, **changes)
             totals = [e["times"]["total"] for e in result.of("step")]

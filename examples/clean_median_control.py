@@ -6,7 +6,7 @@ momentum SGD. This script does exactly that with the project's own pieces (Gradi
 MomentumSGD, Schedule, Evaluator), for the f of each scheme at the same whole batch b. It separates what the
 attack costs from what the aggregator costs when it takes the median of f files of b/f samples.
 
-    PYTHONPATH=. python examples/clean_median_control.py --data-dir ../shared/data/mnist --files 15 5 25
+    PYTHONPATH=. python examples/clean_median_control.py [--data-dir DIR] --files 15 5 25
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from shield_agent.compute import ComputeSpec, GradientComputer
 from shield_agent.evaluation import Evaluator
+from shield_agent.zoo.sources import locate
 from shield_ps.byzantine.aggregators import aggregate
 from shield_ps.optimizer import MomentumSGD, Schedule
 
@@ -42,7 +43,8 @@ def train(data_dir: str, files: int, batch: int, steps: int, eval_every: int, lr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", help="MNIST directory (default: as serve's: the cache, else the embedded "
+                        "test split)")
     parser.add_argument("--files", type=int, nargs="+", default=[15, 5, 25])
     parser.add_argument("--batch-size", type=int, default=150)
     parser.add_argument("--steps", type=int, default=100)
@@ -52,8 +54,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    data_dir = str(locate("MNIST", args.data_dir).path)
     for files in args.files:
-        curve = train(args.data_dir, files, args.batch_size, args.steps, args.eval_every, args.lr, args.aggregator,
+        curve = train(data_dir, files, args.batch_size, args.steps, args.eval_every, args.lr, args.aggregator,
                       args.seed)
         print(json.dumps({"files": files, "samples_per_file": args.batch_size // files, "aggregator": args.aggregator,
                           "top1": [[s, round(t, 4)] for s, t in curve]}), flush=True)

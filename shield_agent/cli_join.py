@@ -9,16 +9,15 @@ import argparse
 import asyncio
 import faulthandler
 import logging
-import os
 import signal
 from pathlib import Path
 
 from wire.auth import read_token
 from shield_agent.device import parse_device
+from shield_agent.errors import DatasetError
 from wire.cli import host_port, positive_int
 from wire.errors import TokenError
 
-DEFAULT_DATA_DIR = "~/.cache/shield/data"
 #: Worker slots one process may host (each is a connection; a PS accepts 1024 connections by default).
 MAX_WORKERS = 1024
 
@@ -35,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("address", type=host_port, metavar="HOST:PORT", help="the PS to join")
     parser.add_argument("--token", help="the cluster token (prefer --token-file or $SHIELD_TOKEN)")
     parser.add_argument("--token-file", help="file holding the cluster token")
-    parser.add_argument("--data-dir", default=os.environ.get("SHIELD_DATA_DIR", DEFAULT_DATA_DIR),
-                        help="where the datasets are (default: $SHIELD_DATA_DIR or %(default)s)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="directory that holds the PS's dataset (default: the cache, $SHIELD_DATA_DIR or "
+                        "~/.cache/shield/data; for MNIST, else the test split embedded in the package)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
     parser.add_argument("--device", type=parse_device, default="cpu",
                         help="where to compute: cpu (default), cuda, cuda:N, or auto (a GPU when torch sees one)")
@@ -123,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
     if token is None:
         raise TokenError("no cluster token: pass --token, --token-file or set SHIELD_TOKEN")
     host, port = args.address
-    options = AgentOptions(host=host, port=port, token=token, data_dir=str(Path(args.data_dir).expanduser()),
+    data_dir = None
+    if args.data_dir is not None:  # the dataset comes with the PS's JOB; a mistyped directory is found now
+        data_dir = Path(args.data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise DatasetError(f"--data-dir {args.data_dir} is not a directory (pass the directory that holds the "
+                               "PS's dataset, as its printed join command does)")
+    options = AgentOptions(host=host, port=port, token=token, data_dir=None if data_dir is None else str(data_dir),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
                            spot_watch=args.spot_watch or args.spot_notice_file is not None, imds=args.imds,
                            spot_notice_file=args.spot_notice_file, workers=args.workers,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import numpy as np
 
 from shield_agent.adversary import Adversary
-from shield_agent.errors import ComputeError, ShieldAgentError
+from shield_agent.errors import ComputeError, DatasetError, ShieldAgentError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentJob, AgentOptions, as_int
@@ -150,9 +150,17 @@ class AgentSession:
         if synthetic is not None:
             return synthetic
         from shield_agent.compute import ComputeSpec
+        from shield_agent.zoo.sources import locate
 
-        return self.host.build(ComputeSpec(job.network, job.dataset, self.options.data_dir, job.seed,
-                                           job.batch_size, job.num_files, threads, device=self.options.device))
+        data_dir = str(locate(job.dataset, self.options.data_dir).path)
+        computer = self.host.build(ComputeSpec(job.network, job.dataset, data_dir, job.seed,
+                                               job.batch_size, job.num_files, threads, device=self.options.device))
+        have = len(computer.data.train_labels)
+        if job.train_samples is not None and have != job.train_samples:
+            raise DatasetError(f"the PS trains on {job.dataset} with {job.train_samples} training images, the data "
+                               f"here ({data_dir}) has {have}: pass --data-dir with the PS's data (its printed "
+                               "join command names it)")
+        return computer
 
     async def _on_step(self, msg: Message) -> None:
         taker = self.adversary.takes("on_step")

@@ -20,7 +20,7 @@ class AgentOptions:
     host: str
     port: int
     token: str
-    data_dir: str
+    data_dir: str | None  # None: the cache, else the embedded copy (shield_agent.zoo.sources)
     threads: int | None = None
     name: str = ""
     reconnect: bool = True
@@ -60,6 +60,7 @@ class AgentJob:
     codec: str
     codec_level: int
     synthetic_d: int | None = None  # a synthetic job (benchmarks, tests): its parameter count
+    train_samples: int | None = None  # the size of the PS's training set (an agent reading other data refuses)
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> "AgentJob":
@@ -74,6 +75,7 @@ class AgentJob:
                 threads=as_int(header["threads"]), codec=as_str(header["codec"]),
                 codec_level=as_int(header["codec_level"]),
                 synthetic_d=as_int(header["synthetic_d"]) if "synthetic_d" in header else None,
+                train_samples=as_int(header["train_samples"]) if "train_samples" in header else None,
             )
         except (KeyError, TypeError) as exc:
             raise ComputeError(f"malformed JOB from the PS: {exc}") from None

@@ -40,8 +40,9 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
     hub = await _start_relay(options)
     watcher = _start_spot_watcher(options)
     refusals = _Refusals(options.max_refusals)
+    errors = _SlotErrors()
     try:
-        codes = await asyncio.gather(*(_run_slot(options, slot, host, hub, watcher, refusals, session_type)
+        codes = await asyncio.gather(*(_run_slot(options, slot, host, hub, watcher, refusals, errors, session_type)
                                        for slot in range(options.workers)))
     finally:
         await hub.close()
@@ -69,6 +70,20 @@ class _Refusals:
         return self.error is not None
 
 
+class _SlotErrors:
+    """Errors of our own that ended slots, each distinct message logged once: N slots that cannot find the dataset
+    make one line saying what to pass, not N."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def report(self, exc: Exception) -> None:
+        message = str(exc)
+        if message not in self.seen:
+            self.seen.add(message)
+            log.error("%s", message)
+
+
 async def _start_relay(options: AgentOptions) -> RelayHub:
     """The process's relay hub; its server listens unless ``options.relay`` is off (docs/performance.md)."""
     loopback = options.host in ("127.0.0.1", "localhost", "::1")
@@ -85,7 +100,8 @@ async def _start_relay(options: AgentOptions) -> RelayHub:
 
 async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
                     watcher: "SpotWatcher | None",
-                    refusals: _Refusals, session_type: type[AgentSession] = AgentSession) -> int:
+                    refusals: _Refusals, errors: _SlotErrors,
+                    session_type: type[AgentSession] = AgentSession) -> int:
     """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
     address = f"{options.host}:{options.port}"
     backoff = 0.5
@@ -111,7 +127,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
         try:
             await session.run()
         except ShieldAgentError as exc:
-            log.error("%s", exc)
+            errors.report(exc)
             await conn.close(str(exc), code=exc.code)
             return 2
         finally:

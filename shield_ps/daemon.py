@@ -20,6 +20,7 @@ from typing import Any, Callable
 from shield_ps.classes import FingerprintError, FleetClasses
 from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
 from shield_ps.config import ServeConfig, diff_training_fields
+from shield_ps.data import locate_data
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
@@ -35,7 +36,6 @@ from wire import ConnectionClosed, Connection, Kind, Limits, Role, Timeouts, Wir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = "~/.cache/shield/data"
 #: While agents are still loading, the join wait goes on up to this many times --join-timeout.
 JOIN_CAP_FACTOR = 5
 
@@ -47,6 +47,7 @@ class ModelState:
         c = plan.config
         self.evaluator: Any = None
         self.probe: ProbeGradients | None = None  # the PS's own probe (shield_ps.reference)
+        self.train_samples: int | None = None  # told to agents in JOB, so one reading other data says so
         if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
             from shield_agent.synthetic import SyntheticComputer
 
@@ -56,26 +57,19 @@ class ModelState:
             self.probe = ProbeGradients.compute(synthetic, plan.placement.f)
             return
         from shield_agent.compute import ComputeSpec, GradientComputer
-        from shield_agent.errors import DatasetError
+        from shield_agent.errors import ShieldAgentError
         from shield_agent.evaluation import Evaluator
 
-        from shield_agent.errors import ShieldAgentError
-        from shield_agent.zoo.prepare import prepare
-
-        data_dir = str(Path(c.data_dir or DEFAULT_DATA_DIR).expanduser())
+        data_dir = str(locate_data(c.dataset, c.data_dir, download=True).path)
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
         try:
-            try:
-                computer = GradientComputer(spec)
-            except DatasetError:
-                log.warning("%s is not in %s yet: downloading it (first use)", c.dataset, data_dir)
-                prepare(c.dataset, data_dir)
-                computer = GradientComputer(spec)
+            computer = GradientComputer(spec)
         except ShieldAgentError as exc:
             raise ConfigError(str(exc)) from None
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch
         self.probe = ProbeGradients.compute(computer, plan.placement.f)
+        self.train_samples = len(computer.data.train_labels)
         self.evaluator = Evaluator(c.network, c.dataset, data_dir, c.seed, threads=c.threads)
 
 
@@ -105,6 +99,7 @@ class PSDaemon:
         self._skipped_in_a_row = 0
         self.fetch_secret: bytes | None = None  # the fetch-order secret (default: fresh random bytes per run)
         self._model_ready = asyncio.Event()
+        self._data_fields: dict[str, Any] = {}  # JOB fields describing the PS's dataset (once the model is ready)
         self.fleet: FleetClasses | None = None  # determinism classes (once the model is ready)
 
     async def run(self) -> int:
@@ -128,6 +123,8 @@ class PSDaemon:
         if model.probe is not None:
             self.fleet.reference = await loop.run_in_executor(None, model.probe.reference, self.fleet.probe_seed)
             model.probe = None
+        if model.train_samples is not None:
+            self._data_fields = {"train_samples": model.train_samples}
         if self._resumed_center is not None and self.runner.aggregation.center is not None:
             self.runner.aggregation.center[:] = self._resumed_center
         self._model_ready.set()
@@ -331,7 +328,8 @@ class PSDaemon:
             await self._model_ready.wait()  # agents may join while the PS still loads the model
             assert self.runner is not None
             assert self.fleet is not None
-            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields()},
+            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields(),
+                                                    **self._data_fields},
                                        timeout=self.config.join_timeout)
             num_params = reply.header.get("num_params")
             if reply.kind is not Kind.JOB or num_params != self.runner.d:

@@ -1,22 +1,42 @@
 """Helpers for the runtime integration tests: start real PS and agent processes on 127.0.0.1, read their events."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+from shield_agent.zoo.names import Dataset
+from shield_agent.zoo.sources import EMBEDDED
 from shield_ps.cli.serve import LISTENING_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+#: real MNIST (its test split): the copy embedded in the package, or $SHIELD_MNIST_DIR
+MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR") or EMBEDDED[Dataset.MNIST])
 TOKEN = "integration-test-token-0123456789"
 _LISTEN = LISTENING_PATTERN  # the benchmarks read the port with the same pattern (listening_port)
+
+
+@contextlib.contextmanager
+def offline_user(root: Path) -> Iterator[dict[str, str]]:
+    """The environment of a new user on a machine without internet access: an empty HOME (so an empty dataset
+    cache), no $SHIELD_DATA_DIR, and every HTTP(S) request sent through a local port that refuses connections."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as refusing:  # bound, never listening: connections to it are refused at once
+        refusing.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "shield_data_dir")}
+        env.update(HOME=str(home), PYTHONPATH=str(REPO), http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy,
+                   HTTPS_PROXY=proxy)
+        yield env
 
 
 def serve_command(train_dir: Path, *args: str) -> list[str]:

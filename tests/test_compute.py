@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +16,10 @@ from shield_agent.compute import BatchSchedule, ComputeSpec, FileGradient, Gradi
 from shield_agent.errors import ComputeError
 from shield_agent.zoo.models import build_seeded_model
 from wire.digest import digest_bytes as _digest_bytes
+from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+MNIST_DIR = str(MNIST_PATH)
 
 
 def digest_bytes(vector: np.ndarray) -> bytes:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,8 @@ from shield_agent.errors import DatasetError
 from shield_agent.zoo import readers
 from shield_agent.zoo.datasets import DATASETS, BatchTransform, Dataset, load_dataset, parse_dataset
 from shield_agent.zoo.mnist_idx import load_mnist_arrays, read_idx
+from tests.runtime_helpers import MNIST_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist")))
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import os
 import shutil
+import socket
 import tarfile
 import threading
 from pathlib import Path
@@ -17,9 +17,8 @@ from shield_agent.cli import main
 from shield_agent.errors import DatasetError
 from shield_agent.zoo.names import Dataset
 from shield_agent.zoo.prepare import DOWNLOADS, _extract, _fetch, md5_of, prepare
+from tests.runtime_helpers import MNIST_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist")))
 
 
 class Mirror:
@@ -118,4 +117,33 @@ def test_cli_check_reports_or_names_the_missing_file(tmp_path, capsys):
     assert main(["prepare", "--dataset", "Cifar100", "--data-dir", str(tmp_path), "--check"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
-    assert f"train.bin is missing; it should be at {tmp_path / 'cifar-100-binary' / 'train.bin'}" in err
+    assert f"--data-dir {tmp_path} does not hold Cifar100: cifar-100-binary/train.bin" in err
+    assert f"shield-agent prepare --dataset Cifar100 --data-dir {tmp_path}" in err
+
+
+def test_cli_accepts_a_directory_serve_trains_from_when_nothing_can_be_downloaded(tmp_path, capsys):
+    """MNIST's test split alone is what serve trains from offline: prepare fails to fetch the rest (the mirror is a
+    dead port here) and says the directory is usable as it is, instead of refusing it."""
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(MNIST_DIR / name, tmp_path / name)
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+    code = main(["prepare", "--dataset", "MNIST", "--data-dir", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}",
+                 "--timeout", "5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"MNIST ready in {tmp_path}: 8000 training and 2000 held-out images" in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_cli_failed_download_into_a_new_directory_leaves_nothing(tmp_path, capsys):
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+    target = tmp_path / "typo" / "mnist"
+    code = main(["prepare", "--dataset", "MNIST", "--data-dir", str(target), "--mirror", f"http://127.0.0.1:{port}",
+                 "--timeout", "5"])
+    assert code == 2
+    assert "could not be downloaded" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,9 @@ from shield_agent.compute import ComputeSpec, GradientComputer
 from shield_agent.device import parse_device, resolve_device
 from shield_agent.errors import ComputeError
 from wire import digest_bytes
+from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
 
-REPO = Path(__file__).resolve().parent.parent
-MNIST_DIR = str(REPO.parent / "shared" / "data" / "mnist")
+MNIST_DIR = str(MNIST_PATH)
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
 
 

@@ -3,8 +3,6 @@ held-out accuracy on the local MNIST, and BatchNorm statistics that depend on no
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +11,9 @@ import torch
 from shield_agent.compute import ComputeSpec, GradientComputer
 from shield_agent.errors import ComputeError
 from shield_agent.evaluation import EvalResult, Evaluator
+from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR", str(REPO.parent / "shared" / "data" / "mnist"))
+MNIST_DIR = str(MNIST_PATH)
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,10 @@ from shield_ops.config import load_config
 from shield_ops.deploy import stop_script
 from shield_ops.state import ClusterState
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
+from tests.runtime_helpers import MNIST_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+MNIST = MNIST_DIR
 #: The [deploy] section of the slower ops tests' clusters (autostop, heal, mirror, sshd): this interpreter's packages,
 #: the local MNIST data uploaded, generous start deadlines for a loaded machine.
 LOCAL_DEPLOY = f"""[deploy]

@@ -102,6 +102,17 @@ def test_bad_flags_exit_2_naming_what_is_allowed(args: tuple[str, ...], fragment
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_missing_data_stops_the_sweep_before_any_run(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    done = sweep("--schemes", "baseline,detox", "--workers", "3", "--data-dir", str(tmp_path / "nowhere"),
+                 "--out", str(out), "--plain")
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"shield-ps sweep: error: --data-dir {tmp_path / 'nowhere'} does not exist (pass the "
+                           "directory that holds MNIST")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="needs the real MNIST test split")

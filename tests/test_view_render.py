@@ -16,9 +16,9 @@ from shield_ps.view import View, ViewMode, choose_mode, fold_all, iter_events, m
 from shield_ps.view.fake import fake_run
 from shield_ps.view.live import render
 from shield_ps.plot import curves_from_events, load_curves
-from shield_ps.view.plain import format_event
-from shield_ps.view.summary import render_summary
-from shield_ps.view.state import ViewState
+from shield_ps.view.plain import StartupLines, format_event
+from shield_ps.view.summary import render_summary, summary_lines
+from shield_ps.view.state import ViewState, fold
 
 STEPS, WORKERS = 24, 15
 SUMMARY_ROWS = 12
@@ -162,8 +162,9 @@ def test_publish_never_waits_for_output_and_counts_dropped_lines() -> None:
     view.close()
     view.close()  # idempotent
     lines = out.getvalue().splitlines()
-    assert len(lines) == 5 + 1 + SUMMARY_ROWS
-    assert lines[5].startswith("(") and "lines dropped" in lines[5]
+    [notice] = [i for i, line in enumerate(lines) if "lines dropped" in line]
+    assert 1 <= notice <= 5 and lines[notice].startswith("(")  # the 5 queued events (start-up ones make fewer lines)
+    assert len(lines) == notice + 1 + SUMMARY_ROWS
 
 
 def test_log_handler_prints_through_the_view() -> None:
@@ -353,3 +354,86 @@ def test_relay_faults_show_in_the_step_line_and_the_summary() -> None:
     assert "summary: relay       8 (x1)" in lines
     clean, _ = _run_view(ViewMode.PLAIN, _events(), width=120)
     assert not any(line.startswith("summary: relay") for line in clean.splitlines())
+
+
+def test_the_summary_of_a_resumed_run_labels_the_whole_run_and_this_invocation() -> None:
+    """After --resume the PS's summary counts every step of the run but only this invocation's wall time: both
+    are said, each for its own span."""
+    job = {"kind": "job", "time": 100.0, "scheme": "mols", "workers": 15, "files": 25, "replication": 3,
+           "total_steps": 30, "steps_per_epoch": 10, "start_step": 10, "resumed": True}
+    steps = [{"kind": "step", "time": 100.0 + 2 * (s - 9), "step": s, "files": 25, "files_won": 25, "loss": 1.0,
+              "times": {"total": 1.0}} for s in range(10, 30)]
+    summary = {"kind": "summary", "time": 141.0, "steps": 30, "wall_s": 40.0, "reason": "completed"}
+    state = fold_all([job, *steps, summary])
+    line = next(line for line in summary_lines(state) if line.startswith("summary: steps"))
+    assert line == ("summary: steps       30 in all · this invocation, resumed at step 10: 20 in 0:00:40 "
+                    "(median 2.000 s/step)")
+    fresh = fold_all([dict(job, start_step=0, resumed=False), *steps, summary])
+    assert "summary: steps       30 in 0:00:40 (median 2.000 s/step)" in summary_lines(fresh)
+    unfinished = fold_all([job, *steps[:5]])  # no summary event: the steps done so far, of the whole run
+    assert any(line.startswith("summary: steps       15 in all · this invocation, resumed at step 10: 5 in")
+               for line in summary_lines(unfinished))
+
+
+def _startup_events(workers: int = 15) -> list[dict]:
+    """A PS waiting for ``workers`` local agents: a join event per change of its counts (each with a new deadline),
+    a connected worker event per agent, one every 0.1 s, then the first step."""
+    job = {"kind": "job", "time": 0.0, "scheme": "mols", "workers": workers, "files": 25, "replication": 3,
+           "total_steps": 3, "steps_per_epoch": 3, "start_step": 0}
+    events: list[dict] = [job, {"kind": "join", "time": 0.0, "ready": 0, "loading": 0, "missing": workers,
+                                "left_s": 300.0}]
+    for i in range(workers):
+        events.append({"kind": "join", "time": 0.1 * i, "ready": 0, "loading": i + 1, "missing": workers - i - 1,
+                       "left_s": 1500.0 - i})
+    for i in range(workers):
+        events.append({"kind": "worker", "time": 2 + 0.1 * i, "step": 0, "worker": i, "state": "connected",
+                       "compute_s": None, "address": f"127.0.0.1:{40000 + i}"})
+        events.append({"kind": "join", "time": 2 + 0.1 * i, "ready": i + 1, "loading": workers - i - 1,
+                       "missing": 0, "left_s": 300.0 if i == workers - 1 else 1500.0})
+    events.append({"kind": "step", "time": 5.0, "step": 0, "files": 25, "files_won": 25, "loss": 2.3,
+                   "times": {"total": 1.0}})
+    return events
+
+
+def test_plain_start_up_is_one_line_per_change_of_state_rate_limited() -> None:
+    """15 agents connecting make a few progress lines (the first, the all-ready one, and at most one per period in
+    between), not one per join event and one per connected worker."""
+    clock = [0.0]
+    lines = StartupLines(period=5.0, clock=lambda: clock[0])
+    printed: list[str] = []
+    state = ViewState()
+    for event in _startup_events():
+        state = fold(state, event)
+        clock[0] = event["time"]
+        line = format_event(event, state)
+        if line is not None:
+            printed += lines.admit(event, state, line)
+        printed += lines.due()
+    waiting = [line for line in printed if "waiting for agents" in line]
+    assert waiting == ["[+0:00:00] waiting for agents: 0 ready, 0 loading, 15 missing (300s left)",
+                       "[+0:00:03] waiting for agents: 15 ready, 0 loading, 0 missing (300s left)"], printed
+    assert not any(" connected " in line for line in printed)
+    assert sum(" step 1/3 " in line for line in printed) == 1
+
+
+def test_a_held_progress_line_is_printed_when_its_period_ends() -> None:
+    clock = [0.0]
+    lines = StartupLines(period=5.0, clock=lambda: clock[0])
+    state = fold_all(_startup_events()[:2])
+    assert lines.admit({"kind": "join"}, state, "first") == ["first"]
+    state = fold(state, {"kind": "join", "time": 1.0, "ready": 3, "loading": 2, "missing": 10, "left_s": 100.0})
+    clock[0] = 1.0
+    assert lines.admit({"kind": "join"}, state, "held") == [] and lines.due() == []
+    clock[0] = 5.5
+    assert lines.due() == ["held"] and lines.due() == []
+    again = fold(state, {"kind": "join", "time": 6.0, "ready": 3, "loading": 2, "missing": 10, "left_s": 90.0})
+    assert lines.admit({"kind": "join"}, again, "same counts") == []  # only the deadline moved
+
+
+def test_after_the_first_step_every_connected_worker_has_its_line() -> None:
+    events = _startup_events(3)
+    events.append({"kind": "worker", "time": 6.0, "step": 1, "worker": 1, "state": "connected", "compute_s": None,
+                   "address": "127.0.0.1:50001"})
+    raw, _ = _run_view(ViewMode.PLAIN, events)
+    assert [line for line in raw.splitlines() if " connected " in line] == \
+        ["[+0:00:06] worker 1 connected (127.0.0.1:50001)"]

@@ -90,6 +90,7 @@ def test_auto_vote_completes_over_three_classes_with_group_medians(tmp_path: Pat
         assert e["sketch"]["disputed"] == f  # three classes: no two digests of a file are ever equal
         # every file is split: the median of its group's three payloads (one per class), plus the sketches
         assert e["sketch"]["split"] == f and e["sketch"]["recomputed"] == 0, e["sketch"]
+        assert e["times"]["gather"] > 0  # the payloads fetched after the sketch vote are timed (the view's bar)
         assert e["bytes_in"] <= 3.1 * f * LENET_D * 4 + 3 * f * SKETCH_BYTES * 1.05, e["bytes_in"]
     assert sum(e["sketch"]["sketch_won"] for e in steps) >= 4  # won by the sketch vote
     summary = _summary(tmp_path)

@@ -69,6 +69,16 @@ def _pair(data_dir: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndar
     return x, y
 
 
+def missing_mnist(data_dir: Path) -> str | None:
+    """What :func:`load_mnist_arrays` would miss in ``data_dir`` (None when the files are there), without reading
+    them: the test split's two files, and the training split's second file when only one of them is there."""
+    for images, labels, required in ((TEST_IMAGES, TEST_LABELS, True), (TRAIN_IMAGES, TRAIN_LABELS, False)):
+        found = [name for name in (images, labels) if find_idx(data_dir, name) is not None]
+        if len(found) == 1 or (required and not found):
+            return " and ".join(f"{name}(.gz)" for name in (images, labels) if name not in found)
+    return None
+
+
 def load_mnist_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(train_images (N,1,28,28) uint8, train_labels int64, test_images, test_labels)`` from the IDX files."""
     test = _pair(data_dir, TEST_IMAGES, TEST_LABELS)

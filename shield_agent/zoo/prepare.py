@@ -1,6 +1,6 @@
 """Download and verify a dataset once, so a cluster can be prepared ahead of a job (``shield-agent prepare``).
 
-Sources and MD5 checksums are torchvision's for MNIST and SVHN, and the dataset authors' for the CIFAR binary
+Sources and MD5 checksums are torchvision's for MNIST (written out here) and SVHN, and the dataset authors' for the CIFAR binary
 archives (read without unpickling). A file already present with the right checksum is not fetched again; a
 download with the wrong checksum is deleted and refused. Offline, the error names the file and where it should go.
 """
@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import tarfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shield_agent.errors import DatasetError
-from shield_agent.zoo.datasets import Dataset, ImageData, _load_cached, load_dataset, parse_dataset
+from shield_agent.zoo.names import Dataset, parse_dataset
+
+if TYPE_CHECKING:
+    from shield_agent.zoo.datasets import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +36,17 @@ class Download:
     extract: bool = False
 
 
-def _mnist() -> tuple[Download, ...]:
-    from torchvision.datasets import MNIST
+#: MNIST's files, their MD5s and mirrors (the same as torchvision's, without importing it: a first use that finds
+#: no network must fail fast, it then falls back to the embedded copy)
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+MNIST_FILES = (("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+               ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+               ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+               ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"))
 
-    return tuple(Download(name, md5, tuple(m + name for m in MNIST.mirrors)) for name, md5 in MNIST.resources)
+
+def _mnist() -> tuple[Download, ...]:
+    return tuple(Download(name, md5, tuple(m + name for m in MNIST_MIRRORS)) for name, md5 in MNIST_FILES)
 
 
 def _svhn() -> tuple[Download, ...]:
@@ -62,10 +76,21 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def download(url: str, path: Path) -> None:
+    """Stream ``url`` into ``path`` through ``path.part``, so a cut download never looks like a file (torch-free:
+    a first use without network fails in well under a second)."""
+    partial = path.with_name(path.name + ".part")
+    request = urllib.request.Request(url, headers={"User-Agent": "shield"})
+    try:
+        with urllib.request.urlopen(request) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _fetch(item: Download, data_dir: Path, mirror: str | None) -> Path:
     """Fetch ``item`` into ``data_dir`` unless present with the right checksum; returns its path."""
-    from torchvision.datasets.utils import download_url
-
     path = data_dir / item.filename
     if path.is_file() and md5_of(path) == item.md5:
         log.info("%s already present and verified", path)
@@ -74,8 +99,8 @@ def _fetch(item: Download, data_dir: Path, mirror: str | None) -> Path:
     failures = []
     for url in urls:
         try:
-            download_url(url, str(data_dir), item.filename)
-        except (OSError, RuntimeError, ValueError) as exc:
+            download(url, path)
+        except (OSError, ValueError) as exc:
             failures.append(f"{url}: {exc}")
             continue
         got = md5_of(path) if path.is_file() else "nothing"
@@ -99,14 +124,30 @@ def _extract(archive: Path, data_dir: Path) -> None:
         tar.extractall(root, members=members)
 
 
-def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None) -> ImageData:
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories a failed prepare created (innermost first), as long as they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None) -> "ImageData":
     """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check."""
+    from shield_agent.zoo.datasets import _load_cached, load_dataset
+
     data = parse_dataset(dataset)
     folder = Path(data_dir).expanduser()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    for item in DOWNLOADS[data]():
-        path = _fetch(item, folder, mirror)
-        if item.extract:
-            _extract(path, folder)
+    try:
+        for item in DOWNLOADS[data]():
+            path = _fetch(item, folder, mirror)
+            if item.extract:
+                _extract(path, folder)
+    except DatasetError:
+        _remove_empty(created)
+        raise
     _load_cached.cache_clear()  # a load from before the download may be cached (e.g. MNIST's test-only split)
     return load_dataset(data, folder)

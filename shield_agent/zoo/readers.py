@@ -31,6 +31,26 @@ def _require(path: Path, dataset: str, data_dir: Path) -> Path:
     return path
 
 
+def _missing(data_dir: Path, names: Sequence[str]) -> str | None:
+    absent = [name for name in names if not (data_dir / name).is_file()]
+    return ", ".join(absent) if absent else None
+
+
+def missing_cifar10(data_dir: Path) -> str | None:
+    """What :func:`load_cifar10` would miss in ``data_dir`` (None when every file is there)."""
+    return _missing(data_dir, [f"{CIFAR10_DIR}/{n}" for n in CIFAR10_TRAIN + CIFAR10_TEST])
+
+
+def missing_cifar100(data_dir: Path) -> str | None:
+    """What :func:`load_cifar100` would miss in ``data_dir`` (None when every file is there)."""
+    return _missing(data_dir, [f"{CIFAR100_DIR}/{n}" for n in CIFAR100_TRAIN + CIFAR100_TEST])
+
+
+def missing_svhn(data_dir: Path) -> str | None:
+    """What :func:`load_svhn` would miss in ``data_dir`` (None when every file is there)."""
+    return _missing(data_dir, [SVHN_TRAIN, SVHN_TEST])
+
+
 def read_cifar_records(paths: Sequence[Path], label_bytes: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (N,3,32,32) uint8 and labels int64 from CIFAR binary files; the label is the last label byte (the
     fine label for CIFAR-100)."""

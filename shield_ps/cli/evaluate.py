@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from shield_agent.evaluation import Evaluator
     from shield_ps.checkpoint import list_checkpoints, load_checkpoint
-    from shield_ps.daemon import DEFAULT_DATA_DIR
+    from shield_ps.data import locate_data
 
     paths = list_checkpoints(Path(args.train_dir) / "checkpoints")
     if not paths:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         checkpoint = load_checkpoint(path)
         config = checkpoint.config
-        data_dir = str(Path(args.data_dir or config.get("data_dir") or DEFAULT_DATA_DIR).expanduser())
+        data_dir = str(locate_data(config["dataset"], args.data_dir or config.get("data_dir")).path)
         key = (config["network"], config["dataset"], data_dir)
         if key not in evaluators:
             evaluators[key] = Evaluator(config["network"], config["dataset"], data_dir, int(config["seed"]),

@@ -136,7 +136,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--network", default="LeNet", help="model (LeNet as in the paper's code, LeNet-relu, ResNet18, ResNet34, ResNet50, DenseNet, VGG11, VGG13)")
     g.add_argument("--dataset", default="MNIST", help="MNIST, Cifar10, Cifar100 or SVHN")
-    g.add_argument("--data-dir", help="dataset directory (default ~/.cache/shield/data)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="directory that holds the dataset (default: the cache $SHIELD_DATA_DIR or "
+                   "~/.cache/shield/data, downloaded there on first use; offline, MNIST's test split embedded in "
+                   "the package)")
     g.add_argument("--batch-size", type=positive_int, help="the whole batch b (default 10*f)")
     g.add_argument("--lr", type=positive_float, default=0.01)
     g.add_argument("--momentum", type=float, default=0.9)
@@ -332,12 +335,21 @@ def _token(args: argparse.Namespace) -> tuple[str, bool]:
     return (token, args.token_file is None) if token is not None else (new_token(), True)
 
 
-def join_command(host: str, port: int, token_file: Path) -> str:
-    """The exact command that joins agents to this PS."""
+def join_command(host: str, port: int, token_file: Path, config: ServeConfig, workers: int = 1) -> str:
+    """The complete command that joins ``workers`` slots to this PS, runnable as printed on this machine: the
+    token file, the slots, and the data directory the PS reads (or ``--synthetic 0`` for a synthetic job)."""
+    import shlex
     import socket
 
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-    return f"shield-agent join {shown}:{port} --token-file {token_file}"
+    parts = ["shield-agent", "join", f"{shown}:{port}", "--token-file", str(token_file)]
+    if workers != 1:
+        parts += ["--workers", str(workers)]
+    if config.synthetic_d is not None:
+        parts += ["--synthetic", "0"]
+    elif config.data_dir is not None:
+        parts += ["--data-dir", config.data_dir]
+    return shlex.join(parts)
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -361,6 +373,7 @@ def _leaves_nothing(train_dir: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from shield_ps.daemon import PSDaemon
+    from shield_ps.data import locate_data
     from shield_ps.events import EventSink
     from shield_ps.job import resolve_job
     from shield_ps.local_agents import write_token_file
@@ -369,6 +382,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     resolve_job(config)  # validation: a refused run leaves nothing behind
+    data_line = None
+    if config.synthetic_d is None:  # before any directory or agent: a bad --data-dir creates nothing
+        where = locate_data(config.dataset, config.data_dir, download=True)
+        config = config.replace(data_dir=str(where.path))
+        data_line = f"shield-ps: data {where.describe()}"
     token, write_token = _token(args)
     train_dir = Path(config.train_dir)
     created = _first_missing(train_dir)
@@ -385,9 +403,11 @@ def run(args: argparse.Namespace) -> int:
 
     def listening(host: str, port: int) -> None:
         view.post_line(LISTENING_LINE.format(host=host, port=port, train_dir=train_dir))
+        if data_line is not None:
+            view.post_line(data_line)
         if config.local_agents < config.workers:
             missing = config.workers - config.local_agents
-            command = join_command(host, port, token_file) + ("" if missing == 1 else f" --workers {missing}")
+            command = join_command(host, port, token_file, config, missing)
             view.post_line(f"waiting for {missing} agent slot(s); join with: {command}")
             if missing > 1:
                 view.post_line(f"(--workers N hosts N slots in one agent process; several processes, here or on "

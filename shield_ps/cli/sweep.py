@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="TOML", help="grid file (keys as the flags, with underscores; lists for the "
                    "axes)")
     p.add_argument("--out", help="sweep directory (default sweeps/<preset or 'grid'>); rerun to resume")
-    p.add_argument("--data-dir", help="dataset directory passed to every run")
+    p.add_argument("--data-dir", metavar="DIR", help="directory that holds the dataset, passed to every run "
+                   "(default: as serve's: the cache, else MNIST's embedded test split)")
     p.add_argument("--run-timeout", type=positive_float, default=3600.0, help="seconds per run before it is "
                    "stopped and marked failed (default 3600)")
     p.add_argument("--join-timeout", type=positive_float, default=900.0, help="seconds each run waits for its K "
@@ -121,6 +122,7 @@ def build_grid(args: argparse.Namespace) -> tuple["Grid", str]:  # noqa: F821 (i
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from shield_ps.data import locate_data
     from shield_ps.sweep.grid import PRESETS
     from shield_ps.sweep.report import write_report
     from shield_ps.sweep.runner import SweepRunner, check_output_dir
@@ -134,7 +136,11 @@ def run(args: argparse.Namespace) -> int:
         entry = PRESETS[args.preset]
         console.print(f"preset {args.preset.value}: {entry.reproduces}")
         console.print(f"scaled for a CPU machine: {entry.scaled}")
-    runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=args.data_dir,
+    # every run reads the same directory, checked before the first run starts (a typo or missing data stops the
+    # sweep here instead of failing every point); the first use downloads it into the cache
+    data = locate_data(grid.dataset, args.data_dir, download=not args.dry_run)
+    console.print(f"data {data.describe()}", soft_wrap=True)
+    runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=str(data.path),
                          run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
                          gather_timeout_s=args.gather_timeout)
     if args.dry_run:

@@ -85,12 +85,16 @@ class AutoVote:
         self.used, self.answers = {}, []
         if not disputed:
             times["vote"] = time.perf_counter() - mark
-            return await self._finish(exact, list(exact.files), replies, set(), SplitResult())
+            mark = time.perf_counter()
+            outcome = await self._finish(exact, list(exact.files), replies, set(), SplitResult())
+            times["gather"] = time.perf_counter() - mark  # the winners' payloads not fetched during compute
+            return outcome
         split = [f for f in disputed if exact.files[f].winner is None]
         excusable = {f: self._excusable(exact.files[f]) for f in disputed if f not in split}
         answers = self.answers = await self._sketch_round(step, exact, replies, split, excusable, times)
         files = self._blamed(exact, replies, answers, excusable)
         times["vote"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         result = await self._resolve_split(step, split, replies, answers)
         r = self.placement.r
         first = vote_sketches(self.placement, answers, self.tolerance, digests=replies, order_key=self.sketches.seed)
@@ -101,6 +105,7 @@ class AutoVote:
         self.used = result.used
         self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed)
         outcome = await self._finish(exact, files, replies, result.slow, result)
+        times["gather"] = time.perf_counter() - mark  # the split files' groups and the remaining fetches
         outcome.settle = lambda: self._settle(outcome, exact, replies, excusable, set(split))
         outcome.excusable = excusable
         return outcome

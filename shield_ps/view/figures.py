@@ -54,7 +54,8 @@ def final_summary(state: ViewState) -> Summary:
         return state.summary
     final = state.last_eval.top1 if state.last_eval else None
     wall = (state.now - state.started) if state.now is not None and state.started is not None else 0.0
-    return Summary(steps=state.steps_seen, wall_s=wall, best_top1=state.best_top1, final_top1=final,
+    done = 0 if state.step is None else state.step + 1  # of the whole run, resumed or not
+    return Summary(steps=done, wall_s=wall, best_top1=state.best_top1, final_top1=final,
                    files_corrupted=state.files_corrupted, files_dropped=state.files_dropped,
                    reason="no summary received", lying_workers=worker_counts(state, "lies"),
                    outvoted_workers=worker_counts(state, "disagreements"),

@@ -2,10 +2,13 @@
 
 ``format_event(event, state)`` is pure: ``state`` is the view state *after* ``event`` was folded in (it supplies
 totals, the elapsed time and the ETA). Worker events only make a line when they matter to a reader of the log
-(connected, late, erased, left), not on every computing/done transition.
+(connected, late, erased, left), not on every computing/done transition. Before the first step,
+:class:`StartupLines` thins the start-up out: one join-progress line per change of its counts, rate-limited, and no
+line per connecting worker.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Mapping
 
 from shield_ps.view import fmt
@@ -129,3 +132,59 @@ def format_event(event: Any, state: ViewState) -> str | None:
         return None
     line = _LINES[kind](event, state)
     return None if line is None else f"{_elapsed(event, state)} {line}"
+
+
+#: before the first step, at most one join-progress line per this many seconds (the all-ready line comes at once)
+JOIN_LINE_PERIOD_S = 5.0
+
+
+class StartupLines:
+    """Which plain lines to print before the first step, when K agents connect and load at once.
+
+    The join progress (``waiting for agents: R ready, L loading, M missing``) is printed once per change of its
+    counts (a changing deadline alone is no change), at most once per ``period`` seconds: a change inside the
+    period is held and printed when the period ends (:meth:`due`), or replaced by a newer one. The line that says
+    every agent is ready is printed at once. A worker's ``connected`` line is left out before the first step (the
+    progress line counts it; left, late and erased workers still get theirs). From the first step on every line
+    passes. Not thread-safe: the view's output thread owns it."""
+
+    def __init__(self, period: float = JOIN_LINE_PERIOD_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period, self._clock = period, clock
+        self._counts: tuple[int, int, int] | None = None
+        self._printed_at: float | None = None
+        self._held: str | None = None
+
+    def admit(self, event: Any, state: ViewState, line: str) -> list[str]:
+        """The lines to print now for ``event`` (already folded into ``state``) whose plain line is ``line``."""
+        kind = event_kind(event)
+        if state.step is None and kind is EventKind.WORKER and state.workers[event["worker"]].state is \
+                WorkerState.CONNECTED:
+            return []
+        if kind is not EventKind.JOIN or state.join is None or state.step is not None:
+            return self._release() + [line]
+        join = state.join
+        counts = (join.ready, join.loading, join.missing)
+        if counts == self._counts:
+            return []
+        self._counts = counts
+        now = self._clock()
+        if (join.loading == 0 and join.missing == 0) or self._printed_at is None or \
+                now - self._printed_at >= self.period:
+            self._held, self._printed_at = None, now
+            return [line]
+        self._held = line
+        return []
+
+    def due(self) -> list[str]:
+        """The held progress line, once its period has ended."""
+        if self._held is not None and self._printed_at is not None and \
+                self._clock() - self._printed_at >= self.period:
+            return self._release()
+        return []
+
+    def _release(self) -> list[str]:
+        held, self._held = self._held, None
+        if held is None:
+            return []
+        self._printed_at = self._clock()
+        return [held]

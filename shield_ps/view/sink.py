@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.text import Text
 
 from shield_ps.view.live import LivePanel
-from shield_ps.view.plain import format_event
+from shield_ps.view.plain import StartupLines, format_event
 from shield_ps.view.state import EventKind, ViewState, event_kind, fold
 from shield_ps.view.summary import render_summary, summary_lines
 
@@ -102,6 +102,7 @@ class View:
         self._closed = False
         self._drawn: ViewState | None = None  #: the state the live panel last showed
         self._drawn_at = 0.0
+        self._startup = StartupLines() if mode is ViewMode.PLAIN else None  #: thins the lines before step 1
 
     @property
     def state(self) -> ViewState:
@@ -194,8 +195,12 @@ class View:
         while self._queue:
             item = self._queue.popleft()
             line = item if isinstance(item, str) else format_event(*item)
-            if line is not None:
-                self._print(line)
+            if line is None:
+                continue
+            for text in self._startup.admit(*item, line) if self._startup and not isinstance(item, str) else [line]:
+                self._print(text)
+        for text in self._startup.due() if self._startup else ():
+            self._print(text)
         if self._dropped:
             dropped, self._dropped = self._dropped, 0
             self._print(f"({dropped} lines dropped: the output was too slow)")

@@ -60,14 +60,24 @@ def _codecs(state: ViewState) -> list[SummaryRow]:
     return [] if totals is None else [SummaryRow("codecs", shares_text(totals))]
 
 
+def _steps(state: ViewState, summary: Summary) -> str:
+    """``30 in 0:00:40 (median ...)``; after ``--resume`` the steps of the whole run and this invocation's steps with
+    the time they took, each labelled (the wall time is this invocation's only)."""
+    median = median_step_seconds(state)
+    per_step = f" (median {median:.3f} s/step)" if median is not None else ""
+    start = state.job.start_step if state.job is not None and state.job.resumed else 0
+    if not start:
+        return f"{summary.steps} in {fmt.duration(summary.wall_s)}{per_step}"
+    return (f"{summary.steps} in all · this invocation, resumed at step {start}: {max(summary.steps - start, 0)} in "
+            f"{fmt.duration(summary.wall_s)}{per_step}")
+
+
 def summary_rows(state: ViewState) -> list[SummaryRow]:
     """The rows of the final summary; pure, shared by the plain and the live rendering."""
     summary = final_summary(state)
-    median = median_step_seconds(state)
-    per_step = f" (median {median:.3f} s/step)" if median is not None else ""
     return [
         SummaryRow("run", summary.reason, loud=summary.reason.startswith("failed")),
-        SummaryRow("steps", f"{summary.steps} in {fmt.duration(summary.wall_s)}{per_step}"),
+        SummaryRow("steps", _steps(state, summary)),
         SummaryRow("accuracy", f"best {fmt.pct(summary.best_top1)} · final {fmt.pct(summary.final_top1)}"),
         SummaryRow("files", f"{summary.files_corrupted} corrupted · {summary.files_dropped} dropped"),
         SummaryRow("updates", f"{_known(summary.steps_skipped)} skipped · {_known(summary.steps_lowered_s)} with s "

@@ -17,7 +17,7 @@ Also a real ResNet-18 gradient from torch when the agent zoo imports, and (root 
 ``auto_vs_best_fixed_1gbit`` / ``auto_vs_best_fixed_10gbit``: ``--codec auto`` against the best fixed codec on a
 veth link shaped by tc, end to end with the real gradient. The last line is one JSON object.
 
-    python bench/wire.py [--dim 11173962] [--reps 5] [--senders 15] [--level 1]
+    python bench/wire_speed.py [--dim 11173962] [--reps 5] [--senders 15] [--level 1]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # this file is bench/wire.py: import the package, not it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package of this checkout
 
 import blosc2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -307,7 +307,6 @@ def main() -> None:
     for key in ("encode_vs_blosc2", "decode_vs_blosc2"):
         figures[key] = round(figures[key], 4)
     if not args.no_shaped:
-        sys.path.append(str(Path(__file__).resolve().parent))
         from wire_shaped import shaped_figures
 
         print("--codec auto against each fixed codec on a shaped veth link (tc tbf in a network namespace):")
