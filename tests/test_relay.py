@@ -368,3 +368,21 @@ def test_serial_direct_steps_match_streaming_relayed_steps(tmp_path: Path, zoo: 
     assert np.array_equal(serial.params, streaming.params)
     assert all(not e["relay_tree"] for e in serial.of("step"))
     assert all(e["relay_tree"]["relayed"] >= 4 for e in streaming.of("step"))  # at most 3 are sent it directly
+
+
+def test_a_process_that_reaches_no_relay_stops_waiting_for_relays_until_one_answers() -> None:
+    from shield_agent.relay import MAX_UNREACHABLE_S, UNREACHABLE_S, Reachability
+
+    reach = Reachability()
+    a, b = ("10.0.0.2", 7000), ("10.0.0.3", 7000)
+    assert reach.worth_trying(a, 0.0) and reach.worth_trying(b, 0.0)
+    reach.failed(a, 0.0)  # one relay's SYNs were lost: every relay is presumed unreachable (behind NAT)
+    assert not reach.worth_trying(a, 1.0) and not reach.worth_trying(b, 1.0)
+    assert reach.worth_trying(b, UNREACHABLE_S) and not reach.worth_trying(a, UNREACHABLE_S - 0.1)
+    reach.failed(a, UNREACHABLE_S)  # failed again: its presumption doubles
+    assert not reach.worth_trying(a, 3 * UNREACHABLE_S - 0.1) and reach.worth_trying(a, 3 * UNREACHABLE_S)
+    for _ in range(20):
+        reach.failed(a, 0.0)
+    assert reach.until[a] == MAX_UNREACHABLE_S
+    reach.reached(b)  # a connection got through: nothing is presumed any more
+    assert reach.worth_trying(b, 0.0) and reach.worth_trying(a, 1e9) and not reach.failed_in_a_row
