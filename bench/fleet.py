@@ -42,9 +42,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shield_ps.byzantine.placement import build_placement  # noqa: E402
-from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable  # noqa: E402
-from tests.fleet_cluster import BedCluster  # noqa: E402
+from shield_ps.byzantine.placement import build_placement
+from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable
+from tests.fleet_cluster import BedCluster
 
 RESNET18_D = 11_200_000
 K15 = ("mols", 15, 3)
@@ -140,7 +140,7 @@ def relay_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 # ---- a lossy WAN --------------------------------------------------------------------------------------------------
 def lossy_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     link = Link(rate=args.lossy_rate, delay=0.040, loss=0.01)
-    events, cluster, stats = run_cluster(tmp, "lossy", d=args.lossy_d, ps_link=link, agent_link=link,
+    events, _, stats = run_cluster(tmp, "lossy", d=args.lossy_d, ps_link=link, agent_link=link,
                                          steps=args.steps, seconds=args.seconds_per_file)
     dropped = sum(e["files_dropped"] for e in events)
     say(f"lossy: steps {[round(e['times']['total'], 2) for e in events]}, dropped {dropped}, hedges "
@@ -203,7 +203,7 @@ def codec_figures(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 reps = 2 if rate == "100mbit" else args.codec_reps
                 sender = subprocess.run(tx.command([sys.executable, str(Path(__file__).resolve()), "--codec-sender",
                                                     rx.address, "7791", str(args.d), str(reps)]),
-                                        capture_output=True, text=True, timeout=1800,
+                                        capture_output=True, text=True, timeout=1800, check=False,
                                         env={**os.environ, "PYTHONPATH": str(REPO)})
                 if sender.returncode != 0:
                     raise RuntimeError(sender.stderr[-2000:])
@@ -224,8 +224,9 @@ def codec_sender(host: str, port: int, d: int, reps: int) -> None:
     sys.path.append(str(REPO / "bench"))
     import asyncio
 
-    import wire
     from wire_shaped import send_all, synthetic_vector
+
+    import wire
 
     wire.install_event_loop()
     x = synthetic_vector(d)

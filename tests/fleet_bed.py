@@ -33,9 +33,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 #: Frames inside the bed (EC2 VPCs carry 9001-byte frames).
@@ -112,7 +112,7 @@ def _sweep_stale() -> None:
             _run("ip", "netns", "del", name, check=False)
             shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
     for line in _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
-        match = re.search(rf": (fb(\d+)):", line)
+        match = re.search(r": (fb(\d+)):", line)
         if match and not Path(f"/proc/{match.group(2)}").exists():
             _run("ip", "link", "del", match.group(1), check=False)
 
@@ -155,7 +155,7 @@ class FleetBed:
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         _run("ip", "link", "set", self.bridge, "mtu", str(MTU), "up")
 
-    def __enter__(self) -> "FleetBed":
+    def __enter__(self) -> FleetBed:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -364,4 +364,4 @@ def rate_bytes(rate: str) -> float:
     return _bits(rate) / 8
 
 
-__all__ = ["FleetBed", "Link", "Node", "unavailable", "has_netem", "rate_bytes", "replace"]
+__all__ = ["FleetBed", "Link", "Node", "has_netem", "rate_bytes", "replace", "unavailable"]

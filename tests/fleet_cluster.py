@@ -10,8 +10,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tests.fleet_bed import FleetBed, Link, Node
 

@@ -81,7 +81,7 @@ def open_queue_socket(ns: str | None, queue: int) -> socket.socket:
               + _attr(NFQA_CFG_MASK, struct.pack(">I", NFQA_CFG_F_GSO)))
     sock.send(_message(NFQNL_MSG_CONFIG, queue, config, NLM_F_REQUEST | NLM_F_ACK, seq=1))
     reply = sock.recv(65536)
-    length, kind = struct.unpack_from("=IH", reply)
+    _, kind = struct.unpack_from("=IH", reply)
     if kind == NLMSG_ERROR:
         (error,) = struct.unpack_from("=i", reply, 16)
         if error != 0:
