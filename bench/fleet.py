@@ -141,7 +141,7 @@ def relay_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def lossy_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     link = Link(rate=args.lossy_rate, delay=0.040, loss=0.01)
     events, _, stats = run_cluster(tmp, "lossy", d=args.lossy_d, ps_link=link, agent_link=link,
-                                         steps=args.steps, seconds=args.seconds_per_file)
+                                         steps=args.lossy_steps, seconds=args.seconds_per_file)
     dropped = sum(e["files_dropped"] for e in events)
     say(f"lossy: steps {[round(e['times']['total'], 2) for e in events]}, dropped {dropped}, hedges "
         f"{[e['hedges'] for e in events]}, slow {[e.get('slow') for e in events]}, erased "
@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2, help="relay on/off pairs of runs")
     parser.add_argument("--lossy-d", type=int, default=RESNET18_D)
     parser.add_argument("--lossy-rate", default="1gbit")
+    parser.add_argument("--lossy-steps", type=int, default=2, help="steps of the lossy run (each takes minutes)")
     parser.add_argument("--partition-d", type=int, default=1_000_000)
     parser.add_argument("--partition-s", type=float, default=30.0)
     parser.add_argument("--partition-steps", type=int, default=16)
