@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
 _HISTORY = 128
 #: Until a transfer of its kind has been measured, a transfer is given time at min_bandwidth / UNMEASURED_SLACK (the
-#: slowest rate any measurement can bring it to): the first step of a run on slow links (1% loss and 80 ms RTT give
-#: one cubic TCP flow ~1.4 MB/s) must not cut every transfer before the links are known.
-UNMEASURED_SLACK = 10.0
+#: slowest rate any measurement can bring it to): the first step of a run on slow links must not cut every transfer
+#: before the links are known. 1% loss and 80 ms RTT give one cubic TCP flow 1.6 MB/s on a quiet machine, and 25 of
+#: them into one PS 0.5-1 MB/s each on the fleet bed's loaded one (a tenth of 10 MB/s still cut 2 honest files).
+UNMEASURED_SLACK = 20.0
 #: A transfer is given time at this share of the median rate that recent transfers of its kind achieved.
 _RATE_SHARE = 0.5
 
