@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -288,10 +289,18 @@ class FleetBed:
         assert self._linkd.stdin is not None and self._linkd.stdout is not None
         self._linkd.stdin.write(json.dumps(command).encode() + b"\n")
         self._linkd.stdin.flush()
+        self._linkd_answer()
+        self._queued.add(str(command["ns"]))
+
+    def _linkd_answer(self, timeout: float = 30.0) -> bytes:
+        """The daemon's next line (it answers every command at once; a silent daemon fails the bed, never hangs it)."""
+        assert self._linkd is not None and self._linkd.stdout is not None
+        if not select.select([self._linkd.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"the link delay daemon (tests/linkd.py) did not answer in {timeout:.0f}s")
         answer = self._linkd.stdout.readline()
         if not answer:
             raise RuntimeError("the link delay daemon (tests/linkd.py) exited")
-        self._queued.add(str(command["ns"]))
+        return answer
 
     def linkd_stats(self) -> dict[str, dict[str, float]]:
         """Per namespace: packets delayed, waiting now, and the most a release was late (the emulator's lag)."""
@@ -300,7 +309,7 @@ class FleetBed:
         assert self._linkd.stdin is not None and self._linkd.stdout is not None
         self._linkd.stdin.write(b'{"stats": true}\n')
         self._linkd.stdin.flush()
-        return json.loads(self._linkd.stdout.readline())
+        return json.loads(self._linkd_answer())
 
     # ---- teardown ---------------------------------------------------------------------------------------------
     def close(self) -> None:
