@@ -32,7 +32,7 @@ from shield_ps.phases.aggregate import Aggregation, AggregationOutcome, ShortSte
 from shield_ps.phases.broadcast import Broadcaster
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher, FetchReport
-from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree
+from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree, slow_uplinks
 from shield_ps.phases.sketch import SketchRound
 from shield_ps.pool import AgentLink, WorkerPool
 
@@ -122,6 +122,7 @@ class StepRunner:
         self.sketches.on_answer(link, header)
 
     def on_agent_lost(self, link: AgentLink) -> None:
+        self.fetcher.uplink_rates.pop(link.worker, None)  # its slot's next agent is measured afresh
         if self.collector is not None:
             self.collector.drop_worker(link.worker)
         self.sketches.drop_worker(link.worker)
@@ -156,7 +157,8 @@ class StepRunner:
             return {}
         nodes = [RelayNode(link.worker, link.relay) for link in links]
         return plan_tree(nodes, step, self._secret, roots=cfg.relay_roots, fanout=cfg.relay_fanout,
-                         no_relay=self.relay_book.no_relay(step), direct=self.relay_book.direct(step))
+                         no_relay=self.relay_book.no_relay(step) | slow_uplinks(self.fetcher.uplink_rates),
+                         direct=self.relay_book.direct(step))
 
     def _on_violation(self, link: AgentLink, why: str) -> None:
         self._step_lying.add(link.worker)
