@@ -240,7 +240,8 @@ class StepRunner:
             return {}
         relayed = sum(1 for source in self._sources.values() if source is not None)
         depth = max((source.depth for source in self._sources.values() if source is not None), default=1)
-        return {"direct": len(self.broadcaster.direct), "relayed": relayed, "depth": depth,
+        relays = sorted({source.worker for source in self._sources.values() if source is not None})
+        return {"direct": len(self.broadcaster.direct), "relayed": relayed, "depth": depth, "relays": relays,
                 "complaints": list(self._complaints)}
 
     async def _ready_links(self) -> list[AgentLink]:

@@ -54,6 +54,10 @@ def test_an_agent_behind_a_slow_uplink_is_hedged_around_and_the_run_goes_on(bed:
     assert len(slow_worker) == 1
     assert sum(s["hedges"] for s in steps) >= 1
     assert any(slow_worker & set(s.get("slow", [])) for s in steps), [s.get("slow") for s in steps]
+    # once its uplink is measured, nobody is told to take the parameters from it (its subtree would wait on it)
+    measured = next(i for i, s in enumerate(steps) if slow_worker & set(s.get("slow", [])))
+    relays = [s["relay_tree"].get("relays", []) for s in steps[measured + 1:]]
+    assert relays and not any(slow_worker & set(r) for r in relays), relays
 
 
 def test_agents_that_cannot_reach_one_another_take_the_vector_from_the_ps_without_a_wait_each_step(
