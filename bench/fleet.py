@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -267,6 +268,7 @@ def main() -> None:
     if why is not None:
         print(json.dumps({"skipped": why}))
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped bench still removes its bed (finally)
     figures: dict[str, Any] = {"load_start": load()}
     tmp = Path(tempfile.mkdtemp(prefix="shield-fleet-"))
     try:

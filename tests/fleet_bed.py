@@ -110,6 +110,11 @@ def _sweep_stale() -> None:
     for name in names:
         match = re.fullmatch(rf"{_PREFIX}(\d+)-[a-z0-9]+", name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
+            for pid in _run("ip", "netns", "pids", name, check=False).stdout.split():  # what it left running there
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             _run("ip", "netns", "del", name, check=False)
             shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
     for line in _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
