@@ -30,9 +30,9 @@ def bed():
 
 
 def _cluster(bed: FleetBed, tmp_path: Path, links: list[Link], slots: list[int], steps: int,
-             serve_flags: tuple[str, ...] = (), ps_link: Link = FAST) -> BedCluster:
+             serve_flags: tuple[str, ...] = (), ps_link: Link = FAST, d: int = D) -> BedCluster:
     assert sum(slots) == 15
-    return BedCluster(bed, tmp_path, d=D, scheme="mols", workers=15, replication=3, ps_link=ps_link,
+    return BedCluster(bed, tmp_path, d=d, scheme="mols", workers=15, replication=3, ps_link=ps_link,
                       agent_links=links, slots=slots, seconds_per_file=0.05, steps=steps,
                       serve_flags=("--eval-freq", "1000", "--gather-timeout", "60", *serve_flags))
 
@@ -116,14 +116,17 @@ def test_a_ps_that_moves_to_another_address_is_found_again(bed: FleetBed, tmp_pa
 
 
 def test_a_partitioned_agent_rejoins(bed: FleetBed, tmp_path: Path) -> None:
-    """One agent process is cut off for 15 s, then healed: the run goes on without it meanwhile, and it sends its
-    digests again within a few steps of the heal."""
-    cluster = _cluster(bed, tmp_path, [FAST, FAST, FAST], [7, 7, 1], steps=60)
+    """One agent process is cut off for 20 s, then healed: the run goes on without it meanwhile, and it sends its
+    digests again within a few steps of the heal. The PS sends every agent its 4 MB vector itself (--relay off), so
+    its send to the cut agent blocks and is cut at its deadline (~10 s), closing the connection: the agent must join
+    again (a 20 KB vector would sit in the socket's buffer and the connection outlive the partition)."""
+    cluster = _cluster(bed, tmp_path, [FAST, FAST, FAST], [7, 7, 1], steps=60, d=1_000_000,
+                       serve_flags=("--relay", "off"))
     cluster.wait_steps(3, timeout=300)
     victim = cluster.agent_nodes[2]
     bed.partition(victim)
     cut = time.time()
-    time.sleep(15)
+    time.sleep(20)
     bed.partition(victim, cut=False)
     healed = time.time()
     deadline = time.monotonic() + 240
