@@ -43,7 +43,7 @@ def _workers_at(cluster: BedCluster, address: str) -> set[int]:
 
 def test_an_agent_behind_a_slow_uplink_is_hedged_around_and_the_run_goes_on(bed: FleetBed, tmp_path: Path) -> None:
     """One agent's uplink is 1 Mbit/s (its vectors take ~0.6 s where the others' take milliseconds, and it trickles
-    them through a 250 ms RTT): whenever it is the first holder asked for a file, the next holder is asked too, and
+    them through a 130 ms RTT): whenever it is the first holder asked for a file, the next holder is asked too, and
     every file of every step is won."""
     slow = Link(up="1mbit", down="1gbit", delay=0.125)
     cluster = _cluster(bed, tmp_path, [FAST, FAST, slow], [7, 7, 1], steps=8)
