@@ -103,7 +103,7 @@ class Fetcher:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.report = FetchReport()
         self.step = -1
-        self.uplink_rates: dict[int, float] = {}  # worker -> bytes/s of its last verified payload (relay planning)
+        self.uplink_rates: dict[int, float] = {}  # worker -> bytes/s of its last payload, verified or overtaken
 
     def begin(self, step: int) -> None:
         """Start a new step (buffers of attempts cancelled last step are free again by now)."""
