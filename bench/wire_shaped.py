@@ -93,13 +93,16 @@ async def receiver(host: str, port: int, d: int) -> None:
     await server.close()
 
 
-async def send_all(host: str, port: int, x: np.ndarray, reps: int, warmup: int) -> dict[str, float]:
+async def send_all(host: str, port: int, x: np.ndarray, reps: int, warmup: int,
+                   picked: dict[str, list[str]] | None = None) -> dict[str, float]:
     """Seconds per vector, best of ``reps`` after ``warmup``, for each codec choice; one connection per choice
-    (so auto's link estimate starts from nothing, as on a new link), rounds alternating the choices."""
+    (so auto's link estimate starts from nothing, as on a new link), rounds alternating the choices. ``picked``
+    (when given) receives the codec each choice used, round by round."""
     conns = {choice: await wire.connect(host, port, token=TOKEN, role="agent") for choice in CODEC_CHOICES}
     loop = asyncio.get_running_loop()
     best = {choice: float("inf") for choice in CODEC_CHOICES}
-    picked: dict[str, list[str]] = {choice: [] for choice in CODEC_CHOICES}
+    picked = {} if picked is None else picked
+    picked.update({choice: [] for choice in CODEC_CHOICES})
     try:
         for round_ in range(warmup + reps):
             order = CODEC_CHOICES if round_ % 2 == 0 else CODEC_CHOICES[::-1]

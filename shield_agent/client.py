@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import numpy as np
@@ -219,12 +220,13 @@ class AgentSession:
 
     async def honest_relayed_step(self, step: int, source: RelaySource, digest: bytes, params: np.ndarray) -> None:
         """Take the parameters from ``source``; when that fails, tell the PS why (it sends them directly)."""
+        started = time.monotonic()
         reason = await self.relay.receive(source, step, digest, params)
         if reason is None:
             await self._begin(step, digest, params)
             return
-        log.warning("step %d: relay from worker %d (%s:%d) %s: asking the PS", step, source.worker, source.host,
-                    source.port, reason)
+        log.warning("step %d: relay from worker %d (%s:%d) %s after %.2fs: asking the PS", step, source.worker,
+                    source.host, source.port, reason, time.monotonic() - started)
         try:
             await self.conn.send(Kind.RELAY, {"step": step, "reason": reason})
         except ConnectionClosed:

@@ -39,6 +39,14 @@ MAX_WAIT_S = 900.0
 _KEPT_STEPS = 2
 #: Why a relay failed, as the RELAY message to the PS says it.
 REASONS = ("corrupt", "stalled", "unreachable", "refused")
+#: Seconds a relay we could not connect to is presumed unreachable (doubling with each failed probe, up to the max).
+UNREACHABLE_S = 30.0
+MAX_UNREACHABLE_S = 600.0
+#: Failed connections to distinct relays in a row, none succeeding, after which this process presumes it reaches no
+#: relay at all (it is behind NAT or a firewall) until a probe gets through: at once, since a wait costs a step (the
+#: PS erases a worker still waiting for its relay once every file is decided) and a wrong presumption only the PS's
+#: egress of one vector per step until the next relay it is told about answers the background probe.
+ISOLATED_AFTER = 1
 
 
 class RelayError(ComputeError):
@@ -216,6 +224,8 @@ class RelayHub:
         self._server: Any = None
         self._clients: dict[tuple[str, int], Any] = {}
         self._client_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.reach = Reachability()
+        self._probes: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     @property
     def port(self) -> int | None:
@@ -236,6 +246,9 @@ class RelayHub:
         log.info("relay server on %s:%d", self._bind, self._server.port)
 
     async def close(self) -> None:
+        for probe in self._probes.values():
+            probe.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
         for conn in self._clients.values():
             await conn.close("agent leaving")
         self._clients.clear()
@@ -296,24 +309,62 @@ class RelayHub:
             np.copyto(dest, entry.buffer)
             return None
         key = (source.host, source.port)
+        conn = self._clients.get(key)
+        if (conn is None or conn.closed) and not self.reach.worth_trying(key, asyncio.get_running_loop().time()):
+            self._probe(key)  # in the background: the step does not wait for it
+            log.info("relay %s:%d presumed unreachable: asking the PS at once", *key)
+            return "unreachable"
         lock = self._client_locks.setdefault(key, asyncio.Lock())
+        connecting = [False]
         try:
             async with asyncio.timeout(source.wait):
                 async with lock:
-                    return await self._receive_remote(key, step, digest, dest, source.wait)
+                    return await self._receive_remote(key, step, digest, dest, source.wait, connecting)
         except TimeoutError:
             await self._drop_client(key)
+            if connecting[0]:  # no connection in all our wait: its SYNs are lost (NAT, a firewall)
+                self.reach.failed(key, asyncio.get_running_loop().time())
+                return "unreachable"
             return "stalled"
 
+    def _probe(self, key: tuple[str, int]) -> None:
+        """Try to connect to a relay presumed unreachable, in the background (one try per relay at a time); a
+        connection that gets through is kept for the next step and clears the presumption."""
+        if key in self._probes:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def probe() -> None:
+            try:
+                conn = await connect(*key, token=self._token, role=Role.RELAY, timeouts=self._timeouts)
+            except (TimeoutError, OSError, WireError) as exc:
+                log.debug("relay %s:%d still unreachable: %s", *key, exc)
+                self.reach.failed(key, loop.time())
+                return
+            finally:
+                self._probes.pop(key, None)
+            old = self._clients.get(key)
+            if old is not None and not old.closed:
+                await conn.close("a connection exists")
+            else:
+                self._clients[key] = conn
+            self.reach.reached(key)
+
+        self._probes[key] = loop.create_task(probe())
+
     async def _receive_remote(self, key: tuple[str, int], step: int, digest: bytes, dest: np.ndarray,
-                              wait: float) -> str | None:
+                              wait: float, connecting: list[bool]) -> str | None:
         try:
             conn = self._clients.get(key)
             if conn is None or conn.closed:
+                connecting[0] = True
                 conn = self._clients[key] = await connect(*key, token=self._token, role=Role.RELAY,
                                                           timeouts=self._timeouts)
+                connecting[0] = False
+                self.reach.reached(key)
         except (OSError, WireError) as exc:
             log.info("relay %s:%d unreachable: %s", *key, exc)
+            self.reach.failed(key, asyncio.get_running_loop().time())
             return "unreachable"
         entry: RelayEntry | None = None
         got = None
@@ -345,3 +396,42 @@ class RelayHub:
         conn = self._clients.pop(key, None)
         if conn is not None:
             await conn.close("relay failed")
+
+
+class Reachability:
+    """Which relays this process could not connect to, so that it asks the PS at once instead of waiting out each
+    step's relay (agents behind NAT or a firewall cannot reach one another; docs/wire.md).
+
+    A relay whose connection failed (refused, or no answer within the wait) is presumed unreachable for
+    :data:`UNREACHABLE_S`, doubling with each failure up to :data:`MAX_UNREACHABLE_S`; after :data:`ISOLATED_AFTER`
+    distinct relays failed in a row with none reached, every relay is presumed unreachable. Either presumption ends
+    when a connection gets through (the hub probes presumed-unreachable relays in the background). Pure bookkeeping
+    over a clock the caller passes."""
+
+    def __init__(self) -> None:
+        self.until: dict[tuple[str, int], float] = {}
+        self.period: dict[tuple[str, int], float] = {}
+        self.failed_in_a_row: list[tuple[str, int]] = []
+        self.isolated_until = 0.0
+        self._isolated_period = UNREACHABLE_S
+
+    def worth_trying(self, key: tuple[str, int], now: float) -> bool:
+        """False while ``key`` (or every relay: this process is isolated) is presumed unreachable."""
+        return now >= self.isolated_until and now >= self.until.get(key, 0.0)
+
+    def failed(self, key: tuple[str, int], now: float) -> None:
+        period = self.period[key] = min(MAX_UNREACHABLE_S, 2 * self.period[key]) if key in self.period \
+            else UNREACHABLE_S
+        self.until[key] = now + period
+        if key not in self.failed_in_a_row:
+            self.failed_in_a_row.append(key)
+        if len(self.failed_in_a_row) >= ISOLATED_AFTER and now >= self.isolated_until:
+            self.isolated_until = now + self._isolated_period
+            self._isolated_period = min(MAX_UNREACHABLE_S, 2 * self._isolated_period)
+
+    def reached(self, key: tuple[str, int]) -> None:
+        self.until.pop(key, None)
+        self.period.pop(key, None)
+        self.failed_in_a_row.clear()
+        self.isolated_until = 0.0
+        self._isolated_period = UNREACHABLE_S

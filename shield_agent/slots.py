@@ -20,7 +20,7 @@ from shield_agent.errors import JoinRefused, ShieldAgentError
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentOptions
 from shield_agent.relay import RelayHub
-from wire import AuthError, Kind, WireError, connect
+from wire import AuthError, ConnectionClosed, Kind, WireError, connect
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -130,6 +130,8 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
             errors.report(exc)
             await conn.close(str(exc), code=exc.code)
             return 2
+        except ConnectionClosed as exc:  # closed under a read (the PS cut a STEP at its deadline): lost, not fatal
+            log.info("worker %d: the connection closed during a read: %s", conn.peer.id, exc)
         finally:
             if leaver is not None:
                 leaver.cancel()

@@ -141,6 +141,7 @@ class StepRunner:
         self.sketches.on_answer(link, header)
 
     def on_agent_lost(self, link: AgentLink) -> None:
+        self.fetcher.uplink_rates.pop(link.worker, None)  # its slot's next agent is measured afresh
         if self.collector is not None:
             self.collector.drop_worker(link.worker)
         self.sketches.drop_worker(link.worker)
@@ -189,7 +190,7 @@ class StepRunner:
         collector = StepCollector(step, plan.placement.f, {link.worker: link.files for link in links},
                                   r_prime=plan.placement.r_prime, on_winner=self._on_winner)
         self.collector = collector
-        sources = self.relays.plan(step, links)
+        sources = self.relays.plan(step, links, self.fetcher.uplink_rates)
         _, busy = await self.broadcaster.start(step, lr, self.optimizer.params, links, sources)
         for worker in busy:
             self._step_slow.add(worker)

@@ -164,15 +164,42 @@ def test_fetch_order_depends_on_the_secret_and_covers_every_holder() -> None:
 
 def test_deadlines_scale_with_size_and_hedge_from_the_median() -> None:
     d = Deadlines(gather=60, latency=2.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.5)
-    assert d.transfer(0) == 2.0 and d.transfer(45_000_000) == pytest.approx(6.5)
+    assert d.transfer(0) == 2.0 and d.transfer(45_000_000) == pytest.approx(2.0 + 90.0)  # unmeasured: 0.5 MB/s
     assert d.hedge_delay(45_000_000) == 0.5  # nothing measured yet: the floor
+    d.seed(0.5, 45_000_000)  # the links are fast: min_bandwidth from now on
     for seconds in (0.2, 0.3, 0.25):
         d.record_fetch(seconds)
+    assert d.transfer(45_000_000) == pytest.approx(6.5) and d.relay_hop(45_000_000) == pytest.approx(6.5)
     assert d.hedge_delay(45_000_000) == pytest.approx(1.0)  # 4 x the median
     for _ in range(5):
         d.record_fetch(100.0)
     assert d.hedge_delay(45_000_000) == d.transfer(45_000_000)  # never past the transfer budget
     assert d.worst_fetch(45_000_000, 3) == 3 * d.transfer(45_000_000)
+
+
+def test_transfer_budgets_follow_links_slower_than_min_bandwidth_down_to_a_twentieth_of_it() -> None:
+    """A fetch of a 45 MB vector that shares a 1 Gbit/s PS ingress with 24 others runs at ~5 MB/s, below the
+    default --min-bandwidth of 10 MB/s: the budget follows (at half the median rate), so honest fetches are not cut
+    (the fleet bed cut them at 14.5 s); a lossy WAN's 0.5-1.6 MB/s flows are given 0.5 MB/s, the slowest
+    allowance."""
+    nbytes = 45_000_000
+    d = Deadlines(gather=60, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
+    d.seed(0.7, nbytes)  # a root's STEP took 0.7 s: sends and relay hops are paced at min_bandwidth
+    assert d.relay_hop(nbytes) == pytest.approx(2.0 + 4.5)
+    assert d.transfer(nbytes) == pytest.approx(10.0 + 90.0)  # no real fetch yet: the slowest allowance
+    for _ in range(25):
+        d.record_fetch(9.0)  # 5 MB/s each
+    assert d.transfer(nbytes) == pytest.approx(10.0 + 18.0)
+    assert d.relay_hop(nbytes) == pytest.approx(6.5)  # sends are still fast
+    for _ in range(128):
+        d.record_fetch(45.0)  # 1 MB/s: 1% loss and 80 ms RTT
+    assert d.transfer(nbytes) == pytest.approx(10.0 + 90.0)
+    for _ in range(128):
+        d.record_fetch(300.0)
+    assert d.transfer(nbytes) == pytest.approx(10.0 + 90.0)  # never slower than min_bandwidth / 20
+    for _ in range(128):
+        d.record_fetch(0.1)
+    assert d.transfer(nbytes) == pytest.approx(14.5)  # never faster than min_bandwidth
 
 
 def test_a_resumed_job_supersedes_the_steps_it_runs_again() -> None:

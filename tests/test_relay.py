@@ -389,3 +389,35 @@ def test_repeated_complaints_of_one_accuser_in_one_step_count_once(tmp_path: Pat
     assert book.strikes.get(relay) == 1, book
     assert book.demoted_until[relay] <= 1 + COOLDOWN_STEPS, book
     assert all(e["files_won"] == 9 and CULPRIT not in e["erased"] for e in steps)
+
+
+def test_a_process_that_reaches_no_relay_stops_waiting_for_relays_until_one_answers() -> None:
+    from shield_agent.relay import MAX_UNREACHABLE_S, UNREACHABLE_S, Reachability
+
+    reach = Reachability()
+    a, b = ("10.0.0.2", 7000), ("10.0.0.3", 7000)
+    assert reach.worth_trying(a, 0.0) and reach.worth_trying(b, 0.0)
+    reach.failed(a, 0.0)  # one relay's SYNs were lost: every relay is presumed unreachable (behind NAT)
+    assert not reach.worth_trying(a, 1.0) and not reach.worth_trying(b, 1.0)
+    assert reach.worth_trying(b, UNREACHABLE_S) and not reach.worth_trying(a, UNREACHABLE_S - 0.1)
+    reach.failed(a, UNREACHABLE_S)  # failed again: its presumption doubles
+    assert not reach.worth_trying(a, 3 * UNREACHABLE_S - 0.1) and reach.worth_trying(a, 3 * UNREACHABLE_S)
+    for _ in range(20):
+        reach.failed(a, 0.0)
+    assert reach.until[a] == MAX_UNREACHABLE_S
+    reach.reached(b)  # a connection got through: nothing is presumed any more
+    assert reach.worth_trying(b, 0.0) and reach.worth_trying(a, 1e9) and not reach.failed_in_a_row
+
+
+def test_workers_with_a_slow_uplink_relay_to_nobody() -> None:
+    from shield_ps.phases.relay import slow_uplinks
+
+    rates = {0: 100e6, 1: 90e6, 2: 110e6, 3: 5e6, 4: 0.0}  # 3 sends at 1/20 of the others, 4 never started
+    assert slow_uplinks(rates) == {3, 4}
+    assert slow_uplinks({0: 1.0, 1: 0.0}) == frozenset()  # too few to say what is typical
+    nodes = _nodes(12)
+    for step in range(20):
+        plan = plan_tree(nodes, step, _secret(), roots=2, fanout=2, no_relay=slow_uplinks(rates))
+        parents = {source.worker for source in plan.values() if source is not None}
+        assert not parents & {3, 4}
+        _check_tree(plan, nodes, no_relay=frozenset({3, 4}))

@@ -103,3 +103,46 @@ def test_ps_broadcast_carries_the_digest_of_what_it_sends() -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
     (announced, received), = seen
     assert announced == received == wire.vector_digest(params)
+
+
+def test_an_agent_whose_step_is_cut_mid_vector_reconnects() -> None:
+    """The PS cuts a STEP at its deadline (a slow link: the fleet bed's lossy WAN did it to every agent) and closes
+    the connection under the agent's read: the agent joins again instead of exiting, and serves the next step."""
+    big = 1_500_000  # two 4 MiB chunks: the cut falls between them
+    params = initial_parameters(big, 0)
+    connections: list[int] = []
+    digested: list[int] = []
+
+    async def on_connection(conn: wire.Connection) -> None:
+        connections.append(len(connections))
+        await conn.request(Kind.JOB, {**_job(), "synthetic_d": big}, timeout=20)
+        header = {"step": 0, "lr": 0.1, "params_digest": wire.vector_digest(params)}
+        if len(connections) == 1:
+            async def cut(end: int) -> None:
+                if end > 4 << 20:
+                    raise RuntimeError("the STEP's deadline passed")
+
+            try:
+                await conn.send_vector_as_filled(Kind.STEP, header, params, cut)
+            except Exception:  # noqa: BLE001 - the cut is the point
+                pass
+            await conn.close("took too long to receive STEP 0", code="timeout")
+            return
+        await conn.send(Kind.STEP, header, vector=wire.encode_vector(params, "none"))
+        while len(digested) < 2:
+            msg = await conn.recv(timeout=20)
+            if msg.kind is Kind.DIGESTS:
+                digested.append(msg.header["step"])
+        await conn.send(Kind.LEAVE, {"reason": "completed"})
+
+    async def main() -> int:
+        server = await wire.serve("127.0.0.1", 0, on_connection, token=TOKEN)
+        try:
+            options = AgentOptions(host="127.0.0.1", port=server.port, token=TOKEN, data_dir="/nonexistent",
+                                   reconnect=True, synthetic=0.0, relay=False)
+            return await asyncio.wait_for(run_agent(options), 60)
+        finally:
+            await server.close()
+
+    assert asyncio.run(main()) == 0
+    assert len(connections) == 2 and digested == [0, 0]

@@ -139,7 +139,7 @@ class Broadcaster:
             started = time.perf_counter()
             await asyncio.wait_for(link.conn.send(Kind.STEP, header, vector=encoded), budget)
             if encoded is not None:
-                self._deadlines.seed(time.perf_counter() - started)
+                self._deadlines.seed(time.perf_counter() - started, sum(encoded.desc.sizes))
             self._on_sent(link)
         except asyncio.TimeoutError:
             reason = f"took more than {budget:.1f}s to receive STEP {step}"

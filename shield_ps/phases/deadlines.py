@@ -1,7 +1,10 @@
 """The named deadlines of one step, derived from the configuration (docs/liveness.md lists each one).
 
 A transfer (the STEP broadcast to one agent, one FETCH from one holder) is bounded over its whole extent, from the
-request to the last payload byte: ``latency + bytes / min_bandwidth``. The gather ends at ``gather`` seconds, or
+request to the last payload byte: ``latency + bytes / bandwidth``. ``bandwidth`` is ``--min-bandwidth`` where the
+links are measured at least twice as fast; where they are slower it follows them (half the median rate the step's
+recent transfers achieved: a shared PS ingress, a lossy WAN), and before anything is measured it is
+``min_bandwidth / UNMEASURED_SLACK``, never less (docs/liveness.md). The gather ends at ``gather`` seconds, or
 earlier once every file has its winner and the remaining workers had a straggler grace. A hedge is sent to the next holder of a file
 when a fetch has not completed within ``max(hedge_floor, hedge_factor * median of recent fetch times)``.
 """
@@ -13,6 +16,13 @@ from dataclasses import dataclass, field
 
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
 _HISTORY = 128
+#: Until a transfer of its kind has been measured, a transfer is given time at min_bandwidth / UNMEASURED_SLACK (the
+#: slowest rate any measurement can bring it to): the first step of a run on slow links must not cut every transfer
+#: before the links are known. 1% loss and 80 ms RTT give one cubic TCP flow 1.6 MB/s on a quiet machine, and 25 of
+#: them into one PS 0.5-1 MB/s each on the fleet bed's loaded one (a tenth of 10 MB/s still cut 2 honest files).
+UNMEASURED_SLACK = 20.0
+#: A transfer is given time at this share of the median rate that recent transfers of its kind achieved.
+_RATE_SHARE = 0.5
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Deadlines:
     hedge_floor: float
     relay_latency: float = 2.0
     fetch_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
+    send_rates: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
     _seeded: bool = False
 
     @classmethod
@@ -37,14 +48,35 @@ class Deadlines:
                    min_bandwidth=float(get("min_bandwidth")) * 1e6, hedge_factor=float(get("hedge_factor")),
                    hedge_floor=float(get("hedge_floor")), relay_latency=float(getattr(config, "relay_latency", 2.0)))
 
+    def bandwidth(self, measured: float | None) -> float:
+        """Bytes per second a transfer is given time at, from the median rate ``measured`` of recent transfers of
+        its kind (None: none yet): between ``min_bandwidth / UNMEASURED_SLACK`` and ``min_bandwidth``."""
+        slowest = self.min_bandwidth / UNMEASURED_SLACK
+        if measured is None:
+            return slowest
+        return max(slowest, min(self.min_bandwidth, _RATE_SHARE * measured))
+
+    def send_rate(self) -> float | None:
+        """Median bytes per second of recent whole-vector STEP sends (None before one completed)."""
+        return statistics.median(self.send_rates) if self.send_rates else None
+
+    def fetch_rate(self, nbytes: int) -> float | None:
+        """Median bytes per second of recent fetches of ``nbytes`` (every payload is one vector; None before a real
+        fetch completed: the broadcast's seeds say nothing of a PS ingress shared by f fetches)."""
+        if not self.fetch_times or self._seeded:
+            return None
+        return nbytes / max(statistics.median(self.fetch_times), 1e-6)
+
     def transfer(self, nbytes: int) -> float:
-        """The whole-extent budget of one transfer of ``nbytes``."""
-        return self.latency + nbytes / self.min_bandwidth
+        """The whole-extent budget of one transfer of ``nbytes`` (a STEP send or a fetch: the longer of the two
+        kinds' budgets, so that neither is cut for the other's pace)."""
+        slowest = min(self.bandwidth(self.send_rate()), self.bandwidth(self.fetch_rate(nbytes)))
+        return self.latency + nbytes / slowest
 
     def relay_hop(self, nbytes: int) -> float:
         """What one hop of the relay tree may take: a worker ``k`` hops from the PS waits ``k`` hops for the vector
-        before asking the PS for it directly."""
-        return self.relay_latency + nbytes / self.min_bandwidth
+        before asking the PS for it directly (at the pace of the PS's own STEP sends)."""
+        return self.relay_latency + nbytes / self.bandwidth(self.send_rate())
 
     def hedge_delay(self, nbytes: int) -> float:
         """How long a fetch may run before the next holder is asked too (never past the transfer budget)."""
@@ -63,10 +95,13 @@ class Deadlines:
             self._seeded = False
         self.fetch_times.append(seconds)
 
-    def seed(self, seconds: float) -> None:
-        """A STEP send of a whole vector took ``seconds``: until the first fetch completes, the hedge delay is taken
-        from such sends (the same bytes over the same links), not from the floor alone, so the first step does not
-        hedge every fetch of a large vector on a busy link."""
+    def seed(self, seconds: float, nbytes: int | None = None) -> None:
+        """A STEP send of a whole vector (``nbytes`` on the wire) took ``seconds``: its rate paces later sends and
+        relay hops; until the first fetch completes, the hedge delay is taken from such sends (the same bytes over
+        the same links), not from the floor alone, so the first step does not hedge every fetch of a large vector
+        on a busy link."""
+        if nbytes is not None and seconds > 0:
+            self.send_rates.append(nbytes / seconds)
         if not self.fetch_times or self._seeded:
             self._seeded = True
             self.fetch_times.append(seconds)

@@ -104,6 +104,7 @@ class Fetcher:
         self._tasks: dict[int | tuple[int, bytes], asyncio.Task[None]] = {}
         self.report = FetchReport()
         self.step = -1
+        self.uplink_rates: dict[int, float] = {}  # worker -> bytes/s of its last payload, verified or overtaken
 
     def begin(self, step: int) -> None:
         """Start a new step (buffers of attempts cancelled last step are free again by now)."""
@@ -179,6 +180,7 @@ class Fetcher:
                 if not done:  # hedge: ask the next holder too
                     for attempt in running:
                         attempt.overtaken = True
+                        self.uplink_rates[attempt.worker] = attempt.rate(time.monotonic())
                     worker = self._next_holder(step, file, holders(), asked)
                     assert worker is not None
                     running.append(self._launch(file, worker, first=False))
@@ -273,6 +275,7 @@ class Fetcher:
         got = attempt.task.result()
         if got == digest:
             self._deadlines.record_fetch(time.monotonic() - attempt.started)
+            self.uplink_rates[attempt.worker] = attempt.rate(time.monotonic())
             return True
         if got is None:
             if attempt.overtaken:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -100,6 +101,22 @@ def blame(complaints: Iterable[tuple[int, int, str] | list[Any]]) -> list[tuple[
     complaints = [tuple(c) for c in complaints]
     accusers = {c[0] for c in complaints}
     return [(c[0], c[1]) for c in complaints if c[1] not in accusers]
+
+
+#: A worker whose payloads reach the PS at less than this share of the median worker's rate relays to nobody.
+SLOW_UPLINK_SHARE = 0.25
+
+
+def slow_uplinks(rates: dict[int, float], share: float = SLOW_UPLINK_SHARE) -> frozenset[int]:
+    """The workers whose last verified payload reached the PS at less than ``share`` of the median worker's rate
+    (bytes/s, measured by the fetches): a relay forwards the whole vector over its uplink to ``fanout`` children,
+    cut-through, so one slow uplink among the inner nodes slows its whole subtree, and no complaint ever says so (the
+    vector arrives within the hop's wait). The fleet bed showed it; such workers still receive from relays. An agent
+    can only slow itself this way, which costs it nothing but its place as a relay."""
+    if len(rates) < 3:
+        return frozenset()
+    typical = statistics.median(rates.values())
+    return frozenset(w for w, rate in rates.items() if rate < share * typical)
 
 
 def _host_port(serves: tuple) -> tuple[str, int]:

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from shield_ps.phases.deadlines import Deadlines
-from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree
+from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree, slow_uplinks
 from shield_ps.pool import AgentLink
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,11 @@ class RelayRound:
         self._complained_at: dict[int, float] = {}
         self._previous: tuple[int, list[list[Any]], set[int], dict[int, Source | None]] | None = None
 
-    def plan(self, step: int, links: list[AgentLink]) -> dict[int, Source | None]:
-        """The step's tree (``--relay on`` and more agent processes than roots), else everyone direct."""
+    def plan(self, step: int, links: list[AgentLink],
+             uplink_rates: dict[int, float] | None = None) -> dict[int, Source | None]:
+        """The step's tree (``--relay on`` and more agent processes than roots), else everyone direct. Workers whose
+        measured uplink (``uplink_rates``, bytes/s of their payloads) is far below the typical relay to nobody
+        (:func:`~shield_ps.phases.relay.slow_uplinks`)."""
         if self.step >= 0:
             self._previous = (self.step, self.complaints, self._done, self.sources)
         self.step, self.complaints, self._done, self._complained_at = step, [], set(), {}
@@ -50,8 +53,9 @@ class RelayRound:
             self.sources = {}
             return self.sources
         nodes = [RelayNode(link.worker, link.relay) for link in links]
+        slow = slow_uplinks(uplink_rates) if uplink_rates else frozenset()
         self.sources = plan_tree(nodes, step, self._secret, roots=self._roots, fanout=self._fanout,
-                                 no_relay=self.book.no_relay(step), direct=self.book.direct(step))
+                                 no_relay=self.book.no_relay(step) | slow, direct=self.book.direct(step))
         return self.sources
 
     def on_complaint(self, link: AgentLink, header: dict[str, Any], send_direct: Callable[[AgentLink, int], Any],
@@ -111,4 +115,6 @@ class RelayRound:
             return {}
         relayed = sum(1 for source in self.sources.values() if source is not None)
         depth = max((source.depth for source in self.sources.values() if source is not None), default=1)
-        return {"direct": direct, "relayed": relayed, "depth": depth, "complaints": list(self.complaints)}
+        relays = sorted({source.worker for source in self.sources.values() if source is not None})
+        return {"direct": direct, "relayed": relayed, "depth": depth, "relays": relays,
+                "complaints": list(self.complaints)}
