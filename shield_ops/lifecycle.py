@@ -6,15 +6,15 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import asyncssh
 
 from shield_ops import deploy, ec2, provision
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import ShieldOpsError
-from shield_ops.nodes import Node, NodeState, resolve, sort_key
-from shield_ops.remote import SSHContext, connect, run, wait_ready
+from shield_ops.nodes import Node, NodeState, resolve
+from shield_ops.remote import SSHContext, run, wait_ready
 from shield_ops.state import ClusterState
 from shield_ops.survey import parse_probe, ps_progress, status  # noqa: F401  (the status half of the life cycle)
 from shield_ops.ui import Reporter
@@ -55,8 +55,8 @@ async def _per_node(nodes: dict[str, Node], reporter: Reporter,
 
 async def up(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: UpOptions, reporter: Reporter) -> int:
     """Bring the cluster to the state the config describes; returns the exit status (1 if any node failed)."""
-    async with ec2.ec2_client(cfg.region) as client:
-        plan = await provision.make_plan(client, cfg)
+    async with ec2.EC2.open(cfg.region) as cloud:
+        plan = await provision.make_plan(cloud, cfg)
         for line in plan.lines(cfg) if plan.creates_anything or not opts.quiet else ():
             reporter.info(line)
         if opts.dry_run:
@@ -66,11 +66,11 @@ async def up(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: UpO
             return 1
         state.ensure()
         cidr = cfg.operator_cidr if cfg.operator_cidr != "auto" else await provision.detect_cidr()
-        nodes = await provision.provision(client, cfg, state, plan, provision.check_cidr(cidr), reporter)
+        nodes = await provision.provision(cloud, cfg, state, plan, provision.check_cidr(cidr), reporter)
         if cfg.host_keys == "pin" and ssh.host_keys != "insecure":
             from shield_ops.adopt import adopt_host_keys
 
-            for name, what in (await adopt_host_keys(client, state, list(nodes.values()))).items():
+            for name, what in (await adopt_host_keys(cloud, state, list(nodes.values()))).items():
                 reporter.info(f"{name} ({nodes[name].instance_id}): {what}")
     if opts.only is not Stage.PROVISION and nodes:
         conns: dict[str, asyncssh.SSHClientConnection] = {}

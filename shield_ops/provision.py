@@ -15,6 +15,7 @@ from typing import Any
 import asyncssh
 
 from shield_ops import ec2
+from shield_ops.cloud import Cloud, LaunchSpec
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import ProvisionError, ShieldOpsError
 from shield_ops.nodes import Node, NodeState, sort_key
@@ -96,13 +97,13 @@ def _split_duplicates(nodes: list[Node]) -> tuple[dict[str, Node], list[Node]]:
     return keep, extra
 
 
-async def make_plan(client: Any, cfg: ClusterConfig) -> Plan:
+async def make_plan(cloud: Cloud, cfg: ClusterConfig) -> Plan:
     """Compare the desired nodes with what carries the cluster tag."""
-    vpc_id = await ec2.resolve_vpc(client, cfg)
-    subnets = await ec2.subnets_by_zone(client, cfg, vpc_id)
-    key = await ec2.find_key_pair(client, cfg)
-    group = await ec2.find_security_group(client, cfg, vpc_id)
-    instances = await ec2.find_instances(client, cfg)
+    vpc_id = await cloud.resolve_vpc(cfg)
+    subnets = await cloud.subnets_by_zone(cfg, vpc_id)
+    key = await cloud.find_key_pair(cfg)
+    group = await cloud.find_security_group(cfg, vpc_id)
+    instances = await cloud.find_instances(cfg)
     found, duplicates = _split_duplicates([n for n in instances if n.spot_notice is None])
     desired = cfg.node_names()
     keep = {n: found[n] for n in desired if n in found}
@@ -110,7 +111,7 @@ async def make_plan(client: Any, cfg: ClusterConfig) -> Plan:
     # under a spot notice (tagged by ``up --watch``): replaced now, left to EC2 until the heir exists, then terminated
     duplicates += [n for n in instances if n.spot_notice is not None and n.name in found]
     launch = [n for n in desired if n not in found]
-    prices = await ec2.spot_prices(client, set(cfg.ps.instance_types) | set(cfg.agents.instance_types))
+    prices = await cloud.spot_prices(set(cfg.ps.instance_types) | set(cfg.agents.instance_types))
     return Plan(vpc_id, subnets, key, group, keep, launch, duplicates, _estimate(cfg, prices, keep, launch))
 
 
@@ -152,16 +153,16 @@ def pinned_type(cfg: ClusterConfig, role: str, keep: dict[str, Node]) -> str | N
     return None
 
 
-async def _launch_one(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
+async def _launch_one(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
                       name: str, reporter: Reporter, types: tuple[str, ...] | None = None) -> Node | None:
     role = "ps" if name == "ps" else "agent"
     host_key = asyncssh.generate_private_key("ssh-ed25519")
-    spec = ec2.LaunchSpec(name, role, types or (cfg.ps if role == "ps" else cfg.agents).instance_types,
-                          user_data(cfg, host_key))
+    spec = LaunchSpec(name, role, types or (cfg.ps if role == "ps" else cfg.agents).instance_types,
+                      user_data(cfg, host_key))
     reporter.state(name, NodeState.PENDING, "requesting spot capacity")
     try:
-        node = await ec2.launch(client, cfg, spec, plan.subnets, group_id,
-                                on_retry=lambda msg: reporter.state(name, NodeState.PENDING, msg))
+        node = await cloud.launch(cfg, spec, plan.subnets, group_id,
+                                  on_retry=lambda msg: reporter.state(name, NodeState.PENDING, msg))
     except ShieldOpsError as exc:
         reporter.state(name, NodeState.FAILED, str(exc))
         return None
@@ -171,55 +172,70 @@ async def _launch_one(client: Any, cfg: ClusterConfig, state: ClusterState, plan
     return node
 
 
-async def provision(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, cidr: str,
-                    reporter: Reporter) -> dict[str, Node]:
-    """Create what the plan lacks, wait for every node to run; returns the running nodes by name."""
-    if plan.key_pair is None:
-        await ec2.import_key_pair(client, cfg, state.public_key_openssh())
-        reporter.info(f"created key pair {cfg.resource_name}")
-    group_id, created = await ec2.ensure_security_group(client, cfg, plan.vpc_id, cidr)
-    if created:
-        reporter.info(f"created security group {group_id}")
+async def _launch_role(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
+                       role: str, reporter: Reporter) -> list[Node | None]:
+    """Launch the plan's missing nodes of ``role``: all of one instance type (that of the role's live nodes, else
+    the type the first launch found capacity for), unless ``spot.mixed_types``."""
+    names = [n for n in plan.launch if ("ps" if n == "ps" else "agent") == role]
+    fixed = pinned_type(cfg, role, plan.keep)
+    launched: list[Node | None] = []
+    if names and fixed is None and not cfg.mixed_types and len(names) > 1:
+        first = await _launch_one(cloud, cfg, state, plan, group_id, names[0], reporter)
+        launched.append(first)
+        names, fixed = names[1:], first.instance_type if first is not None else None
+    launched += await asyncio.gather(*(_launch_one(cloud, cfg, state, plan, group_id, n, reporter,
+                                                   (fixed,) if fixed else None) for n in names))
+    return launched
+
+
+async def _settle(cloud: Cloud, cfg: ClusterConfig, plan: Plan, group_id: str, reporter: Reporter) -> None:
+    """Before launching: the plan's terminations (scale-down, duplicates, noticed instances with an heir), and the
+    kept nodes reported."""
     if plan.terminate:
-        await ec2.terminate(client, cfg, plan.terminate)
+        await cloud.terminate(cfg, plan.terminate)
         for node in plan.terminate:
             reporter.info(f"terminated {node.name} ({node.instance_id}): "
                           f"{'duplicate' if node.name in cfg.node_names() else 'scale-down'}")
     for name, node in plan.keep.items():
         reporter.state(name, NodeState.PENDING if node.ec2_state == "pending" else NodeState.RUNNING,
                        "kept", node.instance_id)
+
+
+async def provision(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan, cidr: str,
+                    reporter: Reporter) -> dict[str, Node]:
+    """Create what the plan lacks, wait for every node to run; returns the running nodes by name."""
+    if plan.key_pair is None:
+        await cloud.import_key_pair(cfg, state.public_key_openssh())
+        reporter.info(f"created key pair {cfg.resource_name}")
+    group_id, created = await cloud.ensure_security_group(cfg, plan.vpc_id, cidr)
+    if created:
+        reporter.info(f"created security group {group_id}")
+    await _settle(cloud, cfg, plan, group_id, reporter)
     launched: list[Node | None] = []
     for role in ("ps", "agent"):
-        names = [n for n in plan.launch if ("ps" if n == "ps" else "agent") == role]
-        fixed = pinned_type(cfg, role, plan.keep)
-        if names and fixed is None and not cfg.mixed_types and len(names) > 1:
-            first = await _launch_one(client, cfg, state, plan, group_id, names[0], reporter)
-            launched.append(first)
-            names, fixed = names[1:], first.instance_type if first is not None else None
-        launched += await asyncio.gather(*(_launch_one(client, cfg, state, plan, group_id, n, reporter,
-                                                       (fixed,) if fixed else None) for n in names))
+        launched += await _launch_role(cloud, cfg, state, plan, group_id, role, reporter)
     nodes = {**plan.keep, **{n.name: n for n in launched if n is not None}}
     stopped = [n for n in nodes.values() if n.ec2_state in ("stopping", "stopped", "shutting-down")]
     for node in stopped:
         reporter.state(node.name, NodeState.FAILED, f"instance is {node.ec2_state}; `down` then `up` replaces it")
     waiting = [n.instance_id for n in nodes.values() if n not in stopped]
-    await ec2.wait_state(client, "instance_running", waiting)
-    running = {n.name: n for n in await ec2.describe(client, waiting)} if waiting else {}
+    await cloud.wait_running(waiting)
+    running = {n.name: n for n in await cloud.describe(waiting)}
     for node in running.values():
         reporter.state(node.name, NodeState.RUNNING, node.public_ip or node.private_ip or "", node.instance_id)
     return running
 
 
-async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, confirm: Any) -> int:
+async def down(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, confirm: Any) -> int:
     """Terminate every tagged instance, wait, then delete the tagged security group(s) and key pair."""
-    nodes = await ec2.find_instances(client, cfg)
-    groups = (await client.describe_security_groups(Filters=ec2.tag_filters(cfg)))["SecurityGroups"]
-    key = (await client.describe_key_pairs(Filters=ec2.tag_filters(cfg)))["KeyPairs"]
+    nodes = await cloud.find_instances(cfg)
+    groups = await cloud.security_groups(cfg)
+    key = await cloud.key_pairs(cfg)
     if not nodes and not groups and not key:
         reporter.info(f"cluster {cfg.name}: nothing tagged shield:cluster={cfg.name} in {cfg.region}")
         state.destroy()
         return 0
-    await _report_cost(client, cfg, state, reporter, "so far")
+    await _report_cost(cloud, cfg, state, reporter, "so far")
     reporter.info(f"cluster {cfg.name}: terminate {len(nodes)} instance(s) "
                   f"({', '.join(sorted((n.name for n in nodes), key=sort_key)) or 'none'}), delete "
                   f"{len(groups)} security group(s) and {len(key)} key pair(s)")
@@ -227,32 +243,31 @@ async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: R
         return 1
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATING, "", node.instance_id)
-    await ec2.terminate(client, cfg, nodes)
-    await ec2.wait_state(client, "instance_terminated", [n.instance_id for n in nodes])
+    await cloud.terminate(cfg, nodes)
+    await cloud.wait_terminated([n.instance_id for n in nodes])
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATED, "", node.instance_id)
-    await _report_cost(client, cfg, state, reporter, "in all")
+    await _report_cost(cloud, cfg, state, reporter, "in all")
     for group in groups:
-        await ec2.delete_security_group(client, group["GroupId"])
+        await cloud.delete_security_group(group["GroupId"])
         reporter.info(f"deleted security group {group['GroupId']}")
     for pair in key:
-        await ec2.delete_key_pair(client, pair)
+        await cloud.delete_key_pair(pair)
         reporter.info(f"deleted key pair {pair['KeyName']}")
     state.destroy()
     return 0
 
 
-async def _report_cost(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
+async def _report_cost(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
     """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
     import time
 
     from shield_ops.cost import Ledger
     from shield_ops.survey import LEDGER_FILE
 
-    found = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True),
-                               await ec2.incarnations(client, cfg))
+    found = ec2.of_incarnation(await cloud.find_instances(cfg, include_gone=True), await cloud.incarnations(cfg))
     ledger = Ledger(state.root / LEDGER_FILE if state.root.is_dir() else None)
-    ledger.observe(found, await ec2.spot_prices(client, {n.instance_type for n in found}), time.time())
+    ledger.observe(found, await cloud.spot_prices({n.instance_type for n in found}), time.time())
     ledger.save()
     reporter.info(f"cost {when}: ${ledger.total(time.time()):.6f} over {len(ledger.entries)} instance(s) "
                   f"(spot price history; terminated instances included), ${ledger.hourly():.6f}/h while running")

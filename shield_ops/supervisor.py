@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from shield_ops import cost, ec2
+from shield_ops.cloud import Cloud
 
 log = logging.getLogger("shield_ops.supervisor")
 
@@ -180,9 +181,9 @@ class Supervisor:
         tmp.write_text(json.dumps({"time": time.time(), **fields}))
         os.replace(tmp, self.root / STATE_FILE)
 
-    async def observe(self, client: Any, cfg: SupervisorConfig) -> Observation:
-        nodes = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True), {cfg.incarnation} - {""})
-        prices = await ec2.spot_prices(client, {n.instance_type for n in nodes})
+    async def observe(self, cloud: Cloud, cfg: SupervisorConfig) -> Observation:
+        nodes = ec2.of_incarnation(await cloud.find_instances(cfg, include_gone=True), {cfg.incarnation} - {""})
+        prices = await cloud.spot_prices({n.instance_type for n in nodes})
         now = time.time()
         self.ledger.observe(nodes, prices, now)
         self.ledger.save()
@@ -193,7 +194,7 @@ class Supervisor:
         return Observation(last_summary(run_dir / "metrics.jsonl"), pid_alive(self.root / "ps.pid") is not None,
                            now - start, self.ledger.total(now), self.ledger.hourly(), cfg.interval_s)
 
-    async def stop_cluster(self, client: Any, cfg: SupervisorConfig, reason: Reason, why: str,
+    async def stop_cluster(self, cloud: Cloud, cfg: SupervisorConfig, reason: Reason, why: str,
                            seen: Observation, tick: int) -> None:
         """Stop the PS (bounded), sync the mirror, then terminate every live tagged instance."""
         pid = pid_alive(self.root / "ps.pid")
@@ -216,19 +217,19 @@ class Supervisor:
             from shield_ops import mirror
 
             await mirror.sync_dir(cfg.mirror, self.root / cfg.run_dir)
-        nodes = await ec2.find_instances(client, cfg)
+        nodes = await cloud.find_instances(cfg)
         log.info("terminating %s (%s)", ", ".join(n.instance_id for n in nodes) or "nothing", why)
         self._write_state(decision=reason.value, why=why, cost_usd=round(self.ledger.total(time.time()), 9),
                           decided_cost_usd=round(seen.cost_usd, 9), tick=tick, limits=vars(cfg.limits),
                           terminating=[n.instance_id for n in nodes])
-        await ec2.terminate(client, cfg, nodes)  # type: ignore[arg-type]
+        await cloud.terminate(cfg, nodes)
 
     async def run(self, max_ticks: int | None = None) -> int:
         """Watch until the cluster is stopped (0), or the first look at EC2 fails (3: no credentials, say so)."""
         cfg = self.config()
-        async with ec2.ec2_client(cfg.region) as client:
+        async with ec2.EC2.open(cfg.region) as cloud:
             try:
-                await self.observe(client, cfg)
+                await self.observe(cloud, cfg)
             except Exception as exc:  # noqa: BLE001 - the one line the operator needs, then exit
                 log.error("cannot watch the cluster through EC2 (%s): give the PS instance an instance profile "
                           "allowing ec2:DescribeInstances, ec2:DescribeSpotPriceHistory and ec2:TerminateInstances "
@@ -239,7 +240,7 @@ class Supervisor:
                 ticks += 1
                 cfg = self.config()
                 try:
-                    obs = await self.observe(client, cfg)
+                    obs = await self.observe(cloud, cfg)
                     verdict = decide(obs, cfg.limits)
                     self._write_state(decision=None, cost_usd=round(obs.cost_usd, 9),
                                       usd_per_hour=round(obs.usd_per_hour, 9), elapsed_s=round(obs.elapsed_s, 1),
@@ -249,7 +250,7 @@ class Supervisor:
 
                         await mirror.sync_dir(cfg.mirror, self.root / cfg.run_dir)
                     if verdict is not None:
-                        await self.stop_cluster(client, cfg, *verdict, seen=obs, tick=ticks)
+                        await self.stop_cluster(cloud, cfg, *verdict, seen=obs, tick=ticks)
                         return 0
                 except Exception:  # noqa: BLE001 - a transient EC2/S3 error must not end the watch
                     log.exception("supervisor tick failed; retrying in %.0fs", cfg.interval_s)

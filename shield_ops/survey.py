@@ -110,10 +110,9 @@ def _history(ledger: cost.Ledger, name: str, current: str, now: float) -> list[d
 async def status(cfg: ClusterConfig, ssh: SSHContext) -> dict[str, Any]:
     """One row per node name the cluster has had, with history; cost so far (terminated instances included), the
     hourly rate of what is live, the projected cost at the end of the run, the PS's progress, the supervisor."""
-    async with ec2.ec2_client(cfg.region) as client:
-        found = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True),
-                                   await ec2.incarnations(client, cfg))
-        prices = await ec2.spot_prices(client, {n.instance_type for n in found})
+    async with ec2.EC2.open(cfg.region) as cloud:
+        found = ec2.of_incarnation(await cloud.find_instances(cfg, include_gone=True), await cloud.incarnations(cfg))
+        prices = await cloud.spot_prices({n.instance_type for n in found})
     now = time.time()
     ledger = cost.Ledger(ssh.state.root / LEDGER_FILE if ssh.state.root.is_dir() else None)
     ledger.observe(found, prices, now)

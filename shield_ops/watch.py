@@ -50,8 +50,8 @@ async def _repair(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts
     noticed = spot_noticed(report)
     if noticed:
         reporter.info(f"watch: spot interruption notice on {', '.join(noticed)}: starting the replacement now")
-        async with ec2.ec2_client(cfg.region) as client:
-            await ec2.tag_spot_notice(client, cfg, noticed)
+        async with ec2.EC2.open(cfg.region) as cloud:
+            await cloud.tag_spot_notice(cfg, noticed)
     return await lifecycle.up(cfg, state, ssh, opts, reporter)
 
 

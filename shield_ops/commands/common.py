@@ -86,8 +86,8 @@ async def discover(cfg: ClusterConfig) -> list[Node]:
     """The cluster's tagged instances, straight from EC2."""
     from shield_ops import ec2
 
-    async with ec2.ec2_client(cfg.region) as client:
-        return await ec2.find_instances(client, cfg)
+    async with ec2.EC2.open(cfg.region) as cloud:
+        return await cloud.find_instances(cfg)
 
 
 async def on_each(nodes: list[Node], work: Callable[[Node], Coroutine[Any, Any, int]]) -> int:

@@ -91,9 +91,9 @@ def interrupted(cfg: ClusterConfig, args: argparse.Namespace) -> str:
     from shield_ops import ec2
 
     async def look() -> str:
-        async with ec2.ec2_client(cfg.region) as client:
-            live = await ec2.find_instances(client, cfg)
-            prices = await ec2.spot_prices(client, {n.instance_type for n in live})
+        async with ec2.EC2.open(cfg.region) as cloud:
+            live = await cloud.find_instances(cfg)
+            prices = await cloud.spot_prices({n.instance_type for n in live})
         hourly = sum(ec2.hourly_price(prices, n.instance_type, n.zone) or 0.0 for n in live)
         names = ", ".join(sorted(n.name for n in live)) or "none"
         return f"{len(live)} instance(s) of cluster {cfg.name} are running ({names}) at about ${hourly:.4f}/h"
