@@ -31,7 +31,7 @@ from shield_ops.state import ClusterState
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+MNIST = Path(os.environ.get("SHIELD_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
 #: The [deploy] section of the slower ops tests' clusters (autostop, heal, mirror, sshd): this interpreter's packages,
 #: the local MNIST data uploaded, generous start deadlines for a loaded machine.
 LOCAL_DEPLOY = f"""[deploy]
