@@ -118,6 +118,7 @@ def _run_params(cfg: ClusterConfig, spec: LaunchSpec, itype: str, subnet: str, g
     return {**profile,
         "ImageId": cfg.ami, "InstanceType": itype, "MinCount": 1, "MaxCount": 1, "KeyName": cfg.resource_name,
         "SubnetId": subnet, "SecurityGroupIds": [group_id],
+        "InstanceInitiatedShutdownBehavior": "terminate",  # the boot watchdog's `shutdown` ends the bill
         "UserData": spec.user_data,  # botocore base64-encodes it
         "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot},
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
 
-from shield_ops import ec2
+from shield_ops import autostop, boot, ec2, fmt
+from shield_ops.boot import BootLimits
 from shield_ops.cloud import Cloud, LaunchSpec
+from shield_ops.cost import Ledger
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import ProvisionError, ShieldOpsError
 from shield_ops.nodes import Node, NodeState, sort_key
-from shield_ops.state import ClusterState
+from shield_ops.state import LEDGER_FILE, ClusterState
 from shield_ops.ui import Reporter
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class Plan:
     launch: list[str]
     duplicates: list[Node] = field(default_factory=list)
     hourly_usd: float | None = None
+    boot: BootLimits | None = None  # the watchdog limits of what this ``up`` launches (set by :func:`provision`)
 
     @property
     def terminate(self) -> list[Node]:
@@ -69,9 +73,43 @@ class Plan:
             why = ("replaced after a spot interruption notice" if node.spot_notice is not None
                    else "a duplicate of that node" if node.name in desired else "not in the config (scale-down)")
             out.append(f"  terminate {node.name}: {node.instance_id} {node.instance_type} ({why})")
-        price = f"${self.hourly_usd:.3f}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
+        price = f"{fmt.usd(self.hourly_usd)}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
         out.append(f"  estimated spot price of the whole cluster: {price}")
         return out
+
+    def question(self, cfg: ClusterConfig) -> str:
+        """What confirming does: create (key pair, group, instances), terminate, or both."""
+        creates = (["key pair"] if self.key_pair is None else []) + (
+            ["security group"] if self.security_group is None else []) + (
+            [f"{len(self.launch)} spot instance(s) ({', '.join(self.launch)})"] if self.launch else [])
+        parts = [f"create {', '.join(creates)}"] if creates else []
+        if self.terminate:
+            parts.append(f"terminate {len(self.terminate)} instance(s) "
+                         f"({', '.join(f'{n.name} {n.instance_id}' for n in self.terminate)})")
+        return f"{' and '.join(parts) or 'change nothing'} for cluster {cfg.name}?"
+
+
+def guard_lines(cfg: ClusterConfig, resume_from: str | None = None) -> list[str]:
+    """The plan's limits and mirror: what guards the bill and the run, and from when."""
+    limits = (["down when the run ends or its PS fails to start"] if cfg.down_when_done else []) + (
+        [f"at most {fmt.sig(cfg.max_hours, 3)} h from the first launch"] if cfg.max_hours is not None else []) + (
+        [f"at most {fmt.usd(cfg.max_cost)} (terminated instances count)"] if cfg.max_cost is not None else [])
+    idle = f"every instance ends itself after {fmt.duration(cfg.idle_minutes * 60)} idle" if cfg.idle_minutes \
+        else "no idle bound (autostop.idle_minutes = 0)"
+    if limits:
+        out = [f"  limits: {'; '.join(limits)}: held by the supervisor on the PS node, and from boot by each "
+               f"instance's own watchdog (deadline + {boot.GRACE_S + 2 * cfg.autostop_interval:g}s grace); {idle}"]
+    else:
+        out = [f"  limits: none (--max-cost, --max-hours, --down-when-done unset); {idle}"]
+    if cfg.mirrored:
+        out.append(f"  mirror: s3://{cfg.mirror_bucket}/{cfg.mirror_prefix}/<life>/<run>: checkpoints and metrics of "
+                   "this life's runs; a replacement PS resumes its life's run from it")
+    else:
+        out.append("  mirror: none ([mirror] bucket unset): a lost PS node loses its run")
+    if resume_from:
+        out.append(f"  resume: {resume_from} (the new PS continues that run; it must have the same configuration "
+                   "hash)")
+    return out
 
 
 async def detect_cidr(timeout: float = 10.0) -> str:
@@ -131,13 +169,16 @@ def _estimate(cfg: ClusterConfig, prices: dict[tuple[str, str], float], keep: di
     return total
 
 
-def user_data(cfg: ClusterConfig, host_key: asyncssh.SSHKey) -> str:
-    """cloud-init user data pinning the node's SSH host key (generated here) and installing the venv module."""
+def user_data(cfg: ClusterConfig, host_key: asyncssh.SSHKey, limits: BootLimits | None = None) -> str:
+    """cloud-init user data pinning the node's SSH host key (generated here), installing the venv module, and
+    starting the instance's watchdog at boot with ``limits`` (see :mod:`shield_ops.boot`)."""
     private = host_key.export_private_key("openssh").decode()
     public = host_key.export_public_key("openssh").decode().strip()
     indented = "".join(f"    {line}\n" for line in private.splitlines())
+    limits = limits or boot.limits_for(cfg, time.time(), None, 0.0, None)
     return ("#cloud-config\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n"
-            f"{indented}  ed25519_public: {public}\npackages: [python3-venv, python3-pip]\n")
+            f"{indented}  ed25519_public: {public}\npackages: [python3-venv, python3-pip]\n"
+            + boot.cloud_config_bootcmd(cfg, limits))
 
 
 def pinned_type(cfg: ClusterConfig, role: str, keep: dict[str, Node]) -> str | None:
@@ -158,7 +199,7 @@ async def _launch_one(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, pla
     role = "ps" if name == "ps" else "agent"
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     spec = LaunchSpec(name, role, types or (cfg.ps if role == "ps" else cfg.agents).instance_types,
-                      user_data(cfg, host_key))
+                      user_data(cfg, host_key, plan.boot))
     reporter.state(name, NodeState.PENDING, "requesting spot capacity")
     try:
         node = await cloud.launch(cfg, spec, plan.subnets, group_id,
@@ -211,6 +252,9 @@ async def provision(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan:
     if created:
         reporter.info(f"created security group {group_id}")
     await _settle(cloud, cfg, plan, group_id, reporter)
+    if plan.launch:
+        plan.boot = await boot_limits(cloud, cfg, state, plan)
+        reporter.info(f"new instances: {plan.boot.describe()} (their own watchdog, from boot)")
     launched: list[Node | None] = []
     for role in ("ps", "agent"):
         launched += await _launch_role(cloud, cfg, state, plan, group_id, role, reporter)
@@ -236,10 +280,14 @@ async def down(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: 
         state.destroy()
         return 0
     await _report_cost(cloud, cfg, state, reporter, "so far")
+    record = autostop.from_groups(groups) or autostop.Record.parse(state.load_autostop() or "")
+    if record is not None:
+        reporter.info(f"autostop: {record.line()}")
     reporter.info(f"cluster {cfg.name}: terminate {len(nodes)} instance(s) "
                   f"({', '.join(sorted((n.name for n in nodes), key=sort_key)) or 'none'}), delete "
                   f"{len(groups)} security group(s) and {len(key)} key pair(s)")
-    if not confirm():
+    if not confirm(f"terminate {len(nodes)} instance(s) and delete the security group(s) and key pair of cluster "
+                   f"{cfg.name}?"):
         return 1
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATING, "", node.instance_id)
@@ -258,19 +306,29 @@ async def down(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: 
     return 0
 
 
-async def _report_cost(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
-    """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
-    import time
-
-    from shield_ops.cost import Ledger
-    from shield_ops.survey import LEDGER_FILE
-
+async def life_ledger(cloud: Cloud, cfg: ClusterConfig, state: ClusterState) -> Ledger:
+    """Every instance of the cluster's current life EC2 or the local ledger knows (terminated ones too), priced."""
     found = ec2.of_incarnation(await cloud.find_instances(cfg, include_gone=True), await cloud.incarnations(cfg))
     ledger = Ledger(state.root / LEDGER_FILE if state.root.is_dir() else None)
     ledger.observe(found, await cloud.spot_prices({n.instance_type for n in found}), time.time())
     ledger.save()
-    reporter.info(f"cost {when}: ${ledger.total(time.time()):.6f} over {len(ledger.entries)} instance(s) "
-                  f"(spot price history; terminated instances included), ${ledger.hourly():.6f}/h while running")
+    return ledger
+
+
+async def boot_limits(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan) -> BootLimits:
+    """The watchdog limits of instances launched now: the life's first launch and its cost so far, and the plan's
+    estimated price of the whole cluster."""
+    ledger = await life_ledger(cloud, cfg, state)
+    now = time.time()
+    start = min((e.launched for e in ledger.entries.values()), default=None)
+    return boot.limits_for(cfg, now, start, ledger.total(now), plan.hourly_usd)
+
+
+async def _report_cost(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
+    """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
+    ledger = await life_ledger(cloud, cfg, state)
+    reporter.info(f"cost {when}: {fmt.usd(ledger.total(time.time()))} over {len(ledger.entries)} instance(s) "
+                  f"(spot price history; terminated instances included), {fmt.usd(ledger.hourly())}/h while running")
 
 
 def check_cidr(cidr: str) -> str:

@@ -58,7 +58,7 @@ async def _repair(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts
 async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: lifecycle.UpOptions,
                 reporter: Reporter, interval_s: float, max_rounds: int | None = None) -> int:
     """Repair the cluster until its run ends or it is gone; returns 0, or 1 when the last repair failed."""
-    opts = dataclasses.replace(opts, confirm=lambda: True, quiet=True)
+    opts = dataclasses.replace(opts, confirm=lambda _question: True, quiet=True, resume_from=None)
     status, rounds = 0, 0
     while max_rounds is None or rounds < max_rounds:
         rounds += 1

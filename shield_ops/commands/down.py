@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from shield_ops.ui import make_reporter
 
     cfg, state = load(args)
-    confirm = confirm_or_refuse(args.yes, f"delete cluster {cfg.name}?")
+    confirm = confirm_or_refuse(args.yes)
 
     async def go() -> int:
         async with ec2.EC2.open(cfg.region) as cloud:
