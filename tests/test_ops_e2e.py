@@ -185,6 +185,8 @@ def test_dry_run_plans_everything_and_creates_nothing(cluster: dict[str, Any]) -
     assert code == 0, out
     assert "create key pair shield-e2e" in out and "create security group shield-e2e" in out
     assert out.count("launch ") == 4 and "$" in out
+    assert "limits: none" in out and "30m 00s idle" in out and "mirror: none" in out  # what guards the bill and run
+    assert "with the AWS credentials found (env) by read-only calls; nothing was created" in out
     ec2 = boto_client(cluster["moto"])
     assert not tagged_instances(cluster["moto"])
     assert not ec2.describe_key_pairs(Filters=[TAG])["KeyPairs"]

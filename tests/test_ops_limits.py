@@ -196,3 +196,16 @@ def test_human_units() -> None:
     assert fmt.sig(0.30103123456789, 4) == "0.3010" and fmt.sig(1234567.0, 3) == "1234567"
     assert fmt.sig(2.5e-9, 3) == "2.50e-09" and fmt.percent(0.9712) == "97.1%"
     assert fmt.ago(100.0, now=160.0) == "1m 00s ago" and fmt.when(0) == "1970-01-01 00:00 UTC"
+
+
+def test_the_dry_run_says_it_needs_credentials(tmp_path: Path) -> None:
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true",
+               AWS_ENDPOINT_URL_EC2="http://127.0.0.1:9")
+    example = Path(__file__).resolve().parents[1] / "examples" / "cluster.toml"
+    done = subprocess.run([sys.executable, "-m", "shield_ops.cli", "up", "-c", str(example), "--dry-run",
+                           "--state-dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--dry-run included, and found no AWS credentials" in done.stderr
