@@ -75,7 +75,8 @@ cat > "$R/var/lib/shield/watchdog.sh" <<'SHIELD_WATCHDOG'
 @WATCHDOG@SHIELD_WATCHDOG
 cat > "$R/var/lib/shield/limits" <<'SHIELD_LIMITS'
 @LIMITS@SHIELD_LIMITS
-if ! { command -v systemd-run >/dev/null 2>&1 && systemd-run --unit=shield-watchdog --collect /bin/sh "$R/var/lib/shield/watchdog.sh"; }; then
+if ! { command -v systemd-run >/dev/null 2>&1 && \
+        systemd-run --unit=shield-watchdog --collect /bin/sh "$R/var/lib/shield/watchdog.sh"; }; then
   setsid nohup /bin/sh "$R/var/lib/shield/watchdog.sh" >> "$R/var/log/shield-watchdog.log" 2>&1 < /dev/null &
 fi
 """

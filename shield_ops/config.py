@@ -145,7 +145,8 @@ def _number(low: float, high: float, optional: bool = False) -> Checker:
 
 def _minutes(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 10080:
-        raise _fail(where, f"must be a number of minutes in [0, 10080] (got {value!r})", "write e.g. 30, or 0 for never")
+        raise _fail(where, f"must be a number of minutes in [0, 10080] (got {value!r})",
+                    "write e.g. 30, or 0 for never")
     return float(value)
 
 

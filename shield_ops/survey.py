@@ -224,5 +224,6 @@ async def status(cfg: ClusterConfig, ssh: SSHContext) -> dict[str, Any]:
     projected = cost.projection(total, hourly, progress, elapsed)
     return {"cluster": cfg.name, "region": cfg.region, "nodes": rows, "usd_per_hour": round(hourly, 9),
             "cost_usd": round(total, 9), "projected_cost_usd": None if projected is None else round(projected, 9),
-            "run_dir": ps_probe.get("run"), "ps": progress, "autostop": _autostop(cfg, ssh, look, ps_probe.get("autostop")),
+            "run_dir": ps_probe.get("run"), "ps": progress,
+            "autostop": _autostop(cfg, ssh, look, ps_probe.get("autostop")),
             "time": round(look.now, 3)}
