@@ -18,7 +18,7 @@ from shield_ops.autostop import TAG, Limits, Observation, Reason, Record, decide
 from shield_ops.config import validate
 from shield_ops.mirror import ended, parse_url, run_index
 from shield_ops.nodes import Node
-from tests.test_ops_fakes import fake_bin
+from tests.test_ops_fakes import fake_bin, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.test_ops_units import minimal
 
 
@@ -209,3 +209,25 @@ def test_the_dry_run_says_it_needs_credentials(tmp_path: Path) -> None:
                            "--state-dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--dry-run included, and found no AWS credentials" in done.stderr
+
+
+def test_the_watchdog_reason_is_published_before_the_node_stops(moto_env: str, tmp_path: Path) -> None:  # noqa: F811
+    """What the watchdog runs on a deployed PS node before `shutdown`: the record goes to the life's security group."""
+    import sys
+
+    from shield_ops.supervisor import SupervisorConfig
+    from tests.test_ops_fakes import boto_client
+
+    ec2 = boto_client(moto_env)
+    group = ec2.create_security_group(GroupName="shield-rec", Description="a life", TagSpecifications=[
+        {"ResourceType": "security-group", "Tags": [{"Key": "shield:cluster", "Value": "rec"}]}])["GroupId"]
+    (tmp_path / "supervisor.json").write_text(SupervisorConfig("rec", "us-east-1", "run", Limits(), 1.0, {},
+                                                               group).to_json())
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    (tmp_path / "run/checkpoints/step-00000040.npz").write_bytes(b"not read")
+    done = subprocess.run([sys.executable, "-m", "shield_ops.supervisor", "--config", str(tmp_path / "supervisor.json"),
+                           "--record", "idle"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    record = from_groups(ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"])
+    assert record is not None and (record.reason, record.last_checkpoint, record.life) == ("idle", 40, group)
+    assert "watchdog" in record.why
