@@ -231,3 +231,16 @@ def test_the_watchdog_reason_is_published_before_the_node_stops(moto_env: str, t
     record = from_groups(ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"])
     assert record is not None and (record.reason, record.last_checkpoint, record.life) == ("idle", 40, group)
     assert "watchdog" in record.why
+
+
+def test_resume_from_takes_only_an_s3_run_url(capsys: pytest.CaptureFixture[str]) -> None:
+    from shield_ops import cli
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "cluster.toml"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["up", "-c", str(example), "--resume-from", "https://my-runs/shield/demo/run"])
+    assert stop.value.code == 2
+    assert "--resume-from: 'https://my-runs/shield/demo/run' is not s3://BUCKET/PREFIX/LIFE/RUN" in \
+        capsys.readouterr().err
+    args = cli.build_parser().parse_args(["up", "-c", str(example), "--resume-from", "s3://my-runs/shield/d/sg-1/run/"])
+    assert args.resume_from == "s3://my-runs/shield/d/sg-1/run"
