@@ -7,7 +7,8 @@ the lowest free slot). An agent that reported a spot interruption notice (its ``
 ``~/shield/spot-notice``, read by the status probe) counts as lost at once: its instance is tagged
 ``shield:spot-notice`` and its heir launched within the two-minute notice, the doomed instance being left to EC2. A
 replaced PS restores the newest checkpoint from the S3 mirror when one is configured, and the agents are restarted
-towards its address. The watch ends when the run has ended (the PS's ``summary``), when the cluster is gone (``down``,
+towards its address. The watch ends when the run has ended (the PS's ``summary`` says ``completed`` or ``failed``; an
+``interrupted`` PS, stopped by a signal as its instance goes away, is replaced), when the cluster is gone (``down``,
 or the supervisor's autostop), or after ``max_rounds`` looks.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shield_ops import ec2, lifecycle, survey
+from shield_ops import ec2, fmt, lifecycle, survey
+from shield_ops.mirror import ENDED
 from shield_ops.errors import ShieldOpsError
 from shield_ops.config import ClusterConfig
 from shield_ops.nodes import NodeState
@@ -69,8 +71,8 @@ async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: 
             await asyncio.sleep(interval_s)
             continue
         finished = report["ps"].get("finished")
-        if finished is not None:
-            reporter.info(f"watch: the run has ended ({finished}); cost ${report['cost_usd']:.6f}")
+        if finished is not None and ENDED.match(str(finished)):
+            reporter.info(f"watch: the run has ended ({finished}); cost {fmt.usd(report['cost_usd'])}")
             return status
         if not any(row["state"] != "lost" for row in report["nodes"]):
             reporter.info("watch: the cluster is gone (down, or its supervisor stopped it)")

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import shutil
 import socket
 import stat
@@ -61,6 +62,20 @@ RUNTIME = runtime_available()
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1 below the kernel's ephemeral range, so that no outgoing connection (moto's HTTP, SSH)
+    takes it in the minute before the PS binds it; port 0's pick as a last resort."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for port in (rng.randrange(20000, max(20001, low)) for _ in range(50)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
