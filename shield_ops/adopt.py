@@ -8,14 +8,12 @@ after boot). Else the node is left unadopted with a message saying what to do.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import re
-from typing import Any
 
 import asyncssh
-from botocore.exceptions import ClientError
 
+from shield_ops.cloud import Cloud
 from shield_ops.nodes import Node
 from shield_ops.state import ClusterState
 
@@ -47,31 +45,16 @@ def _import(line: str) -> asyncssh.SSHKey | None:
         return None
 
 
-async def _decoded(client: Any, call: str, **params: Any) -> str:
-    try:
-        reply = await getattr(client, call)(**params)
-    except ClientError as exc:
-        log.info("%s: %s", call, exc)
-        return ""
-    raw = (reply.get("UserData") or {}).get("Value") if call == "describe_instance_attribute" else reply.get("Output")
-    try:
-        return base64.b64decode(raw or "").decode("utf-8", "replace")
-    except ValueError:
-        return ""
-
-
-async def adopt_host_keys(client: Any, state: ClusterState, nodes: list[Node]) -> dict[str, str]:
+async def adopt_host_keys(cloud: Cloud, state: ClusterState, nodes: list[Node]) -> dict[str, str]:
     """Record a host key for every node that has none; returns node name -> where it came from, or why not."""
     outcome: dict[str, str] = {}
     for node in nodes:
         if state.host_key(node.instance_id) is not None:
             continue
-        key = key_from_user_data(await _decoded(client, "describe_instance_attribute", InstanceId=node.instance_id,
-                                                Attribute="userData"))
+        key = key_from_user_data(await cloud.user_data(node.instance_id))
         source = "its user data"
         if key is None:
-            key = key_from_console(await _decoded(client, "get_console_output", InstanceId=node.instance_id,
-                                                  Latest=True))
+            key = key_from_console(await cloud.console_output(node.instance_id))
             source = "its console output"
         if key is None:
             outcome[node.name] = ("no host key in its user data or console output yet (the console shows it a minute "

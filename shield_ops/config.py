@@ -67,6 +67,7 @@ class ClusterConfig:
     max_hours: float | None = None
     max_cost: float | None = None
     autostop_interval: float = 10.0
+    idle_minutes: float = 30.0
     instance_profile: str | None = None
     mixed_types: bool = False
     ssh_endpoint: str = "public"
@@ -140,6 +141,13 @@ def _number(low: float, high: float, optional: bool = False) -> Checker:
             raise _fail(where, f"must be a number in ({low}, {high}] (got {value!r})", "write e.g. 1.5")
         return float(value)
     return check
+
+
+def _minutes(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 10080:
+        raise _fail(where, f"must be a number of minutes in [0, 10080] (got {value!r})",
+                    "write e.g. 30, or 0 for never")
+    return float(value)
 
 
 def _boolean(where: str, value: Any) -> bool:
@@ -265,6 +273,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "max_hours": (_number(0.0, 8760.0, optional=True), None),
         "max_cost": (_number(0.0, 1e6, optional=True), None),
         "interval_s": (_number(0.0, 3600.0), 10.0),
+        "idle_minutes": (_minutes, 30.0),
         "instance_profile": (_string(re.compile(r"^[\w+=,.@-]{1,128}$"), 'write an IAM instance profile name',
                                      True), ""),
     },
@@ -368,6 +377,7 @@ def _build(v: dict[str, Any], source: str, state_dir: Path | None) -> ClusterCon
         ssh_retry_interval=v["deploy.ssh_retry_interval"], start_timeout=v["deploy.start_timeout"],
         down_when_done=v["autostop.down_when_done"], max_hours=v["autostop.max_hours"],
         max_cost=v["autostop.max_cost"], autostop_interval=v["autostop.interval_s"],
+        idle_minutes=v["autostop.idle_minutes"],
         instance_profile=v["autostop.instance_profile"] or None, mirror_bucket=v["mirror.bucket"] or None,
         mirror_prefix=v["mirror.prefix"].strip("/") or f"shield/{name}",
     )

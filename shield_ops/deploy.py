@@ -15,12 +15,17 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import RemoteError, ShieldOpsError
 from shield_ops.remote import quote, run, upload, write_text
+
+if TYPE_CHECKING:
+    from shield_ops.boot import BootLimits
+    from shield_ops.mirror import Restored
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +207,33 @@ async def wait_listening(conn: asyncssh.SSHClientConnection, port: int, timeout_
         await asyncio.sleep(1.0)
 
 
+def job_count_script(run_dir: str) -> str:
+    """How many ``job`` events the run's metrics hold (a PS writes one once its model and checkpoint are accepted)."""
+    return f"cd {HOME_ROOT} && grep -cE '\"kind\": ?\"job\"' {quote([run_dir])}/metrics.jsonl 2>/dev/null || true"
+
+
+async def job_count(conn: asyncssh.SSHClientConnection, run_dir: str) -> int:
+    out = (await run(conn, job_count_script(run_dir), check=False, what="reading the run's job events")).stdout
+    return int(out.strip()) if out.strip().isdigit() else 0
+
+
+async def wait_started(conn: asyncssh.SSHClientConnection, port: int, timeout_s: float, host: str, run_dir: str,
+                       jobs_before: int) -> None:
+    """Wait until the PS listens and has begun its run (a new ``job`` event: its model loaded, its checkpoint, if
+    resumed, verified against its configuration), failing early with its log when it exits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    await wait_listening(conn, port, timeout_s, host)
+    while await job_count(conn, run_dir) <= jobs_before:
+        result = await run(conn, alive_script("ps"), check=False, what="checking the PS")
+        if result.exit_status != 0:
+            raise RemoteError(" | ".join(result.stdout.strip().splitlines()[-6:]))
+        if loop.time() > deadline:
+            raise RemoteError(f"the PS did not begin its run within {timeout_s:.0f}s; see `shield-ops logs`, or raise "
+                              "deploy.start_timeout")
+        await asyncio.sleep(0.5)
+
+
 async def check_alive(conn: asyncssh.SSHClientConnection, role: str, grace_s: float = 1.0) -> None:
     await asyncio.sleep(grace_s)
     result = await run(conn, alive_script(role), check=False, what=f"checking {role}")
@@ -253,38 +285,72 @@ def stop_script() -> str:
             "p=$(cat $r.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; rm -f $r.pid; done; true")
 
 
-def supervisor_config(cfg: ClusterConfig, run_dir: str, incarnation: str = "") -> str:
-    """The ``supervisor.json`` for the PS node (see :mod:`shield_ops.supervisor`)."""
+def supervisor_config(cfg: ClusterConfig, run_dir: str, incarnation: str = "", ps_start_by: float = 0.0) -> str:
+    """The ``supervisor.json`` for the PS node (see :mod:`shield_ops.supervisor`); the mirror is this life's
+    (``incarnation``: the cluster's security group)."""
     from shield_ops.supervisor import Limits, SupervisorConfig
 
-    mirror = {"bucket": cfg.mirror_bucket, "prefix": cfg.mirror_prefix, "region": cfg.region} if cfg.mirrored else {}
+    mirror = ({"bucket": cfg.mirror_bucket, "prefix": cfg.mirror_prefix, "region": cfg.region, "life": incarnation}
+              if cfg.mirrored else {})
     return SupervisorConfig(cfg.name, cfg.region, run_dir, Limits(cfg.down_when_done, cfg.max_hours, cfg.max_cost),
-                            cfg.autostop_interval, mirror, incarnation).to_json()
+                            cfg.autostop_interval, mirror, incarnation, ps_start_by).to_json()
 
 
 def supervisor_command() -> list[str]:
     return ["venv/bin/python", "-m", "shield_ops.supervisor", "--config", f"$HOME/{ROOT}/supervisor.json"]
 
 
-async def restore_from_mirror(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig,
-                              incarnation: str) -> str | None:
-    """On a PS node without any run (a replacement): restore the mirrored run from S3. Returns its directory name,
-    or None when the node already has a run or the mirror holds no checkpoint."""
+async def has_run(conn: asyncssh.SSHClientConnection) -> bool:
+    """Whether the PS node already holds a run (``shield/RUN``, or a started ``shield/run``)."""
     fresh = await run(conn, f"cd {HOME_ROOT} && [ ! -f RUN ] && [ ! -s run/metrics.jsonl ]", check=False)
-    if fresh.exit_status != 0:
+    return fresh.exit_status != 0
+
+
+async def restore_run(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, incarnation: str,
+                      resume_from: str | None = None) -> "Restored | None":
+    """On a PS node without any run (a new cluster, or a replacement PS): with ``[mirror]``, this life's current run
+    when it can go on, else a fresh run name unused in the life; with ``resume_from``, that run of another life.
+    None when there is nothing to ask the mirror (no mirror, no ``resume_from``), or the node already has a run."""
+    from shield_ops.mirror import Restored
+
+    if not (cfg.mirrored or resume_from):
+        return None
+    if await has_run(conn):
+        if resume_from:
+            raise RemoteError("--resume-from applies to a PS node without a run (a new cluster, or a replacement "
+                              "PS); this one has a run already: `down` the cluster, then `up --resume-from`")
         return None
     await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, "run", incarnation))
-    out = await run(conn, f"cd {HOME_ROOT} && venv/bin/python -m shield_ops.mirror restore --config supervisor.json",
-                    what="restoring the run from the S3 mirror", timeout=1800)
-    word, _, name = out.stdout.strip().rpartition("\n")[2].partition(" ")
-    return name if word == "restored" and re.match(r"^run(-\d{1,6})?$", name) else None
+    source = f" --from {quote([resume_from])}" if resume_from else ""
+    out = await run(conn, f"cd {HOME_ROOT} && venv/bin/python -m shield_ops.mirror restore --config supervisor.json"
+                          f"{source}", check=False, what="restoring the run from S3", timeout=1800)
+    last = (out.stdout.strip().splitlines() or [""])[-1]
+    word, _, rest = last.partition(" ")
+    fields = rest.split(" ")
+    if word == "refused" or out.exit_status != 0:
+        tail = " | ".join((out.stderr.strip() or out.stdout.strip()).splitlines()[-3:])
+        raise RemoteError(f"restoring from S3 failed: {rest if word == 'refused' else tail}")
+    if not fields or not re.match(r"^run(-\d{1,6})?$", fields[0]):
+        raise RemoteError(f"restoring from S3: unexpected answer {last[:200]!r}")
+    if word == "fresh":
+        return Restored(fields[0], False)
+    step = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    config = fields[2] if len(fields) > 2 and fields[2] != "-" else None
+    return Restored(fields[0], True, step, config, fields[3] if len(fields) > 3 else "")
+
+
+async def write_limits(conn: asyncssh.SSHClientConnection, limits: "BootLimits") -> None:
+    """The node's watchdog limits (``shield/limits``, read at its next look; writing it counts as activity)."""
+    await write_text(conn, f"{ROOT}/limits", limits.text())
 
 
 async def start_supervisor(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, run_dir: str,
-                           timeout_s: float, incarnation: str = "") -> bool:
+                           timeout_s: float, incarnation: str = "", ps_start_by: float = 0.0) -> bool:
     """Write the supervisor's config (a running supervisor re-reads it), start it unless it runs, and wait until it
-    has looked at EC2 once (its state file), failing with its log when it cannot (e.g. no credentials on the node)."""
-    await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, run_dir, incarnation))
+    has looked at EC2 once (its state file), failing with its log when it cannot (e.g. no credentials on the node).
+    ``ps_start_by``: when a PS is about to be started, the time by which it will have been (the supervisor ends the
+    cluster under ``down_when_done`` if none was: ``up`` was interrupted)."""
+    await write_text(conn, f"{ROOT}/supervisor.json", supervisor_config(cfg, run_dir, incarnation, ps_start_by))
     running = await run(conn, f"{ALIVE}cd {HOME_ROOT} && alive \"$(cat supervisor.pid 2>/dev/null)\"", check=False)
     if running.exit_status == 0:
         return False

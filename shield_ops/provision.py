@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
 
-from shield_ops import ec2
+from shield_ops import autostop, boot, ec2, fmt
+from shield_ops.boot import BootLimits
+from shield_ops.cloud import Cloud, LaunchSpec
+from shield_ops.cost import Ledger
 from shield_ops.config import ClusterConfig
 from shield_ops.errors import ProvisionError, ShieldOpsError
 from shield_ops.nodes import Node, NodeState, sort_key
-from shield_ops.state import ClusterState
+from shield_ops.state import LEDGER_FILE, ClusterState
 from shield_ops.ui import Reporter
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ class Plan:
     launch: list[str]
     duplicates: list[Node] = field(default_factory=list)
     hourly_usd: float | None = None
+    boot: BootLimits | None = None  # the watchdog limits of what this ``up`` launches (set by :func:`provision`)
 
     @property
     def terminate(self) -> list[Node]:
@@ -68,9 +73,43 @@ class Plan:
             why = ("replaced after a spot interruption notice" if node.spot_notice is not None
                    else "a duplicate of that node" if node.name in desired else "not in the config (scale-down)")
             out.append(f"  terminate {node.name}: {node.instance_id} {node.instance_type} ({why})")
-        price = f"${self.hourly_usd:.3f}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
+        price = f"{fmt.usd(self.hourly_usd)}/h" if self.hourly_usd is not None else "unknown (no spot price history)"
         out.append(f"  estimated spot price of the whole cluster: {price}")
         return out
+
+    def question(self, cfg: ClusterConfig) -> str:
+        """What confirming does: create (key pair, group, instances), terminate, or both."""
+        creates = (["key pair"] if self.key_pair is None else []) + (
+            ["security group"] if self.security_group is None else []) + (
+            [f"{len(self.launch)} spot instance(s) ({', '.join(self.launch)})"] if self.launch else [])
+        parts = [f"create {', '.join(creates)}"] if creates else []
+        if self.terminate:
+            parts.append(f"terminate {len(self.terminate)} instance(s) "
+                         f"({', '.join(f'{n.name} {n.instance_id}' for n in self.terminate)})")
+        return f"{' and '.join(parts) or 'change nothing'} for cluster {cfg.name}?"
+
+
+def guard_lines(cfg: ClusterConfig, resume_from: str | None = None) -> list[str]:
+    """The plan's limits and mirror: what guards the bill and the run, and from when."""
+    limits = (["down when the run ends or its PS fails to start"] if cfg.down_when_done else []) + (
+        [f"at most {fmt.sig(cfg.max_hours, 3)} h from the first launch"] if cfg.max_hours is not None else []) + (
+        [f"at most {fmt.usd(cfg.max_cost)} (terminated instances count)"] if cfg.max_cost is not None else [])
+    idle = f"every instance ends itself after {fmt.duration(cfg.idle_minutes * 60)} idle" if cfg.idle_minutes \
+        else "no idle bound (autostop.idle_minutes = 0)"
+    if limits:
+        out = [f"  limits: {'; '.join(limits)}: held by the supervisor on the PS node, and from boot by each "
+               f"instance's own watchdog (deadline + {boot.GRACE_S + 2 * cfg.autostop_interval:g}s grace); {idle}"]
+    else:
+        out = [f"  limits: none (--max-cost, --max-hours, --down-when-done unset); {idle}"]
+    if cfg.mirrored:
+        out.append(f"  mirror: s3://{cfg.mirror_bucket}/{cfg.mirror_prefix}/<life>/<run>: checkpoints and metrics of "
+                   "this life's runs; a replacement PS resumes its life's run from it")
+    else:
+        out.append("  mirror: none ([mirror] bucket unset): a lost PS node loses its run")
+    if resume_from:
+        out.append(f"  resume: {resume_from} (the new PS continues that run; it must have the same configuration "
+                   "hash)")
+    return out
 
 
 async def detect_cidr(timeout: float = 10.0) -> str:
@@ -96,13 +135,13 @@ def _split_duplicates(nodes: list[Node]) -> tuple[dict[str, Node], list[Node]]:
     return keep, extra
 
 
-async def make_plan(client: Any, cfg: ClusterConfig) -> Plan:
+async def make_plan(cloud: Cloud, cfg: ClusterConfig) -> Plan:
     """Compare the desired nodes with what carries the cluster tag."""
-    vpc_id = await ec2.resolve_vpc(client, cfg)
-    subnets = await ec2.subnets_by_zone(client, cfg, vpc_id)
-    key = await ec2.find_key_pair(client, cfg)
-    group = await ec2.find_security_group(client, cfg, vpc_id)
-    instances = await ec2.find_instances(client, cfg)
+    vpc_id = await cloud.resolve_vpc(cfg)
+    subnets = await cloud.subnets_by_zone(cfg, vpc_id)
+    key = await cloud.find_key_pair(cfg)
+    group = await cloud.find_security_group(cfg, vpc_id)
+    instances = await cloud.find_instances(cfg)
     found, duplicates = _split_duplicates([n for n in instances if n.spot_notice is None])
     desired = cfg.node_names()
     keep = {n: found[n] for n in desired if n in found}
@@ -110,7 +149,7 @@ async def make_plan(client: Any, cfg: ClusterConfig) -> Plan:
     # under a spot notice (tagged by ``up --watch``): replaced now, left to EC2 until the heir exists, then terminated
     duplicates += [n for n in instances if n.spot_notice is not None and n.name in found]
     launch = [n for n in desired if n not in found]
-    prices = await ec2.spot_prices(client, set(cfg.ps.instance_types) | set(cfg.agents.instance_types))
+    prices = await cloud.spot_prices(set(cfg.ps.instance_types) | set(cfg.agents.instance_types))
     return Plan(vpc_id, subnets, key, group, keep, launch, duplicates, _estimate(cfg, prices, keep, launch))
 
 
@@ -130,13 +169,16 @@ def _estimate(cfg: ClusterConfig, prices: dict[tuple[str, str], float], keep: di
     return total
 
 
-def user_data(cfg: ClusterConfig, host_key: asyncssh.SSHKey) -> str:
-    """cloud-init user data pinning the node's SSH host key (generated here) and installing the venv module."""
+def user_data(cfg: ClusterConfig, host_key: asyncssh.SSHKey, limits: BootLimits | None = None) -> str:
+    """cloud-init user data pinning the node's SSH host key (generated here), installing the venv module, and
+    starting the instance's watchdog at boot with ``limits`` (see :mod:`shield_ops.boot`)."""
     private = host_key.export_private_key("openssh").decode()
     public = host_key.export_public_key("openssh").decode().strip()
     indented = "".join(f"    {line}\n" for line in private.splitlines())
+    limits = limits or boot.limits_for(cfg, time.time(), None, 0.0, None)
     return ("#cloud-config\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n"
-            f"{indented}  ed25519_public: {public}\npackages: [python3-venv, python3-pip]\n")
+            f"{indented}  ed25519_public: {public}\npackages: [python3-venv, python3-pip]\n"
+            + boot.cloud_config_bootcmd(cfg, limits))
 
 
 def pinned_type(cfg: ClusterConfig, role: str, keep: dict[str, Node]) -> str | None:
@@ -152,16 +194,16 @@ def pinned_type(cfg: ClusterConfig, role: str, keep: dict[str, Node]) -> str | N
     return None
 
 
-async def _launch_one(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
+async def _launch_one(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
                       name: str, reporter: Reporter, types: tuple[str, ...] | None = None) -> Node | None:
     role = "ps" if name == "ps" else "agent"
     host_key = asyncssh.generate_private_key("ssh-ed25519")
-    spec = ec2.LaunchSpec(name, role, types or (cfg.ps if role == "ps" else cfg.agents).instance_types,
-                          user_data(cfg, host_key))
+    spec = LaunchSpec(name, role, types or (cfg.ps if role == "ps" else cfg.agents).instance_types,
+                      user_data(cfg, host_key, plan.boot))
     reporter.state(name, NodeState.PENDING, "requesting spot capacity")
     try:
-        node = await ec2.launch(client, cfg, spec, plan.subnets, group_id,
-                                on_retry=lambda msg: reporter.state(name, NodeState.PENDING, msg))
+        node = await cloud.launch(cfg, spec, plan.subnets, group_id,
+                                  on_retry=lambda msg: reporter.state(name, NodeState.PENDING, msg))
     except ShieldOpsError as exc:
         reporter.state(name, NodeState.FAILED, str(exc))
         return None
@@ -171,91 +213,122 @@ async def _launch_one(client: Any, cfg: ClusterConfig, state: ClusterState, plan
     return node
 
 
-async def provision(client: Any, cfg: ClusterConfig, state: ClusterState, plan: Plan, cidr: str,
-                    reporter: Reporter) -> dict[str, Node]:
-    """Create what the plan lacks, wait for every node to run; returns the running nodes by name."""
-    if plan.key_pair is None:
-        await ec2.import_key_pair(client, cfg, state.public_key_openssh())
-        reporter.info(f"created key pair {cfg.resource_name}")
-    group_id, created = await ec2.ensure_security_group(client, cfg, plan.vpc_id, cidr)
-    if created:
-        reporter.info(f"created security group {group_id}")
+async def _launch_role(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan, group_id: str,
+                       role: str, reporter: Reporter) -> list[Node | None]:
+    """Launch the plan's missing nodes of ``role``: all of one instance type (that of the role's live nodes, else
+    the type the first launch found capacity for), unless ``spot.mixed_types``."""
+    names = [n for n in plan.launch if ("ps" if n == "ps" else "agent") == role]
+    fixed = pinned_type(cfg, role, plan.keep)
+    launched: list[Node | None] = []
+    if names and fixed is None and not cfg.mixed_types and len(names) > 1:
+        first = await _launch_one(cloud, cfg, state, plan, group_id, names[0], reporter)
+        launched.append(first)
+        names, fixed = names[1:], first.instance_type if first is not None else None
+    launched += await asyncio.gather(*(_launch_one(cloud, cfg, state, plan, group_id, n, reporter,
+                                                   (fixed,) if fixed else None) for n in names))
+    return launched
+
+
+async def _settle(cloud: Cloud, cfg: ClusterConfig, plan: Plan, group_id: str, reporter: Reporter) -> None:
+    """Before launching: the plan's terminations (scale-down, duplicates, noticed instances with an heir), and the
+    kept nodes reported."""
     if plan.terminate:
-        await ec2.terminate(client, cfg, plan.terminate)
+        await cloud.terminate(cfg, plan.terminate)
         for node in plan.terminate:
             reporter.info(f"terminated {node.name} ({node.instance_id}): "
                           f"{'duplicate' if node.name in cfg.node_names() else 'scale-down'}")
     for name, node in plan.keep.items():
         reporter.state(name, NodeState.PENDING if node.ec2_state == "pending" else NodeState.RUNNING,
                        "kept", node.instance_id)
+
+
+async def provision(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan, cidr: str,
+                    reporter: Reporter) -> dict[str, Node]:
+    """Create what the plan lacks, wait for every node to run; returns the running nodes by name."""
+    if plan.key_pair is None:
+        await cloud.import_key_pair(cfg, state.public_key_openssh())
+        reporter.info(f"created key pair {cfg.resource_name}")
+    group_id, created = await cloud.ensure_security_group(cfg, plan.vpc_id, cidr)
+    if created:
+        reporter.info(f"created security group {group_id}")
+    await _settle(cloud, cfg, plan, group_id, reporter)
+    if plan.launch:
+        plan.boot = await boot_limits(cloud, cfg, state, plan)
+        reporter.info(f"new instances: {plan.boot.describe()} (their own watchdog, from boot)")
     launched: list[Node | None] = []
     for role in ("ps", "agent"):
-        names = [n for n in plan.launch if ("ps" if n == "ps" else "agent") == role]
-        fixed = pinned_type(cfg, role, plan.keep)
-        if names and fixed is None and not cfg.mixed_types and len(names) > 1:
-            first = await _launch_one(client, cfg, state, plan, group_id, names[0], reporter)
-            launched.append(first)
-            names, fixed = names[1:], first.instance_type if first is not None else None
-        launched += await asyncio.gather(*(_launch_one(client, cfg, state, plan, group_id, n, reporter,
-                                                       (fixed,) if fixed else None) for n in names))
+        launched += await _launch_role(cloud, cfg, state, plan, group_id, role, reporter)
     nodes = {**plan.keep, **{n.name: n for n in launched if n is not None}}
     stopped = [n for n in nodes.values() if n.ec2_state in ("stopping", "stopped", "shutting-down")]
     for node in stopped:
         reporter.state(node.name, NodeState.FAILED, f"instance is {node.ec2_state}; `down` then `up` replaces it")
     waiting = [n.instance_id for n in nodes.values() if n not in stopped]
-    await ec2.wait_state(client, "instance_running", waiting)
-    running = {n.name: n for n in await ec2.describe(client, waiting)} if waiting else {}
+    await cloud.wait_running(waiting)
+    running = {n.name: n for n in await cloud.describe(waiting)}
     for node in running.values():
         reporter.state(node.name, NodeState.RUNNING, node.public_ip or node.private_ip or "", node.instance_id)
     return running
 
 
-async def down(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, confirm: Any) -> int:
+async def down(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, confirm: Any) -> int:
     """Terminate every tagged instance, wait, then delete the tagged security group(s) and key pair."""
-    nodes = await ec2.find_instances(client, cfg)
-    groups = (await client.describe_security_groups(Filters=ec2.tag_filters(cfg)))["SecurityGroups"]
-    key = (await client.describe_key_pairs(Filters=ec2.tag_filters(cfg)))["KeyPairs"]
+    nodes = await cloud.find_instances(cfg)
+    groups = await cloud.security_groups(cfg)
+    key = await cloud.key_pairs(cfg)
     if not nodes and not groups and not key:
         reporter.info(f"cluster {cfg.name}: nothing tagged shield:cluster={cfg.name} in {cfg.region}")
         state.destroy()
         return 0
-    await _report_cost(client, cfg, state, reporter, "so far")
+    await _report_cost(cloud, cfg, state, reporter, "so far")
+    record = autostop.from_groups(groups) or autostop.Record.parse(state.load_autostop() or "")
+    if record is not None:
+        reporter.info(f"autostop: {record.line()}")
     reporter.info(f"cluster {cfg.name}: terminate {len(nodes)} instance(s) "
                   f"({', '.join(sorted((n.name for n in nodes), key=sort_key)) or 'none'}), delete "
                   f"{len(groups)} security group(s) and {len(key)} key pair(s)")
-    if not confirm():
+    if not confirm(f"terminate {len(nodes)} instance(s) and delete the security group(s) and key pair of cluster "
+                   f"{cfg.name}?"):
         return 1
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATING, "", node.instance_id)
-    await ec2.terminate(client, cfg, nodes)
-    await ec2.wait_state(client, "instance_terminated", [n.instance_id for n in nodes])
+    await cloud.terminate(cfg, nodes)
+    await cloud.wait_terminated([n.instance_id for n in nodes])
     for node in nodes:
         reporter.state(node.name, NodeState.TERMINATED, "", node.instance_id)
-    await _report_cost(client, cfg, state, reporter, "in all")
+    await _report_cost(cloud, cfg, state, reporter, "in all")
     for group in groups:
-        await ec2.delete_security_group(client, group["GroupId"])
+        await cloud.delete_security_group(group["GroupId"])
         reporter.info(f"deleted security group {group['GroupId']}")
     for pair in key:
-        await ec2.delete_key_pair(client, pair)
+        await cloud.delete_key_pair(pair)
         reporter.info(f"deleted key pair {pair['KeyName']}")
     state.destroy()
     return 0
 
 
-async def _report_cost(client: Any, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
-    """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
-    import time
-
-    from shield_ops.cost import Ledger
-    from shield_ops.survey import LEDGER_FILE
-
-    found = ec2.of_incarnation(await ec2.find_instances(client, cfg, include_gone=True),
-                               await ec2.incarnations(client, cfg))
+async def life_ledger(cloud: Cloud, cfg: ClusterConfig, state: ClusterState) -> Ledger:
+    """Every instance of the cluster's current life EC2 or the local ledger knows (terminated ones too), priced."""
+    found = ec2.of_incarnation(await cloud.find_instances(cfg, include_gone=True), await cloud.incarnations(cfg))
     ledger = Ledger(state.root / LEDGER_FILE if state.root.is_dir() else None)
-    ledger.observe(found, await ec2.spot_prices(client, {n.instance_type for n in found}), time.time())
+    ledger.observe(found, await cloud.spot_prices({n.instance_type for n in found}), time.time())
     ledger.save()
-    reporter.info(f"cost {when}: ${ledger.total(time.time()):.6f} over {len(ledger.entries)} instance(s) "
-                  f"(spot price history; terminated instances included), ${ledger.hourly():.6f}/h while running")
+    return ledger
+
+
+async def boot_limits(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, plan: Plan) -> BootLimits:
+    """The watchdog limits of instances launched now: the life's first launch and its cost so far, and the plan's
+    estimated price of the whole cluster."""
+    ledger = await life_ledger(cloud, cfg, state)
+    now = time.time()
+    start = min((e.launched for e in ledger.entries.values()), default=None)
+    return boot.limits_for(cfg, now, start, ledger.total(now), plan.hourly_usd)
+
+
+async def _report_cost(cloud: Cloud, cfg: ClusterConfig, state: ClusterState, reporter: Reporter, when: str) -> None:
+    """One line: what the cluster has cost (every instance EC2 or the local ledger knows, terminated ones too)."""
+    ledger = await life_ledger(cloud, cfg, state)
+    reporter.info(f"cost {when}: {fmt.usd(ledger.total(time.time()))} over {len(ledger.entries)} instance(s) "
+                  f"(spot price history; terminated instances included), {fmt.usd(ledger.hourly())}/h while running")
 
 
 def check_cidr(cidr: str) -> str:

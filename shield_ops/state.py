@@ -22,6 +22,7 @@ TOKEN_FILE = "token"
 KNOWN_HOSTS = "known_hosts"
 HOSTKEY_DIR = "hostkeys"
 LEDGER_FILE = "ledger.json"  # every instance seen, with its times and price (shield_ops.cost)
+AUTOSTOP_FILE = "autostop.json"  # why the cluster stopped itself, as last read from the cloud (shield_ops.autostop)
 
 
 def _inside_git_checkout(path: Path) -> Path | None:
@@ -125,12 +126,26 @@ class ClusterState:
         self.known_hosts_path.write_text("".join(lines))
         return self.known_hosts_path
 
+    def save_autostop(self, text: str) -> None:
+        """Keep the last autostop record seen (JSON), atomically; nothing when the state directory is gone."""
+        if not self.root.is_dir():
+            return
+        tmp = self.root / f".{AUTOSTOP_FILE}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.root / AUTOSTOP_FILE)
+
+    def load_autostop(self) -> str | None:
+        try:
+            return (self.root / AUTOSTOP_FILE).read_text()[:65536]
+        except OSError:
+            return None
+
     def destroy(self) -> None:
         """Delete the files this module created (after ``down``); the directory goes if it is then empty."""
         for path in (self.root / HOSTKEY_DIR).glob("*.pub") if (self.root / HOSTKEY_DIR).exists() else ():
             path.unlink()
         for path in (self.key_path, self.key_path.with_suffix(".pub"), self.token_path, self.known_hosts_path,
-                     self.root / LEDGER_FILE, self.root / HOSTKEY_DIR):
+                     self.root / LEDGER_FILE, self.root / AUTOSTOP_FILE, self.root / HOSTKEY_DIR):
             if path.is_dir():
                 path.rmdir()
             else:

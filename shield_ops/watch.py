@@ -7,7 +7,8 @@ the lowest free slot). An agent that reported a spot interruption notice (its ``
 ``~/shield/spot-notice``, read by the status probe) counts as lost at once: its instance is tagged
 ``shield:spot-notice`` and its heir launched within the two-minute notice, the doomed instance being left to EC2. A
 replaced PS restores the newest checkpoint from the S3 mirror when one is configured, and the agents are restarted
-towards its address. The watch ends when the run has ended (the PS's ``summary``), when the cluster is gone (``down``,
+towards its address. The watch ends when the run has ended (the PS's ``summary`` says ``completed`` or ``failed``; an
+``interrupted`` PS, stopped by a signal as its instance goes away, is replaced), when the cluster is gone (``down``,
 or the supervisor's autostop), or after ``max_rounds`` looks.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shield_ops import ec2, lifecycle, survey
+from shield_ops import ec2, fmt, lifecycle, survey
+from shield_ops.mirror import ENDED
 from shield_ops.errors import ShieldOpsError
 from shield_ops.config import ClusterConfig
 from shield_ops.nodes import NodeState
@@ -50,15 +52,15 @@ async def _repair(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts
     noticed = spot_noticed(report)
     if noticed:
         reporter.info(f"watch: spot interruption notice on {', '.join(noticed)}: starting the replacement now")
-        async with ec2.ec2_client(cfg.region) as client:
-            await ec2.tag_spot_notice(client, cfg, noticed)
+        async with ec2.EC2.open(cfg.region) as cloud:
+            await cloud.tag_spot_notice(cfg, noticed)
     return await lifecycle.up(cfg, state, ssh, opts, reporter)
 
 
 async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: lifecycle.UpOptions,
                 reporter: Reporter, interval_s: float, max_rounds: int | None = None) -> int:
     """Repair the cluster until its run ends or it is gone; returns 0, or 1 when the last repair failed."""
-    opts = dataclasses.replace(opts, confirm=lambda: True, quiet=True)
+    opts = dataclasses.replace(opts, confirm=lambda _question: True, quiet=True, resume_from=None)
     status, rounds = 0, 0
     while max_rounds is None or rounds < max_rounds:
         rounds += 1
@@ -69,8 +71,8 @@ async def watch(cfg: ClusterConfig, state: ClusterState, ssh: SSHContext, opts: 
             await asyncio.sleep(interval_s)
             continue
         finished = report["ps"].get("finished")
-        if finished is not None:
-            reporter.info(f"watch: the run has ended ({finished}); cost ${report['cost_usd']:.6f}")
+        if finished is not None and ENDED.match(str(finished)):
+            reporter.info(f"watch: the run has ended ({finished}); cost {fmt.usd(report['cost_usd'])}")
             return status
         if not any(row["state"] != "lost" for row in report["nodes"]):
             reporter.info("watch: the cluster is gone (down, or its supervisor stopped it)")

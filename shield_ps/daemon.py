@@ -101,6 +101,7 @@ class PSDaemon:
         self._model_ready = asyncio.Event()
         self._data_fields: dict[str, Any] = {}  # JOB fields describing the PS's dataset (once the model is ready)
         self.fleet: FleetClasses | None = None  # determinism classes (once the model is ready)
+        self.resumed_from: int | None = None  # the step of the checkpoint this run started from (None: from scratch)
 
     async def run(self) -> int:
         """Run to the end; returns the process exit status (0 completed, 1 failed or not safely checkpointed)."""
@@ -172,6 +173,11 @@ class PSDaemon:
         if checkpoint.params.shape != model.initial.shape:
             raise CheckpointError(f"checkpoint holds {checkpoint.params.size} parameters, the model has "
                                   f"{model.initial.size}")
+        total_steps = self.plan.total_steps(model.steps_per_epoch)
+        if checkpoint.step > total_steps:
+            raise CheckpointError(f"checkpoint at step {checkpoint.step} is past the end of this job ({total_steps} "
+                                  "steps): it belongs to a longer run; use another --train-dir, or the same length")
+        self.resumed_from = checkpoint.step
         log.info("resuming from step %d", checkpoint.step)
         self.tally = Tally.from_json(checkpoint.extra.get("tally"))
         self._resumed_center = checkpoint.arrays.get("center")
@@ -292,7 +298,9 @@ class PSDaemon:
                 await asyncio.wait_for(link.conn.send(Kind.LEAVE, {"reason": reason}), 5.0)
             except (WireError, ConnectionClosed, asyncio.TimeoutError):
                 pass
-        self.sink.emit("summary", steps=steps, wall_s=round(wall, 3), best_top1=self.best_top1,
+        trained = None if steps is None else steps - (self.resumed_from or 0)
+        self.sink.emit("summary", steps=steps, steps_trained=trained, resumed_from=self.resumed_from,
+                       wall_s=round(wall, 3), best_top1=self.best_top1,
                        final_top1=self.final_top1, reason=reason, refused=server.refused_total,
                        checkpoint_errors=self.checkpoints.errors, last_checkpoint=self.checkpoints.last_step,
                        metrics_complete=self.sink.write_error is None, **self.tally.summary_fields())

@@ -58,6 +58,7 @@ def open_bed(root: Path, moto_env: str, wheel: Path, name: str, ps_args: tuple[s
     state_dir = root / "state"
     cloud = FakeCloud(root / "nodes", moto_env)
     cloud.state_dir = state_dir
+    cloud.start_hypervisor()
     nodes.set_resolver(cloud.resolver)
     try:
         yield {"config": config, "state": state_dir, "cloud": cloud, "moto": moto_env, "wheel": wheel, "port": port,

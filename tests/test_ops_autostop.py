@@ -1,12 +1,16 @@
-"""Never a runaway bill, offline: moto's EC2, loopback SSH nodes, real PS/agent daemons and the real supervisor.
+"""Never a runaway bill, offline: moto's EC2, loopback SSH nodes, real PS/agent daemons, the real supervisor and
+each instance's own boot watchdog (the fake hypervisor boots the user data and answers ``shutdown`` as EC2 does).
 
-Two short clusters in turn (module order): one ends its run and terminates itself (``--down-when-done``); one is
-stopped by the supervisor when its cost reaches ``--max-cost`` while training. Nothing here waits on the operator:
-after ``up`` returns, only the supervisor on the PS node acts.
+Short clusters in turn, each brought up and down by its test: one ends its run and terminates itself
+(``--down-when-done``); one is stopped by the supervisor when its cost reaches ``--max-cost`` while training, and
+why survives its PS node; one has a job the PS refuses, so the PS never starts and the cluster ends; one is only
+provisioned, never deployed, and its idle instances end themselves from boot. Nothing here waits on the operator:
+after ``up`` returns, only the supervisor and the instances act.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,7 +90,7 @@ def test_down_when_done_terminates_the_cluster_after_the_final_checkpoint(bed: d
     assert not boto_client(bed["moto"]).describe_security_groups(Filters=[TAG])["SecurityGroups"]
 
 
-def test_max_cost_stops_a_running_cluster(bed: dict[str, Any]) -> None:
+def test_max_cost_stops_a_running_cluster_and_the_autostop_reason_survives_the_ps_node(bed: dict[str, Any]) -> None:
     # moto prices every type at $0.00001/h: three instances pass $6e-7 about 70 s after their launch
     code, out = shield_ops("up", *bed["base"], "-y", "--max-cost", "6e-7", "--set", "ps.args=" + json.dumps(
         ["--scheme", "baseline", "--replication", "1", "--network", "LeNet", "--dataset", "MNIST", "--batch-size",
@@ -106,5 +110,71 @@ def test_max_cost_stops_a_running_cluster(bed: dict[str, Any]) -> None:
     assert not any(e["kind"] == "summary" and e["reason"] == "completed" for e in run)  # cut short, as asked
     assert pid_alive(home / "shield/ps.pid") is None  # the PS was stopped first (a zombie is not alive)
     assert "stopping the PS" in (home / "shield/logs/supervisor.log").read_text()
+    newest = max(int(p.name[5:13]) for p in (home / "shield/run/checkpoints").glob("step-*.npz"))
+    fake = next(f for f in bed["cloud"].nodes.values() if f.home == home)
+    deadline = time.monotonic() + 60
+    while not fake.dead and time.monotonic() < deadline:  # the hypervisor stops a terminated node's processes
+        time.sleep(0.2)
+    assert fake.dead
+    shutil.rmtree(home)  # the PS node's disk went with its instance: its decision file is gone
+    (bed["state"] / "autostop.json").unlink(missing_ok=True)  # and nothing local has read the cloud's record yet
+    code, text = shield_ops("status", *bed["base"], "--format", "json")
+    report = json.loads(text)
+    assert code == 0 and {n["state"] for n in report["nodes"]} == {"lost"}, report
+    auto = report["autostop"]
+    assert auto is not None and auto["decision"] == "max-cost" and auto["source"] == "record", auto
+    record = auto["record"]
+    assert record["cost_usd"] > 0 and record["run"] == "run" and record["last_checkpoint"] == newest, record
+    assert record["checkpoint_url"] is None and "(on the PS node's disk, gone with it)" in auto["line"]  # no mirror
+    assert json.loads((bed["state"] / "autostop.json").read_text())["reason"] == "max-cost"  # kept locally too
+    code, table = shield_ops("status", *bed["base"])
+    assert code == 0 and "autostop: max-cost at " in table and "final cost $" in table, table
+    assert f"last checkpoint: step {record['last_checkpoint']} of run" in table
+    code, out = shield_ops("down", *bed["base"], "-y", "--format", "plain")
+    assert code == 0 and "autostop: max-cost at " in out, out
+
+
+def test_ps_never_starts_and_the_cluster_ends_under_down_when_done(bed: dict[str, Any]) -> None:
+    """A job `serve` refuses (a batch size that is no multiple of the files): the PS never listens, and with
+    --down-when-done (and --max-cost) the supervisor, started before the PS, ends the cluster and records why."""
+    bad = [*BASELINE_ARGS, "--batch-size", "1", "--max-steps", "6", "--seed", "3"]
+    before = set(instances(bed["moto"]))
+    started = time.monotonic()
+    code, out = shield_ops("up", *bed["base"], "-y", "--down-when-done", "--max-cost", "1", "--set",
+                           "ps.args=" + json.dumps(bad), "--wheel", str(bed["wheel"]), "--format", "plain")
+    failed_at = time.monotonic()
+    assert code == 1 and "--batch-size 1 must be a multiple" in out, out
+    assert "the supervisor on the PS node ends the cluster" in out, out
+    live = set(instances(bed["moto"])) - before  # this up's instances (the supervisor may have ended them already)
+    assert len(live) == 3
+    states = wait_all_terminated(bed["moto"], live, timeout_s=120)
+    ended_at = time.monotonic()
+    assert all(states[i] == "terminated" for i in live), states
+    print(f"failed PS start -> all instances terminated: {ended_at - failed_at:.1f}s after `up` returned "
+          f"({ended_at - started:.1f}s after it began)")
+    code, text = shield_ops("status", *bed["base"], "--format", "json")
+    auto = json.loads(text)["autostop"]
+    assert auto is not None and auto["decision"] == "failed-start", auto
+    assert "--batch-size 1 must be a multiple" in auto["why"], auto
+    code, out = shield_ops("down", *bed["base"], "-y", "--format", "plain")
+    assert code == 0 and "autostop: failed-start at " in out, out
+
+
+def test_before_the_ps_idle_instances_end_themselves_from_boot(bed: dict[str, Any]) -> None:
+    """`up --only provision` and nothing after (the operator's laptop closed before any deploy): no supervisor, no
+    SSH; each instance's boot watchdog sees it idle and shuts it down, and EC2 terminates it."""
+    before = set(instances(bed["moto"]))
+    code, out = shield_ops("up", *bed["base"], "-y", "--only", "provision", "--set", "autostop.idle_minutes=0.25",
+                           "--format", "plain")
+    assert code == 0 and "after 15s idle" in out, out
+    live = set(instances(bed["moto"])) - before  # this up's instances (a slow up may return after they idled out)
+    assert len(live) == 3
+    states = wait_all_terminated(bed["moto"], live, timeout_s=150)
+    assert all(states[i] == "terminated" for i in live), (states, bed["cloud"].shutdowns)
+    assert sorted(i for i, how, _ in bed["cloud"].shutdowns if i in live and how == "terminate") == sorted(live)
+    for instance_id in live:
+        fake = bed["cloud"].nodes[instance_id]
+        assert json.loads((fake.rootfs / "var/lib/shield/watchdog.json").read_text())["reason"] == "idle"
+        assert not (fake.home / "shield/venv").exists()  # never deployed: the watchdog came with the instance
     code, out = shield_ops("down", *bed["base"], "-y", "--format", "plain")
     assert code == 0, out

@@ -5,6 +5,12 @@
   CLI's own ``asyncio.run`` works) running real shell commands in its own home directory, with SFTP chrooted there.
   A node is created the first time shield-ops resolves an instance id: its host key is the one shield-ops pinned in
   that instance's cloud-init user data (read back from moto), and it accepts only the cluster's client key.
+* With :meth:`FakeCloud.start_hypervisor`, a thread plays EC2's side of an instance's life: an instance that runs in
+  moto boots (its user data's cloud-init ``bootcmd`` runs as a shell command, with ``SHIELD_ROOTFS`` and
+  ``SHIELD_NODE_HOME`` pointing into the node's directories and a ``shutdown`` on its PATH that asks the
+  hypervisor), its node's SSH server starts; ``shutdown`` on a node is answered as EC2 answers it, by the instance's
+  ``InstanceInitiatedShutdownBehavior`` (terminate or stop); and an instance moto reports terminated has its node's
+  processes stopped and SSH refused, as a terminated instance does.
 
 The tests at the bottom check the fakes themselves.
 """
@@ -13,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
+import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -119,6 +128,11 @@ class FakeNode:
     peers: list[Any] = field(default_factory=list)
     host_key: Any = None
     client_pub: bytes = b""
+    dead: bool = False
+
+    @property
+    def rootfs(self) -> Path:
+        return self.home.parent / f"{self.instance_id}.rootfs"
 
 
 class FakeCloud:
@@ -133,6 +147,12 @@ class FakeCloud:
         self.state_dir: Path | None = None
         #: per-node environment of its commands (awaited on the nodes' loop when the node's server starts)
         self.node_env: Callable[[str], Awaitable[dict[str, str]]] | None = None
+        self._lock = threading.RLock()
+        self._hypervisor: threading.Thread | None = None
+        self._halt = threading.Event()
+        #: (instance id, what EC2 did on its instance-initiated shutdown, when): the hypervisor's record
+        self.shutdowns: list[tuple[str, str, float]] = []
+        self.booted: dict[str, float] = {}
 
     def user_data(self, instance_id: str) -> str:
         reply = boto_client(self.moto_url).describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
@@ -171,9 +191,10 @@ class FakeCloud:
         return node
 
     def resolver(self, node: Node) -> Endpoint:
-        fake = self.nodes.get(node.instance_id)
-        if fake is None:
-            fake = self.add_node(node.instance_id, self.pinned_host_key(self.user_data(node.instance_id)))
+        with self._lock:
+            fake = self.nodes.get(node.instance_id)
+            if fake is None:
+                fake = self.add_node(node.instance_id, self.pinned_host_key(self.user_data(node.instance_id)))
         endpoint = Endpoint("127.0.0.1", fake.port, "127.0.0.1")
         self.resolved.append((node.instance_id, endpoint))
         return endpoint
@@ -193,26 +214,115 @@ class FakeCloud:
 
     def kill(self, instance_id: str) -> None:
         """What the instance's death does to its node: every daemon of it dies and SSH is refused."""
-        import subprocess
-
         from shield_ops.deploy import stop_script
 
-        node = self.nodes[instance_id]
+        with self._lock:
+            node = self.nodes[instance_id]
+            if node.dead:
+                return
+            node.dead = True
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run(["/bin/sh", "-c", stop_script()], env={**env, "HOME": str(node.home)}, timeout=30, check=True)
+        stop_watchdog(node)
 
         async def close() -> None:
             node.acceptor.close()
             await node.acceptor.wait_closed()
         self.loop.call(close())
 
+    # ---------------------------------------------------------------- the hypervisor: EC2's side of an instance
+    def start_hypervisor(self, poll_s: float = 1.0) -> None:
+        """Boot instances as moto runs them, answer their ``shutdown``, stop the nodes of terminated ones."""
+        def loop() -> None:
+            ec2 = boto_client(self.moto_url)
+            while not self._halt.wait(poll_s):
+                try:
+                    self._look(ec2)
+                except Exception as exc:  # noqa: BLE001 - a moto hiccup: look again next time
+                    print(f"fake hypervisor: {type(exc).__name__}: {exc}")
+        self._hypervisor = threading.Thread(target=loop, name="fake-hypervisor", daemon=True)
+        self._hypervisor.start()
+
+    def _look(self, ec2: Any) -> None:
+        reply = ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": ["shield:cluster"]}])
+        for inst in (i for r in reply["Reservations"] for i in r["Instances"]):
+            instance_id, state = inst["InstanceId"], inst["State"]["Name"]
+            node = self.nodes.get(instance_id)
+            if state == "running" and instance_id not in self.booted:
+                self.boot(instance_id)
+            elif state in ("terminated", "shutting-down", "stopped") and node is not None and not node.dead:
+                self.kill(instance_id)
+            node = self.nodes.get(instance_id)
+            if node is not None and not node.dead and (node.rootfs / "shutdown-requested").exists():
+                self._shutdown(ec2, instance_id)
+
+    def boot(self, instance_id: str) -> None:
+        """Run the instance's cloud-init ``bootcmd`` (as root, as cloud-init does), then start its SSH server."""
+        import yaml
+
+        with self._lock:
+            self.booted[instance_id] = time.time()
+            text = self.user_data(instance_id)
+            if "ed25519_private" not in text:
+                return  # not launched by shield-ops: nothing to boot
+            node = self.nodes.get(instance_id) or self.add_node(instance_id, self.pinned_host_key(text))
+        node.rootfs.mkdir(parents=True, exist_ok=True)
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HOME": str(node.rootfs),
+               "SHIELD_ROOTFS": str(node.rootfs), "SHIELD_NODE_HOME": str(node.home),
+               "PATH": f"{fake_bin(self.root)}:{os.environ['PATH']}"}
+        for command in (yaml.safe_load(text) or {}).get("bootcmd") or []:
+            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(a) for a in command]
+            done = subprocess.run(argv, env=env, cwd=node.rootfs, timeout=60, check=False, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True)
+            with (node.rootfs / "boot.log").open("a") as log:  # what a console would show
+                log.write(done.stdout + done.stderr)
+
+    def _shutdown(self, ec2: Any, instance_id: str) -> None:
+        reply = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior")
+        behaviour = reply["InstanceInitiatedShutdownBehavior"]["Value"]
+        if behaviour == "terminate":
+            ec2.terminate_instances(InstanceIds=[instance_id])
+        else:
+            ec2.stop_instances(InstanceIds=[instance_id])
+        self.shutdowns.append((instance_id, behaviour, time.time()))
+        self.kill(instance_id)
+
     def stop(self) -> None:
+        self._halt.set()
+        if self._hypervisor is not None:
+            self._hypervisor.join(30)
+
         async def close() -> None:
             for node in self.nodes.values():
                 node.acceptor.close()
                 await node.acceptor.wait_closed()
+        for node in self.nodes.values():
+            stop_watchdog(node)
         self.loop.call(close())
         self.loop.stop()
+
+
+def fake_bin(root: Path) -> Path:
+    """Commands a fake node's boot sees first on its PATH: ``shutdown``/``poweroff`` ask the hypervisor (by a file in
+    the node's root), ``systemd-run`` is absent (the watchdog then runs detached, as on a host without systemd)."""
+    path = root / "fake-bin"
+    if not path.exists():
+        path.mkdir(parents=True)
+        for name in ("shutdown", "poweroff"):
+            (path / name).write_text('#!/bin/sh\necho "$0 $*" > "$SHIELD_ROOTFS/shutdown-requested"\n')
+        (path / "systemd-run").write_text("#!/bin/sh\necho 'no systemd on a fake node' >&2\nexit 1\n")
+        for tool in path.iterdir():
+            tool.chmod(0o755)
+    return path
+
+
+def stop_watchdog(node: FakeNode) -> None:
+    """Stop the node's boot watchdog (by the pid it wrote), as the instance's end would."""
+    try:
+        pid = int((node.rootfs / "var/lib/shield/watchdog.pid").read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
 
 
 # ------------------------------------------------------------------------------------------- self-tests

@@ -60,8 +60,8 @@ def mirrored_checkpoints(url: str) -> list[str]:
     import boto3
 
     reply = boto3.client("s3", region_name="us-east-1", endpoint_url=url).list_objects_v2(
-        Bucket=BUCKET, Prefix=f"runs/{NAME}/run/checkpoints/")
-    return sorted(obj["Key"] for obj in reply.get("Contents", []))
+        Bucket=BUCKET, Prefix=f"runs/{NAME}/")  # runs/NAME/<life>/run/checkpoints/step-*.npz
+    return sorted(obj["Key"] for obj in reply.get("Contents", []) if "/run/checkpoints/" in obj["Key"])
 
 
 def final_params(run_dir: Path) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_a_lost_ps_is_replaced_and_resumes_from_the_s3_checkpoint(bed: dict[str,
     assert summary[-1]["reason"] == "completed" and summary[-1]["steps"] == STEPS
     assert not [e for e in run if e["kind"] == "step" and e["step"] >= jobs[-1]["start_step"] and e["erased"]]
     messages = [json.loads(line).get("message", "") for line in out.getvalue().splitlines() if line.startswith("{")]
-    assert any("restored the newest checkpoint of run" in m for m in messages)
+    assert any("restored the newest checkpoint (step " in m and f"runs/{NAME}/sg-" in m for m in messages)
     np.testing.assert_array_equal(final_params(run_dir), reference_run(bed["root"]))  # bit for bit
     code, text = shield_ops("status", *bed["base"], "--format", "json")
     rows = {n["node"]: n for n in json.loads(text)["nodes"]}

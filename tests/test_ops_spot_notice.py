@@ -19,7 +19,7 @@ from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fix
 from tests.test_ops_e2e import RUNTIME, shield_ops
 from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.ops_beds import open_bed, start_watch
-from tests.test_ops_heal import (PS_ARGS, STEPS, clients_of, instances_by_node, last_step, replacement_started,
+from tests.test_ops_heal import (PS_ARGS, STEPS, clients_of, instances_by_node, replacement_started,
                                   wait_running)
 
 aiohttp_web = pytest.importorskip("aiohttp.web")

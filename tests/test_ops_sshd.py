@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ import pytest
 from shield_ops import nodes
 from shield_ops.nodes import Endpoint, Node
 from tests.test_ops_autostop import wheel  # noqa: F401  (a fixture)
-from tests.test_ops_e2e import LOCAL_DEPLOY, MNIST, RUNTIME, free_port, shield_ops
+from tests.test_ops_e2e import LOCAL_DEPLOY, RUNTIME, free_port, shield_ops
 from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"

@@ -156,7 +156,7 @@ def test_capacity_errors_move_on_through_types_and_zones_in_order() -> None:
                                      expected_params=ec2._run_params(cfg, spec, itype, subnet, "sg-1"))
         stubber.add_response("run_instances", {"Instances": [INSTANCE]},
                              ec2._run_params(cfg, spec, "c6i.large", "subnet-b", "sg-1"))
-        return await ec2.launch(client, cfg, spec, subnets, "sg-1", on_retry=retries.append)
+        return await ec2.EC2(client).launch(cfg, spec, subnets, "sg-1", on_retry=retries.append)
     node = stubbed(test)
     assert (node.name, node.zone, node.instance_type) == ("agent-0", "us-east-1b", "c6i.large")
     assert len(retries) == 3 and "InsufficientInstanceCapacity" in retries[0]
@@ -169,7 +169,7 @@ def test_capacity_retry_is_bounded_and_says_what_was_tried() -> None:
     async def test(client: Any, stubber: Any) -> None:
         for _ in range(2):
             stubber.add_client_error("run_instances", service_error_code="InsufficientInstanceCapacity")
-        await ec2.launch(client, cfg, spec, {"us-east-1a": "subnet-a", "us-east-1b": "subnet-b"}, "sg-1")
+        await ec2.EC2(client).launch(cfg, spec, {"us-east-1a": "subnet-a", "us-east-1b": "subnet-b"}, "sg-1")
     with pytest.raises(CapacityError, match=r"after 2 attempt\(s\).*c7i.large@us-east-1a.*c7i.large@us-east-1b"):
         stubbed(test)
 
@@ -180,7 +180,7 @@ def test_other_launch_errors_fail_at_once() -> None:
 
     async def test(client: Any, stubber: Any) -> None:
         stubber.add_client_error("run_instances", service_error_code="VcpuLimitExceeded", service_message="quota")
-        await ec2.launch(client, cfg, spec, {"us-east-1a": "subnet-a", "us-east-1b": "subnet-b"}, "sg-1")
+        await ec2.EC2(client).launch(cfg, spec, {"us-east-1a": "subnet-a", "us-east-1b": "subnet-b"}, "sg-1")
     with pytest.raises(ProvisionError, match="VcpuLimitExceeded: quota") as err:
         stubbed(test)
     assert not isinstance(err.value, CapacityError)
@@ -195,7 +195,7 @@ def test_spot_price_history_gives_the_latest_price_and_the_plan_estimate() -> No
 
     async def test(client: Any, stubber: Any) -> dict[tuple[str, str], float]:
         stubber.add_response("describe_spot_price_history", {"SpotPriceHistory": history})
-        return await ec2.spot_prices(client, {"c7i.large"})
+        return await ec2.EC2(client).spot_prices({"c7i.large"})
     prices = stubbed(test)
     assert prices == {("c7i.large", "us-east-1a"): 0.04, ("c7i.large", "us-east-1b"): 0.03}
     assert ec2.hourly_price(prices, "c7i.large", "us-east-1a") == 0.04
@@ -209,7 +209,7 @@ def test_terminate_refuses_ids_without_the_cluster_tag() -> None:
 
     async def test(client: Any, stubber: Any) -> None:
         stubber.add_response("describe_instances", {"Reservations": []})
-        await ec2.terminate(client, cfg, [foreign])
+        await ec2.EC2(client).terminate(cfg, [foreign])
     with pytest.raises(ProvisionError, match="refusing to terminate i-0aaaaaaaaaaaaaaaa"):
         stubbed(test)
 

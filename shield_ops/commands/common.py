@@ -41,9 +41,10 @@ def ssh_context(cfg: ClusterConfig, state: ClusterState, args: argparse.Namespac
                       bastion_known_hosts=cfg.ssh_bastion_known_hosts)
 
 
-def confirm_or_refuse(assume_yes: bool, question: str) -> Callable[[], bool]:
-    """A confirmation callback: -y says yes; a terminal is asked; anything else is refused with the fix."""
-    def confirm() -> bool:
+def confirm_or_refuse(assume_yes: bool) -> Callable[[str], bool]:
+    """A confirmation callback (asked the question of what it would do): -y says yes; a terminal is asked; anything
+    else is refused with the fix."""
+    def confirm(question: str) -> bool:
         if assume_yes:
             return True
         if not sys.stdin.isatty():
@@ -86,8 +87,8 @@ async def discover(cfg: ClusterConfig) -> list[Node]:
     """The cluster's tagged instances, straight from EC2."""
     from shield_ops import ec2
 
-    async with ec2.ec2_client(cfg.region) as client:
-        return await ec2.find_instances(client, cfg)
+    async with ec2.EC2.open(cfg.region) as cloud:
+        return await cloud.find_instances(cfg)
 
 
 async def on_each(nodes: list[Node], work: Callable[[Node], Coroutine[Any, Any, int]]) -> int:

@@ -20,10 +20,10 @@ def run(args: argparse.Namespace) -> int:
     from shield_ops.ui import make_reporter
 
     cfg, state = load(args)
-    confirm = confirm_or_refuse(args.yes, f"delete cluster {cfg.name}?")
+    confirm = confirm_or_refuse(args.yes)
 
     async def go() -> int:
-        async with ec2.ec2_client(cfg.region) as client:
+        async with ec2.EC2.open(cfg.region) as cloud:
             with make_reporter(args.format, title=f"shield cluster {cfg.name}") as reporter:
-                return await provision.down(client, cfg, state, reporter, confirm)
+                return await provision.down(cloud, cfg, state, reporter, confirm)
     return arun(go())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from shield_ops.commands.common import (add_config_args, arun, discover, load, on_each, select, ssh_context,

@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-cost", type=bounded_float("--max-cost", 1e6), metavar="USD",
                    help="terminate the cluster before its cost reaches USD (spot prices; terminated instances "
                    "count); = autostop.max_cost")
+    p.add_argument("--resume-from", type=s3_run_url, default=None, metavar="S3_URL",
+                   help="continue a run of an earlier life of the cluster from its mirrored checkpoint: "
+                   "s3://BUCKET/PREFIX/LIFE/RUN (shown by status and down); the PS checks the configuration hash. "
+                   "Only for a PS node without a run (a new cluster)")
     p.add_argument("--watch", action="store_true",
                    help="then keep the cluster whole until its run ends: replace lost nodes, restart dead daemons")
     p.add_argument("--watch-interval", type=bounded_float("--watch-interval", 3600.0), default=30.0, metavar="S",
@@ -50,6 +54,17 @@ def bounded_float(flag: str, high: float) -> Callable[[str], float]:
     return parse
 
 
+def s3_run_url(text: str) -> str:
+    """An argparse type: an ``s3://BUCKET/KEY`` URL of a mirrored run, with an error that says the form."""
+    from shield_ops.mirror import parse_url
+
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--resume-from: {exc}") from None
+    return text.rstrip("/")
+
+
 def autostop_overrides(args: argparse.Namespace) -> list[str]:
     """The autostop flags as ``--set`` overrides (they win over the config file)."""
     out = ["autostop.down_when_done=true"] if args.down_when_done else []
@@ -65,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = list(args.overrides) + autostop_overrides(args)
     cfg, state = load(args)
     opts = lifecycle.UpOptions(dry_run=args.dry_run, only=args.only, wheel=args.wheel,
-                               confirm=confirm_or_refuse(args.yes, f"create these resources for {cfg.name}?"))
+                               confirm=confirm_or_refuse(args.yes), resume_from=args.resume_from)
     async def go(reporter: Reporter) -> int:
         ssh = ssh_context(cfg, state, args)
         code = await lifecycle.up(cfg, state, ssh, opts, reporter)
@@ -88,15 +103,15 @@ def interrupted(cfg: ClusterConfig, args: argparse.Namespace) -> str:
     """What Ctrl-C leaves behind: what runs, what it costs, and how to resume or stop it."""
     import asyncio
 
-    from shield_ops import ec2
+    from shield_ops import ec2, fmt
 
     async def look() -> str:
-        async with ec2.ec2_client(cfg.region) as client:
-            live = await ec2.find_instances(client, cfg)
-            prices = await ec2.spot_prices(client, {n.instance_type for n in live})
+        async with ec2.EC2.open(cfg.region) as cloud:
+            live = await cloud.find_instances(cfg)
+            prices = await cloud.spot_prices({n.instance_type for n in live})
         hourly = sum(ec2.hourly_price(prices, n.instance_type, n.zone) or 0.0 for n in live)
         names = ", ".join(sorted(n.name for n in live)) or "none"
-        return f"{len(live)} instance(s) of cluster {cfg.name} are running ({names}) at about ${hourly:.4f}/h"
+        return f"{len(live)} instance(s) of cluster {cfg.name} are running ({names}) at about {fmt.usd(hourly)}/h"
     try:
         running = asyncio.run(asyncio.wait_for(look(), 20))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the advice below matters more
