@@ -140,11 +140,7 @@ class AutoVote:
             if not losers or files[file].winner != exact.files[file].winner:
                 continue
             files[file] = blamed[file]
-            winners = set(exact.files[file].holders)
-            if winners & set(self.answers[file]):
-                quiet |= losers - set(self.answers[file])
-            else:  # no winner sketched: the losers cannot be judged; the winners were slow
-                quiet |= winners
+            quiet |= unanswered(exact.files[file], losers, self.answers[file])
         outcome.vote = VoteResult(tuple(files), outcome.vote.r_prime)
         outvoted = {w for fv in files for w in fv.disagreeing}
         return (quiet | {w for w, fs in missing.items() if fs & split}) - outvoted
@@ -263,6 +259,15 @@ def blame(exact: FileVote[bytes], answers: Mapping[int, SketchReply], excusable:
     agreeing = tuple(sorted(set(exact.holders) | absolved))
     disagreeing = tuple(w for w in exact.disagreeing if w not in absolved and w not in unresolved)
     return FileVote(exact.file, exact.winner, agreeing, disagreeing, exact.absent)
+
+
+def unanswered(exact: FileVote[bytes], excusable: set[int], answers: Mapping[int, SketchReply]) -> set[int]:
+    """Who was slow in the blame of a file decided by an exact winner: the excusable losers that sent no sketch, or,
+    when no winner sketched (the losers cannot be judged then), the winners."""
+    winners = set(exact.holders)
+    if winners & set(answers):
+        return excusable - set(answers)
+    return winners
 
 
 def as_digest_vote(sketched: FileVote[int], replies: Mapping[int, bytes]) -> FileVote[bytes]:
