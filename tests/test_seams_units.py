@@ -244,3 +244,23 @@ def test_a_silent_loser_of_another_class_is_neither_absolved_nor_outvoted_but_sl
     assert unanswered(exact, {2, 3}, {2: reply(near)}) == {0, 1}  # no winner sketched: the winners were slow
     far_answers = {0: reply(g), 2: reply(far), 3: reply(near)}
     assert blame(exact, far_answers, {2, 3}, 1e-5).disagreeing == (2, 4)
+
+
+def test_a_relayed_worker_that_wastes_its_protection_loses_it_for_a_while() -> None:
+    from shield_ps.phases.relay import COOLDOWN_STEPS
+
+    relays = _relay_round()
+    assert relays.protected_until(2, 1.0) is not None
+    relays.end_step({2})  # late to the end, never complained: it was not waiting on its relay
+    for step in range(6, 6 + COOLDOWN_STEPS):
+        relays.plan(step, [])
+        relays.sources = {2: Source(1, ("h", 2), 3)}
+        assert relays.protected_until(2, 1.0) is None
+    relays.plan(6 + COOLDOWN_STEPS, [])
+    relays.sources = {2: Source(1, ("h", 2), 3)}
+    assert relays.protected_until(2, 1.0) is not None
+    relays.on_complaint(_link(2), {"step": relays.step, "reason": "stalled"}, lambda link, step: None, lambda: None)
+    relays.end_step({2})  # late after complaining: a real relay failure, no penalty
+    relays.plan(7 + COOLDOWN_STEPS, [])
+    relays.sources = {2: Source(1, ("h", 2), 3)}
+    assert relays.protected_until(2, 1.0) is not None
