@@ -23,7 +23,9 @@ The last line is one JSON object with exactly these keys:
 
 - ``worst_step_time_ratio``: the largest median step time of a scenario over its clean median (target <= 1.5);
 - ``max_param_shift_vs_clean``: the largest parameter shift of a scenario in units of its scheme's clean spread
-  (target <= 10);
+  (target <= 10), over the scenarios where the adversary holds no file's majority and drops nothing (the worst-case
+  hiders win the c_max(q) files the guarantee allows them, and droppers change which files are aggregated; both
+  are reported, not counted);
   (these two over the runs that did not fail: a failed run is counted in the next key, and its parameters, never or
   seldom updated, say nothing more);
 - ``runs_failed``: scenarios whose run failed (target 0);
@@ -36,6 +38,7 @@ The last line is one JSON object with exactly these keys:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -52,6 +55,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shield_agent.adversary import parse_adversaries  # noqa: E402
+from shield_ps.config import ServeConfig  # noqa: E402
+from shield_ps.byzantine.aggregators import default_byzantine_count  # noqa: E402
 from shield_ps.byzantine.placement import build_placement  # noqa: E402
 from shield_ps.byzantine.worst_case import worst_case  # noqa: E402
 from tests.byzantine_zoo import (RunResult, run_cluster, secret_favouring, secret_making_relay,  # noqa: E402
@@ -81,6 +86,9 @@ class Scenario:
     fleet: str
     culprits: Callable[[int, Any], dict[int, str]]
     secret: str = "favour"
+    #: counted in max_param_shift_vs_clean: False where the guarantee allows the adversary to change the rows (the
+    #: c_max(q) files where it holds r' copies, the files co-holders drop), so its shift says nothing of the seams
+    shift_counts: bool = True
 
 
 def last(spec: str) -> Callable[[int, Any], dict[int, str]]:
@@ -92,15 +100,26 @@ def worst(q: int, spec: str) -> Callable[[int, Any], dict[int, str]]:
     return lambda k, placement: {w: spec for w in worst_case(placement, q).worst_set}
 
 
+def minority(q: int, spec: str) -> Callable[[int, Any], dict[int, str]]:
+    """q workers no two of which hold one file (a minority in every file they hold), each running ``spec``."""
+    def pick(k: int, placement: Any) -> dict[int, str]:
+        for chosen in itertools.combinations(range(k), q):
+            if all(sum(w in holders for w in chosen) < 2 for holders in placement.file_workers):
+                return {w: spec for w in chosen}
+        raise SystemExit(f"no {q} workers of this placement are a minority in every file")
+    return pick
+
+
 SCENARIOS = [
     Scenario("fake-probe", "1", "two", last("fake-probe")),
     Scenario("stealth-probe", "1", "two", lambda k, p: {0: "stealth-probe"}),  # worker 0 stands for its class
-    Scenario("3 hiders + fake-probe", "2", "two", worst(3, "hider:0.04 fake-probe")),
+    Scenario("3 hiders + fake-probe", "2", "two", minority(3, "hider:0.04 fake-probe")),
+    Scenario("3 hiders, worst set", "2", "two", worst(3, "hider:0.04 fake-probe"), shift_counts=False),
     Scenario("silent-disputer", "3", "one", last("silent-disputer")),
     Scenario("grinding-centre", "4", "two", last("grinding-centre")),
     Scenario("sketch-liar centre", "5", "two", last("sketch-liar:0.01,centre")),
     Scenario("sketch-liar non-centre", "5", "two", last("sketch-liar:0.01,non-centre")),
-    Scenario("droppers (q-1 co-holders)", "6", "drop", lambda k, p: {}),  # filled in per scheme: see _droppers
+    Scenario("droppers (q-1 co-holders)", "6", "drop", lambda k, p: {}, shift_counts=False),  # see _droppers
     Scenario("fake-probe, --vote exact", "7", "exact", last("fake-probe")),
     Scenario("relay-staller", "8", "one", last("relay-staller"), secret="relay"),
     Scenario("relay-corrupter", "relay", "one", last("relay-corrupter"), secret="relay"),
@@ -192,7 +211,9 @@ def _secret(kind: str, config: Any, worker: int, steps: int) -> bytes:
 def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log: Callable[[str], None],
                  gather_timeout: float = 60.0) -> tuple[list[dict[str, Any]], float]:
     """Every scenario of ``scheme`` against its fleet's clean run; the rows and the scheme's clean spread."""
-    base = {**SCHEMES[scheme], "max_steps": steps, "gather_timeout": gather_timeout}
+    # the PS's own hedge floor (the test harness's is 1 s), so the step-time ratios are those of a default serve
+    base = {**SCHEMES[scheme], "max_steps": steps, "gather_timeout": gather_timeout,
+            "hedge_floor": ServeConfig.hedge_floor}
     config = zoo_config(Path("unused"), **base)
     k = config.workers
     placement = build_placement(config.scheme, k, config.replication, config.rama_m)
@@ -216,6 +237,9 @@ def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log
             slots[worker] = spec
         first = min(culprits)
         changes = {**base, **fleet_changes(scenario.fleet, scheme)}
+        if "byzantine" not in changes:  # q as an operator would set it: the attestation quorum is max(r', q + 1),
+            # and --byzantine-gen fixed names the agents so that files_corrupted counts what they could set
+            changes.update(byzantine=len(culprits), byzantine_gen="fixed", fixed_byzantine=tuple(sorted(culprits)))
         secret = _secret(scenario.secret, zoo_config(Path("unused"), **changes), first, steps)
         got = _run(root / scheme, scenario.name, slots, secret, changes)
         ref = clean[scenario.fleet]
@@ -223,6 +247,7 @@ def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log
         honest_blamed = {c: sum(1 for e in got.steps for w in e[c] if w not in culprits) for c in CATEGORIES}
         row = {
             "scheme": scheme, "scenario": scenario.name, "row": scenario.row, "fleet": scenario.fleet,
+            "shift_counts": scenario.shift_counts,
             "culprits": sorted(culprits), "steps": len(got.steps), "exit": got.exit_code,
             "failed": got.failed(steps),
             "median_s": got.median_s, "max_s": got.max_s,
@@ -232,6 +257,8 @@ def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log
             "tolerance": got.tolerance, "clean_tolerance": ref.tolerance,
             "inflation": got.tolerance / ref.tolerance if got.tolerance and ref.tolerance else None,
             "corrupted": sum(e["files_corrupted"] for e in got.steps),
+            "corrupted_max_step": max((e["files_corrupted"] for e in got.steps), default=0),
+            "c_max": default_byzantine_count(placement, len(culprits)),
             "dropped": sum(e["files_dropped"] for e in got.steps),
             "skipped": sum(1 for e in got.steps if e["aggregation"]["action"] == "skip"),
             "hedges": sum(e["hedges"] for e in got.steps),
@@ -253,7 +280,8 @@ def _line(row: dict[str, Any], spread: float) -> str:
     return (f"{row['scheme']:<5}{row['row']:<7}{row['scenario']:<28}{_fmt(row['ratio'], '6.2f')}"
             f"{_fmt(row['max_ratio'], '7.2f')}{_fmt(row['shift'], '10.2e')}{_fmt(units, '9.1f')}"
             f"{_fmt(row['inflation'], '10.3g')}  {'FAILED' if row['failed'] else 'ok':<7}"
-            f"{row['steps']:>2} st {row['skipped']} skip {row['corrupted']} corr {row['dropped']} drop "
+            f"{row['steps']:>2} st {row['skipped']} skip {row['corrupted_max_step']}/{row['c_max']} corr/step "
+            f"{row['dropped']} drop "
             f"{row['hedges']} hedge culprit {row['culprit_in']} honest {row['honest_blamed']}")
 
 
@@ -294,7 +322,8 @@ def main() -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "spreads": spreads}, indent=1))
     ran = [r for r in rows if not r["failed"]]
-    units = [r["shift"] / spreads[r["scheme"]] for r in ran if r["shift"] is not None and spreads[r["scheme"]]]
+    units = [r["shift"] / spreads[r["scheme"]] for r in ran
+             if r["shift_counts"] and r["shift"] is not None and spreads[r["scheme"]]]
     print(json.dumps({
         "worst_step_time_ratio": round(max((r["ratio"] for r in ran if r["ratio"] is not None), default=0.0), 2),
         "max_param_shift_vs_clean": round(max(units, default=0.0), 1),

@@ -199,6 +199,7 @@ class StepRunner:
 
         mark = time.perf_counter()
         late = await self.gather.run(step, collector, self.relays.protected_until)
+        self.relays.end_step(late)
         self.collector = None
         self._mark_late(late)
         times["compute"] = time.perf_counter() - mark

@@ -128,12 +128,13 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
     port = await asyncio.wait_for(asyncio.shield(listening), 300)
     agents = []
     try:
+        refused = 0  # agents the PS refused for good: the next agent takes the slot they left
         for slot, agent in enumerate(slots):  # one at a time, so agent i takes slot i
             options = AgentOptions("127.0.0.1", port, TOKEN, str(MNIST_DIR), threads=1, name=agent.name[:64],
                                    max_backoff=1.0, adversary=parse_adversaries(agent.adversary), **agent.options)
             agents.append(loop.create_task(run_agent(options, agent.session)))
             assert daemon.pool is not None
-            while len(daemon.pool.ready_links()) <= slot and not ps.done() and not agents[-1].done():
+            while len(daemon.pool.ready_links()) <= slot - refused and not ps.done() and not agents[-1].done():
                 daemon.pool.changed.clear()
                 changed = loop.create_task(daemon.pool.changed.wait())
                 try:  # the PS may also end (or fail) meanwhile: then its result is the answer, not a timeout; an
@@ -144,6 +145,7 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
                     changed.cancel()
                 if not done:
                     raise TimeoutError(f"agent {slot} was not ready within 300 s")
+            refused += agents[-1].done() and len(daemon.pool.ready_links()) <= slot - refused
         try:
             return await asyncio.wait_for(asyncio.shield(ps), 600)
         except asyncio.CancelledError:

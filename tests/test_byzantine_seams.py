@@ -12,7 +12,8 @@ import pytest
 from shield_ps.byzantine.placement import build_placement
 from shield_ps.byzantine.worst_case import worst_case
 from shield_ps.phases.exclusion import FIRST_EXCLUSION_STEPS
-from tests.byzantine_zoo import RunResult, run_cluster, secret_making_relay, zoo_config
+from shield_ps.phases.relay import RelayNode, plan_tree
+from tests.byzantine_zoo import RunResult, run_cluster, zoo_config
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +69,22 @@ def test_hiders_with_a_fake_probe_win_no_more_than_c_max_files(tmp_path: Path) -
     assert tolerance(result) <= 2e-6
 
 
-def test_a_silent_disputer_costs_a_grace_not_the_sketch_deadline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fleet", ["one class", "two classes"])
+def test_a_silent_disputer_costs_a_grace_not_the_sketch_deadline(tmp_path: Path, fleet: str) -> None:
     """The issue's row 3: a digest nobody else has and no sketch cost every step the sketch round's whole deadline
-    (0.73 s -> 11.9 s), unblamed. Files with an exact winner no longer wait, and the disputer is outvoted or slow."""
-    result = run_cluster(tmp_path, slots=[None] * (K - 1) + ["silent-disputer"], max_steps=3, upload_timeout=30.0)
+    (0.73 s -> 11.9 s), unblamed. Files with an exact winner no longer wait; a disputer of the winners' own class is
+    outvoted at once, one of another class (only its sketch could absolve it) is slow, after one grace at most."""
+    if fleet == "one class":
+        slots: list[str | None] = [None] * (K - 1) + ["silent-disputer"]
+    else:  # worker 7 is of the second class; the disputer claims it too
+        slots = two_classes(w7=f"{OTHER} silent-disputer")
+    culprit = K - 1 if fleet == "one class" else 7
+    result = run_cluster(tmp_path, slots=slots, max_steps=3, upload_timeout=30.0)
     steps = result.of("step")
     assert result.exit_code == 0 and len(steps) == 3
     for e in steps:
-        assert e["files_won"] == PLACEMENT.f and (8 in e["outvoted"] or 8 in e["slow"]), e
+        assert e["files_won"] == PLACEMENT.f, e
+        assert culprit in (e["outvoted"] if fleet == "one class" else e["slow"] + e["outvoted"]), e
         assert e["times"]["vote"] < 10.0, e["times"]  # the sketch deadline is over 30 s
 
 
@@ -140,12 +149,12 @@ def test_one_fake_probe_digest_cannot_stop_an_exact_run(tmp_path: Path) -> None:
 
 def test_a_stalling_relay_is_blamed_in_its_step_and_its_honest_child_is_not_erased(tmp_path: Path) -> None:
     """The issue's row 8: the child was counted slow and erased, the staller unblamed (its complaint arrived after
-    the step's accounting)."""
+    the step's accounting). A relay hop of ~6 s against a straggler grace of ~1 s: without its protection the child
+    would be erased before its relay wait ends."""
     staller = 8
-    config = zoo_config(tmp_path, max_steps=2, relay_latency=1.0)
-    secret = secret_making_relay(config, staller, steps=2)
-    result = run_cluster(tmp_path, slots=[None] * (K - 1) + ["relay-staller"], secret=secret, max_steps=2,
-                         relay_latency=1.0)
+    changes = {"max_steps": 2, "relay_latency": 6.0, "hedge_floor": 0.25, "hedge_factor": 1.0}
+    secret = _one_child_of(zoo_config(tmp_path, **changes), staller)
+    result = run_cluster(tmp_path, slots=[None] * (K - 1) + ["relay-staller"], secret=secret, **changes)
     steps = result.of("step")
     assert result.exit_code == 0 and len(steps) == 2
     first = steps[0]
@@ -153,3 +162,15 @@ def test_a_stalling_relay_is_blamed_in_its_step_and_its_honest_child_is_not_eras
     assert complainers and first["relay"] == [staller], first
     assert not complainers & set(first["erased"]) and not complainers & set(first["slow"]), first
     assert first["files_won"] == PLACEMENT.f
+
+
+def _one_child_of(config: object, relay: int) -> bytes:
+    """A secret under which ``relay`` forwards step 0's parameters to exactly one worker: every file then still has
+    r' holders that are not waiting on the relay, so the gather's straggler grace, not its deadline, ends the step."""
+    nodes = [RelayNode(w, ("127.0.0.1", 10_000 + w)) for w in range(K)]
+    for n in range(10_000):
+        secret = n.to_bytes(8, "big") * 4
+        plan = plan_tree(nodes, 0, secret, roots=config.relay_roots, fanout=config.relay_fanout)  # type: ignore
+        if sum(1 for source in plan.values() if source is not None and source.worker == relay) == 1:
+            return secret
+    raise AssertionError("no such secret")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shield_ps.byzantine.groups import OUTLIER_FACTOR, could_bias, median_into, outliers, relative_distances
-from shield_ps.byzantine.vote import vote_digests
+from shield_ps.byzantine.vote import FileVote, vote_digests
 from shield_ps.config import ServeConfig
 from shield_ps.errors import AggregationError
 from shield_ps.job import resolve_job
@@ -220,3 +220,47 @@ def test_the_gather_waits_out_a_protected_worker_and_wakes_on_a_complaint() -> N
         assert await gather.run(0, collector, lambda w, grace: None) == {2}
 
     asyncio.run(main())
+
+
+# ---- blame of files with an exact winner ---------------------------------------------------------------------------
+def test_a_silent_loser_of_another_class_is_neither_absolved_nor_outvoted_but_slow() -> None:
+    from shield_ps.byzantine.sketch import SketchReply, l2_norm, sketch
+    from shield_ps.phases.auto_vote import blame, unanswered
+
+    seed = b"s" * 32
+    g = RNG.standard_normal(4000).astype(np.float32)
+    near = (g * np.float32(1 + 1e-7)).astype(np.float32)
+    far = (g + 0.5 * np.linalg.norm(g) * RNG.standard_normal(4000) / 63.0).astype(np.float32)
+
+    def reply(x: np.ndarray) -> SketchReply:
+        return SketchReply(sketch(x, seed), l2_norm(x))
+
+    exact = FileVote(0, b"w" * 32, (0, 1), (2, 3, 4), ())  # 2, 3 of another class; 4 of the winners' class
+    answers = {0: reply(g), 2: reply(near), 4: reply(far)}
+    voted = blame(exact, answers, {2, 3}, 1e-5)
+    assert voted.holders == (0, 1, 2)  # 2's sketch agrees with a winner's: a replica of another class
+    assert voted.disagreeing == (4,)  # 4 has no excuse; 3 sent nothing: neither absolved nor outvoted ...
+    assert unanswered(exact, {2, 3}, answers) == {3}  # ... but slow
+    assert unanswered(exact, {2, 3}, {2: reply(near)}) == {0, 1}  # no winner sketched: the winners were slow
+    far_answers = {0: reply(g), 2: reply(far), 3: reply(near)}
+    assert blame(exact, far_answers, {2, 3}, 1e-5).disagreeing == (2, 4)
+
+
+def test_a_relayed_worker_that_wastes_its_protection_loses_it_for_a_while() -> None:
+    from shield_ps.phases.relay import COOLDOWN_STEPS
+
+    relays = _relay_round()
+    assert relays.protected_until(2, 1.0) is not None
+    relays.end_step({2})  # late to the end, never complained: it was not waiting on its relay
+    for step in range(6, 6 + COOLDOWN_STEPS):
+        relays.plan(step, [])
+        relays.sources = {2: Source(1, ("h", 2), 3)}
+        assert relays.protected_until(2, 1.0) is None
+    relays.plan(6 + COOLDOWN_STEPS, [])
+    relays.sources = {2: Source(1, ("h", 2), 3)}
+    assert relays.protected_until(2, 1.0) is not None
+    relays.on_complaint(_link(2), {"step": relays.step, "reason": "stalled"}, lambda link, step: None, lambda: None)
+    relays.end_step({2})  # late after complaining: a real relay failure, no penalty
+    relays.plan(7 + COOLDOWN_STEPS, [])
+    relays.sources = {2: Source(1, ("h", 2), 3)}
+    assert relays.protected_until(2, 1.0) is not None

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply, vote_sketches
+from shield_ps.byzantine.sketch import SketchReply, agree, vote_sketches
 from shield_ps.byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher
@@ -121,28 +121,31 @@ class AutoVote:
         """The exact vote, with the blame of each disputed file that has an exact winner taken from the sketches
         in so far."""
         files = list(exact.files)
-        sketched = vote_sketches(self.placement, answers, self.tolerance, digests=replies,
-                                 order_key=self.sketches.seed)
         for file, losers in excusable.items():
-            files[file] = blame(exact.files[file], sketched.files[file], set(answers[file]), losers)
+            files[file] = blame(exact.files[file], answers[file], losers, self.tolerance)
         return files
 
     async def _settle(self, outcome: VoteOutcome, exact: VoteResult[bytes], replies: Sequence[Mapping[int, bytes]],
                       excusable: Mapping[int, set[int]], split: set[int]) -> set[int]:
-        """At the end of the step: the answers still missing get one straggler grace, then the round is closed;
-        files decided by an exact winner take their final blame from every answer that came (their decision never
-        waited for one). Returns the workers of another class that lost to an exact winner and sent no sketch, and
-        those that never answered a sketch an undecided file needed: both slow (a lost digest with a sketch that
-        disagrees is outvoted)."""
-        await self.sketches.linger()
+        """At the end of the step: the answers blame still needs (each excusable loser's own, and one winner's per
+        file) get one straggler grace, then the round is closed; files decided by an exact winner take their final
+        blame from the answers that came (their decision never waited for one). Returns the slow: excusable losers
+        that sent no sketch, the winners of a file none of whose winners sketched, and the holders that never
+        answered a sketch an undecided file needed (a lost digest with a sketch that disagrees is outvoted)."""
+        def resolved(answers: list[dict[int, SketchReply]]) -> bool:
+            return all(losers <= set(answers[f]) and any(w in answers[f] for w in exact.files[f].holders)
+                       for f, losers in excusable.items() if losers)
+
+        await self.sketches.linger(resolved)
         missing = self.sketches.close()
         blamed = self._blamed(exact, replies, self.answers, excusable)
         files = list(outcome.vote.files)
         quiet: set[int] = set()
         for file, losers in excusable.items():
-            if files[file].winner == exact.files[file].winner:
-                files[file] = blamed[file]
-                quiet |= losers - set(self.answers[file])
+            if not losers or files[file].winner != exact.files[file].winner:
+                continue
+            files[file] = blamed[file]
+            quiet |= unanswered(exact.files[file], losers, self.answers[file])
         outcome.vote = VoteResult(tuple(files), outcome.vote.r_prime)
         outvoted = {w for fv in files for w in fv.disagreeing}
         return (quiet | {w for w, fs in missing.items() if fs & split}) - outvoted
@@ -168,7 +171,8 @@ class AutoVote:
                        for f in split)
 
         answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()},
-                                          times.get("compute", 0.0), decidable=decidable, wait=bool(split))
+                                          times.get("compute", 0.0), decidable=decidable if split else None,
+                                          wait=bool(split))
         for file in range(len(answers)):
             if file not in asked:
                 answers[file] = {}
@@ -247,19 +251,28 @@ class AutoVote:
         return VoteOutcome(vote, won, report, provable, split.used, dict(self.last), self.answers)
 
 
-def blame(exact: FileVote[bytes], sketched: FileVote[int], answered: set[int],
-          excusable: set[int]) -> FileVote[bytes]:
-    """An exact winner stands. An ``excusable`` loser (another determinism class) that answered, in a sketch group
-    holding every exact winner, agrees (a replica of another class within the tolerance is not blamed); one that has
-    not answered is neither agreeing nor outvoted (the caller reports it slow: silence absolves nobody); every other
-    loser is outvoted."""
-    absolved: set[int] = set()
-    if sketched.winner is not None and set(exact.holders) <= set(sketched.holders):
-        absolved = set(sketched.holders) & excusable & answered
-    quiet = excusable - answered
+def blame(exact: FileVote[bytes], answers: Mapping[int, SketchReply], excusable: set[int],
+          tolerance: float) -> FileVote[bytes]:
+    """An exact winner stands. An ``excusable`` loser (another determinism class) whose sketch agrees with a
+    winner's (all winners committed one vector, so any one's sketch will do) agrees: a replica of another class
+    within the tolerance is not blamed. One whose own sketch, or every winner's, is missing is neither agreeing nor
+    outvoted (the caller reports who was slow: silence absolves nobody). Every other loser is outvoted."""
+    reference = next((answers[w] for w in exact.holders if w in answers and answers[w].finite), None)
+    absolved = {w for w in excusable if w in answers and reference is not None
+                and agree(answers[w], reference, tolerance)}
+    unresolved = {w for w in excusable if w not in answers or reference is None}
     agreeing = tuple(sorted(set(exact.holders) | absolved))
-    disagreeing = tuple(w for w in exact.disagreeing if w not in absolved and w not in quiet)
+    disagreeing = tuple(w for w in exact.disagreeing if w not in absolved and w not in unresolved)
     return FileVote(exact.file, exact.winner, agreeing, disagreeing, exact.absent)
+
+
+def unanswered(exact: FileVote[bytes], excusable: set[int], answers: Mapping[int, SketchReply]) -> set[int]:
+    """Who was slow in the blame of a file decided by an exact winner: the excusable losers that sent no sketch, or,
+    when no winner sketched (the losers cannot be judged then), the winners."""
+    winners = set(exact.holders)
+    if winners & set(answers):
+        return excusable - set(answers)
+    return winners
 
 
 def as_digest_vote(sketched: FileVote[int], replies: Mapping[int, bytes]) -> FileVote[bytes]:

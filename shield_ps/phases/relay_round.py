@@ -7,6 +7,9 @@ The tree comes from :func:`~shield_ps.phases.relay.plan_tree`; the complaints an
   then the gather may not erase it for being late: :meth:`RelayRound.protected_until` keeps it in the step up to the
   end of its relay wait, and, once it has complained, a straggler grace after the complaint (the PS sends it the
   parameters directly). An honest child of a stalling relay therefore computes in the step it was cheated in;
+* a worker that stayed silent to the end of its protection without complaining was not waiting on its relay (an
+  honest child complains when its wait ends): it is not protected again for a number of steps that doubles with
+  each such step, so a silent Byzantine child costs at most one relay wait per such period;
 * a complaint counts toward the step it names: one for the current step is recorded at once, one for the step just
   accounted (it crossed the step's end on the wire) is blamed on that step's book entry; anything older or malformed
   is ignored. One complaint per worker and step counts.
@@ -18,7 +21,8 @@ import time
 from typing import Any, Callable
 
 from shield_ps.phases.deadlines import Deadlines
-from shield_ps.phases.relay import REASONS, RelayBook, RelayNode, Source, blame, plan_tree, slow_uplinks
+from shield_ps.phases.relay import (COOLDOWN_STEPS, MAX_COOLDOWN_STEPS, REASONS, RelayBook, RelayNode, Source,
+                                    blame, plan_tree, slow_uplinks)
 from shield_ps.pool import AgentLink
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ class RelayRound:
         self._started = 0.0
         self._complained_at: dict[int, float] = {}
         self._previous: tuple[int, list[list[Any]], set[int], dict[int, Source | None]] | None = None
+        self._unprotected_until: dict[int, int] = {}  # worker -> first step it is protected again
+        self._abuses: dict[int, int] = {}
 
     def plan(self, step: int, links: list[AgentLink],
              uplink_rates: dict[int, float] | None = None) -> dict[int, Source | None]:
@@ -101,13 +107,24 @@ class RelayRound:
 
     def protected_until(self, worker: int, grace: float) -> float | None:
         """The monotonic time before which ``worker`` may not be erased as late: the end of its relay wait, or
-        ``grace`` after its complaint (None: not relayed)."""
+        ``grace`` after its complaint (None: not relayed, or not protected this step)."""
         if worker in self._complained_at:
             return self._complained_at[worker] + grace
         source = self.sources.get(worker)
-        if source is None:
+        if source is None or self.step < self._unprotected_until.get(worker, 0):
             return None
         return self._started + source.depth * self._deadlines.relay_hop(self._nbytes) + self._deadlines.hedge_floor
+
+    def end_step(self, late: set[int]) -> None:
+        """The step's late workers: one that was relayed, protected and never complained loses its protection for
+        ``COOLDOWN_STEPS * 2**(n-1)`` steps (n: such steps so far)."""
+        for worker in late:
+            source = self.sources.get(worker)
+            if source is None or worker in self._complained_at or self.step < self._unprotected_until.get(worker, 0):
+                continue
+            n = self._abuses[worker] = self._abuses.get(worker, 0) + 1
+            wait = min(MAX_COOLDOWN_STEPS, COOLDOWN_STEPS << min(n - 1, 16))
+            self._unprotected_until[worker] = self.step + 1 + wait
 
     def fields(self, direct: int) -> dict[str, Any]:
         """The step event's ``relay_tree`` (empty without a tree)."""

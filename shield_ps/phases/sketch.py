@@ -56,6 +56,8 @@ class SketchRound:
         self._decidable: Callable[[list[dict[int, SketchReply]]], bool] | None = None
         self._done = asyncio.Event()
         self._ready = asyncio.Event()
+        self._changed = asyncio.Event()  # set on every answer
+        self._deadline_at = 0.0  # monotonic time the round's deadline passes
         self.missing: dict[int, set[int]] = {}  # worker -> files it did not answer in time (last round)
         self.bytes_requested = 0
 
@@ -84,22 +86,33 @@ class SketchRound:
             request = SketchRequest(step, self.seed, tuple(sorted(files)), self.params.rows, self.params.width)
             sends.append(self._send(link, request))
         asked = {w: set(fs) for w, fs in self._expected.items()}
+        budget = self.deadline(max((len(f) for f in asked.values()), default=0), compute_s)
+        self._deadline_at = started + budget
         await asyncio.gather(*sends)
         self._check_done()
         if wait:
-            budget = self.deadline(max((len(f) for f in asked.values()), default=0), compute_s)
             await self._wait(step, budget - (time.monotonic() - started))
         return self.answers
 
-    async def linger(self) -> None:
-        """At the end of the step: if answers are still missing, wait for them one straggler grace at most (the files
-        they concern were decided without them; the answers only decide who is blamed)."""
-        if not self._expected:
-            return
-        try:
-            await asyncio.wait_for(self._done.wait(), self._grace(self._answer_times))
-        except asyncio.TimeoutError:
-            pass
+    async def linger(self, enough: Callable[[list[dict[int, SketchReply]]], bool] | None = None) -> None:
+        """At the end of the step, for a round that was not waited for: until every answer is in or ``enough(answers)``
+        holds, waiting as :meth:`run` would have (until more than half of the asked workers have answered everything,
+        then a straggler grace; never past the round's deadline). The files they concern were decided without them;
+        the answers only decide who is blamed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, self._deadline_at - time.monotonic())
+        grace_end: float | None = None
+        while self._expected and not (enough is not None and enough(self.answers)):
+            if grace_end is None and self._ready.is_set():
+                grace_end = loop.time() + self._grace(self._answer_times)
+            end = min(deadline, grace_end) if grace_end is not None else deadline
+            if loop.time() >= end:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), end - loop.time())
+            except asyncio.TimeoutError:
+                return
 
     def close(self) -> dict[int, set[int]]:
         """Stop collecting this round's answers; returns (and keeps in :attr:`missing`) worker -> the files it did
@@ -156,6 +169,7 @@ class SketchRound:
                 return
             reply = SketchReply(values.astype(np.float64), answer.norm)
         self.answers[answer.file][link.worker] = reply
+        self._changed.set()
         expected.discard(answer.file)
         if not expected:
             del self._expected[link.worker]
@@ -171,6 +185,8 @@ class SketchRound:
             self._done.set()
             return
         if self._ready.is_set():
+            self._changed.set()
             return
         if 2 * len(self._expected) < self._asked or (self._decidable is not None and self._decidable(self.answers)):
             self._ready.set()
+            self._changed.set()
