@@ -80,6 +80,24 @@ def refusal(config: ServeConfig, reply: dict[str, Any]) -> str | None:
     return None
 
 
+def check_unchanged(recorded: dict[str, Any]) -> None:
+    """ConfigError naming a plug-in whose code here differs from what a run recorded (its checkpoint's configuration
+    ``recorded``): its parameters would be loaded into another model."""
+    from shield_agent.errors import ShieldAgentError
+    from shield_agent.zoo.plugins import identify, parse_plugin
+
+    for digest, name in _FIELDS.items():
+        if recorded.get(digest) is None:
+            continue
+        try:
+            here = identify(parse_plugin(str(recorded.get(name)), f"--{name}"), f"--{name}").digest
+        except ShieldAgentError as exc:
+            raise ConfigError(str(exc)) from None
+        if here != recorded[digest]:
+            raise ConfigError(f"the code of {name} {recorded[name]} changed since the run ({recorded[digest][:16]} -> "
+                              f"{here[:16]}): use the run's version of {recorded[name].split(':', 1)[0]}")
+
+
 def agent_args(config: ServeConfig) -> list[str]:
     """``--plugin MODULE`` for each plug-in module of the job (for local agents and the printed join command)."""
     modules = sorted({spec.module for spec in plugin_specs(config).values()})

@@ -47,7 +47,10 @@ def seeded_globals(seed: int, device: Any = None) -> Iterator[_Draws]:
     with RNG_LOCK, torch.random.fork_rng(devices=[device] if cuda else []):
         python_state, numpy_state = random.getstate(), np.random.get_state()
         try:
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # (torch.manual_seed also queues a lazy seed of every GPU)
+            if cuda:
+                torch.cuda.default_generators[device.index if device.index is not None
+                                              else torch.cuda.current_device()].manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % (1 << 32))
             before = _states(device if cuda else None)
