@@ -211,3 +211,13 @@ def test_the_ps_refuses_an_agent_whose_copy_differs():
     assert why == (f"the agent's copy of tests.plugin_models differs from the PS's: digest cdcdcdcdcdcdcdcd there, "
                    f"{config.dataset_digest[:16]} here (--dataset {DATA}); install the PS's version on the agent")
     assert "reports no copy of it" in refusal(config, {"dataset_digest": config.dataset_digest})
+
+
+def test_an_operation_without_a_deterministic_kernel_warns_instead_of_failing_the_file():
+    """A model using such an operation still computes its files (its replicas may differ: the determinism classes and
+    the sketch vote take it from there) instead of raising, which would drop every file it holds."""
+    computer = GradientComputer(spec(network="tests.plugin_models:Unpooling"))
+    with pytest.warns(UserWarning, match="does not have a deterministic implementation"):
+        result = computer.file_gradient(computer.initial_parameters(), 0, 0)
+    assert np.isfinite(result.gradient).all() and np.abs(result.gradient).sum() > 0
+    assert torch.are_deterministic_algorithms_enabled()
