@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import re
 import signal
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="directory that holds the PS's dataset (default: the cache, $SHIELD_DATA_DIR or "
                         "~/.cache/shield/data; for MNIST, else the test split embedded in the package)")
+    parser.add_argument("--plugin", type=_module, action="append", default=[], metavar="MODULE",
+                        help="a plug-in module the PS's job may name in --network/--dataset MODULE:CALLABLE "
+                        "(repeatable; the agent imports no module the PS names unless it is listed here, and refuses "
+                        "a copy whose code differs from the PS's: docs/your-model.md)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as the PS says)")
     parser.add_argument("--device", type=parse_device, default="cpu",
                         help="where to compute: cpu (default), cuda, cuda:N, or auto (a GPU when torch sees one)")
@@ -94,6 +99,13 @@ class _Behaviours(argparse.Action):
         setattr(namespace, self.dest, specs)
 
 
+def _module(text: str) -> str:
+    """argparse type of --plugin: a dotted module path (not imported until a job names it)."""
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", text, re.ASCII) or len(text) > 200:
+        raise argparse.ArgumentTypeError(f"expected a dotted module path like examples.waveforms, got {text!r}")
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -130,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             raise DatasetError(f"--data-dir {args.data_dir} is not a directory (pass the directory that holds the "
                                "PS's dataset, as its printed join command does)")
     options = AgentOptions(host=host, port=port, token=token, data_dir=None if data_dir is None else str(data_dir),
+                           plugins=tuple(args.plugin),
                            threads=args.threads, name=args.name[:64], reconnect=not args.no_reconnect,
                            spot_watch=args.spot_watch or args.spot_notice_file is not None, imds=args.imds,
                            spot_notice_file=args.spot_notice_file, workers=args.workers,

@@ -79,6 +79,7 @@ class AgentSession:
         self._spawned: set[asyncio.Task[None]] = set()
         self.finished = False
         self.end_reason: str | None = None  # what the PS's LEAVE said
+        self.plugin_fields: dict[str, str] = {}  # this copy's plug-in digests, for the JOB reply
 
     async def run(self) -> None:
         try:
@@ -140,7 +141,8 @@ class AgentSession:
         self.relay.store.joined(job.worker)
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
         relay = {"relay_port": self.relay.port, "relay_id": self.relay.id} if self.relay.port else {}
-        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint, **relay})
+        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint, **relay,
+                                              **self.plugin_fields})
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:
         """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
@@ -151,12 +153,14 @@ class AgentSession:
         if synthetic is not None:
             return synthetic
         from shield_agent.compute import ComputeSpec
+        from shield_agent.plugin_admission import check_job_plugins
         from shield_agent.zoo.sources import locate
 
+        self.plugin_fields = check_job_plugins(job, self.options.plugins)  # before anything is loaded
         data_dir = str(locate(job.dataset, self.options.data_dir).path)
         computer = self.host.build(ComputeSpec(job.network, job.dataset, data_dir, job.seed,
                                                job.batch_size, job.num_files, threads, device=self.options.device))
-        have = len(computer.data.train_labels)
+        have = computer.train_samples
         if job.train_samples is not None and have != job.train_samples:
             raise DatasetError(f"the PS trains on {job.dataset} with {job.train_samples} training images, the data "
                                f"here ({data_dir}) has {have}: pass --data-dir with the PS's data (its printed "

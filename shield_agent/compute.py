@@ -3,9 +3,12 @@
 Step ``t``'s batch is a pure function of ``(seed, t)``: an epoch-wise permutation of the training set, seeded by
 ``(seed, epoch)``, cut into consecutive batches of ``b`` samples (the last partial batch of an epoch is dropped).
 File ``i`` of ``f`` is the contiguous slice ``[i*b/f, (i+1)*b/f)`` of that batch, and its augmentation is drawn from
-an RNG seeded by ``(seed, t, i)``. With a fixed torch thread count and deterministic algorithms, honest workers that
-compute the same file get bit-identical gradients, which is what ByzShield's majority vote relies on (Konstantinidis &
-Ramamoorthy, MLSys 2021, Sec. 3: each file is processed by r workers and the majority of the r results wins).
+an RNG seeded by ``(seed, t, i)``; so are whatever a plug-in's dataset and model draw from the process-wide generators
+(a random crop, dropout: :mod:`shield_agent.zoo.seeds`). With a fixed torch thread count and deterministic
+algorithms, honest workers that compute the same file get bit-identical gradients, which is what ByzShield's majority
+vote relies on (Konstantinidis & Ramamoorthy, MLSys 2021, Sec. 3: each file is processed by r workers and the
+majority of the r results wins). An operation without a deterministic kernel on the device only warns: that agent's
+replicas then differ, and the determinism classes and the sketch vote take over (docs/byzantine.md).
 """
 from __future__ import annotations
 
@@ -19,16 +22,19 @@ from torch.nn import functional as F
 
 from shield_agent.device import resolve_device
 from shield_agent.errors import ComputeError
-from shield_agent.zoo.datasets import DATASETS, BatchTransform, load_dataset, parse_dataset
+from shield_agent.zoo.datasets import load_data
 from shield_agent.zoo.flat import FlatParameters
-from shield_agent.zoo.models import build_seeded_model, parse_network
+from shield_agent.zoo.models import build_network, build_seeded_model, check_applicable
+from shield_agent.zoo.names import choice_name, dataset_choice, network_choice
+from shield_agent.zoo.seeds import SeededForward, seeded_rng
 
 log = logging.getLogger(__name__)
 
-# Domain-separation tags so the permutation, augmentation and BN-calibration streams never share a seed.
+# Domain-separation tags so the permutation, augmentation, BN-calibration and forward-pass streams never share a seed.
 PERMUTATION_TAG = 0x5045524D
 AUGMENT_TAG = 0x41554720
 CALIBRATION_TAG = 0x43414C42
+FORWARD_TAG = 0x46574420
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,6 @@ class FileGradient:
     seconds: float
 
 
-def seeded_rng(*words: int) -> np.random.Generator:
-    """A numpy Generator that is a pure function of the non-negative integers ``words``."""
-    return np.random.default_rng(np.random.SeedSequence(list(words)))
-
-
 class BatchSchedule:
     """Sample indices of every step and file (see module docstring), for a training set of ``num_samples``."""
 
@@ -113,23 +114,25 @@ class BatchSchedule:
 
 def configure_torch(threads: int) -> None:
     """Fix the intra-op thread count and demand deterministic kernels (idempotent; call from the computing
-    thread)."""
+    thread). An operation without a deterministic kernel warns instead of failing the file: its replicas may then
+    differ, which the determinism classes and the sketch vote absorb, where a failed file would be dropped."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    if not torch.are_deterministic_algorithms_enabled():
+    if not (torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()):
         # torch.use_deterministic_algorithms also sets the compiler's flag, and importing torch._inductor for it
         # costs ~2.5 s of CPU per process; eager kernels read only the C++ flag, which this sets alike.
         setter = getattr(torch._C, "_set_deterministic_algorithms", None)
         if setter is not None:
-            setter(True)
+            setter(True, warn_only=True)
         else:
-            torch.use_deterministic_algorithms(True)
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def initial_parameters(network: str, dataset: str, seed: int) -> np.ndarray:
     """A job's initial flat parameter vector (float32), without loading any data: the PS's starting point and
-    exactly :meth:`GradientComputer.initial_parameters` for the same ``(network, dataset, seed)``."""
-    model = build_seeded_model(parse_network(network), parse_dataset(dataset), seed)
+    exactly :meth:`GradientComputer.initial_parameters` for the same ``(network, dataset, seed)``. A plug-in dataset
+    is sized once loaded: use :class:`GradientComputer` for it."""
+    model = build_seeded_model(network, dataset, seed)
     return FlatParameters(model).values()
 
 
@@ -138,21 +141,23 @@ class GradientComputer:
 
     def __init__(self, spec: ComputeSpec) -> None:
         self.spec = spec
-        network, dataset = parse_network(spec.network), parse_dataset(spec.dataset)
+        network, dataset = network_choice(spec.network), dataset_choice(spec.dataset)
+        check_applicable(network, dataset)
         self.device = resolve_device(spec.device)
         configure_torch(spec.threads)
-        self.data = load_dataset(dataset, spec.data_dir)
-        self.transform = BatchTransform(DATASETS[dataset])
-        self.model = build_seeded_model(network, dataset, spec.seed).to(self.device)
+        self.data = load_data(dataset, spec.data_dir)
+        self.model = build_network(network, self.data.num_classes, self.data.channels, spec.seed).to(self.device)
         self.model.train()
+        self.forward = SeededForward(self.model, self.device)
         self.flat = FlatParameters(self.model, self.device)
         self._initial = self.flat.values()
         self.num_params: int = self.flat.num_params
-        self.schedule = BatchSchedule(spec.seed, len(self.data.train_labels), spec.batch_size, spec.num_files)
+        self.train_samples: int = self.data.train_size
+        self.schedule = BatchSchedule(spec.seed, self.train_samples, spec.batch_size, spec.num_files)
         self.steps_per_epoch: int = self.schedule.steps_per_epoch
         log.info("compute: %s on %s, %d parameters, %d steps per epoch, %d samples per file, %d thread(s), %s",
-                 network.value, dataset.value, self.num_params, self.steps_per_epoch, spec.file_size, spec.threads,
-                 self.device)
+                 choice_name(network), choice_name(dataset), self.num_params, self.steps_per_epoch, spec.file_size,
+                 spec.threads, self.device)
 
     def initial_parameters(self) -> np.ndarray:
         """The job's initial parameter vector (float32, deterministic from the spec's seed)."""
@@ -166,9 +171,7 @@ class GradientComputer:
     def file_inputs(self, step: int, file: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (augmented, normalised) input batch and labels of ``file`` at ``step``."""
         indices = self.schedule.file(step, file)
-        rng = seeded_rng(self.spec.seed, step, file, AUGMENT_TAG) if self.transform.info.augment else None
-        images = self.transform(self.data.train_images.index_select(0, indices), rng)
-        labels = self.data.train_labels.index_select(0, indices)
+        images, labels = self.data.train_batch(indices, self.spec.seed, step, file, AUGMENT_TAG)
         if self.device.type != "cpu":
             return images.to(self.device), labels.to(self.device)
         return images, labels
@@ -185,7 +188,7 @@ class GradientComputer:
         images, labels = self.file_inputs(step, file)
         for p in self.flat.params:
             p.grad = None
-        loss = F.cross_entropy(self.model(images), labels)
+        loss = F.cross_entropy(self.forward(images, self.spec.seed, step, file, FORWARD_TAG), labels)
         loss.backward()
         self.flat.gradient(out)
         return FileGradient(out, float(loss.detach()), len(labels), time.perf_counter() - started)

@@ -20,6 +20,19 @@ class ModelError(ShieldAgentError, ValueError):
     code = "model"
 
 
+class PluginError(ShieldAgentError, ValueError):
+    """A ``--network``/``--dataset MODULE:CALLABLE`` that cannot be imported, called or used (docs/your-model.md)."""
+
+    code = "plugin"
+
+
+class PluginRefused(ShieldAgentError):
+    """The PS's job names a plug-in this agent may not import or whose copy here differs from the PS's: joining again
+    cannot help (code ``job``: the PS's close code for another model, a final refusal)."""
+
+    code = "job"
+
+
 class ComputeError(ShieldAgentError):
     """A job spec the compute core cannot honour (e.g. batch size not a multiple of the file count)."""
 

@@ -3,8 +3,9 @@
 BatchNorm running statistics are not part of the parameter vector, and no worker's buffers are trusted or even seen:
 before evaluating a network with BatchNorm, the Evaluator resets every BN layer's running statistics and re-estimates
 them from a fixed set of training batches (train mode, no gradient, cumulative moving average, ``momentum=None``),
-drawn deterministically from the job seed with the training augmentation. The result therefore depends only on the
-parameter vector, the data and the seed.
+drawn deterministically from the job seed with the training augmentation. Whatever a plug-in model draws from the
+process-wide generators (dropout in those training-mode passes) is seeded the same way (:mod:`shield_agent.zoo.seeds`).
+The result therefore depends only on the parameter vector, the data and the seed.
 """
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from shield_agent.compute import CALIBRATION_TAG, configure_torch, seeded_rng
+from shield_agent.compute import CALIBRATION_TAG, FORWARD_TAG, configure_torch, seeded_rng
 from shield_agent.errors import ComputeError
-from shield_agent.zoo.datasets import DATASETS, BatchTransform, load_dataset, parse_dataset
+from shield_agent.zoo.datasets import load_data
 from shield_agent.zoo.flat import FlatParameters
-from shield_agent.zoo.models import build_seeded_model, parse_network
+from shield_agent.zoo.models import build_network, check_applicable
+from shield_agent.zoo.names import dataset_choice, network_choice
+from shield_agent.zoo.seeds import SeededForward
+
+#: Tag of the evaluation-mode passes' seeded streams (a model that draws even in eval mode stays deterministic).
+EVAL_TAG = 0x4556414C
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +49,22 @@ class Evaluator:
                  batch_size: int = 500, bn_samples: int = 2000) -> None:
         if batch_size < 1 or threads < 1 or bn_samples < 0 or seed < 0:
             raise ComputeError("batch_size and threads must be >= 1, bn_samples and seed >= 0")
-        net, data = parse_network(network), parse_dataset(dataset)
+        net, data = network_choice(network), dataset_choice(dataset)
+        check_applicable(net, data)
         self.seed, self.threads, self.batch_size = seed, threads, batch_size
         configure_torch(threads)
-        self.data = load_dataset(data, data_dir)
-        self.transform = BatchTransform(DATASETS[data])
-        self.model = build_seeded_model(net, data, seed)
+        self.data = load_data(data, data_dir)
+        self.model = build_network(net, self.data.num_classes, self.data.channels, seed)
+        self._train_forward, self._eval_forward = SeededForward(self.model), SeededForward(self.model)
         self.flat = FlatParameters(self.model)
         self.num_params = self.flat.num_params
         self.norms = [m for m in self.model.modules() if isinstance(m, _BatchNorm)]
-        self.top_k = min(5, DATASETS[data].num_classes)
+        self.top_k = min(5, self.data.num_classes)
         self._calibration = self._calibration_batches(bn_samples) if self.norms else []
 
     def _calibration_batches(self, bn_samples: int) -> list[torch.Tensor]:
         """Fixed index batches of the training set used to re-estimate BN statistics (whole batches only)."""
-        total = len(self.data.train_labels)
+        total = self.data.train_size
         size = min(self.batch_size, bn_samples, total)
         count = min(bn_samples, total) // size if size else 0
         order = torch.from_numpy(seeded_rng(self.seed, CALIBRATION_TAG).permutation(total))
@@ -71,8 +78,8 @@ class Evaluator:
             norm.momentum = None
         self.model.train()
         for index, indices in enumerate(self._calibration):
-            rng = seeded_rng(self.seed, index, CALIBRATION_TAG)
-            self.model(self.transform(self.data.train_images.index_select(0, indices), rng))
+            inputs, _ = self.data.train_batch(indices, self.seed, index, CALIBRATION_TAG)
+            self._train_forward(inputs, self.seed, index, CALIBRATION_TAG, FORWARD_TAG)
 
     @torch.no_grad()
     def evaluate(self, params: np.ndarray) -> EvalResult:
@@ -82,17 +89,16 @@ class Evaluator:
         if self.norms:
             self.recalibrate()
         self.model.eval()
-        images, labels = self.data.test_images, self.data.test_labels
         correct1 = correct5 = 0
         loss_sum = 0.0
-        for start in range(0, len(labels), self.batch_size):
-            y = labels[start:start + self.batch_size]
-            logits = self.model(self.transform(images[start:start + self.batch_size]))
+        n = self.data.test_size
+        for start in range(0, n, self.batch_size):
+            inputs, y = self.data.test_batch(start, start + self.batch_size)
+            logits = self._eval_forward(inputs, self.seed, start, EVAL_TAG)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             hits = logits.topk(self.top_k, dim=1).indices == y[:, None]
             correct1 += int(hits[:, 0].sum())
             correct5 += int(hits.any(dim=1).sum())
-        n = len(labels)
         return EvalResult(correct1 / n, correct5 / n, loss_sum / n, n)
 
 

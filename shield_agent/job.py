@@ -21,6 +21,7 @@ class AgentOptions:
     port: int
     token: str
     data_dir: str | None  # None: the cache, else the embedded copy (shield_agent.zoo.sources)
+    plugins: tuple[str, ...] = ()  # --plugin: the modules a PS's job may name (shield_agent.plugin_admission)
     threads: int | None = None
     name: str = ""
     reconnect: bool = True
@@ -61,6 +62,8 @@ class AgentJob:
     codec_level: int
     synthetic_d: int | None = None  # a synthetic job (benchmarks, tests): its parameter count
     train_samples: int | None = None  # the size of the PS's training set (an agent reading other data refuses)
+    network_digest: str | None = None  # a plug-in network's identity on the PS (shield_agent.plugin_admission)
+    dataset_digest: str | None = None  # a plug-in dataset's identity on the PS
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> "AgentJob":
@@ -76,6 +79,8 @@ class AgentJob:
                 codec_level=as_int(header["codec_level"]),
                 synthetic_d=as_int(header["synthetic_d"]) if "synthetic_d" in header else None,
                 train_samples=as_int(header["train_samples"]) if "train_samples" in header else None,
+                network_digest=as_digest(header.get("network_digest")),
+                dataset_digest=as_digest(header.get("dataset_digest")),
             )
         except (KeyError, TypeError) as exc:
             raise ComputeError(f"malformed JOB from the PS: {exc}") from None
@@ -91,6 +96,15 @@ class AgentJob:
 def as_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def as_digest(value: Any) -> str | None:
+    """A plug-in digest from JOB: None, or 64 lower-case hex characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise TypeError("a plug-in digest must be 64 hex characters")
     return value
 
 

@@ -43,7 +43,9 @@ JOIN_TIMEOUT_REMOTE_S = 120.0
 JOIN_TIMEOUT_LOCAL_S = 300.0
 
 #: Fields added after runs were checkpointed: hashed only when set, so older checkpoints keep their hash.
-_HASHED_WHEN_SET = frozenset({"synthetic_d"})
+_HASHED_WHEN_SET = frozenset({"synthetic_d", "network_digest", "dataset_digest"})
+#: The digest of a plug-in's code (shield_ps.plugins), by the field that names the plug-in.
+PLUGIN_DIGESTS = {"network_digest": "network", "dataset_digest": "dataset"}
 
 
 def valid_placements(scheme: str, limit: int = 4, max_workers: int = 64) -> list[tuple[int, int]]:
@@ -107,6 +109,8 @@ class ServeConfig:
     threads: int = 1
     agg_threads: int | None = None
     synthetic_d: int | None = None
+    network_digest: str | None = None  # a plug-in network's identity (set by shield_ps.plugins.resolve_plugins)
+    dataset_digest: str | None = None  # a plug-in dataset's identity
     host: str = "127.0.0.1"
     port: int = 7700
     resume: bool = False
@@ -169,5 +173,12 @@ def diff_training_fields(old: dict[str, Any], new: ServeConfig) -> list[str]:
     """Human-readable differences between a checkpoint's configuration and ``new`` (training fields only)."""
     previous = ServeConfig.from_dict(old).training_fields()
     current = new.training_fields()
-    return [f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"
+    return [_difference(key, previous, current)
             for key in sorted(set(previous) | set(current)) if previous.get(key) != current.get(key)]
+
+
+def _difference(key: str, previous: dict[str, Any], current: dict[str, Any]) -> str:
+    if key in PLUGIN_DIGESTS:  # name the plug-in whose code changed, with both digests
+        short = [str(d)[:16] if d is not None else "none" for d in (previous.get(key), current.get(key))]
+        return f"the code of {PLUGIN_DIGESTS[key]} {current.get(PLUGIN_DIGESTS[key])} changed ({short[0]} -> {short[1]})"
+    return f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"

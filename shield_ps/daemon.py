@@ -32,7 +32,8 @@ from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.phases.accounting import Tally
 from shield_ps.reference import ProbeGradients
 from shield_ps.round import StepOutcome, StepRunner
-from wire import ConnectionClosed, Connection, Kind, Limits, Role, Timeouts, WireError, serve
+from shield_ps import plugins
+from wire import ConnectionClosed, Connection, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class ModelState:
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch
         self.probe = ProbeGradients.compute(computer, plan.placement.f)
-        self.train_samples = len(computer.data.train_labels)
+        self.train_samples = computer.train_samples
         self.evaluator = Evaluator(c.network, c.dataset, data_dir, c.seed, threads=c.threads)
 
 
@@ -207,7 +208,7 @@ class PSDaemon:
             return None
         if self.token_file is None:
             self.token_file = write_token_file(self.train_dir / "token", self.token)
-        extra = ["--synthetic", "0"] if self.config.synthetic_d is not None else []
+        extra = ["--synthetic", "0"] if self.config.synthetic_d is not None else plugins.agent_args(self.config)
         agents = LocalAgents(self.config.local_agents, self.config.host, port, self.token_file,
                              self.train_dir / "agents", self.config.data_dir,
                              extra, processes=self.config.agent_processes,
@@ -340,6 +341,11 @@ class PSDaemon:
                                                     **self._data_fields},
                                        timeout=self.config.join_timeout)
             num_params = reply.header.get("num_params")
+            other_model = plugins.refusal(self.config, reply.header)
+            if other_model is not None:  # another plug-in model: final (the agent must be fixed, not retried)
+                log.warning("worker %d refused: %s", link.worker, other_model)
+                await conn.close(other_model, code="job")
+                return
             if reply.kind is not Kind.JOB or num_params != self.runner.d:
                 await conn.close(f"agent has {num_params} parameters, the PS {self.runner.d}", code="job")
                 return
@@ -369,6 +375,8 @@ class PSDaemon:
                     msg.discard()
                     self._drop_agent(link, f"unexpected {msg.kind.value}")
                     break
+        except RemoteError as exc:  # the agent answered JOB with its own error (another plug-in, no data): say why
+            log.warning("worker %d could not take the job: %s", link.worker, exc.reason)
         except WireError as exc:
             log.info("worker %d: %s", link.worker, exc)
         finally:

@@ -16,6 +16,7 @@ from shield_ps.byzantine.aggregators import (Aggregator, aggregator_params, defa
 from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
 from shield_ps.byzantine.placement import Placement, Scheme, build_placement
+from shield_ps import plugins
 from shield_ps.config import ServeConfig
 from shield_ps.errors import AggregationError, AttackError, ConfigError
 from shield_ps.optimizer import Schedule
@@ -77,6 +78,7 @@ class JobPlan:
             "dataset": c.dataset, "seed": c.seed, "batch_size": self.batch_size, "num_files": self.placement.f,
             "threads": c.threads, "codec": c.codec, "codec_level": c.codec_level,
             **({"synthetic_d": c.synthetic_d} if c.synthetic_d is not None else {}),
+            **plugins.job_fields(c),  # a plug-in's identity: the agent checks its own copy before loading anything
         }
 
 

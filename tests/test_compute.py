@@ -110,7 +110,7 @@ def test_mean_of_file_gradients_is_the_batch_gradient(lenet):
     files = [lenet.file_gradient(params, 9, i).gradient for i in range(4)]
     model = build_seeded_model("LeNet", "MNIST", 3)
     indices = lenet.schedule.batch(9)
-    images = lenet.transform(lenet.data.train_images[indices])
+    images = lenet.data.transform(lenet.data.train_images[indices])
     torch.nn.functional.cross_entropy(model(images), lenet.data.train_labels[indices]).backward()
     expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
     np.testing.assert_allclose(np.mean(files, axis=0), expected, rtol=1e-4, atol=1e-6)

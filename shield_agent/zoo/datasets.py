@@ -3,13 +3,17 @@
 Images are kept as uint8 tensors (N, C, H, W); :class:`BatchTransform` turns a gathered batch into normalised float32
 input, augmenting (reflect-pad 4, random 32x32 crop, horizontal flip) from an explicit numpy RNG so that a file's
 input is a pure function of the RNG's seed.
+
+The compute core reads any dataset through one small interface, :class:`TrainingData`: :class:`ImageData` (a built-in
+dataset) and :class:`~shield_agent.zoo.plugin_data.PluginData` (``--dataset MODULE:CALLABLE``) implement it, and
+:func:`load_data` loads either.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Protocol, Union
 
 import numpy as np
 import torch
@@ -18,7 +22,12 @@ from torch.nn import functional as F
 from shield_agent.errors import DatasetError
 from shield_agent.zoo import readers
 from shield_agent.zoo.mnist_idx import load_mnist_arrays
-from shield_agent.zoo.names import Dataset, parse_dataset
+from shield_agent.zoo.names import Dataset, DatasetChoice, dataset_choice, parse_dataset
+from shield_agent.zoo.plugins import PluginSpec
+from shield_agent.zoo.seeds import seeded_rng
+
+if TYPE_CHECKING:
+    from shield_agent.zoo.plugin_data import PluginData
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,23 @@ DATASETS: dict[Dataset, DatasetInfo] = {
 }
 
 
+class TrainingData(Protocol):
+    """A dataset as the compute core and the evaluator read it."""
+
+    name: str  # as on the command line
+    num_classes: int
+    channels: int  # the first axis of a sample (what a built-in network's first layer takes)
+    train_size: int
+    test_size: int
+
+    def train_batch(self, indices: torch.Tensor, *words: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 inputs and int64 labels of training samples ``indices``, augmented (where the dataset augments)
+        from random streams that are a pure function of ``words``."""
+
+    def test_batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 inputs and int64 labels of held-out samples ``start:stop`` (never augmented)."""
+
+
 @dataclass(frozen=True)
 class ImageData:
     """A dataset in memory: uint8 images (N, C, H, W) and int64 labels for both splits."""
@@ -61,6 +87,50 @@ class ImageData:
     @property
     def info(self) -> DatasetInfo:
         return DATASETS[self.dataset]
+
+    @property
+    def name(self) -> str:
+        return self.dataset.value
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def channels(self) -> int:
+        return self.info.channels
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_labels)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test_labels)
+
+    @functools.cached_property
+    def transform(self) -> "BatchTransform":
+        return BatchTransform(self.info)
+
+    def train_batch(self, indices: torch.Tensor, *words: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised training images ``indices``, augmented from ``seeded_rng(*words)`` when the dataset augments."""
+        rng = seeded_rng(*words) if self.info.augment else None
+        return (self.transform(self.train_images.index_select(0, indices), rng),
+                self.train_labels.index_select(0, indices))
+
+    def test_batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.test_images[start:stop]), self.test_labels[start:stop]
+
+
+def load_data(dataset: str | DatasetChoice, data_dir: str | Path) -> Union[ImageData, "PluginData"]:
+    """A built-in dataset (:func:`load_dataset`) or a plug-in's (:func:`shield_agent.zoo.plugin_data.load_plugin_data`)
+    read from ``data_dir``; cached per process either way."""
+    choice = dataset_choice(dataset)
+    if isinstance(choice, PluginSpec):
+        from shield_agent.zoo.plugin_data import load_plugin_data
+
+        return load_plugin_data(choice, data_dir)
+    return load_dataset(choice, data_dir)
 
 
 def load_dataset(dataset: str | Dataset, data_dir: str | Path) -> ImageData:

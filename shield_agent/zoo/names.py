@@ -1,9 +1,15 @@
-"""Network and dataset names as the CLIs spell them. Torch-free, so argument parsers can use them cheaply."""
+"""Network and dataset names as the CLIs spell them. Torch-free, so argument parsers can use them cheaply.
+
+A ``--network``/``--dataset`` value is a *choice*: a built-in (a member of :class:`Network`/:class:`Dataset`, the
+keys of the registries) or a plug-in's ``MODULE:CALLABLE`` (:class:`~shield_agent.zoo.plugins.PluginSpec`).
+"""
 from __future__ import annotations
 
 import enum
+from typing import Union
 
 from shield_agent.errors import DatasetError, ModelError
+from shield_agent.zoo.plugins import PluginSpec, is_plugin, parse_plugin
 
 
 class Network(str, enum.Enum):
@@ -46,3 +52,37 @@ def parse_dataset(name: str | Dataset) -> Dataset:
         if member.value.lower() == str(name).lower():
             return member
     raise DatasetError(f"unknown dataset {name!r} (choose from {', '.join(m.value for m in Dataset)})")
+
+
+NetworkChoice = Union[Network, PluginSpec]
+DatasetChoice = Union[Dataset, PluginSpec]
+
+
+def network_choice(value: str | Network | PluginSpec) -> NetworkChoice:
+    """A ``--network`` value: a built-in :class:`Network` (case-insensitive) or a plug-in ``MODULE:CALLABLE``;
+    :class:`ModelError` (or :class:`~shield_agent.errors.PluginError`) naming what is allowed otherwise."""
+    if isinstance(value, (Network, PluginSpec)):
+        return value
+    if is_plugin(value):
+        return parse_plugin(value, "--network")
+    try:
+        return parse_network(value)
+    except ModelError as exc:
+        raise ModelError(f"{exc}, or MODULE:CALLABLE for your own (docs/your-model.md)") from None
+
+
+def dataset_choice(value: str | Dataset | PluginSpec) -> DatasetChoice:
+    """A ``--dataset`` value: a built-in :class:`Dataset` (case-insensitive) or a plug-in ``MODULE:CALLABLE``."""
+    if isinstance(value, (Dataset, PluginSpec)):
+        return value
+    if is_plugin(value):
+        return parse_plugin(value, "--dataset")
+    try:
+        return parse_dataset(value)
+    except DatasetError as exc:
+        raise DatasetError(f"{exc}, or MODULE:CALLABLE for your own (docs/your-model.md)") from None
+
+
+def choice_name(choice: NetworkChoice | DatasetChoice) -> str:
+    """How a choice is spelled on the command line."""
+    return choice.text if isinstance(choice, PluginSpec) else choice.value

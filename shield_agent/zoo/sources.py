@@ -12,6 +12,10 @@ In order:
 
 Otherwise a :class:`~shield_agent.errors.DatasetError` that says what to pass. Torch-free: only file names are
 checked here; loading is :func:`shield_agent.zoo.datasets.load_dataset`'s job.
+
+A plug-in dataset (``--dataset MODULE:CALLABLE``) reads whatever it wants from the directory it is given: ``--data-dir
+DIR`` when given (it must exist), else the cache directory, which need not exist (the plug-in may create it or
+ignore it). Nothing is downloaded or checked here for it.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from typing import Callable
 
 from shield_agent.errors import DatasetError
 from shield_agent.zoo.mnist_idx import missing_mnist
-from shield_agent.zoo.names import Dataset, parse_dataset
+from shield_agent.zoo.names import Dataset, DatasetChoice, choice_name, dataset_choice, parse_dataset
+from shield_agent.zoo.plugins import PluginSpec
 from shield_agent.zoo.readers import missing_cifar10, missing_cifar100, missing_svhn
 
 log = logging.getLogger(__name__)
@@ -60,12 +65,22 @@ class Origin(str, enum.Enum):
 class DataLocation:
     """A directory that holds ``dataset``, and why it was chosen."""
 
-    dataset: Dataset
+    dataset: DatasetChoice
     path: Path
     origin: Origin
 
+    @property
+    def hand_on(self) -> str | None:
+        """The ``--data-dir`` to give agents: this directory, except a plug-in's default (each agent uses its own
+        cache directory then, which need not exist on the PS's machine either)."""
+        if isinstance(self.dataset, PluginSpec) and self.origin is not Origin.GIVEN:
+            return None
+        return str(self.path)
+
     def describe(self) -> str:
         """One line for a log: which data and from where."""
+        if isinstance(self.dataset, PluginSpec):
+            return f"{self.dataset}: reads {self.path} ({self.origin.value})"
         if self.origin is Origin.EMBEDDED:
             return (f"{self.dataset.value}: the embedded test split ({self.path}); `shield-agent prepare --dataset "
                     f"{self.dataset.value}` fetches the full set into {cache_dir()} where there is internet access")
@@ -100,10 +115,13 @@ def check_data_dir(dataset: str | Dataset, data_dir: str | Path) -> Path:
     return folder
 
 
-def locate(dataset: str | Dataset, data_dir: str | Path | None = None, download: bool = False,
+def locate(dataset: str | DatasetChoice, data_dir: str | Path | None = None, download: bool = False,
            timeout: float = DOWNLOAD_TIMEOUT_S) -> DataLocation:
     """The directory to read ``dataset`` from (see the module docstring for the order)."""
-    data = parse_dataset(dataset)
+    choice = dataset_choice(dataset)
+    if isinstance(choice, PluginSpec):
+        return _locate_plugin(choice, data_dir)
+    data = choice
     if data_dir is not None and str(data_dir) != "":
         return DataLocation(data, check_data_dir(data, data_dir), Origin.GIVEN)
     cache = cache_dir()
@@ -121,6 +139,18 @@ def locate(dataset: str | Dataset, data_dir: str | Path | None = None, download:
         return DataLocation(data, EMBEDDED[data], Origin.EMBEDDED)
     raise DatasetError(f"{data.value} is not in {cache} ({missing(data, cache)} missing): pass --data-dir DIR where "
                        f"it is, or run `shield-agent prepare --dataset {data.value}` where there is internet access")
+
+
+def _locate_plugin(spec: PluginSpec, data_dir: str | Path | None) -> DataLocation:
+    """A plug-in dataset's directory: ``data_dir`` when given (it must be a directory), else the cache directory."""
+    if data_dir is None or str(data_dir) == "":
+        return DataLocation(spec, cache_dir(), Origin.CACHE)
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise DatasetError(f"--data-dir {data_dir} {what} (pass the directory {choice_name(spec)} reads, or leave "
+                           f"--data-dir out to give it {cache_dir()})")
+    return DataLocation(spec, folder, Origin.GIVEN)
 
 
 def _default_text(data: Dataset) -> str:

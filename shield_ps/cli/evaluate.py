@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from shield_agent.evaluation import Evaluator
     from shield_ps.checkpoint import list_checkpoints, load_checkpoint
     from shield_ps.data import locate_data
+    from shield_ps.plugins import check_unchanged
 
     paths = list_checkpoints(Path(args.train_dir) / "checkpoints")
     if not paths:
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir = str(locate_data(config["dataset"], args.data_dir or config.get("data_dir")).path)
         key = (config["network"], config["dataset"], data_dir)
         if key not in evaluators:
+            check_unchanged(config)  # a plug-in's parameters only fit the code that trained them
             evaluators[key] = Evaluator(config["network"], config["dataset"], data_dir, int(config["seed"]),
                                         threads=int(config.get("threads", 1)))
         result = evaluators[key].evaluate(checkpoint.params)

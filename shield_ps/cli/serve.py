@@ -106,6 +106,33 @@ def _synthetic_d(text: str) -> int:
     return value
 
 
+def _network(text: str) -> str:
+    """argparse type of --network: a built-in name or MODULE:CALLABLE (imported and checked later, once)."""
+    from shield_agent.errors import ShieldAgentError
+    from shield_agent.zoo.names import network_choice
+
+    try:
+        network_choice(text)
+    except ShieldAgentError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--network ")) from None
+    return text
+
+
+def _dataset(text: str) -> str:
+    """argparse type of --dataset: a built-in name or MODULE:CALLABLE."""
+    from shield_agent.errors import ShieldAgentError
+    from shield_agent.zoo.names import dataset_choice
+
+    try:
+        dataset_choice(text)
+    except ShieldAgentError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--dataset ")) from None
+    return text
+
+
+_network.__name__, _dataset.__name__ = "network", "dataset"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run a training job as the parameter server",
                        description="Run a training job. --batch-size is the whole batch b; it is cut into f files "
@@ -134,12 +161,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replication r (default: the paper's for the scheme: 5 for rama_two, 1 for baseline, else 3)")
     g.add_argument("--rama-m", type=positive_int, help="m of the Ramanujan Case 2 construction (default s)")
     g = p.add_argument_group("training")
-    g.add_argument("--network", default="LeNet", help="model (LeNet as in the paper's code, LeNet-relu, ResNet18, ResNet34, ResNet50, DenseNet, VGG11, VGG13)")
-    g.add_argument("--dataset", default="MNIST", help="MNIST, Cifar10, Cifar100 or SVHN")
+    g.add_argument("--network", type=_network, default="LeNet",
+                   help="model: LeNet (as in the paper's code), LeNet-relu, ResNet18, ResNet34, ResNet50, DenseNet, "
+                   "VGG11, VGG13, or MODULE:CALLABLE for your own (CALLABLE(num_classes) returns a torch.nn.Module; "
+                   "importable here and on every agent: docs/your-model.md)")
+    g.add_argument("--dataset", type=_dataset, default="MNIST",
+                   help="MNIST, Cifar10, Cifar100, SVHN, or MODULE:CALLABLE for your own (CALLABLE(data_dir) returns "
+                   "map-style (train, test) datasets of (tensor, int) pairs: docs/your-model.md)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="directory that holds the dataset (default: the cache $SHIELD_DATA_DIR or "
                    "~/.cache/shield/data, downloaded there on first use; offline, MNIST's test split embedded in "
-                   "the package)")
+                   "the package); a plug-in dataset is given this directory, or the cache's")
     g.add_argument("--batch-size", type=positive_int, help="the whole batch b (default 10*f)")
     g.add_argument("--lr", type=positive_float, default=0.01)
     g.add_argument("--momentum", type=float, default=0.9)
@@ -341,6 +373,8 @@ def join_command(host: str, port: int, token_file: Path, config: ServeConfig, wo
     import shlex
     import socket
 
+    from shield_ps.plugins import agent_args as plugin_args
+
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     parts = ["shield-agent", "join", f"{shown}:{port}", "--token-file", str(token_file)]
     if workers != 1:
@@ -349,7 +383,7 @@ def join_command(host: str, port: int, token_file: Path, config: ServeConfig, wo
         parts += ["--synthetic", "0"]
     elif config.data_dir is not None:
         parts += ["--data-dir", config.data_dir]
-    return shlex.join(parts)
+    return shlex.join(parts + plugin_args(config))
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -377,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
     from shield_ps.events import EventSink
     from shield_ps.job import resolve_job
     from shield_ps.local_agents import write_token_file
+    from shield_ps.plugins import resolve_plugins
     from shield_ps.view import view_from_args
     from wire import install_event_loop
 
@@ -385,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     data_line = None
     if config.synthetic_d is None:  # before any directory or agent: a bad --data-dir creates nothing
         where = locate_data(config.dataset, config.data_dir, download=True)
-        config = config.replace(data_dir=str(where.path))
+        config = resolve_plugins(config, str(where.path)).replace(data_dir=where.hand_on)  # a bad plug-in neither
         data_line = f"shield-ps: data {where.describe()}"
     token, write_token = _token(args)
     train_dir = Path(config.train_dir)

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from shield_ps.data import locate_data
+    from shield_ps.plugins import resolve_plugins
     from shield_ps.sweep.grid import PRESETS
     from shield_ps.sweep.report import write_report
     from shield_ps.sweep.runner import SweepRunner, check_output_dir
@@ -140,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     # sweep here instead of failing every point); the first use downloads it into the cache
     data = locate_data(grid.dataset, args.data_dir, download=not args.dry_run)
     console.print(f"data {data.describe()}", soft_wrap=True)
-    runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=str(data.path),
+    specs = grid.runs()
+    if specs:  # a plug-in network or dataset is imported and checked once, before the first run
+        resolve_plugins(specs[0].config(data_dir=str(data.path)), str(data.path))
+    runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=data.hand_on,
                          run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
                          gather_timeout_s=args.gather_timeout)
     if args.dry_run:

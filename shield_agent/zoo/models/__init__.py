@@ -1,5 +1,9 @@
 """The network registry: one table from :class:`Network` (values are the CLI names) to a constructor and the datasets
-the network applies to. The number of classes and input channels always follow the dataset."""
+the network applies to. The number of classes and input channels always follow the dataset.
+
+A plug-in network (``--network MODULE:CALLABLE``, :mod:`shield_agent.zoo.plugins`) is one more kind of entry:
+:func:`network_entry` gives the registry's entry for a built-in name and a plug-in entry for a plug-in, and every
+builder below goes through it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,13 +12,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from shield_agent.errors import ModelError
+from shield_agent.errors import ModelError, PluginError
 from shield_agent.zoo.datasets import DATASETS
 from shield_agent.zoo.models.densenet import densenet121
 from shield_agent.zoo.models.lenet import LeNet
 from shield_agent.zoo.models.resnet import resnet18, resnet34, resnet50
 from shield_agent.zoo.models.vgg import vgg11, vgg13
-from shield_agent.zoo.names import Dataset, Network, parse_dataset, parse_network
+from shield_agent.zoo.names import (Dataset, Network, NetworkChoice, choice_name, dataset_choice, network_choice,
+                                    parse_dataset, parse_network)
+from shield_agent.zoo.plugins import PluginSpec, describe_call_error, load_callable
+from shield_agent.zoo.seeds import RNG_LOCK
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,7 @@ class NetworkEntry:
     """How to build one network: ``build(num_classes, in_channels)`` and the datasets whose inputs it accepts."""
 
     build: Callable[[int, int], nn.Module]
-    datasets: frozenset[Dataset]
+    datasets: frozenset[Dataset] | None  # None: any dataset whose samples its forward pass accepts (a plug-in)
 
 
 _ALL = frozenset(Dataset)
@@ -43,25 +50,75 @@ NETWORKS: dict[Network, NetworkEntry] = {
 }
 
 
+def network_entry(network: str | NetworkChoice) -> NetworkEntry:
+    """The entry that builds ``network``: the registry's for a built-in name, a plug-in's for ``MODULE:CALLABLE``."""
+    choice = network_choice(network)
+    if isinstance(choice, PluginSpec):
+        return NetworkEntry(lambda classes, channels: build_plugin_network(choice, classes), None)
+    return NETWORKS[choice]
+
+
+def build_plugin_network(spec: PluginSpec, num_classes: int) -> nn.Module:
+    """``CALLABLE(num_classes)`` of a plug-in network, checked to be a ``torch.nn.Module`` with trainable
+    floating-point parameters; :class:`PluginError` saying what is wrong otherwise."""
+    build = load_callable(spec, "--network")
+    try:
+        model = build(num_classes)
+    except Exception as exc:  # noqa: BLE001 (the user's code: reported in one line)
+        raise describe_call_error(spec, "--network", f"{spec.name}({num_classes})", exc) from None
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"--network {spec}: {spec.name}({num_classes}) returned a {type(model).__name__}, not a "
+                          "torch.nn.Module")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise PluginError(f"--network {spec}: the model has no trainable parameters")
+    odd = sorted({str(p.dtype) for p in trainable if not p.is_floating_point()})
+    if odd:
+        raise PluginError(f"--network {spec}: trainable parameters must be floating point, found {', '.join(odd)}")
+    return model
+
+
 def applicable(network: str | Network, dataset: str | Dataset) -> bool:
-    """Whether ``network`` accepts ``dataset``'s inputs."""
-    return parse_dataset(dataset) in NETWORKS[parse_network(network)].datasets
+    """Whether ``network`` accepts ``dataset``'s inputs (a plug-in on either side: checked by a forward pass
+    instead, :func:`shield_agent.zoo.plugin_data.check_model`)."""
+    datasets = network_entry(network).datasets
+    data = dataset_choice(dataset)
+    return datasets is None or isinstance(data, PluginSpec) or data in datasets
+
+
+def check_applicable(network: str | NetworkChoice, dataset: str | Dataset | PluginSpec) -> None:
+    """:class:`ModelError` naming the datasets ``network`` takes when it does not take ``dataset``."""
+    if not applicable(network, dataset):
+        entry, net = network_entry(network), network_choice(network)
+        allowed = ", ".join(sorted(d.value for d in entry.datasets or ()))
+        raise ModelError(f"network {choice_name(net)} does not apply to dataset "
+                         f"{choice_name(dataset_choice(dataset))} (it takes: {allowed})")
+
+
+def build_network(network: str | NetworkChoice, num_classes: int, channels: int, seed: int) -> nn.Module:
+    """A freshly initialised ``network`` for ``num_classes`` classes and ``channels`` input channels, its weights
+    drawn from torch's generator seeded by ``seed`` (and the generator restored after)."""
+    entry = network_entry(network)
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return entry.build(num_classes, channels)
 
 
 def build_model(network: str | Network, dataset: str | Dataset) -> nn.Module:
-    """A freshly initialised ``network`` sized for ``dataset`` (classes, channels), using torch's global RNG for
-    the initial weights (seed it, or use :func:`build_seeded_model`)."""
-    net, data = parse_network(network), parse_dataset(dataset)
-    entry = NETWORKS[net]
-    if data not in entry.datasets:
-        allowed = ", ".join(sorted(d.value for d in entry.datasets))
-        raise ModelError(f"network {net.value} does not apply to dataset {data.value} (it takes: {allowed})")
+    """A freshly initialised ``network`` sized for the built-in ``dataset`` (classes, channels), using torch's global
+    RNG for the initial weights (seed it, or use :func:`build_seeded_model`). A plug-in dataset's size is known once
+    it is loaded: build with :func:`build_network` then."""
+    data = dataset_choice(dataset)
+    if isinstance(data, PluginSpec):
+        raise ModelError(f"dataset {data} is a plug-in: its classes and channels are known once it is loaded "
+                         "(build_network)")
+    check_applicable(network, data)
     info = DATASETS[data]
-    return entry.build(info.num_classes, info.channels)
+    return network_entry(network).build(info.num_classes, info.channels)
 
 
 def build_seeded_model(network: str | Network, dataset: str | Dataset, seed: int) -> nn.Module:
     """:func:`build_model` with weights drawn from a private RNG seeded by ``seed`` (the global RNG is untouched)."""
-    with torch.random.fork_rng(devices=[]):
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(network, dataset)
