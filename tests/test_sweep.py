@@ -130,25 +130,33 @@ def test_two_configuration_sweep_writes_table_and_plots_and_resumes(tmp_path: Pa
     done = sweep(*args, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["scheme"] for r in rows] == ["baseline", "detox"]
-    baseline, detox = rows
+    # the q = 0 control of each scheme comes first (added by the sweep), then the attacked points
+    assert [(r["scheme"], r["q"], r["attack"]) for r in rows] == [
+        ("baseline", "0", "none"), ("detox", "0", "none"), ("baseline", "1", "alie"), ("detox", "1", "alie")]
+    baseline, detox = rows[2:]
     for row in rows:
         assert row["status"] == "completed" and row["steps"] == "4"
         assert 0 < float(row["final_top1"]) <= 1 and float(row["best_top1"]) >= float(row["final_top1"])
         assert float(row["bytes_in_per_step"]) > 0 and float(row["median_step_s"]) > 0
+        assert float(row["top1_mean"]) == float(row["final_top1"]) and row["top1_ci95"] == ""  # one seed
     # K = 3, q = 1: the baseline's Byzantine worker wins one file of three every step (c_max(1)/f = 1/3); DETOX's
     # one group of three outvotes it (c_max = 0).
     assert float(baseline["corrupted_frac"]) == pytest.approx(1 / 3) == pytest.approx(float(baseline["cmax_frac"]))
     assert float(detox["corrupted_frac"]) == 0 == float(detox["cmax_frac"])
+    for attacked, control in ((baseline, rows[0]), (detox, rows[1])):
+        assert float(attacked["drop_vs_control"]) == pytest.approx(
+            float(control["final_top1"]) - float(attacked["final_top1"]))
+    assert float(detox["drop_vs_control"]) == 0  # nothing corrupted: the same training as its control
     assert "baseline" in done.stdout and "final top-1" in done.stdout
-    assert (out / "results.md").read_text().count("| completed |") == 2
-    for name in ("accuracy.png", "final_top1.png"):
+    assert (out / "results.md").read_text().count("| completed |") == 4
+    assert "| detox | coord-median | alie | 1 | 0.0% | 1 |" in (out / "points.md").read_text()
+    for name in ("accuracy.png", "final_top1.png", "drop.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     metrics = out / "runs" / "detox-coord-median-alie-q1-seed0" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
     again = sweep(*args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "2 skipped" in again.stdout and metrics.stat().st_mtime_ns == before
+    assert "4 skipped" in again.stdout and metrics.stat().st_mtime_ns == before
 
 
 def test_progress_line_names_the_run_the_counts_and_the_eta() -> None:
