@@ -185,6 +185,9 @@ def test_the_device_reaches_each_engine_and_the_local_agents(tmp_path: Path, mon
     assert alone[2:] == ["shield_ps.sweep.engine", "--config", str(tmp_path / "runs" / spec.name / "config.json"),
                          "--device", "cuda:1", "--resume"]
     assert "--device" not in SweepRunner(spec.grid, tmp_path, engine=Engine.INPROCESS).serve_command(spec, False)
+    for engine in Engine:
+        cmd = SweepRunner(spec.grid, tmp_path, engine=engine, agg_threads=8).serve_command(spec, False)
+        assert cmd[cmd.index("--agg-threads") + 1] == "8"
 
     config = config_from_args(build_parser().parse_args(
         ["serve", "--train-dir", str(tmp_path / "run"), "--local-agents", "2", "--agent-device", "CUDA"]))

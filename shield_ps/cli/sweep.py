@@ -63,7 +63,7 @@ _AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
 def register(sub: argparse._SubParsersAction) -> None:
     from shield_agent.device import parse_device
     from shield_ps.byzantine.byzantine_sets import ByzantineChoice
-    from shield_ps.cli.serve import _alie_z
+    from shield_ps.cli.serve import _agg_threads, _alie_z
     from shield_ps.sweep.grid import Preset
     from shield_ps.sweep.runner import Engine
     from wire.cli import enum_choice
@@ -91,6 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=parse_device, default="cpu",
                    help="where gradients are computed: cpu (default), cuda, cuda:N (the local agents' --device, or "
                    "the in-process engine's)")
+    p.add_argument("--agg-threads", type=_agg_threads, metavar="N", help="threads of each run's aggregation "
+                   "(1..64; default: serve's, one per core, and 1 in-process; never changes the result)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is infeasible and the commands")
     p.add_argument("--no-plots", action="store_true", help="write the CSV and table only")
     p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live view")
@@ -152,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"differs from the paper: {entry.scaled}")
     runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=args.data_dir,
                          run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
-                         gather_timeout_s=args.gather_timeout, engine=args.engine, device=args.device)
+                         gather_timeout_s=args.gather_timeout, engine=args.engine, device=args.device,
+                         agg_threads=args.agg_threads)
     if args.dry_run:
         return _dry_run(runner, console)
     check_output_dir(runner.out)

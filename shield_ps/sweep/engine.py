@@ -63,7 +63,7 @@ class InProcessRun:
 
         if config.synthetic_d is not None:
             raise ConfigError("the in-process engine trains real models; --synthetic-d is for the cluster's benches")
-        if config.agg_threads is None:  # threads never change an aggregate (shield_ps.byzantine.aggregators)
+        if config.agg_threads is None:  # one core's worth unless asked; threads never change an aggregate
             config = config.replace(agg_threads=1)
         self.config = config
         self.plan: JobPlan = resolve_job(config)
@@ -225,16 +225,21 @@ def read_config(path: Path) -> ServeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     from shield_agent.device import parse_device
+    from shield_ps.cli.serve import _agg_threads
 
     parser = argparse.ArgumentParser(prog="python -m shield_ps.sweep.engine", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="the run's ServeConfig as JSON (train_dir is "
                         "the run directory)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     parser.add_argument("--device", type=parse_device, default="cpu", help="where gradients are computed")
+    parser.add_argument("--agg-threads", type=_agg_threads, metavar="N",
+                        help="threads of the aggregation (default 1; never changes the result)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = read_config(args.config).replace(resume=args.resume)
+        if args.agg_threads is not None:
+            config = config.replace(agg_threads=args.agg_threads)
         engine = InProcessRun(config, args.device)
     except ShieldPSError as exc:
         print(f"shield-ps engine: {exc}", file=sys.stderr)

@@ -113,6 +113,7 @@ class SweepRunner:
     on_progress: Callable[[Progress], None] = lambda progress: None
     engine: Engine = Engine.CLUSTER
     device: str = "cpu"
+    agg_threads: int | None = None
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.out / "runs" / spec.name
@@ -129,6 +130,8 @@ class SweepRunner:
             cmd += ["--data-dir", self.data_dir]
         if self.device != "cpu":
             cmd += ["--agent-device", self.device]
+        if self.agg_threads is not None:
+            cmd += ["--agg-threads", str(self.agg_threads)]
         return cmd + (["--resume"] if resume else [])
 
     def engine_command(self, spec: RunSpec, resume: bool) -> list[str]:
@@ -136,6 +139,8 @@ class SweepRunner:
         cmd = [sys.executable, "-m", "shield_ps.sweep.engine", "--config", str(self.run_dir(spec) / "config.json")]
         if self.device != "cpu":
             cmd += ["--device", self.device]
+        if self.agg_threads is not None:
+            cmd += ["--agg-threads", str(self.agg_threads)]
         return cmd + (["--resume"] if resume else [])
 
     def run(self) -> list[RunRow]:
