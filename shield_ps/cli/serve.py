@@ -171,7 +171,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lis-simulation", action=_LisSimulation, help=argparse.SUPPRESS)
     g.add_argument("--attack-c", type=float, default=100.0, help="attack constant c (default 100)")
     g.add_argument("--adversarial", action=_Adversarial, help=argparse.SUPPRESS)
-    g.add_argument("--alie-z", type=_alie_z, default="1.0", help="ALIE z (a number or 'auto')")
+    g.add_argument("--alie-z", type=_alie_z, default="1.0", help="ALIE z: a number (default 1.0, the original "
+                   "code's), or auto: ALIE's z_max for the aggregator's f rows of which the corrupted files are "
+                   "Byzantine")
     g.add_argument("--byzantine-gen", type=enum_choice(ByzantineChoice, _CHOICE_ALIASES),
                    default=ByzantineChoice.WORST)
     g.add_argument("--fixed-byzantine", type=_worker_list, default=(), help="worker ids for --byzantine-gen fixed")

@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         entry = PRESETS[args.preset]
         console.print(f"preset {args.preset.value}: {entry.reproduces}")
         console.print(f"differs from the paper: {entry.scaled}")
+        console.print(f"this sweep: {grid.network} on {grid.dataset}, b = {grid.batch_size}, {grid.max_steps} steps, "
+                      f"seeds {', '.join(map(str, grid.seeds))}, {args.engine.value} engine on {args.device}")
     runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=args.data_dir,
                          run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
                          gather_timeout_s=args.gather_timeout, engine=args.engine, device=args.device,
