@@ -188,6 +188,10 @@ def test_the_device_reaches_each_engine_and_the_local_agents(tmp_path: Path, mon
     for engine in Engine:
         cmd = SweepRunner(spec.grid, tmp_path, engine=engine, agg_threads=8).serve_command(spec, False)
         assert cmd[cmd.index("--agg-threads") + 1] == "8"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    env = SweepRunner(spec.grid, tmp_path, engine=Engine.INPROCESS).run_env()
+    assert env is not None and env["OPENBLAS_NUM_THREADS"] == "1"
+    assert SweepRunner(spec.grid, tmp_path).run_env() is None  # serve's environment is the caller's
 
     config = config_from_args(build_parser().parse_args(
         ["serve", "--train-dir", str(tmp_path / "run"), "--local-agents", "2", "--agent-device", "CUDA"]))
