@@ -4,6 +4,7 @@
 A directory ``serve`` trains from is accepted as it is: when the download fails but the directory already holds a
 usable dataset (MNIST's test split alone, for instance), ``prepare`` says so and succeeds. ``--check`` downloads
 nothing: it only loads what is in the directory and says what is missing and where.
+``--from FILE`` takes the dataset from a local copy (e.g. ``cifar-10-binary.tar.gz``), checked by its MD5.
 """
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"one of: {', '.join(d.value for d in Dataset)} (case-insensitive)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help=f"where the dataset files go (default: the cache, ${CACHE_ENV} or {DEFAULT_CACHE})")
-    parser.add_argument("--mirror", metavar="URL", help="fetch every file from URL/<file name> instead")
-    parser.add_argument("--check", action="store_true", help="download nothing; verify what is there")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--mirror", metavar="URL", help="fetch every file from URL/<file name> instead")
+    source.add_argument("--from", dest="source", metavar="FILE", help="take the dataset from a local copy: one of "
+                        "its files under any name (e.g. cifar-10-binary.tar.gz; checked by MD5) or a directory "
+                        "holding its files")
+    source.add_argument("--check", action="store_true", help="download nothing; verify what is there")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="network timeout (default 60 s)")
 
 
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         socket.setdefaulttimeout(args.timeout)
         try:
-            data = prepare(dataset, folder, args.mirror)
+            data = prepare(dataset, folder, args.mirror, args.source)
         except DatasetError as exc:
             if missing(dataset, Path(folder).expanduser()) is not None:
                 raise

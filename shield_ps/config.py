@@ -17,7 +17,8 @@ from shield_ps.errors import ConfigError
 
 #: Fields that do not change the result of a step; everything else is hashed.
 _OPERATIONAL_FIELDS = frozenset({
-    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "local_agent_env", "view", "eval_freq",
+    "host", "port", "data_dir", "train_dir", "resume", "local_agents", "local_agent_env", "local_agent_device", "view",
+    "eval_freq",
     "epochs", "max_steps",
     "codec", "codec_level", "threads", "gather_timeout", "upload_timeout", "join_timeout", "checkpoint_keep",
     "min_bandwidth", "hedge_factor", "hedge_floor", "handshake_timeout", "max_preauth", "max_preauth_per_host",
@@ -116,6 +117,7 @@ class ServeConfig:
     resume: bool = False
     local_agents: int = 0
     local_agent_env: tuple[str, ...] = ()  # "INDICES:NAME=VALUE" per local agent (e.g. other kernel settings)
+    local_agent_device: str = "cpu"  # the local agents' --device (cpu, cuda, cuda:N, auto)
     view: str = "auto"
     gather_timeout: float = 120.0
     upload_timeout: float = 10.0  # latency allowance of one transfer (plus bytes / min_bandwidth)

@@ -209,6 +209,8 @@ class PSDaemon:
         if self.token_file is None:
             self.token_file = write_token_file(self.train_dir / "token", self.token)
         extra = ["--synthetic", "0"] if self.config.synthetic_d is not None else plugins.agent_args(self.config)
+        if self.config.local_agent_device != "cpu":
+            extra += ["--device", self.config.local_agent_device]
         agents = LocalAgents(self.config.local_agents, self.config.host, port, self.token_file,
                              self.train_dir / "agents", self.config.data_dir,
                              extra, processes=self.config.agent_processes,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from shield_ps.byzantine.attacks import ATTACKS, Attack, alie_z_max, corrupted_files, simulate_attack
+from shield_ps.byzantine.attacks import (ATTACKS, Attack, alie_z_auto, alie_z_max, corrupted_files,
+                                        simulate_attack)
 from shield_ps.byzantine.placement import build_placement
 from shield_ps.byzantine.analysis import distorted, worst_case
 from shield_ps.errors import AttackError
@@ -47,11 +48,27 @@ def test_alie_statistics() -> None:
     # honest slots only: weights 1, 2, 3 -> mean 11/3, variance 20/9
     hd = np.sqrt(20 / 9)
     np.testing.assert_allclose(run("alie", alie_honest_only=True), [11 / 3 + hd, 14 / 3 + hd], rtol=1e-6)
-    z = alie_z_max(9, 3)  # s = floor(9/2 + 1) - 3 = 2, z = Phi^-1(7/9)
-    assert z == pytest.approx(norm.ppf(7 / 9), rel=1e-9)
+    assert alie_z_max(9, 3) == pytest.approx(norm.ppf(7 / 9), rel=1e-9)  # s = floor(9/2 + 1) - 3 = 2
+    # auto: the aggregator's rows, f = 3 files of which 1 is corrupted: s = floor(3/2 + 1) - 1 = 1, Phi^-1(2/3)
+    z = norm.ppf(2 / 3)
     np.testing.assert_allclose(run("alie", z="auto"), [3 + z * sd, 4 + z * sd], rtol=1e-6)
     with pytest.raises(AttackError, match="n=9, q=5 gives s=0"):
         alie_z_max(9, 5)
+
+
+def test_alie_auto_z_counts_the_aggregators_rows() -> None:
+    """z="auto" is ALIE's z_max for n = f rows with m = the corrupted rows (the baseline: n = K, m = q)."""
+    assert alie_z_auto(15, 2) == pytest.approx(norm.ppf(9 / 15), rel=1e-9) == pytest.approx(alie_z_max(15, 2))
+    assert alie_z_auto(25, 1) == pytest.approx(norm.ppf(13 / 25), rel=1e-9)  # MOLS K=15, q=2: 1 of 25 files
+    assert alie_z_auto(5, 3) == pytest.approx(norm.ppf(4 / 5), rel=1e-9)  # a Byzantine majority: s clamped to 1
+    assert alie_z_auto(5, 0) == 0.0
+    mols = build_placement("mols", 15, 3)
+    byz = worst_case(mols, 2).worst_set
+    honest = np.random.default_rng(0).standard_normal((mols.f, 4)).astype(np.float32)
+    res = simulate_attack("alie", honest, mols, byz, z="auto")
+    assert len(res.corrupted) == 1
+    fixed = simulate_attack("alie", honest, mols, byz, z=float(norm.ppf(13 / 25)))
+    np.testing.assert_array_equal(res.values, fixed.values)
 
 
 def test_vote_flags_losers_on_both_sides() -> None:

@@ -147,3 +147,49 @@ def test_cli_failed_download_into_a_new_directory_leaves_nothing(tmp_path, capsy
     assert code == 2
     assert "could not be downloaded" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
+
+
+def _fake_cifar10(path: Path, records: int = 2) -> Path:
+    """A CIFAR-10 binary archive in the real layout, with ``records`` images per batch file (labels 0..9)."""
+    import numpy as np
+
+    members = {}
+    for index, name in enumerate([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]):
+        rows = np.random.default_rng(index).integers(0, 256, (records, 3073), dtype=np.uint8)
+        rows[:, 0] = np.arange(records) % 10
+        members[f"cifar-10-batches-bin/{name}"] = rows.tobytes()
+    return _tar(path, members)
+
+
+def test_from_a_local_copy_checked_by_md5(tmp_path, capsys, monkeypatch):
+    from shield_agent.zoo.prepare import Download
+
+    archive = _fake_cifar10(tmp_path / "my-copy.tgz")
+    monkeypatch.setitem(DOWNLOADS, Dataset.CIFAR10, lambda: (
+        Download("cifar-10-binary.tar.gz", md5_of(archive), ("http://127.0.0.1:9/unreachable",), extract=True),))
+    target = tmp_path / "data"
+    assert main(["prepare", "--dataset", "cifar10", "--data-dir", str(target), "--from", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert f"Cifar10 ready in {target}: 10 training and 2 held-out images" in out
+    assert md5_of(target / "cifar-10-binary.tar.gz") == md5_of(archive)
+    assert (target / "cifar-10-batches-bin" / "test_batch.bin").stat().st_size == 2 * 3073
+    assert sorted(p.name for p in target.iterdir()) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+    # a directory holding the file under its usual name works the same way
+    again = tmp_path / "again"
+    assert main(["prepare", "--dataset", "Cifar10", "--data-dir", str(again), "--from", str(target)]) == 0
+
+
+def test_from_a_wrong_file_copies_nothing_and_says_what_was_expected(tmp_path, capsys):
+    wrong = tmp_path / "cifar-10-binary.tar.gz"
+    wrong.write_bytes(b"a truncated download")
+    target = tmp_path / "data"
+    assert main(["prepare", "--dataset", "Cifar10", "--data-dir", str(target), "--from", str(wrong)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not a file of this dataset; expected cifar-10-binary.tar.gz (MD5 " \
+        "c32a1d4ab5d03f1284b67883e8d87530). Nothing was copied" in err
+    assert not target.exists() or not any(target.iterdir())
+    assert main(["prepare", "--dataset", "Cifar10", "--data-dir", str(target), "--from", str(tmp_path / "nope")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--dataset", "Cifar10", "--data-dir", str(target), "--from", str(wrong), "--check"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -3,6 +3,11 @@
 Sources and MD5 checksums are torchvision's for MNIST (written out here) and SVHN, and the dataset authors' for the CIFAR binary
 archives (read without unpickling). A file already present with the right checksum is not fetched again; a
 download with the wrong checksum is deleted and refused. Offline, the error names the file and where it should go.
+
+``--from PATH`` takes the files from a local copy instead (a machine without internet access, a copy on a shared
+disk): PATH is one of the dataset's files under any name (e.g. the CIFAR-10 binary archive), recognised by its MD5,
+or a directory holding them under their usual names. A file is checked before anything is copied, copied under a
+temporary name and renamed into place, so a wrong or truncated copy leaves the data directory as it was.
 """
 from __future__ import annotations
 
@@ -133,17 +138,67 @@ def _remove_empty(created: list[Path]) -> None:
             return
 
 
-def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None) -> "ImageData":
-    """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check."""
+def _local_copies(items: tuple[Download, ...], source: Path) -> dict[str, Path]:
+    """item file name -> the local file that holds it: ``source`` itself when it is a file (matched by MD5; an
+    error names what it should be), else each item's name inside the directory ``source`` (where present)."""
+    if source.is_dir():
+        return {item.filename: source / item.filename for item in items if (source / item.filename).is_file()}
+    if not source.is_file():
+        raise DatasetError(f"--from {source}: no such file or directory")
+    digest = md5_of(source)
+    for item in items:
+        if item.md5 == digest:
+            return {item.filename: source}
+    wanted = ", ".join(f"{item.filename} (MD5 {item.md5})" for item in items)
+    raise DatasetError(f"--from {source}: MD5 {digest} is not a file of this dataset; expected {wanted}. Nothing "
+                       "was copied")
+
+
+def _copy_verified(item: Download, source: Path, data_dir: Path) -> Path:
+    """Copy ``source`` to ``data_dir/item.filename`` if its MD5 is the item's (atomically); DatasetError if not."""
+    import shutil
+    import tempfile
+
+    target = data_dir / item.filename
+    if target.is_file() and md5_of(target) == item.md5:
+        log.info("%s already present and verified", target)
+        return target
+    got = md5_of(source)
+    if got != item.md5:
+        raise DatasetError(f"{source}: MD5 {got}, expected {item.md5} for {item.filename} (a damaged or different "
+                           "copy); nothing was copied")
+    if source.resolve() == target.resolve():
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=data_dir)
+    try:
+        with open(fd, "wb") as out, open(source, "rb") as stream:
+            shutil.copyfileobj(stream, out, 1 << 20)
+        if md5_of(Path(tmp)) != item.md5:
+            raise DatasetError(f"copying {source} to {target} changed its content (the disk?); nothing was kept")
+        Path(tmp).replace(target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None,
+            source: str | Path | None = None) -> "ImageData":
+    """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check.
+    ``source``: take the files from this local file or directory (see the module) instead of downloading them;
+    those it does not hold are fetched as usual."""
     from shield_agent.zoo.datasets import _load_cached, load_dataset
 
     data = parse_dataset(dataset)
     folder = Path(data_dir).expanduser()
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    items = DOWNLOADS[data]()
     try:
-        for item in DOWNLOADS[data]():
-            path = _fetch(item, folder, mirror)
+        local = _local_copies(items, Path(source).expanduser()) if source is not None else {}
+        for item in items:
+            path = _copy_verified(item, local[item.filename], folder) if item.filename in local else \
+                _fetch(item, folder, mirror)
             if item.extract:
                 _extract(path, folder)
     except DatasetError:

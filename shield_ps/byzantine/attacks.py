@@ -11,7 +11,9 @@ copies of one file are identical, so a file held by at least r' Byzantine worker
   slots. The original ByzShield code takes the statistics over all f*r slots before rewriting them (every slot then
   holds an honest gradient), i.e. file gradients weighted by their replica counts; ``alie_honest_only=True`` uses
   only the honest workers' slots instead. ``z`` defaults to 1.0 as the original code; ``z="auto"`` is ALIE's
-  z_max = Phi^-1((n - s) / n) with s = floor(n/2 + 1) - q, n = K workers.
+  z_max = Phi^-1((n - s) / n) with s = floor(n/2 + 1) - m for the rows the robust aggregator sees: n = f files
+  (the vote's winners) of which m are Byzantine (the files the attack wins). For the baseline (f = K, r = 1) that is
+  ALIE's own n workers and m Byzantine workers; with redundancy the aggregator's inputs are files, not workers.
 
 Nothing here allocates an (f, d) array beyond the optional output copy: statistics are accumulated in float64 over
 column blocks, and with ``inplace=True`` the corrupted rows of the input are overwritten.
@@ -94,11 +96,23 @@ def simulated_vote(placement: "Placement", byzantine: Collection[int]) -> VoteRe
 
 
 def alie_z_max(n: int, q: int) -> float:
-    """ALIE's z_max = Phi^-1((n - s) / n), s = floor(n/2 + 1) - q (Baruch et al., NeurIPS 2019, Sec. 3)."""
+    """ALIE's z_max = Phi^-1((n - s) / n), s = floor(n/2 + 1) - q (Baruch et al., NeurIPS 2019, Sec. 3): n inputs to
+    the aggregator, q of them Byzantine, s the honest inputs the attack must win over to sway a majority."""
     s = math.floor(n / 2 + 1) - q
     if not 0 < s < n:
         raise AttackError(f"alie z=auto needs 0 < s < n with s = floor(n/2+1) - q; n={n}, q={q} gives s={s}")
     return NormalDist().inv_cdf((n - s) / n)
+
+
+def alie_z_auto(rows: int, byzantine_rows: int) -> float:
+    """``z="auto"``: :func:`alie_z_max` for the aggregator's ``rows`` inputs of which ``byzantine_rows`` are
+    Byzantine. When the Byzantine rows are already a majority (s <= 0: no honest supporter is needed) the formula
+    has no finite value; s = 1 is used, the largest z it gives for ``rows``. 0.0 when no row is Byzantine (nothing
+    is rewritten)."""
+    if byzantine_rows <= 0:
+        return 0.0
+    s = max(1, math.floor(rows / 2 + 1) - byzantine_rows)
+    return alie_z_max(rows, math.floor(rows / 2 + 1) - s)
 
 
 def _weighted_stats(honest: np.ndarray, weights: np.ndarray, z: float | None) -> np.ndarray:
@@ -177,12 +191,12 @@ def simulate_attack(attack: Attack | str, honest: np.ndarray, placement: "Placem
     if not math.isfinite(c):
         raise AttackError(f"attack constant c must be finite, got {c}")
     bad = check_byzantine_set(placement, byzantine)
-    z_value = alie_z_max(placement.K, len(bad)) if z == "auto" else float(z)
-    if not math.isfinite(z_value):
-        raise AttackError(f"alie z must be a finite number or 'auto', got {z!r}")
     counts = byzantine_holders(placement, bad)
     slots_all = np.array([len(ws) for ws in placement.file_workers], dtype=np.float64)
     files = tuple(int(i) for i in np.flatnonzero(counts >= placement.r_prime))
+    z_value = alie_z_auto(placement.f, len(files)) if z == "auto" else float(z)
+    if not math.isfinite(z_value):
+        raise AttackError(f"alie z must be a finite number or 'auto', got {z!r}")
     values = honest if inplace else honest.copy()
     if files:
         ctx = _Context(float(c), z_value, slots_all, slots_all - counts, alie_honest_only)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from shield_agent.device import parse_device
 from shield_ps.byzantine.aggregators import Aggregator
 from shield_ps.byzantine.attacks import Attack
 from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
@@ -153,6 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra environment for some local agent processes, e.g. 0,2:ATEN_CPU_CAPABILITY=avx2 "
                    "(repeatable; indices of --agent-processes; mixes determinism classes on one machine)")
     g.add_argument("--threads", type=positive_int, default=1, help="torch threads per agent (default 1)")
+    g.add_argument("--agent-device", type=parse_device, default="cpu", metavar="DEVICE",
+                   help="where the --local-agents compute: cpu (default), cuda, cuda:N or auto (their --device)")
     g = p.add_argument_group("placement")
     g.add_argument("--scheme", "--approach", type=enum_choice(Scheme, SCHEME_ALIASES), default=Scheme.MOLS)
     g.add_argument("--workers", type=positive_int, metavar="K",
@@ -203,7 +206,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lis-simulation", action=_LisSimulation, help=argparse.SUPPRESS)
     g.add_argument("--attack-c", type=float, default=100.0, help="attack constant c (default 100)")
     g.add_argument("--adversarial", action=_Adversarial, help=argparse.SUPPRESS)
-    g.add_argument("--alie-z", type=_alie_z, default="1.0", help="ALIE z (a number or 'auto')")
+    g.add_argument("--alie-z", type=_alie_z, default="1.0", help="ALIE z: a number (default 1.0, the original "
+                   "code's), or auto: ALIE's z_max for the aggregator's f rows of which the corrupted files are "
+                   "Byzantine")
     g.add_argument("--byzantine-gen", type=enum_choice(ByzantineChoice, _CHOICE_ALIASES),
                    default=ByzantineChoice.WORST)
     g.add_argument("--fixed-byzantine", type=_worker_list, default=(), help="worker ids for --byzantine-gen fixed")
@@ -320,6 +325,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--fixed-byzantine needs --byzantine-gen fixed")
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.agent_device != "cpu" and not args.local_agents:
+        raise ConfigError("--agent-device applies to --local-agents K; agents joined by hand take their own --device")
     if args.agent_processes and not args.local_agents:
         raise ConfigError("--agent-processes applies to --local-agents K; agents joined by hand choose their own "
                           "--workers N")
@@ -342,6 +349,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         vote_tol=args.vote_tol, codec=args.codec, codec_level=args.codec_level, threads=args.threads,
         agg_threads=args.agg_threads, synthetic_d=args.synthetic_d, host=args.host, port=args.port,
         resume=args.resume, local_agents=args.local_agents, local_agent_env=tuple(args.local_agent_env),
+        local_agent_device=args.agent_device,
         view="plain" if args.plain else "quiet" if args.quiet else "auto",
         gather_timeout=args.gather_timeout, upload_timeout=args.upload_timeout, join_timeout=join_timeout,
         checkpoint_keep=args.keep_checkpoints, agent_processes=args.agent_processes,

@@ -1,5 +1,6 @@
-"""``shield-ps sweep``: run a grid of local-cluster trainings (schemes x aggregators x attacks x q x seeds) and
-tabulate and plot the results; ``--preset fig9`` / ``fig2`` are the paper's comparisons scaled to LeNet on MNIST.
+"""``shield-ps sweep``: run a grid of trainings (schemes x aggregators x attacks x q x seeds, plus the q = 0
+controls) as local clusters or in-process, and tabulate and plot the results with intervals over seeds;
+``--preset fig9`` / ``fig2`` are the paper's comparisons at its settings on LeNet/MNIST, ``reach`` the q x attack grid.
 
 Settings come from the preset, then the ``--config`` TOML file, then the flags (each overriding the one before).
 Completed runs are skipped, so an interrupted sweep continues where it stopped when run again with the same
@@ -55,20 +56,24 @@ def _momentum(text: str) -> float:
 
 #: flag destination -> Grid field, for the scalar settings a flag may override.
 _SCALARS = ("workers", "replication", "rama_m", "network", "dataset", "batch_size", "lr", "momentum", "gamma",
-            "lr_step", "max_steps", "eval_freq", "alie_z", "byzantine_gen")
+            "lr_step", "max_steps", "eval_freq", "alie_z", "byzantine_gen", "controls")
 _AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from shield_agent.device import parse_device
     from shield_ps.byzantine.byzantine_sets import ByzantineChoice
-    from shield_ps.cli.serve import _alie_z
+    from shield_ps.cli.serve import _agg_threads, _alie_z
     from shield_ps.sweep.grid import Preset
+    from shield_ps.sweep.runner import Engine
     from wire.cli import enum_choice
 
     p = sub.add_parser("sweep", help="run a grid of local trainings and tabulate/plot the results",
                        description=__doc__.split("\n\n")[0].replace("``", "'"))
-    p.add_argument("--preset", type=enum_choice(Preset), help="the paper's comparison: fig9 (K=15, q=2, ALIE, "
-                   "median/bulyan/multi-krum) or fig2 (K=25, q=3 and 5, ALIE, median)")
+    p.add_argument("--preset", type=enum_choice(Preset), help="the paper's comparison at its settings: fig9 (K=15, "
+                   "q=2, ALIE, median/bulyan/multi-krum, b=750) or fig2 (K=25, q=3 and 5, ALIE, median, b=1250); "
+                   "reach (K=15, q=2,4,6 x ALIE z auto/3, constant, rev-grad); fig9-scaled and fig2-scaled (b=150 and "
+                   "250, z=1, one seed)")
     p.add_argument("--config", metavar="TOML", help="grid file (keys as the flags, with underscores; lists for the "
                    "axes)")
     p.add_argument("--out", help="sweep directory (default sweeps/<preset or 'grid'>); rerun to resume")
@@ -80,13 +85,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "local agents to start (default 900: K torch processes start slowly on a busy machine)")
     p.add_argument("--gather-timeout", type=positive_float, default=600.0, help="seconds each step waits for "
                    "digests (default 600)")
+    p.add_argument("--engine", type=enum_choice(Engine), default=Engine.CLUSTER,
+                   help="cluster (default): each run a real local cluster (serve --local-agents K); inprocess: the "
+                   "same mathematics in one process, each file computed once (bit-identical parameters; no "
+                   "measured bytes or wire times), for large grids")
+    p.add_argument("--device", type=parse_device, default="cpu",
+                   help="where gradients are computed: cpu (default), cuda, cuda:N (the local agents' --device, or "
+                   "the in-process engine's)")
+    p.add_argument("--agg-threads", type=_agg_threads, metavar="N", help="threads of each run's aggregation "
+                   "(1..64; default: serve's, one per core, and 1 in-process; never changes the result)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is infeasible and the commands")
     p.add_argument("--no-plots", action="store_true", help="write the CSV and table only")
     p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live view")
     g = p.add_argument_group("grid axes (comma-separated)")
     g.add_argument("--schemes", type=_axis("schemes"), help="baseline, detox, mols, rama_one, rama_two")
     g.add_argument("--aggregators", type=_axis("aggregators"), help="e.g. coord-median,bulyan,multi-krum")
-    g.add_argument("--attacks", type=_axis("attacks"), help="none, rev-grad, constant, foe, alie")
+    g.add_argument("--attacks", type=_axis("attacks"), help="none, rev-grad, constant, foe, alie, or alie:Z (ALIE "
+                   "with its own z: a number or auto)")
     g.add_argument("--byzantine", type=_axis("byzantine", non_negative_int), metavar="Q[,Q...]")
     g.add_argument("--seeds", type=_axis("seeds", non_negative_int), metavar="S[,S...]")
     g = p.add_argument_group("settings shared by every run")
@@ -102,7 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr-step", type=positive_int)
     g.add_argument("--max-steps", type=positive_int)
     g.add_argument("--eval-freq", type=positive_int)
-    g.add_argument("--alie-z", type=_alie_z)
+    g.add_argument("--alie-z", type=_alie_z, help="ALIE's z for 'alie' (a number, or auto: ALIE's z_max for the "
+                   "aggregator's f rows and the corrupted ones)")
+    g.add_argument("--no-controls", dest="controls", action="store_false", default=None,
+                   help="do not add the q=0 control run of each scheme, aggregator and seed")
     g.add_argument("--byzantine-gen", type=lambda text: enum_choice(ByzantineChoice)(text).value)
 
 
@@ -136,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None:
         entry = PRESETS[args.preset]
         console.print(f"preset {args.preset.value}: {entry.reproduces}")
-        console.print(f"scaled for a CPU machine: {entry.scaled}")
+        console.print(f"differs from the paper: {entry.scaled}")
+        console.print(f"this sweep: {grid.network} on {grid.dataset}, b = {grid.batch_size}, {grid.max_steps} steps, "
+                      f"seeds {', '.join(map(str, grid.seeds))}, {args.engine.value} engine on {args.device}")
     # every run reads the same directory, checked before the first run starts (a typo or missing data stops the
     # sweep here instead of failing every point); the first use downloads it into the cache
     data = locate_data(grid.dataset, args.data_dir, download=not args.dry_run)
@@ -146,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         resolve_plugins(specs[0].config(data_dir=str(data.path)), str(data.path))
     runner = SweepRunner(grid, Path(args.out or f"sweeps/{name}"), data_dir=data.hand_on,
                          run_timeout_s=args.run_timeout, join_timeout_s=args.join_timeout,
-                         gather_timeout_s=args.gather_timeout)
+                         gather_timeout_s=args.gather_timeout, engine=args.engine, device=args.device,
+                         agg_threads=args.agg_threads)
     if args.dry_run:
         return _dry_run(runner, console)
     check_output_dir(runner.out)

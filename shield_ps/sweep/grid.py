@@ -4,6 +4,12 @@ The grid comes from a preset (:data:`PRESETS`, keyed by :class:`Preset`), a TOML
 overridden by the other two. Every point is checked with the same resolution ``serve`` uses
 (:func:`shield_ps.job.resolve_job`), so a point that cannot run (e.g. Bulyan's n >= 4s+3 with DETOX's five groups)
 is reported as *infeasible* with the reason instead of failing the sweep.
+
+Every attacked point has a *control*: the same scheme, aggregator and seed with no Byzantine worker (q = 0, attack
+``none``), which the grid adds when it is missing (``controls``), so each point's accuracy drop is measured against
+the same training without the adversary. q = 0 points are controls whatever the attack axis says (there is nobody
+to attack with). An attack may carry its own ALIE z: ``alie:auto`` or ``alie:3`` (``alie`` alone takes the grid's
+``alie_z``), so one grid compares attack strengths.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from shield_ps.config import ServeConfig
 from shield_ps.errors import SweepError
 
 NO_ATTACK = "none"
+#: ``alie:Z`` on the attack axis: ALIE with its own z (a number or ``auto``).
+ALIE_Z_SEPARATOR = ":"
 #: The schemes a sweep compares (the issue's grid; ``maj_vote`` is DETOX's placement with a plain mean).
 SWEEP_SCHEMES: tuple[Scheme, ...] = (Scheme.BASELINE, Scheme.DETOX, Scheme.MOLS, Scheme.RAMA_ONE, Scheme.RAMA_TWO)
 
@@ -49,11 +57,17 @@ class Grid:
     eval_freq: int = 25
     alie_z: str = "1.0"
     byzantine_gen: str = "worst"
+    controls: bool = True
 
     def runs(self) -> list["RunSpec"]:
-        """Every point of the grid, in a fixed order (q, aggregator, attack, seed, then scheme)."""
+        """Every point of the grid, in a fixed order (q, aggregator, attack, seed, then scheme); the q = 0 controls
+        (attack ``none``) come first when ``controls`` is on or q = 0 is on the axis."""
+        qs = list(dict.fromkeys(self.byzantine))
+        if self.controls and any(q > 0 for q in qs) and 0 not in qs:
+            qs.insert(0, 0)
         return [RunSpec(self, scheme, aggregator, attack, q, seed)
-                for q in self.byzantine for aggregator in self.aggregators for attack in self.attacks
+                for q in qs for aggregator in self.aggregators
+                for attack in (self.attacks if q > 0 else (NO_ATTACK,))
                 for seed in self.seeds for scheme in self.schemes]
 
     def replace(self, **changes: Any) -> "Grid":
@@ -78,18 +92,29 @@ class RunSpec:
     @property
     def name(self) -> str:
         """The run's directory name, unique within the grid."""
-        return f"{self.scheme.value}-{self.aggregator.value}-{self.attack}-q{self.q}-seed{self.seed}"
+        attack = self.attack.replace(ALIE_Z_SEPARATOR, "-z")
+        return f"{self.scheme.value}-{self.aggregator.value}-{attack}-q{self.q}-seed{self.seed}"
+
+    @property
+    def is_control(self) -> bool:
+        return self.q == 0
+
+    def attack_and_z(self) -> tuple[str, str]:
+        """The ``serve`` attack and ALIE z of this point (``alie:Z`` carries its own z)."""
+        attack, _, z = self.attack.partition(ALIE_Z_SEPARATOR)
+        return attack, z or self.grid.alie_z
 
     def config(self, train_dir: str = "runs/sweep", data_dir: str | None = None) -> ServeConfig:
         """The :class:`ServeConfig` that ``serve`` would resolve from :meth:`serve_args` (for checking)."""
         g = self.grid
+        attack, z = self.attack_and_z()
         return ServeConfig(
             scheme=self.scheme.value, workers=g.workers, replication=self.replication,
             rama_m=g.rama_m if self.scheme in (Scheme.RAMA_ONE, Scheme.RAMA_TWO) else None,
             network=g.network, dataset=g.dataset, data_dir=data_dir, batch_size=g.batch_size, lr=g.lr,
             momentum=g.momentum, gamma=g.gamma, lr_step=g.lr_step, max_steps=g.max_steps, eval_freq=g.eval_freq,
-            train_dir=train_dir, aggregator=self.aggregator.value, byzantine=self.q, attack=self.attack,
-            alie_z=g.alie_z, byzantine_gen=g.byzantine_gen, seed=self.seed, local_agents=g.workers)
+            train_dir=train_dir, aggregator=self.aggregator.value, byzantine=self.q, attack=attack,
+            alie_z=z, byzantine_gen=g.byzantine_gen, seed=self.seed, local_agents=g.workers)
 
     def serve_args(self) -> list[str]:
         """The ``shield-ps serve`` flags of this run (cluster, directory and view flags are the runner's)."""
@@ -122,36 +147,74 @@ class Preset(str, enum.Enum):
 
     FIG9 = "fig9"
     FIG2 = "fig2"
+    REACH = "reach"
+    FIG9_SCALED = "fig9-scaled"
+    FIG2_SCALED = "fig2-scaled"
 
 
 @dataclass(frozen=True)
 class PresetEntry:
-    """A preset: its grid, what it reproduces, and what was scaled down to run on a CPU machine."""
+    """A preset: its grid, what it reproduces, and what differs from the paper to run on a CPU machine."""
 
     grid: Grid
     reproduces: str
     scaled: str
 
 
+#: The paper's settings (ByzShield, MLSys 2021, Sec. 6): the whole batch b with 50 samples per baseline worker (b = 750
+#: at K = 15: MOLS 25 files of 30, DETOX 5 groups of 150, the baseline 15 of 50; b = 1250 at K = 25: Ramanujan Case 2
+#: 25 files of 50, DETOX 5 groups of 250, the baseline 25 of 50), ALIE's own z (``auto``), momentum 0.9 and the
+#: original code's step decay (lr 0.01, times 0.96 every 15 steps: ``run_pytorch.sh``'s gamma and lr_step).
+PAPER_SCHEDULE: dict[str, Any] = {"lr": 0.01, "momentum": 0.9, "gamma": 0.96, "lr_step": 15, "alie_z": "auto"}
+PAPER_BATCH = {15: 750, 25: 1250}
+#: Seeds of the paper presets: enough for a 95% interval (t with 2 degrees of freedom), not for small differences.
+PAPER_SEEDS = (0, 1, 2)
+
+_PAPER_TASK = ("ResNet-18 on CIFAR-10 -> LeNet on MNIST (the paper's own MNIST network; pass --network ResNet18 "
+               "--dataset Cifar10 for the paper's task); thousands of steps -> {steps} steps; the paper's batch "
+               "b = {batch}, lr schedule and ALIE z")
 _SCALED = ("ResNet-18 on CIFAR-10 -> LeNet on MNIST (the paper's own MNIST network); thousands of steps -> {steps}; "
            "batch {batch} (the same b for every scheme, so the schemes see the same data per step)")
+_K15 = (Scheme.BASELINE, Scheme.DETOX, Scheme.MOLS)
+_K25 = (Scheme.BASELINE, Scheme.DETOX, Scheme.RAMA_TWO)
+_FIG9_AGGREGATORS = (Aggregator.COORD_MEDIAN, Aggregator.BULYAN_BYZSHIELD, Aggregator.MULTI_KRUM_BYZSHIELD)
 
 #: Preset -> grid. Aggregators are the original code's variants of Krum and Bulyan (see docs/byzantine.md).
 PRESETS: dict[Preset, PresetEntry] = {
     Preset.FIG9: PresetEntry(
-        Grid(schemes=(Scheme.BASELINE, Scheme.DETOX, Scheme.MOLS),
-             aggregators=(Aggregator.COORD_MEDIAN, Aggregator.BULYAN_BYZSHIELD, Aggregator.MULTI_KRUM_BYZSHIELD),
-             attacks=(Attack.ALIE.value,), byzantine=(2,), workers=15, replication=3, batch_size=150,
-             max_steps=100, eval_freq=25),
+        Grid(schemes=_K15, aggregators=_FIG9_AGGREGATORS, attacks=(Attack.ALIE.value,), byzantine=(2,),
+             seeds=PAPER_SEEDS, workers=15, replication=3, batch_size=PAPER_BATCH[15], max_steps=100, eval_freq=25,
+             **PAPER_SCHEDULE),
         reproduces="ByzShield (MLSys 2021) Fig. 9: K = 15, q = 2, ALIE; median, Bulyan, Multi-Krum; baseline, "
-                   "DETOX and ByzShield (MOLS, r = 3)",
-        scaled=_SCALED.format(steps="100 steps", batch=150)),
+                   "DETOX and ByzShield (MOLS, r = 3); 3 seeds and the q = 0 controls",
+        scaled=_PAPER_TASK.format(steps=100, batch=PAPER_BATCH[15])),
     Preset.FIG2: PresetEntry(
-        Grid(schemes=(Scheme.BASELINE, Scheme.DETOX, Scheme.RAMA_TWO), aggregators=(Aggregator.COORD_MEDIAN,),
-             attacks=(Attack.ALIE.value,), byzantine=(3, 5), workers=25, replication=5, batch_size=250,
-             max_steps=60, eval_freq=20),
+        Grid(schemes=_K25, aggregators=(Aggregator.COORD_MEDIAN,), attacks=(Attack.ALIE.value,), byzantine=(3, 5),
+             seeds=PAPER_SEEDS, workers=25, replication=5, batch_size=PAPER_BATCH[25], max_steps=100,
+             eval_freq=25, **PAPER_SCHEDULE),
         reproduces="ByzShield (MLSys 2021) Fig. 2: K = 25, q = 3 and 5, ALIE with median; baseline, DETOX (r = 5) "
-                   "and ByzShield (Ramanujan Case 2, r = 5)",
+                   "and ByzShield (Ramanujan Case 2, r = 5); 3 seeds and the q = 0 controls",
+        scaled=_PAPER_TASK.format(steps=100, batch=PAPER_BATCH[25])),
+    Preset.REACH: PresetEntry(
+        Grid(schemes=_K15, aggregators=(Aggregator.COORD_MEDIAN,),
+             attacks=("alie:auto", "alie:3", Attack.CONSTANT.value, Attack.REV_GRAD.value), byzantine=(2, 4, 6),
+             seeds=PAPER_SEEDS, workers=15, replication=3, batch_size=PAPER_BATCH[15], max_steps=100, eval_freq=25,
+             **PAPER_SCHEDULE),
+        reproduces="where the schemes separate: K = 15, q = 2, 4, 6 against the q = 0 controls, ALIE with z auto "
+                   "and z = 3, the constant and reversed-gradient attacks (c = 100), coordinate median; baseline, "
+                   "DETOX and ByzShield (MOLS); 3 seeds",
+        scaled=_PAPER_TASK.format(steps=100, batch=PAPER_BATCH[15])),
+    Preset.FIG9_SCALED: PresetEntry(
+        Grid(schemes=_K15, aggregators=_FIG9_AGGREGATORS, attacks=(Attack.ALIE.value,), byzantine=(2,), workers=15,
+             replication=3, batch_size=150, max_steps=100, eval_freq=25),
+        reproduces="ByzShield (MLSys 2021) Fig. 9, scaled: K = 15, q = 2, ALIE z = 1; median, Bulyan, Multi-Krum; "
+                   "baseline, DETOX and ByzShield (MOLS, r = 3); one seed",
+        scaled=_SCALED.format(steps="100 steps", batch=150)),
+    Preset.FIG2_SCALED: PresetEntry(
+        Grid(schemes=_K25, aggregators=(Aggregator.COORD_MEDIAN,), attacks=(Attack.ALIE.value,), byzantine=(3, 5),
+             workers=25, replication=5, batch_size=250, max_steps=60, eval_freq=20),
+        reproduces="ByzShield (MLSys 2021) Fig. 2, scaled: K = 25, q = 3 and 5, ALIE z = 1 with median; baseline, "
+                   "DETOX (r = 5) and ByzShield (Ramanujan Case 2, r = 5); one seed",
         scaled=_SCALED.format(steps="60 steps", batch=250)),
 }
 
@@ -171,11 +234,39 @@ def parse_axis(key: str, values: list[Any]) -> tuple[Any, ...]:
     table: dict[str, Any] = {"schemes": {s.value: s for s in SWEEP_SCHEMES},
                              "aggregators": {a.value: a for a in Aggregator},
                              "attacks": {NO_ATTACK: NO_ATTACK, **{a.value: a.value for a in Attack}}}[key]
+    if key == "attacks":
+        return tuple(dict.fromkeys(parse_attack_entry(v, table) for v in values))
     try:
         return tuple(table[v] for v in values)
     except (KeyError, TypeError):
         bad = next(v for v in values if not isinstance(v, str) or v not in table)
         raise SweepError(f"{key}: invalid choice {bad!r} (choose from {', '.join(table)})") from None
+
+
+def parse_attack_entry(value: Any, table: dict[str, str]) -> str:
+    """One attack of the axis: a name of ``table``, or ``alie:Z`` (Z a finite number or ``auto``), canonical."""
+    if isinstance(value, str) and value.startswith(Attack.ALIE.value + ALIE_Z_SEPARATOR):
+        z = value.split(ALIE_Z_SEPARATOR, 1)[1]
+        return f"{Attack.ALIE.value}{ALIE_Z_SEPARATOR}{parse_alie_z(z, f'attacks: {value!r}')}"
+    if isinstance(value, str) and value in table:
+        return table[value]
+    raise SweepError(f"attacks: invalid choice {value!r} (choose from {', '.join(table)}, or alie:Z with Z a "
+                     "number or auto)")
+
+
+def parse_alie_z(text: Any, what: str = "alie_z") -> str:
+    """ALIE's z as the CLI spells it: ``auto`` or a finite number (written back in its shortest form)."""
+    import math
+
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(text, bool) or not math.isfinite(value):
+        raise SweepError(f"{what}: ALIE z must be a finite number or 'auto', got {text!r}")
+    return format(value, "g")
 
 
 def grid_from_mapping(data: dict[str, Any], base: Grid | None = None) -> Grid:
@@ -196,6 +287,13 @@ def grid_from_mapping(data: dict[str, Any], base: Grid | None = None) -> Grid:
 
 
 def _scalar(key: str, value: Any, annotation: str) -> Any:
+    if key == "controls":
+        if isinstance(value, bool):
+            return value
+        raise SweepError(f"controls must be true or false, got {value!r}")
+    if key == "alie_z":  # a string is kept as written (it is part of the runs' configuration hash)
+        canonical = parse_alie_z(value)
+        return value if isinstance(value, str) else canonical
     if key == "momentum":
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
             return float(value)

@@ -3,6 +3,11 @@
 The measured fraction of corrupted files per step (``files_corrupted / files``, averaged over the steps) stands next
 to the worst case ``c_max(q) / f`` of the placement (ByzShield Sec. 5, computed by
 :func:`shield_ps.byzantine.worst_case.worst_case`): with ``--byzantine-gen worst`` the two should be equal.
+
+The last three columns are the run's *point* over its seeds (:mod:`shield_ps.sweep.stats`): ``top1_mean`` and
+``top1_ci95`` (the half-width of the 95% t interval of the final top-1 over the point's completed seeds) and
+``drop_vs_control`` (the mean over seeds of the control's final top-1 minus the point's, paired by seed; empty for
+the q = 0 controls themselves). All accuracies are fractions.
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ class RunRow:
     bytes_in_per_step: float | None = None
     bytes_out_per_step: float | None = None
     wall_s: float | None = None
+    top1_mean: float | None = None
+    top1_ci95: float | None = None
+    drop_vs_control: float | None = None
 
 
 def cmax_fraction(spec: RunSpec) -> float:
@@ -102,7 +110,8 @@ def write_csv(rows: Sequence[RunRow], path: Path) -> Path:
 def markdown_table(rows: Sequence[RunRow]) -> str:
     """The results as a Markdown table (what docs/experiments.md quotes), one line per run."""
     head = ("scheme", "aggregator", "attack", "q", "seed", "steps", "final top-1", "best top-1", "final loss",
-            "corrupted/step", "c_max/f", "s/step", "kB in/step", "kB out/step", "status")
+            "corrupted/step", "c_max/f", "s/step", "kB in/step", "kB out/step", "point top-1 (95%)",
+            "point drop vs control", "status")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         kb_in = None if r.bytes_in_per_step is None else r.bytes_in_per_step / 1e3
@@ -110,13 +119,27 @@ def markdown_table(rows: Sequence[RunRow]) -> str:
         cells = (r.scheme, r.aggregator, r.attack, str(r.q), str(r.seed), str(r.steps), _pct(r.final_top1),
                  _pct(r.best_top1), _num(r.final_loss, ".3f"), _pct(r.corrupted_frac), _pct(r.cmax_frac),
                  _num(r.median_step_s, ".2f"), _num(kb_in, ",.0f"), _num(kb_out, ",.0f"),
-                 r.status.replace("|", "/"))
+                 pct_interval(r.top1_mean, r.top1_ci95), points(r.drop_vs_control), r.status.replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def pct_interval(mean: float | None, ci95: float | None) -> str:
+    """A fraction and its 95% half-width in percent: ``92.1% ± 0.8`` (no interval: one seed)."""
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}%" + ("" if ci95 is None else f" ± {100 * ci95:.1f}")
+
+
+def points(value: float | None, ci95: float | None = None, signed: bool = True) -> str:
+    """A difference of fractions in percentage points: ``+1.3`` (``± 0.4``)."""
+    if value is None:
+        return "-"
+    return f"{100 * value:{'+' if signed else ''}.1f}" + ("" if ci95 is None else f" ± {100 * ci95:.1f}")
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -129,7 +152,8 @@ def rich_table(rows: Sequence[RunRow], title: str = "sweep results") -> Any:
 
     table = Table(title=title, show_lines=False)
     for name in ("scheme", "aggregator", "attack", "q", "seed", "steps", "final top-1", "best top-1", "final loss",
-                 "corrupted/step", "c_max/f", "s/step", "kB in/step", "kB out/step", "status"):
+                 "corrupted/step", "c_max/f", "s/step", "kB in/step", "kB out/step", "point top-1", "point drop",
+                 "status"):
         table.add_column(name, justify="left" if name in ("scheme", "aggregator", "attack", "status") else "right")
     for r in rows:
         table.add_row(r.scheme, r.aggregator, r.attack, str(r.q), str(r.seed), str(r.steps), _pct(r.final_top1),
@@ -137,5 +161,6 @@ def rich_table(rows: Sequence[RunRow], title: str = "sweep results") -> Any:
                       _num(r.median_step_s, ".2f"), _num(None if r.bytes_in_per_step is None
                                                          else r.bytes_in_per_step / 1e3, ",.0f"),
                       _num(None if r.bytes_out_per_step is None else r.bytes_out_per_step / 1e3, ",.0f"),
+                      pct_interval(r.top1_mean, r.top1_ci95), points(r.drop_vs_control),
                       r.status if len(r.status) < 60 else r.status[:57] + "...")
     return table

@@ -1,11 +1,18 @@
-"""Run a sweep: each feasible grid point as a local cluster (``shield-ps serve --local-agents K`` in a subprocess),
-one after another, skipping runs that already completed and resuming interrupted ones from their checkpoint.
+"""Run a sweep: each feasible grid point in a subprocess, one after another, skipping runs that already completed and
+resuming interrupted ones from their checkpoint. Two engines (:class:`Engine`):
+
+* ``cluster``: a real local cluster, ``shield-ps serve --local-agents K`` (the system itself: TCP, agents, votes,
+  deadlines; the table's seconds and bytes per step are measured);
+* ``inprocess``: ``python -m shield_ps.sweep.engine``, the same mathematics in one process with each file computed
+  once (:mod:`shield_ps.sweep.engine`; bit-identical final parameters, proven by tests/test_sweep_engine.py), for
+  grids too large to run as clusters. Both write the same ``metrics.jsonl`` and checkpoints.
 
 Layout of the output directory: ``runs/<run name>/`` (the run's ``metrics.jsonl``, checkpoints, agent logs and the
-serve log ``serve.log``), ``results.csv``, ``accuracy.png`` and ``final_top1.png``.
+run's log, ``serve.log`` or ``engine.log``), ``results.csv``, ``results.md``, ``points.md`` and the figures.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
@@ -26,6 +33,17 @@ log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 POLL_S = 0.5
 STOP_GRACE_S = 30.0
+
+
+class Engine(str, enum.Enum):
+    """How a sweep runs its points; values are the CLI names."""
+
+    CLUSTER = "cluster"
+    INPROCESS = "inprocess"
+
+
+#: The log each engine's process writes into its run directory.
+RUN_LOGS = {Engine.CLUSTER: "serve.log", Engine.INPROCESS: "engine.log"}
 
 
 @dataclass
@@ -93,18 +111,36 @@ class SweepRunner:
     join_timeout_s: float = 900.0
     gather_timeout_s: float = 600.0
     on_progress: Callable[[Progress], None] = lambda progress: None
+    engine: Engine = Engine.CLUSTER
+    device: str = "cpu"
+    agg_threads: int | None = None
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.out / "runs" / spec.name
 
     def serve_command(self, spec: RunSpec, resume: bool) -> list[str]:
         """The subprocess command of one run (the same interpreter; ``PYTHONPATH`` is inherited)."""
+        if self.engine is Engine.INPROCESS:
+            return self.engine_command(spec, resume)
         cmd = [sys.executable, "-m", "shield_ps.cli", "serve", *spec.serve_args(),
                "--local-agents", str(self.grid.workers), "--port", "0", "--quiet",
                "--join-timeout", repr(self.join_timeout_s), "--gather-timeout", repr(self.gather_timeout_s),
                "--train-dir", str(self.run_dir(spec))]
         if self.data_dir:
             cmd += ["--data-dir", self.data_dir]
+        if self.device != "cpu":
+            cmd += ["--agent-device", self.device]
+        if self.agg_threads is not None:
+            cmd += ["--agg-threads", str(self.agg_threads)]
+        return cmd + (["--resume"] if resume else [])
+
+    def engine_command(self, spec: RunSpec, resume: bool) -> list[str]:
+        """The in-process engine's command; it reads the run's configuration from ``RUN/config.json``."""
+        cmd = [sys.executable, "-m", "shield_ps.sweep.engine", "--config", str(self.run_dir(spec) / "config.json")]
+        if self.device != "cpu":
+            cmd += ["--device", self.device]
+        if self.agg_threads is not None:
+            cmd += ["--agg-threads", str(self.agg_threads)]
         return cmd + (["--resume"] if resume else [])
 
     def run(self) -> list[RunRow]:
@@ -136,14 +172,27 @@ class SweepRunner:
         run_dir.mkdir(parents=True, exist_ok=True)
         resume = run_status(run_dir) is not None
         tail = MetricsTail(run_dir / METRICS)
-        with (run_dir / "serve.log").open("ab") as log_file:
+        if self.engine is Engine.INPROCESS:
+            from shield_ps.sweep.engine import write_config
+
+            write_config(spec.config(train_dir=str(run_dir), data_dir=self.data_dir), run_dir / "config.json")
+        with (run_dir / RUN_LOGS[self.engine]).open("ab") as log_file:
             proc = subprocess.Popen(self.serve_command(spec, resume), stdout=log_file, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, env=self.run_env())
             try:
                 self._watch(proc, tail, progress, report)
             except BaseException:
                 self._stop(proc)
                 raise
+
+    def run_env(self) -> dict[str, str] | None:
+        """The run's environment: the in-process engine's numpy BLAS on one thread unless the caller chose. Its only
+        BLAS call is the attack statistics' small matrix-vector product, where more OpenBLAS threads busy-wait (12x
+        the CPU time of one thread at f = 25, d = 11.2M on a loaded 2-core machine) and change nothing (the product
+        is split over its outputs, so the sums are the same)."""
+        if self.engine is not Engine.INPROCESS:
+            return None
+        return {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
 
     def _watch(self, proc: subprocess.Popen[bytes], tail: MetricsTail, progress: Progress,
                report: Callable[[float], None]) -> None:
@@ -195,13 +244,15 @@ class SweepRunner:
             return "pending"
         if status == COMPLETED:
             return COMPLETED
-        log_path = run_dir / "serve.log"
-        last = ""
-        if log_path.is_file():
-            lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-            last = lines[-1].strip() if lines else ""
+        last, name = "", ""
+        for name in RUN_LOGS.values():
+            log_path = run_dir / name
+            if log_path.is_file():
+                lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+                last = lines[-1].strip() if lines else ""
+                break
         status = status if status.startswith("failed") else f"failed: {status}"
-        return status + (f" (serve.log: {last})" if last else "")
+        return status + (f" ({name}: {last})" if last else "")
 
 
 def check_output_dir(out: Path) -> Path:
