@@ -156,8 +156,10 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
         ps.cancel()
         for task in agents:
             task.cancel()
-        await asyncio.gather(ps, *agents, return_exceptions=True)
+        _, pending = await asyncio.wait({ps, *agents}, timeout=120)  # a task that ignores its cancel fails the run
         sink.close()
+        if pending:
+            raise AssertionError(f"{len(pending)} task(s) of the cluster ignored their cancellation")
 
 
 def run_cluster(train_dir: Path, *, slots: "list[str | Agent | None] | None" = None, zoo: str | None = None,

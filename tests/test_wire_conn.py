@@ -632,3 +632,34 @@ def test_send_as_filled_streams_what_is_in_place_and_cuts_the_frame_on_failure(u
             with pytest.raises(wire.ConnectionClosed):
                 await reading
     run(main(), uv=uv)
+
+
+def test_a_cancelled_dialer_stops_even_when_the_refused_connect_races_the_cancel() -> None:
+    """An agent retries ``wire.connect`` while the PS is gone; cancelling it must end it. Python 3.11's ``wait_for``
+    can swallow a cancellation that arrives as the refused connect fails (the OSError is raised instead), and the
+    retry loop then ran forever: the in-process cluster of bench/zoo.py hung at its end. Each dialer gives up after
+    a bounded number of attempts, so a swallowed cancellation shows as a dialer that returned instead of a hang."""
+    import socket
+
+    async def dialer(port: int) -> str:
+        for _ in range(3000):
+            try:
+                await wire.connect("127.0.0.1", port, token=TOKEN)
+            except (OSError, wire.WireError, asyncio.TimeoutError):
+                await asyncio.sleep(0.001)
+        return "never cancelled"
+
+    async def main() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        swallowed = 0
+        for i in range(150):
+            task = asyncio.get_running_loop().create_task(dialer(port))
+            await asyncio.sleep(0.002 * (i % 5))
+            task.cancel()
+            await asyncio.wait({task}, timeout=30)
+            swallowed += task.done() and not task.cancelled()
+        return swallowed
+
+    assert asyncio.run(main()) == 0

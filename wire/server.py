@@ -230,6 +230,15 @@ async def serve(host: str, port: int, on_connection: OnConnection, *, token: str
     return server
 
 
+def _raise_if_cancelling() -> None:
+    """Raise CancelledError when this task was asked to stop: Python 3.11's ``wait_for`` can swallow a cancellation
+    that arrives as the connection attempt fails (the refused connect's error is raised instead), and a caller that
+    retries on that error would then never stop."""
+    task = asyncio.current_task()
+    if task is not None and getattr(task, "cancelling", lambda: 0)():
+        raise asyncio.CancelledError()
+
+
 async def connect(host: str, port: int, *, token: str | bytes, role: Role | str = Role.AGENT, name: str = "",
                   limits: Limits | None = None, timeouts: Timeouts | None = None) -> Connection:
     """Dial a server, authenticate (both ways), start heartbeats; the connection's ``peer.id`` is our assigned id."""
@@ -240,8 +249,10 @@ async def connect(host: str, port: int, *, token: str | bytes, role: Role | str 
         _, conn = await asyncio.wait_for(
             loop.create_connection(lambda: Connection(limits, timeouts), host, port), timeouts.handshake)
     except asyncio.TimeoutError:
+        _raise_if_cancelling()
         raise WireTimeoutError(f"cannot reach {host}:{port} within {timeouts.handshake}s") from None
     except OSError as exc:
+        _raise_if_cancelling()
         raise ConnectionClosed(f"cannot connect to {host}:{port}: {exc}") from None
     try:
         conn.peer = await asyncio.wait_for(_client_handshake(conn, key, role, name, timeouts.handshake),
