@@ -15,6 +15,7 @@ from tests.runtime_helpers import REPO
 
 #: script -> (its smallest settings, a key its JSON line must hold)
 SMALLEST: dict[str, tuple[tuple[str, ...], str]] = {
+    "adversary.py": (("--quick", "--steps", "1", "--only", "fake-probe"), "worst_step_time_ratio"),
     "aggregators.py": (("--n", "11", "--dim", "1000", "--s", "1", "--s-high", "2"), "coord_median_speedup"),
     "analysis.py": (("--configs", "mols_K15_r3"), "configs"),
     "compute.py": (("--reps", "2", "--skip-resnet"), "lenet_bf10_overhead"),

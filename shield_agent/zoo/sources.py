@@ -138,7 +138,8 @@ def locate(dataset: str | DatasetChoice, data_dir: str | Path | None = None, dow
     if data in EMBEDDED:
         return DataLocation(data, EMBEDDED[data], Origin.EMBEDDED)
     raise DatasetError(f"{data.value} is not in {cache} ({missing(data, cache)} missing): pass --data-dir DIR where "
-                       f"it is, or run `shield-agent prepare --dataset {data.value}` where there is internet access")
+                       f"it is, or run `shield-agent prepare --dataset {data.value}` (with internet access, or with "
+                       "--from FILE: a local copy of its archive)")
 
 
 def _locate_plugin(spec: PluginSpec, data_dir: str | Path | None) -> DataLocation:
