@@ -44,6 +44,7 @@ class StepCollector:
         self.finish_times: list[float] = []  # seconds from the start to each worker's last expected digest
         self.complete = asyncio.Event()
         self.all_decided = asyncio.Event()  # every file has its winner (the streaming vote)
+        self.worker_finished = asyncio.Event()  # set each time a worker sends its last digest or is dropped
         self._check_complete()
 
     def add(self, worker: int, header: dict[str, Any]) -> bool:
@@ -77,6 +78,7 @@ class StepCollector:
         if not missing:
             del self._missing[worker]
             self.finish_times.append(time.monotonic() - self._started)
+            self.worker_finished.set()
         self._check_complete()
         return True
 
@@ -87,6 +89,7 @@ class StepCollector:
         """``worker`` is gone: stop waiting for it (its digests so far still count; it is erased for the step)."""
         if self._missing.pop(worker, None):
             self.lost.add(worker)
+            self.worker_finished.set()
         self._check_complete()
 
     def _check_decided(self, file: int, digest: bytes) -> None:

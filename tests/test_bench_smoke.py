@@ -19,6 +19,7 @@ SMALLEST: dict[str, tuple[tuple[str, ...], str]] = {
     "aggregators.py": (("--n", "11", "--dim", "1000", "--s", "1", "--s-high", "2"), "coord_median_speedup"),
     "analysis.py": (("--configs", "mols_K15_r3"), "configs"),
     "compute.py": (("--reps", "2", "--skip-resnet"), "lenet_bf10_overhead"),
+    "fleet.py": (("--only", "codecs", "--codec-reps", "1"), "step_vs_bound_1gbit_20ms"),
     "flood.py": (("--scheme", "detox", "--workers", "3", "--replication", "3", "--steps", "200", "--warmup", "0",
                   "--tail", "2", "--rounds", "1", "--sockets", "10"), "flood_step_time_ratio"),
     "scale.py": (("--dims", "1000", "--workers", "15", "--steps", "1", "--warmup", "0", "--reps", "1",

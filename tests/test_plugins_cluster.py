@@ -221,5 +221,7 @@ def test_a_sweep_trains_a_plugin_and_a_bad_one_stops_it_before_any_run(tmp_path:
     assert line.endswith("module tests.plugin_models (" + str(MODELS) + ") has no attribute 'Missing'")
     done = sweep(tmp_path / "good", "tests.plugin_models:Mlp")
     assert done.returncode == 0, done.stdout + done.stderr
-    [row] = list(csv.DictReader((tmp_path / "good" / "results.csv").open()))
-    assert row["status"] == "completed" and row["steps"] == "4" and float(row["corrupted_frac"]) == 0
+    rows = {r["q"]: r for r in csv.DictReader((tmp_path / "good" / "results.csv").open())}
+    assert sorted(rows) == ["0", "1"]  # the point and its q = 0 control, which the sweep adds
+    assert all(r["status"] == "completed" and r["steps"] == "4" for r in rows.values())
+    assert float(rows["1"]["corrupted_frac"]) == 0

@@ -222,6 +222,50 @@ def test_the_gather_waits_out_a_protected_worker_and_wakes_on_a_complaint() -> N
     asyncio.run(main())
 
 
+def test_a_protected_worker_that_has_delivered_no_longer_holds_the_step() -> None:
+    """Worker 2 is protected for 30 s (its relay wait) but sends its digest at once; worker 3 stays silent. The
+    gather ends a grace after the files are decided, not at worker 2's protection: that held every step of a fleet
+    with one silent agent for a whole relay wait (4.7 s against 0.2 s)."""
+    from shield_ps.collector import StepCollector
+    from shield_ps.phases.gather import Gather
+
+    async def main() -> None:
+        deadlines = _deadlines()
+        deadlines.hedge_floor, deadlines.gather = 0.05, 60.0
+        collector = StepCollector(0, 1, {0: (0,), 1: (0,), 2: (0,), 3: (0,)}, r_prime=2)
+        gather = Gather(deadlines)
+        protected = {2: time.monotonic() + 30.0}
+        header = {"step": 0, "file": 0, "digest": b"d" * 32, "seconds": 0.01}
+        collector.add(0, header)
+        collector.add(1, header)
+        loop = asyncio.get_running_loop()
+
+        async def delivered() -> None:
+            await asyncio.sleep(0.05)
+            collector.add(2, header)
+
+        started = loop.time()
+        task = loop.create_task(delivered())
+        late = await gather.run(0, collector, lambda w, grace: protected.get(w))
+        await task
+        assert late == {3} and loop.time() - started < 15.0
+
+    asyncio.run(main())
+
+
+def test_the_straggler_grace_follows_the_fastest_recent_step_not_a_slowed_one() -> None:
+    """After fast steps, a step whose median digest time one agent inflated (a stalled relay's children) gives
+    its stragglers the recent fast steps' grace, a share of the typical time (not hedge_factor times it)."""
+    from shield_ps.phases.gather import Gather
+
+    deadlines = _deadlines()
+    deadlines.hedge_floor = 0.05
+    gather = Gather(deadlines)
+    assert gather._grace([0.2, 0.2, 0.2]) == pytest.approx(0.1)  # STRAGGLER_SHARE of 0.2
+    assert gather._grace([5.0, 5.0, 0.2]) == pytest.approx(0.1)  # a slowed step: the recent fast typical
+    assert gather._grace([]) == pytest.approx(0.1)
+
+
 # ---- blame of files with an exact winner ---------------------------------------------------------------------------
 def test_a_silent_loser_of_another_class_is_neither_absolved_nor_outvoted_but_slow() -> None:
     from shield_ps.byzantine.sketch import SketchReply, l2_norm, sketch

@@ -5,13 +5,15 @@ request to the last payload byte: ``latency + bytes / bandwidth``. ``bandwidth``
 links are measured at least twice as fast; where they are slower it follows them (half the median rate the step's
 recent transfers achieved: a shared PS ingress, a lossy WAN), and before anything is measured it is
 ``min_bandwidth / UNMEASURED_SLACK``, never less (docs/liveness.md). The gather ends at ``gather`` seconds, or
-earlier once every file has its winner and the remaining workers had a straggler grace. A hedge is sent to the next holder of a file
-when a fetch has not completed within ``max(hedge_floor, hedge_factor * median of recent fetch times)``.
+earlier once every file has its winner and the remaining workers had a straggler grace (``digest_grace``). A
+hedge is sent to the next holder of a file when a fetch has not completed within
+``max(hedge_floor, hedge_factor * median of recent fetch times)``.
 """
 from __future__ import annotations
 
 import collections
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
@@ -21,6 +23,8 @@ _HISTORY = 128
 #: before the links are known. 1% loss and 80 ms RTT give one cubic TCP flow 1.6 MB/s on a quiet machine, and 25 of
 #: them into one PS 0.5-1 MB/s each on the fleet bed's loaded one (a tenth of 10 MB/s still cut 2 honest files).
 UNMEASURED_SLACK = 20.0
+#: After every file has its winner, the gather waits this share of the typical digest time more for the rest.
+STRAGGLER_SHARE = 0.5
 #: A transfer is given time at this share of the median rate that recent transfers of its kind achieved.
 _RATE_SHARE = 0.5
 
@@ -75,19 +79,31 @@ class Deadlines:
 
     def relay_hop(self, nbytes: int) -> float:
         """What one hop of the relay tree may take: a worker ``k`` hops from the PS waits ``k`` hops for the vector
-        before asking the PS for it directly (at the pace of the PS's own STEP sends)."""
-        return self.relay_latency + nbytes / self.bandwidth(self.send_rate())
+        before asking the PS for it directly (at the pace of the PS's own STEP sends; at ``min_bandwidth`` before
+        one was measured). A short wait costs only a direct send, so it is not stretched by the slack that keeps an
+        unmeasured transfer from being cut: at min_bandwidth / 20 an honest child of a silent relay waited longer
+        than a test's whole gather deadline in the first step."""
+        measured = self.send_rate()
+        rate = self.min_bandwidth if measured is None else self.bandwidth(measured)
+        return self.relay_latency + nbytes / rate
 
     def hedge_delay(self, nbytes: int) -> float:
         """How long a fetch may run before the next holder is asked too (never past the transfer budget)."""
         typical = statistics.median(self.fetch_times) if self.fetch_times else 0.0
         return min(max(self.hedge_floor, self.hedge_factor * typical), self.transfer(nbytes))
 
-    def straggler_grace(self, finish_times: list[float]) -> float:
-        """Once every file has its winner, how much longer the gather waits for the remaining workers:
+    def straggler_grace(self, finish_times: Sequence[float]) -> float:
+        """Once a sketch round is decidable, how much longer it waits for the remaining answers:
         ``max(hedge_floor, hedge_factor * median time the others took)``."""
         typical = statistics.median(finish_times) if finish_times else 0.0
         return max(self.hedge_floor, self.hedge_factor * typical)
+
+    def digest_grace(self, typical: float) -> float:
+        """Once every file has its winner, how much longer the gather waits for the workers still missing:
+        ``max(hedge_floor, STRAGGLER_SHARE * typical)``. Their digests can no longer change a winner, so the wait
+        only spares a worker a little slower than the rest a ``slow`` report; every worker pays it, every step
+        that one agent stays silent, so it is a share of the typical time, not a multiple of it."""
+        return max(self.hedge_floor, STRAGGLER_SHARE * typical)
 
     def record_fetch(self, seconds: float) -> None:
         if self._seeded:  # real fetch times replace the broadcast's
