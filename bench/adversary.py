@@ -56,9 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shield_agent.adversary import parse_adversaries  # noqa: E402
 from shield_ps.config import ServeConfig  # noqa: E402
-from shield_ps.byzantine.aggregators import default_byzantine_count  # noqa: E402
-from shield_ps.byzantine.placement import build_placement  # noqa: E402
-from shield_ps.byzantine.worst_case import worst_case  # noqa: E402
+from byzantine.aggregators import default_byzantine_count  # noqa: E402
+from byzantine.placement import build_placement  # noqa: E402
+from byzantine.worst_case import worst_case  # noqa: E402
 from tests.byzantine_zoo import (RunResult, run_cluster, secret_favouring, secret_making_relay,  # noqa: E402
                                  secret_relaying_to, zoo_config)
 

@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 
 from shield_ps import AGGREGATORS, aggregate
-from shield_ps.byzantine.aggregators import uses_byzantine_count
-from shield_ps.byzantine.vote import vote_digests
+from byzantine.aggregators import uses_byzantine_count
+from byzantine.vote import vote_digests
 from wire.digest import digest_bytes
 
 

@@ -43,7 +43,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shield_ps.byzantine.placement import build_placement
+from byzantine.placement import build_placement
 from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable
 from tests.fleet_cluster import BedCluster
 

@@ -42,7 +42,7 @@ sys.path.append(str(REPO / "bench"))
 import numpy as np  # noqa: E402
 
 from aggregators import SPEEDUP_OTHERS, SPEEDUP_TARGETS, threads_speedup  # noqa: E402
-from shield_ps.byzantine.placement import build_placement  # noqa: E402
+from byzantine.placement import build_placement  # noqa: E402
 from shield_ps.cli.serve import listening_port  # noqa: E402
 
 TOKEN = "bench-scale-token-0123456789abcdef"

@@ -29,10 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import (DEFAULT_PARAMS, SketchReply, check_payload,
+from byzantine.sketch import (DEFAULT_PARAMS, SketchReply, check_payload,
                                         check_payloads, l2_norm, new_seed, sketch_many, vote_sketches)
-from shield_ps.byzantine.groups import median_into, outliers
-from shield_ps.byzantine.vote import vote_digests
+from byzantine.groups import median_into, outliers
+from byzantine.vote import vote_digests
 from wire.digest import digest_bytes
 
 SIZES = {"lenet": 431_080, "resnet18": 11_173_962}

@@ -19,7 +19,7 @@ import torch
 from shield_agent.compute import ComputeSpec, GradientComputer
 from shield_agent.evaluation import Evaluator
 from shield_agent.zoo.sources import locate
-from shield_ps.byzantine.aggregators import aggregate
+from byzantine.aggregators import aggregate
 from shield_ps.optimizer import MomentumSGD, Schedule
 
 

@@ -73,7 +73,7 @@ def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int, adve
     fields: dict[str, Any] = {"environment": own(threads) if own else environment(computer.device, threads)}
     if probe is None:
         return fields
-    from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch
+    from byzantine.sketch import SketchParams, l2_norm, sketch
 
     gradient = computer.file_gradient(computer.initial_parameters(), probe["step"], probe["file"]).gradient
     if adversary is not None:

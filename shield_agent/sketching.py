@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch_many
+from byzantine.sketch import SketchParams, l2_norm, sketch_many
 from wire.sketch import SketchAnswer, SketchRequest
 
 

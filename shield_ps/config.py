@@ -51,7 +51,7 @@ PLUGIN_DIGESTS = {"network_digest": "network", "dataset_digest": "dataset"}
 
 def valid_placements(scheme: str, limit: int = 4, max_workers: int = 64) -> list[tuple[int, int]]:
     """Up to ``limit`` small valid ``(K, r)`` of ``scheme`` (for error messages), the paper's first."""
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.placement import build_placement
     from shield_ps.errors import ShieldPSError
 
     found: list[tuple[int, int]] = []

@@ -1,5 +1,5 @@
 """The PS's own probe: the canonical gradients it computes itself, so that no agent's claim alone sets the sketch
-vote's tolerance (:mod:`shield_ps.byzantine.tolerance`).
+vote's tolerance (:mod:`byzantine.tolerance`).
 
 At start the PS computes, with the job's own gradient code and thread count, the gradients of files 0, 1 and 2 of
 step 0 at the initial parameters. File 0 is the probe every agent also computes and reports at JOB: its digest names
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply, l2_norm, sketch
-from shield_ps.byzantine.tolerance import Reference, file_distance
+from byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply, l2_norm, sketch
+from byzantine.tolerance import Reference, file_distance
 from wire import digest_bytes
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shield_ps.byzantine.groups import could_bias
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS
-from shield_ps.byzantine.vote import VoteMode
+from byzantine.groups import could_bias
+from byzantine.sketch import DEFAULT_PARAMS
+from byzantine.vote import VoteMode
 from shield_ps.collector import DigestRejected, StepCollector
 from shield_ps.errors import TrainingError
 from shield_ps.events import WorkerState

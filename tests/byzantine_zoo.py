@@ -72,7 +72,7 @@ def zoo_config(train_dir: Path, **changes: Any) -> ServeConfig:
 
 def secret_favouring(config: ServeConfig, worker: int) -> bytes:
     """A fetch-order secret under which ``worker`` is asked first for at least one of its files at every step."""
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.placement import build_placement
 
     placement = build_placement(config.scheme, config.workers, config.replication, config.rama_m)
     files = placement.worker_files[worker]

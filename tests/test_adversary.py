@@ -14,7 +14,7 @@ from shield_agent.adversary import (BEHAVIOURS, HONEST, Adversary, AdversaryErro
 from shield_agent.adversary.vectors import direction
 from shield_agent.fingerprint import probe_fields
 from shield_agent.synthetic import SyntheticComputer
-from shield_ps.byzantine.sketch import SketchParams, relative_spread, SketchReply
+from byzantine.sketch import SketchParams, relative_spread, SketchReply
 from wire import digest_bytes
 
 REPO = Path(__file__).resolve().parent.parent

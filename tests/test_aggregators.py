@@ -6,10 +6,10 @@ import pytest
 
 import shield_ps
 from shield_ps import AGGREGATORS, aggregate
-from shield_ps.byzantine.aggregators import Aggregator, aggregator_params, uses_byzantine_count
-from shield_ps.byzantine.aggregators.bulyan import closest_to_median_mean
-from shield_ps.byzantine.aggregators.network import NETWORK_MAX_ROWS
-from shield_ps.errors import AggregationError
+from byzantine.aggregators import Aggregator, aggregator_params, uses_byzantine_count
+from byzantine.aggregators.bulyan import closest_to_median_mean
+from byzantine.aggregators.network import NETWORK_MAX_ROWS
+from byzantine.errors import AggregationError
 
 F32 = np.float32
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.analysis import (analyze, claim1_gamma, default_byzantine_range, distorted, spectrum,
+from byzantine.analysis import (analyze, claim1_gamma, default_byzantine_range, distorted, spectrum,
                                           worst_case)
-from shield_ps.byzantine.placement import Placement, Scheme, build_placement
-from shield_ps.errors import AnalysisError
+from byzantine.placement import Placement, Scheme, build_placement
+from byzantine.errors import AnalysisError
 
 
 def brute_force(p: Placement, q: int) -> tuple[int, tuple[int, ...]]:

@@ -10,7 +10,7 @@ import pytest
 
 import wire
 from wire import Kind
-from shield_ps.byzantine.aggregators import aggregate
+from byzantine.aggregators import aggregate
 from shield_ps.events import effective_events
 from shield_ps.phases.accounting import StepAccount, Tally
 from shield_ps.phases.deadlines import Deadlines

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from shield_ps.byzantine.placement import (SCHEME_ALIASES, Placement, Scheme, build_placement, is_prime,
+from byzantine.placement import (SCHEME_ALIASES, Placement, Scheme, build_placement, is_prime,
                                            parse_scheme)
-from shield_ps.errors import ConfigError, PlacementError
+from byzantine.errors import ByzantineConfigError, PlacementError
 
 # (scheme, K, r, rama_m, expected (f, l))
 CONFIGS = [
@@ -169,7 +169,7 @@ def test_inconsistent_requests_say_what_is_valid(args: tuple, fragment: str) -> 
     with pytest.raises(PlacementError) as info:
         build_placement(*args)
     assert fragment in str(info.value)
-    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, ByzantineConfigError) and isinstance(info.value, ValueError)
 
 
 def test_is_prime() -> None:

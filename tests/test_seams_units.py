@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.groups import OUTLIER_FACTOR, could_bias, median_into, outliers, relative_distances
-from shield_ps.byzantine.vote import FileVote, vote_digests
+from byzantine.groups import OUTLIER_FACTOR, could_bias, median_into, outliers, relative_distances
+from byzantine.vote import FileVote, vote_digests
 from shield_ps.config import ServeConfig
-from shield_ps.errors import AggregationError
+from byzantine.errors import AggregationError
 from shield_ps.job import resolve_job
 from shield_ps.phases.aggregate import Aggregation, ShortStep
 from shield_ps.phases.audit import Candidate, candidates, pick
@@ -224,7 +224,7 @@ def test_the_gather_waits_out_a_protected_worker_and_wakes_on_a_complaint() -> N
 
 # ---- blame of files with an exact winner ---------------------------------------------------------------------------
 def test_a_silent_loser_of_another_class_is_neither_absolved_nor_outvoted_but_slow() -> None:
-    from shield_ps.byzantine.sketch import SketchReply, l2_norm, sketch
+    from byzantine.sketch import SketchReply, l2_norm, sketch
     from shield_ps.phases.auto_vote import blame, unanswered
 
     seed = b"s" * 32

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.placement import build_placement
-from shield_ps.byzantine.vote import vote_digests, vote_tolerant
-from shield_ps.errors import VoteError
+from byzantine.placement import build_placement
+from byzantine.vote import vote_digests, vote_tolerant
+from byzantine.errors import VoteError
 from wire.digest import digest_bytes
 
 HOLDERS = [(0, 1, 2), (1, 2, 3), (2, 3, 4), (0, 3, 4), (0, 1, 4)]

@@ -9,7 +9,7 @@ import numpy as np
 from shield_agent.adversary import vectors
 from shield_agent.adversary.base import Behaviour
 from shield_agent.adversary.params import Param, real
-from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch
+from byzantine.sketch import SketchParams, l2_norm, sketch
 from wire import digest_bytes
 
 

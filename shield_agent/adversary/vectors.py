@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import l2_norm
+from byzantine.sketch import l2_norm
 from wire import digest_bytes
 
 #: Tags of the random directions (one per behaviour, so no two lies share a direction by accident).

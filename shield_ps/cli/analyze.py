@@ -28,7 +28,7 @@ def byzantine_counts(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
+    from byzantine.placement import SCHEME_ALIASES, Scheme
 
     parser = subparsers.add_parser(
         "analyze", help="exact worst case (c_max) of a placement for q Byzantine workers",
@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shield_ps.byzantine.analysis import analyze, default_byzantine_range
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.analysis import analyze, default_byzantine_range
+    from byzantine.placement import build_placement
     from shield_ps.errors import ConfigError
 
     placement = build_placement(args.scheme, args.workers, args.replication, args.rama_m)

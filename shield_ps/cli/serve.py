@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 
 from shield_agent.device import parse_device
-from shield_ps.byzantine.aggregators import Aggregator
-from shield_ps.byzantine.attacks import Attack
-from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
-from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
-from shield_ps.byzantine.vote import VoteMode
+from byzantine.aggregators import Aggregator
+from byzantine.attacks import Attack
+from byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
+from byzantine.placement import SCHEME_ALIASES, Scheme
+from byzantine.vote import VoteMode
 from shield_ps.config import (JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig,
                               valid_placements)
 from shield_ps.local_agents import default_processes, parse_agent_env
 from shield_ps.phases.aggregate import ShortStep
-from shield_ps.errors import ConfigError
+from shield_ps.errors import CONFIG_ERRORS, ConfigError
 from shield_ps.view import add_view_options
 from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
@@ -310,11 +310,11 @@ def _placement_args(args: argparse.Namespace) -> tuple[int, int]:
 
 def check_placement(scheme: str, workers: int, replication: int, rama_m: int | None) -> None:
     """Fail with a message naming valid ``--workers``/``--replication`` pairs when the placement cannot be built."""
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.placement import build_placement
 
     try:
         build_placement(scheme, workers, replication, rama_m)
-    except ConfigError as exc:
+    except CONFIG_ERRORS as exc:
         valid = "; ".join(f"--workers {k} --replication {r}" for k, r in valid_placements(scheme))
         raise type(exc)(f"{exc} (valid for {scheme}, e.g.: {valid})") from None
 
@@ -461,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
     view.start()
     try:
         return asyncio.run(_serve(daemon))
-    except ConfigError:
+    except CONFIG_ERRORS:
         sink.close()
         if created is not None and _leaves_nothing(train_dir):
             shutil.rmtree(created, ignore_errors=True)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators import Aggregator, aggregate
-from shield_ps.byzantine.attacks import simulate_attack
-from shield_ps.errors import AggregationError
+from byzantine.aggregators import Aggregator, aggregate
+from byzantine.attacks import simulate_attack
+from byzantine.errors import AggregationError
 from shield_ps.job import JobPlan
 
 log = logging.getLogger(__name__)

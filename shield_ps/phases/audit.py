@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchParams, SketchReply, check_payload
+from byzantine.sketch import SketchParams, SketchReply, check_payload
 from shield_ps.phases.fetch import Fetcher
 
 log = logging.getLogger(__name__)

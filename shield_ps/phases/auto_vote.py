@@ -5,7 +5,7 @@ Per file, after the gather:
 * all present digests equal: the exact path (the streaming vote has usually fetched it already);
 * digests differ (the file is *disputed*): its holders sketch their gradients under a seed revealed now
   (:mod:`shield_ps.phases.sketch`) and the sketch vote groups replicas within the tolerance
-  (:func:`shield_ps.byzantine.sketch.vote_sketches`, ties broken by a hash keyed with that seed, so no holder can
+  (:func:`byzantine.sketch.vote_sketches`, ties broken by a hash keyed with that seed, so no holder can
   grind its digest into a tie's win).
 
   - If some digest still has r' equal copies, it wins exactly as in the exact vote (its payload is what r' holders
@@ -30,8 +30,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply, agree, vote_sketches
-from shield_ps.byzantine.vote import FileVote, VoteResult, vote_digests
+from byzantine.sketch import SketchReply, agree, vote_sketches
+from byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher
 from shield_ps.phases.groups import GroupOutcome, SplitFiles

@@ -4,7 +4,7 @@ A *split* file is one without r' equal digests among its holders. The sketch vot
 names its winning group: at least r' holders whose sketches agree within the tolerance. This phase fetches one
 payload per distinct digest of the group (each hedged among the group members that committed that digest), writes
 their coordinate-wise median into the file's row, and checks every payload against that median
-(:mod:`shield_ps.byzantine.groups`): an outlier's sketch is recomputed, which proves a lie when it differs from what
+(:mod:`byzantine.groups`): an outlier's sketch is recomputed, which proves a lie when it differs from what
 its holder sent. So no single holder's payload decides a split file, and a Byzantine group member can move the row
 no further than the honest spread (docs/byzantine.md).
 
@@ -23,9 +23,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.groups import median_into, outliers
-from shield_ps.byzantine.sketch import SketchParams, SketchReply, check_payloads
-from shield_ps.byzantine.vote import VoteResult
+from byzantine.groups import median_into, outliers
+from byzantine.sketch import SketchParams, SketchReply, check_payloads
+from byzantine.vote import VoteResult
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher
 

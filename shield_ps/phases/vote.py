@@ -22,8 +22,8 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply
-from shield_ps.byzantine.vote import VoteResult, vote_digests, vote_tolerant
+from byzantine.sketch import SketchReply
+from byzantine.vote import VoteResult, vote_digests, vote_tolerant
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher, FetchReport
 from shield_ps.pool import WorkerPool

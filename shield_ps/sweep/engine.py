@@ -34,7 +34,7 @@ import numpy as np
 
 from shield_ps.checkpoint import Checkpoint, load_latest, save_checkpoint
 from shield_ps.config import ServeConfig, diff_training_fields
-from shield_ps.errors import CheckpointError, ConfigError, ShieldPSError
+from shield_ps.errors import PS_ERRORS, CheckpointError, ConfigError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
 from shield_ps.optimizer import MomentumSGD
@@ -130,7 +130,7 @@ class InProcessRun:
                     last_saved = done
         except Stop:
             reason = "interrupted"
-        except ShieldPSError as exc:
+        except PS_ERRORS as exc:
             reason = f"failed: {exc}"
             log.error("%s", exc)
         if reason != "completed" and last_saved != done:
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.agg_threads is not None:
             config = config.replace(agg_threads=args.agg_threads)
         engine = InProcessRun(config, args.device)
-    except ShieldPSError as exc:
+    except PS_ERRORS as exc:
         print(f"shield-ps engine: {exc}", file=sys.stderr)
         return 2
 
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     sink = EventSink(engine.train_dir / METRICS)
     try:
         reason = engine.run(sink)
-    except ShieldPSError as exc:  # a checkpoint that cannot be resumed from: nothing was run
+    except PS_ERRORS as exc:  # a checkpoint that cannot be resumed from: nothing was run
         print(f"shield-ps engine: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shield_ps.byzantine.aggregators import Aggregator
-from shield_ps.byzantine.attacks import Attack
-from shield_ps.byzantine.placement import Scheme
+from byzantine.aggregators import Aggregator
+from byzantine.attacks import Attack
+from byzantine.placement import Scheme
 from shield_ps.config import ServeConfig
 from shield_ps.errors import SweepError
 

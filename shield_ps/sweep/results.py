@@ -2,7 +2,7 @@
 
 The measured fraction of corrupted files per step (``files_corrupted / files``, averaged over the steps) stands next
 to the worst case ``c_max(q) / f`` of the placement (ByzShield Sec. 5, computed by
-:func:`shield_ps.byzantine.worst_case.worst_case`): with ``--byzantine-gen worst`` the two should be equal.
+:func:`byzantine.worst_case.worst_case`): with ``--byzantine-gen worst`` the two should be equal.
 
 The last three columns are the run's *point* over its seeds (:mod:`shield_ps.sweep.stats`): ``top1_mean`` and
 ``top1_ci95`` (the half-width of the 95% t interval of the final top-1 over the point's completed seeds) and
@@ -50,8 +50,8 @@ class RunRow:
 
 def cmax_fraction(spec: RunSpec) -> float:
     """c_max(q) / f of the run's placement: the largest fraction of files q Byzantine workers can win."""
-    from shield_ps.byzantine.placement import build_placement
-    from shield_ps.byzantine.worst_case import worst_case
+    from byzantine.placement import build_placement
+    from byzantine.worst_case import worst_case
 
     c = spec.config()
     placement = build_placement(c.scheme, c.workers, c.replication, c.rama_m)

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from shield_ps.errors import PlacementError
+from byzantine.errors import PlacementError
 
 
 class Scheme(str, enum.Enum):

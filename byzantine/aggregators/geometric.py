@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import combine_rows, distances_to_combination, gram
-from shield_ps.errors import AggregationError
+from byzantine.aggregators._blocks import combine_rows, distances_to_combination, gram
+from byzantine.errors import AggregationError
 
 
 def _positive(name: str, label: str, value: object) -> float:

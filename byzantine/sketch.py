@@ -34,8 +34,8 @@ from typing import Collection, Mapping, Sequence
 
 import blake3
 import numpy as np
-from shield_ps.byzantine.vote import FileVote, FileWorkers, VoteResult, _check_replies, _holders_and_r_prime
-from shield_ps.errors import VoteError
+from byzantine.vote import FileVote, FileWorkers, VoteResult, _check_replies, _holders_and_r_prime
+from byzantine.errors import VoteError
 
 SEED_BYTES = 32
 _CONTEXT = b"shield-sketch-v1"

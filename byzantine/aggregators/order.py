@@ -10,11 +10,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import (
+from byzantine.aggregators._blocks import (
     BLOCK_BYTES, ORDER_BLOCK_BYTES_THREADED, block_width, check_count, check_seed, check_threads, combine_rows,
     for_each_block,
 )
-from shield_ps.byzantine.aggregators.network import NETWORK_MAX_ROWS, pruned_network, sort_rows, sum_rows
+from byzantine.aggregators.network import NETWORK_MAX_ROWS, pruned_network, sort_rows, sum_rows
 
 
 def mean(X: np.ndarray, *, threads: int | None = None) -> np.ndarray:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.placement import Scheme
-from shield_ps.errors import AttackError
+from byzantine.placement import Scheme
+from byzantine.errors import AttackError
 
 if TYPE_CHECKING:
-    from shield_ps.byzantine.placement import Placement
+    from byzantine.placement import Placement
 
 
 class ByzantineChoice(str, enum.Enum):
@@ -152,7 +152,7 @@ def _worst(placement: "Placement", q: int, fixed, detox_attack: DetoxAttack | st
            time_limit: float | None) -> tuple[int, ...]:
     if is_group_placement(placement):
         return detox_byzantines(detox_attack or DetoxAttack.WORST, placement, q)
-    from shield_ps.byzantine.analysis import worst_case
+    from byzantine.analysis import worst_case
 
     return tuple(sorted(worst_case(placement, q, time_limit=time_limit).worst_set))
 

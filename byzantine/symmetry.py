@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from shield_ps.byzantine.placement import Placement, Scheme
+from byzantine.placement import Placement, Scheme
 
 log = logging.getLogger(__name__)
 

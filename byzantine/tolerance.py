@@ -7,7 +7,7 @@ as someone vouches for it:
 
 * the PS computes the probe itself (:class:`Reference`): its digest, sketch and norm are the truth for its own
   class, and a member of that class that reports another sketch or norm is proven to lie (same digest, same vector,
-  same sketch: the sketch is exact arithmetic, :mod:`shield_ps.byzantine.sketch`);
+  same sketch: the sketch is exact arithmetic, :mod:`byzantine.sketch`);
 * another class's probe is *attested* when ``quorum`` of its members report the same sketch and norm
   (``quorum = max(r', q + 1)``: at least one honest member among them when at most q agents are Byzantine);
 * every other probe (a class smaller than the quorum, or a member contradicting its class) is *unattested*: it may
@@ -25,9 +25,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS, NORM_RTOL, SketchParams, SketchReply, quantisation_error
-from shield_ps.byzantine.sketch import relative_spread
-from shield_ps.errors import ConfigError
+from byzantine.sketch import DEFAULT_PARAMS, NORM_RTOL, SketchParams, SketchReply, quantisation_error
+from byzantine.sketch import relative_spread
+from byzantine.errors import ByzantineConfigError
 
 #: tau is this multiple of the largest vouched-for probe spread between classes ...
 SPREAD_FACTOR = 10.0
@@ -73,7 +73,7 @@ class ToleranceDecision:
 
 
 def same_reply(a: SketchReply, b: SketchReply) -> bool:
-    """Bit-identical sketches and norms within :data:`~shield_ps.byzantine.sketch.NORM_RTOL` (what two honest agents
+    """Bit-identical sketches and norms within :data:`~byzantine.sketch.NORM_RTOL` (what two honest agents
     with one probe digest always send)."""
     if a.sketch is None or b.sketch is None or a.norm is None or b.norm is None:
         return a.sketch is None and b.sketch is None
@@ -96,10 +96,10 @@ def clamp_tolerance(spread: float, floor: float, cap: float) -> float:
 
 
 def check_override(override: float, d: int, params: SketchParams = DEFAULT_PARAMS) -> float:
-    """``--vote-tol``: allowed in [floor, 0.5]; ConfigError otherwise."""
+    """``--vote-tol``: allowed in [floor, 0.5]; ByzantineConfigError otherwise."""
     floor = tolerance_floor(d, params)
     if not floor <= override <= 0.5:
-        raise ConfigError(f"--vote-tol {override:g} must be in [{floor:.2g}, 0.5] at d={d} (below the floor the "
+        raise ByzantineConfigError(f"--vote-tol {override:g} must be in [{floor:.2g}, 0.5] at d={d} (below the floor the "
                           "sketch's quantisation dominates; above 0.5 different files look alike)")
     return override
 

@@ -1,6 +1,6 @@
 """Worst-case analysis of a placement (ByzShield, Konstantinidis & Ramamoorthy, MLSys 2021, Sec. 5).
 
-For q Byzantine workers: the exact c_max(q) and a set achieving it (:mod:`shield_ps.byzantine.worst_case`), the
+For q Byzantine workers: the exact c_max(q) and a set achieving it (:mod:`byzantine.worst_case`), the
 distorted fraction epsilon = c_max/f, the fractions of the baseline (q/K) and of DETOX/FRC (floor(q/r')*r/K), and
 the upper bound gamma of Claim 1, which comes from the spectrum of the normalized biadjacency matrix A = H/sqrt(l*r).
 """
@@ -13,8 +13,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from shield_ps.byzantine.placement import Placement
-from shield_ps.byzantine.worst_case import WorstCase, distorted, worst_case
+from byzantine.placement import Placement
+from byzantine.worst_case import WorstCase, distorted, worst_case
 
 __all__ = ["Analysis", "AnalysisRow", "Spectrum", "WorstCase", "analyze", "claim1_gamma", "distorted",
            "spectrum", "worst_case"]

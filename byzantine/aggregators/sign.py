@@ -5,7 +5,7 @@ import numpy as np
 
 from typing import Callable
 
-from shield_ps.byzantine.aggregators._blocks import check_count, check_seed, for_each_block
+from byzantine.aggregators._blocks import check_count, check_seed, for_each_block
 
 
 def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,

@@ -9,7 +9,7 @@ depth-first branch and bound over sorted worker sets in lexicographic order:
   Byzantine holders, so giving each added worker 1/d per such file bounds the new files by the sum of the t best
   workers' weights. Files untouched by S can only be distorted by the t new workers alone, so their number is also at
   most c_max(t), computed first (smaller q is cheaper); the bound takes the better of the two splits.
-- **Symmetry.** Affine automorphisms of the placement (:mod:`shield_ps.byzantine.symmetry`) map optimal sets to
+- **Symmetry.** Affine automorphisms of the placement (:mod:`byzantine.symmetry`) map optimal sets to
   optimal sets; a prefix that some automorphism maps to a lexicographically smaller set cannot start the smallest
   optimal set and is skipped.
 - **Leaves.** The last two workers are chosen at once by evaluating every pair with two matrix products.
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shield_ps.byzantine.placement import Placement
-from shield_ps.byzantine.symmetry import PrefixFilter, automorphisms
-from shield_ps.errors import AnalysisError
+from byzantine.placement import Placement
+from byzantine.symmetry import PrefixFilter, automorphisms
+from byzantine.errors import AnalysisError
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators import bulyan, geometric, krum, order, sign
-from shield_ps.byzantine.aggregators._blocks import check_finite, check_matrix
-from shield_ps.errors import AggregationError
+from byzantine.aggregators import bulyan, geometric, krum, order, sign
+from byzantine.aggregators._blocks import check_finite, check_matrix
+from byzantine.errors import AggregationError
 
 if TYPE_CHECKING:
-    from shield_ps.byzantine.placement import Placement
+    from byzantine.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def default_byzantine_count(placement: "Placement", q: int, *, time_limit: float
     corrupt after the vote. ByzShield schemes (MOLS, Ramanujan): c_max(q) from the worst-case analysis (Konstantinidis
     and Ramamoorthy, MLSys 2021, Sec. 5; its proven upper bound if ``time_limit`` cuts the search short). DETOX and
     plain majority vote over groups: floor(q / r'). Baseline: q."""
-    from shield_ps.byzantine.analysis import worst_case
-    from shield_ps.byzantine.placement import Scheme
+    from byzantine.analysis import worst_case
+    from byzantine.placement import Scheme
 
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q <= placement.K:
         raise AggregationError(f"q must be an integer in [0, K={placement.K}], got {q!r}")

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from shield_ps.errors import AggregationError
+from byzantine.errors import AggregationError
 
 #: Bytes of one (n, width) float32 column block; 1 MiB keeps a block in L2.
 BLOCK_BYTES = 1 << 20

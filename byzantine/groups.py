@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators.network import pruned_network, sort_rows
-from shield_ps.byzantine.aggregators.order import median_of, median_positions
+from byzantine.aggregators.network import pruned_network, sort_rows
+from byzantine.aggregators.order import median_of, median_positions
 
 #: A payload is an outlier beyond this many hiding bounds (times tau, relative to the median's norm).
 OUTLIER_FACTOR = 2.0
@@ -38,7 +38,7 @@ def median_into(payloads: Sequence[np.ndarray], weights: Sequence[int], out: np.
     """The coordinate-wise median of ``payloads``, payload i counted ``weights[i]`` times, into ``out`` (float32).
 
     As ``np.median`` computes it (an even count averages the two middle values in float32), per column block with a
-    pruned sorting network of vectorised min/max (:mod:`shield_ps.byzantine.aggregators.network`). The result does not
+    pruned sorting network of vectorised min/max (:mod:`byzantine.aggregators.network`). The result does not
     depend on the order of the payloads."""
     if not payloads or len(payloads) != len(weights) or any(w < 1 for w in weights):
         raise ValueError("median_into needs at least one payload and a positive weight for each")

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Callable, Collection, Literal
 
 import numpy as np
 
-from shield_ps.byzantine.vote import VoteResult, vote_digests
-from shield_ps.errors import AttackError
+from byzantine.vote import VoteResult, vote_digests
+from byzantine.errors import AttackError
 
 if TYPE_CHECKING:
-    from shield_ps.byzantine.placement import Placement
+    from byzantine.placement import Placement
 
 _STATS_BLOCK = 1 << 15
 _HONEST, _ATTACK = b"honest", b"attack"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import check_count, combine_rows, gram, squared_distances
-from shield_ps.errors import AggregationError
+from byzantine.aggregators._blocks import check_count, combine_rows, gram, squared_distances
+from byzantine.errors import AggregationError
 
 
 def check_krum_s(name: str, n: int, s: object) -> int:

@@ -10,11 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators._blocks import gram, squared_distances
-from shield_ps.byzantine.aggregators.krum import best_by_score, krum_scores
-from shield_ps.byzantine.aggregators.network import sum_rows
-from shield_ps.byzantine.aggregators.order import median_of, median_positions, order_statistic, trimmed_positions
-from shield_ps.errors import AggregationError
+from byzantine.aggregators._blocks import gram, squared_distances
+from byzantine.aggregators.krum import best_by_score, krum_scores
+from byzantine.aggregators.network import sum_rows
+from byzantine.aggregators.order import median_of, median_positions, order_statistic, trimmed_positions
+from byzantine.errors import AggregationError
 
 
 def _check_s(name: str, n: int, s: object, factor: int) -> int:

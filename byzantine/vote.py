@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Collection, Generic, Mapping, Sequence, TypeVa
 
 import numpy as np
 
-from shield_ps.errors import VoteError
+from byzantine.errors import VoteError
 
 if TYPE_CHECKING:
-    from shield_ps.byzantine.placement import Placement
+    from byzantine.placement import Placement
 
 W = TypeVar("W")
 
 
 class VoteMode(str, enum.Enum):
     """``--vote``: exact digests (one determinism class), auto (exact where holders agree, the commit-then-sketch
-    round of :mod:`shield_ps.byzantine.sketch` where they do not; the default), tolerant (fetch every replica)."""
+    round of :mod:`byzantine.sketch` where they do not; the default), tolerant (fetch every replica)."""
 
     EXACT = "exact"
     AUTO = "auto"
