@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from shield_agent.compute import ComputeSpec, GradientComputer
-from shield_agent.zoo.models import build_seeded_model
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.zoo.models import build_seeded_model
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist")

@@ -139,7 +139,7 @@ def available_bytes() -> int:
 
 
 #: Vectors of d float32 one synthetic agent (one slot, one compute thread) holds, whatever its l: two parameter
-#: vectors, its compute thread's scratch and its payload vector (shield_agent.synthetic.LazyFiles).
+#: vectors, its compute thread's scratch and its payload vector (shield_agent.synthetic_slot.LazyFiles).
 AGENT_VECTORS = 4
 #: Vectors of d the PS holds besides 2.5 per file (the f rows, one spare buffer per file being fetched, and the
 #: aggregation's and a few hedges' temporaries; at most f + 4 spares are kept across steps): parameters, momentum,

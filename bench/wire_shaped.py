@@ -124,8 +124,8 @@ async def send_all(host: str, port: int, x: np.ndarray, reps: int, warmup: int,
 
 
 def synthetic_vector(d: int) -> np.ndarray:
-    """A synthetic gradient (shield_agent.synthetic): float32 values shaped like a real gradient's."""
-    from shield_agent.synthetic import initial_parameters, synthetic_gradient
+    """A synthetic gradient (shield_model.synthetic): float32 values shaped like a real gradient's."""
+    from shield_model.synthetic import initial_parameters, synthetic_gradient
 
     return synthetic_gradient(initial_parameters(d, 0), 0, 0, 0, np.empty(d, np.float32))
 

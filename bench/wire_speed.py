@@ -238,8 +238,8 @@ def real_gradient() -> np.ndarray | None:
     try:
         import torch
 
-        from shield_agent.zoo.flat import FlatParameters
-        from shield_agent.zoo.models import build_seeded_model
+        from shield_model.zoo.flat import FlatParameters
+        from shield_model.zoo.models import build_seeded_model
     except ImportError:
         return None
     model = build_seeded_model("ResNet18", "CIFAR10", 0)

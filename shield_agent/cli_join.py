@@ -14,8 +14,8 @@ import signal
 from pathlib import Path
 
 from wire.auth import read_token
-from shield_agent.device import parse_device
-from shield_agent.errors import DatasetError
+from shield_model.device import parse_device
+from shield_model.errors import DatasetError
 from wire.cli import host_port, positive_int
 from wire.errors import TokenError
 

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import numpy as np
 
 from shield_agent.adversary import Adversary
-from shield_agent.errors import ComputeError, DatasetError, ShieldAgentError
+from shield_agent.errors import AGENT_ERRORS
+from shield_model.errors import ComputeError, DatasetError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentJob, AgentOptions, as_int
@@ -40,7 +41,7 @@ from wire.digest import DIGEST_SIZE
 from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
-    from shield_agent.synthetic import LazyFiles
+    from shield_agent.synthetic_slot import LazyFiles
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,12 @@ class AgentSession:
             self.computer = await loop.run_in_executor(self._executor, self._make_computer, job, threads)
             fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads,
                                                      self.adversary)
-        except ShieldAgentError as exc:
+        except AGENT_ERRORS as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
         d = self.computer.num_params
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
-        from shield_agent.synthetic import lazy_files
+        from shield_agent.synthetic_slot import lazy_files
 
         self._lazy = lazy_files(self.computer, self.adversary, job.worker)
         self._grads = {} if self._lazy is not None else {f: np.empty(d, np.float32) for f in job.files}
@@ -146,15 +147,15 @@ class AgentSession:
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:
         """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
-        benchmark job (shield_agent.synthetic)."""
-        from shield_agent.synthetic import make_computer
+        benchmark job (shield_model.synthetic)."""
+        from shield_agent.synthetic_slot import make_computer
 
         synthetic = make_computer(job.synthetic_d, self.options.synthetic, job.seed)
         if synthetic is not None:
             return synthetic
-        from shield_agent.compute import ComputeSpec
+        from shield_model.compute import ComputeSpec
         from shield_agent.plugin_admission import check_job_plugins
-        from shield_agent.zoo.sources import locate
+        from shield_model.zoo.sources import locate
 
         self.plugin_fields = check_job_plugins(job, self.options.plugins)  # before anything is loaded
         data_dir = str(locate(job.dataset, self.options.data_dir).path)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shield_agent.errors import ComputeError
+from shield_model.errors import ComputeError
 
 #: Environment variables that change which kernels torch picks on a CPU.
 KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
@@ -28,7 +28,7 @@ def environment(device: Any, threads: int) -> dict[str, Any]:
     """What decides this agent's determinism class (plain values, for the JOB reply and the PS's view)."""
     import torch
 
-    from shield_agent.device import device_name
+    from shield_model.device import device_name
 
     env: dict[str, Any] = {
         "torch": str(torch.__version__), "numpy": str(np.__version__), "device": str(device),

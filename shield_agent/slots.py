@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from shield_agent.adversary import Adversary
 from shield_agent.client import AgentSession
-from shield_agent.errors import JoinRefused, ShieldAgentError
+from shield_agent.errors import AGENT_ERRORS, JoinRefused, ShieldAgentError
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentOptions
 from shield_agent.relay import RelayHub
@@ -34,7 +34,7 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
     the PS refused our token ``options.max_refusals`` times in a row. ``session_type`` is the per-connection
     behaviour (tests substitute Byzantine ones)."""
     if options.synthetic is None:
-        import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
+        import shield_model.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
     host = ComputeHost(options.workers, options.compute_threads)
     hub = await _start_relay(options)
@@ -126,7 +126,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
             await session.run()
-        except ShieldAgentError as exc:
+        except AGENT_ERRORS as exc:
             errors.report(exc)
             await conn.close(str(exc), code=exc.code)
             return 2

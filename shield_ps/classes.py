@@ -1,7 +1,7 @@
 """Determinism classes: agents whose canonical probe gradient has the same digest compute bit-equal gradients.
 
 At JOB the PS names a probe (file 0 of step 0 at the job's initial parameters) and a probe seed; each agent answers
-with its environment, the digest of that gradient and its sketch (:mod:`shield_agent.fingerprint`). Agents with
+with its environment, the digest of that gradient and its sketch (the agent's fingerprint module). Agents with
 equal probe digests form one class. The honest spread between classes, estimated from the probe sketches that the PS
 or a quorum of a class's members vouch for, sets the tolerance of the sketch vote
 (:func:`byzantine.tolerance.decide_tolerance`); under ``--vote exact`` only the majority class runs, since

@@ -50,22 +50,22 @@ class ModelState:
         self.probe: ProbeGradients | None = None  # the PS's own probe (shield_ps.reference)
         self.train_samples: int | None = None  # told to agents in JOB, so one reading other data says so
         if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
-            from shield_agent.synthetic import SyntheticComputer
+            from shield_model.synthetic import SyntheticComputer
 
             synthetic = SyntheticComputer(c.synthetic_d, c.seed, 0.0)
             self.initial = synthetic.initial_parameters()
             self.steps_per_epoch = synthetic.steps_per_epoch
             self.probe = ProbeGradients.compute(synthetic, plan.placement.f)
             return
-        from shield_agent.compute import ComputeSpec, GradientComputer
-        from shield_agent.errors import ShieldAgentError
-        from shield_agent.evaluation import Evaluator
+        from shield_model.compute import ComputeSpec, GradientComputer
+        from shield_model.errors import ShieldModelError
+        from shield_model.evaluation import Evaluator
 
         data_dir = str(locate_data(c.dataset, c.data_dir, download=True).path)
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
         try:
             computer = GradientComputer(spec)
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise ConfigError(str(exc)) from None
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch

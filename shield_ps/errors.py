@@ -58,6 +58,6 @@ class SweepError(ConfigError):
 
 
 #: What the PS and its Byzantine math raise on purpose (the CLI reports these as a message, exit 2).
-PS_ERRORS: tuple[type[Exception], ...] = (ShieldPSError, ByzantineError)
+PS_ERRORS = (ShieldPSError, ByzantineError)
 #: A configuration that cannot work, whether the PS or its Byzantine math (placement, attack, tolerance) says so.
-CONFIG_ERRORS: tuple[type[Exception], ...] = (ConfigError, ByzantineConfigError)
+CONFIG_ERRORS = (ConfigError, ByzantineConfigError)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from shield_agent.zoo.names import Dataset
-from shield_agent.zoo.sources import EMBEDDED
+from shield_model.zoo.names import Dataset
+from shield_model.zoo.sources import EMBEDDED
 from shield_ps.cli.serve import LISTENING_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from shield_agent.adversary import (BEHAVIOURS, HONEST, Adversary, AdversaryErro
                                     parse_adversary, zoo_markdown)
 from shield_agent.adversary.vectors import direction
 from shield_agent.fingerprint import probe_fields
-from shield_agent.synthetic import SyntheticComputer
+from shield_model.synthetic import SyntheticComputer
 from byzantine.sketch import SketchParams, relative_spread, SketchReply
 from wire import digest_bytes
 

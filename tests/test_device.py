@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.compute import ComputeSpec, GradientComputer
-from shield_agent.device import parse_device, resolve_device
-from shield_agent.errors import ComputeError
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.device import parse_device, resolve_device
+from shield_model.errors import ComputeError
 from wire import digest_bytes
 from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
 
@@ -45,7 +45,7 @@ def test_cuda_without_a_gpu_says_so_and_auto_falls_back_to_the_cpu() -> None:
 
 _CHILD = """
 import sys
-from shield_agent.compute import ComputeSpec, GradientComputer
+from shield_model.compute import ComputeSpec, GradientComputer
 from wire import digest_bytes
 c = GradientComputer(ComputeSpec("LeNet", "MNIST", sys.argv[1], 0, 30, 3, 1, device="cuda"))
 g = c.file_gradient(c.initial_parameters(), 801, 2).gradient

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from shield_agent.zoo import build_model, build_seeded_model
+from shield_model.zoo import build_model, build_seeded_model
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import wire
-from shield_agent.zoo.plugins import PluginSpec, identify
+from shield_model.zoo.plugins import PluginSpec, identify
 from shield_ps.config import ServeConfig
 from shield_ps.daemon import PSDaemon
 from shield_ps.events import EventSink

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shield_agent.zoo.names import Dataset
-from shield_agent.zoo.sources import EMBEDDED
+from shield_model.zoo.names import Dataset
+from shield_model.zoo.sources import EMBEDDED
 from shield_ps.cli.serve import listening_port
 from tests.runtime_helpers import MNIST_DIR, REPO, Process, events, final_params, offline_user, run_serve
 

@@ -10,7 +10,7 @@ import numpy as np
 import wire
 from shield_agent.client import AgentOptions
 from shield_agent.slots import run_agent
-from shield_agent.synthetic import initial_parameters
+from shield_model.synthetic import initial_parameters
 from wire import Kind
 
 TOKEN = "s" * 32

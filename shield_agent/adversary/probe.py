@@ -1,5 +1,5 @@
 """Behaviours that lie in the JOB reply's determinism fingerprint (the probe that sets the sketch vote's tolerance,
-shield_agent.fingerprint and shield_ps.classes)."""
+shield_agent.fingerprint and the PS's determinism classes)."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,5 @@
 """Byzantine relays (shield_agent.relay): a relay server that withholds or corrupts the parameters it forwards, and
-a child that accuses its honest relay (docs/wire.md's relay broadcast; shield_ps.phases.relay on the PS)."""
+a child that accuses its honest relay (docs/wire.md's relay broadcast; the PS's relay phase)."""
 from __future__ import annotations
 
 import asyncio

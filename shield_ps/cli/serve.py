@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from shield_agent.device import parse_device
+from shield_model.device import parse_device
 from byzantine.aggregators import Aggregator
 from byzantine.attacks import Attack
 from byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
@@ -99,7 +99,7 @@ def _agg_threads(text: str) -> int:
 
 
 def _synthetic_d(text: str) -> int:
-    from shield_agent.synthetic import MAX_SYNTHETIC_D
+    from shield_model.synthetic import MAX_SYNTHETIC_D
 
     value = positive_int(text)
     if value > MAX_SYNTHETIC_D:
@@ -109,24 +109,24 @@ def _synthetic_d(text: str) -> int:
 
 def _network(text: str) -> str:
     """argparse type of --network: a built-in name or MODULE:CALLABLE (imported and checked later, once)."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.names import network_choice
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.names import network_choice
 
     try:
         network_choice(text)
-    except ShieldAgentError as exc:
+    except ShieldModelError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--network ")) from None
     return text
 
 
 def _dataset(text: str) -> str:
     """argparse type of --dataset: a built-in name or MODULE:CALLABLE."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.names import dataset_choice
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.names import dataset_choice
 
     try:
         dataset_choice(text)
-    except ShieldAgentError as exc:
+    except ShieldModelError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--dataset ")) from None
     return text
 

@@ -61,7 +61,7 @@ _AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from shield_agent.device import parse_device
+    from shield_model.device import parse_device
     from byzantine.byzantine_sets import ByzantineChoice
     from shield_ps.cli.serve import _agg_threads, _alie_z
     from shield_ps.sweep.grid import Preset

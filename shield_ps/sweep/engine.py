@@ -3,7 +3,7 @@
 With simulated attacks every agent is honest, so the r replicas of a file are bit-equal (one determinism class,
 docs/compute.md) and the vote picks that value; the step of a ``shield-ps serve --local-agents K`` run is then
 
-    f file gradients (the agents' :class:`~shield_agent.compute.GradientComputer`) -> attack simulation and robust
+    f file gradients (the agents' :class:`~shield_model.compute.GradientComputer`) -> attack simulation and robust
     aggregation (the PS's own :class:`~shield_ps.phases.aggregate.Aggregation`) -> momentum SGD with the schedule
     (:class:`~shield_ps.optimizer.MomentumSGD`, :class:`~shield_ps.optimizer.Schedule`)
 
@@ -56,9 +56,9 @@ class InProcessRun:
     computed (cpu, cuda, cuda:N; as ``shield-agent join --device``)."""
 
     def __init__(self, config: ServeConfig, device: str = "cpu") -> None:
-        from shield_agent.compute import ComputeSpec, GradientComputer
-        from shield_agent.errors import ShieldAgentError
-        from shield_agent.evaluation import Evaluator
+        from shield_model.compute import ComputeSpec, GradientComputer
+        from shield_model.errors import ShieldModelError
+        from shield_model.evaluation import Evaluator
         from shield_ps.phases.aggregate import Aggregation, ShortStep
 
         if config.synthetic_d is not None:
@@ -74,7 +74,7 @@ class InProcessRun:
             self.computer = GradientComputer(ComputeSpec(config.network, config.dataset, data_dir, config.seed,
                                                          self.plan.batch_size, f, config.threads, device))
             self.evaluator = Evaluator(config.network, config.dataset, data_dir, config.seed, threads=config.threads)
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise ConfigError(str(exc)) from None
         self.rows = np.empty((f, self.computer.num_params), dtype=np.float32)
         self.aggregation = Aggregation(self.plan, self.rows, ShortStep(config.short_step))
@@ -224,7 +224,7 @@ def read_config(path: Path) -> ServeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shield_agent.device import parse_device
+    from shield_model.device import parse_device
     from shield_ps.cli.serve import _agg_threads
 
     parser = argparse.ArgumentParser(prog="python -m shield_ps.sweep.engine", description=__doc__.split("\n\n")[0])

@@ -315,14 +315,14 @@ def _scalar(key: str, value: Any, annotation: str) -> Any:
 def zoo_name(key: str, value: Any) -> str:
     """``value`` if it names a network (``key`` = "network") or dataset the zoo knows, or a plug-in's
     ``MODULE:CALLABLE`` (imported and checked once the sweep starts); SweepError otherwise."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.names import Dataset, Network
-    from shield_agent.zoo.plugins import is_plugin, parse_plugin
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.names import Dataset, Network
+    from shield_model.zoo.plugins import is_plugin, parse_plugin
 
     if is_plugin(value):
         try:
             return parse_plugin(value, key).text
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise SweepError(str(exc)) from None
     choices = [m.value for m in (Network if key == "network" else Dataset)]
     if value not in choices:

@@ -1,15 +1,15 @@
 """Network and dataset names as the CLIs spell them. Torch-free, so argument parsers can use them cheaply.
 
 A ``--network``/``--dataset`` value is a *choice*: a built-in (a member of :class:`Network`/:class:`Dataset`, the
-keys of the registries) or a plug-in's ``MODULE:CALLABLE`` (:class:`~shield_agent.zoo.plugins.PluginSpec`).
+keys of the registries) or a plug-in's ``MODULE:CALLABLE`` (:class:`~shield_model.zoo.plugins.PluginSpec`).
 """
 from __future__ import annotations
 
 import enum
 from typing import Union
 
-from shield_agent.errors import DatasetError, ModelError
-from shield_agent.zoo.plugins import PluginSpec, is_plugin, parse_plugin
+from shield_model.errors import DatasetError, ModelError
+from shield_model.zoo.plugins import PluginSpec, is_plugin, parse_plugin
 
 
 class Network(str, enum.Enum):
@@ -60,7 +60,7 @@ DatasetChoice = Union[Dataset, PluginSpec]
 
 def network_choice(value: str | Network | PluginSpec) -> NetworkChoice:
     """A ``--network`` value: a built-in :class:`Network` (case-insensitive) or a plug-in ``MODULE:CALLABLE``;
-    :class:`ModelError` (or :class:`~shield_agent.errors.PluginError`) naming what is allowed otherwise."""
+    :class:`ModelError` (or :class:`~shield_model.errors.PluginError`) naming what is allowed otherwise."""
     if isinstance(value, (Network, PluginSpec)):
         return value
     if is_plugin(value):

@@ -2,7 +2,7 @@
 job before anything starts (docs/your-model.md).
 
 Training samples are read from the plug-in's own dataset for every file, with the process-wide generators seeded
-from the file's words (:func:`~shield_agent.zoo.seeds.seeded_globals`): an ``__getitem__`` that augments at random
+from the file's words (:func:`~shield_model.zoo.seeds.seeded_globals`): an ``__getitem__`` that augments at random
 draws the same numbers on every replica of a file and new ones at every step, as the built-in augmentation does.
 The held-out split is read once (seeded too) and kept as one float32 tensor. Samples are cast to float32 and fed to
 the network as they are: a plug-in normalises its own data.
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from shield_agent.errors import PluginError
-from shield_agent.zoo.plugins import PluginSpec, describe_call_error, load_callable
-from shield_agent.zoo.seeds import seed_of, seeded_globals
+from shield_model.errors import PluginError
+from shield_model.zoo.plugins import PluginSpec, describe_call_error, load_callable
+from shield_model.zoo.seeds import seed_of, seeded_globals
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ MAX_CLASSES = 1 << 20
 
 
 class PluginData:
-    """A plug-in's ``(train, test)`` datasets behind :class:`~shield_agent.zoo.datasets.TrainingData`. Construction
+    """A plug-in's ``(train, test)`` datasets behind :class:`~shield_model.zoo.datasets.TrainingData`. Construction
     validates the contract and raises :class:`PluginError` saying what is wrong."""
 
     def __init__(self, spec: PluginSpec, train: Any, test: Any) -> None:
@@ -164,9 +164,9 @@ def _load_cached(spec: PluginSpec, data_dir: Path) -> PluginData:
 def check_model(network: str, dataset: str, data_dir: str | Path, seed: int = 0) -> None:
     """Load ``dataset``, build ``network`` for it and run one training forward and backward pass on two samples and
     one evaluation pass on two held-out samples: the checks a job gets once, before any agent starts.
-    :class:`PluginError` (or another ShieldAgentError) saying what does not fit."""
-    from shield_agent.zoo.datasets import load_data
-    from shield_agent.zoo.models import build_network, check_applicable
+    :class:`PluginError` (or another ShieldModelError) saying what does not fit."""
+    from shield_model.zoo.datasets import load_data
+    from shield_model.zoo.models import build_network, check_applicable
 
     data = load_data(dataset, data_dir)
     check_applicable(network, dataset)

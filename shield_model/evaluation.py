@@ -4,7 +4,7 @@ BatchNorm running statistics are not part of the parameter vector, and no worker
 before evaluating a network with BatchNorm, the Evaluator resets every BN layer's running statistics and re-estimates
 them from a fixed set of training batches (train mode, no gradient, cumulative moving average, ``momentum=None``),
 drawn deterministically from the job seed with the training augmentation. Whatever a plug-in model draws from the
-process-wide generators (dropout in those training-mode passes) is seeded the same way (:mod:`shield_agent.zoo.seeds`).
+process-wide generators (dropout in those training-mode passes) is seeded the same way (:mod:`shield_model.zoo.seeds`).
 The result therefore depends only on the parameter vector, the data and the seed.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from shield_agent.compute import CALIBRATION_TAG, FORWARD_TAG, configure_torch, seeded_rng
-from shield_agent.errors import ComputeError
-from shield_agent.zoo.datasets import load_data
-from shield_agent.zoo.flat import FlatParameters
-from shield_agent.zoo.models import build_network, check_applicable
-from shield_agent.zoo.names import dataset_choice, network_choice
-from shield_agent.zoo.seeds import SeededForward
+from shield_model.compute import CALIBRATION_TAG, FORWARD_TAG, configure_torch, seeded_rng
+from shield_model.errors import ComputeError
+from shield_model.zoo.datasets import load_data
+from shield_model.zoo.flat import FlatParameters
+from shield_model.zoo.models import build_network, check_applicable
+from shield_model.zoo.names import dataset_choice, network_choice
+from shield_model.zoo.seeds import SeededForward
 
 #: Tag of the evaluation-mode passes' seeded streams (a model that draws even in eval mode stays deterministic).
 EVAL_TAG = 0x4556414C

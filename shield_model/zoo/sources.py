@@ -10,8 +10,8 @@ In order:
 4. The copy embedded in the package, for MNIST: its real 10,000-image test split (CC BY-SA 3.0, see NOTICE), split
    into 8,000 training and 2,000 held-out images. So the quick start runs offline with an empty cache.
 
-Otherwise a :class:`~shield_agent.errors.DatasetError` that says what to pass. Torch-free: only file names are
-checked here; loading is :func:`shield_agent.zoo.datasets.load_dataset`'s job.
+Otherwise a :class:`~shield_model.errors.DatasetError` that says what to pass. Torch-free: only file names are
+checked here; loading is :func:`shield_model.zoo.datasets.load_dataset`'s job.
 
 A plug-in dataset (``--dataset MODULE:CALLABLE``) reads whatever it wants from the directory it is given: ``--data-dir
 DIR`` when given (it must exist), else the cache directory, which need not exist (the plug-in may create it or
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from shield_agent.errors import DatasetError
-from shield_agent.zoo.mnist_idx import missing_mnist
-from shield_agent.zoo.names import Dataset, DatasetChoice, choice_name, dataset_choice, parse_dataset
-from shield_agent.zoo.plugins import PluginSpec
-from shield_agent.zoo.readers import missing_cifar10, missing_cifar100, missing_svhn
+from shield_model.errors import DatasetError
+from shield_model.zoo.mnist_idx import missing_mnist
+from shield_model.zoo.names import Dataset, DatasetChoice, choice_name, dataset_choice, parse_dataset
+from shield_model.zoo.plugins import PluginSpec
+from shield_model.zoo.readers import missing_cifar10, missing_cifar100, missing_svhn
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _default_text(data: Dataset) -> str:
 
 def _download(data: Dataset, cache: Path, timeout: float) -> None:
     """Fetch ``data`` into ``cache`` and verify it (a failure leaves no empty directory behind)."""
-    from shield_agent.zoo.prepare import prepare
+    from shield_model.zoo.prepare import prepare
 
     log.warning("%s is not in %s yet: downloading it (first use)", data.value, cache)
     previous = socket.getdefaulttimeout()

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from shield_agent.errors import DatasetError
+from shield_model.errors import DatasetError
 
 CIFAR10_DIR = "cifar-10-batches-bin"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))

@@ -4,7 +4,7 @@ Step ``t``'s batch is a pure function of ``(seed, t)``: an epoch-wise permutatio
 ``(seed, epoch)``, cut into consecutive batches of ``b`` samples (the last partial batch of an epoch is dropped).
 File ``i`` of ``f`` is the contiguous slice ``[i*b/f, (i+1)*b/f)`` of that batch, and its augmentation is drawn from
 an RNG seeded by ``(seed, t, i)``; so are whatever a plug-in's dataset and model draw from the process-wide generators
-(a random crop, dropout: :mod:`shield_agent.zoo.seeds`). With a fixed torch thread count and deterministic
+(a random crop, dropout: :mod:`shield_model.zoo.seeds`). With a fixed torch thread count and deterministic
 algorithms, honest workers that compute the same file get bit-identical gradients, which is what ByzShield's majority
 vote relies on (Konstantinidis & Ramamoorthy, MLSys 2021, Sec. 3: each file is processed by r workers and the
 majority of the r results wins). An operation without a deterministic kernel on the device only warns: that agent's
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from shield_agent.device import resolve_device
-from shield_agent.errors import ComputeError
-from shield_agent.zoo.datasets import load_data
-from shield_agent.zoo.flat import FlatParameters
-from shield_agent.zoo.models import build_network, build_seeded_model, check_applicable
-from shield_agent.zoo.names import choice_name, dataset_choice, network_choice
-from shield_agent.zoo.seeds import SeededForward, seeded_rng
+from shield_model.device import resolve_device
+from shield_model.errors import ComputeError
+from shield_model.zoo.datasets import load_data
+from shield_model.zoo.flat import FlatParameters
+from shield_model.zoo.models import build_network, build_seeded_model, check_applicable
+from shield_model.zoo.names import choice_name, dataset_choice, network_choice
+from shield_model.zoo.seeds import SeededForward, seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ComputeSpec:
     batch_size: int
     num_files: int
     threads: int = 1
-    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_model.device)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -1,8 +1,8 @@
 """Your own network and dataset: ``--network MODULE:CALLABLE`` and ``--dataset MODULE:CALLABLE`` (docs/your-model.md).
 
-A plug-in is one more kind of entry beside the built-in registries (:data:`shield_agent.zoo.models.NETWORKS`,
-:data:`shield_agent.zoo.datasets.DATASETS`): :func:`shield_agent.zoo.names.network_choice` turns a ``--network``
-value into either a :class:`~shield_agent.zoo.names.Network` or a :class:`PluginSpec`, and each consumer asks the
+A plug-in is one more kind of entry beside the built-in registries (:data:`shield_model.zoo.models.NETWORKS`,
+:data:`shield_model.zoo.datasets.DATASETS`): :func:`shield_model.zoo.names.network_choice` turns a ``--network``
+value into either a :class:`~shield_model.zoo.names.Network` or a :class:`PluginSpec`, and each consumer asks the
 entry it got. Nothing executable travels on the wire: the PS and every agent import ``MODULE`` from their own
 installation (the current directory is searched last, as uvicorn does for ``app:app``), and a job names the plug-in
 by its :class:`PluginIdentity`, a digest of the module's source and the callable's name.
@@ -15,7 +15,7 @@ The contract:
   torch datasets (``len`` and ``[i]``) of ``(tensor, int)`` pairs, every sample tensor of one shape.
 
 This module only parses, imports and digests (torch-free until a plug-in imports it); building and checking happen
-in :mod:`shield_agent.zoo.plugin_data` and :mod:`shield_agent.zoo.models`.
+in :mod:`shield_model.zoo.plugin_data` and :mod:`shield_model.zoo.models`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from shield_agent.errors import PluginError
+from shield_model.errors import PluginError
 
 #: ``MODULE:CALLABLE``: a dotted module path and an attribute name, each a Python identifier.
 _PATTERN = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$", re.ASCII)

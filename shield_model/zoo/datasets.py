@@ -5,7 +5,7 @@ input, augmenting (reflect-pad 4, random 32x32 crop, horizontal flip) from an ex
 input is a pure function of the RNG's seed.
 
 The compute core reads any dataset through one small interface, :class:`TrainingData`: :class:`ImageData` (a built-in
-dataset) and :class:`~shield_agent.zoo.plugin_data.PluginData` (``--dataset MODULE:CALLABLE``) implement it, and
+dataset) and :class:`~shield_model.zoo.plugin_data.PluginData` (``--dataset MODULE:CALLABLE``) implement it, and
 :func:`load_data` loads either.
 """
 from __future__ import annotations
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from shield_agent.errors import DatasetError
-from shield_agent.zoo import readers
-from shield_agent.zoo.mnist_idx import load_mnist_arrays
-from shield_agent.zoo.names import Dataset, DatasetChoice, dataset_choice, parse_dataset
-from shield_agent.zoo.plugins import PluginSpec
-from shield_agent.zoo.seeds import seeded_rng
+from shield_model.errors import DatasetError
+from shield_model.zoo import readers
+from shield_model.zoo.mnist_idx import load_mnist_arrays
+from shield_model.zoo.names import Dataset, DatasetChoice, dataset_choice, parse_dataset
+from shield_model.zoo.plugins import PluginSpec
+from shield_model.zoo.seeds import seeded_rng
 
 if TYPE_CHECKING:
-    from shield_agent.zoo.plugin_data import PluginData
+    from shield_model.zoo.plugin_data import PluginData
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,11 @@ class ImageData:
 
 
 def load_data(dataset: str | DatasetChoice, data_dir: str | Path) -> Union[ImageData, "PluginData"]:
-    """A built-in dataset (:func:`load_dataset`) or a plug-in's (:func:`shield_agent.zoo.plugin_data.load_plugin_data`)
+    """A built-in dataset (:func:`load_dataset`) or a plug-in's (:func:`shield_model.zoo.plugin_data.load_plugin_data`)
     read from ``data_dir``; cached per process either way."""
     choice = dataset_choice(dataset)
     if isinstance(choice, PluginSpec):
-        from shield_agent.zoo.plugin_data import load_plugin_data
+        from shield_model.zoo.plugin_data import load_plugin_data
 
         return load_plugin_data(choice, data_dir)
     return load_dataset(choice, data_dir)

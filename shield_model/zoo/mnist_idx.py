@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shield_agent.errors import DatasetError
+from shield_model.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

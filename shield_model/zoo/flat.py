@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shield_agent.errors import ComputeError
+from shield_model.errors import ComputeError
 
 
 class FlatParameters:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shield_agent.errors import DatasetError
-from shield_agent.zoo.names import Dataset, parse_dataset
+from shield_model.errors import DatasetError
+from shield_model.zoo.names import Dataset, parse_dataset
 
 if TYPE_CHECKING:
-    from shield_agent.zoo.datasets import ImageData
+    from shield_model.zoo.datasets import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = N
     """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check.
     ``source``: take the files from this local file or directory (see the module) instead of downloading them;
     those it does not hold are fetched as usual."""
-    from shield_agent.zoo.datasets import _load_cached, load_dataset
+    from shield_model.zoo.datasets import _load_cached, load_dataset
 
     data = parse_dataset(dataset)
     folder = Path(data_dir).expanduser()

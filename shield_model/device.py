@@ -13,7 +13,7 @@ import argparse
 import os
 import re
 
-from shield_agent.errors import ComputeError
+from shield_model.errors import ComputeError
 
 CUBLAS_WORKSPACE = ":4096:8"
 _PATTERN = re.compile(r"^(cpu|auto|cuda(:\d{1,3})?)$")

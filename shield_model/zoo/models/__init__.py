@@ -1,7 +1,7 @@
 """The network registry: one table from :class:`Network` (values are the CLI names) to a constructor and the datasets
 the network applies to. The number of classes and input channels always follow the dataset.
 
-A plug-in network (``--network MODULE:CALLABLE``, :mod:`shield_agent.zoo.plugins`) is one more kind of entry:
+A plug-in network (``--network MODULE:CALLABLE``, :mod:`shield_model.zoo.plugins`) is one more kind of entry:
 :func:`network_entry` gives the registry's entry for a built-in name and a plug-in entry for a plug-in, and every
 builder below goes through it."""
 from __future__ import annotations
@@ -12,16 +12,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from shield_agent.errors import ModelError, PluginError
-from shield_agent.zoo.datasets import DATASETS
-from shield_agent.zoo.models.densenet import densenet121
-from shield_agent.zoo.models.lenet import LeNet
-from shield_agent.zoo.models.resnet import resnet18, resnet34, resnet50
-from shield_agent.zoo.models.vgg import vgg11, vgg13
-from shield_agent.zoo.names import (Dataset, Network, NetworkChoice, choice_name, dataset_choice, network_choice,
+from shield_model.errors import ModelError, PluginError
+from shield_model.zoo.datasets import DATASETS
+from shield_model.zoo.models.densenet import densenet121
+from shield_model.zoo.models.lenet import LeNet
+from shield_model.zoo.models.resnet import resnet18, resnet34, resnet50
+from shield_model.zoo.models.vgg import vgg11, vgg13
+from shield_model.zoo.names import (Dataset, Network, NetworkChoice, choice_name, dataset_choice, network_choice,
                                     parse_dataset, parse_network)
-from shield_agent.zoo.plugins import PluginSpec, describe_call_error, load_callable
-from shield_agent.zoo.seeds import RNG_LOCK
+from shield_model.zoo.plugins import PluginSpec, describe_call_error, load_callable
+from shield_model.zoo.seeds import RNG_LOCK
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def build_plugin_network(spec: PluginSpec, num_classes: int) -> nn.Module:
 
 def applicable(network: str | Network, dataset: str | Dataset) -> bool:
     """Whether ``network`` accepts ``dataset``'s inputs (a plug-in on either side: checked by a forward pass
-    instead, :func:`shield_agent.zoo.plugin_data.check_model`)."""
+    instead, :func:`shield_model.zoo.plugin_data.check_model`)."""
     datasets = network_entry(network).datasets
     data = dataset_choice(dataset)
     return datasets is None or isinstance(data, PluginSpec) or data in datasets
