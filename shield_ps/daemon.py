@@ -31,7 +31,7 @@ from shield_ps.optimizer import MomentumSGD
 from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.phases.accounting import Tally
 from shield_ps.reference import ProbeGradients
-from shield_ps.round import StepOutcome, StepRunner
+from shield_ps.step import StepOutcome, StepRunner
 from shield_ps import plugins
 from wire import ConnectionClosed, Connection, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
 

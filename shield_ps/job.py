@@ -116,7 +116,7 @@ def resolve_job(config: ServeConfig) -> JobPlan:
 def _resolve_attack(config: ServeConfig, placement: Placement) -> tuple[Attack | None, ByzantineSchedule | None]:
     if config.attack == NO_ATTACK and config.byzantine > 0 and config.byzantine_gen == "fixed":
         # no simulation: the fixed workers are real Byzantine agents on the wire, named so that files_corrupted
-        # counts the files they could set (shield_ps.round)
+        # counts the files they could set (shield_ps.step)
         return None, make_schedule("fixed", placement, config.byzantine, seed=config.seed,
                                    fixed=list(config.fixed_byzantine))
     if config.attack == NO_ATTACK or config.byzantine == 0:

@@ -13,11 +13,13 @@ from typing import Any, Iterable, Sequence
 
 from shield_ps.errors import PlotError
 from shield_ps.events import effective_events
+from shield_ps.phases.names import Phase
 from shield_ps.view.replay import iter_events, metrics_path
 from shield_ps.view.state import PHASES
 
-PHASE_COLORS = {"broadcast": "#4c9be8", "compute": "#58b368", "gather": "#8f6bd8", "vote": "#e0a030",
-                "aggregate": "#e8674c", "update": "#9a9a9a"}
+PHASE_COLORS = {Phase.BROADCAST.value: "#4c9be8", Phase.DIGEST_GATHER.value: "#58b368",
+                Phase.PAYLOAD_FETCH.value: "#8f6bd8", Phase.VOTE.value: "#e0a030", Phase.AGGREGATE.value: "#e8674c",
+                Phase.UPDATE.value: "#9a9a9a"}
 
 
 @dataclass(frozen=True)

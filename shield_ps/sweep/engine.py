@@ -39,6 +39,7 @@ from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.phases.accounting import StepAccount, Tally
+from shield_ps.phases.names import TOTAL, Phase
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class InProcessRun:
         return reason
 
     def _step(self, sink: EventSink, optimizer: MomentumSGD, step: int) -> None:
-        """One step: as :class:`shield_ps.round.StepRunner` with every file won by its honest replicas."""
+        """One step: as :class:`shield_ps.step.StepRunner` with every file won by its honest replicas."""
         plan = self.plan
         placement = plan.placement
         lr = plan.schedule.lr_at(step)
@@ -170,8 +171,8 @@ class InProcessRun:
                   loss=float(np.mean(honest)) if honest else None, files=placement.f, files_won=placement.f,
                   files_dropped=0, files_corrupted=len(result.corrupted),
                   aggregation={"action": result.action, "s": result.s, "reason": result.reason},
-                  times={"compute": compute, "aggregate": aggregate, "update": update,
-                         "total": compute + aggregate + update},
+                  times={Phase.DIGEST_GATHER.value: compute, Phase.AGGREGATE.value: aggregate,
+                         Phase.UPDATE.value: update, TOTAL: compute + aggregate + update},
                   engine=ENGINE, **account.fields())
         if result.gradient is None:
             log.warning("step %d: update skipped: %s", step, result.reason)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from shield_ps.phases.names import TOTAL
 from shield_ps.sweep.grid import RunSpec
 
 COMPLETED = "completed"
@@ -74,8 +75,8 @@ def summarize(spec: RunSpec, events: Iterable[dict[str, Any]], status: str) -> R
     ordered = [steps[s] for s in sorted(steps)]
     fractions = [e["files_corrupted"] / e["files"] for e in ordered
                  if isinstance(e.get("files_corrupted"), int) and isinstance(e.get("files"), int) and e["files"]]
-    totals = [e["times"]["total"] for e in ordered if isinstance(e.get("times"), dict)
-              and isinstance(e["times"].get("total"), (int, float))]
+    totals = [e["times"][TOTAL] for e in ordered if isinstance(e.get("times"), dict)
+              and isinstance(e["times"].get(TOTAL), (int, float))]
     return RunRow(
         run=spec.name, scheme=spec.scheme.value, aggregator=spec.aggregator.value, attack=spec.attack, q=spec.q,
         seed=spec.seed, status=status, steps=len(ordered),

@@ -13,6 +13,7 @@ import math
 import random
 from typing import Any, Iterator
 
+from shield_ps.phases.names import TOTAL, Phase
 from shield_ps.view.state import CATEGORIES, PHASES
 
 #: a step whose files were too few to aggregate (``aggregation.action`` = ``skip``), as the step index mod this
@@ -41,11 +42,11 @@ def _step_event(rng: random.Random, step: int, steps: int, workers: int, files: 
     if corrupted and step % 4 == 1:  # an honest worker outvoted in a file the adversary won
         honest = [w for w in range(workers) if w not in byzantine]
         outvoted = sorted({*outvoted, honest[step % len(honest)]}) if honest else outvoted
-    times = {"broadcast": 0.01 + 0.005 * rng.random(), "compute": 0.2 + 0.05 * rng.random(),
-             "gather": 0.05 + 0.02 * rng.random(), "vote": 0.001, "aggregate": 0.01 + 0.005 * rng.random(),
-             "update": 0.002}
-    times = {k: round(v, 5) for k, v in times.items()}
-    times["total"] = round(sum(times[p] for p in PHASES), 5)
+    seconds = {Phase.BROADCAST: 0.01 + 0.005 * rng.random(), Phase.DIGEST_GATHER: 0.2 + 0.05 * rng.random(),
+               Phase.PAYLOAD_FETCH: 0.05 + 0.02 * rng.random(), Phase.VOTE: 0.001,
+               Phase.AGGREGATE: 0.01 + 0.005 * rng.random(), Phase.UPDATE: 0.002}
+    times = {phase.value: round(v, 5) for phase, v in seconds.items()}
+    times[TOTAL] = round(sum(times[p] for p in PHASES), 5)
     aggregation = ({"action": "skip", "s": None, "reason": "2 files survived; the aggregator needs 3"} if skip
                    else {"action": "aggregate", "s": len(byzantine), "reason": None})
     event = {"kind": "step", "time": now, "step": step, "epoch": step // max(steps // 4, 1),

@@ -4,6 +4,7 @@ one built from what the view saw)."""
 from __future__ import annotations
 
 from shield_ps.view.fields import WorkerCounts
+from shield_ps.phases.names import TOTAL
 from shield_ps.view.state import PHASES, Summary, ViewState
 
 
@@ -40,7 +41,7 @@ def eta_seconds(state: ViewState) -> float | None:
 def phase_means(state: ViewState) -> dict[str, float]:
     """Mean seconds per step of each phase seen so far, in :data:`PHASES` order (plus ``total`` if reported)."""
     n = max(state.steps_seen, 1)
-    return {k: state.phases_sum[k] / n for k in (*PHASES, "total") if k in state.phases_sum}
+    return {k: state.phases_sum[k] / n for k in (*PHASES, TOTAL) if k in state.phases_sum}
 
 
 def worker_counts(state: ViewState, attribute: str) -> WorkerCounts:

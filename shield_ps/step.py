@@ -40,6 +40,7 @@ from shield_ps.phases.exclusion import Exclusions
 from shield_ps.phases.fetch import Fetcher
 from shield_ps.phases.gather import Gather
 from shield_ps.phases.groups import SplitFiles
+from shield_ps.phases.names import TOTAL, Phase
 from shield_ps.phases.relay_round import RelayRound
 from shield_ps.phases.sketch import SketchRound
 from shield_ps.phases.vote import ExactVote, TolerantVote, VoteOutcome, VotePhase
@@ -195,14 +196,14 @@ class StepRunner:
         for worker in busy:
             self._step_slow.add(worker)
             collector.drop_worker(worker)
-        times["broadcast"] = time.perf_counter() - started
+        times[Phase.BROADCAST.value] = time.perf_counter() - started
 
         mark = time.perf_counter()
         late = await self.gather.run(step, collector, self.relays.protected_until)
         self.relays.end_step(late)
         self.collector = None
         self._mark_late(late)
-        times["compute"] = time.perf_counter() - mark
+        times[Phase.DIGEST_GATHER.value] = time.perf_counter() - mark
 
         self.auto.last = {}
         outcome = await self._votes[self.vote_mode].run(step, collector, times)
@@ -212,13 +213,13 @@ class StepRunner:
         byzantine = plan.byzantine.at(step) if plan.byzantine is not None else ()
         result = await self._loop.run_in_executor(None, self.aggregation.run, step, outcome.won, byzantine,
                                                   len(outcome.provable))
-        times["aggregate"] = time.perf_counter() - mark
+        times[Phase.AGGREGATE.value] = time.perf_counter() - mark
         mark = time.perf_counter()
         await self._apply(step, lr, result)
-        times["update"] = time.perf_counter() - mark
+        times[Phase.UPDATE.value] = time.perf_counter() - mark
         unanswered = await outcome.settle() if outcome.settle is not None else set()
         audit_lying, audit_slow = await self._settle_audit(outcome)
-        times["total"] = time.perf_counter() - started
+        times[TOTAL] = time.perf_counter() - started
 
         report, vote = outcome.report, outcome.vote
         lying = self._step_lying | report.lying | audit_lying
