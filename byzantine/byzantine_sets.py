@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -62,8 +62,10 @@ DETOX_ORDERS: dict[DetoxAttack, Callable[[Groups, int], list[int]]] = {
     DetoxAttack.WHOLE_GROUP: _detox_whole_group,
 }
 
+_Choice = TypeVar("_Choice", bound=enum.Enum)
 
-def _parse(enum_type: type[enum.Enum], value: object, what: str) -> enum.Enum:
+
+def _parse(enum_type: type[_Choice], value: object, what: str) -> _Choice:
     try:
         return enum_type(value)
     except ValueError:

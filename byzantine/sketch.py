@@ -313,7 +313,7 @@ def check_payloads(items: Sequence[tuple[np.ndarray, SketchReply]], seed: bytes,
 
 
 def _compare(payload: np.ndarray, claimed: SketchReply, mine: np.ndarray) -> str | None:
-    if not np.array_equal(mine, claimed.sketch):
+    if claimed.sketch is None or not np.array_equal(mine, claimed.sketch):
         return "its payload's sketch differs from the sketch it sent"
     norm = l2_norm(payload)
     if claimed.norm is None or abs(claimed.norm - norm) > NORM_RTOL * max(norm, 1e-30):

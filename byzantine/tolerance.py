@@ -116,7 +116,7 @@ def decide_tolerance(claims: Mapping[int, ProbeClaim], d: int, *, quorum: int, r
     for worker in sorted(claims):
         by_digest.setdefault(claims[worker].digest, []).append(worker)
     for digest, workers in by_digest.items():
-        replies = {w: claims[w].probe for w in workers if claims[w].probe is not None}
+        replies = {w: probe for w in workers if (probe := claims[w].probe) is not None}
         if reference is not None and digest == reference.digest:
             liars += [w for w, reply in replies.items() if not same_reply(reply, reference.probe)]
             continue

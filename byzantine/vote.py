@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Collection, Generic, Mapping, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Collection, Generic, Mapping, Sequence, TypeVar, Union, cast
 
 import numpy as np
 
@@ -89,12 +89,12 @@ class VoteResult(Generic[W]):
 
 
 def _holders_and_r_prime(file_workers: FileWorkers, r_prime: int | None) -> tuple[tuple[tuple[int, ...], ...], int]:
-    table = getattr(file_workers, "file_workers", file_workers)
+    table = cast(Sequence[Sequence[int]], getattr(file_workers, "file_workers", file_workers))  # a Placement's
     holders = tuple(tuple(int(w) for w in ws) for ws in table)
     if r_prime is None:
         if not hasattr(file_workers, "r_prime"):
             raise VoteError("r_prime is required when file_workers is not a Placement")
-        r_prime = int(file_workers.r_prime)  # type: ignore[union-attr]
+        r_prime = int(file_workers.r_prime)
     if isinstance(r_prime, bool) or not isinstance(r_prime, (int, np.integer)) or r_prime < 1:
         raise VoteError(f"r_prime must be a positive integer, got {r_prime!r}")
     for i, ws in enumerate(holders):
@@ -204,7 +204,8 @@ def vote_tolerant(file_workers: FileWorkers, replies: Sequence[Mapping[int, np.n
             if vec.shape != shape:
                 raise VoteError(f"file {i}: worker {w} sent length {vec.shape[0]}, others {shape[0]}")
         finite = [w for w in sorted(present) if np.isfinite(present[w]).all()]
-        winner, agree = None, ()
+        agree: tuple[int, ...] = ()
+        winner = None
         if finite:
             close = _agreement([present[w] for w in finite], rtol, atol)
             support = close.sum(axis=1)

@@ -165,13 +165,14 @@ class _Search:
         ws = np.arange(j, self.K - t + 1)
         child_bounds = np.minimum(self.bounds(counts, ws, t - 1), bound)
         prefix_mask = sum(1 << w for w in self.chosen)
+        symmetry = self.symmetry  # set whenever masks are (the symmetry filter makes them)
         for i, w in enumerate(ws.tolist()):
             if child_bounds[i] <= self.best:
                 continue
             child_masks = None
-            if masks is not None and (len(self.chosen) < SYMMETRY_DEPTH or t > LEAF_T):
-                child_masks = self.symmetry.extend(masks, w)
-                if not self.symmetry.minimal(child_masks, prefix_mask | (1 << w)):
+            if masks is not None and symmetry is not None and (len(self.chosen) < SYMMETRY_DEPTH or t > LEAF_T):
+                child_masks = symmetry.extend(masks, w)
+                if not symmetry.minimal(child_masks, prefix_mask | (1 << w)):
                     continue
             self.chosen.append(w)
             try:
@@ -226,14 +227,14 @@ def _local_search(placement: Placement, q: int) -> tuple[int, tuple[int, ...]]:
     best = max(starts, key=value)
     rng = np.random.default_rng(placement.K * 1000 + q)  # deterministic kicks: same answer every run
     for _ in range(KICKS if 0 < q < placement.K else 0):
-        trial = list(best)
-        outside = np.setdiff1d(np.arange(placement.K), trial)
+        kicked = list(best)
+        outside = np.setdiff1d(np.arange(placement.K), kicked)
         for position, w in zip(rng.choice(q, size=min(2, q, len(outside)), replace=False),
                                rng.choice(outside, size=min(2, q, len(outside)), replace=False)):
-            trial[position] = int(w)
-        trial = _improve(H, rp, trial)
-        if value(trial) > value(best):
-            best = trial
+            kicked[position] = int(w)
+        kicked = _improve(H, rp, kicked)
+        if value(kicked) > value(best):
+            best = kicked
     return value(best), tuple(sorted(best))
 
 

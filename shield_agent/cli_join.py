@@ -93,7 +93,7 @@ class _Behaviours(argparse.Action):
 
         specs = [*getattr(namespace, self.dest, []), values]
         try:
-            check_composable(tuple(specs))  # type: ignore[arg-type]
+            check_composable(tuple(specs))
         except AdversaryError as exc:
             raise argparse.ArgumentError(self, str(exc)) from None
         setattr(namespace, self.dest, specs)

@@ -284,7 +284,7 @@ class AgentSession:
             assert self.job is not None
             await loop.run_in_executor(self._executor, functools.partial(
                 self.adversary.commit, out, work.step, file, self.job.worker, keep=self._sketched))
-        digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
+        digest = await loop.run_in_executor(self._executor, digest_bytes, out.data.cast("B"))
         return result, digest
 
     async def _on_fetch(self, msg: Message) -> None:
@@ -343,8 +343,8 @@ class AgentSession:
             yield self.adversary.forge(payload) if self.adversary.forges else payload
             return
         async with self._lazy.payload(self._params[work.step % 2], work.step, file,
-                                      lambda: self._still_holds(work)) as payload:
-            yield payload
+                                      lambda: self._still_holds(work)) as regenerated:
+            yield regenerated
 
     def _still_holds(self, work: _StepWork) -> bool:
         """Whether ``self._params[work.step % 2]`` surely still holds ``work``'s parameters: ``work`` is current and

@@ -121,7 +121,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
             backoff = min(backoff * 2, options.max_backoff)
             continue
         refusals.count, backoff = 0, 0.5
-        log.debug("slot %d joined %s as peer %d", slot, address, conn.peer.id)
+        log.debug("slot %d joined %s as peer %d", slot, address, conn.known_peer.id)
         session = session_type(options, conn, host, hub)
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
@@ -131,22 +131,22 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
             await conn.close(str(exc), code=exc.code)
             return 2
         except ConnectionClosed as exc:  # closed under a read (the PS cut a STEP at its deadline): lost, not fatal
-            log.info("worker %d: the connection closed during a read: %s", conn.peer.id, exc)
+            log.info("worker %d: the connection closed during a read: %s", conn.known_peer.id, exc)
         finally:
             if leaver is not None:
                 leaver.cancel()
                 await asyncio.gather(leaver, return_exceptions=True)
             await conn.close("agent leaving")
         if session.finished or (watcher is not None and watcher.event.is_set()):
-            return _ended(session, conn.peer.id)
+            return _ended(session, conn.known_peer.id)
         refused = getattr(conn.close_error, "remote_code", None)
         if refused in FINAL_REFUSALS:
             log.error("the PS refused this agent: %s", getattr(conn.close_error, "reason", conn.close_error))
             return 2
         if not options.reconnect:
-            log.warning("worker %d lost the PS (%s); not reconnecting", conn.peer.id, conn.close_error)
+            log.warning("worker %d lost the PS (%s); not reconnecting", conn.known_peer.id, conn.close_error)
             return 1
-        log.warning("worker %d lost the PS (%s); reconnecting", conn.peer.id, conn.close_error)
+        log.warning("worker %d lost the PS (%s); reconnecting", conn.known_peer.id, conn.close_error)
     return 2
 
 

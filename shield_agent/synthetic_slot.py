@@ -75,7 +75,7 @@ class LazyFiles:
         """Compute ``file`` into this thread's scratch and digest it; no sooner than the computer's delay."""
         started = time.perf_counter()
         out = self.committed(params, step, file, _thread_scratch(self.computer.num_params))
-        digest = digest_bytes(memoryview(out).cast("B"))
+        digest = digest_bytes(out.data.cast("B"))
         loss = self.computer.loss(params)
         left = self.computer.delay - (time.perf_counter() - started)
         if left > 0:

@@ -21,6 +21,7 @@ from byzantine.tolerance import (DEFAULT_CAP, SPREAD_FACTOR, ProbeClaim, Referen
                                            check_override, clamp_tolerance, decide_tolerance, same_reply,
                                            tolerance_floor)
 from shield_ps.errors import ShieldPSError
+from wire.sketch import is_plain_number
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def parse_fingerprint(worker: int, header: dict[str, Any], params: SketchParams 
         if type(raw) is not bytes or len(raw) != params.nbytes:
             raise FingerprintError(f"probe_sketch must be {params.nbytes} bytes")
         values = np.frombuffer(raw, dtype="<f8").reshape(params.rows, params.width).astype(np.float64)
-        if not np.isfinite(values).all() or type(norm) not in (int, float) or not math.isfinite(norm) or norm < 0:
+        if (not np.isfinite(values).all() or not is_plain_number(norm) or not math.isfinite(norm)
+                or norm < 0):
             raise FingerprintError("probe_sketch and probe_norm must be finite")
         probe = SketchReply(values, float(norm))
     return Fingerprint(worker, dict(env), digest, probe)

@@ -329,7 +329,7 @@ class PSDaemon:
         asyncio.get_running_loop().create_task(link.conn.close(why, code="protocol"))
 
     async def _on_connection(self, conn: Connection) -> None:
-        if conn.peer.role == Role.OBSERVER.value:
+        if conn.known_peer.role == Role.OBSERVER.value:
             await self.observers.serve(conn)
             return
         assert self.pool is not None

@@ -167,7 +167,7 @@ def _rejects(aggregator: Aggregator, kwargs: dict[str, Any], n: int) -> str | No
     if n <= 0:
         return "no file is left"
     probe = np.random.default_rng(0).standard_normal((n, 2)).astype(np.float32)
-    small = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
+    small: dict[str, Any] = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
     try:
         aggregate(aggregator, probe, **small)
     except AggregationError as exc:

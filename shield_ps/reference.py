@@ -31,7 +31,7 @@ class ProbeGradients:
     def __init__(self, probe: np.ndarray, distance: float | None) -> None:
         self.probe = probe
         self.distance = distance
-        self.digest = digest_bytes(memoryview(probe).cast("B"))
+        self.digest = digest_bytes(probe.data.cast("B"))
 
     @classmethod
     def compute(cls, computer: Any, num_files: int) -> "ProbeGradients":

@@ -164,7 +164,7 @@ def encode_vector(src: Any, codec: Codec | str = Codec.LZ4, level: int = 1, *,
     raw = as_float32_bytes(src)
     n = len(raw) // ITEMSIZE
     step = chunk_elems * ITEMSIZE
-    pieces = [raw[i:i + step] for i in range(0, len(raw), step)]
+    pieces: list[bytes | memoryview] = [raw[i:i + step] for i in range(0, len(raw), step)]
     if codec is Codec.NONE:
         chunks: list[bytes | memoryview] = pieces
     else:

@@ -196,7 +196,8 @@ def parse_header(data: bytes | bytearray | memoryview, payload_len: int, limits:
     _check_plain(obj)
     if not obj.keys() <= {"k", "i", "r", "h", "v"}:
         raise FrameError("unknown header field")
-    kind = _KINDS.get(obj.get("k")) if type(obj.get("k")) is str else None
+    k = obj.get("k")
+    kind = _KINDS.get(k) if type(k) is str else None
     if kind is None:
         raise FrameError("unknown message kind")
     header = obj.get("h", {})

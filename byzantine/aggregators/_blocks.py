@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar, cast
 
 import numpy as np
 
@@ -152,18 +152,18 @@ def gram(X: np.ndarray | Sequence[np.ndarray], extra: np.ndarray | None = None,
     """
     n, d = len(X), X[0].shape[0]
     rows = n + (extra is not None)
-    direct = isinstance(X, np.ndarray) and extra is None
+    matrix = X if isinstance(X, np.ndarray) and extra is None else None  # read blocks straight from X
     width = block_width(rows)
     blocks = list(column_blocks(d, width))
     products = np.empty((len(blocks), rows, rows), dtype=np.float32)
 
     def task(part: Sequence[tuple[int, slice]]) -> None:
-        buf = None if direct else np.empty((rows, width), dtype=np.float32)
+        buf = np.empty((rows, width), dtype=np.float32) if matrix is None else None
         for index, cols in part:
-            if direct:
-                block = X[:, cols]
+            if matrix is not None:
+                block = matrix[:, cols]
             else:
-                block = buf[:, : cols.stop - cols.start]
+                block = cast(np.ndarray, buf)[:, : cols.stop - cols.start]
                 for i in range(n):
                     block[i] = X[i][cols]
                 if extra is not None:

@@ -6,13 +6,11 @@ their median. The selection runs on one Gram matrix, the coordinate stage on the
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from byzantine.aggregators._blocks import gram, squared_distances
 from byzantine.aggregators.krum import best_by_score, krum_scores
-from byzantine.aggregators.network import sum_rows
+from byzantine.aggregators.network import Rows, sum_rows
 from byzantine.aggregators.order import median_of, median_positions, order_statistic, trimmed_positions
 from byzantine.errors import AggregationError
 
@@ -44,7 +42,7 @@ def iterated_krum(D: np.ndarray, s: int, count: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.intp)
 
 
-def best_window(S: Sequence[np.ndarray], beta: int, med: np.ndarray) -> np.ndarray:
+def best_window(S: Rows, beta: int, med: np.ndarray) -> np.ndarray:
     """Per column, the start k (0..theta-beta) of the ``beta``-window of the sorted values S[k..k+beta-1] whose
     farthest value is nearest the median ``med``; the lowest such k on ties. Radii are compared in float32 and k
     is kept as small integers: one pass of cheap row operations per candidate window."""
@@ -66,7 +64,7 @@ def best_window(S: Sequence[np.ndarray], beta: int, med: np.ndarray) -> np.ndarr
     return best
 
 
-def closest_to_median_mean(S: Sequence[np.ndarray], beta: int) -> np.ndarray:
+def closest_to_median_mean(S: Rows, beta: int) -> np.ndarray:
     """For theta ordered rows S (row i = the i-th smallest value of every column, at least at positions 0..theta-beta,
     beta-1..theta-1 and the median): per column, the mean of the ``beta`` values closest to the column's median.
 

@@ -14,8 +14,12 @@ of them needs.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence, Union
 
 import numpy as np
+
+#: The rows of a block: a list of rows, or a 2-D array (whose rows they are).
+Rows = Union[Sequence[np.ndarray], np.ndarray]
 
 #: Above this many rows the sort path is faster (the network's calls grow as n log^2 n per block).
 NETWORK_MAX_ROWS = 32
@@ -68,7 +72,7 @@ def sort_rows(block: np.ndarray, comparators: Comparators) -> list[np.ndarray]:
     return rows
 
 
-def sum_rows(rows: list[np.ndarray]) -> np.ndarray:
+def sum_rows(rows: Rows) -> np.ndarray:
     """Element-wise sum of the rows in float64."""
     total = rows[0].astype(np.float64)
     for row in rows[1:]:

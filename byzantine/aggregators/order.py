@@ -6,7 +6,7 @@ short axis (numpy 2 sorts short rows with SIMD). Both are several times faster t
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from byzantine.aggregators._blocks import (
     BLOCK_BYTES, ORDER_BLOCK_BYTES_THREADED, block_width, check_count, check_seed, check_threads, combine_rows,
     for_each_block,
 )
-from byzantine.aggregators.network import NETWORK_MAX_ROWS, pruned_network, sort_rows, sum_rows
+from byzantine.aggregators.network import NETWORK_MAX_ROWS, Rows, pruned_network, sort_rows, sum_rows
 
 
 def mean(X: np.ndarray, *, threads: int | None = None) -> np.ndarray:
@@ -24,7 +24,7 @@ def mean(X: np.ndarray, *, threads: int | None = None) -> np.ndarray:
 
 
 def order_statistic(X: np.ndarray, rows: np.ndarray | None, needed: Iterable[int],
-                    reduce: Callable[[Sequence[np.ndarray]], np.ndarray], threads: int | None) -> np.ndarray:
+                    reduce: Callable[[Rows], np.ndarray], threads: int | None) -> np.ndarray:
     """Per column block of X (restricted to ``rows``, all if None): order the k values of every column, then
     ``reduce(ordered)``, where ``ordered[i]`` is the row of i-th smallest values for every position in ``needed``
     (the other positions hold the remaining values in no particular order). Small k: a pruned sorting network;
@@ -63,7 +63,7 @@ def median_positions(k: int) -> tuple[int, ...]:
     return (k // 2,) if k % 2 else (k // 2 - 1, k // 2)
 
 
-def median_of(ordered: Sequence[np.ndarray]) -> np.ndarray:
+def median_of(ordered: Rows) -> np.ndarray:
     """The median row of ordered rows, as ``np.median`` computes it (float32 mean of the two middle values)."""
     k = len(ordered)
     return ordered[k // 2] if k % 2 else (ordered[k // 2 - 1] + ordered[k // 2]) / np.float32(2)
@@ -85,7 +85,9 @@ def bucket_means(X: np.ndarray, buckets: int, seed: int, threads: int | None = N
     out = np.empty((buckets, d), dtype=np.float32)
 
     def make_work() -> Callable[[slice], None]:
-        return lambda cols: np.matmul(coef, X[:, cols], out=out[:, cols])
+        def work(cols: slice) -> None:
+            np.matmul(coef, X[:, cols], out=out[:, cols])
+        return work
 
     for_each_block(X, make_work, threads)
     return out

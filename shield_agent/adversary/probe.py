@@ -38,7 +38,7 @@ class FakeProbe(Behaviour):
 
     def probe_fields(self, fields: dict[str, Any], gradient: np.ndarray, probe: dict[str, Any]) -> None:
         fake = fake_probe(gradient, self.args["rel"])
-        fields["probe_digest"] = digest_bytes(memoryview(fake).cast("B"))
+        fields["probe_digest"] = digest_bytes(fake.data.cast("B"))
         _sketch_fields(fields, fake, probe)
 
 

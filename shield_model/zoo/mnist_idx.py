@@ -60,9 +60,9 @@ def _pair(data_dir: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndar
     image_path, label_path = find_idx(data_dir, images), find_idx(data_dir, labels)
     if image_path is None and label_path is None:
         return None
-    for name, path in ((images, image_path), (labels, label_path)):
-        if path is None:
-            raise DatasetError(f"MNIST: {name}(.gz) is missing; it should be in {data_dir}")
+    if image_path is None or label_path is None:
+        name = images if image_path is None else labels
+        raise DatasetError(f"MNIST: {name}(.gz) is missing; it should be in {data_dir}")
     x, y = read_idx(image_path), read_idx(label_path)
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y) or (y.size and y.max() > 9):
         raise DatasetError(f"MNIST: {image_path} / {label_path} do not hold matching 28x28 images and labels 0-9")

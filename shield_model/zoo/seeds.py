@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import numpy as np
 
@@ -66,7 +66,8 @@ def _states(device: Any) -> tuple[Any, ...]:
     """The three (or four) generators' full states, comparable with ``==``."""
     import torch
 
-    _, keys, position, has_gauss, gauss = np.random.get_state()
+    legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())  # legacy=True: the tuple form
+    _, keys, position, has_gauss, gauss = legacy
     states = [torch.get_rng_state().numpy().tobytes(), keys.tobytes(), position, has_gauss, gauss, random.getstate()]
     if device is not None:
         states.append(torch.cuda.get_rng_state(device).numpy().tobytes())

@@ -41,7 +41,7 @@ def ssh_argv(cfg: ClusterConfig, state: ClusterState, node: Node, insecure: bool
 
 def run(args: argparse.Namespace) -> int:
     cfg, state = load(args)
-    node = select(arun(discover(cfg)), [args.node])[0]  # type: ignore[arg-type]
+    node = select(arun(discover(cfg)), [args.node])[0]
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     argv = ssh_argv(cfg, state, node, args.insecure_accept_hostkeys, cmd)
     os.execvp(argv[0], argv)

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from wire.cli import enum_choice, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from byzantine.analysis import Analysis
 
 #: Default per-q search budget in seconds: generous; every benchmark configuration needs a small fraction of it.
 DEFAULT_TIME_LIMIT = 300.0
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(result: "Analysis") -> None:  # noqa: F821 (imported lazily)
+def _print_table(result: Analysis) -> None:
     from rich.console import Console
     from rich.table import Table
 

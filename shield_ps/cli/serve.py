@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shield_model.device import parse_device
 from byzantine.aggregators import Aggregator
@@ -30,6 +31,9 @@ from shield_ps.errors import CONFIG_ERRORS, ConfigError
 from shield_ps.view import add_view_options
 from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from shield_ps.daemon import PSDaemon
 
 DEFAULT_MAX_STEPS = 300
 #: The line `serve` prints once it listens; scripts (bench/) read the port back with :func:`listening_port`.
@@ -55,7 +59,7 @@ _attack.__name__ = "attack"
 class _LisSimulation(argparse.Action):
     """Original ``--lis-simulation simulate`` switches the attack to ALIE; any other value leaves it alone."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         if values == "simulate":
             namespace.attack = Attack.ALIE.value
 
@@ -63,7 +67,7 @@ class _LisSimulation(argparse.Action):
 class _Adversarial(argparse.Action):
     """Original ``--adversarial -100`` is the attack multiplier; ours is c with the sign built in (c = 100)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         namespace.attack_c = -float(values)
 
 
@@ -473,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"shield-ps: run directory {train_dir}", file=sys.stderr)
 
 
-async def _serve(daemon: "PSDaemon") -> int:  # type: ignore[name-defined]
+async def _serve(daemon: PSDaemon) -> int:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from shield_ps.errors import SweepError
 from wire.cli import non_negative_int, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from shield_ps.sweep.grid import Grid
+    from shield_ps.sweep.runner import SweepRunner
 
 
 def _axis(key: str, item: Callable[[str], Any] = str) -> Callable[[str], tuple[Any, ...]]:
@@ -124,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--byzantine-gen", type=lambda text: enum_choice(ByzantineChoice)(text).value)
 
 
-def build_grid(args: argparse.Namespace) -> tuple["Grid", str]:  # noqa: F821 (imported lazily)
+def build_grid(args: argparse.Namespace) -> tuple[Grid, str]:
     """The grid from preset, TOML and flags, and a short name for the default output directory."""
     from shield_ps.sweep.grid import Grid, load_toml, preset
 
@@ -184,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(not r.status.startswith("failed") for r in rows) else 1
 
 
-def _dry_run(runner: "SweepRunner", console: Any) -> int:  # noqa: F821
+def _dry_run(runner: SweepRunner, console: Any) -> int:
     import shlex
 
     for spec in runner.grid.runs():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import statistics
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
 _HISTORY = 128
@@ -41,7 +42,7 @@ class Deadlines:
 
     @classmethod
     def from_config(cls, config: object) -> "Deadlines":
-        def get(name: str) -> object:
+        def get(name: str) -> Any:
             return getattr(config, name)
 
         return cls(gather=float(get("gather_timeout")), latency=float(get("upload_timeout")),
@@ -83,7 +84,7 @@ class Deadlines:
         typical = statistics.median(self.fetch_times) if self.fetch_times else 0.0
         return min(max(self.hedge_floor, self.hedge_factor * typical), self.transfer(nbytes))
 
-    def straggler_grace(self, finish_times: list[float]) -> float:
+    def straggler_grace(self, finish_times: Sequence[float]) -> float:
         """Once every file has its winner, how much longer the gather waits for the remaining workers:
         ``max(hedge_floor, hedge_factor * median time the others took)``."""
         typical = statistics.median(finish_times) if finish_times else 0.0

@@ -17,6 +17,7 @@ determinism classes and r = 3 every disputed file keeps an exact sub-majority an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 #: Payload buffers kept across steps (more are allocated for a step that needs them, then let go).
 _KEEP_BUFFERS = 12
 
+
+
+def _same(holders: tuple[int, ...]) -> tuple[int, ...]:
+    """``holders``, as a fetch's holders callback."""
+    return holders
 
 @dataclass
 class GroupOutcome:
@@ -96,7 +102,8 @@ class SplitFiles:
                 by_digest.setdefault(replies[file][worker], []).append(worker)
             for digest, holders in sorted(by_digest.items()):
                 payload = _Payload(file, digest, tuple(sorted(holders)), self._buffer())
-                payload.task = self._fetcher.start_payload(file, digest, lambda h=payload.holders: h, payload.buffer)
+                payload.task = self._fetcher.start_payload(file, digest, functools.partial(_same, payload.holders),
+                                                           payload.buffer)
                 payloads.append(payload)
         return payloads
 

@@ -231,9 +231,10 @@ def parse_axis(key: str, values: list[Any]) -> tuple[Any, ...]:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             raise SweepError(f"{key} must be integers >= 0, got {values!r}")
         return tuple(values)
-    table: dict[str, Any] = {"schemes": {s.value: s for s in SWEEP_SCHEMES},
-                             "aggregators": {a.value: a for a in Aggregator},
-                             "attacks": {NO_ATTACK: NO_ATTACK, **{a.value: a.value for a in Attack}}}[key]
+    tables: dict[str, dict[str, Any]] = {"schemes": {s.value: s for s in SWEEP_SCHEMES},
+                                         "aggregators": {a.value: a for a in Aggregator},
+                                         "attacks": {NO_ATTACK: NO_ATTACK, **{a.value: a.value for a in Attack}}}
+    table = tables[key]
     if key == "attacks":
         return tuple(dict.fromkeys(parse_attack_entry(v, table) for v in values))
     try:

@@ -31,7 +31,7 @@ def progress_view(console: Any, *, plain: bool) -> Iterator[Callable[[Progress],
     """A callable to give :class:`~shield_ps.sweep.runner.SweepRunner` as ``on_progress``. Plain mode prints a line
     when the current run changes and at most every 30 s otherwise; the live mode redraws one status line."""
     if plain:
-        state = {"run": None, "at": 0.0}
+        state: dict[str, Any] = {"run": None, "at": 0.0}
 
         def plain_update(progress: Progress) -> None:
             now = time.monotonic()

@@ -78,7 +78,7 @@ def build_plugin_network(spec: PluginSpec, num_classes: int) -> nn.Module:
     return model
 
 
-def applicable(network: str | Network, dataset: str | Dataset) -> bool:
+def applicable(network: str | NetworkChoice, dataset: str | Dataset | PluginSpec) -> bool:
     """Whether ``network`` accepts ``dataset``'s inputs (a plug-in on either side: checked by a forward pass
     instead, :func:`shield_model.zoo.plugin_data.check_model`)."""
     datasets = network_entry(network).datasets
