@@ -43,10 +43,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from byzantine.placement import build_placement
-from shield_ps.phases.names import TOTAL, Phase
-from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable
-from tests.fleet_cluster import BedCluster
+from byzantine.placement import build_placement  # noqa: E402
+from shield_ps.phases.names import TOTAL, Phase  # noqa: E402
+from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable  # noqa: E402
+from tests.fleet_cluster import BedCluster  # noqa: E402
 
 RESNET18_D = 11_200_000
 K15 = ("mols", 15, 3)

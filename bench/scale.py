@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
-
 from aggregators import SPEEDUP_OTHERS, SPEEDUP_TARGETS, threads_speedup  # noqa: E402
+
 from byzantine.placement import build_placement  # noqa: E402
 from shield_ps.cli.serve import listening_port  # noqa: E402
 from shield_ps.phases.names import TOTAL, Phase  # noqa: E402

@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating (alone, watched) pairs of runs")
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR") or
                         str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist"),
-                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the package)")
+                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the "
+                             "package)")
     args = parser.parse_args()
 
     plan = resolve_job(ServeConfig(scheme=args.scheme, workers=args.workers, replication=args.replication,

@@ -3,10 +3,11 @@ our own, its two directions limited by ``tc ... tbf`` to 1 Gbit/s and then 10 Gb
 this machine: the link joins this namespace to one we create and delete).
 
 A receiver process in the namespace reads every vector (with its BLAKE3 digest, as the PS does) and answers; the
-sender sends a ResNet-18-sized vector (bench/wire_speed.py passes a real gradient; alone, a synthetic one) as a request, end
-to end: encode + transfer + decode + reply. Per codec (none, lz4, zstd, auto) and rate: the best of ``reps``
-vectors after ``warmup`` ones (auto measures the link on them), codecs alternated round by round so that load from
-other processes hits all alike. ``auto_vs_best_fixed_<rate>`` = auto's effective rate over the best fixed codec's.
+sender sends a ResNet-18-sized vector (bench/wire_speed.py passes a real gradient; alone, a synthetic one) as a
+request, end to end: encode + transfer + decode + reply. Per codec (none, lz4, zstd, auto) and rate: the best of
+``reps`` vectors after ``warmup`` ones (auto measures the link on them), codecs alternated round by round so that load
+from other processes hits all alike. ``auto_vs_best_fixed_<rate>`` = auto's effective rate over the best fixed
+codec's.
 
     python bench/wire_shaped.py [--dim 11173962] [--reps 4]     (also run by bench/wire_speed.py)
 """

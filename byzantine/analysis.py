@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def claim1_gamma(placement: Placement, q: int, mu1: float) -> float | None:
 
     None where it is undefined (r = 1: no majority to win).
     """
-    l, r, K = placement.l, placement.r, placement.K
+    l, r, K = placement.l, placement.r, placement.K  # noqa: E741 (the paper's l: files per worker)
     if r == 1:
         return None
     if q == 0:
@@ -83,7 +84,7 @@ class Analysis:
     scheme: str
     K: int
     f: int
-    l: int
+    l: int  # noqa: E741 (the paper's l: files per worker)
     r: int
     mu1: float
     sigma2: float

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Callable, Collection, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from byzantine.vote import VoteResult, vote_digests
 from byzantine.errors import AttackError
+from byzantine.vote import VoteResult, vote_digests
 
 if TYPE_CHECKING:
     from byzantine.placement import Placement
@@ -65,7 +66,7 @@ def parse_attack(name: Attack | str) -> Attack:
         raise AttackError(f"unknown attack {name!r}; known: {', '.join(a.value for a in Attack)}") from None
 
 
-def check_byzantine_set(placement: "Placement", byzantine: Collection[int]) -> frozenset[int]:
+def check_byzantine_set(placement: Placement, byzantine: Collection[int]) -> frozenset[int]:
     """The Byzantine workers as a set, or AttackError if one is out of 0..K-1 or repeated."""
     workers = [int(w) for w in byzantine]
     bad = sorted(w for w in workers if not 0 <= w < placement.K)
@@ -76,18 +77,18 @@ def check_byzantine_set(placement: "Placement", byzantine: Collection[int]) -> f
     return frozenset(workers)
 
 
-def byzantine_holders(placement: "Placement", byzantine: Collection[int]) -> np.ndarray:
+def byzantine_holders(placement: Placement, byzantine: Collection[int]) -> np.ndarray:
     """Per file, how many of its holders are Byzantine (an (f,) int array)."""
     bad = check_byzantine_set(placement, byzantine)
     return np.array([sum(w in bad for w in ws) for ws in placement.file_workers], dtype=np.int64)
 
 
-def corrupted_files(placement: "Placement", byzantine: Collection[int]) -> tuple[int, ...]:
+def corrupted_files(placement: Placement, byzantine: Collection[int]) -> tuple[int, ...]:
     """The files held by at least r' Byzantine workers: those the adversary wins (ByzShield Sec. 3)."""
     return tuple(int(i) for i in np.flatnonzero(byzantine_holders(placement, byzantine) >= placement.r_prime))
 
 
-def simulated_vote(placement: "Placement", byzantine: Collection[int]) -> VoteResult[bytes]:
+def simulated_vote(placement: Placement, byzantine: Collection[int]) -> VoteResult[bytes]:
     """The vote every replica would produce under the attack, with all replies present: honest workers send
     ``b"honest"``, Byzantine ones ``b"attack"``."""
     bad = check_byzantine_set(placement, byzantine)
@@ -174,7 +175,7 @@ ATTACKS: dict[Attack, Rewrite] = {
 }
 
 
-def simulate_attack(attack: Attack | str, honest: np.ndarray, placement: "Placement", byzantine: Collection[int], *,
+def simulate_attack(attack: Attack | str, honest: np.ndarray, placement: Placement, byzantine: Collection[int], *,
                     c: float = 100.0, z: float | Literal["auto"] = 1.0, alie_honest_only: bool = False,
                     inplace: bool = False) -> AttackResult:
     """Apply ``attack`` to the (f, d) float32 honest file gradients for the Byzantine worker set ``byzantine``.

@@ -12,13 +12,14 @@ vote) it is one of the original DETOX attacks on groups, all fixed for the run:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from byzantine.placement import Scheme
 from byzantine.errors import AttackError
+from byzantine.placement import Scheme
 
 if TYPE_CHECKING:
     from byzantine.placement import Placement
@@ -72,13 +73,13 @@ def _parse(enum_type: type[_Choice], value: object, what: str) -> _Choice:
         raise AttackError(f"unknown {what} {value!r}; known: {', '.join(e.value for e in enum_type)}") from None
 
 
-def is_group_placement(placement: "Placement") -> bool:
+def is_group_placement(placement: Placement) -> bool:
     """Whether the placement is DETOX-style (DETOX, plain majority vote): disjoint groups of r workers, one file
     per group."""
     return placement.scheme in (Scheme.DETOX, Scheme.MAJ_VOTE)
 
 
-def detox_byzantines(attack: DetoxAttack | str, placement: "Placement", q: int) -> tuple[int, ...]:
+def detox_byzantines(attack: DetoxAttack | str, placement: Placement, q: int) -> tuple[int, ...]:
     """The Byzantine set of DETOX attack ``attack`` with q workers on a group placement (sorted)."""
     kind = _parse(DetoxAttack, attack, "DETOX attack")
     if not is_group_placement(placement):
@@ -87,7 +88,7 @@ def detox_byzantines(attack: DetoxAttack | str, placement: "Placement", q: int) 
     return tuple(sorted(DETOX_ORDERS[kind](placement.file_workers, placement.r_prime)[:q]))
 
 
-def _check_q(placement: "Placement", q: object) -> int:
+def _check_q(placement: Placement, q: object) -> int:
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q <= placement.K:
         raise AttackError(f"q must be an integer in [0, K={placement.K}], got {q!r}")
     return int(q)
@@ -113,7 +114,7 @@ class ByzantineSchedule:
         return tuple(sorted(int(w) for w in rng.choice(self.K, size=self.q, replace=False)))
 
 
-def make_schedule(choice: ByzantineChoice | str, placement: "Placement", q: int, *, seed: int = 0,
+def make_schedule(choice: ByzantineChoice | str, placement: Placement, q: int, *, seed: int = 0,
                   fixed: Sequence[int] | None = None, detox_attack: DetoxAttack | str | None = None,
                   time_limit: float | None = None) -> ByzantineSchedule:
     """Resolve the Byzantine-set choice once for a run.
@@ -133,11 +134,11 @@ def make_schedule(choice: ByzantineChoice | str, placement: "Placement", q: int,
     return ByzantineSchedule(kind, placement.K, q, int(seed), fixed_set)
 
 
-def _random(placement: "Placement", q: int, fixed, detox_attack, time_limit) -> None:
+def _random(placement: Placement, q: int, fixed, detox_attack, time_limit) -> None:
     return None
 
 
-def _fixed(placement: "Placement", q: int, fixed: Sequence[int] | None, detox_attack, time_limit) -> tuple[int, ...]:
+def _fixed(placement: Placement, q: int, fixed: Sequence[int] | None, detox_attack, time_limit) -> tuple[int, ...]:
     if fixed is None:
         raise AttackError("choice 'fixed' needs the list of Byzantine workers")
     workers = sorted(int(w) for w in fixed)
@@ -150,7 +151,7 @@ def _fixed(placement: "Placement", q: int, fixed: Sequence[int] | None, detox_at
     return tuple(workers)
 
 
-def _worst(placement: "Placement", q: int, fixed, detox_attack: DetoxAttack | str | None,
+def _worst(placement: Placement, q: int, fixed, detox_attack: DetoxAttack | str | None,
            time_limit: float | None) -> tuple[int, ...]:
     if is_group_placement(placement):
         return detox_byzantines(detox_attack or DetoxAttack.WORST, placement, q)

@@ -22,7 +22,7 @@ lies within the range of the others), below the threshold.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def median_into(payloads: Sequence[np.ndarray], weights: Sequence[int], out: np.
     depend on the order of the payloads."""
     if not payloads or len(payloads) != len(weights) or any(w < 1 for w in weights):
         raise ValueError("median_into needs at least one payload and a positive weight for each")
-    rows = [p for p, w in zip(payloads, weights) for _ in range(w)]
+    rows = [p for p, w in zip(payloads, weights, strict=False) for _ in range(w)]
     n, d = len(rows), out.shape[0]
     if n == 1:
         np.copyto(out, rows[0])
@@ -83,7 +83,7 @@ def outliers(payloads: Sequence[np.ndarray], center: np.ndarray, tolerance: floa
 
 def could_bias(weights: Sequence[int], byzantine: Sequence[bool]) -> bool:
     """True when the Byzantine payloads make up at least half of the median's inputs (then they can move it)."""
-    bad = sum(w for w, b in zip(weights, byzantine) if b)
+    bad = sum(w for w, b in zip(weights, byzantine, strict=False) if b)
     return bad > 0 and 2 * bad >= sum(weights)
 
 

@@ -18,8 +18,8 @@ Schemes (the enum values are the CLI names):
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Placement:
     scheme: Scheme
     K: int
     f: int
-    l: int
+    l: int  # noqa: E741 (the paper's l: files per worker)
     r: int
     worker_files: tuple[tuple[int, ...], ...]
     file_workers: tuple[tuple[int, ...], ...]
@@ -121,7 +121,7 @@ def _groups(K: int, r: int, m: int | None, scheme: Scheme) -> tuple[list[list[in
 
 def _mols(K: int, r: int, m: int | None) -> tuple[list[list[int]], int]:
     _need_odd(Scheme.MOLS, r)
-    l = K // r
+    l = K // r  # noqa: E741 (the paper's l: files per worker)
     if K % r or not is_prime(l) or r > l - 1:
         raise PlacementError(
             f"mols needs K = r*l with l prime and r <= l-1; K={K}, r={r} gives l={_ratio(K, r)}")

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Collection, Mapping, Sequence
 
 import blake3
 import numpy as np
-from byzantine.vote import FileVote, FileWorkers, VoteResult, _check_replies, _holders_and_r_prime
+
 from byzantine.errors import VoteError
+from byzantine.vote import FileVote, FileWorkers, VoteResult, _check_replies, _holders_and_r_prime
 
 SEED_BYTES = 32
 _CONTEXT = b"shield-sketch-v1"
@@ -185,7 +186,7 @@ def sketch_many(vectors: Sequence[np.ndarray], seed: bytes, params: SketchParams
         rows = q1 - q0
         stream = np.frombuffer(xof.digest(length=rows * k // 8, seek=q0 * k // 8), dtype=np.uint8)
         g = _SIGNS[stream].reshape(rows, k)
-        for j, (x, s) in enumerate(zip(vectors, scales)):
+        for j, (x, s) in enumerate(zip(vectors, scales, strict=False)):
             _fill_scaled(block[:rows, j, :], x[q0 * c:min(d, q1 * c)], np.float64(2.0 ** s))
         x_block = block[:rows].reshape(rows, m * c)
         np.rint(x_block, out=x_block)
@@ -268,7 +269,7 @@ def vote_sketches(file_workers: FileWorkers, replies: Sequence[Mapping[int, Sket
     holders, r_prime = _holders_and_r_prime(file_workers, r_prime)
     _check_replies(holders, replies)
     files = []
-    for i, (ws, got) in enumerate(zip(holders, replies)):
+    for i, (ws, got) in enumerate(zip(holders, replies, strict=False)):
         present = {w: _check_reply(i, w, got[w], params) for w in ws if w in got and w not in excluded}
         finite = [w for w in sorted(present) if present[w].finite]
         groups = {w: tuple(v for v in finite if v == w or agree(present[w], present[v], tol, params)) for w in finite}
@@ -307,7 +308,7 @@ def check_payloads(items: Sequence[tuple[np.ndarray, SketchReply]], seed: bytes,
         else:
             todo.append(i)
     mine = sketch_many([items[i][0] for i in todo], seed, params)
-    for i, recomputed in zip(todo, mine):
+    for i, recomputed in zip(todo, mine, strict=False):
         verdicts[i] = _compare(items[i][0], items[i][1], recomputed)
     return verdicts
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
-from byzantine.sketch import DEFAULT_PARAMS, NORM_RTOL, SketchParams, SketchReply, quantisation_error
-from byzantine.sketch import relative_spread
 from byzantine.errors import ByzantineConfigError
+from byzantine.sketch import DEFAULT_PARAMS, NORM_RTOL, SketchParams, SketchReply, quantisation_error, relative_spread
 
 #: tau is this multiple of the largest vouched-for probe spread between classes ...
 SPREAD_FACTOR = 10.0
@@ -99,8 +98,8 @@ def check_override(override: float, d: int, params: SketchParams = DEFAULT_PARAM
     """``--vote-tol``: allowed in [floor, 0.5]; ByzantineConfigError otherwise."""
     floor = tolerance_floor(d, params)
     if not floor <= override <= 0.5:
-        raise ByzantineConfigError(f"--vote-tol {override:g} must be in [{floor:.2g}, 0.5] at d={d} (below the floor the "
-                          "sketch's quantisation dominates; above 0.5 different files look alike)")
+        raise ByzantineConfigError(f"--vote-tol {override:g} must be in [{floor:.2g}, 0.5] at d={d} (below the floor "
+                                   "the sketch's quantisation dominates; above 0.5 different files look alike)")
     return override
 
 

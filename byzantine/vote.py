@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Collection, Generic, Mapping, Sequence, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Generic, TypeVar, Union, cast
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def _holders_and_r_prime(file_workers: FileWorkers, r_prime: int | None) -> tupl
 def _check_replies(holders: tuple[tuple[int, ...], ...], replies: Sequence[Mapping[int, object]]) -> None:
     if len(replies) != len(holders):
         raise VoteError(f"replies cover {len(replies)} files but the placement has f={len(holders)}")
-    for i, (ws, got) in enumerate(zip(holders, replies)):
+    for i, (ws, got) in enumerate(zip(holders, replies, strict=False)):
         strangers = sorted(set(got) - set(ws))
         if strangers:
             raise VoteError(f"file {i}: replies from workers {strangers} that do not hold it (holders {list(ws)})")
@@ -129,7 +130,7 @@ def vote_digests(file_workers: FileWorkers, replies: Sequence[Mapping[int, bytes
     _check_replies(holders, replies)
     bad = frozenset(invalid)
     files = []
-    for i, (ws, got) in enumerate(zip(holders, replies)):
+    for i, (ws, got) in enumerate(zip(holders, replies, strict=False)):
         present = {w: got[w] for w in ws if w in got and w not in excluded}
         for w, dig in present.items():
             if not isinstance(dig, (bytes, bytearray)):
@@ -194,7 +195,7 @@ def vote_tolerant(file_workers: FileWorkers, replies: Sequence[Mapping[int, np.n
     _check_replies(holders, replies)
     shape: tuple[int, ...] | None = None
     files = []
-    for i, (ws, got) in enumerate(zip(holders, replies)):
+    for i, (ws, got) in enumerate(zip(holders, replies, strict=False)):
         present = {w: got[w] for w in ws if w in got and w not in excluded}
         for w, vec in present.items():
             if not isinstance(vec, np.ndarray) or vec.dtype != np.float32 or vec.ndim != 1:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from byzantine.errors import AnalysisError
 from byzantine.placement import Placement
 from byzantine.symmetry import PrefixFilter, automorphisms
-from byzantine.errors import AnalysisError
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _local_search(placement: Placement, q: int) -> tuple[int, tuple[int, ...]]:
         kicked = list(best)
         outside = np.setdiff1d(np.arange(placement.K), kicked)
         for position, w in zip(rng.choice(q, size=min(2, q, len(outside)), replace=False),
-                               rng.choice(outside, size=min(2, q, len(outside)), replace=False)):
+                               rng.choice(outside, size=min(2, q, len(outside)), replace=False), strict=False):
             kicked[position] = int(w)
         kicked = _improve(H, rp, kicked)
         if value(kicked) > value(best):
@@ -251,7 +251,7 @@ def clear_cache() -> None:
 def _smaller_bounds(placement: Placement, q: int, deadline: float | None) -> list[int]:
     """Proven upper bounds on c_max(t) for t < q: exact values while time lasts, then the counting bound
     min(f, t*l // r') tightened by c_max(t) <= c_max(u) + (t - u)*l (one worker distorts at most l more files)."""
-    rp, l = placement.r_prime, placement.l
+    rp, l = placement.r_prime, placement.l  # noqa: E741 (the paper's l: files per worker)
     bounds = [min(placement.f, t * l // rp) for t in range(q)]
     for t in range(1, q):
         if deadline is not None and time.monotonic() > deadline:

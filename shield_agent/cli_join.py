@@ -13,9 +13,9 @@ import re
 import signal
 from pathlib import Path
 
-from wire.auth import read_token
 from shield_model.device import parse_device
 from shield_model.errors import DatasetError
+from wire.auth import read_token
 from wire.cli import host_port, positive_int
 from wire.errors import TokenError
 

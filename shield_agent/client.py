@@ -24,18 +24,19 @@ import functools
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shield_agent.adversary import Adversary
 from shield_agent.errors import AGENT_ERRORS
-from shield_model.errors import ComputeError, DatasetError
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentJob, AgentOptions, as_int
 from shield_agent.relay import RelayHub, RelaySource
 from shield_agent.sketching import answers as sketch_answers
+from shield_model.errors import ComputeError, DatasetError
 from wire import ConnectionClosed, Kind, Message, digest_bytes
 from wire.digest import DIGEST_SIZE
 from wire.sketch import SketchHeaderError, parse_sketch_request
@@ -59,7 +60,7 @@ class _StepWork:
 class AgentSession:
     """One authenticated connection to the PS, from JOB to LEAVE or disconnect."""
 
-    _lazy: "LazyFiles | None" = None  # a synthetic job's gradients, regenerated instead of stored (no self._grads)
+    _lazy: LazyFiles | None = None  # a synthetic job's gradients, regenerated instead of stored (no self._grads)
 
     def __init__(self, options: AgentOptions, conn: Any, host: ComputeHost | None = None,
                  relay: RelayHub | None = None) -> None:
@@ -153,8 +154,8 @@ class AgentSession:
         synthetic = make_computer(job.synthetic_d, self.options.synthetic, job.seed)
         if synthetic is not None:
             return synthetic
-        from shield_model.compute import ComputeSpec
         from shield_agent.plugin_admission import check_job_plugins
+        from shield_model.compute import ComputeSpec
         from shield_model.zoo.sources import locate
 
         self.plugin_fields = check_job_plugins(job, self.options.plugins)  # before anything is loaded

@@ -54,7 +54,7 @@ class ComputeHost:
                          intra_op_threads)
             return self._executor
 
-    def build(self, spec: "ComputeSpec") -> "GradientComputer":
+    def build(self, spec: ComputeSpec) -> GradientComputer:
         """A slot's own GradientComputer (runs in a pool thread). Built one at a time, so the first build loads the
         dataset and every later one finds it in the per-process cache."""
         from shield_model.compute import GradientComputer

@@ -37,7 +37,7 @@ class AgentOptions:
     relay: bool = True  # serve the step's parameters to other agents (shield_agent.relay)
     relay_bind: str | None = None  # the relay server's address (default: loopback for a loopback PS, else all)
     relay_port: int = 0
-    adversary: "tuple[BehaviourSpec, ...]" = ()  # --adversary: Byzantine behaviours (shield_agent.adversary)
+    adversary: tuple[BehaviourSpec, ...] = ()  # --adversary: Byzantine behaviours (shield_agent.adversary)
 
     def slot_name(self, slot: int) -> str:
         """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""
@@ -66,7 +66,7 @@ class AgentJob:
     dataset_digest: str | None = None  # a plug-in dataset's identity on the PS
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> "AgentJob":
+    def from_header(cls, header: dict[str, Any]) -> AgentJob:
         try:
             files = header["files"]
             if not isinstance(files, list) or len(files) > _MAX_FILES_PER_WORKER:

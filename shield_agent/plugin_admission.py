@@ -9,7 +9,7 @@ reports this copy's digests, which the PS compares too (docs/your-model.md).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from shield_agent.errors import PluginRefused
 from shield_agent.job import AgentJob

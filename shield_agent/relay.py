@@ -26,8 +26,19 @@ import numpy as np
 
 from shield_agent.adversary import HONEST, Adversary
 from shield_model.errors import ComputeError
-from wire import (AuthError, ConnectionClosed, Kind, Limits, Message, RemoteError, Timeouts, WireError,
-                  WireTimeoutError, connect, serve)
+from wire import (
+    AuthError,
+    ConnectionClosed,
+    Kind,
+    Limits,
+    Message,
+    RemoteError,
+    Timeouts,
+    WireError,
+    WireTimeoutError,
+    connect,
+    serve,
+)
 from wire.auth import Role
 from wire.digest import DIGEST_SIZE
 
@@ -66,7 +77,7 @@ class RelaySource:
     wait: float
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> "RelaySource":
+    def from_header(cls, header: dict[str, Any]) -> RelaySource:
         relay = header.get("relay")
         try:
             if not isinstance(relay, dict):

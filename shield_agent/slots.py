@@ -99,7 +99,7 @@ async def _start_relay(options: AgentOptions) -> RelayHub:
 
 
 async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
-                    watcher: "SpotWatcher | None",
+                    watcher: SpotWatcher | None,
                     refusals: _Refusals, errors: _SlotErrors,
                     session_type: type[AgentSession] = AgentSession) -> int:
     """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
@@ -165,7 +165,7 @@ def _ended(session: AgentSession, worker: int) -> int:
     return 1
 
 
-def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
+def _start_spot_watcher(options: AgentOptions) -> SpotWatcher | None:
     if not options.spot_watch:
         return None
     from shield_agent.spot import SpotWatcher, endpoint_from_env
@@ -177,7 +177,7 @@ def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
     return watcher
 
 
-async def _leave_on_notice(watcher: "SpotWatcher", session: AgentSession) -> None:
+async def _leave_on_notice(watcher: SpotWatcher, session: AgentSession) -> None:
     """On a spot interruption notice, tell the PS we are leaving (it erases us at once) and end the session."""
     await watcher.event.wait()
     log.warning("spot interruption notice (%s): leaving the PS", watcher.notice)

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
 
 import numpy as np
 

@@ -122,7 +122,7 @@ class Record:
         return json.dumps({**head, "w": self.why[:max(0, room - 8)]}, separators=(",", ":"))[:TAG_MAX]
 
     @classmethod
-    def parse(cls, text: str) -> "Record | None":
+    def parse(cls, text: str) -> Record | None:
         """A record from its JSON or its compact form (untrusted text: anything odd gives None)."""
         try:
             raw = json.loads(text[:65536])

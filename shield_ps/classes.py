@@ -17,9 +17,18 @@ from typing import Any
 import numpy as np
 
 from byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply
-from byzantine.tolerance import (DEFAULT_CAP, SPREAD_FACTOR, ProbeClaim, Reference, ToleranceDecision,
-                                           check_override, clamp_tolerance, decide_tolerance, same_reply,
-                                           tolerance_floor)
+from byzantine.tolerance import (
+    DEFAULT_CAP,
+    SPREAD_FACTOR,
+    ProbeClaim,
+    Reference,
+    ToleranceDecision,
+    check_override,
+    clamp_tolerance,
+    decide_tolerance,
+    same_reply,
+    tolerance_floor,
+)
 from shield_ps.errors import ShieldPSError
 from wire.sketch import is_plain_number
 

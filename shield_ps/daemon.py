@@ -14,26 +14,26 @@ import errno
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from shield_ps.classes import FingerprintError, FleetClasses
+from shield_ps import plugins
 from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
+from shield_ps.classes import FingerprintError, FleetClasses
 from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.data import locate_data
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
-from shield_ps.local_agents import (LocalAgents, default_processes, parse_agent_env, split_slots,
-                                   write_token_file)
+from shield_ps.local_agents import LocalAgents, default_processes, parse_agent_env, split_slots, write_token_file
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
-from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.phases.accounting import Tally
+from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.reference import ProbeGradients
 from shield_ps.step import StepOutcome, StepRunner
-from shield_ps import plugins
-from wire import ConnectionClosed, Connection, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
+from wire import Connection, ConnectionClosed, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from byzantine.aggregators import (Aggregator, aggregator_params, default_byzantine_count,
-                                             parse_aggregator)
+from byzantine.aggregators import Aggregator, aggregator_params, default_byzantine_count, parse_aggregator
 from byzantine.attacks import Attack
 from byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
+from byzantine.errors import AggregationError, AttackError
 from byzantine.placement import Placement, Scheme, build_placement
 from shield_ps import plugins
 from shield_ps.config import ServeConfig
-from byzantine.errors import AggregationError, AttackError
 from shield_ps.errors import ConfigError
 from shield_ps.optimizer import Schedule
 

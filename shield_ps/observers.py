@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from shield_ps.events import Event, EventSink
-from wire import ConnectionClosed, Connection, Kind, WireError
+from wire import Connection, ConnectionClosed, Kind, WireError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from shield_ps.events import WorkerState
 from wire import AuthError, Connection, Role

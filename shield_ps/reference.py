@@ -34,7 +34,7 @@ class ProbeGradients:
         self.digest = digest_bytes(probe.data.cast("B"))
 
     @classmethod
-    def compute(cls, computer: Any, num_files: int) -> "ProbeGradients":
+    def compute(cls, computer: Any, num_files: int) -> ProbeGradients:
         params = computer.initial_parameters()
         files = [f for f in REFERENCE_FILES if f < num_files]
         gradients = [computer.file_gradient(params, 0, f).gradient.copy() for f in files]

@@ -17,8 +17,9 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -230,7 +231,7 @@ class StepRunner:
             slow=self._step_slow | report.slow | late | audit_slow | unanswered,
             erased=(set(range(plan.placement.K)) - {link.worker for link in links}) | collector.lost | late,
             relay=self.relays.blame())
-        bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before))
+        bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before, strict=False))
         corrupted = set(result.corrupted) | self._real_corruption(outcome, collector.replies, set(byzantine),
                                                                   result.simulated)
         return StepOutcome(

@@ -41,7 +41,7 @@ class Agent:
         return "+".join(self.adversary) or "honest"
 
 
-def as_agent(slot: "str | Agent | None") -> Agent:
+def as_agent(slot: str | Agent | None) -> Agent:
     """A slot's agent: None is honest, a string is whitespace-separated ``--adversary`` values."""
     if slot is None:
         return Agent()
@@ -160,7 +160,7 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
         sink.close()
 
 
-def run_cluster(train_dir: Path, *, slots: "list[str | Agent | None] | None" = None, zoo: str | None = None,
+def run_cluster(train_dir: Path, *, slots: list[str | Agent | None] | None = None, zoo: str | None = None,
                 secret: bytes | None = None, interrupt_after: int | None = None, require_checkpoint: bool = True,
                 **changes: Any) -> RunResult:
     """Run a whole training job in this process. ``slots[i]`` is worker i's agent (None: honest; a string: its

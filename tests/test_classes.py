@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from byzantine.errors import ByzantineConfigError
 from byzantine.sketch import DEFAULT_PARAMS, SketchReply, l2_norm, sketch
 from byzantine.tolerance import DEFAULT_CAP as TOLERANCE_CAP
 from byzantine.tolerance import Reference
 from shield_ps.classes import FingerprintError, FleetClasses, parse_fingerprint, probe_request, tolerance
-from byzantine.errors import ByzantineConfigError
 from shield_ps.errors import TrainingError
 
 SEED = b"p" * 32

@@ -15,8 +15,8 @@ import torch
 from shield_model.compute import BatchSchedule, ComputeSpec, FileGradient, GradientComputer, initial_parameters
 from shield_model.errors import ComputeError
 from shield_model.zoo.models import build_seeded_model
-from wire.digest import digest_bytes as _digest_bytes
 from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
+from wire.digest import digest_bytes as _digest_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = str(MNIST_PATH)

@@ -17,7 +17,6 @@ from shield_model.zoo.mnist_idx import load_mnist_arrays, read_idx
 from tests.runtime_helpers import MNIST_DIR
 
 
-
 def idx_bytes(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     return header + array.astype(np.uint8).tobytes()

@@ -20,7 +20,6 @@ from shield_model.zoo.prepare import DOWNLOADS, _extract, _fetch, md5_of, prepar
 from tests.runtime_helpers import MNIST_DIR
 
 
-
 class Mirror:
     """A static HTTP server on 127.0.0.1 (port 0) serving ``root``, counting the requests it answers."""
 

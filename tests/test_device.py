@@ -12,8 +12,8 @@ import torch
 from shield_model.compute import ComputeSpec, GradientComputer
 from shield_model.device import parse_device, resolve_device
 from shield_model.errors import ComputeError
-from wire import digest_bytes
 from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
+from wire import digest_bytes
 
 MNIST_DIR = str(MNIST_PATH)
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")

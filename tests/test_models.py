@@ -84,7 +84,7 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng_alone():
     b = build_seeded_model("LeNet", "MNIST", seed=7)
     c = build_seeded_model("LeNet", "MNIST", seed=8)
     assert torch.equal(before, after)
-    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=False):
         assert torch.equal(pa, pb)
         assert not torch.equal(pa, pc)
 

@@ -4,7 +4,6 @@ PS's identity checks, and the config hash covering the plug-in's code."""
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from shield_model.compute import ComputeSpec, GradientComputer
 from shield_agent.errors import PluginRefused
-from shield_model.errors import ModelError, PluginError
-from shield_model.evaluation import Evaluator
 from shield_agent.job import AgentJob
 from shield_agent.plugin_admission import check_job_plugins
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.errors import ModelError, PluginError
+from shield_model.evaluation import Evaluator
 from shield_model.zoo.models import build_seeded_model
 from shield_model.zoo.names import Network, network_choice
 from shield_model.zoo.plugin_data import check_model, load_plugin_data

@@ -10,9 +10,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from byzantine import sketch as sk
-from byzantine.sketch import (SketchParams, SketchReply, agree, check_payload, l2_norm, relative_spread,
-                                        sketch, sketch_many, tie_key, vote_sketches)
 from byzantine.errors import VoteError
+from byzantine.sketch import (
+    SketchParams,
+    SketchReply,
+    agree,
+    check_payload,
+    l2_norm,
+    relative_spread,
+    sketch,
+    sketch_many,
+    tie_key,
+    vote_sketches,
+)
 
 PARAMS = SketchParams()
 D = 3000  # small vectors: the bounds do not depend on d

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 import wire
-from wire.autocodec import (HYSTERESIS, MIN_SAMPLE_BYTES, PRIORS, AutoCodec, CodecFigures, EncodeFigures, choose,
-                            effective_rate, parse_codec_choice)
+from wire.autocodec import (
+    HYSTERESIS,
+    MIN_SAMPLE_BYTES,
+    PRIORS,
+    AutoCodec,
+    CodecFigures,
+    EncodeFigures,
+    choose,
+    effective_rate,
+    parse_codec_choice,
+)
 from wire.codec import Codec
 from wire.frames import Kind
 

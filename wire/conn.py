@@ -13,7 +13,8 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Awaitable, Callable, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec, is_loopback
 from wire.codec import Codec, EncodedVector, encode_vector

@@ -126,7 +126,8 @@ def encode_frame(kind: Kind, header: dict[str, Any] | None = None, *, msg_id: in
     return PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, 0, len(packed), payload_len) + packed
 
 
-def parse_prefix(data: bytes | bytearray | memoryview, limits: Limits, header_cap: int | None = None) -> tuple[int, int]:
+def parse_prefix(data: bytes | bytearray | memoryview, limits: Limits,
+                 header_cap: int | None = None) -> tuple[int, int]:
     """``(header_len, payload_len)`` from the first :data:`PREFIX_SIZE` bytes; raises before anything is allocated."""
     if len(data) < PREFIX_SIZE:
         raise FrameError("truncated prefix")

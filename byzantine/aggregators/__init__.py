@@ -4,14 +4,16 @@
 value). Parameters: ``s`` (the Byzantine count, for krum, multi-krum, bulyan, trimmed-mean and their variants; see
 :func:`default_byzantine_count`), ``m`` (multi-krum), ``buckets`` and ``seed`` (coord-median, sign-sgd),
 ``threads`` (all of them; it never changes the result: :func:`._blocks.for_each_block`), ``tau``, ``iters``,
-``center`` (centered-clipping), ``max_iter``, ``tol`` (geometric-median). Every aggregator reads X in column blocks and keeps at most one (n, d)-sized temporary.
+``center`` (centered-clipping), ``max_iter``, ``tol`` (geometric-median). Every aggregator reads X in column blocks
+and keeps at most one (n, d)-sized temporary.
 """
 from __future__ import annotations
 
 import enum
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -105,7 +107,7 @@ def aggregate(name: Aggregator | str, X: np.ndarray, *, check_finite_input: bool
     return fn(X, **params)
 
 
-def default_byzantine_count(placement: "Placement", q: int, *, time_limit: float | None = None) -> int:
+def default_byzantine_count(placement: Placement, q: int, *, time_limit: float | None = None) -> int:
     """The default s of the robust aggregators for q Byzantine workers: the number of files the adversary can
     corrupt after the vote. ByzShield schemes (MOLS, Ramanujan): c_max(q) from the worst-case analysis (Konstantinidis
     and Ramamoorthy, MLSys 2021, Sec. 5; its proven upper bound if ``time_limit`` cuts the search short). DETOX and

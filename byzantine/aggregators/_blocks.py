@@ -8,8 +8,9 @@ the n x n Gram matrix, accumulated block by block in float64.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar, cast
+from typing import TypeVar, cast
 
 import numpy as np
 

@@ -13,13 +13,13 @@ of them needs.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence, Union
+from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 
 #: The rows of a block: a list of rows, or a 2-D array (whose rows they are).
-Rows = Union[Sequence[np.ndarray], np.ndarray]
+Rows = Sequence[np.ndarray] | np.ndarray
 
 #: Above this many rows the sort path is faster (the network's calls grow as n log^2 n per block).
 NETWORK_MAX_ROWS = 32
@@ -27,7 +27,7 @@ NETWORK_MAX_ROWS = 32
 Comparators = tuple[tuple[int, int], ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def batcher_network(n: int) -> Comparators:
     """Batcher's odd-even merge sort for n wires (built for the next power of two; comparators touching the
     padding wires are no-ops with +inf padding and are dropped)."""
@@ -48,7 +48,7 @@ def batcher_network(n: int) -> Comparators:
     return tuple((a, b) for a, b in comparators if b < n)
 
 
-@lru_cache(maxsize=None)
+@cache
 def pruned_network(n: int, needed: frozenset[int]) -> Comparators:
     """The comparators of :func:`batcher_network` that can influence the sorted positions ``needed``."""
     live = set(needed)

@@ -6,12 +6,18 @@ short axis (numpy 2 sorts short rows with SIMD). Both are several times faster t
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from byzantine.aggregators._blocks import (
-    BLOCK_BYTES, ORDER_BLOCK_BYTES_THREADED, block_width, check_count, check_seed, check_threads, combine_rows,
+    BLOCK_BYTES,
+    ORDER_BLOCK_BYTES_THREADED,
+    block_width,
+    check_count,
+    check_seed,
+    check_threads,
+    combine_rows,
     for_each_block,
 )
 from byzantine.aggregators.network import NETWORK_MAX_ROWS, Rows, pruned_network, sort_rows, sum_rows

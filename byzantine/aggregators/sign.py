@@ -1,9 +1,9 @@
 """signSGD with majority vote (Bernstein et al., ICLR 2019), with the bucketing of the original ByzShield code."""
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
 
-from typing import Callable
+import numpy as np
 
 from byzantine.aggregators._blocks import check_count, check_seed, for_each_block
 
@@ -31,6 +31,8 @@ def sign_sgd(X: np.ndarray, *, buckets: int | None = None, seed: int = 0,
             votes = sum(np.sign(signs[rows].sum(axis=0)) for rows in groups)
         out[cols] = np.sign(votes)
 
-    make_work: Callable[[], Callable[[slice], None]] = lambda: work
+    def make_work() -> Callable[[slice], None]:
+        return work
+
     for_each_block(X, make_work, threads)
     return out

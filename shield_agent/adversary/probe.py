@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from byzantine.sketch import SketchParams, l2_norm, sketch
 from shield_agent.adversary import vectors
 from shield_agent.adversary.base import Behaviour
 from shield_agent.adversary.params import Param, real
-from byzantine.sketch import SketchParams, l2_norm, sketch
 from wire import digest_bytes
 
 

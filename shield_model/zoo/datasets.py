@@ -11,9 +11,10 @@ dataset) and :class:`~shield_model.zoo.plugin_data.PluginData` (``--dataset MODU
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ class ImageData:
         return len(self.test_labels)
 
     @functools.cached_property
-    def transform(self) -> "BatchTransform":
+    def transform(self) -> BatchTransform:
         return BatchTransform(self.info)
 
     def train_batch(self, indices: torch.Tensor, *words: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +123,7 @@ class ImageData:
         return self.transform(self.test_images[start:stop]), self.test_labels[start:stop]
 
 
-def load_data(dataset: str | DatasetChoice, data_dir: str | Path) -> Union[ImageData, "PluginData"]:
+def load_data(dataset: str | DatasetChoice, data_dir: str | Path) -> ImageData | PluginData:
     """A built-in dataset (:func:`load_dataset`) or a plug-in's (:func:`shield_model.zoo.plugin_data.load_plugin_data`)
     read from ``data_dir``; cached per process either way."""
     choice = dataset_choice(dataset)

@@ -23,7 +23,7 @@ class FlatParameters:
         self.flat = torch.empty(self.num_params, dtype=torch.float32, device=self.device)
         offset = 0
         with torch.no_grad():
-            for p, size in zip(self.params, self.sizes):
+            for p, size in zip(self.params, self.sizes, strict=False):
                 view = self.flat[offset:offset + size].view_as(p)
                 view.copy_(p)
                 p.data = view
@@ -55,7 +55,7 @@ class FlatParameters:
         """Copy every parameter's ``.grad`` (zeros where a parameter got none) into ``out``; returns ``out``."""
         self.check(out, "gradient output")
         parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(size, device=self.device)
-                 for p, size in zip(self.params, self.sizes)]
+                 for p, size in zip(self.params, self.sizes, strict=False)]
         if self.on_host:
             torch.cat(parts, out=torch.from_numpy(out))  # one kernel: measurably cheaper than a copy per tensor
         else:

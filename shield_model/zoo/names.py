@@ -6,7 +6,6 @@ keys of the registries) or a plug-in's ``MODULE:CALLABLE`` (:class:`~shield_mode
 from __future__ import annotations
 
 import enum
-from typing import Union
 
 from shield_model.errors import DatasetError, ModelError
 from shield_model.zoo.plugins import PluginSpec, is_plugin, parse_plugin
@@ -54,8 +53,8 @@ def parse_dataset(name: str | Dataset) -> Dataset:
     raise DatasetError(f"unknown dataset {name!r} (choose from {', '.join(m.value for m in Dataset)})")
 
 
-NetworkChoice = Union[Network, PluginSpec]
-DatasetChoice = Union[Dataset, PluginSpec]
+NetworkChoice = Network | PluginSpec
+DatasetChoice = Dataset | PluginSpec
 
 
 def network_choice(value: str | Network | PluginSpec) -> NetworkChoice:

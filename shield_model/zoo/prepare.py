@@ -1,7 +1,7 @@
 """Download and verify a dataset once, so a cluster can be prepared ahead of a job (``shield-agent prepare``).
 
-Sources and MD5 checksums are torchvision's for MNIST (written out here) and SVHN, and the dataset authors' for the CIFAR binary
-archives (read without unpickling). A file already present with the right checksum is not fetched again; a
+Sources and MD5 checksums are torchvision's for MNIST (written out here) and SVHN, and the dataset authors' for the
+CIFAR binary archives (read without unpickling). A file already present with the right checksum is not fetched again; a
 download with the wrong checksum is deleted and refused. Offline, the error names the file and where it should go.
 
 ``--from PATH`` takes the files from a local copy instead (a machine without internet access, a copy on a shared
@@ -183,7 +183,7 @@ def _copy_verified(item: Download, source: Path, data_dir: Path) -> Path:
 
 
 def prepare(dataset: str | Dataset, data_dir: str | Path, mirror: str | None = None,
-            source: str | Path | None = None) -> "ImageData":
+            source: str | Path | None = None) -> ImageData:
     """Download (if needed), verify and unpack ``dataset`` into ``data_dir``, then load it as a final check.
     ``source``: take the files from this local file or directory (see the module) instead of downloading them;
     those it does not hold are fetched as usual."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
-from typing import Any, Callable, Iterator, cast
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 

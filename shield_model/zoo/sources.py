@@ -23,9 +23,9 @@ import enum
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from shield_model.errors import DatasetError
 from shield_model.zoo.mnist_idx import missing_mnist

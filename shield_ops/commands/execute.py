@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shield_ops.commands.common import (add_config_args, arun, discover, load, on_each, select, ssh_context,
-                                        stream_lines)
+from shield_ops.commands.common import add_config_args, arun, discover, load, on_each, select, ssh_context, stream_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:

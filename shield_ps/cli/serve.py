@@ -17,17 +17,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shield_model.device import parse_device
 from byzantine.aggregators import Aggregator
 from byzantine.attacks import Attack
 from byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
 from byzantine.placement import SCHEME_ALIASES, Scheme
 from byzantine.vote import VoteMode
-from shield_ps.config import (JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig,
-                              valid_placements)
+from shield_model.device import parse_device
+from shield_ps.config import JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig, valid_placements
+from shield_ps.errors import CONFIG_ERRORS, ConfigError
 from shield_ps.local_agents import default_processes, parse_agent_env
 from shield_ps.phases.aggregate import ShortStep
-from shield_ps.errors import CONFIG_ERRORS, ConfigError
 from shield_ps.view import add_view_options
 from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shield_ps.errors import SweepError
 from wire.cli import non_negative_int, positive_float, positive_int
@@ -65,8 +66,8 @@ _AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from shield_model.device import parse_device
     from byzantine.byzantine_sets import ByzantineChoice
+    from shield_model.device import parse_device
     from shield_ps.cli.serve import _agg_threads, _alie_z
     from shield_ps.sweep.grid import Preset
     from shield_ps.sweep.runner import Engine

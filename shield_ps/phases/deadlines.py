@@ -5,15 +5,17 @@ request to the last payload byte: ``latency + bytes / bandwidth``. ``bandwidth``
 links are measured at least twice as fast; where they are slower it follows them (half the median rate the step's
 recent transfers achieved: a shared PS ingress, a lossy WAN), and before anything is measured it is
 ``min_bandwidth / UNMEASURED_SLACK``, never less (docs/liveness.md). The gather ends at ``gather`` seconds, or
-earlier once every file has its winner and the remaining workers had a straggler grace. A hedge is sent to the next holder of a file
-when a fetch has not completed within ``max(hedge_floor, hedge_factor * median of recent fetch times)``.
+earlier once every file has its winner and the remaining workers had a straggler grace. A hedge is sent to the next
+holder of a file when a fetch has not completed within
+``max(hedge_floor, hedge_factor * median of recent fetch times)``.
 """
 from __future__ import annotations
 
 import collections
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
 _HISTORY = 128
@@ -41,7 +43,7 @@ class Deadlines:
     _seeded: bool = False
 
     @classmethod
-    def from_config(cls, config: object) -> "Deadlines":
+    def from_config(cls, config: object) -> Deadlines:
         def get(name: str) -> Any:
             return getattr(config, name)
 

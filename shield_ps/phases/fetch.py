@@ -21,8 +21,9 @@ import functools
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, cast
+from typing import cast
 
 import numpy as np
 
@@ -148,7 +149,7 @@ class Fetcher:
     async def finish(self) -> FetchReport:
         """Wait for every fetch started this step (each bounded by its hedges and deadlines)."""
         results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for file, result in zip(self._tasks, results):
+        for file, result in zip(self._tasks, results, strict=False):
             # an exception is a bug of ours: that file is lost for the step, the run goes on
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("step %d: fetching file %d failed: %r", self.step, file, result)

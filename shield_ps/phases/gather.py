@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from shield_ps.collector import StepCollector
 from shield_ps.phases.deadlines import Deadlines

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class SplitFiles:
         verdicts = await asyncio.get_running_loop().run_in_executor(
             None, lambda: check_payloads(items, seed, self._params))
         outcome.recomputed += len(items)
-        for worker, why in zip(owners, verdicts):
+        for worker, why in zip(owners, verdicts, strict=False):
             if why is not None:
                 log.warning("step %d: worker %d lied about file %d: %s", step, worker, file, why)
                 outcome.lying.add(worker)

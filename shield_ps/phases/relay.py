@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 

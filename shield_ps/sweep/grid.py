@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from byzantine.aggregators import Aggregator
 from byzantine.attacks import Attack
@@ -59,7 +60,7 @@ class Grid:
     byzantine_gen: str = "worst"
     controls: bool = True
 
-    def runs(self) -> list["RunSpec"]:
+    def runs(self) -> list[RunSpec]:
         """Every point of the grid, in a fixed order (q, aggregator, attack, seed, then scheme); the q = 0 controls
         (attack ``none``) come first when ``controls`` is on or q = 0 is on the axis."""
         qs = list(dict.fromkeys(self.byzantine))
@@ -70,7 +71,7 @@ class Grid:
                 for attack in (self.attacks if q > 0 else (NO_ATTACK,))
                 for seed in self.seeds for scheme in self.schemes]
 
-    def replace(self, **changes: Any) -> "Grid":
+    def replace(self, **changes: Any) -> Grid:
         return dataclasses.replace(self, **changes)
 
 

@@ -8,8 +8,9 @@ is used (no pyplot state), so drawing is headless and thread safe.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from shield_ps.errors import PlotError
 from shield_ps.plot import _figure_class, curves_from_events
@@ -57,7 +58,8 @@ def plot_accuracy(rows: Sequence[RunRow], run_dirs: dict[str, Path], output: Pat
                     if len(runs) > 1 else scheme)
             if any(ci is not None for _, ci in stats):
                 half = [ci or 0.0 for _, ci in stats]
-                ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
+                ax.fill_between(steps, [m - h for m, h in zip(means, half, strict=False)],
+                                [m + h for m, h in zip(means, half, strict=False)],
                                 color=color, alpha=0.2, linewidth=0)
         ax.set(title=_title(group), xlabel="step", ylabel="test top-1 (%)")
         ax.grid(alpha=0.3)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from shield_ps.phases.names import TOTAL
 from shield_ps.sweep.grid import RunSpec

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from shield_ps.phases.names import TOTAL, Phase
 from shield_ps.view.state import CATEGORIES, PHASES

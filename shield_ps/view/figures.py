@@ -3,8 +3,8 @@ and ETA, phase means, the join progress line, the median step time, and the run'
 one built from what the view saw)."""
 from __future__ import annotations
 
-from shield_ps.view.fields import WorkerCounts
 from shield_ps.phases.names import TOTAL
+from shield_ps.view.fields import WorkerCounts
 from shield_ps.view.state import PHASES, Summary, ViewState
 
 
@@ -79,7 +79,8 @@ def waiting_line(state: ViewState) -> str | None:
 def median_step_seconds(state: ViewState) -> float | None:
     """Median wall time between consecutive recent step events (the last :data:`RATE_WINDOW` steps), so a slow
     start-up does not count as step time."""
-    gaps = sorted((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(state.recent, state.recent[1:]) if s1 > s0)
+    gaps = sorted((t1 - t0) / (s1 - s0)
+                  for (s0, t0), (s1, t1) in zip(state.recent, state.recent[1:], strict=False) if s1 > s0)
     if not gaps:
         return None
     mid = len(gaps) // 2

@@ -12,11 +12,11 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.panel import Panel
 from rich.text import Text
 
+from shield_ps.phases.names import TOTAL, Phase
 from shield_ps.view import fmt
 from shield_ps.view.codecs import DIRECTIONS
-from shield_ps.view.plain import job_title
 from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
-from shield_ps.phases.names import TOTAL, Phase
+from shield_ps.view.plain import job_title
 from shield_ps.view.state import PHASES, UpdateAction, ViewState, WorkerState, WorkerView
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)

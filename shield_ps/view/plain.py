@@ -9,7 +9,8 @@ line per connecting worker.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from shield_ps.phases.names import TOTAL
 from shield_ps.view import fmt

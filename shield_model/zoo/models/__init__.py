@@ -6,8 +6,8 @@ A plug-in network (``--network MODULE:CALLABLE``, :mod:`shield_model.zoo.plugins
 builder below goes through it."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -18,8 +18,14 @@ from shield_model.zoo.models.densenet import densenet121
 from shield_model.zoo.models.lenet import LeNet
 from shield_model.zoo.models.resnet import resnet18, resnet34, resnet50
 from shield_model.zoo.models.vgg import vgg11, vgg13
-from shield_model.zoo.names import (Dataset, Network, NetworkChoice, choice_name, dataset_choice, network_choice,
-                                    parse_dataset, parse_network)
+from shield_model.zoo.names import (
+    Dataset,
+    Network,
+    NetworkChoice,
+    choice_name,
+    dataset_choice,
+    network_choice,
+)
 from shield_model.zoo.plugins import PluginSpec, describe_call_error, load_callable
 from shield_model.zoo.seeds import RNG_LOCK
 

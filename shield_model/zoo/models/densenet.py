@@ -6,7 +6,7 @@ with compression 0.5 and 2x2 average pooling, a 3x3 stem with 2k channels, globa
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ one linear head. ``BasicBlock`` for ResNet18/34, ``Bottleneck`` (expansion 4) fo
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

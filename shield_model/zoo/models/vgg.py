@@ -7,9 +7,8 @@ linear biases zero, BatchNorm weight 1 and bias 0, linear weight from N(0, 0.01^
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
