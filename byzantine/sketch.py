@@ -271,15 +271,22 @@ def vote_sketches(file_workers: FileWorkers, replies: Sequence[Mapping[int, Sket
     files = []
     for i, (ws, got) in enumerate(zip(holders, replies, strict=False)):
         present = {w: _check_reply(i, w, got[w], params) for w in ws if w in got and w not in excluded}
-        finite = [w for w in sorted(present) if present[w].finite]
-        groups = {w: tuple(v for v in finite if v == w or agree(present[w], present[v], tol, params)) for w in finite}
         keys = digests[i] if digests is not None else {}
-        center = min(finite, key=lambda w: (-len(groups[w]), tie_key(order_key, keys.get(w), w), w), default=None)
-        winner = center if center is not None and len(groups[center]) >= r_prime else None
-        agreeing = groups[winner] if winner is not None else ()
+        winner, agreeing, finite = _sketch_winner(present, tol, r_prime, params, keys, order_key)
         lost = tuple(w for w in sorted(present) if w not in agreeing and (winner is not None or w not in finite))
         files.append(FileVote(i, winner, agreeing, lost, tuple(w for w in ws if w not in present)))
     return VoteResult(tuple(files), r_prime)
+
+
+def _sketch_winner(present: Mapping[int, SketchReply], tol: float, r_prime: int, params: SketchParams,
+                   keys: Mapping[int, bytes], order_key: bytes) -> tuple[int | None, tuple[int, ...], list[int]]:
+    """One file's vote (see :func:`vote_sketches`): the winning worker or None, its group, and the workers whose
+    replies are finite."""
+    finite = [w for w in sorted(present) if present[w].finite]
+    groups = {w: tuple(v for v in finite if v == w or agree(present[w], present[v], tol, params)) for w in finite}
+    center = min(finite, key=lambda w: (-len(groups[w]), tie_key(order_key, keys.get(w), w), w), default=None)
+    winner = center if center is not None and len(groups[center]) >= r_prime else None
+    return winner, (groups[winner] if winner is not None else ()), finite
 
 
 def tie_key(order_key: bytes, digest: bytes | None, worker: int) -> bytes:

@@ -180,6 +180,34 @@ def _agreement(vectors: list[np.ndarray], rtol: float, atol: float) -> np.ndarra
     return _pairwise_distances(vectors) <= rtol * np.maximum(norms[:, None], norms[None, :]) + atol
 
 
+def _check_vectors(file: int, present: Mapping[int, np.ndarray],
+                   shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """VoteError unless every reply of ``file`` is a 1-D float32 vector of the one ``shape`` seen so far (the
+    first reply's when None); returns that shape."""
+    for w, vec in present.items():
+        if not isinstance(vec, np.ndarray) or vec.dtype != np.float32 or vec.ndim != 1:
+            raise VoteError(f"file {file}: worker {w} sent {getattr(vec, 'dtype', type(vec).__name__)} "
+                            f"{getattr(vec, 'shape', '')}; expected a 1-D float32 vector")
+        shape = shape or vec.shape
+        if vec.shape != shape:
+            raise VoteError(f"file {file}: worker {w} sent length {vec.shape[0]}, others {shape[0]}")
+    return shape
+
+
+def _tolerant_winner(present: Mapping[int, np.ndarray], finite: list[int], r_prime: int, rtol: float,
+                     atol: float) -> tuple[np.ndarray | None, tuple[int, ...]]:
+    """The finite reply agreeing with the most others (itself included; ties: the lowest worker id) and the workers
+    agreeing with it, when at least ``r_prime`` agree; ``(None, ())`` otherwise."""
+    if not finite:
+        return None, ()
+    close = _agreement([present[w] for w in finite], rtol, atol)
+    support = close.sum(axis=1)
+    best = int(np.argmax(support))
+    if support[best] < r_prime:
+        return None, ()
+    return present[finite[best]], tuple(finite[j] for j in np.flatnonzero(close[best]))
+
+
 def vote_tolerant(file_workers: FileWorkers, replies: Sequence[Mapping[int, np.ndarray]],
                   r_prime: int | None = None, *, rtol: float = 1e-5, atol: float = 0.0,
                   excluded: Collection[int] = frozenset()) -> VoteResult[np.ndarray]:
@@ -197,23 +225,9 @@ def vote_tolerant(file_workers: FileWorkers, replies: Sequence[Mapping[int, np.n
     files = []
     for i, (ws, got) in enumerate(zip(holders, replies, strict=False)):
         present = {w: got[w] for w in ws if w in got and w not in excluded}
-        for w, vec in present.items():
-            if not isinstance(vec, np.ndarray) or vec.dtype != np.float32 or vec.ndim != 1:
-                raise VoteError(f"file {i}: worker {w} sent {getattr(vec, 'dtype', type(vec).__name__)} "
-                                f"{getattr(vec, 'shape', '')}; expected a 1-D float32 vector")
-            shape = shape or vec.shape
-            if vec.shape != shape:
-                raise VoteError(f"file {i}: worker {w} sent length {vec.shape[0]}, others {shape[0]}")
+        shape = _check_vectors(i, present, shape)
         finite = [w for w in sorted(present) if np.isfinite(present[w]).all()]
-        agree: tuple[int, ...] = ()
-        winner = None
-        if finite:
-            close = _agreement([present[w] for w in finite], rtol, atol)
-            support = close.sum(axis=1)
-            best = int(np.argmax(support))
-            if support[best] >= r_prime:
-                winner = present[finite[best]]
-                agree = tuple(finite[j] for j in np.flatnonzero(close[best]))
+        winner, agree = _tolerant_winner(present, finite, r_prime, rtol, atol)
         lost = tuple(sorted(w for w in present if w not in agree and (winner is not None or w not in finite)))
         absent = tuple(w for w in ws if w not in present)
         files.append(FileVote(i, winner, agree, lost, absent))
