@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,19 +290,33 @@ def grid_from_mapping(data: dict[str, Any], base: Grid | None = None) -> Grid:
 
 
 def _scalar(key: str, value: Any, annotation: str) -> Any:
-    if key == "controls":
-        if isinstance(value, bool):
-            return value
-        raise SweepError(f"controls must be true or false, got {value!r}")
-    if key == "alie_z":  # a string is kept as written (it is part of the runs' configuration hash)
-        canonical = parse_alie_z(value)
-        return value if isinstance(value, str) else canonical
-    if key == "momentum":
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
-            return float(value)
-        raise SweepError(f"momentum must be in [0, 1), got {value!r}")
-    if key in ("network", "dataset"):
-        return zoo_name(key, value)
+    """A scalar setting ``key`` checked: by its own rule (:data:`_SPECIAL`), else by its field's type
+    ``annotation``."""
+    special = _SPECIAL.get(key)
+    if special is not None:
+        return special(key, value)
+    return _typed_scalar(key, value, annotation)
+
+
+def _controls(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise SweepError(f"controls must be true or false, got {value!r}")
+
+
+def _alie_z(key: str, value: Any) -> Any:
+    """A string is kept as written (it is part of the runs' configuration hash)."""
+    canonical = parse_alie_z(value)
+    return value if isinstance(value, str) else canonical
+
+
+def _momentum(key: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    raise SweepError(f"momentum must be in [0, 1), got {value!r}")
+
+
+def _typed_scalar(key: str, value: Any, annotation: str) -> Any:
     if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     if "int" in annotation and isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -331,6 +346,11 @@ def zoo_name(key: str, value: Any) -> str:
         raise SweepError(f"{key}: invalid choice {value!r} (choose from {', '.join(choices)}, or MODULE:CALLABLE "
                          "for your own)")
     return str(value)
+
+
+#: The scalar settings checked by a rule of their own rather than by their field's type.
+_SPECIAL: dict[str, Callable[[str, Any], Any]] = {"controls": _controls, "alie_z": _alie_z, "momentum": _momentum,
+                                                  "network": zoo_name, "dataset": zoo_name}
 
 
 def preset(name: str | Preset) -> PresetEntry:

@@ -62,17 +62,7 @@ def cmax_fraction(spec: RunSpec) -> float:
 
 def summarize(spec: RunSpec, events: Iterable[dict[str, Any]], status: str) -> RunRow:
     """The row of ``spec`` from its events (a resumed step or evaluation overwrites the earlier one)."""
-    steps: dict[int, dict[str, Any]] = {}
-    evals: dict[int, float] = {}
-    wall = None
-    for event in events:
-        kind, step = event.get("kind"), event.get("step")
-        if kind == "step" and isinstance(step, int):
-            steps[step] = event
-        elif kind == "eval" and isinstance(step, int) and isinstance(event.get("top1"), (int, float)):
-            evals[step] = float(event["top1"])
-        elif kind == "summary" and isinstance(event.get("wall_s"), (int, float)):
-            wall = float(event["wall_s"]) + (wall or 0.0)
+    steps, evals, wall = _fold(events)
     ordered = [steps[s] for s in sorted(steps)]
     fractions = [e["files_corrupted"] / e["files"] for e in ordered
                  if isinstance(e.get("files_corrupted"), int) and isinstance(e.get("files"), int) and e["files"]]
@@ -85,6 +75,23 @@ def summarize(spec: RunSpec, events: Iterable[dict[str, Any]], status: str) -> R
         final_loss=_last(ordered, "loss"), corrupted_frac=statistics.fmean(fractions) if fractions else None,
         cmax_frac=cmax_fraction(spec), median_step_s=statistics.median(totals) if totals else None,
         bytes_in_per_step=_mean(ordered, "bytes_in"), bytes_out_per_step=_mean(ordered, "bytes_out"), wall_s=wall)
+
+
+def _fold(events: Iterable[dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], dict[int, float], float | None]:
+    """A run's step events by step, its evaluations' top-1 by step, and the wall seconds its summaries add up to
+    (None without one); a later event of a step replaces an earlier one."""
+    steps: dict[int, dict[str, Any]] = {}
+    evals: dict[int, float] = {}
+    wall = None
+    for event in events:
+        kind, step = event.get("kind"), event.get("step")
+        if kind == "step" and isinstance(step, int):
+            steps[step] = event
+        elif kind == "eval" and isinstance(step, int) and isinstance(event.get("top1"), (int, float)):
+            evals[step] = float(event["top1"])
+        elif kind == "summary" and isinstance(event.get("wall_s"), (int, float)):
+            wall = float(event["wall_s"]) + (wall or 0.0)
+    return steps, evals, wall
 
 
 def _last(events: Sequence[dict[str, Any]], key: str) -> float | None:
