@@ -37,7 +37,7 @@ from shield_model.compute import ComputeSpec, GradientComputer
 from shield_model.zoo.models import build_seeded_model
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist")
+MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_model" / "zoo" / "embedded" / "mnist")
 
 
 def fake_cifar10(folder: Path, per_file: int = 1000) -> str:

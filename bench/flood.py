@@ -498,7 +498,7 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=0.25, help="RSS/metrics sampling period")
     parser.add_argument("--run-timeout", type=float, default=1500, help="seconds one PS run may take")
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR") or
-                        str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist"),
+                        str(REPO / "shield_model" / "zoo" / "embedded" / "mnist"),
                         help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the "
                              "package)")
     parser.add_argument("--keep", help="keep the run directories under this path (default: a temporary one)")

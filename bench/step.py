@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the figures")
     parser.add_argument("--rounds", type=int, default=2, help="alternating (alone, watched) pairs of runs")
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR") or
-                        str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist"),
+                        str(REPO / "shield_model" / "zoo" / "embedded" / "mnist"),
                         help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the "
                              "package)")
     args = parser.parse_args()
