@@ -46,21 +46,28 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from byzantine.aggregators import default_byzantine_count  # noqa: E402
+from byzantine.placement import build_placement  # noqa: E402
+from byzantine.worst_case import worst_case  # noqa: E402
 from shield_agent.adversary import parse_adversaries  # noqa: E402
 from shield_ps.config import ServeConfig  # noqa: E402
-from shield_ps.byzantine.aggregators import default_byzantine_count  # noqa: E402
-from shield_ps.byzantine.placement import build_placement  # noqa: E402
-from shield_ps.byzantine.worst_case import worst_case  # noqa: E402
-from tests.byzantine_zoo import (RunResult, run_cluster, secret_favouring, secret_making_relay,  # noqa: E402
-                                 secret_relaying_to, zoo_config)
+from tests.byzantine_zoo import (  # noqa: E402
+    RunResult,
+    run_cluster,
+    secret_favouring,
+    secret_making_relay,
+    secret_relaying_to,
+    zoo_config,
+)
 
 OTHER = "other-class:3e-7"
 SCHEMES: dict[str, dict[str, Any]] = {
@@ -166,7 +173,7 @@ class Outcome:
     wall_s: float
 
     @classmethod
-    def of(cls, result: RunResult, wall: float) -> "Outcome":
+    def of(cls, result: RunResult, wall: float) -> Outcome:
         classes = result.of("classes")
         return cls(result.exit_code, result.of("step"), result.params,
                    classes[-1]["tolerance"] if classes else None, wall)

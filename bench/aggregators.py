@@ -14,13 +14,13 @@ import argparse
 import json
 import time
 import tracemalloc
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+from byzantine.aggregators import uses_byzantine_count
+from byzantine.vote import vote_digests
 from shield_ps import AGGREGATORS, aggregate
-from shield_ps.byzantine.aggregators import uses_byzantine_count
-from shield_ps.byzantine.vote import vote_digests
 from wire.digest import digest_bytes
 
 
@@ -72,7 +72,7 @@ def threads_speedup(X: np.ndarray, names: tuple[str, ...], s: int, reps: int = 5
         for rep in range(reps):
             for count in ((1, threads) if rep % 2 == 0 else (threads, 1)):
                 cpu = time.process_time()
-                seconds, _ = timed(lambda: aggregate(name, X, check_finite_input=False, threads=count, **params))
+                seconds, _ = timed(lambda: aggregate(name, X, check_finite_input=False, threads=count, **params))  # noqa: B023 (timed within this iteration)
                 best[count] = min(best[count], (seconds, time.process_time() - cpu))
         (one, one_cpu), (many, many_cpu) = best[1], best[threads]
         out[name] = {"1_thread_s": one, f"{threads}_threads_s": many, "speedup": one / many,
@@ -145,7 +145,8 @@ def main() -> None:
     for name, params in runs:
         extra = {k: v for k, v in params.items() if not (k == "s" and v == args.s)}
         label = name + ("[" + ",".join(f"{k}={v}" for k, v in extra.items()) + "]" if extra else "")
-        seconds, cpu, copies, out = measured(lambda: aggregate(name, X, check_finite_input=False, **params), nbytes)
+        seconds, cpu, copies, out = measured(lambda: aggregate(name, X, check_finite_input=False, **params),  # noqa: B023 (timed within this iteration)
+                                             nbytes)
         figures |= {f"{label}_s": seconds, f"{label}_cpu_s": cpu, f"{label}_peak_copies": copies}
         note = ""
         if name == "coord-median":

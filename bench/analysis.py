@@ -25,8 +25,8 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # this file is bench/
 
 import numpy as np  # noqa: E402
 
-from shield_ps.byzantine.placement import Placement, build_placement  # noqa: E402
-from shield_ps.byzantine.worst_case import clear_cache, worst_case  # noqa: E402
+from byzantine.placement import Placement, build_placement  # noqa: E402
+from byzantine.worst_case import clear_cache, worst_case  # noqa: E402
 
 CONFIGS = [("mols_K15_r3", "mols", 15, 3, 7, 10.0), ("mols_K21_r3", "mols", 21, 3, 10, 10.0),
            ("rama_two_K25_r5", "rama_two", 25, 5, 12, 10.0), ("mols_K35_r5", "mols", 35, 5, 13, 30.0)]

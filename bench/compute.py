@@ -26,18 +26,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from shield_agent.compute import ComputeSpec, GradientComputer
-from shield_agent.zoo.models import build_seeded_model
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.zoo.models import build_seeded_model
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist")
+MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_model" / "zoo" / "embedded" / "mnist")
 
 
 def fake_cifar10(folder: Path, per_file: int = 1000) -> str:
@@ -84,14 +84,14 @@ def measure(name: str, spec: ComputeSpec, reps: int, warmup: int) -> dict[str, f
         x, y = computer.file_inputs(step, file)
         view[:] = params  # as if the PS's vector had been decoded straight into the model's storage
         trials = [
-            ("ours", lambda: computer.file_gradient(params, step, file, out=out)),
-            ("inplace", lambda: computer.file_gradient(view, step, file, out=out)),
-            ("bare", lambda: bare(computer.model, x, y)),
-            ("idiom", lambda: torch_idiom(idiom_model, idiom_params, x, y, idiom_out)),
+            ("ours", lambda: computer.file_gradient(params, step, file, out=out)),  # noqa: B023 (timed within this iteration)
+            ("inplace", lambda: computer.file_gradient(view, step, file, out=out)),  # noqa: B023 (timed within this iteration)
+            ("bare", lambda: bare(computer.model, x, y)),  # noqa: B023 (timed within this iteration)
+            ("idiom", lambda: torch_idiom(idiom_model, idiom_params, x, y, idiom_out)),  # noqa: B023 (timed within this iteration)
         ]
         trials += [  # the wrapper's own work, piece by piece: a low-noise estimate of its overhead
             ("load", lambda: computer.flat.load(params)),
-            ("inputs", lambda: computer.file_inputs(step, file)),
+            ("inputs", lambda: computer.file_inputs(step, file)),  # noqa: B023 (timed within this iteration)
             ("grad_copy", lambda: computer.flat.gradient(out)),
         ]
         shift = rep % len(trials)

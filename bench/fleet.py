@@ -43,13 +43,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shield_ps.byzantine.placement import build_placement
-from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable
-from tests.fleet_cluster import BedCluster
+from byzantine.placement import build_placement  # noqa: E402
+from shield_ps.phases.names import TOTAL, Phase  # noqa: E402
+from tests.fleet_bed import FleetBed, Link, rate_bytes, unavailable  # noqa: E402
+from tests.fleet_cluster import BedCluster  # noqa: E402
 
 RESNET18_D = 11_200_000
 K15 = ("mols", 15, 3)
 SCENARIOS = ("bound", "relay", "lossy", "partition", "codecs")
+AGGREGATE, UPDATE = Phase.AGGREGATE.value, Phase.UPDATE.value
 
 
 def load() -> list[float]:
@@ -109,10 +111,10 @@ def bound_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         first_file = min(per_worker.values()) / files_per_worker
         times = event["times"]
         bound = (rtt / 2 + vector / R + max(slowest + vector / R + rtt, first_file + f * vector / R + rtt)
-                 + times["aggregate"] + times["update"])
-        rows.append({"step": event["step"], "step_s": round(times["total"], 3), "bound_s": round(bound, 3),
-                     "ratio": round(times["total"] / bound, 3), "slowest_compute_s": round(slowest, 3),
-                     "aggregate_update_s": round(times["aggregate"] + times["update"], 3),
+                 + times[AGGREGATE] + times[UPDATE])
+        rows.append({"step": event["step"], "step_s": round(times[TOTAL], 3), "bound_s": round(bound, 3),
+                     "ratio": round(times[TOTAL] / bound, 3), "slowest_compute_s": round(slowest, 3),
+                     "aggregate_update_s": round(times[AGGREGATE] + times[UPDATE], 3),
                      "files_won": event["files_won"], "hedges": event["hedges"], "codecs": event.get("codecs")})
     ratio = statistics.median(r["ratio"] for r in rows) if rows else None
     say(f"bound: {json.dumps(rows)}; delay daemon lag {lag(stats)} ms")
@@ -129,7 +131,7 @@ def relay_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             events, _, _ = run_cluster(tmp, f"relay-{mode}-{pair}", d=args.d, ps_link=ps_link, agent_link=agent_link,
                                        steps=args.steps + 1, seconds=args.relay_seconds_per_file,
                                        serve_flags=("--relay", mode))
-            step = statistics.median(e["times"]["total"] for e in events[1:])
+            step = statistics.median(e["times"][TOTAL] for e in events[1:])
             medians[mode].append(step)
             say(f"relay {mode} (pair {pair}): median step {step:.3f} s, egress "
                 f"{statistics.median(e['bytes_out'] for e in events[1:]) / (args.d * 4):.2f} d*4")
@@ -147,7 +149,7 @@ def lossy_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     say(f"lossy: steps {[round(e['times']['total'], 2) for e in events]}, dropped {dropped}, hedges "
         f"{[e['hedges'] for e in events]}, slow {[e.get('slow') for e in events]}, erased "
         f"{[e.get('erased') for e in events]}; delay daemon lag {lag(stats)} ms")
-    return {"lossy_wan_honest_files_dropped": dropped, "lossy_steps_s": [round(e["times"]["total"], 2) for e in events],
+    return {"lossy_wan_honest_files_dropped": dropped, "lossy_steps_s": [round(e["times"][TOTAL], 2) for e in events],
             "lossy_hedges": sum(e["hedges"] for e in events),
             "lossy_erased": sum(len(e.get("erased", [])) for e in events),
             "lossy_profile": f"K=15 d={args.lossy_d} every link {link.describe()}"}
@@ -171,11 +173,11 @@ def partition_figure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     events, cluster, _ = run_cluster(tmp, "partition", d=args.partition_d, ps_link=link, agent_link=link,
                                      steps=args.partition_steps, seconds=args.seconds_per_file, during=during)
     victim_workers = _workers_of(cluster, "a03")
-    after = [e for e in events if e["time"] - e["times"]["total"] >= marks["heal"]]
+    after = [e for e in events if e["time"] - e["times"][TOTAL] >= marks["heal"]]
     heal_steps = next((i for i, e in enumerate(after) if not victim_workers & set(e.get("erased", []))), None)
     say(f"partition: worker(s) {sorted(victim_workers)}; erased per step after the heal "
         f"{[sorted(victim_workers & set(e.get('erased', []))) for e in after]}; steps {heal_steps}")
-    return {"partition_heal_steps": heal_steps, "partition_step_s": [round(e["times"]["total"], 2) for e in events],
+    return {"partition_heal_steps": heal_steps, "partition_step_s": [round(e["times"][TOTAL], 2) for e in events],
             "partition_profile": f"K=15 d={args.partition_d} every link {link.describe()}, one agent cut "
                                  f"{args.partition_s:.0f} s"}
 

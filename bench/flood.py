@@ -288,7 +288,8 @@ def _serve_cmd(train_dir: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "shield_ps.cli", "serve", "--port", "0", "--host", PS_HOST, "--plain",
             "--token", TOKEN, "--local-agents", str(args.workers), "--scheme", args.scheme,
             "--workers", str(args.workers), "--replication", str(args.replication),
-            *(["--rama-m", str(args.rama_m)] if args.scheme == "rama_two" else []), "--network", "LeNet", "--dataset", "MNIST", "--data-dir", args.data_dir, "--max-steps", str(args.steps),
+            *(["--rama-m", str(args.rama_m)] if args.scheme == "rama_two" else []), "--network", "LeNet",
+            "--dataset", "MNIST", "--data-dir", args.data_dir, "--max-steps", str(args.steps),
             "--eval-freq", str(10 * args.steps), "--train-dir", str(train_dir), "--join-timeout", "600",
             "--seed", "0"]
 
@@ -497,8 +498,9 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=0.25, help="RSS/metrics sampling period")
     parser.add_argument("--run-timeout", type=float, default=1500, help="seconds one PS run may take")
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR") or
-                        str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist"),
-                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the package)")
+                        str(REPO / "shield_model" / "zoo" / "embedded" / "mnist"),
+                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the "
+                             "package)")
     parser.add_argument("--keep", help="keep the run directories under this path (default: a temporary one)")
     parser.add_argument("--flooder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

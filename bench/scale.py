@@ -40,10 +40,11 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
-
 from aggregators import SPEEDUP_OTHERS, SPEEDUP_TARGETS, threads_speedup  # noqa: E402
-from shield_ps.byzantine.placement import build_placement  # noqa: E402
+
+from byzantine.placement import build_placement  # noqa: E402
 from shield_ps.cli.serve import listening_port  # noqa: E402
+from shield_ps.phases.names import TOTAL, Phase  # noqa: E402
 
 TOKEN = "bench-scale-token-0123456789abcdef"
 #: K -> (scheme, r): the placements measured.
@@ -139,7 +140,7 @@ def available_bytes() -> int:
 
 
 #: Vectors of d float32 one synthetic agent (one slot, one compute thread) holds, whatever its l: two parameter
-#: vectors, its compute thread's scratch and its payload vector (shield_agent.synthetic.LazyFiles).
+#: vectors, its compute thread's scratch and its payload vector (shield_agent.synthetic_slot.LazyFiles).
 AGENT_VECTORS = 4
 #: Vectors of d the PS holds besides 2.5 per file (the f rows, one spare buffer per file being fetched, and the
 #: aggregation's and a few hedges' temporaries; at most f + 4 spares are kept across steps): parameters, momentum,
@@ -165,7 +166,7 @@ def after_last_digest(times: dict[str, float]) -> float:
     """Seconds from the last digest to the end of the step (the PS's critical path once all have computed)."""
     if "after_last_digest" in times:
         return times["after_last_digest"]
-    return times["total"] - times["broadcast"] - times["compute"]
+    return times[TOTAL] - times[Phase.BROADCAST.value] - times[Phase.DIGEST_GATHER.value]
 
 
 def measure(K: int, d: int, args: argparse.Namespace, tmp: Path, extra: tuple[str, ...] = (), tag: str = "") -> dict:
@@ -182,17 +183,17 @@ def measure(K: int, d: int, args: argparse.Namespace, tmp: Path, extra: tuple[st
     med = lambda values: statistics.median(list(values))  # noqa: E731
     row = {
         "K": K, "d": d, "scheme": scheme, "r": r, "f": placement.f, "steps": len(steps),
-        "step_s": med(s["times"]["total"] for s in steps),
+        "step_s": med(s["times"][TOTAL] for s in steps),
         "after_last_digest_s": med(after_last_digest(s["times"]) for s in steps),
-        "aggregate_s": med(s["times"]["aggregate"] for s in steps),
-        "update_s": med(s["times"]["update"] for s in steps),
+        "aggregate_s": med(s["times"][Phase.AGGREGATE.value] for s in steps),
+        "update_s": med(s["times"][Phase.UPDATE.value] for s in steps),
         "ingress_bytes": med(s["bytes_in"] for s in steps), "egress_bytes": med(s["bytes_out"] for s in steps),
         "estimated_gb": round(footprint(K, d) / 1e9, 2), "peak_rss_gb": round(peak / 1e9, 2),
         "ps_peak_rss_gb": round(ps_peak / 1e9, 2), "agent_peak_rss_gb": round(agent_peak / 1e9, 3),
         "files_won": med(s["files_won"] for s in steps), "hedges": sum(s.get("hedges", 0) for s in steps),
         "slow_or_erased": sum(len(s.get("slow", [])) + len(s.get("erased", [])) for s in steps),
         "per_step": [[s["files_won"], round(s["bytes_in"] / (d * 4), 2), round(s["bytes_out"] / (d * 4), 2),
-                      len(s.get("slow", [])), len(s.get("erased", [])), round(s["times"]["total"], 3)]
+                      len(s.get("slow", [])), len(s.get("erased", [])), round(s["times"][TOTAL], 3)]
                      for s in steps],  # files won, ingress and egress in d*4, slow, erased, step seconds
     }
     row["critical_path_vs_aggregate_update"] = row["after_last_digest_s"] / (row["aggregate_s"] + row["update_s"])

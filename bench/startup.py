@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist")
+MNIST_DIR = os.environ.get("SHIELD_MNIST_DIR") or str(REPO / "shield_model" / "zoo" / "embedded" / "mnist")
 KB_MB = 1.0 / 1024
 
 

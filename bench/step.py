@@ -33,9 +33,12 @@ from shield_ps import aggregate  # noqa: E402
 from shield_ps.cli.serve import listening_port  # noqa: E402
 from shield_ps.config import ServeConfig  # noqa: E402
 from shield_ps.job import resolve_job  # noqa: E402
+from shield_ps.phases.names import TOTAL, Phase  # noqa: E402
 
 TOKEN = "bench-step-token-0123456789abcdef"
-PS_PHASES = ("broadcast", "vote", "aggregate", "update")
+PS_PHASES = tuple(p.value for p in (Phase.BROADCAST, Phase.VOTE, Phase.AGGREGATE, Phase.UPDATE))
+#: The phases the agents' compute and the payloads set (the digest gather, the payload fetch).
+WAIT_PHASES = (Phase.DIGEST_GATHER.value, Phase.PAYLOAD_FETCH.value)
 
 
 def _serve(train_dir: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
@@ -103,8 +106,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the figures")
     parser.add_argument("--rounds", type=int, default=2, help="alternating (alone, watched) pairs of runs")
     parser.add_argument("--data-dir", default=os.environ.get("SHIELD_MNIST_DIR") or
-                        str(REPO / "shield_agent" / "zoo" / "embedded" / "mnist"),
-                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the package)")
+                        str(REPO / "shield_model" / "zoo" / "embedded" / "mnist"),
+                        help="MNIST directory (default: $SHIELD_MNIST_DIR, else the test split embedded in the "
+                             "package)")
     args = parser.parse_args()
 
     plan = resolve_job(ServeConfig(scheme=args.scheme, workers=args.workers, replication=args.replication,
@@ -131,13 +135,13 @@ def main() -> None:
         "ps_side_vs_aggregator": round(ps_alone / agg, 3), "ingress_bytes": int(ingress),
         "ingress_vs_fd4": round(ingress / floor, 4), "original_ingress_vs_fd4": r,
         "ps_side_watched_s": round(ps_watched, 5), "watched_vs_alone": round(ps_watched / ps_alone, 3),
-        "step_total_s": round(statistics.median(s["times"]["total"] for s in alone), 4),
+        "step_total_s": round(statistics.median(s["times"][TOTAL] for s in alone), 4),
     }
     print(f"cluster: {args.scheme} K={args.workers} f={f} r={r}, {args.network} (d={d:,}), "
           f"{plan.aggregator.value}, {len(alone)} steps measured")
     print(f"PS-side time per step (broadcast+vote+aggregate+update): {ps_alone * 1e3:.1f} ms")
     for name, steps in (("alone", alone), ("watched", watched)):
-        phases = {p: statistics.median(s["times"].get(p, 0.0) for s in steps) for p in PS_PHASES + ("compute", "gather")}
+        phases = {p: statistics.median(s["times"].get(p, 0.0) for s in steps) for p in PS_PHASES + WAIT_PHASES}
         print(f"  phases ({name}, median ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
         figures[f"phases_{name}_ms"] = {k: round(v * 1e3, 2) for k, v in phases.items()}
     print(f"aggregator alone on ({f}, {d}): {agg * 1e3:.1f} ms -> ratio {ps_alone / agg:.2f} (target <= 2)")

@@ -25,14 +25,22 @@ import argparse
 import json
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import (DEFAULT_PARAMS, SketchReply, check_payload,
-                                        check_payloads, l2_norm, new_seed, sketch_many, vote_sketches)
-from shield_ps.byzantine.groups import median_into, outliers
-from shield_ps.byzantine.vote import vote_digests
+from byzantine.groups import median_into, outliers
+from byzantine.sketch import (
+    DEFAULT_PARAMS,
+    SketchReply,
+    check_payload,
+    check_payloads,
+    l2_norm,
+    new_seed,
+    sketch_many,
+    vote_sketches,
+)
+from byzantine.vote import vote_digests
 from wire.digest import digest_bytes
 
 SIZES = {"lenet": 431_080, "resnet18": 11_173_962}
@@ -75,7 +83,7 @@ def run(name: str, d: int, f: int, reps: int) -> dict[str, float]:
         assert len(vote.files_won) == f
         _payload_checks(rows, zeros)
         if batched:
-            assert check_payloads(list(zip(rows, claimed)), seed) == [None] * f
+            assert check_payloads(list(zip(rows, claimed, strict=False)), seed) == [None] * f
         else:
             for i in range(f):
                 assert check_payload(rows[i], claimed[i], seed) is None

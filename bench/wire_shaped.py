@@ -3,10 +3,11 @@ our own, its two directions limited by ``tc ... tbf`` to 1 Gbit/s and then 10 Gb
 this machine: the link joins this namespace to one we create and delete).
 
 A receiver process in the namespace reads every vector (with its BLAKE3 digest, as the PS does) and answers; the
-sender sends a ResNet-18-sized vector (bench/wire_speed.py passes a real gradient; alone, a synthetic one) as a request, end
-to end: encode + transfer + decode + reply. Per codec (none, lz4, zstd, auto) and rate: the best of ``reps``
-vectors after ``warmup`` ones (auto measures the link on them), codecs alternated round by round so that load from
-other processes hits all alike. ``auto_vs_best_fixed_<rate>`` = auto's effective rate over the best fixed codec's.
+sender sends a ResNet-18-sized vector (bench/wire_speed.py passes a real gradient; alone, a synthetic one) as a
+request, end to end: encode + transfer + decode + reply. Per codec (none, lz4, zstd, auto) and rate: the best of
+``reps`` vectors after ``warmup`` ones (auto measures the link on them), codecs alternated round by round so that load
+from other processes hits all alike. ``auto_vs_best_fixed_<rate>`` = auto's effective rate over the best fixed
+codec's.
 
     python bench/wire_shaped.py [--dim 11173962] [--reps 4]     (also run by bench/wire_speed.py)
 """
@@ -124,8 +125,8 @@ async def send_all(host: str, port: int, x: np.ndarray, reps: int, warmup: int,
 
 
 def synthetic_vector(d: int) -> np.ndarray:
-    """A synthetic gradient (shield_agent.synthetic): float32 values shaped like a real gradient's."""
-    from shield_agent.synthetic import initial_parameters, synthetic_gradient
+    """A synthetic gradient (shield_model.synthetic): float32 values shaped like a real gradient's."""
+    from shield_model.synthetic import initial_parameters, synthetic_gradient
 
     return synthetic_gradient(initial_parameters(d, 0), 0, 0, 0, np.empty(d, np.float32))
 

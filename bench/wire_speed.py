@@ -28,8 +28,9 @@ import multiprocessing as mp
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package of this checkout
 
@@ -74,7 +75,7 @@ def bench_codec(x: np.ndarray, codec: Codec, level: int, reps: int) -> dict[str,
     t_bare_enc, t_enc = paired(lambda: [blosc2.compress2(p, **kwargs) for p in pieces],
                                lambda: wire.encode_vector(x, codec, level), reps)
     enc = wire.encode_vector(x, codec, level)
-    t_bare_dec, t_dec = paired(lambda: [blosc2.decompress2(c, dst=o) for c, o in zip(bare_chunks, outs)],
+    t_bare_dec, t_dec = paired(lambda: [blosc2.decompress2(c, dst=o) for c, o in zip(bare_chunks, outs, strict=False)],
                                lambda: wire.decode_vector_into(enc, dest, digest=False), reps)
     t_dec_digest = min(timed(lambda: wire.decode_vector_into(enc, dest)) for _ in range(reps))
     assert dest.tobytes() == x.tobytes()
@@ -238,8 +239,8 @@ def real_gradient() -> np.ndarray | None:
     try:
         import torch
 
-        from shield_agent.zoo.flat import FlatParameters
-        from shield_agent.zoo.models import build_seeded_model
+        from shield_model.zoo.flat import FlatParameters
+        from shield_model.zoo.models import build_seeded_model
     except ImportError:
         return None
     model = build_seeded_model("ResNet18", "CIFAR10", 0)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shield_ps.config import ServeConfig  # noqa: E402
 from shield_agent.adversary import parse_adversary  # noqa: E402
+from shield_ps.config import ServeConfig  # noqa: E402
 from tests.byzantine_zoo import run_cluster, secret_favouring, zoo_config  # noqa: E402
 
 BEHAVIOURS = ["trickle", "slow-payload", "silent-fetch", "delayed-fetch", "slow-step-reader", "silent-digests",

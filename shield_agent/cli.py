@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from shield_agent.errors import ShieldAgentError
+from shield_agent.errors import AGENT_ERRORS
 from wire.cli import build_parser as _build_parser
 from wire.cli import run_tool
 from wire.errors import WireError
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_tool(PROG, DESCRIPTION, COMMANDS, (ShieldAgentError, WireError), argv)
+    return run_tool(PROG, DESCRIPTION, COMMANDS, (*AGENT_ERRORS, WireError), argv)
 
 
 if __name__ == "__main__":

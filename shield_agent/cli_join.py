@@ -13,9 +13,9 @@ import re
 import signal
 from pathlib import Path
 
+from shield_model.device import parse_device
+from shield_model.errors import DatasetError
 from wire.auth import read_token
-from shield_agent.device import parse_device
-from shield_agent.errors import DatasetError
 from wire.cli import host_port, positive_int
 from wire.errors import TokenError
 
@@ -93,7 +93,7 @@ class _Behaviours(argparse.Action):
 
         specs = [*getattr(namespace, self.dest, []), values]
         try:
-            check_composable(tuple(specs))  # type: ignore[arg-type]
+            check_composable(tuple(specs))
         except AdversaryError as exc:
             raise argparse.ArgumentError(self, str(exc)) from None
         setattr(namespace, self.dest, specs)

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from shield_agent.zoo.names import Dataset
-    from shield_agent.zoo.sources import CACHE_ENV, DEFAULT_CACHE
+    from shield_model.zoo.names import Dataset
+    from shield_model.zoo.sources import CACHE_ENV, DEFAULT_CACHE
 
     parser = subparsers.add_parser("prepare", help="download and verify a dataset (checksums) into a directory")
     parser.add_argument("--dataset", required=True, metavar="NAME",
@@ -35,11 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shield_agent.errors import DatasetError
-    from shield_agent.zoo.datasets import load_dataset
-    from shield_agent.zoo.names import parse_dataset
-    from shield_agent.zoo.prepare import prepare
-    from shield_agent.zoo.sources import cache_dir, check_data_dir, missing
+    from shield_model.errors import DatasetError
+    from shield_model.zoo.datasets import load_dataset
+    from shield_model.zoo.names import parse_dataset
+    from shield_model.zoo.prepare import prepare
+    from shield_model.zoo.sources import cache_dir, check_data_dir, missing
 
     dataset = parse_dataset(args.dataset)
     folder = args.data_dir or str(cache_dir())

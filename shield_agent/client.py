@@ -24,23 +24,25 @@ import functools
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shield_agent.adversary import Adversary
-from shield_agent.errors import ComputeError, DatasetError, ShieldAgentError
+from shield_agent.errors import AGENT_ERRORS
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentJob, AgentOptions, as_int
 from shield_agent.relay import RelayHub, RelaySource
 from shield_agent.sketching import answers as sketch_answers
+from shield_model.errors import ComputeError, DatasetError
 from wire import ConnectionClosed, Kind, Message, digest_bytes
 from wire.digest import DIGEST_SIZE
 from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
-    from shield_agent.synthetic import LazyFiles
+    from shield_agent.synthetic_slot import LazyFiles
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class _StepWork:
 class AgentSession:
     """One authenticated connection to the PS, from JOB to LEAVE or disconnect."""
 
-    _lazy: "LazyFiles | None" = None  # a synthetic job's gradients, regenerated instead of stored (no self._grads)
+    _lazy: LazyFiles | None = None  # a synthetic job's gradients, regenerated instead of stored (no self._grads)
 
     def __init__(self, options: AgentOptions, conn: Any, host: ComputeHost | None = None,
                  relay: RelayHub | None = None) -> None:
@@ -128,12 +130,12 @@ class AgentSession:
             self.computer = await loop.run_in_executor(self._executor, self._make_computer, job, threads)
             fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads,
                                                      self.adversary)
-        except ShieldAgentError as exc:
+        except AGENT_ERRORS as exc:
             await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
             raise
         d = self.computer.num_params
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
-        from shield_agent.synthetic import lazy_files
+        from shield_agent.synthetic_slot import lazy_files
 
         self._lazy = lazy_files(self.computer, self.adversary, job.worker)
         self._grads = {} if self._lazy is not None else {f: np.empty(d, np.float32) for f in job.files}
@@ -146,15 +148,15 @@ class AgentSession:
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:
         """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
-        benchmark job (shield_agent.synthetic)."""
-        from shield_agent.synthetic import make_computer
+        benchmark job (shield_model.synthetic)."""
+        from shield_agent.synthetic_slot import make_computer
 
         synthetic = make_computer(job.synthetic_d, self.options.synthetic, job.seed)
         if synthetic is not None:
             return synthetic
-        from shield_agent.compute import ComputeSpec
         from shield_agent.plugin_admission import check_job_plugins
-        from shield_agent.zoo.sources import locate
+        from shield_model.compute import ComputeSpec
+        from shield_model.zoo.sources import locate
 
         self.plugin_fields = check_job_plugins(job, self.options.plugins)  # before anything is loaded
         data_dir = str(locate(job.dataset, self.options.data_dir).path)
@@ -283,7 +285,7 @@ class AgentSession:
             assert self.job is not None
             await loop.run_in_executor(self._executor, functools.partial(
                 self.adversary.commit, out, work.step, file, self.job.worker, keep=self._sketched))
-        digest = await loop.run_in_executor(self._executor, digest_bytes, memoryview(out).cast("B"))
+        digest = await loop.run_in_executor(self._executor, digest_bytes, out.data.cast("B"))
         return result, digest
 
     async def _on_fetch(self, msg: Message) -> None:
@@ -342,8 +344,8 @@ class AgentSession:
             yield self.adversary.forge(payload) if self.adversary.forges else payload
             return
         async with self._lazy.payload(self._params[work.step % 2], work.step, file,
-                                      lambda: self._still_holds(work)) as payload:
-            yield payload
+                                      lambda: self._still_holds(work)) as regenerated:
+            yield regenerated
 
     def _still_holds(self, work: _StepWork) -> bool:
         """Whether ``self._params[work.step % 2]`` surely still holds ``work``'s parameters: ``work`` is current and

@@ -1,29 +1,15 @@
-"""Errors raised by the worker agent: one small hierarchy, each with a short ``code``."""
+"""Errors raised by the worker agent: one small hierarchy, each with a short ``code``. What the model library below
+it raises (datasets, networks, plug-ins, compute) is :mod:`shield_model.errors`; the agent catches both
+(:data:`AGENT_ERRORS`)."""
 from __future__ import annotations
+
+from shield_model.errors import ShieldModelError
 
 
 class ShieldAgentError(Exception):
     """Base of every error the agent raises on purpose."""
 
     code = "agent"
-
-
-class DatasetError(ShieldAgentError):
-    """A dataset that is unknown, missing offline, or fails verification; the message says where files should go."""
-
-    code = "dataset"
-
-
-class ModelError(ShieldAgentError, ValueError):
-    """An unknown network or a network that does not apply to the dataset."""
-
-    code = "model"
-
-
-class PluginError(ShieldAgentError, ValueError):
-    """A ``--network``/``--dataset MODULE:CALLABLE`` that cannot be imported, called or used (docs/your-model.md)."""
-
-    code = "plugin"
 
 
 class PluginRefused(ShieldAgentError):
@@ -33,13 +19,11 @@ class PluginRefused(ShieldAgentError):
     code = "job"
 
 
-class ComputeError(ShieldAgentError):
-    """A job spec the compute core cannot honour (e.g. batch size not a multiple of the file count)."""
-
-    code = "compute"
-
-
 class JoinRefused(ShieldAgentError):
     """The PS refused our token again and again: retrying cannot help."""
 
     code = "auth"
+
+
+#: What the agent and its model library raise on purpose (reported as a message and a close code, never a trace).
+AGENT_ERRORS = (ShieldAgentError, ShieldModelError)

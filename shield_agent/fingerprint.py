@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shield_agent.errors import ComputeError
+from shield_model.errors import ComputeError
 
 #: Environment variables that change which kernels torch picks on a CPU.
 KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
@@ -28,7 +28,7 @@ def environment(device: Any, threads: int) -> dict[str, Any]:
     """What decides this agent's determinism class (plain values, for the JOB reply and the PS's view)."""
     import torch
 
-    from shield_agent.device import device_name
+    from shield_model.device import device_name
 
     env: dict[str, Any] = {
         "torch": str(torch.__version__), "numpy": str(np.__version__), "device": str(device),
@@ -73,7 +73,7 @@ def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int, adve
     fields: dict[str, Any] = {"environment": own(threads) if own else environment(computer.device, threads)}
     if probe is None:
         return fields
-    from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch
+    from byzantine.sketch import SketchParams, l2_norm, sketch
 
     gradient = computer.file_gradient(computer.initial_parameters(), probe["step"], probe["file"]).gradient
     if adversary is not None:

@@ -1,12 +1,12 @@
 """What the worker slots of one agent process share: the compute threads and the dataset.
 
 ``shield-agent join --workers N`` runs N worker slots in one process. Each slot is its own authenticated connection
-to the PS and owns its own :class:`~shield_agent.compute.GradientComputer` (model, flat parameter storage and
+to the PS and owns its own :class:`~shield_model.compute.GradientComputer` (model, flat parameter storage and
 gradient buffers: a model is never used by two threads at once), while the process imports torch once and loads the
 dataset once (``load_dataset`` caches it per process; the images are read-only tensors shared by every slot).
 
 The slots' files are computed by a small pool of threads. Every computation runs with the job's fixed intra-op
-thread count (:func:`~shield_agent.compute.configure_torch` sets it in the computing thread), so a file's gradient is
+thread count (:func:`~shield_model.compute.configure_torch` sets it in the computing thread), so a file's gradient is
 bit-identical to what a one-worker process computes: the kernels see the same inputs, the same weights and the same
 thread count, whichever pool thread runs them. The pool holds ``max(1, min(N, cores // threads))`` threads, so N
 slots never oversubscribe the cores with intra-op threads.
@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shield_agent.compute import ComputeSpec, GradientComputer
+    from shield_model.compute import ComputeSpec, GradientComputer
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ class ComputeHost:
                          intra_op_threads)
             return self._executor
 
-    def build(self, spec: "ComputeSpec") -> "GradientComputer":
+    def build(self, spec: ComputeSpec) -> GradientComputer:
         """A slot's own GradientComputer (runs in a pool thread). Built one at a time, so the first build loads the
         dataset and every later one finds it in the per-process cache."""
-        from shield_agent.compute import GradientComputer
+        from shield_model.compute import GradientComputer
 
         with self._build_lock:
             return GradientComputer(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shield_agent.errors import ComputeError
+from shield_model.errors import ComputeError
 from wire.autocodec import parse_codec_choice
 
 if TYPE_CHECKING:
@@ -20,13 +20,13 @@ class AgentOptions:
     host: str
     port: int
     token: str
-    data_dir: str | None  # None: the cache, else the embedded copy (shield_agent.zoo.sources)
+    data_dir: str | None  # None: the cache, else the embedded copy (shield_model.zoo.sources)
     plugins: tuple[str, ...] = ()  # --plugin: the modules a PS's job may name (shield_agent.plugin_admission)
     threads: int | None = None
     name: str = ""
     reconnect: bool = True
     max_backoff: float = 30.0
-    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_agent.device)
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (shield_model.device)
     spot_watch: bool = False  # poll IMDSv2 for a spot interruption notice and leave the PS cleanly on one
     imds: tuple[str, int] | None = None  # the metadata service (default: EC2's link-local address)
     spot_notice_file: str | None = None  # where the watcher writes the notice (shield-ops reads it over SSH)
@@ -37,7 +37,7 @@ class AgentOptions:
     relay: bool = True  # serve the step's parameters to other agents (shield_agent.relay)
     relay_bind: str | None = None  # the relay server's address (default: loopback for a loopback PS, else all)
     relay_port: int = 0
-    adversary: "tuple[BehaviourSpec, ...]" = ()  # --adversary: Byzantine behaviours (shield_agent.adversary)
+    adversary: tuple[BehaviourSpec, ...] = ()  # --adversary: Byzantine behaviours (shield_agent.adversary)
 
     def slot_name(self, slot: int) -> str:
         """The name slot ``slot`` shows on the PS: ``name`` alone for one slot, ``name/slot`` for several."""
@@ -66,7 +66,7 @@ class AgentJob:
     dataset_digest: str | None = None  # a plug-in dataset's identity on the PS
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> "AgentJob":
+    def from_header(cls, header: dict[str, Any]) -> AgentJob:
         try:
             files = header["files"]
             if not isinstance(files, list) or len(files) > _MAX_FILES_PER_WORKER:

@@ -3,17 +3,17 @@
 A job may name ``--network``/``--dataset MODULE:CALLABLE``. The agent imports ``MODULE`` only when its own command line
 allows it (``shield-agent join --plugin MODULE``): a module named over the network is never imported on the PS's word
 alone. Its copy must then be the PS's: the digest of the module's source and the callable's name
-(:func:`shield_agent.zoo.plugins.identify`) must equal the one in JOB. Otherwise the agent refuses with
+(:func:`shield_model.zoo.plugins.identify`) must equal the one in JOB. Otherwise the agent refuses with
 :class:`~shield_agent.errors.PluginRefused`, whose code ``job`` ends the slot instead of reconnecting; the JOB reply
-reports this copy's digests, which the PS compares too (:func:`shield_ps.plugins.refusal`).
+reports this copy's digests, which the PS compares too (docs/your-model.md).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from shield_agent.errors import PluginRefused
 from shield_agent.job import AgentJob
-from shield_agent.zoo.plugins import identify, is_plugin, parse_plugin
+from shield_model.zoo.plugins import identify, is_plugin, parse_plugin
 
 
 def check_job_plugins(job: AgentJob, allowed: Sequence[str]) -> dict[str, str]:

@@ -5,7 +5,7 @@ take it (a parent agent's relay server, or a sibling slot of its own process) an
 (``params_digest``). A relay forwards each chunk as it arrives (cut-through), and every receiver checks the digest
 before computing, so a relay can withhold or corrupt the parameters but never make anyone compute on wrong ones: when
 nothing valid arrived by the deadline the PS named, the agent tells the PS (``RELAY``), which sends the vector
-directly and records the relay (shield_ps.phases.relay). A relay whose own vector turns out wrong cuts the frames it
+directly and records the relay (its relay phase). A relay whose own vector turns out wrong cuts the frames it
 is forwarding. docs/performance.md measures the tree.
 
 One :class:`RelayHub` per agent process: a store of the verified vectors of the last steps (:class:`RelayStore`),
@@ -25,9 +25,20 @@ from typing import Any
 import numpy as np
 
 from shield_agent.adversary import HONEST, Adversary
-from shield_agent.errors import ComputeError
-from wire import (AuthError, ConnectionClosed, Kind, Limits, Message, RemoteError, Timeouts, WireError,
-                  WireTimeoutError, connect, serve)
+from shield_model.errors import ComputeError
+from wire import (
+    AuthError,
+    ConnectionClosed,
+    Kind,
+    Limits,
+    Message,
+    RemoteError,
+    Timeouts,
+    WireError,
+    WireTimeoutError,
+    connect,
+    serve,
+)
 from wire.auth import Role
 from wire.digest import DIGEST_SIZE
 
@@ -66,7 +77,7 @@ class RelaySource:
     wait: float
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> "RelaySource":
+    def from_header(cls, header: dict[str, Any]) -> RelaySource:
         relay = header.get("relay")
         try:
             if not isinstance(relay, dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch_many
+from byzantine.sketch import SketchParams, l2_norm, sketch_many
 from wire.sketch import SketchAnswer, SketchRequest
 
 
@@ -18,7 +18,7 @@ def answers(request: SketchRequest, gradients: dict[int, np.ndarray]) -> list[Sk
     gradient gets ``sketch=None``. Runs off the event loop."""
     params = SketchParams(rows=request.rows, width=request.width)
     finite = [f for f in request.files if f in gradients and np.isfinite(gradients[f]).all()]
-    sketches = dict(zip(finite, sketch_many([gradients[f] for f in finite], request.seed, params)))
+    sketches = dict(zip(finite, sketch_many([gradients[f] for f in finite], request.seed, params), strict=False))
     out = []
     for f in request.files:
         if f not in gradients:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from shield_agent.adversary import Adversary
 from shield_agent.client import AgentSession
-from shield_agent.errors import JoinRefused, ShieldAgentError
+from shield_agent.errors import AGENT_ERRORS, JoinRefused, ShieldAgentError
 from shield_agent.host import ComputeHost
 from shield_agent.job import AgentOptions
 from shield_agent.relay import RelayHub
@@ -34,7 +34,7 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
     the PS refused our token ``options.max_refusals`` times in a row. ``session_type`` is the per-connection
     behaviour (tests substitute Byzantine ones)."""
     if options.synthetic is None:
-        import shield_agent.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
+        import shield_model.compute  # noqa: F401  (torch imports take seconds: never on a live connection's loop)
 
     host = ComputeHost(options.workers, options.compute_threads)
     hub = await _start_relay(options)
@@ -99,7 +99,7 @@ async def _start_relay(options: AgentOptions) -> RelayHub:
 
 
 async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
-                    watcher: "SpotWatcher | None",
+                    watcher: SpotWatcher | None,
                     refusals: _Refusals, errors: _SlotErrors,
                     session_type: type[AgentSession] = AgentSession) -> int:
     """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
@@ -121,32 +121,32 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
             backoff = min(backoff * 2, options.max_backoff)
             continue
         refusals.count, backoff = 0, 0.5
-        log.debug("slot %d joined %s as peer %d", slot, address, conn.peer.id)
+        log.debug("slot %d joined %s as peer %d", slot, address, conn.known_peer.id)
         session = session_type(options, conn, host, hub)
         leaver = asyncio.get_running_loop().create_task(_leave_on_notice(watcher, session)) if watcher else None
         try:
             await session.run()
-        except ShieldAgentError as exc:
+        except AGENT_ERRORS as exc:
             errors.report(exc)
             await conn.close(str(exc), code=exc.code)
             return 2
         except ConnectionClosed as exc:  # closed under a read (the PS cut a STEP at its deadline): lost, not fatal
-            log.info("worker %d: the connection closed during a read: %s", conn.peer.id, exc)
+            log.info("worker %d: the connection closed during a read: %s", conn.known_peer.id, exc)
         finally:
             if leaver is not None:
                 leaver.cancel()
                 await asyncio.gather(leaver, return_exceptions=True)
             await conn.close("agent leaving")
         if session.finished or (watcher is not None and watcher.event.is_set()):
-            return _ended(session, conn.peer.id)
+            return _ended(session, conn.known_peer.id)
         refused = getattr(conn.close_error, "remote_code", None)
         if refused in FINAL_REFUSALS:
             log.error("the PS refused this agent: %s", getattr(conn.close_error, "reason", conn.close_error))
             return 2
         if not options.reconnect:
-            log.warning("worker %d lost the PS (%s); not reconnecting", conn.peer.id, conn.close_error)
+            log.warning("worker %d lost the PS (%s); not reconnecting", conn.known_peer.id, conn.close_error)
             return 1
-        log.warning("worker %d lost the PS (%s); reconnecting", conn.peer.id, conn.close_error)
+        log.warning("worker %d lost the PS (%s); reconnecting", conn.known_peer.id, conn.close_error)
     return 2
 
 
@@ -165,7 +165,7 @@ def _ended(session: AgentSession, worker: int) -> int:
     return 1
 
 
-def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
+def _start_spot_watcher(options: AgentOptions) -> SpotWatcher | None:
     if not options.spot_watch:
         return None
     from shield_agent.spot import SpotWatcher, endpoint_from_env
@@ -177,7 +177,7 @@ def _start_spot_watcher(options: AgentOptions) -> "SpotWatcher | None":
     return watcher
 
 
-async def _leave_on_notice(watcher: "SpotWatcher", session: AgentSession) -> None:
+async def _leave_on_notice(watcher: SpotWatcher, session: AgentSession) -> None:
     """On a spot interruption notice, tell the PS we are leaving (it erases us at once) and end the session."""
     await watcher.event.wait()
     log.warning("spot interruption notice (%s): leaving the PS", watcher.notice)

@@ -122,7 +122,7 @@ class Record:
         return json.dumps({**head, "w": self.why[:max(0, room - 8)]}, separators=(",", ":"))[:TAG_MAX]
 
     @classmethod
-    def parse(cls, text: str) -> "Record | None":
+    def parse(cls, text: str) -> Record | None:
         """A record from its JSON or its compact form (untrusted text: anything odd gives None)."""
         try:
             raw = json.loads(text[:65536])
@@ -133,12 +133,13 @@ class Record:
         if "r" in raw:
             raw = {"reason": raw.get("r"), "why": raw.get("w", ""), "time": raw.get("t"), "cost_usd": raw.get("c"),
                    "run": raw.get("u"), "last_checkpoint": raw.get("k")}
+        limits = raw.get("limits")
         try:
             return cls(reason=str(raw["reason"])[:32], why=str(raw.get("why") or "")[:2000],
                        time=float(raw["time"]), cost_usd=_number(raw.get("cost_usd")),
                        run=_text(raw.get("run")), last_checkpoint=_integer(raw.get("last_checkpoint")),
                        checkpoint_url=_text(raw.get("checkpoint_url"), 1024), life=_text(raw.get("life")),
-                       limits=raw.get("limits") if isinstance(raw.get("limits"), dict) else {})
+                       limits=limits if isinstance(limits, dict) else {})
         except (KeyError, TypeError, ValueError):
             return None
 

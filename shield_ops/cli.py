@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from shield_ops.errors import ShieldOpsError
 from wire.cli import build_parser as _build_parser

@@ -6,8 +6,9 @@ deletion go by the cluster's tags only, in the manner of Ray's autoscaler node p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from shield_ops.nodes import Node
 

@@ -11,10 +11,12 @@ import hashlib
 import ipaddress
 import json
 import re
-import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+
+import tomllib
 
 from shield_ops.errors import ConfigError
 

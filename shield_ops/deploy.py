@@ -126,7 +126,8 @@ def venv_script(python: str, venv_args: tuple[str, ...] | list[str]) -> str:
     """
     py = quote([python])
     return (f"cd {HOME_ROOT} && {{ [ -x venv/bin/python ] || {{ {py} -m venv --system-site-packages "
-            f"{quote(venv_args)} venv && {py} -c {quote([PARENT_SITE])} | venv/bin/python -c {quote([WRITE_PTH])}; }}; }}")
+            f"{quote(venv_args)} venv && {py} -c {quote([PARENT_SITE])} | "
+            f"venv/bin/python -c {quote([WRITE_PTH])}; }}; }}")
 
 
 def ps_command(cfg: ClusterConfig, run_dir: str = "run", resume: bool = False, host: str = "0.0.0.0") -> list[str]:
@@ -170,8 +171,10 @@ async def stop_if_target_changed(conn: asyncssh.SSHClientConnection, target: str
     """Record the PS address the agent joins (``shield/agent.target``); a live agent started towards another address
     (a replaced PS) is stopped so that it is started again towards ``target``. True when it was stopped."""
     script = (f"{ALIVE}cd {HOME_ROOT} && old=$(cat agent.target 2>/dev/null); echo {quote([target])} > agent.target; "
-              "if [ -n \"$old\" ] && [ \"$old\" != " + quote([target]) + " ] && alive \"$(cat agent.pid 2>/dev/null)\"; "
-              "then p=$(cat agent.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p; rm -f agent.pid; echo stopped; fi")
+              "if [ -n \"$old\" ] && [ \"$old\" != " + quote([target])
+              + " ] && alive \"$(cat agent.pid 2>/dev/null)\"; "
+              "then p=$(cat agent.pid); kill -TERM -- -$p 2>/dev/null || kill -TERM $p; rm -f agent.pid; "
+              "echo stopped; fi")
     return (await run(conn, script, what="checking the agent's PS address")).stdout.strip() == "stopped"
 
 
@@ -307,7 +310,7 @@ async def has_run(conn: asyncssh.SSHClientConnection) -> bool:
 
 
 async def restore_run(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, incarnation: str,
-                      resume_from: str | None = None) -> "Restored | None":
+                      resume_from: str | None = None) -> Restored | None:
     """On a PS node without any run (a new cluster, or a replacement PS): with ``[mirror]``, this life's current run
     when it can go on, else a fresh run name unused in the life; with ``resume_from``, that run of another life.
     None when there is nothing to ask the mirror (no mirror, no ``resume_from``), or the node already has a run."""
@@ -339,7 +342,7 @@ async def restore_run(conn: asyncssh.SSHClientConnection, cfg: ClusterConfig, in
     return Restored(fields[0], True, step, config, fields[3] if len(fields) > 3 else "")
 
 
-async def write_limits(conn: asyncssh.SSHClientConnection, limits: "BootLimits") -> None:
+async def write_limits(conn: asyncssh.SSHClientConnection, limits: BootLimits) -> None:
     """The node's watchdog limits (``shield/limits``, read at its next look; writing it counts as activity)."""
     await write_text(conn, f"{ROOT}/limits", limits.text())
 

@@ -13,7 +13,8 @@ import base64
 import contextlib
 import datetime as dt
 import logging
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
@@ -164,7 +165,7 @@ class EC2:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, region: str) -> AsyncIterator["EC2"]:
+    async def open(cls, region: str) -> AsyncIterator[EC2]:
         """An EC2 cloud for ``region`` (credentials and endpoint from botocore's standard chain), its one client
         closed on exit."""
         from aiobotocore.session import get_session

@@ -23,9 +23,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 log = logging.getLogger("shield_ops.mirror")
 
@@ -104,7 +105,7 @@ class Mirror:
         self._sent: dict[str, tuple[int, int]] = {}  # key -> (size, mtime_ns) already uploaded
 
     @classmethod
-    def from_config(cls, mirror: dict[str, Any]) -> "Mirror":
+    def from_config(cls, mirror: dict[str, Any]) -> Mirror:
         return cls(str(mirror["bucket"]), str(mirror.get("prefix", "")), str(mirror["region"]),
                    str(mirror.get("life", "")))
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 
 class NodeState(str, enum.Enum):
@@ -44,7 +45,7 @@ class Node:
     spot_notice: str | None = None  # the ``shield:spot-notice`` tag: the time EC2 will reclaim it; being replaced
 
     @classmethod
-    def from_ec2(cls, inst: dict[str, Any]) -> "Node":
+    def from_ec2(cls, inst: dict[str, Any]) -> Node:
         tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
         return cls(
             name=tags.get("shield:node", inst["InstanceId"]), role=tags.get("shield:role", "?"),

@@ -18,8 +18,8 @@ import asyncssh
 from shield_ops import autostop, boot, ec2, fmt
 from shield_ops.boot import BootLimits
 from shield_ops.cloud import Cloud, LaunchSpec
-from shield_ops.cost import Ledger
 from shield_ops.config import ClusterConfig
+from shield_ops.cost import Ledger
 from shield_ops.errors import ProvisionError, ShieldOpsError
 from shield_ops.nodes import Node, NodeState, sort_key
 from shield_ops.state import LEDGER_FILE, ClusterState

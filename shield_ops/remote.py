@@ -10,9 +10,10 @@ import asyncio
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import asyncssh
 

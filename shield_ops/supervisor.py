@@ -27,9 +27,10 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from shield_ops import cost, ec2
 from shield_ops.autostop import Limits, Observation, Reason, Record, decide, publish  # noqa: F401  (re-exported)
@@ -63,7 +64,7 @@ class SupervisorConfig:
         return {"shield:cluster": self.cluster}
 
     @classmethod
-    def from_json(cls, text: str) -> "SupervisorConfig":
+    def from_json(cls, text: str) -> SupervisorConfig:
         raw = json.loads(text)
         limits = Limits(bool(raw.get("down_when_done", False)), raw.get("max_hours"), raw.get("max_cost"))
         return cls(str(raw["cluster"]), str(raw["region"]), str(raw["run_dir"]), limits,

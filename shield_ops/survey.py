@@ -106,7 +106,8 @@ def _current(instances: list[Node]) -> Node:
 
 def _history(ledger: cost.Ledger, name: str, current: str, now: float) -> list[dict[str, Any]]:
     return [{"instance_id": e.instance_id, "instance_type": e.instance_type, "zone": e.zone,
-             "ec2_state": e.ec2_state, "launched": round(e.launched), "ended": None if e.ended is None else round(e.ended),
+             "ec2_state": e.ec2_state, "launched": round(e.launched),
+             "ended": None if e.ended is None else round(e.ended),
              "cost_usd": None if e.cost(now) is None else round(e.cost(now) or 0.0, 9)}
             for e in ledger.history(name) if e.instance_id != current]
 
@@ -144,7 +145,7 @@ async def _look(cfg: ClusterConfig, ssh: SSHContext) -> Look:
         by_name.setdefault(node.name, []).append(node)
     look.current = {name: _current(nodes) for name, nodes in by_name.items()}
     live = [n for n in look.current.values() if n.ec2_state not in cost.GONE_STATES]
-    look.probes = dict(zip((n.name for n in live), await asyncio.gather(*(probe(ssh, n) for n in live))))
+    look.probes = dict(zip((n.name for n in live), await asyncio.gather(*(probe(ssh, n) for n in live)), strict=False))
     return look
 
 

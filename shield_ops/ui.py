@@ -41,7 +41,8 @@ class Reporter:
 
     def state(self, node: str, state: NodeState, detail: str = "", instance: str = "") -> None:
         old = self.rows.get(node)
-        if old is not None and (old.state, old.detail) == (state, detail) and (not instance or instance == old.instance):
+        if (old is not None and (old.state, old.detail) == (state, detail)
+                and (not instance or instance == old.instance)):
             return
         self.rows[node] = Row(state, detail, instance or (old.instance if old else ""))
         self._changed(node)
@@ -65,7 +66,7 @@ class Reporter:
     def _write(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

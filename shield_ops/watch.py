@@ -21,9 +21,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shield_ops import ec2, fmt, lifecycle, survey
-from shield_ops.mirror import ENDED
-from shield_ops.errors import ShieldOpsError
 from shield_ops.config import ClusterConfig
+from shield_ops.errors import ShieldOpsError
+from shield_ops.mirror import ENDED
 from shield_ops.nodes import NodeState
 from shield_ops.remote import SSHContext
 from shield_ops.state import ClusterState

@@ -1,7 +1,7 @@
 """shield parameter server: placement, Byzantine-robust aggregation and the training daemon.
 
 ``shield_ps.aggregate(name, X, **params)`` and ``shield_ps.AGGREGATORS`` are the stable entry points of the robust
-aggregators (see :mod:`shield_ps.byzantine.aggregators`). They load lazily, so importing ``shield_ps`` (e.g. for
+aggregators (see :mod:`byzantine.aggregators`). They load lazily, so importing ``shield_ps`` (e.g. for
 ``shield-ps --help``) costs nothing until they are used.
 """
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shield_ps.byzantine.aggregators import AGGREGATORS, aggregate
+    from byzantine.aggregators import AGGREGATORS, aggregate
 
 __all__ = ["AGGREGATORS", "aggregate"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from shield_ps.byzantine import aggregators
+        from byzantine import aggregators
 
         return getattr(aggregators, name)
     raise AttributeError(f"module 'shield_ps' has no attribute {name!r}")

@@ -47,8 +47,9 @@ class Checkpoint:
 
 
 def _arrays_digest(params: np.ndarray, velocity: np.ndarray, arrays: dict[str, np.ndarray] | None = None) -> str:
-    named = [np.ascontiguousarray(arrays[k]) for k in sorted(arrays or {})]
-    return digest_chunks([memoryview(a).cast("B") for a in (params, velocity, *named)]).hex()
+    arrays = arrays or {}
+    named = [np.ascontiguousarray(arrays[k]) for k in sorted(arrays)]
+    return digest_chunks([a.data.cast("B") for a in (params, velocity, *named)]).hex()
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -73,7 +74,9 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint, keep: int = 3) -> P
     try:
         with os.fdopen(fd, "wb") as handle:
             named = {f"x_{k}": v for k, v in checkpoint.arrays.items()}
-            np.savez(handle, params=checkpoint.params, velocity=checkpoint.velocity, meta=meta_bytes, **named)
+            # numpy's stub types **kwds as if a key could be allow_pickle (its keyword); ours are x_NAME
+            np.savez(handle, params=checkpoint.params, velocity=checkpoint.velocity, meta=meta_bytes,
+                     **named)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, final)

@@ -1,10 +1,10 @@
 """Determinism classes: agents whose canonical probe gradient has the same digest compute bit-equal gradients.
 
 At JOB the PS names a probe (file 0 of step 0 at the job's initial parameters) and a probe seed; each agent answers
-with its environment, the digest of that gradient and its sketch (:mod:`shield_agent.fingerprint`). Agents with
+with its environment, the digest of that gradient and its sketch (the agent's fingerprint module). Agents with
 equal probe digests form one class. The honest spread between classes, estimated from the probe sketches that the PS
 or a quorum of a class's members vouch for, sets the tolerance of the sketch vote
-(:func:`shield_ps.byzantine.tolerance.decide_tolerance`); under ``--vote exact`` only the majority class runs, since
+(:func:`byzantine.tolerance.decide_tolerance`); under ``--vote exact`` only the majority class runs, since
 exact digests cannot agree across classes (docs/byzantine.md).
 """
 from __future__ import annotations
@@ -16,11 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply
-from shield_ps.byzantine.tolerance import (DEFAULT_CAP, SPREAD_FACTOR, ProbeClaim, Reference, ToleranceDecision,
-                                           check_override, clamp_tolerance, decide_tolerance, same_reply,
-                                           tolerance_floor)
+from byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply
+from byzantine.tolerance import (
+    DEFAULT_CAP,
+    SPREAD_FACTOR,
+    ProbeClaim,
+    Reference,
+    ToleranceDecision,
+    check_override,
+    clamp_tolerance,
+    decide_tolerance,
+    same_reply,
+    tolerance_floor,
+)
 from shield_ps.errors import ShieldPSError
+from wire.sketch import is_plain_number
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +81,8 @@ def parse_fingerprint(worker: int, header: dict[str, Any], params: SketchParams 
         if type(raw) is not bytes or len(raw) != params.nbytes:
             raise FingerprintError(f"probe_sketch must be {params.nbytes} bytes")
         values = np.frombuffer(raw, dtype="<f8").reshape(params.rows, params.width).astype(np.float64)
-        if not np.isfinite(values).all() or type(norm) not in (int, float) or not math.isfinite(norm) or norm < 0:
+        if (not np.isfinite(values).all() or not is_plain_number(norm) or not math.isfinite(norm)
+                or norm < 0):
             raise FingerprintError("probe_sketch and probe_norm must be finite")
         probe = SketchReply(values, float(norm))
     return Fingerprint(worker, dict(env), digest, probe)
@@ -130,13 +141,13 @@ class FleetClasses:
 
     ``set_tolerance`` receives every new tolerance (the step runner's auto vote); ``reference`` is the PS's own probe
     (:mod:`shield_ps.reference`), set before any agent gets JOB. ``quorum`` members must report one probe for a class
-    other than the PS's to count (:mod:`shield_ps.byzantine.tolerance`). Under ``--vote exact`` one class runs: at
+    other than the PS's to count (:mod:`byzantine.tolerance`). Under ``--vote exact`` one class runs: at
     start the agents outside a strict-majority class are excluded (:meth:`check_start`), and a later agent of
     another class is refused (:meth:`admit`)."""
 
     def __init__(self, vote: str, d: int, override: float | None, emit: Any, set_tolerance: Any, *,
                  quorum: int = 1) -> None:
-        from shield_ps.byzantine.sketch import new_seed
+        from byzantine.sketch import new_seed
 
         self.vote, self.d, self.override, self.quorum = vote, d, override, quorum
         self._emit, self._set_tolerance = emit, set_tolerance

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from wire import DIGEST_SIZE
 
@@ -57,18 +58,10 @@ class StepCollector:
             if step > self.step:
                 raise DigestRejected(f"DIGESTS for future step {step} (current {self.step})")
             return False
-        missing = self._missing.get(worker)
-        if not isinstance(file, int) or isinstance(file, bool) or missing is None or file not in missing:
-            if isinstance(file, int) and 0 <= file < len(self.replies) and worker in self.replies[file]:
-                raise DigestRejected(f"second digest for file {file} of step {step}")
-            raise DigestRejected(f"digest for file {file!r}, which worker {worker} does not hold or was not asked")
+        file, missing = self._expected(worker, file)
         if not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE:
             raise DigestRejected(f"digest must be {DIGEST_SIZE} bytes")
-        loss, seconds = header.get("loss"), header.get("seconds")
-        if loss is not None and (not isinstance(loss, (int, float)) or not math.isfinite(loss)):
-            raise DigestRejected("loss must be a finite number or null")
-        if not isinstance(seconds, (int, float)) or not 0 <= seconds < _MAX_SECONDS:
-            raise DigestRejected("seconds must be a non-negative number")
+        loss, seconds = _figures(header)
         self.replies[file][worker] = digest
         self._check_decided(file, digest)
         if loss is not None:
@@ -81,6 +74,16 @@ class StepCollector:
             self.worker_finished.set()
         self._check_complete()
         return True
+
+    def _expected(self, worker: int, file: object) -> tuple[int, set[int]]:
+        """``file`` and the files ``worker`` still owes this step, when ``file`` is one of them; DigestRejected
+        otherwise."""
+        missing = self._missing.get(worker)
+        if not isinstance(file, int) or isinstance(file, bool) or missing is None or file not in missing:
+            if isinstance(file, int) and 0 <= file < len(self.replies) and worker in self.replies[file]:
+                raise DigestRejected(f"second digest for file {file} of step {self.step}")
+            raise DigestRejected(f"digest for file {file!r}, which worker {worker} does not hold or was not asked")
+        return file, missing
 
     def worker_done(self, worker: int) -> bool:
         return worker not in self._missing
@@ -109,3 +112,13 @@ class StepCollector:
     def _check_complete(self) -> None:
         if not self._missing:
             self.complete.set()
+
+
+def _figures(header: dict[str, Any]) -> tuple[Any, Any]:
+    """A DIGESTS header's ``loss`` (a finite number or None) and ``seconds`` (in [0, _MAX_SECONDS)), checked."""
+    loss, seconds = header.get("loss"), header.get("seconds")
+    if loss is not None and (not isinstance(loss, (int, float)) or not math.isfinite(loss)):
+        raise DigestRejected("loss must be a finite number or null")
+    if not isinstance(seconds, (int, float)) or not 0 <= seconds < _MAX_SECONDS:
+        raise DigestRejected("seconds must be a non-negative number")
+    return loss, seconds

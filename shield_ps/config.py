@@ -51,7 +51,7 @@ PLUGIN_DIGESTS = {"network_digest": "network", "dataset_digest": "dataset"}
 
 def valid_placements(scheme: str, limit: int = 4, max_workers: int = 64) -> list[tuple[int, int]]:
     """Up to ``limit`` small valid ``(K, r)`` of ``scheme`` (for error messages), the paper's first."""
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.placement import build_placement
     from shield_ps.errors import ShieldPSError
 
     found: list[tuple[int, int]] = []
@@ -148,7 +148,7 @@ class ServeConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ServeConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -167,7 +167,7 @@ class ServeConfig:
         canonical = json.dumps(self.training_fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def replace(self, **changes: Any) -> "ServeConfig":
+    def replace(self, **changes: Any) -> ServeConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -182,5 +182,6 @@ def diff_training_fields(old: dict[str, Any], new: ServeConfig) -> list[str]:
 def _difference(key: str, previous: dict[str, Any], current: dict[str, Any]) -> str:
     if key in PLUGIN_DIGESTS:  # name the plug-in whose code changed, with both digests
         short = [str(d)[:16] if d is not None else "none" for d in (previous.get(key), current.get(key))]
-        return f"the code of {PLUGIN_DIGESTS[key]} {current.get(PLUGIN_DIGESTS[key])} changed ({short[0]} -> {short[1]})"
+        name = PLUGIN_DIGESTS[key]
+        return f"the code of {name} {current.get(name)} changed ({short[0]} -> {short[1]})"
     return f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"

@@ -14,26 +14,26 @@ import errno
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from shield_ps.classes import FingerprintError, FleetClasses
+from shield_ps import plugins
 from shield_ps.checkpoint import Checkpoint, CheckpointLedger, load_latest
+from shield_ps.classes import FingerprintError, FleetClasses
 from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.data import locate_data
 from shield_ps.errors import CheckpointError, ConfigError, TrainingError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
-from shield_ps.local_agents import (LocalAgents, default_processes, parse_agent_env, split_slots,
-                                   write_token_file)
+from shield_ps.local_agents import LocalAgents, default_processes, parse_agent_env, split_slots, write_token_file
 from shield_ps.observers import ObserverHub
 from shield_ps.optimizer import MomentumSGD
-from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.phases.accounting import Tally
+from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.reference import ProbeGradients
-from shield_ps.round import StepOutcome, StepRunner
-from shield_ps import plugins
-from wire import ConnectionClosed, Connection, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
+from shield_ps.step import StepOutcome, StepRunner
+from wire import Connection, ConnectionClosed, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +50,22 @@ class ModelState:
         self.probe: ProbeGradients | None = None  # the PS's own probe (shield_ps.reference)
         self.train_samples: int | None = None  # told to agents in JOB, so one reading other data says so
         if c.synthetic_d is not None:  # benchmarks and tests: a flat vector, no dataset, no evaluation
-            from shield_agent.synthetic import SyntheticComputer
+            from shield_model.synthetic import SyntheticComputer
 
             synthetic = SyntheticComputer(c.synthetic_d, c.seed, 0.0)
             self.initial = synthetic.initial_parameters()
             self.steps_per_epoch = synthetic.steps_per_epoch
             self.probe = ProbeGradients.compute(synthetic, plan.placement.f)
             return
-        from shield_agent.compute import ComputeSpec, GradientComputer
-        from shield_agent.errors import ShieldAgentError
-        from shield_agent.evaluation import Evaluator
+        from shield_model.compute import ComputeSpec, GradientComputer
+        from shield_model.errors import ShieldModelError
+        from shield_model.evaluation import Evaluator
 
         data_dir = str(locate_data(c.dataset, c.data_dir, download=True).path)
         spec = ComputeSpec(c.network, c.dataset, data_dir, c.seed, plan.batch_size, plan.placement.f, c.threads)
         try:
             computer = GradientComputer(spec)
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise ConfigError(str(exc)) from None
         self.initial = computer.initial_parameters()
         self.steps_per_epoch = computer.steps_per_epoch
@@ -329,7 +329,7 @@ class PSDaemon:
         asyncio.get_running_loop().create_task(link.conn.close(why, code="protocol"))
 
     async def _on_connection(self, conn: Connection) -> None:
-        if conn.peer.role == Role.OBSERVER.value:
+        if conn.known_peer.role == Role.OBSERVER.value:
             await self.observers.serve(conn)
             return
         assert self.pool is not None

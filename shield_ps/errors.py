@@ -1,9 +1,13 @@
-"""Errors raised by the parameter server and its Byzantine math.
+"""Errors raised by the parameter server.
 
 One small hierarchy: every error the PS raises on purpose derives from :class:`ShieldPSError` and carries a short
 machine-readable ``code``. Errors about user input also derive from ``ValueError`` so generic callers can catch them.
+The Byzantine math below the PS has its own (:mod:`byzantine.errors`); :data:`PS_ERRORS` and :data:`CONFIG_ERRORS`
+name both, for the places that catch whatever the PS or its math raise on purpose.
 """
 from __future__ import annotations
+
+from byzantine.errors import ByzantineConfigError, ByzantineError
 
 
 class ShieldPSError(Exception):
@@ -18,34 +22,9 @@ class ConfigError(ShieldPSError, ValueError):
     code = "config"
 
 
-class PlacementError(ConfigError):
-    """A placement request (scheme, K, r, m) that is inconsistent."""
-
-    code = "placement"
 
 
-class AnalysisError(ShieldPSError):
-    """The worst-case analysis could not run (e.g. the solver failed)."""
 
-    code = "analysis"
-
-
-class VoteError(ShieldPSError, ValueError):
-    """Malformed input to the majority vote."""
-
-    code = "vote"
-
-
-class AggregationError(ShieldPSError, ValueError):
-    """Bad aggregator name, parameters, shapes or dtypes."""
-
-    code = "aggregation"
-
-
-class AttackError(ConfigError):
-    """An attack or Byzantine-set choice that cannot be simulated."""
-
-    code = "attack"
 
 
 class CheckpointError(ShieldPSError):
@@ -76,3 +55,9 @@ class SweepError(ConfigError):
     """A sweep grid (TOML file, flags or preset) that cannot run; the message names what is allowed."""
 
     code = "sweep"
+
+
+#: What the PS and its Byzantine math raise on purpose (the CLI reports these as a message, exit 2).
+PS_ERRORS = (ShieldPSError, ByzantineError)
+#: A configuration that cannot work, whether the PS or its Byzantine math (placement, attack, tolerance) says so.
+CONFIG_ERRORS = (ConfigError, ByzantineConfigError)

@@ -11,14 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shield_ps.byzantine.aggregators import (Aggregator, aggregator_params, default_byzantine_count,
-                                             parse_aggregator)
-from shield_ps.byzantine.attacks import Attack
-from shield_ps.byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
-from shield_ps.byzantine.placement import Placement, Scheme, build_placement
+from byzantine.aggregators import Aggregator, aggregator_params, default_byzantine_count, parse_aggregator
+from byzantine.attacks import Attack
+from byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
+from byzantine.errors import AggregationError, AttackError
+from byzantine.placement import Placement, Scheme, build_placement
 from shield_ps import plugins
 from shield_ps.config import ServeConfig
-from shield_ps.errors import AggregationError, AttackError, ConfigError
+from shield_ps.errors import ConfigError
 from shield_ps.optimizer import Schedule
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class JobPlan:
     @property
     def attestation_quorum(self) -> int:
         """Members of one determinism class that must report one probe for it to set the tolerance
-        (:func:`shield_ps.byzantine.tolerance.attestation_quorum`)."""
-        from shield_ps.byzantine.tolerance import attestation_quorum
+        (:func:`byzantine.tolerance.attestation_quorum`)."""
+        from byzantine.tolerance import attestation_quorum
 
         return attestation_quorum(self.placement.r_prime, self.config.byzantine)
 
@@ -64,7 +64,7 @@ class JobPlan:
     def aggregation_kwargs(self, step: int) -> dict[str, Any]:
         """Keyword arguments for :func:`shield_ps.aggregate` at ``step`` (seeded parameters vary per step)."""
         kwargs = dict(self.aggregator_kwargs)
-        if self.config.agg_threads is not None:  # threads never change the result (shield_ps.byzantine.aggregators)
+        if self.config.agg_threads is not None:  # threads never change the result (byzantine.aggregators)
             kwargs["threads"] = self.config.agg_threads
         if "seed" in kwargs:
             kwargs["seed"] = (self.config.seed * 1_000_003 + step) % (1 << 63)
@@ -115,7 +115,7 @@ def resolve_job(config: ServeConfig) -> JobPlan:
 def _resolve_attack(config: ServeConfig, placement: Placement) -> tuple[Attack | None, ByzantineSchedule | None]:
     if config.attack == NO_ATTACK and config.byzantine > 0 and config.byzantine_gen == "fixed":
         # no simulation: the fixed workers are real Byzantine agents on the wire, named so that files_corrupted
-        # counts the files they could set (shield_ps.round)
+        # counts the files they could set (shield_ps.step)
         return None, make_schedule("fixed", placement, config.byzantine, seed=config.seed,
                                    fixed=list(config.fixed_byzantine))
     if config.attack == NO_ATTACK or config.byzantine == 0:
@@ -161,12 +161,12 @@ def _rejects(aggregator: Aggregator, kwargs: dict[str, Any], n: int) -> str | No
     """Why ``aggregator`` refuses n rows with ``kwargs`` (None when it accepts them)."""
     import numpy as np
 
-    from shield_ps.byzantine.aggregators import aggregate
+    from byzantine.aggregators import aggregate
 
     if n <= 0:
         return "no file is left"
     probe = np.random.default_rng(0).standard_normal((n, 2)).astype(np.float32)
-    small = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
+    small: dict[str, Any] = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
     try:
         aggregate(aggregator, probe, **small)
     except AggregationError as exc:
@@ -197,7 +197,7 @@ def _check_preconditions(aggregator: Aggregator, kwargs: dict[str, Any], files: 
     """Run the aggregator once on a tiny (f, 2) input so its n/s preconditions fail now, not at step 0."""
     import numpy as np
 
-    from shield_ps.byzantine.aggregators import aggregate
+    from byzantine.aggregators import aggregate
 
     probe = np.random.default_rng(0).standard_normal((files, 2)).astype(np.float32)
     try:

@@ -18,8 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class LocalAgents:
         self.count = count
         self.slots = split_slots(count, processes or default_processes(count))
         self._envs = dict(envs or {})  # agent process index -> extra environment (e.g. other kernel settings)
-        self._args = [host, port, token_file, data_dir, list(extra_args)]
+        self._args = (host, port, token_file, data_dir, list(extra_args))
         self._log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from shield_ps.events import Event, EventSink
-from wire import ConnectionClosed, Connection, Kind, WireError
+from wire import Connection, ConnectionClosed, Kind, WireError
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,18 @@ class ObserverHub:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
         for event in ([self._job] if self._job else []) + list(self._history)[-(QUEUE_LIMIT // 2):]:
             queue.put_nowait(event)
-        peer_id = conn.peer.id
+        peer_id = conn.known_peer.id
         self._queues[peer_id] = queue
-        log.info("observer %s attached", conn.peer.name or peer_id)
+        log.info("observer %s attached", conn.known_peer.name or peer_id)
         try:
             while True:
-                event = await queue.get()
+                queued = await queue.get()
                 if peer_id in self._slow:
                     await conn.close("observer too slow: dropped", code="slow")
                     return
-                if event is None:
+                if queued is None:
                     return
-                await conn.send(Kind.EVENT, {"event": _plain(event)})
+                await conn.send(Kind.EVENT, {"event": _plain(queued)})
         except (WireError, ConnectionClosed):
             pass
         finally:

@@ -7,17 +7,20 @@ pyplot state), so it is safe in threads and headless.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from shield_ps.errors import PlotError
 from shield_ps.events import effective_events
+from shield_ps.phases.names import Phase
 from shield_ps.view.replay import iter_events, metrics_path
 from shield_ps.view.state import PHASES
 
-PHASE_COLORS = {"broadcast": "#4c9be8", "compute": "#58b368", "gather": "#8f6bd8", "vote": "#e0a030",
-                "aggregate": "#e8674c", "update": "#9a9a9a"}
+PHASE_COLORS = {Phase.BROADCAST.value: "#4c9be8", Phase.DIGEST_GATHER.value: "#58b368",
+                Phase.PAYLOAD_FETCH.value: "#8f6bd8", Phase.VOTE.value: "#e0a030", Phase.AGGREGATE.value: "#e8674c",
+                Phase.UPDATE.value: "#9a9a9a"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def _draw_phases(ax: Any, runs: Sequence[RunCurves]) -> None:
     for phase in PHASES:
         heights = [run.phase_means.get(phase, 0.0) for run in runs]
         ax.bar(positions, heights, bottom=bottoms, color=PHASE_COLORS[phase], label=phase, width=0.6)
-        bottoms = [b + h for b, h in zip(bottoms, heights)]
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=False)]
     ax.set_xticks(positions, [run.label for run in runs], rotation=20 if len(runs) > 2 else 0, ha="right"
                   if len(runs) > 2 else "center", fontsize="small")
     ax.set(title="time per step by phase", ylabel="seconds")

@@ -1,7 +1,7 @@
 """The PS's side of your own model (``--network``/``--dataset MODULE:CALLABLE``, docs/your-model.md).
 
 - :func:`resolve_plugins`: once, before anything is created or started, import the plug-ins, load the dataset, build
-  the network and run it on two samples (:func:`shield_agent.zoo.plugin_data.check_model`), and record each
+  the network and run it on two samples (:func:`shield_model.zoo.plugin_data.check_model`), and record each
   plug-in's identity (the digest of its module's source and the callable's name) in the configuration, so the
   config hash covers the code: ``--resume`` with changed plug-in code is refused, naming it.
 - :func:`job_fields`: the identities in JOB, so an agent checks its own copy before it loads anything.
@@ -25,24 +25,24 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 def plugin_specs(config: ServeConfig) -> dict[str, Any]:
     """``{"network": PluginSpec, ...}`` for the fields of ``config`` that name plug-ins (none for a synthetic job);
     ConfigError for a malformed one."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.plugins import is_plugin, parse_plugin
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.plugins import is_plugin, parse_plugin
 
     if config.synthetic_d is not None:
         return {}
     try:
         return {name: parse_plugin(getattr(config, name), f"--{name}") for name in _FIELDS.values()
                 if is_plugin(getattr(config, name))}
-    except ShieldAgentError as exc:
+    except ShieldModelError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def resolve_plugins(config: ServeConfig, data_dir: str | None) -> ServeConfig:
     """Check the plug-ins ``config`` names against the data in ``data_dir`` and return ``config`` with their
     digests; ConfigError (one line) saying what failed. A configuration without plug-ins is returned as it is."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.plugin_data import check_model
-    from shield_agent.zoo.plugins import identify
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.plugin_data import check_model
+    from shield_model.zoo.plugins import identify
 
     specs = plugin_specs(config)
     if not specs:
@@ -51,7 +51,7 @@ def resolve_plugins(config: ServeConfig, data_dir: str | None) -> ServeConfig:
         digests = {digest: identify(specs[name], f"--{name}").digest for digest, name in _FIELDS.items()
                    if name in specs}
         check_model(config.network, config.dataset, data_dir or "", config.seed)
-    except ShieldAgentError as exc:
+    except ShieldModelError as exc:
         raise ConfigError(str(exc)) from None
     return config.replace(**digests)
 
@@ -83,15 +83,15 @@ def refusal(config: ServeConfig, reply: dict[str, Any]) -> str | None:
 def check_unchanged(recorded: dict[str, Any]) -> None:
     """ConfigError naming a plug-in whose code here differs from what a run recorded (its checkpoint's configuration
     ``recorded``): its parameters would be loaded into another model."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.plugins import identify, parse_plugin
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.plugins import identify, parse_plugin
 
     for digest, name in _FIELDS.items():
         if recorded.get(digest) is None:
             continue
         try:
             here = identify(parse_plugin(str(recorded.get(name)), f"--{name}"), f"--{name}").digest
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise ConfigError(str(exc)) from None
         if here != recorded[digest]:
             raise ConfigError(f"the code of {name} {recorded[name]} changed since the run ({recorded[digest][:16]} -> "

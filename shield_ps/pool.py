@@ -11,8 +11,9 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from shield_ps.events import WorkerState
 from wire import AuthError, Connection, Role
@@ -70,12 +71,12 @@ class WorkerPool:
         raise AuthError(f"all K={self.K} worker slots are taken")
 
     def bind(self, conn: Connection) -> AgentLink:
-        slot = conn.peer.id
+        slot = conn.known_peer.id
         self._reserved.pop(slot, None)
         if not 0 <= slot < self.K or self._links[slot] is not None:
             raise AuthError(f"worker slot {slot} is not available")
         address = conn.transport.get_extra_info("peername") if conn.transport is not None else None
-        link = AgentLink(slot, conn, conn.peer.name, self._files[slot],
+        link = AgentLink(slot, conn, conn.known_peer.name, self._files[slot],
                          address=f"{address[0]}:{address[1]}" if address else None)
         self._links[slot] = link
         self.changed.set()

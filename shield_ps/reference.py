@@ -1,5 +1,5 @@
 """The PS's own probe: the canonical gradients it computes itself, so that no agent's claim alone sets the sketch
-vote's tolerance (:mod:`shield_ps.byzantine.tolerance`).
+vote's tolerance (:mod:`byzantine.tolerance`).
 
 At start the PS computes, with the job's own gradient code and thread count, the gradients of files 0, 1 and 2 of
 step 0 at the initial parameters. File 0 is the probe every agent also computes and reports at JOB: its digest names
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply, l2_norm, sketch
-from shield_ps.byzantine.tolerance import Reference, file_distance
+from byzantine.sketch import DEFAULT_PARAMS, SketchParams, SketchReply, l2_norm, sketch
+from byzantine.tolerance import Reference, file_distance
 from wire import digest_bytes
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ class ProbeGradients:
     def __init__(self, probe: np.ndarray, distance: float | None) -> None:
         self.probe = probe
         self.distance = distance
-        self.digest = digest_bytes(memoryview(probe).cast("B"))
+        self.digest = digest_bytes(probe.data.cast("B"))
 
     @classmethod
-    def compute(cls, computer: Any, num_files: int) -> "ProbeGradients":
+    def compute(cls, computer: Any, num_files: int) -> ProbeGradients:
         params = computer.initial_parameters()
         files = [f for f in REFERENCE_FILES if f < num_files]
         gradients = [computer.file_gradient(params, 0, f).gradient.copy() for f in files]

@@ -41,7 +41,7 @@ class Agent:
         return "+".join(self.adversary) or "honest"
 
 
-def as_agent(slot: "str | Agent | None") -> Agent:
+def as_agent(slot: str | Agent | None) -> Agent:
     """A slot's agent: None is honest, a string is whitespace-separated ``--adversary`` values."""
     if slot is None:
         return Agent()
@@ -72,7 +72,7 @@ def zoo_config(train_dir: Path, **changes: Any) -> ServeConfig:
 
 def secret_favouring(config: ServeConfig, worker: int) -> bytes:
     """A fetch-order secret under which ``worker`` is asked first for at least one of its files at every step."""
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.placement import build_placement
 
     placement = build_placement(config.scheme, config.workers, config.replication, config.rama_m)
     files = placement.worker_files[worker]
@@ -162,7 +162,7 @@ async def _run(config: ServeConfig, slots: list[Agent], secret: bytes | None,
             raise AssertionError(f"{len(pending)} task(s) of the cluster ignored their cancellation")
 
 
-def run_cluster(train_dir: Path, *, slots: "list[str | Agent | None] | None" = None, zoo: str | None = None,
+def run_cluster(train_dir: Path, *, slots: list[str | Agent | None] | None = None, zoo: str | None = None,
                 secret: bytes | None = None, interrupt_after: int | None = None, require_checkpoint: bool = True,
                 **changes: Any) -> RunResult:
     """Run a whole training job in this process. ``slots[i]`` is worker i's agent (None: honest; a string: its

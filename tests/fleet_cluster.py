@@ -42,7 +42,7 @@ class BedCluster:
         self.agents = [bed.start(node, [sys.executable, "-m", "shield_agent.cli", "join", f"{PS_NAME}:{PS_PORT}",
                                         "--token", TOKEN, "--synthetic", str(seconds_per_file), "--workers",
                                         str(n), "--name", node.name, *agent_flags], run_dir / f"{node.name}.log")
-                       for node, n in zip(self.agent_nodes, slots)]
+                       for node, n in zip(self.agent_nodes, slots, strict=False)]
 
     # ---- events -----------------------------------------------------------------------------------------------
     def events(self, kind: str = "step") -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ import io
 import json
 import subprocess
 import threading
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from shield_ops import cli, nodes
 from shield_ops.deploy import stop_script

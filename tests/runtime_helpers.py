@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from shield_agent.zoo.names import Dataset
-from shield_agent.zoo.sources import EMBEDDED
+from shield_model.zoo.names import Dataset
+from shield_model.zoo.sources import EMBEDDED
 from shield_ps.cli.serve import LISTENING_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent

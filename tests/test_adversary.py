@@ -9,12 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shield_agent.adversary import (BEHAVIOURS, HONEST, Adversary, AdversaryError, Name, parse_adversaries,
-                                    parse_adversary, zoo_markdown)
+from byzantine.sketch import SketchParams, SketchReply, relative_spread
+from shield_agent.adversary import (
+    BEHAVIOURS,
+    HONEST,
+    Adversary,
+    AdversaryError,
+    Name,
+    parse_adversaries,
+    parse_adversary,
+    zoo_markdown,
+)
 from shield_agent.adversary.vectors import direction
 from shield_agent.fingerprint import probe_fields
-from shield_agent.synthetic import SyntheticComputer
-from shield_ps.byzantine.sketch import SketchParams, relative_spread, SketchReply
+from shield_model.synthetic import SyntheticComputer
 from wire import digest_bytes
 
 REPO = Path(__file__).resolve().parent.parent

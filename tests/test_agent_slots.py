@@ -46,7 +46,7 @@ def test_default_layout_is_about_one_process_per_core() -> None:
 _ONE_WORKER = """
 import json, sys
 import numpy as np
-from shield_agent.compute import ComputeSpec, GradientComputer
+from shield_model.compute import ComputeSpec, GradientComputer
 from wire import digest_bytes
 spec = ComputeSpec(data_dir=sys.argv[1], **json.loads(sys.argv[2]))
 computer = GradientComputer(spec)
@@ -63,7 +63,7 @@ print(json.dumps(out))
 def test_concurrent_slots_match_a_one_worker_process_bit_for_bit() -> None:
     """Four slots (each its own computer) in one process, on a pool of two compute threads, all computing at once;
     the digests equal those of a separate process computing the same files one by one."""
-    from shield_agent.compute import ComputeSpec
+    from shield_model.compute import ComputeSpec
     from wire import digest_bytes
 
     reference = json.loads(subprocess.run(

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import shield_ps
+from byzantine.aggregators import Aggregator, aggregator_params, uses_byzantine_count
+from byzantine.aggregators.bulyan import closest_to_median_mean
+from byzantine.aggregators.network import NETWORK_MAX_ROWS
+from byzantine.errors import AggregationError
 from shield_ps import AGGREGATORS, aggregate
-from shield_ps.byzantine.aggregators import Aggregator, aggregator_params, uses_byzantine_count
-from shield_ps.byzantine.aggregators.bulyan import closest_to_median_mean
-from shield_ps.byzantine.aggregators.network import NETWORK_MAX_ROWS
-from shield_ps.errors import AggregationError
 
 F32 = np.float32
 
@@ -81,7 +81,7 @@ def ref_closest_to_median_mean(S: np.ndarray, beta: int) -> np.ndarray:
     theta = len(S)
     med = np.median(S, axis=0)
     out = []
-    for col, mid in zip(S.T, med):
+    for col, mid in zip(S.T, med, strict=False):
         radii = [max(mid - col[k], col[k + beta - 1] - mid) for k in range(theta - beta + 1)]
         k = int(np.argmin(radii))
         out.append(col[k:k + beta].astype(float).mean())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shield_ps.byzantine.aggregators.network import batcher_network, pruned_network, sort_rows
+from byzantine.aggregators.network import batcher_network, pruned_network, sort_rows
 
 
 @pytest.mark.parametrize("n", range(1, 41))

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from byzantine.aggregators import aggregator_params, uses_byzantine_count
+from byzantine.aggregators._blocks import gram, split_contiguous
+from byzantine.errors import AggregationError
 from shield_ps import AGGREGATORS, aggregate
-from shield_ps.byzantine.aggregators import aggregator_params, uses_byzantine_count
-from shield_ps.byzantine.aggregators._blocks import gram, split_contiguous
-from shield_ps.errors import AggregationError
 
 F32 = np.float32
 

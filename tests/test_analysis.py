@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.analysis import (analyze, claim1_gamma, default_byzantine_range, distorted, spectrum,
-                                          worst_case)
-from shield_ps.byzantine.placement import Placement, Scheme, build_placement
-from shield_ps.errors import AnalysisError
+from byzantine.analysis import analyze, claim1_gamma, default_byzantine_range, distorted, spectrum, worst_case
+from byzantine.errors import AnalysisError
+from byzantine.placement import Placement, Scheme, build_placement
 
 
 def brute_force(p: Placement, q: int) -> tuple[int, tuple[int, ...]]:
@@ -54,7 +53,7 @@ def random_placements(draw: st.DrawFn) -> Placement:
     f = draw(st.integers(1, 12))
     holders = [tuple(sorted(draw(st.permutations(range(K)))[:r])) for _ in range(f)]
     worker_files = tuple(tuple(i for i in range(f) if k in holders[i]) for k in range(K))
-    l = max(len(files) for files in worker_files)
+    l = max(len(files) for files in worker_files)  # noqa: E741 (the paper's l: files per worker)
     return Placement(Scheme.BASELINE, K, f, l, r, worker_files, tuple(holders))
 
 

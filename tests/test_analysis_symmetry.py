@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.placement import Scheme, build_placement
-from shield_ps.byzantine.symmetry import PrefixFilter, automorphisms, is_automorphism, orbit_minimal_prefix
-from shield_ps.byzantine.worst_case import distorted
+from byzantine.placement import Scheme, build_placement
+from byzantine.symmetry import PrefixFilter, automorphisms, is_automorphism, orbit_minimal_prefix
+from byzantine.worst_case import distorted
 
 CONFIGS = [("mols", 15, 3, None), ("mols", 35, 5, None), ("rama_one", 21, 3, None), ("rama_two", 25, 5, None),
            ("rama_two", 25, 5, 10)]

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from shield_ps.byzantine.attacks import (ATTACKS, Attack, alie_z_auto, alie_z_max, corrupted_files,
-                                        simulate_attack)
-from shield_ps.byzantine.placement import build_placement
-from shield_ps.byzantine.analysis import distorted, worst_case
-from shield_ps.errors import AttackError
+from byzantine.analysis import distorted, worst_case
+from byzantine.attacks import ATTACKS, Attack, alie_z_auto, alie_z_max, corrupted_files, simulate_attack
+from byzantine.errors import AttackError
+from byzantine.placement import build_placement
 
 # DETOX, K=9, r=3: files 0, 1, 2 held by groups (0,1,2), (3,4,5), (6,7,8); r' = 2.
 # Byzantine {0, 1, 3}: file 0 has 2 Byzantine holders (corrupted), file 1 one, file 2 none.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shield_ps.byzantine.placement import build_placement
-from shield_ps.byzantine.worst_case import worst_case
+from byzantine.placement import build_placement
+from byzantine.worst_case import worst_case
 from shield_ps.phases.exclusion import FIRST_EXCLUSION_STEPS
 from shield_ps.phases.relay import RelayNode, plan_tree
 from tests.byzantine_zoo import RunResult, run_cluster, zoo_config

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from shield_ps.byzantine.aggregators import default_byzantine_count
-from shield_ps.byzantine.attacks import corrupted_files
-from shield_ps.byzantine.byzantine_sets import ByzantineChoice, detox_byzantines, make_schedule
-from shield_ps.byzantine.placement import build_placement
-from shield_ps.byzantine.analysis import worst_case
-from shield_ps.errors import AggregationError, AttackError
+from byzantine.aggregators import default_byzantine_count
+from byzantine.analysis import worst_case
+from byzantine.attacks import corrupted_files
+from byzantine.byzantine_sets import ByzantineChoice, detox_byzantines, make_schedule
+from byzantine.errors import AggregationError, AttackError
+from byzantine.placement import build_placement
 
 DETOX = build_placement("detox", 15, 3)  # groups (0,1,2), (3,4,5), ..., (12,13,14); r' = 2
 MOLS = build_placement("mols", 15, 3)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS, SketchReply, l2_norm, sketch
-from shield_ps.byzantine.tolerance import DEFAULT_CAP as TOLERANCE_CAP
-from shield_ps.byzantine.tolerance import Reference
+from byzantine.errors import ByzantineConfigError
+from byzantine.sketch import DEFAULT_PARAMS, SketchReply, l2_norm, sketch
+from byzantine.tolerance import DEFAULT_CAP as TOLERANCE_CAP
+from byzantine.tolerance import Reference
 from shield_ps.classes import FingerprintError, FleetClasses, parse_fingerprint, probe_request, tolerance
-from shield_ps.errors import ConfigError, TrainingError
+from shield_ps.errors import TrainingError
 
 SEED = b"p" * 32
 RNG = np.random.default_rng(0)
@@ -78,9 +79,9 @@ def test_tolerance_is_clamped_and_overridable() -> None:
     assert tolerance(0.1, 431_080) == TOLERANCE_CAP
     assert tolerance(0.0, 11_173_962) == pytest.approx(20 * 1.9457e-7, rel=1e-3)  # the quantisation floor
     assert tolerance(0.1, 431_080, override=0.2) == 0.2
-    with pytest.raises(ConfigError, match="--vote-tol"):
+    with pytest.raises(ByzantineConfigError, match="--vote-tol"):
         tolerance(0.0, 431_080, override=1e-9)
-    with pytest.raises(ConfigError, match="--vote-tol"):
+    with pytest.raises(ByzantineConfigError, match="--vote-tol"):
         tolerance(0.0, 431_080, override=0.9)
 
 

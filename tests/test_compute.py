@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.compute import BatchSchedule, ComputeSpec, FileGradient, GradientComputer, initial_parameters
-from shield_agent.errors import ComputeError
-from shield_agent.zoo.models import build_seeded_model
-from wire.digest import digest_bytes as _digest_bytes
+from shield_model.compute import BatchSchedule, ComputeSpec, FileGradient, GradientComputer, initial_parameters
+from shield_model.errors import ComputeError
+from shield_model.zoo.models import build_seeded_model
 from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
+from wire.digest import digest_bytes as _digest_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = str(MNIST_PATH)
@@ -155,7 +155,7 @@ def write_fake_cifar10(folder: Path, records_per_file: int = 8) -> Path:
 _CHILD = """
 import json, sys
 import numpy as np
-from shield_agent.compute import ComputeSpec, GradientComputer
+from shield_model.compute import ComputeSpec, GradientComputer
 from wire.digest import digest_bytes
 job = json.loads(sys.argv[1])
 computer = GradientComputer(ComputeSpec(**job["spec"]))
@@ -206,7 +206,7 @@ def test_gradients_are_bit_identical_across_processes(network, tmp_path):
 
 
 def test_flat_parameters_keep_model_order_and_zero_fill_missing_grads():
-    from shield_agent.zoo.flat import FlatParameters
+    from shield_model.zoo.flat import FlatParameters
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     unused = torch.nn.Linear(4, 1)

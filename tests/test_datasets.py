@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.errors import DatasetError
-from shield_agent.zoo import readers
-from shield_agent.zoo.datasets import DATASETS, BatchTransform, Dataset, load_dataset, parse_dataset
-from shield_agent.zoo.mnist_idx import load_mnist_arrays, read_idx
+from shield_model.errors import DatasetError
+from shield_model.zoo import readers
+from shield_model.zoo.datasets import DATASETS, BatchTransform, Dataset, load_dataset, parse_dataset
+from shield_model.zoo.mnist_idx import load_mnist_arrays, read_idx
 from tests.runtime_helpers import MNIST_DIR
-
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from shield_agent.cli import main
-from shield_agent.errors import DatasetError
-from shield_agent.zoo.names import Dataset
-from shield_agent.zoo.prepare import DOWNLOADS, _extract, _fetch, md5_of, prepare
+from shield_model.errors import DatasetError
+from shield_model.zoo.names import Dataset
+from shield_model.zoo.prepare import DOWNLOADS, _extract, _fetch, md5_of, prepare
 from tests.runtime_helpers import MNIST_DIR
-
 
 
 class Mirror:
@@ -162,7 +161,7 @@ def _fake_cifar10(path: Path, records: int = 2) -> Path:
 
 
 def test_from_a_local_copy_checked_by_md5(tmp_path, capsys, monkeypatch):
-    from shield_agent.zoo.prepare import Download
+    from shield_model.zoo.prepare import Download
 
     archive = _fake_cifar10(tmp_path / "my-copy.tgz")
     monkeypatch.setitem(DOWNLOADS, Dataset.CIFAR10, lambda: (

@@ -1,4 +1,4 @@
-"""Which directory a dataset is read from (shield_agent.zoo.sources.locate): a given --data-dir is checked and never
+"""Which directory a dataset is read from (shield_model.zoo.sources.locate): a given --data-dir is checked and never
 created, the cache is used when it holds the dataset, a first-use download goes into the cache (here from a local
 mirror, never the internet), and MNIST falls back to the copy embedded in the package."""
 from __future__ import annotations
@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from shield_agent.errors import DatasetError
-from shield_agent.zoo import prepare as prepare_module
-from shield_agent.zoo.datasets import load_dataset
-from shield_agent.zoo.names import Dataset
-from shield_agent.zoo.prepare import Download, md5_of
-from shield_agent.zoo.sources import CACHE_ENV, EMBEDDED, Origin, cache_dir, check_data_dir, locate
+from shield_model.errors import DatasetError
+from shield_model.zoo import prepare as prepare_module
+from shield_model.zoo.datasets import load_dataset
+from shield_model.zoo.names import Dataset
+from shield_model.zoo.prepare import Download, md5_of
+from shield_model.zoo.sources import CACHE_ENV, EMBEDDED, Origin, cache_dir, check_data_dir, locate
 from tests.runtime_helpers import MNIST_DIR
 from tests.test_datasets_prepare import Mirror
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.compute import ComputeSpec, GradientComputer
-from shield_agent.device import parse_device, resolve_device
-from shield_agent.errors import ComputeError
-from wire import digest_bytes
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.device import parse_device, resolve_device
+from shield_model.errors import ComputeError
 from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
+from wire import digest_bytes
 
 MNIST_DIR = str(MNIST_PATH)
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
@@ -45,7 +45,7 @@ def test_cuda_without_a_gpu_says_so_and_auto_falls_back_to_the_cpu() -> None:
 
 _CHILD = """
 import sys
-from shield_agent.compute import ComputeSpec, GradientComputer
+from shield_model.compute import ComputeSpec, GradientComputer
 from wire import digest_bytes
 c = GradientComputer(ComputeSpec("LeNet", "MNIST", sys.argv[1], 0, 30, 3, 1, device="cuda"))
 g = c.file_gradient(c.initial_parameters(), 801, 2).gradient

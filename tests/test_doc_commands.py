@@ -16,8 +16,9 @@ import argparse
 import importlib
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import pytest
 

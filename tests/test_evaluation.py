@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.compute import ComputeSpec, GradientComputer
-from shield_agent.errors import ComputeError
-from shield_agent.evaluation import EvalResult, Evaluator
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.errors import ComputeError
+from shield_model.evaluation import EvalResult, Evaluator
 from tests.runtime_helpers import MNIST_DIR as MNIST_PATH
 
 MNIST_DIR = str(MNIST_PATH)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
 import wire
 from shield_ps.phases.deadlines import Deadlines
-from shield_ps.phases.fetch import FetchReport, Fetcher, _Attempt, holder_order
+from shield_ps.phases.fetch import Fetcher, FetchReport, _Attempt, holder_order
 from shield_ps.pool import AgentLink
 from wire import Kind
 
@@ -46,7 +46,7 @@ def _secret_asking_first(worker: int, holders: tuple[int, ...]) -> bytes:
     raise AssertionError("no such secret")
 
 
-async def _holder(port: int, answer: Callable[[wire.Connection, wire.Message], "asyncio.Future | None"],
+async def _holder(port: int, answer: Callable[[wire.Connection, wire.Message], asyncio.Future | None],
                   stop: asyncio.Event) -> None:
     """A client that answers every FETCH with ``answer`` until ``stop``."""
     conn = await wire.connect("127.0.0.1", port, token=TOKEN)

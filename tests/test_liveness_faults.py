@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shield_ps.checkpoint import list_checkpoints, load_latest
+from shield_ps.checkpoint import list_checkpoints
 from shield_ps.events import effective_events, read_events
 from tests.byzantine_zoo import run_cluster
 from tests.runtime_helpers import MNIST_DIR

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import wire
-from wire import Kind
-from shield_ps.byzantine.aggregators import aggregate
+from byzantine.aggregators import aggregate
 from shield_ps.events import effective_events
 from shield_ps.phases.accounting import StepAccount, Tally
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import holder_order
+from wire import Kind
 
 TOKEN = "unit-test-token-0123456789abcdef"
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-import shield_agent
-from shield_agent.errors import DatasetError, ModelError
-from shield_agent.zoo import DATASETS, NETWORKS, Dataset, Network, applicable, build_model, build_seeded_model
+import shield_model
+from shield_model.errors import DatasetError, ModelError
+from shield_model.zoo import DATASETS, NETWORKS, Dataset, Network, applicable, build_model, build_seeded_model
 
 # Parameter counts of the CIFAR-style reference implementations (ResNet18 with 10 classes: 11,173,962); MNIST has
 # one input channel, so its first conv is smaller.
@@ -84,15 +84,15 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng_alone():
     b = build_seeded_model("LeNet", "MNIST", seed=7)
     c = build_seeded_model("LeNet", "MNIST", seed=8)
     assert torch.equal(before, after)
-    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=False):
         assert torch.equal(pa, pb)
         assert not torch.equal(pa, pc)
 
 
 def test_package_exposes_build_model_without_importing_torch_eagerly():
-    code = ("import sys, shield_agent; assert 'torch' not in sys.modules, 'eager torch import'; "
-            "m = shield_agent.build_model('LeNet', 'MNIST'); print(type(m).__name__)")
+    code = ("import sys, shield_model; assert 'torch' not in sys.modules, 'eager torch import'; "
+            "m = shield_model.build_model('LeNet', 'MNIST'); print(type(m).__name__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "LeNet"
-    assert shield_agent.build_model is build_model
+    assert shield_model.build_model is build_model

@@ -18,9 +18,10 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import asyncssh
 import pytest
@@ -31,8 +32,8 @@ from shield_ops.commands.ssh import ssh_argv
 from shield_ops.config import load_config
 from shield_ops.deploy import stop_script
 from shield_ops.state import ClusterState
-from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.runtime_helpers import MNIST_DIR
+from tests.test_ops_fakes import FakeCloud, boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = MNIST_DIR

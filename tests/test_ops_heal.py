@@ -8,8 +8,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -131,7 +132,8 @@ def replacement_started(output: str, lost: str) -> bool:
 def instances_by_node(url: str, name: str = NAME) -> dict[str, str]:
     """Node name -> instance id of the live (pending/running) instances of the cluster."""
     reply = boto_client(url).describe_instances(Filters=[
-        {"Name": "tag:shield:cluster", "Values": [name]}, {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+        {"Name": "tag:shield:cluster", "Values": [name]},
+        {"Name": "instance-state-name", "Values": ["pending", "running"]}])
     out = {}
     for reservation in reply["Reservations"]:
         for inst in reservation["Instances"]:

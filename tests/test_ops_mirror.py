@@ -12,14 +12,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
 from tests.ops_beds import open_bed, start_watch
+from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
 from tests.test_ops_e2e import MNIST, REPO, RUNTIME, shield_ops
 from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
 from tests.test_ops_heal import instances_by_node as _by_node

@@ -4,12 +4,20 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from shield_agent.spot import (ENDPOINT_ENV, IMDSError, SpotNotice, SpotWatcher, endpoint_from_env, http_request,
-                               parse_notice)
+from shield_agent.spot import (
+    ENDPOINT_ENV,
+    IMDSError,
+    SpotNotice,
+    SpotWatcher,
+    endpoint_from_env,
+    http_request,
+    parse_notice,
+)
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 

@@ -9,18 +9,18 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from shield_ops.nodes import SPOT_NOTICE_TAG
+from tests.ops_beds import open_bed, start_watch
 from tests.test_ops_autostop import events, wheel  # noqa: F401  (wheel is a fixture)
 from tests.test_ops_e2e import RUNTIME, shield_ops
 from tests.test_ops_fakes import boto_client, moto_env  # noqa: F401  (moto_env is a fixture)
-from tests.ops_beds import open_bed, start_watch
-from tests.test_ops_heal import (PS_ARGS, STEPS, clients_of, instances_by_node, replacement_started,
-                                  wait_running)
+from tests.test_ops_heal import PS_ARGS, STEPS, clients_of, instances_by_node, replacement_started, wait_running
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 pytestmark = pytest.mark.skipif(not RUNTIME, reason="`shield-ps serve --help` fails: no runtime to run")

@@ -17,8 +17,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import asyncssh
 import pytest
@@ -104,7 +105,7 @@ class RealNodes:
         return Endpoint("127.0.0.1", self.ports[node.instance_id], "127.0.0.1")
 
     def close(self) -> None:
-        for instance_id, home in self.homes.items():  # the daemons the test started, then sshd, then the users
+        for home in self.homes.values():  # the daemons the test started, then sshd, then the users
             stop = ("cd shield 2>/dev/null || exit 0; for r in ps agent supervisor; do [ -f $r.pid ] && "
                     "kill -TERM -- -$(cat $r.pid) 2>/dev/null; done; true")
             subprocess.run(["/bin/sh", "-c", stop], cwd=home, timeout=30)

@@ -440,7 +440,7 @@ def test_the_node_venv_sees_the_packages_of_a_deploy_python_that_is_itself_a_ven
     script = deploy.venv_script(str(parent / "bin/python"), ["--without-pip"])
     subprocess.run(["/bin/sh", "-c", script], check=True, env=env, timeout=300, cwd=home)
     probe = ("import only_in_parent_venv, sys, sysconfig; own = sysconfig.get_paths()['purelib']; "
-             "print(only_in_parent_venv.WHERE, sys.path.index(own) < sys.path.index(%r))" % purelib)
+             f"print(only_in_parent_venv.WHERE, sys.path.index(own) < sys.path.index({purelib!r}))")
     done = subprocess.run([str(home / "shield/venv/bin/python"), "-c", probe], capture_output=True, text=True,
                           env=env, timeout=60)
     assert done.returncode == 0, done.stderr

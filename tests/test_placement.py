@@ -7,9 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from shield_ps.byzantine.placement import (SCHEME_ALIASES, Placement, Scheme, build_placement, is_prime,
-                                           parse_scheme)
-from shield_ps.errors import ConfigError, PlacementError
+from byzantine.errors import ByzantineConfigError, PlacementError
+from byzantine.placement import SCHEME_ALIASES, Placement, Scheme, build_placement, is_prime, parse_scheme
 
 # (scheme, K, r, rama_m, expected (f, l))
 CONFIGS = [
@@ -169,7 +168,7 @@ def test_inconsistent_requests_say_what_is_valid(args: tuple, fragment: str) -> 
     with pytest.raises(PlacementError) as info:
         build_placement(*args)
     assert fragment in str(info.value)
-    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, ByzantineConfigError) and isinstance(info.value, ValueError)
 
 
 def test_is_prime() -> None:
@@ -178,6 +177,6 @@ def test_is_prime() -> None:
 
 
 def test_all_valid_small_mols_are_accepted() -> None:
-    for l, r in itertools.product([3, 5, 7], [1, 3, 5]):
+    for l, r in itertools.product([3, 5, 7], [1, 3, 5]):  # noqa: E741 (the paper's l: files per worker)
         if r <= l - 1:
             assert build_placement("mols", r * l, r).f == l * l

@@ -4,7 +4,6 @@ PS's identity checks, and the config hash covering the plug-in's code."""
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from shield_agent.compute import ComputeSpec, GradientComputer
-from shield_agent.errors import ModelError, PluginError, PluginRefused
-from shield_agent.evaluation import Evaluator
+from shield_agent.errors import PluginRefused
 from shield_agent.job import AgentJob
 from shield_agent.plugin_admission import check_job_plugins
-from shield_agent.zoo.models import build_seeded_model
-from shield_agent.zoo.names import Network, network_choice
-from shield_agent.zoo.plugin_data import check_model, load_plugin_data
-from shield_agent.zoo.plugins import PluginSpec, identify, parse_plugin
-from shield_agent.zoo.seeds import SeededForward
-from shield_agent.zoo.sources import Origin, locate
+from shield_model.compute import ComputeSpec, GradientComputer
+from shield_model.errors import ModelError, PluginError
+from shield_model.evaluation import Evaluator
+from shield_model.zoo.models import build_seeded_model
+from shield_model.zoo.names import Network, network_choice
+from shield_model.zoo.plugin_data import check_model, load_plugin_data
+from shield_model.zoo.plugins import PluginSpec, identify, parse_plugin
+from shield_model.zoo.seeds import SeededForward
+from shield_model.zoo.sources import Origin, locate
 from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import ConfigError
 from shield_ps.plugins import agent_args, job_fields, refusal, resolve_plugins
@@ -70,7 +70,7 @@ def test_identity_is_the_source_and_the_callable_name(tmp_path, monkeypatch):
     four = identify(PluginSpec("ident_four", "build")).digest
     assert identify(PluginSpec("ident_four", "other")).digest != four  # another callable of the same module
     pkg = identify(PluginSpec("ident_pkg", "build")).digest
-    from shield_agent.zoo import plugins
+    from shield_model.zoo import plugins
 
     (package / "layers.py").write_text("def build(n):\n    return n + 0\n")
     plugins._source_digest.cache_clear()  # a new process: a package's submodules are part of its identity

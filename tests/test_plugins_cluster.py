@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import wire
-from shield_agent.zoo.plugins import PluginSpec, identify
+from shield_model.zoo.plugins import PluginSpec, identify
 from shield_ps.config import ServeConfig
 from shield_ps.daemon import PSDaemon
 from shield_ps.events import EventSink
@@ -127,7 +127,7 @@ def test_an_agent_with_other_code_or_without_plugin_is_refused_and_stops(tmp_pat
         assert (f"this agent's copy of blobplug differs from the PS's: digest {agent_digest} here, {ps_digest} on "
                 "the PS (--network blobplug:Mlp)") in other
         assert "join with --plugin blobplug" in unlisted
-        ps.wait_for_output(f"could not take the job: this agent's copy of blobplug differs", 30)
+        ps.wait_for_output("could not take the job: this agent's copy of blobplug differs", 30)
     finally:
         for agent in agents:
             agent.stop()

@@ -5,9 +5,10 @@ import asyncio
 
 import pytest
 
+from byzantine.errors import AggregationError, PlacementError
 from shield_ps.collector import DigestRejected, StepCollector
 from shield_ps.config import ServeConfig, diff_training_fields
-from shield_ps.errors import AggregationError, ConfigError, PlacementError
+from shield_ps.errors import ConfigError
 from shield_ps.job import resolve_job
 
 DIGEST = bytes(32)

@@ -28,7 +28,7 @@ def test_momentum_sgd_matches_the_reference_recurrence() -> None:
     w = rng.standard_normal(50).astype(np.float32)
     ref_w, ref_v = w.astype(np.float64), np.zeros(50)
     opt = MomentumSGD(w, momentum=0.9)
-    for t in range(5):
+    for _ in range(5):
         g = rng.standard_normal(50).astype(np.float32)
         ref_v = 0.9 * ref_v + g
         ref_w -= 0.05 * ref_v

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shield_agent.adversary import Adversary, parse_adversaries
-from shield_agent.relay import RelayHub, RelaySource, RelayError
+from shield_agent.relay import RelayError, RelayHub, RelaySource
 from shield_ps.phases.relay import COOLDOWN_STEPS, RelayBook, RelayNode, blame, plan_tree
 from tests.byzantine_zoo import RunResult, run_cluster, secret_making_relay, secret_relaying_to, zoo_config
 from tests.runtime_helpers import MNIST_DIR
@@ -35,7 +35,8 @@ def _check_tree(plan: dict, nodes: list[RelayNode], no_relay: frozenset[int] = f
             assert current.worker not in seen
             assert address[current.worker] is not None
             assert current.address == address[current.worker][:2]
-            if address[worker] is None or current.address != address[worker][:2]:  # across processes: only relays that may relay
+            # across processes: only relays that may relay
+            if address[worker] is None or current.address != address[worker][:2]:
                 assert current.worker not in no_relay
             seen.add(current.worker)
             hops += 1
@@ -329,7 +330,7 @@ def test_relayed_runs_match_direct_broadcast(tmp_path: Path, direct: RunResult, 
     assert result.exit_code == 0 and [e["step"] for e in steps] == list(range(STEPS))
     assert np.array_equal(result.params, direct.params)  # bit-identical to the direct broadcast
     d4 = 431_080 * 4
-    for relayed, plain in zip(steps, direct.of("step")):
+    for relayed, plain in zip(steps, direct.of("step"), strict=False):
         assert plain["bytes_out"] > 8 * d4 and not plain["relay_tree"]
         tree = relayed["relay_tree"]
         assert tree["direct"] + tree["relayed"] == 9 + len(tree["complaints"])

@@ -18,10 +18,20 @@ import numpy as np
 import pytest
 
 from shield_ps.events import effective_events
-from shield_ps.view import fold_all, iter_events
 from shield_ps.phases.exclusion import FIRST_EXCLUSION_STEPS
-from tests.runtime_helpers import (MNIST_DIR, TOKEN, Process, events, final_params, run_serve, start_agent,
-                                   start_serve, wait_for_step, wait_for_worker)
+from shield_ps.view import fold_all, iter_events
+from tests.runtime_helpers import (
+    MNIST_DIR,
+    TOKEN,
+    Process,
+    events,
+    final_params,
+    run_serve,
+    start_agent,
+    start_serve,
+    wait_for_step,
+    wait_for_worker,
+)
 
 pytestmark = [
     pytest.mark.slow,

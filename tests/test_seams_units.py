@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.groups import OUTLIER_FACTOR, could_bias, median_into, outliers, relative_distances
-from shield_ps.byzantine.vote import FileVote, vote_digests
+from byzantine.errors import AggregationError
+from byzantine.groups import OUTLIER_FACTOR, could_bias, median_into, outliers, relative_distances
+from byzantine.vote import FileVote, vote_digests
 from shield_ps.config import ServeConfig
-from shield_ps.errors import AggregationError
 from shield_ps.job import resolve_job
 from shield_ps.phases.aggregate import Aggregation, ShortStep
 from shield_ps.phases.audit import Candidate, candidates, pick
@@ -37,7 +37,7 @@ def test_median_matches_numpy_with_multiplicity_and_ignores_order(n: int, d: int
     rows = [rng.standard_normal(d).astype(np.float32) for _ in range(n)]
     w = weights[:n]
     out = median_into(rows, w, np.empty(d, np.float32))
-    expanded = np.stack([r for r, k in zip(rows, w) for _ in range(k)])
+    expanded = np.stack([r for r, k in zip(rows, w, strict=False) for _ in range(k)])
     assert np.allclose(out, np.median(expanded, axis=0).astype(np.float32), rtol=1e-6, atol=1e-7)
     order = rng.permutation(n)
     again = median_into([rows[i] for i in order], [w[i] for i in order], np.empty(d, np.float32))
@@ -268,7 +268,7 @@ def test_the_straggler_grace_follows_the_fastest_recent_step_not_a_slowed_one() 
 
 # ---- blame of files with an exact winner ---------------------------------------------------------------------------
 def test_a_silent_loser_of_another_class_is_neither_absolved_nor_outvoted_but_slow() -> None:
-    from shield_ps.byzantine.sketch import SketchReply, l2_norm, sketch
+    from byzantine.sketch import SketchReply, l2_norm, sketch
     from shield_ps.phases.auto_vote import blame, unanswered
 
     seed = b"s" * 32

@@ -9,10 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine import sketch as sk
-from shield_ps.byzantine.sketch import (SketchParams, SketchReply, agree, check_payload, l2_norm, relative_spread,
-                                        sketch, sketch_many, tie_key, vote_sketches)
-from shield_ps.errors import VoteError
+from byzantine import sketch as sk
+from byzantine.errors import VoteError
+from byzantine.sketch import (
+    SketchParams,
+    SketchReply,
+    agree,
+    check_payload,
+    l2_norm,
+    relative_spread,
+    sketch,
+    sketch_many,
+    tie_key,
+    vote_sketches,
+)
 
 PARAMS = SketchParams()
 D = 3000  # small vectors: the bounds do not depend on d

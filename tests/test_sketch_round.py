@@ -5,7 +5,7 @@ import asyncio
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import DEFAULT_PARAMS
+from byzantine.sketch import DEFAULT_PARAMS
 from shield_ps.phases.sketch import SKETCH_RATE, SketchRound
 from shield_ps.pool import AgentLink
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shield_agent.zoo.names import Dataset
-from shield_agent.zoo.sources import EMBEDDED
+from shield_model.zoo.names import Dataset
+from shield_model.zoo.sources import EMBEDDED
 from shield_ps.cli.serve import listening_port
 from tests.runtime_helpers import MNIST_DIR, REPO, Process, events, final_params, offline_user, run_serve
 
@@ -141,7 +141,7 @@ def test_an_agent_without_the_psdata_says_once_what_to_pass(tmp_path: Path) -> N
                 proc.stop()
     assert codes == [2, 2], [a.output()[-2000:] for a in agents]
     for agent, expected in zip(agents, (f"--data-dir {empty} does not hold MNIST",
-                                        "the PS trains on MNIST with 8000 training images")):
+                                        "the PS trains on MNIST with 8000 training images"), strict=False):
         errors = [line for line in agent.output().splitlines() if "ERROR" in line]
         assert len(errors) == 1 and expected in errors[0], agent.output()[-2000:]
 

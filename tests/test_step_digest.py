@@ -10,7 +10,7 @@ import numpy as np
 import wire
 from shield_agent.client import AgentOptions
 from shield_agent.slots import run_agent
-from shield_agent.synthetic import initial_parameters
+from shield_model.synthetic import initial_parameters
 from wire import Kind
 
 TOKEN = "s" * 32
@@ -70,9 +70,9 @@ def test_agent_computes_only_on_parameters_matching_the_step_digest() -> None:
 
 def test_ps_broadcast_carries_the_digest_of_what_it_sends() -> None:
     """The Broadcaster's STEP header holds vector_digest of the snapshot it sends (checked on a live link)."""
+    from shield_ps.config import ServeConfig
     from shield_ps.phases.broadcast import Broadcaster
     from shield_ps.phases.deadlines import Deadlines
-    from shield_ps.config import ServeConfig
 
     params = np.arange(D, dtype=np.float32)
     seen: list[tuple[bytes, bytes]] = []

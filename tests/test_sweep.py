@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_helpers import MNIST_DIR
-from shield_ps.byzantine.aggregators import Aggregator
-from shield_ps.byzantine.placement import Scheme
+from byzantine.aggregators import Aggregator
+from byzantine.placement import Scheme
 from shield_ps.errors import SweepError
 from shield_ps.sweep.grid import PRESETS, Grid, Preset, grid_from_mapping, load_toml
 from shield_ps.sweep.results import summarize
+from tests.runtime_helpers import MNIST_DIR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,10 +9,17 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from shield_ps.sweep.results import RunRow, write_csv
-from shield_ps.sweep.stats import (compare_schemes, holm, mean_ci95, paired_p, summarize_points, welch_p,
-                                   with_seed_columns)
 from shield_ps.sweep.report import points_markdown
+from shield_ps.sweep.results import RunRow, write_csv
+from shield_ps.sweep.stats import (
+    compare_schemes,
+    holm,
+    mean_ci95,
+    paired_p,
+    summarize_points,
+    welch_p,
+    with_seed_columns,
+)
 
 OLD_COLUMNS = ["run", "scheme", "aggregator", "attack", "q", "seed", "status", "steps", "final_top1", "best_top1",
                "final_loss", "corrupted_frac", "cmax_frac", "median_step_s", "bytes_in_per_step",

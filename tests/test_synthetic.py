@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shield_agent.errors import ComputeError
-from shield_agent.synthetic import (DECAY, NOISE_PERIOD, SyntheticComputer, file_noise, initial_parameters,
-                                    make_computer, synthetic_gradient)
+from shield_agent.synthetic_slot import make_computer
+from shield_model.errors import ComputeError
+from shield_model.synthetic import (
+    DECAY,
+    NOISE_PERIOD,
+    SyntheticComputer,
+    file_noise,
+    initial_parameters,
+    synthetic_gradient,
+)
 from tests.runtime_helpers import events, final_params, run_serve, start_agent, start_serve
 
 

@@ -1,8 +1,8 @@
-"""Synthetic worker slots store no gradients (shield_agent.synthetic.LazyFiles): they digest each file in one scratch
-vector and regenerate it on FETCH and SKETCH. A real agent (in this process) against a hand-driven PS on 127.0.0.1
-answers bit for bit what the stored path answers, holds ~3 vectors of d instead of 2 + l, and answers not_ready once
-a step's parameters may be gone; a whole run with Byzantine agents of every kind the adversary zoo has for the vote
-(shield_agent.adversary) ends with the stored path's parameters."""
+"""Synthetic worker slots store no gradients (shield_agent.synthetic_slot.LazyFiles): they digest each file in one
+scratch vector and regenerate it on FETCH and SKETCH. A real agent (in this process) against a hand-driven PS on
+127.0.0.1 answers bit for bit what the stored path answers, holds ~3 vectors of d instead of 2 + l, and answers
+not_ready once a step's parameters may be gone; a whole run with Byzantine agents of every kind the adversary zoo has
+for the vote (shield_agent.adversary) ends with the stored path's parameters."""
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +17,8 @@ import wire
 from shield_agent.adversary import parse_adversaries
 from shield_agent.client import AgentOptions, AgentSession
 from shield_agent.slots import run_agent
-from shield_agent.synthetic import LazyFiles, SyntheticComputer, initial_parameters, synthetic_gradient
+from shield_agent.synthetic_slot import LazyFiles
+from shield_model.synthetic import SyntheticComputer, initial_parameters, synthetic_gradient
 from tests.byzantine_zoo import Agent, run_cluster, secret_favouring, zoo_config
 from wire import Kind
 from wire.sketch import SketchRequest

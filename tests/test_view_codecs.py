@@ -10,14 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
 from shield_ps.view import ViewMode, fold_all, make_view, replay_file
-from shield_ps.view.codecs import (MAX_CODECS, MAX_COUNT, NAME, OTHER, CodecUse, add, read_codecs, shares_text,
-                                   step_text)
+from shield_ps.view.codecs import MAX_CODECS, MAX_COUNT, NAME, OTHER, CodecUse, add, read_codecs, shares_text, step_text
 from shield_ps.view.fake import fake_run
 from shield_ps.view.live import render
 from shield_ps.view.state import fold
@@ -150,7 +148,7 @@ def test_plain_replay_shows_each_steps_codecs_and_the_runs_shares(tmp_path: Path
     text = _replay(run, ViewMode.PLAIN)
     step_lines = [line for line in text.splitlines() if "] step " in line]
     assert len(step_lines) == STEPS
-    for line, event in zip(step_lines, (e for e in events if e["kind"] == "step")):
+    for line, event in zip(step_lines, (e for e in events if e["kind"] == "step"), strict=False):
         codecs = event["codecs"]
         out, into = codecs["out"], codecs["in"]
         expected = (f"codec out none×{out['none']}" + (f" lz4×{out['lz4']}" if "lz4" in out else "")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import io
 
-from shield_ps.view.plain import format_event
 from shield_ps.view.figures import median_step_seconds, waiting_line
+from shield_ps.view.plain import format_event
 from shield_ps.view.state import fold, fold_all
 from shield_ps.view.summary import summary_lines
 

@@ -12,13 +12,13 @@ import pytest
 from rich.console import Console
 
 from shield_ps.errors import ViewError
+from shield_ps.plot import curves_from_events, load_curves
 from shield_ps.view import View, ViewMode, choose_mode, fold_all, iter_events, make_view, replay_file
 from shield_ps.view.fake import fake_run
 from shield_ps.view.live import render
-from shield_ps.plot import curves_from_events, load_curves
 from shield_ps.view.plain import StartupLines, format_event
-from shield_ps.view.summary import render_summary, summary_lines
 from shield_ps.view.state import ViewState, fold
+from shield_ps.view.summary import render_summary, summary_lines
 
 STEPS, WORKERS = 24, 15
 SUMMARY_ROWS = 12

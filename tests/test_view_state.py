@@ -8,8 +8,16 @@ from hypothesis import strategies as st
 
 from shield_ps.view.fake import fake_run
 from shield_ps.view.figures import epochs, eta_seconds, final_summary, phase_means, progress, seconds_per_step
-from shield_ps.view.state import (CATEGORIES, CheckpointOutcome, EventKind, UpdateAction, ViewState, WorkerState, fold,
-                                  fold_all)
+from shield_ps.view.state import (
+    CATEGORIES,
+    CheckpointOutcome,
+    EventKind,
+    UpdateAction,
+    ViewState,
+    WorkerState,
+    fold,
+    fold_all,
+)
 
 
 def _step(step: int, time: float, **fields: object) -> dict:
@@ -41,7 +49,7 @@ def test_fake_run_totals_match_its_summary() -> None:
     assert state.best_top1 == max(e["top1"] for e in events if e["kind"] == "eval") == summary["best_top1"]
     assert state.last_eval is not None and state.last_eval.step == 30
     assert state.last_checkpoint == summary["last_checkpoint"] == 30 and not state.checkpoint_errors
-    for name, attribute in zip(CATEGORIES, ("lies", "disagreements", "slow_steps", "erasures")):
+    for name, attribute in zip(CATEGORIES, ("lies", "disagreements", "slow_steps", "erasures"), strict=False):
         counts = {w: sum(w in e[name] for e in steps) for w in range(9)}
         assert {w: getattr(v, attribute) for w, v in enumerate(state.workers)} == counts, name
         assert summary[f"{name}_workers"] == {str(w): n for w, n in counts.items() if n}, name

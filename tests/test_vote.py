@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shield_ps.byzantine.placement import build_placement
-from shield_ps.byzantine.vote import vote_digests, vote_tolerant
-from shield_ps.errors import VoteError
+from byzantine.errors import VoteError
+from byzantine.placement import build_placement
+from byzantine.vote import vote_digests, vote_tolerant
 from wire.digest import digest_bytes
 
 HOLDERS = [(0, 1, 2), (1, 2, 3), (2, 3, 4), (0, 3, 4), (0, 1, 4)]
@@ -69,7 +69,7 @@ def test_vote_properties(table: list[list[bytes | None]]) -> None:
     holders = [tuple(range(5))] * len(table)
     replies = [{w: d for w, d in enumerate(row) if d is not None} for row in table]
     res = vote_digests(holders, replies, 3)
-    for fv, row in zip(res.files, table):
+    for fv, row in zip(res.files, table, strict=False):
         values = [d for d in row if d is not None]
         if fv.won:
             assert values.count(fv.winner) >= 3

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 import wire
-from wire.autocodec import (HYSTERESIS, MIN_SAMPLE_BYTES, PRIORS, AutoCodec, CodecFigures, EncodeFigures, choose,
-                            effective_rate, parse_codec_choice)
+from wire.autocodec import (
+    HYSTERESIS,
+    MIN_SAMPLE_BYTES,
+    PRIORS,
+    AutoCodec,
+    CodecFigures,
+    EncodeFigures,
+    choose,
+    effective_rate,
+    parse_codec_choice,
+)
 from wire.codec import Codec
 from wire.frames import Kind
 
@@ -130,7 +139,7 @@ def test_live_link_switches_codec_as_the_reader_slows_and_recovers() -> None:
 
 def test_send_vector_auto_and_agent_job_accept_auto() -> None:
     from shield_agent.client import AgentJob
-    from shield_agent.errors import ComputeError
+    from shield_model.errors import ComputeError
 
     header: dict[str, Any] = {"worker": 0, "files": [0], "network": "LeNet", "dataset": "MNIST", "seed": 0,
                               "batch_size": 10, "num_files": 1, "threads": 1, "codec": "auto", "codec_level": 1}

@@ -7,8 +7,16 @@ import blosc2
 import numpy as np
 import pytest
 
-from wire.codec import (Codec, EncodedVector, Shuffle, VectorDesc, check_dest, decode_vector_into, encode_vector,
-                        vector_digest)
+from wire.codec import (
+    Codec,
+    EncodedVector,
+    Shuffle,
+    VectorDesc,
+    check_dest,
+    decode_vector_into,
+    encode_vector,
+    vector_digest,
+)
 from wire.digest import digest_bytes
 from wire.errors import VectorError
 

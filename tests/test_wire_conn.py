@@ -5,7 +5,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,7 +208,7 @@ def test_a_second_vector_never_overwrites_slots_still_being_decoded() -> None:
         pool: list = []
         dests = [np.empty(2048, np.float32) for _ in range(2)]
         sinks = []
-        for x, dest in zip((xa, xb), dests):
+        for x, dest in zip((xa, xb), dests, strict=False):
             enc = wire.encode_vector(x, wire.Codec.LZ4, chunk_elems=1024)
             sinks.append(VectorSink(enc.desc, memoryview(dest).cast("B"), digest=True, scratch=pool,
                                     wake=lambda: None, on_error=lambda exc: None))

@@ -9,8 +9,18 @@ import pytest
 
 from wire import codec
 from wire.errors import FrameError, HeaderError, LimitError, ProtocolError
-from wire.frames import (MAGIC, PREFIX, PREFIX_SIZE, PROTOCOL_VERSION, VECTOR_KINDS, Kind, Limits, encode_frame,
-                         parse_frame, parse_prefix)
+from wire.frames import (
+    MAGIC,
+    PREFIX,
+    PREFIX_SIZE,
+    PROTOCOL_VERSION,
+    VECTOR_KINDS,
+    Kind,
+    Limits,
+    encode_frame,
+    parse_frame,
+    parse_prefix,
+)
 from wire.reader import FrameReader
 
 SMALL = Limits(max_header_bytes=1024, handshake_header_bytes=512, max_payload_bytes=4096, max_vector_elems=1000,

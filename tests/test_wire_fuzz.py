@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
+from tests.test_wire_conn import FAST, RawPeer, echo, good_round_trip, run, serving
 from wire.codec import Codec, decode_vector_into, encode_vector
 from wire.errors import ProtocolError, WireError
 from wire.frames import MAGIC, PREFIX, Kind, Limits, encode_frame
 from wire.reader import FrameReader
-from tests.test_wire_conn import FAST, RawPeer, echo, good_round_trip, run, serving
 
 LIMITS = Limits(max_header_bytes=2048, handshake_header_bytes=1024, max_payload_bytes=1 << 16,
                 max_vector_elems=1 << 14, max_chunks=16, max_chunk_elems=4096, max_container_items=64)
@@ -50,7 +50,8 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 PLAIN = st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats() | st.text(max_size=6) | st.binary(max_size=6),
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats() | st.text(max_size=6)
+    | st.binary(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=8)
 SMALL_INT = st.integers(-2, 5000)
 DESC = st.fixed_dictionaries({

@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 
 from wire import ROLE_SENDS, Kind, Role, encode_frame, parse_frame
-from wire.sketch import (MAX_SKETCH_BYTES, SketchAnswer, SketchHeaderError, SketchRequest, parse_sketch_answer,
-                         parse_sketch_request)
+from wire.sketch import (
+    MAX_SKETCH_BYTES,
+    SketchAnswer,
+    SketchHeaderError,
+    SketchRequest,
+    parse_sketch_answer,
+    parse_sketch_request,
+)
 
 F = 25
 

@@ -68,14 +68,24 @@ PS <-> agent sketch::
                                    reply_to=msg)
 """
 from wire.auth import ROLE_SENDS, Role
-from wire.codec import (Codec, EncodedVector, Shuffle, VectorDesc, decode_vector_into, encode_vector,
-                         vector_digest)
+from wire.codec import Codec, EncodedVector, Shuffle, VectorDesc, decode_vector_into, encode_vector, vector_digest
 from wire.conn import Connection
-from wire.message import Message, Peer, Timeouts
 from wire.digest import DIGEST_NAME, DIGEST_SIZE, StreamingDigest, digest_bytes
-from wire.errors import (AuthError, ConnectionClosed, FrameError, HeaderError, LimitError, ProtocolError,
-                         RemoteError, RoleError, VectorError, WireError, WireTimeoutError)
+from wire.errors import (
+                         AuthError,
+                         ConnectionClosed,
+                         FrameError,
+                         HeaderError,
+                         LimitError,
+                         ProtocolError,
+                         RemoteError,
+                         RoleError,
+                         VectorError,
+                         WireError,
+                         WireTimeoutError,
+)
 from wire.frames import PROTOCOL_VERSION, VECTOR_KINDS, Frame, Kind, Limits, encode_frame, parse_frame
+from wire.message import Message, Peer, Timeouts
 from wire.server import Server, connect, install_event_loop, serve
 
 __all__ = [

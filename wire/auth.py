@@ -4,7 +4,8 @@ Handshake (every field in the frame header's user map)::
 
     client -> HELLO     {"version": int, "role": "agent" | "observer", "name": str, "nonce": 32 random bytes}
     server -> CHALLENGE {"nonce": 32 random bytes, fresh per connection}
-    client -> AUTH      {"nonce": the server nonce echoed, "mac": client_mac(token, server nonce, role, name, client nonce)}
+    client -> AUTH      {"nonce": the server nonce echoed,
+                         "mac": client_mac(token, server nonce, role, name, client nonce)}
     server -> WELCOME   {"id": assigned int, "mac": server_mac(token, client nonce, server nonce, id)}
 
 The token never crosses the wire; MACs are compared in constant time; the server redeems each nonce it issued at most

@@ -110,8 +110,8 @@ class EncodeFigures:
         if codec is Codec.NONE or raw_bytes < MIN_SAMPLE_BYTES or wire_bytes <= 0 or seconds <= 0:
             return
         old = self.figures[codec] if codec in self.measured else None
-        self.figures[codec] = CodecFigures(_blend(old and old.encode_rate, raw_bytes / seconds),
-                                           _blend(old and old.ratio, raw_bytes / wire_bytes))
+        self.figures[codec] = CodecFigures(_blend(old.encode_rate if old is not None else None, raw_bytes / seconds),
+                                           _blend(old.ratio if old is not None else None, raw_bytes / wire_bytes))
         self.measured.add(codec)
 
 

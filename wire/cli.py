@@ -12,7 +12,8 @@ import enum
 import importlib
 import logging
 import sys
-from typing import Callable, Mapping, NoReturn, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn, TypeVar
 
 E = TypeVar("E", bound=enum.Enum)
 

@@ -10,10 +10,10 @@ validated against :class:`wire.frames.Limits` before anything is allocated. Only
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
-
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from wire.digest import StreamingDigest, digest_bytes
 from wire.errors import LimitError, VectorError
@@ -134,7 +134,8 @@ class EncodedVector:
 
 
 def as_float32_bytes(buf: Any, *, writable: bool = False) -> memoryview:
-    """A byte view of a 1-D C-contiguous float32 buffer (numpy array, ``array('f')``...); :class:`VectorError` if not."""
+    """A byte view of a 1-D C-contiguous float32 buffer (numpy array, ``array('f')``...); :class:`VectorError` if
+    not."""
     try:
         view = memoryview(buf)
     except TypeError:
@@ -164,7 +165,7 @@ def encode_vector(src: Any, codec: Codec | str = Codec.LZ4, level: int = 1, *,
     raw = as_float32_bytes(src)
     n = len(raw) // ITEMSIZE
     step = chunk_elems * ITEMSIZE
-    pieces = [raw[i:i + step] for i in range(0, len(raw), step)]
+    pieces: list[bytes | memoryview] = [raw[i:i + step] for i in range(0, len(raw), step)]
     if codec is Codec.NONE:
         chunks: list[bytes | memoryview] = pieces
     else:

@@ -13,7 +13,8 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec, is_loopback
 from wire.codec import Codec, EncodedVector, encode_vector
@@ -67,6 +68,14 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def bytes_in(self) -> int:
         return self.reader.bytes_in
+
+    @property
+    def known_peer(self) -> Peer:
+        """The authenticated peer: :func:`wire.serve` and :func:`wire.connect` hand a connection on only after the
+        handshake set it (ProtocolError before that)."""
+        if self.peer is None:
+            raise ProtocolError("the connection has no authenticated peer yet")
+        return self.peer
 
     @property
     def _discard_buf(self) -> memoryview:
@@ -257,10 +266,10 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- receiving --------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = tcp = cast(asyncio.Transport, transport)  # a stream protocol's transport is a Transport
         self.tx_codec.loopback = is_loopback(transport.get_extra_info("peername"))
         high = self.limits.max_write_buffer
-        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+        tcp.set_write_buffer_limits(high=high, low=high // 4)
         if self._closed:  # refused before it was made (e.g. the server is busy)
             if self._early_close_code is not None:
                 transport.write(encode_frame(Kind.ERROR, {"code": self._early_close_code,  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ BLAKE2b, so hashing stays off the critical path.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import blake3
 

@@ -126,7 +126,8 @@ def encode_frame(kind: Kind, header: dict[str, Any] | None = None, *, msg_id: in
     return PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, 0, len(packed), payload_len) + packed
 
 
-def parse_prefix(data: bytes | bytearray | memoryview, limits: Limits, header_cap: int | None = None) -> tuple[int, int]:
+def parse_prefix(data: bytes | bytearray | memoryview, limits: Limits,
+                 header_cap: int | None = None) -> tuple[int, int]:
     """``(header_len, payload_len)`` from the first :data:`PREFIX_SIZE` bytes; raises before anything is allocated."""
     if len(data) < PREFIX_SIZE:
         raise FrameError("truncated prefix")
@@ -196,7 +197,8 @@ def parse_header(data: bytes | bytearray | memoryview, payload_len: int, limits:
     _check_plain(obj)
     if not obj.keys() <= {"k", "i", "r", "h", "v"}:
         raise FrameError("unknown header field")
-    kind = _KINDS.get(obj.get("k")) if type(obj.get("k")) is str else None
+    k = obj.get("k")
+    kind = _KINDS.get(k) if type(k) is str else None
     if kind is None:
         raise FrameError("unknown message kind")
     header = obj.get("h", {})

@@ -10,7 +10,8 @@ it waits, or while the sink has no room, :attr:`blocked` is true and the transpo
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from wire.errors import FrameError, LimitError
 from wire.frames import PREFIX_SIZE, Frame, Limits, parse_header, parse_prefix

@@ -9,7 +9,7 @@ busy). Chunks are processed in order by one task, so the streaming digest equals
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from wire.codec import Codec, VectorDesc, decode_chunk_into
 from wire.digest import StreamingDigest

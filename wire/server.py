@@ -10,7 +10,7 @@ import collections
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from wire import auth
 from wire.auth import Role

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from wire.errors import ProtocolError
 
@@ -68,6 +68,11 @@ class SketchAnswer:
         return {"step": self.step, "file": self.file, "sketch": self.sketch, "norm": self.norm}
 
 
+def is_plain_number(value: object) -> TypeGuard[int | float]:
+    """Whether a decoded header value is a plain int or float (not a bool, not a subclass)."""
+    return type(value) in (int, float)
+
+
 def _int(header: dict[str, Any], key: str, low: int, high: int) -> int:
     value = header.get(key)
     if type(value) is not int or not low <= value <= high:
@@ -105,6 +110,6 @@ def parse_sketch_answer(header: dict[str, Any], num_files: int, nbytes: int) -> 
         return SketchAnswer(step, file, None, None)
     if type(sketch) is not bytes or len(sketch) != nbytes:
         raise SketchHeaderError(f"SKETCH sketch must be {nbytes} bytes")
-    if type(norm) not in (int, float) or not math.isfinite(norm) or norm < 0:
+    if not is_plain_number(norm) or not math.isfinite(norm) or norm < 0:
         raise SketchHeaderError("SKETCH norm must be a finite number >= 0")
     return SketchAnswer(step, file, sketch, float(norm))

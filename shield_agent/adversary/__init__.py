@@ -11,13 +11,32 @@ from __future__ import annotations
 import enum
 
 from shield_agent.adversary.base import HONEST, Adversary, Behaviour, BehaviourSpec, check_composable
-from shield_agent.adversary.compute import (Deviator, Dropper, Forger, GrindingCentre, Hider, OtherClass, Scale,
-                                            SilentDisputer, SketchLiar)
+from shield_agent.adversary.compute import (
+    Deviator,
+    Dropper,
+    Forger,
+    GrindingCentre,
+    Hider,
+    OtherClass,
+    Scale,
+    SilentDisputer,
+    SketchLiar,
+)
 from shield_agent.adversary.params import AdversaryError, read_args
 from shield_agent.adversary.probe import FakeProbe, StealthProbe
 from shield_agent.adversary.relaying import RelayAccuser, RelayCorrupter, RelayStaller
-from shield_agent.adversary.timing import (DelayedFetch, Flood, ReconnectEveryStep, Replay, SilentDigests,
-                                           SilentFetch, SlowPayload, SlowStepReader, Trickle, WrongLength)
+from shield_agent.adversary.timing import (
+    DelayedFetch,
+    Flood,
+    ReconnectEveryStep,
+    Replay,
+    SilentDigests,
+    SilentFetch,
+    SlowPayload,
+    SlowStepReader,
+    Trickle,
+    WrongLength,
+)
 
 __all__ = ["BEHAVIOURS", "HONEST", "Adversary", "AdversaryError", "Behaviour", "BehaviourSpec", "Name",
            "check_composable", "parse_adversary", "parse_adversaries"]

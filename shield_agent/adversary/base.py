@@ -81,26 +81,26 @@ class Behaviour:
         return payload
 
     # ---- takeovers (async, on the event loop) ----------------------------------------------------------------
-    async def on_step(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_step(self, session: AgentSession, msg: Message) -> None:
         """Handle a STEP instead of the honest session (``session.honest_step(msg)`` is the honest handling)."""
         await session.honest_step(msg)
 
-    async def relayed_step(self, session: "AgentSession", step: int, source: "RelaySource", digest: bytes,
+    async def relayed_step(self, session: AgentSession, step: int, source: RelaySource, digest: bytes,
                            params: np.ndarray) -> None:
         """Take the parameters of a relayed STEP instead of the honest session."""
         await session.honest_relayed_step(step, source, digest, params)
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         """Answer a FETCH instead of the honest session (``session.answer_fetch(msg)`` is the honest answer)."""
         await session.answer_fetch(msg)
 
-    async def relay_request(self, store: "RelayStore", conn: "Connection", msg: "Message", step: int,
+    async def relay_request(self, store: RelayStore, conn: Connection, msg: Message, step: int,
                             digest: bytes, wait: float) -> bool:
         """Answer another agent's relay request for ``step`` instead of the relay server; True when handled."""
         return False
 
-    async def relay_send(self, store: "RelayStore", conn: "Connection", msg: "Message",
-                         entry: "RelayEntry") -> None:
+    async def relay_send(self, store: RelayStore, conn: Connection, msg: Message,
+                         entry: RelayEntry) -> None:
         """Send ``entry``'s vector to another agent instead of the relay server's cut-through send."""
         raise NotImplementedError
 

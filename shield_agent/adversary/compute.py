@@ -111,7 +111,7 @@ class GrindingCentre(Behaviour):
     def commit(self, gradient: np.ndarray, step: int, file: int, worker: int) -> None:
         vectors.grind(gradient, self.args["bits"])
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         return  # never answers
 
 

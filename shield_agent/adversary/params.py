@@ -3,8 +3,9 @@ the order the behaviour declares them or ``key=value``."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from shield_agent.errors import ShieldAgentError
 

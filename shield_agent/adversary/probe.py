@@ -1,15 +1,15 @@
 """Behaviours that lie in the JOB reply's determinism fingerprint (the probe that sets the sketch vote's tolerance,
-shield_agent.fingerprint and shield_ps.classes)."""
+shield_agent.fingerprint and the PS's determinism classes)."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
+from byzantine.sketch import SketchParams, l2_norm, sketch
 from shield_agent.adversary import vectors
 from shield_agent.adversary.base import Behaviour
 from shield_agent.adversary.params import Param, real
-from shield_ps.byzantine.sketch import SketchParams, l2_norm, sketch
 from wire import digest_bytes
 
 
@@ -38,7 +38,7 @@ class FakeProbe(Behaviour):
 
     def probe_fields(self, fields: dict[str, Any], gradient: np.ndarray, probe: dict[str, Any]) -> None:
         fake = fake_probe(gradient, self.args["rel"])
-        fields["probe_digest"] = digest_bytes(memoryview(fake).cast("B"))
+        fields["probe_digest"] = digest_bytes(fake.data.cast("B"))
         _sketch_fields(fields, fake, probe)
 
 

@@ -1,5 +1,5 @@
 """Byzantine relays (shield_agent.relay): a relay server that withholds or corrupts the parameters it forwards, and
-a child that accuses its honest relay (docs/wire.md's relay broadcast; shield_ps.phases.relay on the PS)."""
+a child that accuses its honest relay (docs/wire.md's relay broadcast; the PS's relay phase)."""
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +29,7 @@ class RelayStaller(Behaviour):
 
     name = "relay-staller"
 
-    async def relay_request(self, store: "RelayStore", conn: "Connection", msg: "Message", step: int,
+    async def relay_request(self, store: RelayStore, conn: Connection, msg: Message, step: int,
                             digest: bytes, wait: float) -> bool:
         await asyncio.sleep(wait)
         return True
@@ -43,7 +43,7 @@ class RelayCorrupter(Behaviour):
 
     name = "relay-corrupter"
 
-    async def relay_send(self, store: "RelayStore", conn: "Connection", msg: "Message", entry: "RelayEntry") -> None:
+    async def relay_send(self, store: RelayStore, conn: Connection, msg: Message, entry: RelayEntry) -> None:
         await store.filled(entry, entry.buffer.nbytes)
         payload = entry.buffer.copy()
         payload[len(payload) // 2] += np.float32(1.0)
@@ -64,7 +64,7 @@ class RelayAccuser(Behaviour):
               Param("reason", choice("stalled", "corrupt", "unreachable", "refused"), "stalled",
                     "stalled, corrupt, unreachable or refused", "the reason each complaint gives"))
 
-    async def relayed_step(self, session: "AgentSession", step: int, source: "RelaySource", digest: bytes,
+    async def relayed_step(self, session: AgentSession, step: int, source: RelaySource, digest: bytes,
                            params: np.ndarray) -> None:
         log.info("step %d: accusing worker %d's relay %d times", step, source.worker, self.args["times"])
         for _ in range(self.args["times"]):

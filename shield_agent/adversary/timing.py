@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from wire import Message
 
 
-def _fetch_target(session: "AgentSession", msg: "Message") -> tuple[Any, int, int] | None:
+def _fetch_target(session: AgentSession, msg: Message) -> tuple[Any, int, int] | None:
     """(the session's current step work, step, file) when ``msg`` asks for a file computed here, else None."""
     work, step, file = session.work, msg.header.get("step"), msg.header.get("file")
     if work is None or work.step != step or file not in work.done:
@@ -34,7 +34,7 @@ class Trickle(Behaviour):
     name = "trickle"
     params = (Param("seconds", real(0.001, 60.0), 0.5, "seconds in [0.001, 60]", "pause between bytes"),)
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         target = _fetch_target(session, msg)
         if target is None:
             return
@@ -84,7 +84,7 @@ class SilentFetch(Behaviour):
 
     name = "silent-fetch"
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         return
 
 
@@ -96,7 +96,7 @@ class DelayedFetch(Behaviour):
     name = "delayed-fetch"
     params = (Param("seconds", real(0.0, 3600.0), 60.0, "seconds in [0, 3600]", "delay before answering"),)
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         async def later() -> None:
             await asyncio.sleep(self.args["seconds"])
             await session.answer_fetch(msg)
@@ -113,7 +113,7 @@ class SlowStepReader(Behaviour):
     name = "slow-step-reader"
     params = (Param("seconds", real(0.0, 86400.0), 3600.0, "seconds in [0, 86400]", "how long it stops reading"),)
 
-    async def on_step(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_step(self, session: AgentSession, msg: Message) -> None:
         await asyncio.sleep(self.args["seconds"])
 
 
@@ -124,7 +124,7 @@ class SilentDigests(Behaviour):
 
     name = "silent-digests"
 
-    async def on_step(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_step(self, session: AgentSession, msg: Message) -> None:
         msg.discard()
 
 
@@ -135,7 +135,7 @@ class ReconnectEveryStep(Behaviour):
 
     name = "reconnect-every-step"
 
-    async def on_step(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_step(self, session: AgentSession, msg: Message) -> None:
         msg.discard()
         await session.conn.close("adversary: reconnecting every step")
 
@@ -148,7 +148,7 @@ class Flood(Behaviour):
     name = "flood"
     params = (Param("count", whole(1, 1_000_000), 2000, "an integer in 1..1000000", "digests per step"),)
 
-    async def on_step(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_step(self, session: AgentSession, msg: Message) -> None:
         msg.discard()
         step = msg.header.get("step")
         for i in range(self.args["count"]):
@@ -168,7 +168,7 @@ class WrongLength(Behaviour):
 
     name = "wrong-length"
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         target = _fetch_target(session, msg)
         if target is None:
             return
@@ -192,7 +192,7 @@ class Replay(Behaviour):
         super().__init__(**args)
         self.previous: dict[int, np.ndarray] = {}
 
-    async def on_step(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_step(self, session: AgentSession, msg: Message) -> None:
         work = session.work
         if work is not None:
             kept = {}
@@ -203,7 +203,7 @@ class Replay(Behaviour):
             self.previous = kept
         await session.honest_step(msg)
 
-    async def on_fetch(self, session: "AgentSession", msg: "Message") -> None:
+    async def on_fetch(self, session: AgentSession, msg: Message) -> None:
         old = self.previous.get(msg.header.get("file"))  # type: ignore[arg-type]
         if old is None:
             await session.answer_fetch(msg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import l2_norm
+from byzantine.sketch import l2_norm
 from wire import digest_bytes
 
 #: Tags of the random directions (one per behaviour, so no two lies share a direction by accident).
@@ -57,7 +57,7 @@ def grind(gradient: np.ndarray, zero_bits: int = 12, *, high: bool = False) -> n
     Each try hashes the whole vector: about 2^bits hashes."""
     limit = 1 << (zero_bits + 6)
     for _ in range(limit):
-        if _leading(digest_bytes(memoryview(gradient).cast("B")), zero_bits, high):
+        if _leading(digest_bytes(gradient.data.cast("B")), zero_bits, high):
             return gradient
         gradient[-1] = np.nextafter(gradient[-1], np.float32(np.inf))
     return gradient

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 from shield_ops.config import ClusterConfig, load_config
 from shield_ops.errors import ShieldOpsError

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shield_ops.commands.common import (add_config_args, arun, discover, load, on_each, select, ssh_context,
-                                        stream_lines)
+from shield_ops.commands.common import add_config_args, arun, discover, load, on_each, select, ssh_context, stream_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +21,7 @@ async def run_everywhere(args: argparse.Namespace, command: str) -> int:
     ssh = ssh_context(cfg, state, args)
     nodes = select(await discover(cfg), args.node)
 
-    async def one(node) -> int:  # type: ignore[no-untyped-def]
+    async def one(node) -> int:
         async with await connect(ssh, node) as conn:
             async with conn.create_process(command, stderr=asyncssh_stdout()) as proc:
                 await stream_lines(node.name, proc.stdout, sys.stdout)
@@ -34,7 +33,7 @@ async def run_everywhere(args: argparse.Namespace, command: str) -> int:
     return await on_each(nodes, one)
 
 
-def asyncssh_stdout():  # type: ignore[no-untyped-def]
+def asyncssh_stdout():
     import asyncssh
 
     return asyncssh.STDOUT

@@ -28,7 +28,7 @@ async def collect(args: argparse.Namespace) -> int:
     nodes = select(await discover(cfg), args.node)
     command = tail_command(args.lines, args.follow)
 
-    async def one(node) -> int:  # type: ignore[no-untyped-def]
+    async def one(node) -> int:
         async with await connect(ssh, node) as conn:
             async with conn.create_process(command) as proc:
                 await stream_lines(node.name, proc.stdout, sys.stdout)

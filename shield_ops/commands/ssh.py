@@ -31,7 +31,8 @@ def ssh_argv(cfg: ClusterConfig, state: ClusterState, node: Node, insecure: bool
     if cfg.ssh_endpoint == "bastion" and cfg.ssh_bastion is not None:
         user, host, port = cfg.ssh_bastion
         jump_check = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null" if insecure else
-                      f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={shlex.quote(str(cfg.ssh_bastion_known_hosts))}")
+                      "-o StrictHostKeyChecking=yes "
+                      f"-o UserKnownHostsFile={shlex.quote(str(cfg.ssh_bastion_known_hosts))}")
         checking += ["-o", f"ProxyCommand=ssh -F /dev/null -i {shlex.quote(str(state.key_path))} -o IdentitiesOnly=yes "
                      f"-o IdentityAgent=none {jump_check} -W %h:%p -p {port} {user}@{host}"]
     return (["ssh", "-F", "/dev/null", "-i", str(state.key_path), "-o", "IdentitiesOnly=yes",
@@ -41,7 +42,7 @@ def ssh_argv(cfg: ClusterConfig, state: ClusterState, node: Node, insecure: bool
 
 def run(args: argparse.Namespace) -> int:
     cfg, state = load(args)
-    node = select(arun(discover(cfg)), [args.node])[0]  # type: ignore[arg-type]
+    node = select(arun(discover(cfg)), [args.node])[0]
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     argv = ssh_argv(cfg, state, node, args.insecure_accept_hostkeys, cmd)
     os.execvp(argv[0], argv)

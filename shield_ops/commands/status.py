@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         return await lifecycle.status(cfg, ssh_context(cfg, state, args))
-    report = arun(go())  # type: ignore[arg-type]
+    report = arun(go())
     if args.format == "json":
         json.dump(report, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")

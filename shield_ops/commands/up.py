@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from shield_ops.commands.common import add_config_args, arun, confirm_or_refuse, load, ssh_context
 from shield_ops.config import ClusterConfig

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from shield_ps.errors import ShieldPSError
+from shield_ps.errors import PS_ERRORS
 from wire.cli import build_parser as _build_parser
 from wire.cli import run_tool
 from wire.errors import WireError
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_tool(PROG, DESCRIPTION, COMMANDS, (ShieldPSError, WireError), argv)
+    return run_tool(PROG, DESCRIPTION, COMMANDS, (*PS_ERRORS, WireError), argv)
 
 
 if __name__ == "__main__":

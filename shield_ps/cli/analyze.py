@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from wire.cli import enum_choice, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from byzantine.analysis import Analysis
 
 #: Default per-q search budget in seconds: generous; every benchmark configuration needs a small fraction of it.
 DEFAULT_TIME_LIMIT = 300.0
@@ -28,7 +32,7 @@ def byzantine_counts(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
+    from byzantine.placement import SCHEME_ALIASES, Scheme
 
     parser = subparsers.add_parser(
         "analyze", help="exact worst case (c_max) of a placement for q Byzantine workers",
@@ -49,8 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shield_ps.byzantine.analysis import analyze, default_byzantine_range
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.analysis import analyze, default_byzantine_range
+    from byzantine.placement import build_placement
     from shield_ps.errors import ConfigError
 
     placement = build_placement(args.scheme, args.workers, args.replication, args.rama_m)
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(result: "Analysis") -> None:  # noqa: F821 (imported lazily)
+def _print_table(result: Analysis) -> None:
     from rich.console import Console
     from rich.table import Table
 

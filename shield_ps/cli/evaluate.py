@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from shield_agent.evaluation import Evaluator
+    from shield_model.evaluation import Evaluator
     from shield_ps.checkpoint import list_checkpoints, load_checkpoint
     from shield_ps.data import locate_data
     from shield_ps.plugins import check_unchanged

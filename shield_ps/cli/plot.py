@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     labels = args.label or [None] * len(args.runs)
     if len(labels) != len(args.runs):
         raise PlotError(f"got {len(labels)} --label for {len(args.runs)} runs; give one per run or none")
-    runs = [load_curves(run, label) for run, label in zip(args.runs, labels)]
+    runs = [load_curves(run, label) for run, label in zip(args.runs, labels, strict=False)]
     path = plot_runs(runs, args.output, size=args.size, dpi=args.dpi, title=args.title)
     width, height = (round(v * args.dpi) for v in args.size)
     print(f"wrote {path} ({width}x{height} px, {len(runs)} run{'s' if len(runs) > 1 else ''})")

@@ -15,21 +15,24 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shield_agent.device import parse_device
-from shield_ps.byzantine.aggregators import Aggregator
-from shield_ps.byzantine.attacks import Attack
-from shield_ps.byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
-from shield_ps.byzantine.placement import SCHEME_ALIASES, Scheme
-from shield_ps.byzantine.vote import VoteMode
-from shield_ps.config import (JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig,
-                              valid_placements)
+from byzantine.aggregators import Aggregator
+from byzantine.attacks import Attack
+from byzantine.byzantine_sets import ByzantineChoice, DetoxAttack
+from byzantine.placement import SCHEME_ALIASES, Scheme
+from byzantine.vote import VoteMode
+from shield_model.device import parse_device
+from shield_ps.config import JOIN_TIMEOUT_LOCAL_S, JOIN_TIMEOUT_REMOTE_S, SCHEME_DEFAULTS, ServeConfig, valid_placements
+from shield_ps.errors import CONFIG_ERRORS, ConfigError
 from shield_ps.local_agents import default_processes, parse_agent_env
 from shield_ps.phases.aggregate import ShortStep
-from shield_ps.errors import ConfigError
 from shield_ps.view import add_view_options
 from wire.autocodec import AUTO, CODEC_CHOICES
 from wire.cli import enum_choice, non_negative_int, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from shield_ps.daemon import PSDaemon
 
 DEFAULT_MAX_STEPS = 300
 #: The line `serve` prints once it listens; scripts (bench/) read the port back with :func:`listening_port`.
@@ -55,7 +58,7 @@ _attack.__name__ = "attack"
 class _LisSimulation(argparse.Action):
     """Original ``--lis-simulation simulate`` switches the attack to ALIE; any other value leaves it alone."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         if values == "simulate":
             namespace.attack = Attack.ALIE.value
 
@@ -63,7 +66,7 @@ class _LisSimulation(argparse.Action):
 class _Adversarial(argparse.Action):
     """Original ``--adversarial -100`` is the attack multiplier; ours is c with the sign built in (c = 100)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         namespace.attack_c = -float(values)
 
 
@@ -99,7 +102,7 @@ def _agg_threads(text: str) -> int:
 
 
 def _synthetic_d(text: str) -> int:
-    from shield_agent.synthetic import MAX_SYNTHETIC_D
+    from shield_model.synthetic import MAX_SYNTHETIC_D
 
     value = positive_int(text)
     if value > MAX_SYNTHETIC_D:
@@ -109,24 +112,24 @@ def _synthetic_d(text: str) -> int:
 
 def _network(text: str) -> str:
     """argparse type of --network: a built-in name or MODULE:CALLABLE (imported and checked later, once)."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.names import network_choice
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.names import network_choice
 
     try:
         network_choice(text)
-    except ShieldAgentError as exc:
+    except ShieldModelError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--network ")) from None
     return text
 
 
 def _dataset(text: str) -> str:
     """argparse type of --dataset: a built-in name or MODULE:CALLABLE."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.names import dataset_choice
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.names import dataset_choice
 
     try:
         dataset_choice(text)
-    except ShieldAgentError as exc:
+    except ShieldModelError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--dataset ")) from None
     return text
 
@@ -310,11 +313,11 @@ def _placement_args(args: argparse.Namespace) -> tuple[int, int]:
 
 def check_placement(scheme: str, workers: int, replication: int, rama_m: int | None) -> None:
     """Fail with a message naming valid ``--workers``/``--replication`` pairs when the placement cannot be built."""
-    from shield_ps.byzantine.placement import build_placement
+    from byzantine.placement import build_placement
 
     try:
         build_placement(scheme, workers, replication, rama_m)
-    except ConfigError as exc:
+    except CONFIG_ERRORS as exc:
         valid = "; ".join(f"--workers {k} --replication {r}" for k, r in valid_placements(scheme))
         raise type(exc)(f"{exc} (valid for {scheme}, e.g.: {valid})") from None
 
@@ -461,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
     view.start()
     try:
         return asyncio.run(_serve(daemon))
-    except ConfigError:
+    except CONFIG_ERRORS:
         sink.close()
         if created is not None and _leaves_nothing(train_dir):
             shutil.rmtree(created, ignore_errors=True)
@@ -473,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"shield-ps: run directory {train_dir}", file=sys.stderr)
 
 
-async def _serve(daemon: "PSDaemon") -> int:  # type: ignore[name-defined]
+async def _serve(daemon: PSDaemon) -> int:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None

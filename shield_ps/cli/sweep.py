@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shield_ps.errors import SweepError
 from wire.cli import non_negative_int, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from shield_ps.sweep.grid import Grid
+    from shield_ps.sweep.runner import SweepRunner
 
 
 def _axis(key: str, item: Callable[[str], Any] = str) -> Callable[[str], tuple[Any, ...]]:
@@ -61,8 +66,8 @@ _AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from shield_agent.device import parse_device
-    from shield_ps.byzantine.byzantine_sets import ByzantineChoice
+    from byzantine.byzantine_sets import ByzantineChoice
+    from shield_model.device import parse_device
     from shield_ps.cli.serve import _agg_threads, _alie_z
     from shield_ps.sweep.grid import Preset
     from shield_ps.sweep.runner import Engine
@@ -124,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--byzantine-gen", type=lambda text: enum_choice(ByzantineChoice)(text).value)
 
 
-def build_grid(args: argparse.Namespace) -> tuple["Grid", str]:  # noqa: F821 (imported lazily)
+def build_grid(args: argparse.Namespace) -> tuple[Grid, str]:
     """The grid from preset, TOML and flags, and a short name for the default output directory."""
     from shield_ps.sweep.grid import Grid, load_toml, preset
 
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(not r.status.startswith("failed") for r in rows) else 1
 
 
-def _dry_run(runner: "SweepRunner", console: Any) -> int:  # noqa: F821
+def _dry_run(runner: SweepRunner, console: Any) -> int:
     import shlex
 
     for spec in runner.grid.runs():

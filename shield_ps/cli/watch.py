@@ -37,7 +37,7 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
-async def _watch(host: str, port: int, token: str, publish) -> str:  # type: ignore[no-untyped-def]
+async def _watch(host: str, port: int, token: str, publish) -> str:
     from wire import ConnectionClosed, Kind, WireError, connect
 
     try:

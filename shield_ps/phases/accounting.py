@@ -32,7 +32,7 @@ class StepAccount:
 
     @classmethod
     def build(cls, *, lying: set[int], outvoted: set[int], slow: set[int], erased: set[int],
-              relay: set[int] = frozenset()) -> "StepAccount":  # type: ignore[assignment]
+              relay: set[int] = frozenset()) -> StepAccount:  # type: ignore[assignment]
         return cls(lying=sorted(lying), outvoted=sorted(outvoted - lying), slow=sorted(slow), erased=sorted(erased),
                    relay=sorted(relay))
 
@@ -68,7 +68,7 @@ class Tally:
                 "totals": dict(self.totals)}
 
     @classmethod
-    def from_json(cls, data: Any) -> "Tally":
+    def from_json(cls, data: Any) -> Tally:
         """A tally from a checkpoint (an empty one for checkpoints written before tallies existed)."""
         tally = cls()
         if not isinstance(data, dict):

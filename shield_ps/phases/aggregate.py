@@ -23,13 +23,13 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from shield_ps.byzantine.aggregators import Aggregator, aggregate
-from shield_ps.byzantine.attacks import simulate_attack
-from shield_ps.errors import AggregationError
+from byzantine.aggregators import Aggregator, aggregate
+from byzantine.attacks import simulate_attack
+from byzantine.errors import AggregationError
 from shield_ps.job import JobPlan
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _accepts(aggregator: Aggregator, n: int, kwargs: dict[str, Any]) -> bool:
     if n == 0:
         return False
     probe = np.random.default_rng(0).standard_normal((n, 2)).astype(np.float32)
-    small = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
+    small: dict[str, Any] = {k: (np.zeros(2, dtype=np.float32) if k == "center" else v) for k, v in kwargs.items()}
     try:
         aggregate(aggregator, probe, **small)
     except AggregationError:
@@ -131,7 +131,7 @@ class Aggregation:
         lost = sorted(set(range(plan.placement.f)) - set(won))
         if lost:  # rows without a winner: stand-ins for the attack's statistics, excluded afterwards
             self._rows[lost] = self._rows[won].mean(axis=0)
-        z = "auto" if plan.config.alie_z == "auto" else float(plan.config.alie_z)
+        z: float | Literal["auto"] = "auto" if plan.config.alie_z == "auto" else float(plan.config.alie_z)
         result = simulate_attack(plan.attack, self._rows, plan.placement, byzantine, c=plan.config.attack_c, z=z,
                                  inplace=True)
         kept = set(won)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchParams, SketchReply, check_payload
+from byzantine.sketch import SketchParams, SketchReply, check_payload
 from shield_ps.phases.fetch import Fetcher
 
 log = logging.getLogger(__name__)

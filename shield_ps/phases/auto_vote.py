@@ -5,7 +5,7 @@ Per file, after the gather:
 * all present digests equal: the exact path (the streaming vote has usually fetched it already);
 * digests differ (the file is *disputed*): its holders sketch their gradients under a seed revealed now
   (:mod:`shield_ps.phases.sketch`) and the sketch vote groups replicas within the tolerance
-  (:func:`shield_ps.byzantine.sketch.vote_sketches`, ties broken by a hash keyed with that seed, so no holder can
+  (:func:`byzantine.sketch.vote_sketches`, ties broken by a hash keyed with that seed, so no holder can
   grind its digest into a tie's win).
 
   - If some digest still has r' equal copies, it wins exactly as in the exact vote (its payload is what r' holders
@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply, agree, vote_sketches
-from shield_ps.byzantine.vote import FileVote, VoteResult, vote_digests
+from byzantine.sketch import SketchReply, agree, vote_sketches
+from byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher
 from shield_ps.phases.groups import GroupOutcome, SplitFiles
+from shield_ps.phases.names import Phase
 from shield_ps.phases.sketch import SketchRound
 from shield_ps.phases.vote import VoteOutcome, provable_drops
 
@@ -84,16 +86,17 @@ class AutoVote:
         self.last = {"disputed": len(disputed), "sketch_won": 0, "tolerance": self.tolerance}
         self.used, self.answers = {}, []
         if not disputed:
-            times["vote"] = time.perf_counter() - mark
+            times[Phase.VOTE.value] = time.perf_counter() - mark
             mark = time.perf_counter()
             outcome = await self._finish(exact, list(exact.files), replies, set(), SplitResult())
-            times["gather"] = time.perf_counter() - mark  # the winners' payloads not fetched during compute
+            # the winners' payloads not fetched during the digest gather
+            times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
             return outcome
         split = [f for f in disputed if exact.files[f].winner is None]
         excusable = {f: self._excusable(exact.files[f]) for f in disputed if f not in split}
         answers = self.answers = await self._sketch_round(step, exact, replies, split, excusable, times)
         files = self._blamed(exact, replies, answers, excusable)
-        times["vote"] = time.perf_counter() - mark
+        times[Phase.VOTE.value] = time.perf_counter() - mark
         mark = time.perf_counter()
         result = await self._resolve_split(step, split, replies, answers)
         r = self.placement.r
@@ -105,7 +108,8 @@ class AutoVote:
         self.used = result.used
         self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed)
         outcome = await self._finish(exact, files, replies, result.slow, result)
-        times["gather"] = time.perf_counter() - mark  # the split files' groups and the remaining fetches
+        # the split files' groups and the remaining fetches
+        times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
         outcome.settle = lambda: self._settle(outcome, exact, replies, excusable, set(split))
         outcome.excusable = excusable
         return outcome
@@ -171,8 +175,8 @@ class AutoVote:
                        for f in split)
 
         answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()},
-                                          times.get("compute", 0.0), decidable=decidable if split else None,
-                                          wait=bool(split))
+                                          times.get(Phase.DIGEST_GATHER.value, 0.0),
+                                          decidable=decidable if split else None, wait=bool(split))
         for file in range(len(answers)):
             if file not in asked:
                 answers[file] = {}

@@ -15,6 +15,7 @@ import collections
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
 _HISTORY = 128
@@ -44,8 +45,8 @@ class Deadlines:
     _seeded: bool = False
 
     @classmethod
-    def from_config(cls, config: object) -> "Deadlines":
-        def get(name: str) -> object:
+    def from_config(cls, config: object) -> Deadlines:
+        def get(name: str) -> Any:
             return getattr(config, name)
 
         return cls(gather=float(get("gather_timeout")), latency=float(get("upload_timeout")),

@@ -9,8 +9,8 @@ not checkpointed (a restarted PS forgets it).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 #: Steps a first conviction excludes a worker.
 FIRST_EXCLUSION_STEPS = 8

@@ -17,11 +17,13 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import cast
 
 import numpy as np
 
@@ -45,6 +47,11 @@ def has_non_finite(row: np.ndarray, zeros: np.ndarray) -> bool:
     (``zeros`` is a preallocated zero vector of the same length)."""
     return not np.isfinite(np.dot(row, zeros))
 
+
+
+def _copy_into(dest: np.ndarray, src: np.ndarray) -> None:
+    """``np.copyto(dest, src)``, for an executor."""
+    np.copyto(dest, src)
 
 @dataclass
 class FetchReport:
@@ -142,7 +149,7 @@ class Fetcher:
     async def finish(self) -> FetchReport:
         """Wait for every fetch started this step (each bounded by its hedges and deadlines)."""
         results = await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for file, result in zip(self._tasks, results):
+        for file, result in zip(self._tasks, results, strict=False):
             # an exception is a bug of ours: that file is lost for the step, the run goes on
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("step %d: fetching file %d failed: %r", self.step, file, result)
@@ -173,7 +180,7 @@ class Fetcher:
                     asked.append(worker)
                 pending = self._next_holder(step, file, holders(), asked) is not None
                 delay = self._deadlines.hedge_delay(nbytes) if pending else None
-                done, _ = await asyncio.wait([a.task for a in running], timeout=delay,
+                done, _ = await asyncio.wait([a.task for a in running if a.task is not None], timeout=delay,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not done and self._keeping_pace(running):
                     continue  # its payload flows as fast as the others': a hedge would only share the same ingress
@@ -289,7 +296,7 @@ class Fetcher:
     async def _accept(self, file: int, attempt: _Attempt, digest: bytes, dest: np.ndarray | None) -> None:
         loop = asyncio.get_running_loop()
         row = self._rows[file] if dest is None else dest
-        await loop.run_in_executor(None, np.copyto, row, attempt.dest)
+        await loop.run_in_executor(None, _copy_into, row, cast(np.ndarray, attempt.dest))  # accepted: it has one
         self._release(attempt)
         if await loop.run_in_executor(None, has_non_finite, row, self._zeros):
             log.warning("step %d: the winning payload of file %d is not finite: file dropped", self.step, file)
@@ -310,7 +317,8 @@ class Fetcher:
                 self.report.slow.add(attempt.worker)
             if attempt.receiving and not attempt.task.done():
                 self._draining.add(attempt.task)
-                attempt.task.add_done_callback(lambda task, dest=attempt.dest: self._drained(task, dest))
+                attempt.task.add_done_callback(  # receiving: it has its buffer
+                    functools.partial(self._drained, dest=cast(np.ndarray, attempt.dest)))
             else:
                 attempt.task.cancel()
                 waiting.append(attempt)

@@ -13,7 +13,7 @@ import collections
 import logging
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from shield_ps.collector import StepCollector
 from shield_ps.phases.deadlines import Deadlines

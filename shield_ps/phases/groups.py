@@ -4,7 +4,7 @@ A *split* file is one without r' equal digests among its holders. The sketch vot
 names its winning group: at least r' holders whose sketches agree within the tolerance. This phase fetches one
 payload per distinct digest of the group (each hedged among the group members that committed that digest), writes
 their coordinate-wise median into the file's row, and checks every payload against that median
-(:mod:`shield_ps.byzantine.groups`): an outlier's sketch is recomputed, which proves a lie when it differs from what
+(:mod:`byzantine.groups`): an outlier's sketch is recomputed, which proves a lie when it differs from what
 its holder sent. So no single holder's payload decides a split file, and a Byzantine group member can move the row
 no further than the honest spread (docs/byzantine.md).
 
@@ -17,15 +17,16 @@ determinism classes and r = 3 every disputed file keeps an exact sub-majority an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.groups import median_into, outliers
-from shield_ps.byzantine.sketch import SketchParams, SketchReply, check_payloads
-from shield_ps.byzantine.vote import VoteResult
+from byzantine.groups import median_into, outliers
+from byzantine.sketch import SketchParams, SketchReply, check_payloads
+from byzantine.vote import VoteResult
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 #: Payload buffers kept across steps (more are allocated for a step that needs them, then let go).
 _KEEP_BUFFERS = 12
 
+
+
+def _same(holders: tuple[int, ...]) -> tuple[int, ...]:
+    """``holders``, as a fetch's holders callback."""
+    return holders
 
 @dataclass
 class GroupOutcome:
@@ -96,7 +102,8 @@ class SplitFiles:
                 by_digest.setdefault(replies[file][worker], []).append(worker)
             for digest, holders in sorted(by_digest.items()):
                 payload = _Payload(file, digest, tuple(sorted(holders)), self._buffer())
-                payload.task = self._fetcher.start_payload(file, digest, lambda h=payload.holders: h, payload.buffer)
+                payload.task = self._fetcher.start_payload(file, digest, functools.partial(_same, payload.holders),
+                                                           payload.buffer)
                 payloads.append(payload)
         return payloads
 
@@ -172,7 +179,7 @@ class SplitFiles:
         verdicts = await asyncio.get_running_loop().run_in_executor(
             None, lambda: check_payloads(items, seed, self._params))
         outcome.recomputed += len(items)
-        for worker, why in zip(owners, verdicts):
+        for worker, why in zip(owners, verdicts, strict=False):
             if why is not None:
                 log.warning("step %d: worker %d lied about file %d: %s", step, worker, file, why)
                 outcome.lying.add(worker)

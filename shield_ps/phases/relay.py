@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 COOLDOWN_STEPS = 8
 #: The longest cooldown, steps.
 MAX_COOLDOWN_STEPS = 1024
-#: What an agent may say in RELAY (shield_agent.relay.REASONS).
+#: What an agent may say in RELAY (the REASONS of the agent's relay module).
 REASONS = frozenset({"corrupt", "stalled", "unreachable", "refused"})
 
 

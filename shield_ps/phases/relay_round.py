@@ -18,11 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shield_ps.phases.deadlines import Deadlines
-from shield_ps.phases.relay import (COOLDOWN_STEPS, MAX_COOLDOWN_STEPS, REASONS, RelayBook, RelayNode, Source,
-                                    blame, plan_tree, slow_uplinks)
+from shield_ps.phases.relay import (
+    COOLDOWN_STEPS,
+    MAX_COOLDOWN_STEPS,
+    REASONS,
+    RelayBook,
+    RelayNode,
+    Source,
+    blame,
+    plan_tree,
+    slow_uplinks,
+)
 from shield_ps.pool import AgentLink
 
 log = logging.getLogger(__name__)

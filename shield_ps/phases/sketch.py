@@ -12,7 +12,7 @@ straggler grace over the answer times (``max(hedge_floor, hedge_factor x median 
 never answers costs a step that grace, not the deadline. The deadline is
 ``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed long for its
 gradients gets proportionally long for their sketches. A malformed answer drops the agent (protocol violation). The
-vote itself and the check of fetched payloads are pure (:mod:`shield_ps.byzantine.sketch`); the round decides nothing
+vote itself and the check of fetched payloads are pure (:mod:`byzantine.sketch`); the round decides nothing
 on its own.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchParams, SketchReply, new_seed
+from byzantine.sketch import SketchParams, SketchReply, new_seed
 from shield_ps.pool import AgentLink
 from wire import ConnectionClosed, Kind, WireError
 from wire.sketch import SketchHeaderError, SketchRequest, parse_sketch_answer

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from shield_ps.byzantine.sketch import SketchReply
-from shield_ps.byzantine.vote import VoteResult, vote_digests, vote_tolerant
+from byzantine.sketch import SketchReply
+from byzantine.vote import VoteResult, vote_digests, vote_tolerant
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher, FetchReport
+from shield_ps.phases.names import Phase
 from shield_ps.pool import WorkerPool
 
 
@@ -67,13 +69,13 @@ class ExactVote:
     async def run(self, step: int, collector: StepCollector, times: dict[str, float]) -> VoteOutcome:
         mark = time.perf_counter()
         vote = vote_digests(self.placement, collector.replies)
-        times["vote"] = time.perf_counter() - mark
+        times[Phase.VOTE.value] = time.perf_counter() - mark
         mark = time.perf_counter()
         for file_vote in vote.files:  # files decided by the streaming vote are already being fetched
             if file_vote.winner is not None:
                 self._start_fetch(collector, file_vote.file, file_vote.winner)
         report = await self.fetcher.finish()
-        times["gather"] = time.perf_counter() - mark
+        times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
         if report.invalid:
             vote = vote_digests(self.placement, collector.replies, invalid=report.invalid)
         won = [file for file in vote.files_won if file in report.fetched]
@@ -105,14 +107,14 @@ class TolerantVote:
 
         await asyncio.gather(*(fetch(file, worker, digest) for file, replies in enumerate(collector.replies)
                                for worker, digest in replies.items()))
-        times["gather"] = time.perf_counter() - mark
+        times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
         mark = time.perf_counter()
         vote = await asyncio.get_running_loop().run_in_executor(None, lambda: vote_tolerant(
             self.placement, replicas, rtol=self.rtol))
         for file_vote in vote.files:
             if file_vote.won:
                 self.rows[file_vote.file] = file_vote.winner
-        times["vote"] = time.perf_counter() - mark
+        times[Phase.VOTE.value] = time.perf_counter() - mark
         finite = [{w: v for w, v in got.items() if np.isfinite(v).all()} for got in replicas]
         return VoteOutcome(vote, list(vote.files_won), report, provable_drops(vote, finite, self.placement.r))
 

@@ -3,7 +3,7 @@
 With simulated attacks every agent is honest, so the r replicas of a file are bit-equal (one determinism class,
 docs/compute.md) and the vote picks that value; the step of a ``shield-ps serve --local-agents K`` run is then
 
-    f file gradients (the agents' :class:`~shield_agent.compute.GradientComputer`) -> attack simulation and robust
+    f file gradients (the agents' :class:`~shield_model.compute.GradientComputer`) -> attack simulation and robust
     aggregation (the PS's own :class:`~shield_ps.phases.aggregate.Aggregation`) -> momentum SGD with the schedule
     (:class:`~shield_ps.optimizer.MomentumSGD`, :class:`~shield_ps.optimizer.Schedule`)
 
@@ -34,11 +34,12 @@ import numpy as np
 
 from shield_ps.checkpoint import Checkpoint, load_latest, save_checkpoint
 from shield_ps.config import ServeConfig, diff_training_fields
-from shield_ps.errors import CheckpointError, ConfigError, ShieldPSError
+from shield_ps.errors import PS_ERRORS, CheckpointError, ConfigError
 from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.phases.accounting import StepAccount, Tally
+from shield_ps.phases.names import TOTAL, Phase
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ class InProcessRun:
     computed (cpu, cuda, cuda:N; as ``shield-agent join --device``)."""
 
     def __init__(self, config: ServeConfig, device: str = "cpu") -> None:
-        from shield_agent.compute import ComputeSpec, GradientComputer
-        from shield_agent.errors import ShieldAgentError
-        from shield_agent.evaluation import Evaluator
+        from shield_model.compute import ComputeSpec, GradientComputer
+        from shield_model.errors import ShieldModelError
+        from shield_model.evaluation import Evaluator
         from shield_ps.phases.aggregate import Aggregation, ShortStep
 
         if config.synthetic_d is not None:
@@ -74,7 +75,7 @@ class InProcessRun:
             self.computer = GradientComputer(ComputeSpec(config.network, config.dataset, data_dir, config.seed,
                                                          self.plan.batch_size, f, config.threads, device))
             self.evaluator = Evaluator(config.network, config.dataset, data_dir, config.seed, threads=config.threads)
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise ConfigError(str(exc)) from None
         self.rows = np.empty((f, self.computer.num_params), dtype=np.float32)
         self.aggregation = Aggregation(self.plan, self.rows, ShortStep(config.short_step))
@@ -130,7 +131,7 @@ class InProcessRun:
                     last_saved = done
         except Stop:
             reason = "interrupted"
-        except ShieldPSError as exc:
+        except PS_ERRORS as exc:
             reason = f"failed: {exc}"
             log.error("%s", exc)
         if reason != "completed" and last_saved != done:
@@ -141,7 +142,7 @@ class InProcessRun:
         return reason
 
     def _step(self, sink: EventSink, optimizer: MomentumSGD, step: int) -> None:
-        """One step: as :class:`shield_ps.round.StepRunner` with every file won by its honest replicas."""
+        """One step: as :class:`shield_ps.step.StepRunner` with every file won by its honest replicas."""
         plan = self.plan
         placement = plan.placement
         lr = plan.schedule.lr_at(step)
@@ -170,8 +171,8 @@ class InProcessRun:
                   loss=float(np.mean(honest)) if honest else None, files=placement.f, files_won=placement.f,
                   files_dropped=0, files_corrupted=len(result.corrupted),
                   aggregation={"action": result.action, "s": result.s, "reason": result.reason},
-                  times={"compute": compute, "aggregate": aggregate, "update": update,
-                         "total": compute + aggregate + update},
+                  times={Phase.DIGEST_GATHER.value: compute, Phase.AGGREGATE.value: aggregate,
+                         Phase.UPDATE.value: update, TOTAL: compute + aggregate + update},
                   engine=ENGINE, **account.fields())
         if result.gradient is None:
             log.warning("step %d: update skipped: %s", step, result.reason)
@@ -224,7 +225,7 @@ def read_config(path: Path) -> ServeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shield_agent.device import parse_device
+    from shield_model.device import parse_device
     from shield_ps.cli.serve import _agg_threads
 
     parser = argparse.ArgumentParser(prog="python -m shield_ps.sweep.engine", description=__doc__.split("\n\n")[0])
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.agg_threads is not None:
             config = config.replace(agg_threads=args.agg_threads)
         engine = InProcessRun(config, args.device)
-    except ShieldPSError as exc:
+    except PS_ERRORS as exc:
         print(f"shield-ps engine: {exc}", file=sys.stderr)
         return 2
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     sink = EventSink(engine.train_dir / METRICS)
     try:
         reason = engine.run(sink)
-    except ShieldPSError as exc:  # a checkpoint that cannot be resumed from: nothing was run
+    except PS_ERRORS as exc:  # a checkpoint that cannot be resumed from: nothing was run
         print(f"shield-ps engine: {exc}", file=sys.stderr)
         return 2
     finally:

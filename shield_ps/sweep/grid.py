@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shield_ps.byzantine.aggregators import Aggregator
-from shield_ps.byzantine.attacks import Attack
-from shield_ps.byzantine.placement import Scheme
+import tomllib
+
+from byzantine.aggregators import Aggregator
+from byzantine.attacks import Attack
+from byzantine.placement import Scheme
 from shield_ps.config import ServeConfig
 from shield_ps.errors import SweepError
 
@@ -59,7 +61,7 @@ class Grid:
     byzantine_gen: str = "worst"
     controls: bool = True
 
-    def runs(self) -> list["RunSpec"]:
+    def runs(self) -> list[RunSpec]:
         """Every point of the grid, in a fixed order (q, aggregator, attack, seed, then scheme); the q = 0 controls
         (attack ``none``) come first when ``controls`` is on or q = 0 is on the axis."""
         qs = list(dict.fromkeys(self.byzantine))
@@ -70,7 +72,7 @@ class Grid:
                 for attack in (self.attacks if q > 0 else (NO_ATTACK,))
                 for seed in self.seeds for scheme in self.schemes]
 
-    def replace(self, **changes: Any) -> "Grid":
+    def replace(self, **changes: Any) -> Grid:
         return dataclasses.replace(self, **changes)
 
 
@@ -231,9 +233,10 @@ def parse_axis(key: str, values: list[Any]) -> tuple[Any, ...]:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             raise SweepError(f"{key} must be integers >= 0, got {values!r}")
         return tuple(values)
-    table: dict[str, Any] = {"schemes": {s.value: s for s in SWEEP_SCHEMES},
-                             "aggregators": {a.value: a for a in Aggregator},
-                             "attacks": {NO_ATTACK: NO_ATTACK, **{a.value: a.value for a in Attack}}}[key]
+    tables: dict[str, dict[str, Any]] = {"schemes": {s.value: s for s in SWEEP_SCHEMES},
+                                         "aggregators": {a.value: a for a in Aggregator},
+                                         "attacks": {NO_ATTACK: NO_ATTACK, **{a.value: a.value for a in Attack}}}
+    table = tables[key]
     if key == "attacks":
         return tuple(dict.fromkeys(parse_attack_entry(v, table) for v in values))
     try:
@@ -287,19 +290,33 @@ def grid_from_mapping(data: dict[str, Any], base: Grid | None = None) -> Grid:
 
 
 def _scalar(key: str, value: Any, annotation: str) -> Any:
-    if key == "controls":
-        if isinstance(value, bool):
-            return value
-        raise SweepError(f"controls must be true or false, got {value!r}")
-    if key == "alie_z":  # a string is kept as written (it is part of the runs' configuration hash)
-        canonical = parse_alie_z(value)
-        return value if isinstance(value, str) else canonical
-    if key == "momentum":
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
-            return float(value)
-        raise SweepError(f"momentum must be in [0, 1), got {value!r}")
-    if key in ("network", "dataset"):
-        return zoo_name(key, value)
+    """A scalar setting ``key`` checked: by its own rule (:data:`_SPECIAL`), else by its field's type
+    ``annotation``."""
+    special = _SPECIAL.get(key)
+    if special is not None:
+        return special(key, value)
+    return _typed_scalar(key, value, annotation)
+
+
+def _controls(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise SweepError(f"controls must be true or false, got {value!r}")
+
+
+def _alie_z(key: str, value: Any) -> Any:
+    """A string is kept as written (it is part of the runs' configuration hash)."""
+    canonical = parse_alie_z(value)
+    return value if isinstance(value, str) else canonical
+
+
+def _momentum(key: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    raise SweepError(f"momentum must be in [0, 1), got {value!r}")
+
+
+def _typed_scalar(key: str, value: Any, annotation: str) -> Any:
     if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     if "int" in annotation and isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -315,20 +332,25 @@ def _scalar(key: str, value: Any, annotation: str) -> Any:
 def zoo_name(key: str, value: Any) -> str:
     """``value`` if it names a network (``key`` = "network") or dataset the zoo knows, or a plug-in's
     ``MODULE:CALLABLE`` (imported and checked once the sweep starts); SweepError otherwise."""
-    from shield_agent.errors import ShieldAgentError
-    from shield_agent.zoo.names import Dataset, Network
-    from shield_agent.zoo.plugins import is_plugin, parse_plugin
+    from shield_model.errors import ShieldModelError
+    from shield_model.zoo.names import Dataset, Network
+    from shield_model.zoo.plugins import is_plugin, parse_plugin
 
     if is_plugin(value):
         try:
             return parse_plugin(value, key).text
-        except ShieldAgentError as exc:
+        except ShieldModelError as exc:
             raise SweepError(str(exc)) from None
     choices = [m.value for m in (Network if key == "network" else Dataset)]
     if value not in choices:
         raise SweepError(f"{key}: invalid choice {value!r} (choose from {', '.join(choices)}, or MODULE:CALLABLE "
                          "for your own)")
     return str(value)
+
+
+#: The scalar settings checked by a rule of their own rather than by their field's type.
+_SPECIAL: dict[str, Callable[[str, Any], Any]] = {"controls": _controls, "alie_z": _alie_z, "momentum": _momentum,
+                                                  "network": zoo_name, "dataset": zoo_name}
 
 
 def preset(name: str | Preset) -> PresetEntry:

@@ -8,8 +8,9 @@ is used (no pyplot state), so drawing is headless and thread safe.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from shield_ps.errors import PlotError
 from shield_ps.plot import _figure_class, curves_from_events
@@ -42,29 +43,34 @@ def plot_accuracy(rows: Sequence[RunRow], run_dirs: dict[str, Path], output: Pat
     for index, group in enumerate(groups):
         ax = axes[index // cols][index % cols]
         for scheme in schemes:
-            by_step: dict[int, list[float]] = {}
             runs = [r for r in rows if _group(r) == group and r.scheme == scheme and r.final_top1 is not None]
-            for row in runs:
-                for step, top1 in curves_from_events(iter_events(run_dirs[row.run]), row.scheme).top1.items():
-                    by_step.setdefault(step, []).append(100 * top1)
-            if not by_step:
-                continue
-            steps = sorted(by_step)
-            stats = [mean_ci95(by_step[s]) for s in steps]
-            means = [m if m is not None else math.nan for m, _ in stats]
-            color = f"C{schemes.index(scheme)}"
-            ax.plot(steps, means, marker="o", markersize=3, color=color, label=f"{scheme} ({len(runs)} seeds)"
-                    if len(runs) > 1 else scheme)
-            if any(ci is not None for _, ci in stats):
-                half = [ci or 0.0 for _, ci in stats]
-                ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
-                                color=color, alpha=0.2, linewidth=0)
+            _plot_scheme(ax, scheme, runs, run_dirs, f"C{schemes.index(scheme)}")
         ax.set(title=_title(group), xlabel="step", ylabel="test top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
     for index in range(len(groups), nrows * cols):
         axes[index // cols][index % cols].set_visible(False)
     return _save(figure, output, dpi)
+
+
+def _plot_scheme(ax: Any, scheme: str, runs: list[RunRow], run_dirs: dict[str, Path], color: str) -> None:
+    """One scheme's line on ``ax``: the mean top-1 over ``runs`` at each step, its 95% t interval shaded."""
+    by_step: dict[int, list[float]] = {}
+    for row in runs:
+        for step, top1 in curves_from_events(iter_events(run_dirs[row.run]), row.scheme).top1.items():
+            by_step.setdefault(step, []).append(100 * top1)
+    if not by_step:
+        return
+    steps = sorted(by_step)
+    stats = [mean_ci95(by_step[s]) for s in steps]
+    means = [m if m is not None else math.nan for m, _ in stats]
+    ax.plot(steps, means, marker="o", markersize=3, color=color, label=f"{scheme} ({len(runs)} seeds)"
+            if len(runs) > 1 else scheme)
+    if any(ci is not None for _, ci in stats):
+        half = [ci or 0.0 for _, ci in stats]
+        ax.fill_between(steps, [m - h for m, h in zip(means, half, strict=False)],
+                        [m + h for m, h in zip(means, half, strict=False)],
+                        color=color, alpha=0.2, linewidth=0)
 
 
 def plot_final_bars(rows: Sequence[RunRow], output: Path, dpi: int = 100) -> Path:

@@ -4,12 +4,12 @@ schemes), the rich tables on the terminal and the figures."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from shield_ps.errors import PlotError
 from shield_ps.sweep.results import RunRow, markdown_table, pct_interval, points, rich_table, write_csv
-from shield_ps.sweep.stats import ALPHA, Comparison, PointSummary, compare_schemes, summarize_points, \
-    with_seed_columns
+from shield_ps.sweep.stats import ALPHA, Comparison, PointSummary, compare_schemes, summarize_points, with_seed_columns
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The measured fraction of corrupted files per step (``files_corrupted / files``, averaged over the steps) stands next
 to the worst case ``c_max(q) / f`` of the placement (ByzShield Sec. 5, computed by
-:func:`shield_ps.byzantine.worst_case.worst_case`): with ``--byzantine-gen worst`` the two should be equal.
+:func:`byzantine.worst_case.worst_case`): with ``--byzantine-gen worst`` the two should be equal.
 
 The last three columns are the run's *point* over its seeds (:mod:`shield_ps.sweep.stats`): ``top1_mean`` and
 ``top1_ci95`` (the half-width of the 95% t interval of the final top-1 over the point's completed seeds) and
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+from shield_ps.phases.names import TOTAL
 from shield_ps.sweep.grid import RunSpec
 
 COMPLETED = "completed"
@@ -50,8 +52,8 @@ class RunRow:
 
 def cmax_fraction(spec: RunSpec) -> float:
     """c_max(q) / f of the run's placement: the largest fraction of files q Byzantine workers can win."""
-    from shield_ps.byzantine.placement import build_placement
-    from shield_ps.byzantine.worst_case import worst_case
+    from byzantine.placement import build_placement
+    from byzantine.worst_case import worst_case
 
     c = spec.config()
     placement = build_placement(c.scheme, c.workers, c.replication, c.rama_m)
@@ -60,6 +62,24 @@ def cmax_fraction(spec: RunSpec) -> float:
 
 def summarize(spec: RunSpec, events: Iterable[dict[str, Any]], status: str) -> RunRow:
     """The row of ``spec`` from its events (a resumed step or evaluation overwrites the earlier one)."""
+    steps, evals, wall = _fold(events)
+    ordered = [steps[s] for s in sorted(steps)]
+    fractions = [e["files_corrupted"] / e["files"] for e in ordered
+                 if isinstance(e.get("files_corrupted"), int) and isinstance(e.get("files"), int) and e["files"]]
+    totals = [e["times"][TOTAL] for e in ordered if isinstance(e.get("times"), dict)
+              and isinstance(e["times"].get(TOTAL), (int, float))]
+    return RunRow(
+        run=spec.name, scheme=spec.scheme.value, aggregator=spec.aggregator.value, attack=spec.attack, q=spec.q,
+        seed=spec.seed, status=status, steps=len(ordered),
+        final_top1=evals[max(evals)] if evals else None, best_top1=max(evals.values()) if evals else None,
+        final_loss=_last(ordered, "loss"), corrupted_frac=statistics.fmean(fractions) if fractions else None,
+        cmax_frac=cmax_fraction(spec), median_step_s=statistics.median(totals) if totals else None,
+        bytes_in_per_step=_mean(ordered, "bytes_in"), bytes_out_per_step=_mean(ordered, "bytes_out"), wall_s=wall)
+
+
+def _fold(events: Iterable[dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], dict[int, float], float | None]:
+    """A run's step events by step, its evaluations' top-1 by step, and the wall seconds its summaries add up to
+    (None without one); a later event of a step replaces an earlier one."""
     steps: dict[int, dict[str, Any]] = {}
     evals: dict[int, float] = {}
     wall = None
@@ -71,18 +91,7 @@ def summarize(spec: RunSpec, events: Iterable[dict[str, Any]], status: str) -> R
             evals[step] = float(event["top1"])
         elif kind == "summary" and isinstance(event.get("wall_s"), (int, float)):
             wall = float(event["wall_s"]) + (wall or 0.0)
-    ordered = [steps[s] for s in sorted(steps)]
-    fractions = [e["files_corrupted"] / e["files"] for e in ordered
-                 if isinstance(e.get("files_corrupted"), int) and isinstance(e.get("files"), int) and e["files"]]
-    totals = [e["times"]["total"] for e in ordered if isinstance(e.get("times"), dict)
-              and isinstance(e["times"].get("total"), (int, float))]
-    return RunRow(
-        run=spec.name, scheme=spec.scheme.value, aggregator=spec.aggregator.value, attack=spec.attack, q=spec.q,
-        seed=spec.seed, status=status, steps=len(ordered),
-        final_top1=evals[max(evals)] if evals else None, best_top1=max(evals.values()) if evals else None,
-        final_loss=_last(ordered, "loss"), corrupted_frac=statistics.fmean(fractions) if fractions else None,
-        cmax_frac=cmax_fraction(spec), median_step_s=statistics.median(totals) if totals else None,
-        bytes_in_per_step=_mean(ordered, "bytes_in"), bytes_out_per_step=_mean(ordered, "bytes_out"), wall_s=wall)
+    return steps, evals, wall
 
 
 def _last(events: Sequence[dict[str, Any]], key: str) -> float | None:

@@ -13,15 +13,17 @@ run's log, ``serve.log`` or ``engine.log``), ``results.csv``, ``results.md``, ``
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shield_ps.errors import SweepError
 from shield_ps.events import read_events
@@ -153,14 +155,19 @@ class SweepRunner:
         for index, spec in enumerate(pending):
             progress.current, progress.step, progress.steps = spec.name, 0, self.grid.max_steps
             self.on_progress(progress)
-            self._execute(spec, progress, lambda fraction: self._eta(progress, started, work_done + fraction,
-                                                                     len(pending)))
+            self._execute(spec, progress, functools.partial(self._report_fraction, progress, started, work_done,
+                                                            len(pending)))
             work_done = index + 1.0
             progress.done = index + 1
             self._eta(progress, started, work_done, len(pending))
         progress.current = ""
         self.on_progress(progress)
         return self.rows(reasons)
+
+    def _report_fraction(self, progress: Progress, started: float, work_done: float, work_total: int,
+                         fraction: float) -> None:
+        """The ETA once ``fraction`` of the current run is done after ``work_done`` whole runs."""
+        self._eta(progress, started, work_done + fraction, work_total)
 
     def _eta(self, progress: Progress, started: float, work_done: float, work_total: int) -> None:
         elapsed = time.monotonic() - started

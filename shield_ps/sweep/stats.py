@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
 from shield_ps.sweep.results import COMPLETED, RunRow
 
@@ -52,7 +52,7 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
 
     if len(a) != len(b) or len(a) < 2:
         return None
-    diffs = [x - y for x, y in zip(a, b)]
+    diffs = [x - y for x, y in zip(a, b, strict=False)]
     if max(diffs) == min(diffs):
         return 0.0 if diffs[0] != 0 else 1.0
     return float(stats.ttest_rel(a, b).pvalue)
@@ -187,8 +187,8 @@ def compare_schemes(rows: Sequence[RunRow]) -> list[Comparison]:
                 if not seeds:
                     continue
                 xa, xb = [da[s] for s in seeds], [db[s] for s in seeds]
-                mean, ci = mean_ci95([x - y for x, y in zip(xa, xb)])
+                mean, ci = mean_ci95([x - y for x, y in zip(xa, xb, strict=False)])
                 found.append(Comparison(aggregator, attack, q, a, b, len(seeds), mean, ci, paired_p(xa, xb),
                                         welch_p(list(da.values()), list(db.values()))))
     verdicts = holm([c.paired_p for c in found])
-    return [replace(c, significant=v) for c, v in zip(found, verdicts)]
+    return [replace(c, significant=v) for c, v in zip(found, verdicts, strict=False)]

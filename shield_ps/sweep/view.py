@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from shield_ps.sweep.runner import Progress
 
@@ -31,7 +32,7 @@ def progress_view(console: Any, *, plain: bool) -> Iterator[Callable[[Progress],
     """A callable to give :class:`~shield_ps.sweep.runner.SweepRunner` as ``on_progress``. Plain mode prints a line
     when the current run changes and at most every 30 s otherwise; the live mode redraws one status line."""
     if plain:
-        state = {"run": None, "at": 0.0}
+        state: dict[str, Any] = {"run": None, "at": 0.0}
 
         def plain_update(progress: Progress) -> None:
             now = time.monotonic()

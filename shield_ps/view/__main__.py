@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from shield_ps.errors import ShieldPSError
 from wire.cli import OneLineErrorParser, non_negative_int, positive_int

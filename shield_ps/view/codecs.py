@@ -11,9 +11,10 @@ most :data:`MAX_CODECS` of them, so a hostile event cannot grow the view. All fu
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Mapping
+from typing import Any
 
 #: the two directions of a step's ``codecs``, in display order: the PS's broadcast, the payloads it fetched.
 DIRECTIONS: tuple[str, ...] = ("out", "in")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+from shield_ps.phases.names import TOTAL, Phase
 from shield_ps.view.state import CATEGORIES, PHASES
 
 #: a step whose files were too few to aggregate (``aggregation.action`` = ``skip``), as the step index mod this
@@ -30,6 +32,26 @@ def _codecs(step: int, workers: int, won: int) -> dict[str, dict[str, int]]:
     return {"out": {k: v for k, v in out.items() if v}, "in": {k: v for k, v in into.items() if v}}
 
 
+def _outvoted(rng: random.Random, step: int, workers: int, byzantine: tuple[int, ...], lying: list[int],
+              corrupted: int) -> list[int]:
+    """Most Byzantine workers not caught lying; now and then an honest one outvoted in a file the adversary won."""
+    outvoted = [b for b in byzantine if b not in lying and rng.random() < 0.8]
+    if corrupted and step % 4 == 1:
+        honest = [w for w in range(workers) if w not in byzantine]
+        outvoted = sorted({*outvoted, honest[step % len(honest)]}) if honest else outvoted
+    return outvoted
+
+
+def _times(rng: random.Random) -> dict[str, float]:
+    """A step's phase seconds (the digest gather longest, as on a real run) and their total."""
+    seconds = {Phase.BROADCAST: 0.01 + 0.005 * rng.random(), Phase.DIGEST_GATHER: 0.2 + 0.05 * rng.random(),
+               Phase.PAYLOAD_FETCH: 0.05 + 0.02 * rng.random(), Phase.VOTE: 0.001,
+               Phase.AGGREGATE: 0.01 + 0.005 * rng.random(), Phase.UPDATE: 0.002}
+    times = {phase.value: round(v, 5) for phase, v in seconds.items()}
+    times[TOTAL] = round(sum(times[p] for p in PHASES), 5)
+    return times
+
+
 def _step_event(rng: random.Random, step: int, steps: int, workers: int, files: int, seed: int,
                 byzantine: tuple[int, ...], now: float, refused: int, codecs: bool = False) -> dict[str, Any]:
     late = (step * 7 + seed) % workers if step % 5 == 4 else None
@@ -37,15 +59,8 @@ def _step_event(rng: random.Random, step: int, steps: int, workers: int, files: 
     dropped = files - 2 if skip else 1 if step % 7 == 3 else 0
     corrupted = 0 if skip else rng.randint(0, 2)
     lying = [byzantine[0]] if byzantine and step % 6 == 5 else []
-    outvoted = [b for b in byzantine if b not in lying and rng.random() < 0.8]
-    if corrupted and step % 4 == 1:  # an honest worker outvoted in a file the adversary won
-        honest = [w for w in range(workers) if w not in byzantine]
-        outvoted = sorted({*outvoted, honest[step % len(honest)]}) if honest else outvoted
-    times = {"broadcast": 0.01 + 0.005 * rng.random(), "compute": 0.2 + 0.05 * rng.random(),
-             "gather": 0.05 + 0.02 * rng.random(), "vote": 0.001, "aggregate": 0.01 + 0.005 * rng.random(),
-             "update": 0.002}
-    times = {k: round(v, 5) for k, v in times.items()}
-    times["total"] = round(sum(times[p] for p in PHASES), 5)
+    outvoted = _outvoted(rng, step, workers, byzantine, lying, corrupted)
+    times = _times(rng)
     aggregation = ({"action": "skip", "s": None, "reason": "2 files survived; the aggregator needs 3"} if skip
                    else {"action": "aggregate", "s": len(byzantine), "reason": None})
     event = {"kind": "step", "time": now, "step": step, "epoch": step // max(steps // 4, 1),

@@ -6,7 +6,8 @@ ranges, and worker ids below :data:`MAX_WORKERS` (a hostile event must not make 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 #: worker ids above this are refused.
 MAX_WORKERS = 4096

@@ -3,6 +3,7 @@ and ETA, phase means, the join progress line, the median step time, and the run'
 one built from what the view saw)."""
 from __future__ import annotations
 
+from shield_ps.phases.names import TOTAL
 from shield_ps.view.fields import WorkerCounts
 from shield_ps.view.state import PHASES, Summary, ViewState
 
@@ -40,7 +41,7 @@ def eta_seconds(state: ViewState) -> float | None:
 def phase_means(state: ViewState) -> dict[str, float]:
     """Mean seconds per step of each phase seen so far, in :data:`PHASES` order (plus ``total`` if reported)."""
     n = max(state.steps_seen, 1)
-    return {k: state.phases_sum[k] / n for k in (*PHASES, "total") if k in state.phases_sum}
+    return {k: state.phases_sum[k] / n for k in (*PHASES, TOTAL) if k in state.phases_sum}
 
 
 def worker_counts(state: ViewState, attribute: str) -> WorkerCounts:
@@ -78,7 +79,8 @@ def waiting_line(state: ViewState) -> str | None:
 def median_step_seconds(state: ViewState) -> float | None:
     """Median wall time between consecutive recent step events (the last :data:`RATE_WINDOW` steps), so a slow
     start-up does not count as step time."""
-    gaps = sorted((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(state.recent, state.recent[1:]) if s1 > s0)
+    gaps = sorted((t1 - t0) / (s1 - s0)
+                  for (s0, t0), (s1, t1) in zip(state.recent, state.recent[1:], strict=False) if s1 > s0)
     if not gaps:
         return None
     mid = len(gaps) // 2

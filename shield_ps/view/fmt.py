@@ -1,7 +1,7 @@
 """Small text formatters shared by the live view, the plain log lines and the summary."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def duration(seconds: float | None) -> str:

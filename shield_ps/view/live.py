@@ -12,10 +12,11 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.panel import Panel
 from rich.text import Text
 
+from shield_ps.phases.names import TOTAL, Phase
 from shield_ps.view import fmt
 from shield_ps.view.codecs import DIRECTIONS
-from shield_ps.view.plain import job_title
 from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
+from shield_ps.view.plain import job_title
 from shield_ps.view.state import PHASES, UpdateAction, ViewState, WorkerState, WorkerView
 
 STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label, style)
@@ -27,8 +28,9 @@ STATE_STYLE: dict[WorkerState, tuple[str, str]] = {  # state -> (4-letter label,
     WorkerState.ERASED: ("eras", "bold red"),
     WorkerState.LEFT: ("left", "dim"),
 }
-PHASE_STYLE: dict[str, str] = {"broadcast": "bright_cyan", "compute": "bright_green", "gather": "bright_blue",
-                               "vote": "bright_magenta", "aggregate": "bright_yellow", "update": "bright_red"}
+PHASE_STYLE: dict[str, str] = {Phase.BROADCAST.value: "bright_cyan", Phase.DIGEST_GATHER.value: "bright_green",
+                               Phase.PAYLOAD_FETCH.value: "bright_blue", Phase.VOTE.value: "bright_magenta",
+                               Phase.AGGREGATE.value: "bright_yellow", Phase.UPDATE.value: "bright_red"}
 WORKER_CELL = 19  #: columns one worker takes in the grid, the gap included
 PHASE_COLUMN_MIN, PHASE_COLUMN = 46, 60  #: columns the phase bars take beside the workers; the workers get the rest
 SIDE_BY_SIDE_CELLS = 4  #: workers and phases sit side by side once this many worker cells fit in a row (~130 cols)
@@ -202,9 +204,9 @@ def _workers(state: ViewState, width: int, max_rows: int | None = None) -> list[
 
 def _phase_bars(state: ViewState, width: int) -> list[Text]:
     last, steps = state.phases_last, max(state.steps_seen, 1)
-    total = last.get("total") or sum(last.get(p, 0.0) for p in PHASES) or 1.0
-    mean_total = state.phases_sum.get("total")
-    head = Text.assemble(("step phases ", "bold"), (f"last {fmt.ms(last.get('total'))}  mean "
+    total = last.get(TOTAL) or sum(last.get(p, 0.0) for p in PHASES) or 1.0
+    mean_total = state.phases_sum.get(TOTAL)
+    head = Text.assemble(("step phases ", "bold"), (f"last {fmt.ms(last.get(TOTAL))}  mean "
                                                     f"{fmt.ms(None if mean_total is None else mean_total / steps)}",
                                                     "dim"))
     bar_width = max(width - 25, 4)
@@ -221,7 +223,7 @@ def _phase_stack(state: ViewState, width: int) -> list[Text]:
     """One stacked bar and a one-line legend: the phases when the terminal is too short for a bar each."""
     last = state.phases_last
     total = sum(last.get(p, 0.0) for p in PHASES) or 1.0
-    bar = Text.assemble(("phases ", "bold"), (f"{fmt.ms(last.get('total')):>9} ", "dim"))
+    bar = Text.assemble(("phases ", "bold"), (f"{fmt.ms(last.get(TOTAL)):>9} ", "dim"))
     bar_width = max(width - len(bar), 4)
     legend = Text()
     for phase in PHASES:

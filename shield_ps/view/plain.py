@@ -9,8 +9,10 @@ line per connecting worker.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from shield_ps.phases.names import TOTAL
 from shield_ps.view import fmt
 from shield_ps.view.codecs import step_text
 from shield_ps.view.figures import epochs, eta_seconds, progress, waiting_line
@@ -63,8 +65,8 @@ def _step_line(event: Mapping[str, Any], state: ViewState) -> str:
         parts.append(f"hedged {vote.hedges}")
     if vote.refused_rose:
         parts.append(f"refused {vote.refused}")
-    if "total" in times:
-        parts.append(f"in {times['total']:.3f}s")
+    if TOTAL in times:
+        parts.append(f"in {times[TOTAL]:.3f}s")
     parts.append(f"eta {fmt.duration(eta_seconds(state))}")
     if state.codecs is not None:
         parts.append(f"codec {step_text(state.codecs)}")

@@ -6,8 +6,9 @@ events of the steps it runs again), so a replay or a plot counts every step once
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from shield_ps.errors import ViewError
 from shield_ps.events import effective_events, read_events

@@ -68,7 +68,7 @@ def _default_console(mode: ViewMode) -> Console:
 class _LogHandler(logging.Handler):
     """Logging into the view's queue, so log records neither block the caller nor tear the live panel."""
 
-    def __init__(self, view: "View", level: int) -> None:
+    def __init__(self, view: View, level: int) -> None:
         super().__init__(level)
         self._view = view
 
@@ -164,7 +164,7 @@ class View:
         except OSError as exc:  # e.g. `shield-ps serve | head`: the reader is gone, the run is not at fault
             log.debug("terminal view: output closed (%s)", exc)
 
-    def __enter__(self) -> "View":
+    def __enter__(self) -> View:
         self.start()
         return self
 
@@ -220,7 +220,7 @@ def add_view_options(parser: argparse.ArgumentParser) -> None:
                        help="print only evaluations, failed checkpoint writes and the final summary")
 
 
-def view_from_args(args: argparse.Namespace, console: Console | None = None) -> "View":
+def view_from_args(args: argparse.Namespace, console: Console | None = None) -> View:
     """The view ``--plain``/``--quiet`` (see :func:`add_view_options`) and the terminal ask for."""
     return make_view(choose_mode(plain=getattr(args, "plain", False), quiet=getattr(args, "quiet", False)), console)
 

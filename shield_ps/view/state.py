@@ -8,22 +8,33 @@ latest state while the producer folds the next event, without a lock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from shield_ps.events import WorkerState
+from shield_ps.phases.names import PHASE_KEYS, TOTAL
 from shield_ps.view import fields as ev
 from shield_ps.view.codecs import CodecUse, add, read_codecs
 from shield_ps.view.fields import MAX_WORKERS, BadEvent, WorkerCounts
-from shield_ps.view.records import (CheckpointOutcome, EvalResult, JobInfo, JoinProgress, Summary, UpdateAction,
-                                    VoteOutcome, WorkerView)
+from shield_ps.view.records import (
+    CheckpointOutcome,
+    EvalResult,
+    JobInfo,
+    JoinProgress,
+    Summary,
+    UpdateAction,
+    VoteOutcome,
+    WorkerView,
+)
 
 __all__ = ["CATEGORIES", "PHASES", "CheckpointOutcome", "EvalResult", "EventKind", "JobInfo", "JoinProgress",
            "Summary", "UpdateAction", "ViewState", "VoteOutcome", "WorkerState", "WorkerView", "event_kind", "fold",
            "fold_all"]
 
-#: the PS-side phases of one step, in the order they happen (``times`` in a ``step`` event).
-PHASES: tuple[str, ...] = ("broadcast", "compute", "gather", "vote", "aggregate", "update")
+#: the PS-side phases of one step, by their keys in a ``step`` event's ``times``
+#: (:class:`~shield_ps.phases.names.Phase`).
+PHASES: tuple[str, ...] = PHASE_KEYS
 #: how many recent (step, time) points the ETA is estimated from.
 RATE_WINDOW = 32
 #: how many checkpoint errors a state keeps (a hostile stream must not grow it without bound).
@@ -80,7 +91,8 @@ class ViewState:
 
 
 def _evolve(obj: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` for our frozen, validation-free dataclasses at a tenth of its cost (it runs per event)."""
+    """``dataclasses.replace`` for our frozen, validation-free dataclasses at a tenth of its cost (it runs per
+    event)."""
     new = object.__new__(type(obj))
     new.__dict__.update(obj.__dict__)
     new.__dict__.update(changes)
@@ -174,7 +186,7 @@ def _fold_step(state: ViewState, event: Mapping[str, Any]) -> dict[str, Any]:
     times = event.get("times") or {}
     if not isinstance(times, dict):
         raise BadEvent("times: expected a map of phase -> seconds")
-    phases = {name: ev.number(times, name, 0.0) or 0.0 for name in (*PHASES, "total") if name in times}
+    phases = {name: ev.number(times, name, 0.0) or 0.0 for name in (*PHASES, TOTAL) if name in times}
     workers = _grow(state.workers, max((i for ids in categories.values() for i in ids), default=-1) + 1)
     sets = {name: set(ids) for name, ids in categories.items()}
     marked = set().union(*sets.values())
