@@ -173,3 +173,31 @@ def test_pace_spares_the_hedge_only_when_every_running_attempt_keeps_pace() -> N
     assert not fetcher._keeping_pace([trickle, fast])
     assert not fetcher._keeping_pace([fast, idle])
     assert fetcher._keeping_pace([fast, shared[1]])
+
+
+def test_a_holder_a_hedge_overtook_is_asked_last_in_the_next_steps() -> None:
+    """Holder 0 never answers and is first in the keyed order at two steps running. At the first it costs a hedge
+    delay (and is slow); at the next, the fetcher asks holder 1 first and takes its payload without a hedge, so a
+    withholding holder does not cost every step it would be asked first a hedge delay."""
+    holders = (0, 1)
+    secret = next(n.to_bytes(4, "big") * 8 for n in range(10_000)
+                  if all(holder_order(n.to_bytes(4, "big") * 8, STEP + k, FILE, holders)[0] == 0 for k in (0, 1)))
+    payload = _payload(5)
+
+    async def main() -> list[FetchReport]:
+        rows = np.zeros((1, D), np.float32)
+        reports = []
+        async with _holders([silent, honest(payload)]) as links:
+            fetcher = Fetcher(rows, _deadlines(), secret, links.get, lambda link, why: None)
+            try:
+                for step in (STEP, STEP + 1):
+                    fetcher.begin(step)
+                    fetcher.start(FILE, wire.vector_digest(payload), lambda: holders)
+                    reports.append(await asyncio.wait_for(fetcher.finish(), LATENCY / 2))
+            finally:
+                await fetcher.cancel()
+        return reports
+
+    first, second = asyncio.run(main())
+    assert first.hedges == 1 and first.slow == {0}, first
+    assert second.hedges == 0 and second.attempts == 1 and not second.slow, second

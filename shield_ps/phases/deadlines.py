@@ -26,6 +26,8 @@ _HISTORY = 128
 UNMEASURED_SLACK = 20.0
 #: After every file has its winner, the gather waits this share of the typical digest time more for the rest.
 STRAGGLER_SHARE = 0.5
+#: The least straggler grace of the gather, in seconds.
+DIGEST_GRACE_FLOOR = 0.05
 #: A transfer is given time at this share of the median rate that recent transfers of its kind achieved.
 _RATE_SHARE = 0.5
 
@@ -101,10 +103,11 @@ class Deadlines:
 
     def digest_grace(self, typical: float) -> float:
         """Once every file has its winner, how much longer the gather waits for the workers still missing:
-        ``max(hedge_floor, STRAGGLER_SHARE * typical)``. Their digests can no longer change a winner, so the wait
-        only spares a worker a little slower than the rest a ``slow`` report; every worker pays it, every step
-        that one agent stays silent, so it is a share of the typical time, not a multiple of it."""
-        return max(self.hedge_floor, STRAGGLER_SHARE * typical)
+        ``max(DIGEST_GRACE_FLOOR, STRAGGLER_SHARE * typical)``. Their digests can no longer change a winner, so
+        the wait only spares a worker a little slower than the rest a ``slow`` report; every worker pays it, every
+        step that one agent stays silent, so it is a share of the typical time, not a multiple of it, and its floor
+        is the event loop's scheduling noise, not the hedge floor."""
+        return max(DIGEST_GRACE_FLOOR, STRAGGLER_SHARE * typical)
 
     def record_fetch(self, seconds: float) -> None:
         if self._seeded:  # real fetch times replace the broadcast's

@@ -67,6 +67,10 @@ class FetchReport:
     codecs: dict[str, int] = field(default_factory=dict)  # codec -> payloads received (--codec auto)
 
 
+#: A holder overtaken by a hedge that then did not deliver is asked after the other holders for this many steps
+#: (it still serves when they fail): one that withholds or trickles its payloads costs a step one hedge delay, not
+#: a hedge delay every step it would be asked first.
+ASK_LAST_STEPS = 8
 #: A receiving attempt keeps pace (is not hedged) at this share of the median rate of the payloads arriving.
 _PACE = 0.5
 #: Spare buffers kept across steps beyond one per file (hedges that receive take more, for their step only).
@@ -112,6 +116,7 @@ class Fetcher:
         self.report = FetchReport()
         self.step = -1
         self.uplink_rates: dict[int, float] = {}  # worker -> bytes/s of its last payload, verified or overtaken
+        self._ask_last: dict[int, int] = {}  # worker -> the step from which it is asked in its keyed turn again
 
     def begin(self, step: int) -> None:
         """Start a new step (buffers of attempts cancelled last step are free again by now)."""
@@ -216,7 +221,9 @@ class Fetcher:
         return typical > 0 and all(a.receiving and a.rate(now) >= _PACE * typical for a in running)
 
     def _next_holder(self, step: int, file: int, holders: tuple[int, ...], asked: list[int]) -> int | None:
-        for worker in holder_order(self._secret, step, file, holders):
+        order = holder_order(self._secret, step, file, holders)
+        order.sort(key=lambda w: step < self._ask_last.get(w, 0))  # stable: the keyed order within each part
+        for worker in order:
             if worker not in asked and self._link_of(worker) is not None:
                 return worker
         return None
@@ -287,6 +294,7 @@ class Fetcher:
         if got is None:
             if attempt.overtaken:
                 self.report.slow.add(attempt.worker)
+                self._ask_last[attempt.worker] = self.step + 1 + ASK_LAST_STEPS
         else:
             log.warning("step %d: worker %d's payload does not match the digest it voted", self.step, attempt.worker)
             self.report.lying.add(attempt.worker)
@@ -315,6 +323,7 @@ class Fetcher:
             assert attempt.task is not None
             if attempt.overtaken:
                 self.report.slow.add(attempt.worker)
+                self._ask_last[attempt.worker] = self.step + 1 + ASK_LAST_STEPS
             if attempt.receiving and not attempt.task.done():
                 self._draining.add(attempt.task)
                 attempt.task.add_done_callback(  # receiving: it has its buffer
