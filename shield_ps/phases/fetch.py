@@ -293,8 +293,7 @@ class Fetcher:
             return True
         if got is None:
             if attempt.overtaken:
-                self.report.slow.add(attempt.worker)
-                self._ask_last[attempt.worker] = self.step + 1 + ASK_LAST_STEPS
+                self._overtaken_loser(attempt.worker)
         else:
             log.warning("step %d: worker %d's payload does not match the digest it voted", self.step, attempt.worker)
             self.report.lying.add(attempt.worker)
@@ -322,8 +321,7 @@ class Fetcher:
         for attempt in running:
             assert attempt.task is not None
             if attempt.overtaken:
-                self.report.slow.add(attempt.worker)
-                self._ask_last[attempt.worker] = self.step + 1 + ASK_LAST_STEPS
+                self._overtaken_loser(attempt.worker)
             if attempt.receiving and not attempt.task.done():
                 self._draining.add(attempt.task)
                 attempt.task.add_done_callback(  # receiving: it has its buffer
@@ -338,6 +336,11 @@ class Fetcher:
                 pass
             if attempt.dest is not None:  # a cancelled decode may still write into it this step
                 self._quarantine.append(attempt.dest)
+
+    def _overtaken_loser(self, worker: int) -> None:
+        """A hedge overtook ``worker`` and it did not deliver: ``slow``, and asked last for ASK_LAST_STEPS steps."""
+        self.report.slow.add(worker)
+        self._ask_last[worker] = self.step + 1 + ASK_LAST_STEPS
 
     def _drained(self, task: asyncio.Task[bytes | None], dest: np.ndarray) -> None:
         self._draining.discard(task)

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config.replace(agg_threads=args.agg_threads)
         engine = InProcessRun(config, args.device)
     except PS_ERRORS as exc:
-        print(f"shield-ps engine: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
 
     def stop(signum: int, _frame: Any) -> None:
@@ -256,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reason = engine.run(sink)
     except PS_ERRORS as exc:  # a checkpoint that cannot be resumed from: nothing was run
-        print(f"shield-ps engine: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     finally:
         sink.close()
-    print(f"shield-ps engine: {reason}", file=sys.stderr)
+    log.info("run ended: %s", reason)
     return 0 if reason == "completed" else 1
 
 
