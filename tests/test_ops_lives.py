@@ -94,8 +94,24 @@ def wait_summary(bed: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
 
 
 def down(bed: dict[str, Any]) -> None:
+    """``down``, then wait (at most 60 s) until the downed PS's port is free: every life's PS runs on this one
+    machine at the same port, where a real new life gets new instances; the next life's PS found the port still
+    held by the last one's exiting process (`port ... is in use`) about one full suite in three."""
+    import socket
+
     code, out = shield_ops("down", *bed["base"], "-y", "--format", "plain")
     assert code == 0, out
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the PS binds: only a listener blocks it
+            try:
+                sock.bind(("127.0.0.1", bed["port"]))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"port {bed['port']} still held 60 s after down") from None
+        time.sleep(0.2)
 
 
 def test_a_new_cluster_life_never_resumes_the_previous_life_run_and_resume_from_checks_the_hash(
