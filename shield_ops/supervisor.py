@@ -155,6 +155,7 @@ class Supervisor:
         self.root = root
         self.ledger = cost.Ledger(root / LEDGER_FILE)
         self.since = self._since()
+        self._last_look: float | None = None  # when observe last ran (time.monotonic())
 
     def _since(self) -> float:
         path = self.root / SINCE_FILE
@@ -197,8 +198,12 @@ class Supervisor:
         # restart it), or from this supervisor's first start if that is earlier
         start = min([self.since] + [e.launched for e in self.ledger.entries.values()])
         ps, began, overdue = self._ps(cfg)
+        # the next checks come a sleep plus a look apart: on a busy node a look can take longer than the interval,
+        # and max_cost is projected over the gap between looks actually seen, not the configured sleep alone
+        looked, self._last_look = self._last_look, time.monotonic()
+        gap = cfg.interval_s if looked is None else max(cfg.interval_s, self._last_look - looked)
         return Observation(last_summary(run_dir / "metrics.jsonl"), ps == "alive", now - start,
-                           self.ledger.total(now), self.ledger.hourly(), cfg.interval_s, ps=ps, run_began=began,
+                           self.ledger.total(now), self.ledger.hourly(), gap, ps=ps, run_began=began,
                            start_overdue=overdue, ps_log=log_tail(self.root / "logs/ps.log") if ps == "exited" else "")
 
     async def _stop_ps(self) -> None:

@@ -245,3 +245,34 @@ def test_resume_from_takes_only_an_s3_run_url(capsys: pytest.CaptureFixture[str]
         capsys.readouterr().err
     args = cli.build_parser().parse_args(["up", "-c", str(example), "--resume-from", "s3://my-runs/shield/d/sg-1/run/"])
     assert args.resume_from == "s3://my-runs/shield/d/sg-1/run"
+
+
+class _EmptyCloud:
+    """The two verbs a supervisor's look uses, over a cloud with no instances (the projection is what is tested)."""
+
+    async def find_instances(self, cluster: Any, include_gone: bool = False) -> list[Any]:
+        return []
+
+    async def spot_prices(self, instance_types: set[str]) -> dict[tuple[str, str], float]:
+        return {}
+
+
+def test_max_cost_is_projected_over_the_gap_between_looks_actually_seen(tmp_path: Path) -> None:
+    """On a busy PS node a look can take longer than the configured interval: the spend until the next checks is
+    projected over the gap seen between the last two looks (a supervisor that projected over the sleep alone stopped
+    a test cluster at $6.03e-7 of a $6e-7 budget on a loaded machine)."""
+    import asyncio
+
+    from shield_ops.supervisor import Supervisor, SupervisorConfig
+
+    config = tmp_path / "supervisor.json"
+    config.write_text(SupervisorConfig("c", "us-east-1", "run", Limits(False, None, 1.0), interval_s=0.5).to_json())
+    supervisor = Supervisor(config, tmp_path)
+    first = asyncio.run(supervisor.observe(_EmptyCloud(), supervisor.config()))  # type: ignore[arg-type]
+    assert first.interval_s == 0.5
+    assert supervisor._last_look is not None
+    supervisor._last_look -= 3.0  # the previous look was 3 s ago: the look in between ran late
+    late = asyncio.run(supervisor.observe(_EmptyCloud(), supervisor.config()))  # type: ignore[arg-type]
+    assert late.interval_s >= 3.0
+    assert decide(Observation(None, True, 10.0, 0.9, 120.0, late.interval_s), Limits(False, None, 1.0)) is not None
+    assert decide(Observation(None, True, 10.0, 0.9, 120.0, 0.5), Limits(False, None, 1.0)) is None
