@@ -78,8 +78,7 @@ class Dropper(Behaviour):
     params = (Param("rel", real(0.0, 1e6), 1.0, "a number in [0, 1e6]", "relative size of the garbage"),)
 
     def commit(self, gradient: np.ndarray, step: int, file: int, worker: int) -> None:
-        vectors.offset(gradient, self.args["rel"],
-                       vectors.direction(gradient.shape[0], vectors.DROPPER_TAG, worker, step, file))
+        vectors.offset_rolled(gradient, self.args["rel"], vectors.DROPPER_TAG, worker, step, file)
 
 
 class SilentDisputer(Behaviour):

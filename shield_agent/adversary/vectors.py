@@ -7,6 +7,8 @@ computed in float64 and added as float32.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from byzantine.sketch import l2_norm
@@ -25,6 +27,31 @@ def direction(d: int, *key: int) -> np.ndarray:
     u = np.random.default_rng(list(key)).standard_normal(d)
     u /= float(np.linalg.norm(u))
     return u
+
+
+@functools.lru_cache(maxsize=8)
+def _base(d: int, tag: int, worker: int) -> np.ndarray:
+    base = direction(d, tag, worker).astype(np.float32)
+    base.flags.writeable = False
+    return base
+
+
+def rolled_direction(d: int, tag: int, worker: int, step: int, file: int) -> np.ndarray:
+    """A unit vector of R^d that is a pure function of its key, like :func:`direction`, but cheap per (step, file):
+    one keyed direction per worker, rotated by a shift keyed by (step, file) (a copy of d float32 instead of d normal
+    draws). Two keys' vectors are near orthogonal. The dropper sends one per file it holds; drawn afresh, they cost
+    the in-process benches' shared cores more than the PS's whole vote."""
+    shift = 1 + int(np.random.default_rng([tag, worker, step, file]).integers(d - 1)) if d > 1 else 0
+    return np.roll(_base(d, tag, worker), shift)
+
+
+def offset_rolled(gradient: np.ndarray, rel: float, *key: int) -> np.ndarray:
+    """:func:`offset` by ``rel * ||g||`` along :func:`rolled_direction` of ``key`` (tag, worker, step, file), in
+    float32 throughout (a dropper's garbage needs no float64 care)."""
+    u = rolled_direction(gradient.shape[0], *key)
+    u *= np.float32(rel * l2_norm(gradient))
+    gradient += u
+    return gradient
 
 
 def offset(gradient: np.ndarray, rel: float, u: np.ndarray) -> np.ndarray:

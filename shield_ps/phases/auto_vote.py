@@ -12,6 +12,9 @@ Per file, after the gather:
     committed to) and the sketch vote only decides who disagreed: a replica of another class within the tolerance
     is not blamed, and a holder that sent another digest and then no sketch is outvoted, never absolved. Such files
     never hold the sketch round up.
+  - A file without an exact winner whose digests and holders' determinism classes alone prove a Byzantine majority
+    (:func:`honest_bound`: e.g. r holders of one class with no r' equal digests) is dropped at once, without a
+    sketch round, and lowers the aggregator's s soundly.
   - Otherwise (a *split* file) the sketch vote's winning group decides: the PS fetches one payload per digest of the
     group and keeps their coordinate-wise median (:mod:`shield_ps.phases.groups`); an outlier's sketch is recomputed
     and a mismatch proves its holder lied. Liars are excluded and the file is voted again (at most r rounds); holders
@@ -33,6 +36,7 @@ import numpy as np
 
 from byzantine.sketch import SketchReply, agree, vote_sketches
 from byzantine.vote import FileVote, VoteResult, vote_digests
+from shield_ps.classes import UNKNOWN_CLASS
 from shield_ps.collector import StepCollector
 from shield_ps.phases.fetch import Fetcher
 from shield_ps.phases.groups import GroupOutcome, SplitFiles
@@ -92,8 +96,12 @@ class AutoVote:
             # the winners' payloads not fetched during the digest gather
             times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
             return outcome
-        split = [f for f in disputed if exact.files[f].winner is None]
-        excusable = {f: self._excusable(exact.files[f]) for f in disputed if f not in split}
+        undecided = [f for f in disputed if exact.files[f].winner is None]
+        holders = self.placement.file_workers
+        r_prime = self.placement.r_prime
+        proven = {f for f in undecided if honest_bound(replies[f], holders[f], self.class_of) < r_prime}
+        split = [f for f in undecided if f not in proven]
+        excusable = {f: self._excusable(exact.files[f]) for f in disputed if f not in undecided}
         answers = self.answers = await self._sketch_round(step, exact, replies, split, excusable, times)
         files = self._blamed(exact, replies, answers, excusable)
         times[Phase.VOTE.value] = time.perf_counter() - mark
@@ -102,11 +110,14 @@ class AutoVote:
         r = self.placement.r
         first = vote_sketches(self.placement, answers, self.tolerance, digests=replies, order_key=self.sketches.seed)
         result.provable = {f for f in split if first.files[f].winner is None and len(answers[f]) == r
-                           and all(a.finite for a in answers[f].values())}
+                           and all(a.finite for a in answers[f].values())} | proven
+        for file in proven:
+            result.files[file] = FileVote(file, None, (), (), tuple(holders[file]))
         for file, file_vote in result.files.items():
             files[file] = file_vote
         self.used = result.used
-        self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed)
+        self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed,
+                         proven_by_class=len(proven))
         outcome = await self._finish(exact, files, replies, result.slow, result)
         # the split files' groups and the remaining fetches
         times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
@@ -253,6 +264,26 @@ class AutoVote:
         undisputed = [replies[f] if f not in split.files else {} for f in range(len(replies))]
         provable = provable_drops(vote, undisputed, self.placement.r, report.invalid) | split.provable
         return VoteOutcome(vote, won, report, provable, split.used, dict(self.last), self.answers)
+
+
+def honest_bound(replies: Mapping[int, bytes], holders: Sequence[int], class_of: Callable[[int], str]) -> int:
+    """The most honest holders a file without an exact winner can have, from its digests and its holders'
+    determinism classes alone: honest holders of one class commit bit-identical gradients (the premise of the exact
+    vote, checked at join by the probes), so a class contributes at most its most repeated digest; a holder of no
+    known class, or one whose digest is missing, may be honest whatever it sent. Below r' the file provably had a
+    Byzantine majority (at least r - r' + 1 of its r holders), so no sketch can win it honestly: it is dropped
+    without a sketch round and lowers the aggregator's s (ByzShield's guarantee counts it among c_max(q))."""
+    per_class: dict[str, dict[bytes, int]] = {}
+    bound = 0
+    for worker in holders:
+        cls = class_of(worker)
+        digest = replies.get(worker)
+        if digest is None or cls == UNKNOWN_CLASS:
+            bound += 1
+            continue
+        counts = per_class.setdefault(cls, {})
+        counts[digest] = counts.get(digest, 0) + 1
+    return bound + sum(max(counts.values()) for counts in per_class.values())
 
 
 def blame(exact: FileVote[bytes], answers: Mapping[int, SketchReply], excusable: set[int],
