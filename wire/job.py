@@ -86,26 +86,38 @@ class JobOffer:
 
 
 @dataclass(frozen=True)
+class JobFingerprint:
+    """The determinism fingerprint in an agent's JOB reply (all optional: an older agent sends none): its environment,
+    the digest of the probe gradient, and that gradient's sketch (float64 little-endian) and L2 norm."""
+
+    environment: dict[str, str | int | float | bool] | None = None
+    probe_digest: bytes | None = None
+    probe_sketch: bytes | None = None  # None: no probe, or its gradient is not finite
+    probe_norm: float | None = None
+
+    def header(self) -> dict[str, Any]:
+        optional = {"environment": None if self.environment is None else dict(self.environment),
+                    "probe_digest": self.probe_digest, "probe_sketch": self.probe_sketch,
+                    "probe_norm": self.probe_norm}
+        return {key: value for key, value in optional.items() if value is not None}
+
+
+@dataclass(frozen=True)
 class JobAccept:
     """An agent's JOB reply: its parameter count, its fingerprint, where it serves relays, its plug-ins' digests."""
 
     num_params: int
     worker: int
-    environment: dict[str, str | int | float | bool] | None = None  # None: an older agent reports none
-    probe_digest: bytes | None = None
-    probe_sketch: bytes | None = None  # float64 little-endian (None: no probe, or its gradient is not finite)
-    probe_norm: float | None = None
+    fingerprint: JobFingerprint = JobFingerprint()
     relay_port: int | None = None
     relay_id: bytes | None = None
     network_digest: str | None = None
     dataset_digest: str | None = None
 
     def header(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"num_params": self.num_params, "worker": self.worker}
-        optional = {"environment": None if self.environment is None else dict(self.environment),
-                    "probe_digest": self.probe_digest, "probe_sketch": self.probe_sketch,
-                    "probe_norm": self.probe_norm, "relay_port": self.relay_port, "relay_id": self.relay_id,
-                    "network_digest": self.network_digest, "dataset_digest": self.dataset_digest}
+        out: dict[str, Any] = {"num_params": self.num_params, "worker": self.worker, **self.fingerprint.header()}
+        optional = {"relay_port": self.relay_port, "relay_id": self.relay_id, "network_digest": self.network_digest,
+                    "dataset_digest": self.dataset_digest}
         out.update((key, value) for key, value in optional.items() if value is not None)
         return out
 
@@ -163,9 +175,9 @@ def _environment(header: dict[str, Any]) -> dict[str, str | int | float | bool] 
     return dict(env)
 
 
-def parse_job_accept(header: dict[str, Any]) -> JobAccept:
-    """An agent's JOB reply (PS side). The fingerprint fields are checked before the others, so a reply bad in both
-    is reported as a bad fingerprint; the probe sketch's size and finiteness are the PS's to check."""
+def parse_job_fingerprint(header: dict[str, Any]) -> JobFingerprint:
+    """The fingerprint fields of an agent's JOB reply; the probe sketch's size and finiteness are the PS's to check
+    (it knows the sketch it asked for)."""
     environment = _environment(header)
     probe_digest = fields.optional_blob(header, _KIND, "probe_digest", DIGEST_SIZE)
     sketch = header.get("probe_sketch")
@@ -173,11 +185,17 @@ def parse_job_accept(header: dict[str, Any]) -> JobAccept:
         raise MessageError(_KIND, "probe_sketch", f"must be 1..{MAX_SKETCH_BYTES} bytes")
     norm = fields.optional_number(header, _KIND, "probe_norm", 0.0)
     if sketch is not None and norm is None:
-        raise MessageError(_KIND, "probe_norm", "must be given with probe_sketch")
+        raise MessageError(_KIND, "probe_norm", "must be a finite number given with probe_sketch")
+    return JobFingerprint(environment, probe_digest, sketch, norm)
+
+
+def parse_job_accept(header: dict[str, Any]) -> JobAccept:
+    """An agent's JOB reply (PS side). The fingerprint is checked first, so a reply bad in both is reported as a bad
+    fingerprint (``MessageError.field`` in :data:`FINGERPRINT_FIELDS`)."""
+    fingerprint = parse_job_fingerprint(header)
     return JobAccept(
         num_params=fields.integer(header, _KIND, "num_params"), worker=fields.integer(header, _KIND, "worker"),
-        environment=environment, probe_digest=probe_digest, probe_sketch=sketch, probe_norm=norm,
-        relay_port=fields.optional_integer(header, _KIND, "relay_port", 1, 65535),
+        fingerprint=fingerprint, relay_port=fields.optional_integer(header, _KIND, "relay_port", 1, 65535),
         relay_id=fields.optional_blob(header, _KIND, "relay_id", RELAY_ID_SIZE),
         network_digest=fields.hex_digest(header, _KIND, "network_digest"),
         dataset_digest=fields.hex_digest(header, _KIND, "dataset_digest"))
