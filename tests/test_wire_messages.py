@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from wire import Kind, encode_frame, parse_frame
 from wire.errors import MessageError, ProtocolError
-from wire.job import JobAccept, JobOffer, ProbeSpec, parse_job_accept, parse_job_offer
+from wire.job import JobAccept, JobFingerprint, JobOffer, ProbeSpec, parse_job_accept, parse_job_offer
 from wire.messages import (
     DigestReport,
     EventMessage,
@@ -37,8 +37,8 @@ from wire.messages import (
 D = b"d" * 32
 OFFER = JobOffer(3, (0, 4, 7), "LeNet", "MNIST", 42, 80, 8, 1, "lz4", 1, synthetic_d=1000,
                  network_digest="ab" * 32, probe=ProbeSpec(0, 0, b"s" * 32, 256, 32), train_samples=60000)
-ACCEPT = JobAccept(1000, 3, {"torch": "2.1", "threads": 1, "mkl": True}, D, b"\0" * 8, 1.5, 7001, b"i" * 16,
-                   None, "cd" * 32)
+ACCEPT = JobAccept(1000, 3, JobFingerprint({"torch": "2.1", "threads": 1, "mkl": True}, D, b"\0" * 8, 1.5), 7001,
+                   b"i" * 16, None, "cd" * 32)
 
 #: Each kind: its parser, good values (round-trip) and, for the hand-written headers they replace, that exact dict.
 CASES: list[tuple[Kind, Callable[[dict[str, Any]], Any], Any, dict[str, Any]]] = [
