@@ -12,6 +12,7 @@ raises :class:`~wire.errors.MessageError` (a :class:`~wire.errors.ProtocolError`
     agent -> relay  RELAY    {"step": t, "digest": 32 bytes, "wait": s}   (a request; reply VECTOR {"step": t})
     agent -> PS     RELAY    {"step": t, "reason": one of RELAY_REASONS}  (my relay failed me)
     either way      LEAVE    {"reason": text}
+    either way      ERROR    {"code": word, "reason": text}       (a reply: the request cannot be answered)
     PS -> observer  EVENT    {"event": {...}}
 
 SKETCH lives in :mod:`wire.sketch`, JOB in :mod:`wire.job`.
@@ -138,6 +139,18 @@ class Leave:
 
     def header(self) -> dict[str, Any]:
         return {"reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """ERROR in reply to a request: why it cannot be answered (``code`` a short word, ``reason`` for people). The
+    connection reads a peer's ERROR leniently (:class:`~wire.errors.RemoteError`): it never fails on one."""
+
+    code: str
+    reason: str
+
+    def header(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason}
 
 
 @dataclass(frozen=True)
