@@ -92,10 +92,10 @@ class RelaySource:
         return cls(relay.worker, relay.host, relay.port, relay.wait)
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> RelaySource:
-        """The ``relay`` field of a STEP header (RelayError when it is missing or malformed)."""
+    def from_field(cls, relay: object) -> RelaySource:
+        """A STEP header's ``relay`` field, untyped (RelayError when it is missing or malformed)."""
         try:
-            return cls.from_instruction(parse_relay_instruction(header.get("relay")))
+            return cls.from_instruction(parse_relay_instruction(relay))
         except MessageError as exc:
             raise RelayError(f"malformed relay instruction in STEP: {exc}") from None
 
