@@ -371,10 +371,8 @@ class PSDaemon:
         try:
             accept = parse_job_accept(reply.header)
         except MessageError as exc:
-            if exc.field in FINGERPRINT_FIELDS:
-                await conn.close(f"bad fingerprint: {exc}", code="fingerprint")
-            else:
-                await conn.close(f"bad JOB reply: {exc}", code="job")
+            code = bad_reply_code(exc)
+            await conn.close(f"bad {'fingerprint' if code == 'fingerprint' else 'JOB reply'}: {exc}", code=code)
             return False
         other_model = plugins.refusal(self.config, accept)
         if other_model is not None:  # another plug-in model: final (the agent must be fixed, not retried)
@@ -416,6 +414,11 @@ class PSDaemon:
                     self._drop_agent(link, f"unexpected {msg.kind.value}")
                     return None
         return None
+
+
+def bad_reply_code(exc: MessageError) -> str:
+    """The close code for a malformed JOB reply: ``fingerprint`` for a bad fingerprint field, ``job`` otherwise."""
+    return "fingerprint" if exc.field in FINGERPRINT_FIELDS else "job"
 
 
 def relay_address(address: str | None, port: Any, process: Any) -> tuple[str, int, bytes] | None:

@@ -168,3 +168,29 @@ def test_refused_fields_are_named(parse, header, field) -> None:
     with pytest.raises(MessageError) as refused:
         parse(header)
     assert refused.value.field == field
+
+
+def test_every_parser_is_exercised_here() -> None:
+    """A new parse_* in wire.messages or wire.job gets a round-trip case above (the sub-parsers of a field are
+    exercised through their message)."""
+    import wire.job
+    import wire.messages
+
+    parsers = {getattr(module, name) for module in (wire.messages, wire.job) for name in dir(module)
+               if name.startswith("parse_") and getattr(module, name).__module__ == module.__name__}
+    parsers -= {wire.messages.parse_relay_instruction, wire.job.parse_probe_spec, wire.job.parse_job_fingerprint}
+    assert parsers == {parse for _, parse, _, _ in CASES}
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"environment": "x"}, "fingerprint"), ({"probe_digest": b"x"}, "fingerprint"),
+    ({"probe_norm": -1.0}, "fingerprint"),
+    ({"num_params": "1000"}, "job"), ({"relay_port": 0}, "job"), ({"dataset_digest": "x"}, "job"),
+    ({"num_params": None, "environment": 7}, "fingerprint"),
+])
+def test_the_ps_closes_a_bad_job_reply_with_the_code_of_its_field(change: dict, code: str) -> None:
+    from shield_ps.daemon import bad_reply_code
+
+    with pytest.raises(MessageError) as refused:
+        parse_job_accept({**ACCEPT.header(), **change})
+    assert bad_reply_code(refused.value) == code
