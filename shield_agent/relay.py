@@ -273,10 +273,11 @@ class RelayHub:
     # ---- serving ----------------------------------------------------------------------------------------------
     async def _serve(self, conn: Any) -> None:
         async for msg in conn:
-            if msg.kind is Kind.RELAY:
-                await self._serve_one(conn, msg)
-            else:
-                msg.discard()
+            match msg.kind:
+                case Kind.RELAY:
+                    await self._serve_one(conn, msg)
+                case _:
+                    msg.discard()
 
     async def _serve_one(self, conn: Any, msg: Message) -> None:
         try:
