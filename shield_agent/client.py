@@ -33,12 +33,21 @@ from shield_agent.adversary import Adversary
 from shield_agent.errors import AGENT_ERRORS
 from shield_agent.fingerprint import parse_probe, probe_fields
 from shield_agent.host import ComputeHost
-from shield_agent.job import AgentJob, AgentOptions, as_int
+from shield_agent.job import AgentJob, AgentOptions
 from shield_agent.relay import RelayHub, RelaySource
 from shield_agent.sketching import answers as sketch_answers
 from shield_model.errors import ComputeError, DatasetError
-from wire import ConnectionClosed, Kind, Message, digest_bytes
-from wire.digest import DIGEST_SIZE
+from wire import ConnectionClosed, Kind, Message, MessageError, digest_bytes
+from wire.job import JobAccept
+from wire.messages import (
+    DigestReport,
+    ErrorReply,
+    RelayComplaint,
+    VectorReply,
+    parse_fetch_request,
+    parse_leave,
+    parse_step_order,
+)
 from wire.sketch import SketchHeaderError, parse_sketch_request
 
 if TYPE_CHECKING:
@@ -104,34 +113,41 @@ class AgentSession:
                 self.host.shutdown()
 
     async def _dispatch(self, msg: Message) -> None:
-        if msg.kind is Kind.JOB:
-            await self._on_job(msg)
-        elif msg.kind is Kind.STEP:
-            await self._on_step(msg)
-        elif msg.kind is Kind.FETCH:
-            await self._on_fetch(msg)
-        elif msg.kind is Kind.SKETCH:
-            await self._on_sketch(msg)
-        elif msg.kind is Kind.LEAVE:
-            reason = msg.header.get("reason", "")
-            self.end_reason = reason if isinstance(reason, str) else repr(reason)[:200]
-            self.finished = True
-        else:
-            msg.discard()
-            log.warning("ignoring unexpected %s from the PS", msg.kind.value)
+        match msg.kind:
+            case Kind.JOB:
+                await self._on_job(msg)
+            case Kind.STEP:
+                await self._on_step(msg)
+            case Kind.FETCH:
+                await self._on_fetch(msg)
+            case Kind.SKETCH:
+                await self._on_sketch(msg)
+            case Kind.LEAVE:
+                try:
+                    self.end_reason = parse_leave(msg.header).reason
+                except MessageError as exc:
+                    self.end_reason = str(exc)[:200]
+                self.finished = True
+            case _:
+                msg.discard()
+                log.warning("ignoring unexpected %s from the PS", msg.kind.value)
 
     async def _on_job(self, msg: Message) -> None:
-        job = AgentJob.from_header(msg.header)
+        try:
+            job = AgentJob.from_header(msg.header)
+        except ComputeError as exc:
+            await self.conn.reply(msg, Kind.ERROR, ErrorReply(exc.code, str(exc)).header())
+            raise
         threads = self.options.threads or job.threads
         loop = asyncio.get_running_loop()
         self._executor = self.host.executor(threads)
         try:
-            probe = parse_probe(msg.header, job.num_files)
+            probe = parse_probe(job.probe, job.num_files)
             self.computer = await loop.run_in_executor(self._executor, self._make_computer, job, threads)
             fingerprint = await loop.run_in_executor(self._executor, probe_fields, self.computer, probe, threads,
                                                      self.adversary)
         except AGENT_ERRORS as exc:
-            await self.conn.reply(msg, Kind.ERROR, {"code": exc.code, "reason": str(exc)})
+            await self.conn.reply(msg, Kind.ERROR, ErrorReply(exc.code, str(exc)).header())
             raise
         d = self.computer.num_params
         self._params = [np.empty(d, np.float32), np.empty(d, np.float32)]
@@ -142,9 +158,12 @@ class AgentSession:
         self.job = job
         self.relay.store.joined(job.worker)
         log.info("became worker %d of the PS (files %s, %d parameters)", job.worker, list(job.files), d)
-        relay = {"relay_port": self.relay.port, "relay_id": self.relay.id} if self.relay.port else {}
-        await self.conn.reply(msg, Kind.JOB, {"num_params": d, "worker": job.worker, **fingerprint, **relay,
-                                              **self.plugin_fields})
+        accept = JobAccept(d, job.worker, relay_port=self.relay.port or None,
+                           relay_id=self.relay.id if self.relay.port else None,
+                           network_digest=self.plugin_fields.get("network_digest"),
+                           dataset_digest=self.plugin_fields.get("dataset_digest"))
+        # the fingerprint fields as probe_fields wrote them: a Byzantine behaviour may have put its lie there
+        await self.conn.reply(msg, Kind.JOB, {**accept.header(), **fingerprint})
 
     def _make_computer(self, job: AgentJob, threads: int) -> Any:
         """The job's gradient computer: torch's (built by the process's compute host), or the synthetic one of a
@@ -178,23 +197,24 @@ class AgentSession:
 
     async def honest_step(self, msg: Message) -> None:
         """STEP t: the parameters follow in the message, or (relay broadcast) the header says where to take them."""
-        if self.job is None or (msg.vector is None and "relay" not in msg.header):
+        try:
+            order = parse_step_order(msg.header)
+        except MessageError as exc:
+            msg.discard()
+            raise ComputeError(f"malformed STEP: {exc}") from None
+        if self.job is None or (msg.vector is None and order.relay is None):
             msg.discard()
             raise ComputeError("STEP before JOB, or without parameters")
-        step = as_int(msg.header.get("step"))
+        step, expected = order.step, order.params_digest
         if self._work is not None:
             self._work.cancelled = True
         await self._cancel_relay()
         params = self._params[step % 2]
-        expected = msg.header.get("params_digest")
-        if expected is not None and not (isinstance(expected, bytes) and len(expected) == DIGEST_SIZE):
-            msg.discard()
-            raise ComputeError(f"malformed STEP {step}: params_digest must be {DIGEST_SIZE} bytes")
         await self.relay.store.reclaim(params)  # other agents may still be reading step t-2's vector from it
         if msg.vector is None:
-            if expected is None:
+            if expected is None or order.relay is None:
                 raise ComputeError(f"malformed STEP {step}: a relayed step needs params_digest")
-            source = RelaySource.from_header(msg.header)
+            source = RelaySource.from_instruction(order.relay)
             self._relay_task = asyncio.get_running_loop().create_task(
                 self._step_from_relay(step, source, expected, params))
             return
@@ -234,7 +254,7 @@ class AgentSession:
         log.warning("step %d: relay from worker %d (%s:%d) %s after %.2fs: asking the PS", step, source.worker,
                     source.host, source.port, reason, time.monotonic() - started)
         try:
-            await self.conn.send(Kind.RELAY, {"step": step, "reason": reason})
+            await self.conn.send(Kind.RELAY, RelayComplaint(step, reason).header())
         except ConnectionClosed:
             pass
 
@@ -270,8 +290,8 @@ class AgentSession:
             work.done.add(file)
             loss = result.loss if math.isfinite(result.loss) else None
             try:
-                await self.conn.send(Kind.DIGESTS, {"step": work.step, "file": file, "digest": digest,
-                                                    "loss": loss, "seconds": result.seconds})
+                await self.conn.send(Kind.DIGESTS, DigestReport(work.step, file, digest, loss,
+                                                                result.seconds).header())
             except ConnectionClosed:
                 return
 
@@ -299,21 +319,22 @@ class AgentSession:
         """The honest answer to a FETCH: the payload of a file computed for the current step, or not_ready."""
         work, job = self._work, self.job
         try:
-            step, file = as_int(msg.header.get("step")), as_int(msg.header.get("file"))
-        except TypeError:
-            await self.conn.reply(msg, Kind.ERROR, {"code": "bad_fetch", "reason": "step and file must be integers"})
+            request = parse_fetch_request(msg.header)
+        except MessageError as exc:
+            await self.conn.reply(msg, Kind.ERROR, ErrorReply("bad_fetch", str(exc)).header())
             return
+        step, file = request.step, request.file
         if job is None or work is None or work.step != step or file not in work.done:
-            await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
-                                                    "reason": f"file {file} of step {step} is not computed here"})
+            await self.conn.reply(msg, Kind.ERROR,
+                                  ErrorReply("not_ready", f"file {file} of step {step} is not computed here").header())
             return
         async with self.payload(work, file) as payload:
             if payload is None:  # a synthetic regeneration whose parameters were replaced meanwhile
-                await self.conn.reply(msg, Kind.ERROR, {"code": "not_ready",
-                                                        "reason": f"file {file} of step {step} is gone here"})
+                await self.conn.reply(msg, Kind.ERROR,
+                                      ErrorReply("not_ready", f"file {file} of step {step} is gone here").header())
                 return
             try:
-                await self.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, payload,
+                await self.conn.send_vector(Kind.VECTOR, VectorReply(step, file).header(), payload,
                                             codec=job.codec, level=job.codec_level, reply_to=msg)
             except ConnectionClosed as exc:  # the PS closed the link under the reply: the session ends, reconnects
                 log.info("step %d: reply for file %d not sent: %s", step, file, exc)

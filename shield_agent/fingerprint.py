@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from shield_model.errors import ComputeError
+from wire.job import ProbeSpec
 
 #: Environment variables that change which kernels torch picks on a CPU.
 KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
@@ -47,21 +48,14 @@ def environment(device: Any, threads: int) -> dict[str, Any]:
     return env
 
 
-def parse_probe(header: dict[str, Any], num_files: int) -> dict[str, Any] | None:
-    """The ``probe`` field of a PS's JOB, validated (None when absent: an older PS)."""
-    probe = header.get("probe")
+def parse_probe(probe: ProbeSpec | None, num_files: int) -> dict[str, Any] | None:
+    """The probe a PS's JOB names (typed by :func:`wire.job.parse_job_offer`), as the map :func:`probe_fields` and a
+    Byzantine behaviour read; None when absent (an older PS). ComputeError for a file outside the job."""
     if probe is None:
         return None
-    from wire.sketch import SketchHeaderError, parse_sketch_request
-
-    if type(probe) is not dict:
-        raise ComputeError("JOB probe must be a map")
-    try:
-        request = parse_sketch_request({**probe, "files": [probe.get("file")]}, num_files)
-    except SketchHeaderError as exc:
-        raise ComputeError(f"bad JOB probe: {exc}") from None
-    return {"step": request.step, "file": request.files[0], "seed": request.seed, "rows": request.rows,
-            "width": request.width}
+    if not 0 <= probe.file < num_files:
+        raise ComputeError(f"bad JOB probe: file {probe.file} is not in 0..{num_files - 1}")
+    return probe.header()
 
 
 def probe_fields(computer: Any, probe: dict[str, Any] | None, threads: int, adversary: Any = None) -> dict[str, Any]:

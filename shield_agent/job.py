@@ -5,12 +5,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shield_model.errors import ComputeError
-from wire.autocodec import parse_codec_choice
+from wire.errors import MessageError
+from wire.job import ProbeSpec, parse_job_offer
 
 if TYPE_CHECKING:
     from shield_agent.adversary import BehaviourSpec
-
-_MAX_FILES_PER_WORKER = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -65,50 +64,16 @@ class AgentJob:
     network_digest: str | None = None  # a plug-in network's identity on the PS (shield_agent.plugin_admission)
     dataset_digest: str | None = None  # a plug-in dataset's identity on the PS
 
+    probe: ProbeSpec | None = None  # the determinism probe the PS names (shield_agent.fingerprint)
+
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> AgentJob:
+        """The PS's JOB, checked by :func:`wire.job.parse_job_offer` (ComputeError when malformed)."""
         try:
-            files = header["files"]
-            if not isinstance(files, list) or len(files) > _MAX_FILES_PER_WORKER:
-                raise TypeError("files")
-            job = cls(
-                worker=as_int(header["worker"]), files=tuple(as_int(f) for f in files),
-                network=as_str(header["network"]), dataset=as_str(header["dataset"]), seed=as_int(header["seed"]),
-                batch_size=as_int(header["batch_size"]), num_files=as_int(header["num_files"]),
-                threads=as_int(header["threads"]), codec=as_str(header["codec"]),
-                codec_level=as_int(header["codec_level"]),
-                synthetic_d=as_int(header["synthetic_d"]) if "synthetic_d" in header else None,
-                train_samples=as_int(header["train_samples"]) if "train_samples" in header else None,
-                network_digest=as_digest(header.get("network_digest")),
-                dataset_digest=as_digest(header.get("dataset_digest")),
-            )
-        except (KeyError, TypeError) as exc:
+            offer = parse_job_offer(header)
+        except MessageError as exc:
             raise ComputeError(f"malformed JOB from the PS: {exc}") from None
-        if any(not 0 <= f < job.num_files for f in job.files):
-            raise ComputeError(f"JOB assigns files {list(job.files)} outside 0..{job.num_files - 1}")
-        try:
-            parse_codec_choice(job.codec)
-        except ValueError as exc:
-            raise ComputeError(f"malformed JOB from the PS: {exc}") from None
-        return job
-
-
-def as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def as_digest(value: Any) -> str | None:
-    """A plug-in digest from JOB: None, or 64 lower-case hex characters."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise TypeError("a plug-in digest must be 64 hex characters")
-    return value
-
-
-def as_str(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 256:
-        raise TypeError(f"expected a short string, got {type(value).__name__}")
-    return value
+        return cls(offer.worker, offer.files, offer.network, offer.dataset, offer.seed, offer.batch_size,
+                   offer.num_files, offer.threads, offer.codec, offer.codec_level, synthetic_d=offer.synthetic_d,
+                   train_samples=offer.train_samples, network_digest=offer.network_digest,
+                   dataset_digest=offer.dataset_digest, probe=offer.probe)

@@ -32,6 +32,7 @@ from wire import (
     Kind,
     Limits,
     Message,
+    MessageError,
     RemoteError,
     Timeouts,
     WireError,
@@ -40,16 +41,25 @@ from wire import (
     serve,
 )
 from wire.auth import Role
-from wire.digest import DIGEST_SIZE
+from wire.messages import (
+    MAX_RELAY_WAIT_S,
+    RELAY_REASONS,
+    ErrorReply,
+    RelayInstruction,
+    RelayRequest,
+    VectorReply,
+    parse_relay_instruction,
+    parse_relay_request,
+)
 
 log = logging.getLogger(__name__)
 
 #: The longest wait a STEP header or a relay request may ask for, seconds.
-MAX_WAIT_S = 900.0
+MAX_WAIT_S = MAX_RELAY_WAIT_S
 #: Steps whose vectors a store keeps (a slot's two parameter buffers).
 _KEPT_STEPS = 2
 #: Why a relay failed, as the RELAY message to the PS says it.
-REASONS = ("corrupt", "stalled", "unreachable", "refused")
+REASONS = RELAY_REASONS
 #: Seconds a relay we could not connect to is presumed unreachable (doubling with each failed probe, up to the max).
 UNREACHABLE_S = 30.0
 MAX_UNREACHABLE_S = 600.0
@@ -77,23 +87,17 @@ class RelaySource:
     wait: float
 
     @classmethod
-    def from_header(cls, header: dict[str, Any]) -> RelaySource:
-        relay = header.get("relay")
+    def from_instruction(cls, relay: RelayInstruction) -> RelaySource:
+        """The relay instruction of a STEP, as :func:`wire.messages.parse_step_order` typed it."""
+        return cls(relay.worker, relay.host, relay.port, relay.wait)
+
+    @classmethod
+    def from_field(cls, relay: object) -> RelaySource:
+        """A STEP header's ``relay`` field, untyped (RelayError when it is missing or malformed)."""
         try:
-            if not isinstance(relay, dict):
-                raise TypeError("relay must be a map")
-            worker, host, port, wait = relay["worker"], relay["host"], relay["port"], relay["wait"]
-            if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
-                raise TypeError("worker")
-            if not isinstance(host, str) or not 0 < len(host) <= 255:
-                raise TypeError("host")
-            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                raise TypeError("port")
-            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= MAX_WAIT_S:
-                raise TypeError("wait")
-        except (KeyError, TypeError) as exc:
+            return cls.from_instruction(parse_relay_instruction(relay))
+        except MessageError as exc:
             raise RelayError(f"malformed relay instruction in STEP: {exc}") from None
-        return cls(worker, host, port, float(wait))
 
 
 class RelayAborted(Exception):
@@ -269,24 +273,25 @@ class RelayHub:
     # ---- serving ----------------------------------------------------------------------------------------------
     async def _serve(self, conn: Any) -> None:
         async for msg in conn:
-            if msg.kind is Kind.RELAY:
-                await self._serve_one(conn, msg)
-            else:
-                msg.discard()
+            match msg.kind:
+                case Kind.RELAY:
+                    await self._serve_one(conn, msg)
+                case _:
+                    msg.discard()
 
     async def _serve_one(self, conn: Any, msg: Message) -> None:
-        step, digest, wait = msg.header.get("step"), msg.header.get("digest"), msg.header.get("wait")
-        if (isinstance(step, bool) or not isinstance(step, int) or not isinstance(digest, bytes)
-                or len(digest) != DIGEST_SIZE or isinstance(wait, bool) or not isinstance(wait, (int, float))
-                or not 0 < wait <= MAX_WAIT_S):
-            await conn.reply(msg, Kind.ERROR, {"code": "bad_relay", "reason": "step, digest and wait expected"})
+        try:
+            request = parse_relay_request(msg.header)
+        except MessageError as exc:
+            await conn.reply(msg, Kind.ERROR, ErrorReply("bad_relay", str(exc)).header())
             return
+        step, digest, wait = request.step, request.digest, request.wait
         if self._request_taker is not None and await self._request_taker.relay_request(self.store, conn, msg, step,
-                                                                                      digest, float(wait)):
+                                                                                      digest, wait):
             return
         entry = await self.store.get(step, digest, 0.9 * wait, while_connected=True)  # answer before the asker gives up
         if entry is None:
-            await conn.reply(msg, Kind.ERROR, {"code": "not_ready", "reason": f"no parameters for step {step}"})
+            await conn.reply(msg, Kind.ERROR, ErrorReply("not_ready", f"no parameters for step {step}").header())
             return
         send = asyncio.get_running_loop().create_task(self._send(conn, msg, entry))
         with self.store.reading(entry.buffer, send):
@@ -305,8 +310,7 @@ class RelayHub:
         if self._send_taker is not None:
             await self._send_taker.relay_send(self.store, conn, msg, entry)
             return
-        header = {"step": entry.step}
-        await conn.send_vector_as_filled(Kind.VECTOR, header, entry.buffer,
+        await conn.send_vector_as_filled(Kind.VECTOR, VectorReply(entry.step).header(), entry.buffer,
                                          lambda nbytes: self.store.filled(entry, nbytes), reply_to=msg)
 
     # ---- receiving --------------------------------------------------------------------------------------------
@@ -380,7 +384,7 @@ class RelayHub:
         entry: RelayEntry | None = None
         got = None
         try:
-            reply = await conn.request(Kind.RELAY, {"step": step, "digest": digest, "wait": wait}, timeout=wait + 1)
+            reply = await conn.request(Kind.RELAY, RelayRequest(step, digest, wait).header(), timeout=wait + 1)
             if reply.kind is not Kind.VECTOR or reply.vector is None:
                 reply.discard()
                 await self._drop_client(key)

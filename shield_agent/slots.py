@@ -21,6 +21,7 @@ from shield_agent.host import ComputeHost
 from shield_agent.job import AgentOptions
 from shield_agent.relay import RelayHub
 from wire import AuthError, ConnectionClosed, Kind, WireError, connect
+from wire.messages import Leave
 
 if TYPE_CHECKING:
     from shield_agent.spot import SpotWatcher
@@ -182,7 +183,7 @@ async def _leave_on_notice(watcher: SpotWatcher, session: AgentSession) -> None:
     await watcher.event.wait()
     log.warning("spot interruption notice (%s): leaving the PS", watcher.notice)
     try:
-        await session.conn.send(Kind.LEAVE, {"reason": "spot interruption"})
+        await session.conn.send(Kind.LEAVE, Leave("spot interruption").header())
     finally:
         session.finished = True
         await session.conn.close("spot interruption")

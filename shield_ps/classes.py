@@ -10,7 +10,6 @@ exact digests cannot agree across classes (docs/byzantine.md).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +29,12 @@ from byzantine.tolerance import (
     tolerance_floor,
 )
 from shield_ps.errors import ShieldPSError
-from wire.sketch import is_plain_number
+from wire.errors import MessageError
+from wire.job import JobFingerprint, ProbeSpec, parse_job_fingerprint
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_CLASS = "unknown"
-_MAX_ENV_ITEMS = 32
-_MAX_ENV_CHARS = 160
 
 
 class FingerprintError(ShieldPSError):
@@ -59,33 +57,35 @@ class Fingerprint:
         return "c-" + self.probe_digest.hex()[:8] if self.probe_digest is not None else UNKNOWN_CLASS
 
 
+def probe_spec(seed: bytes, params: SketchParams = DEFAULT_PARAMS) -> ProbeSpec:
+    """The ``probe`` of JOB: file 0 of step 0 at the initial parameters, sketched under ``seed``."""
+    return ProbeSpec(0, 0, seed, params.rows, params.width)
+
+
 def probe_request(seed: bytes, params: SketchParams = DEFAULT_PARAMS) -> dict[str, Any]:
-    """The ``probe`` field of JOB: file 0 of step 0 at the initial parameters, sketched under ``seed``."""
-    return {"step": 0, "file": 0, "seed": seed, "rows": params.rows, "width": params.width}
+    """The ``probe`` field of JOB as it travels (:func:`probe_spec`'s header)."""
+    return probe_spec(seed, params).header()
 
 
-def parse_fingerprint(worker: int, header: dict[str, Any], params: SketchParams = DEFAULT_PARAMS) -> Fingerprint:
-    """Validate the additive fingerprint fields of an agent's JOB reply (all optional: older agents send none)."""
-    env = header.get("environment", {})
-    if type(env) is not dict or len(env) > _MAX_ENV_ITEMS:
-        raise FingerprintError("environment must be a map of at most 32 entries")
-    for key, value in env.items():
-        if len(key) > 64 or type(value) not in (str, int, float, bool) or len(str(value)) > _MAX_ENV_CHARS:
-            raise FingerprintError(f"environment entry {key[:64]!r} is not a short plain value")
-    digest = header.get("probe_digest")
-    if digest is not None and (type(digest) is not bytes or len(digest) != 32):
-        raise FingerprintError("probe_digest must be 32 bytes")
-    raw, norm = header.get("probe_sketch"), header.get("probe_norm")
-    probe = None
+def parse_fingerprint(worker: int, reply: dict[str, Any] | JobFingerprint,
+                      params: SketchParams = DEFAULT_PARAMS) -> Fingerprint:
+    """The fingerprint of an agent's JOB reply (a header, or its fields as :func:`wire.job.parse_job_fingerprint`
+    typed them: all optional, older agents send none), with the probe sketch checked against the one the PS asked
+    for (its size, finite values)."""
+    if isinstance(reply, dict):
+        try:
+            reply = parse_job_fingerprint(reply)
+        except MessageError as exc:
+            raise FingerprintError(str(exc)) from None
+    raw, probe = reply.probe_sketch, None
     if raw is not None:
-        if type(raw) is not bytes or len(raw) != params.nbytes:
+        if len(raw) != params.nbytes:
             raise FingerprintError(f"probe_sketch must be {params.nbytes} bytes")
         values = np.frombuffer(raw, dtype="<f8").reshape(params.rows, params.width).astype(np.float64)
-        if (not np.isfinite(values).all() or not is_plain_number(norm) or not math.isfinite(norm)
-                or norm < 0):
+        if not np.isfinite(values).all() or reply.probe_norm is None:
             raise FingerprintError("probe_sketch and probe_norm must be finite")
-        probe = SketchReply(values, float(norm))
-    return Fingerprint(worker, dict(env), digest, probe)
+        probe = SketchReply(values, reply.probe_norm)
+    return Fingerprint(worker, dict(reply.environment or {}), reply.probe_digest, probe)
 
 
 @dataclass
@@ -162,10 +162,14 @@ class FleetClasses:
     def job_fields(self) -> dict[str, Any]:
         return {"probe": probe_request(self.probe_seed)}
 
-    def admit(self, worker: int, header: dict[str, Any]) -> str | None:
+    def probe(self) -> ProbeSpec:
+        """The probe every agent's JOB names."""
+        return probe_spec(self.probe_seed)
+
+    def admit(self, worker: int, reply: dict[str, Any] | JobFingerprint) -> str | None:
         """Record ``worker``'s fingerprint; returns why it is refused (a probe that contradicts the PS's own, or under
         --vote exact a new class once the run started), else None. Raises FingerprintError for malformed fields."""
-        fingerprint = parse_fingerprint(worker, header)
+        fingerprint = parse_fingerprint(worker, reply)
         lie = self._contradicts_reference(fingerprint)
         if lie is not None:
             return lie

@@ -1,9 +1,10 @@
 """Collecting one step's digests from the agents.
 
-Agents send one DIGESTS message per file as soon as that file is computed. The collector validates each against
-what the PS expects (the current step, a file the sender holds, a digest of the right size, a finite loss or none),
-records it, and signals when every expected reply is in. An agent that disconnects stops being expected; its
-missing replies are erasures for the vote, and it is remembered as lost for the step's accounting.
+Agents send one DIGESTS message per file as soon as that file is computed. The collector parses each
+(:func:`wire.messages.parse_digest_report`: a digest of the right size, a finite loss or none, a bounded compute time),
+checks it against what the PS expects (the current step, a file the sender holds and has not reported), records it,
+and signals when every expected reply is in. An agent that disconnects stops being expected; its missing replies are
+erasures for the vote, and it is remembered as lost for the step's accounting.
 
 Streaming vote: as soon as ``r_prime`` equal digests of a file are in, that digest has won (a strict majority of the r
 holders, so no other value can reach r'), and ``on_winner(file, digest, holders)`` is called at once, so the PS
@@ -12,14 +13,12 @@ can fetch the file while other workers are still computing (Konstantinidis and R
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-from wire import DIGEST_SIZE
-
-_MAX_SECONDS = 1e6
+from wire.errors import MessageError
+from wire.messages import DigestReport, parse_digest_report
 
 
 class DigestRejected(Exception):
@@ -49,24 +48,27 @@ class StepCollector:
         self._check_complete()
 
     def add(self, worker: int, header: dict[str, Any]) -> bool:
-        """Record one DIGESTS header from ``worker``. Returns False for a stale step (ignored), True when recorded;
-        raises DigestRejected for anything malformed or not expected from this worker."""
-        step, file, digest = header.get("step"), header.get("file"), header.get("digest")
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise DigestRejected("DIGESTS without an integer step")
+        """Record one DIGESTS header from ``worker`` (see :meth:`record`); a malformed one is DigestRejected."""
+        try:
+            report = parse_digest_report(header)
+        except MessageError as exc:
+            raise DigestRejected(str(exc)) from None
+        return self.record(worker, report)
+
+    def record(self, worker: int, report: DigestReport) -> bool:
+        """Record one parsed DIGESTS from ``worker``. Returns False for a stale step (ignored), True when recorded;
+        raises DigestRejected for a future step or a file this worker does not owe."""
+        step, digest = report.step, report.digest
         if step != self.step:
             if step > self.step:
                 raise DigestRejected(f"DIGESTS for future step {step} (current {self.step})")
             return False
-        file, missing = self._expected(worker, file)
-        if not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE:
-            raise DigestRejected(f"digest must be {DIGEST_SIZE} bytes")
-        loss, seconds = _figures(header)
+        file, missing = self._expected(worker, report.file)
         self.replies[file][worker] = digest
         self._check_decided(file, digest)
-        if loss is not None:
-            self.losses.setdefault(worker, []).append(float(loss))
-        self.compute_s[worker] = self.compute_s.get(worker, 0.0) + float(seconds)
+        if report.loss is not None:
+            self.losses.setdefault(worker, []).append(report.loss)
+        self.compute_s[worker] = self.compute_s.get(worker, 0.0) + report.seconds
         missing.discard(file)
         if not missing:
             del self._missing[worker]
@@ -75,12 +77,12 @@ class StepCollector:
         self._check_complete()
         return True
 
-    def _expected(self, worker: int, file: object) -> tuple[int, set[int]]:
+    def _expected(self, worker: int, file: int) -> tuple[int, set[int]]:
         """``file`` and the files ``worker`` still owes this step, when ``file`` is one of them; DigestRejected
         otherwise."""
         missing = self._missing.get(worker)
-        if not isinstance(file, int) or isinstance(file, bool) or missing is None or file not in missing:
-            if isinstance(file, int) and 0 <= file < len(self.replies) and worker in self.replies[file]:
+        if missing is None or file not in missing:
+            if 0 <= file < len(self.replies) and worker in self.replies[file]:
                 raise DigestRejected(f"second digest for file {file} of step {self.step}")
             raise DigestRejected(f"digest for file {file!r}, which worker {worker} does not hold or was not asked")
         return file, missing
@@ -113,12 +115,3 @@ class StepCollector:
         if not self._missing:
             self.complete.set()
 
-
-def _figures(header: dict[str, Any]) -> tuple[Any, Any]:
-    """A DIGESTS header's ``loss`` (a finite number or None) and ``seconds`` (in [0, _MAX_SECONDS)), checked."""
-    loss, seconds = header.get("loss"), header.get("seconds")
-    if loss is not None and (not isinstance(loss, (int, float)) or not math.isfinite(loss)):
-        raise DigestRejected("loss must be a finite number or null")
-    if not isinstance(seconds, (int, float)) or not 0 <= seconds < _MAX_SECONDS:
-        raise DigestRejected("seconds must be a non-negative number")
-    return loss, seconds

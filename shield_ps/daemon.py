@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ from shield_ps.pool import AgentLink, WorkerPool
 from shield_ps.reference import ProbeGradients
 from shield_ps.step import StepOutcome, StepRunner
 from wire import Connection, ConnectionClosed, Kind, Limits, RemoteError, Role, Timeouts, WireError, serve
+from wire.errors import MessageError
+from wire.job import FINGERPRINT_FIELDS, parse_job_accept
+from wire.messages import Leave, parse_leave
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +302,7 @@ class PSDaemon:
             self.fleet.ended = True
         for link in self.pool.connected():
             try:
-                await asyncio.wait_for(link.conn.send(Kind.LEAVE, {"reason": reason}), 5.0)
+                await asyncio.wait_for(link.conn.send(Kind.LEAVE, Leave(reason).header()), 5.0)
             except (WireError, ConnectionClosed, asyncio.TimeoutError):
                 pass
         trained = None if steps is None else steps - (self.resumed_from or 0)
@@ -337,46 +341,10 @@ class PSDaemon:
         left: str | None = None
         try:
             await self._model_ready.wait()  # agents may join while the PS still loads the model
-            assert self.runner is not None
-            assert self.fleet is not None
-            reply = await conn.request(Kind.JOB, {**self.plan.job_header(link.worker), **self.fleet.job_fields(),
-                                                    **self._data_fields},
-                                       timeout=self.config.join_timeout)
-            num_params = reply.header.get("num_params")
-            other_model = plugins.refusal(self.config, reply.header)
-            if other_model is not None:  # another plug-in model: final (the agent must be fixed, not retried)
-                log.warning("worker %d refused: %s", link.worker, other_model)
-                await conn.close(other_model, code="job")
+            if not await self._join(conn, link):
                 return
-            if reply.kind is not Kind.JOB or num_params != self.runner.d:
-                await conn.close(f"agent has {num_params} parameters, the PS {self.runner.d}", code="job")
-                return
-            try:
-                refused = self.fleet.admit(link.worker, reply.header)
-            except FingerprintError as exc:
-                await conn.close(f"bad fingerprint: {exc}", code="fingerprint")
-                return
-            if refused is not None:
-                log.warning("worker %d refused: %s", link.worker, refused)
-                await conn.close(refused, code="class")
-                return
-            link.extra["class"] = self.fleet.class_of(link.worker)
-            link.relay = relay_address(link.address, reply.header.get("relay_port"), reply.header.get("relay_id"))
             self.pool.set_ready(link)
-            async for msg in conn:
-                if msg.kind is Kind.DIGESTS:
-                    self.runner.on_digest(link, msg.header)
-                elif msg.kind is Kind.SKETCH:
-                    self.runner.on_sketch(link, msg.header)
-                elif msg.kind is Kind.RELAY:
-                    self.runner.on_relay(link, msg.header)
-                elif msg.kind is Kind.LEAVE:
-                    left = leave_reason(msg.header)
-                    break
-                else:
-                    msg.discard()
-                    self._drop_agent(link, f"unexpected {msg.kind.value}")
-                    break
+            left = await self._serve_agent(conn, link)
         except RemoteError as exc:  # the agent answered JOB with its own error (another plug-in, no data): say why
             log.warning("worker %d could not take the job: %s", link.worker, exc.reason)
         except WireError as exc:
@@ -387,6 +355,70 @@ class PSDaemon:
             self.pool.release(link, left)
             if self.runner is not None:
                 self.runner.on_agent_lost(link)
+
+
+    async def _join(self, conn: Connection, link: AgentLink) -> bool:
+        """JOB: offer ``link`` its job and check the agent's acceptance; False when the agent was refused (its
+        connection is closed, with a code saying why)."""
+        assert self.runner is not None
+        assert self.fleet is not None
+        offer = replace(self.plan.job_offer(link.worker), probe=self.fleet.probe(), **self._data_fields)
+        reply = await conn.request(Kind.JOB, offer.header(), timeout=self.config.join_timeout)
+        if reply.kind is not Kind.JOB:
+            reply.discard()
+            await conn.close(f"the agent answered JOB with {reply.kind.value}", code="job")
+            return False
+        try:
+            accept = parse_job_accept(reply.header)
+        except MessageError as exc:
+            code = bad_reply_code(exc)
+            await conn.close(f"bad {'fingerprint' if code == 'fingerprint' else 'JOB reply'}: {exc}", code=code)
+            return False
+        other_model = plugins.refusal(self.config, accept)
+        if other_model is not None:  # another plug-in model: final (the agent must be fixed, not retried)
+            log.warning("worker %d refused: %s", link.worker, other_model)
+            await conn.close(other_model, code="job")
+            return False
+        if accept.num_params != self.runner.d:
+            await conn.close(f"agent has {accept.num_params} parameters, the PS {self.runner.d}", code="job")
+            return False
+        try:
+            refused = self.fleet.admit(link.worker, accept.fingerprint)
+        except FingerprintError as exc:
+            await conn.close(f"bad fingerprint: {exc}", code="fingerprint")
+            return False
+        if refused is not None:
+            log.warning("worker %d refused: %s", link.worker, refused)
+            await conn.close(refused, code="class")
+            return False
+        link.extra["class"] = self.fleet.class_of(link.worker)
+        link.relay = relay_address(link.address, accept.relay_port, accept.relay_id)
+        return True
+
+    async def _serve_agent(self, conn: Connection, link: AgentLink) -> str | None:
+        """An admitted agent's messages, until it leaves (the reason its LEAVE gives) or breaks the protocol (None).
+        Each phase parses its own kind (:mod:`wire.messages`, :mod:`wire.sketch`)."""
+        assert self.runner is not None
+        async for msg in conn:
+            match msg.kind:
+                case Kind.DIGESTS:
+                    self.runner.on_digest(link, msg.header)
+                case Kind.SKETCH:
+                    self.runner.on_sketch(link, msg.header)
+                case Kind.RELAY:
+                    self.runner.on_relay(link, msg.header)
+                case Kind.LEAVE:
+                    return leave_reason(msg.header)
+                case _:
+                    msg.discard()
+                    self._drop_agent(link, f"unexpected {msg.kind.value}")
+                    return None
+        return None
+
+
+def bad_reply_code(exc: MessageError) -> str:
+    """The close code for a malformed JOB reply: ``fingerprint`` for a bad fingerprint field, ``job`` otherwise."""
+    return "fingerprint" if exc.field in FINGERPRINT_FIELDS else "job"
 
 
 def relay_address(address: str | None, port: Any, process: Any) -> tuple[str, int, bytes] | None:
@@ -402,8 +434,11 @@ def relay_address(address: str | None, port: Any, process: Any) -> tuple[str, in
 
 def leave_reason(header: dict[str, Any]) -> str:
     """The reason an agent's LEAVE gives (untrusted: printable text, at most 64 characters; ``left`` otherwise)."""
-    reason = header.get("reason")
-    return reason if isinstance(reason, str) and 0 < len(reason) <= 64 and reason.isprintable() else "left"
+    try:
+        reason = parse_leave(header).reason
+    except MessageError:
+        return "left"
+    return reason if 0 < len(reason) <= 64 and reason.isprintable() else "left"
 
 
 def new_token() -> str:

@@ -16,10 +16,10 @@ from byzantine.attacks import Attack
 from byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
 from byzantine.errors import AggregationError, AttackError
 from byzantine.placement import Placement, Scheme, build_placement
-from shield_ps import plugins
 from shield_ps.config import ServeConfig
 from shield_ps.errors import ConfigError
 from shield_ps.optimizer import Schedule
+from wire.job import JobOffer
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,18 @@ class JobPlan:
             kwargs["seed"] = (self.config.seed * 1_000_003 + step) % (1 << 63)
         return kwargs
 
-    def job_header(self, worker: int) -> dict[str, Any]:
-        """The JOB message for ``worker``: what the agent needs to compute its files."""
+    def job_offer(self, worker: int) -> JobOffer:
+        """The JOB message for ``worker``: what the agent needs to compute its files (the daemon adds the probe and
+        the training set's size)."""
         c = self.config
-        return {
-            "worker": worker, "files": list(self.placement.worker_files[worker]), "network": c.network,
-            "dataset": c.dataset, "seed": c.seed, "batch_size": self.batch_size, "num_files": self.placement.f,
-            "threads": c.threads, "codec": c.codec, "codec_level": c.codec_level,
-            **({"synthetic_d": c.synthetic_d} if c.synthetic_d is not None else {}),
-            **plugins.job_fields(c),  # a plug-in's identity: the agent checks its own copy before loading anything
-        }
+        return JobOffer(worker, tuple(self.placement.worker_files[worker]), c.network, c.dataset, c.seed,
+                        self.batch_size, self.placement.f, c.threads, c.codec, c.codec_level, synthetic_d=c.synthetic_d,
+                        # a plug-in's identity: the agent checks its own copy before loading anything
+                        network_digest=c.network_digest, dataset_digest=c.dataset_digest)
+
+    def job_header(self, worker: int) -> dict[str, Any]:
+        """:meth:`job_offer`'s header."""
+        return self.job_offer(worker).header()
 
 
 def resolve_job(config: ServeConfig) -> JobPlan:

@@ -13,6 +13,7 @@ from typing import Any
 
 from shield_ps.events import Event, EventSink
 from wire import Connection, ConnectionClosed, Kind, WireError
+from wire.messages import EventMessage
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ObserverHub:
                     return
                 if queued is None:
                     return
-                await conn.send(Kind.EVENT, {"event": _plain(queued)})
+                await conn.send(Kind.EVENT, EventMessage(_plain(queued)).header())
         except (WireError, ConnectionClosed):
             pass
         finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 from shield_ps.config import ServeConfig
 from shield_ps.errors import ConfigError
+from wire.job import JobAccept
 
 #: ServeConfig field of the digest -> the field that names the plug-in (and the JOB field of both)
 _FIELDS = {"network_digest": "network", "dataset_digest": "dataset"}
@@ -62,14 +63,14 @@ def job_fields(config: ServeConfig) -> dict[str, str]:
     return {digest: getattr(config, digest) for digest in _FIELDS if getattr(config, digest) is not None}
 
 
-def refusal(config: ServeConfig, reply: dict[str, Any]) -> str | None:
+def refusal(config: ServeConfig, reply: JobAccept) -> str | None:
     """Why an agent whose JOB reply is ``reply`` must be refused (its copy of a plug-in differs, or it says nothing
     of one), or None. The reason names the module and both digests."""
     for digest, name in _FIELDS.items():
         ours = getattr(config, digest)
         if ours is None:
             continue
-        theirs = reply.get(digest)
+        theirs = getattr(reply, digest)
         module = getattr(config, name).split(":", 1)[0]
         if not isinstance(theirs, str) or not _HEX.match(theirs):
             return (f"the job's --{name} is the plug-in {getattr(config, name)} (digest {ours[:16]}), and the agent "

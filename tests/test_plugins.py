@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from shield_ps.config import ServeConfig, diff_training_fields
 from shield_ps.errors import ConfigError
 from shield_ps.plugins import agent_args, job_fields, refusal, resolve_plugins
 from wire.digest import digest_bytes
+from wire.job import JobAccept
 
 NET, DATA = "tests.plugin_models:Mlp", "tests.plugin_models:blobs"
 
@@ -204,13 +206,13 @@ def test_an_agent_checks_the_plugin_before_loading_anything():
 
 def test_the_ps_refuses_an_agent_whose_copy_differs():
     config = resolve_plugins(ServeConfig(network=NET, dataset=DATA), "/nonexistent")
-    ours = {"network_digest": config.network_digest, "dataset_digest": config.dataset_digest}
+    ours = JobAccept(1, 0, network_digest=config.network_digest, dataset_digest=config.dataset_digest)
     assert refusal(config, ours) is None
-    assert refusal(ServeConfig(), {}) is None
-    why = refusal(config, {**ours, "dataset_digest": "cd" * 32})
+    assert refusal(ServeConfig(), JobAccept(1, 0)) is None
+    why = refusal(config, replace(ours, dataset_digest="cd" * 32))
     assert why == (f"the agent's copy of tests.plugin_models differs from the PS's: digest cdcdcdcdcdcdcdcd there, "
                    f"{config.dataset_digest[:16]} here (--dataset {DATA}); install the PS's version on the agent")
-    assert "reports no copy of it" in refusal(config, {"dataset_digest": config.dataset_digest})
+    assert "reports no copy of it" in refusal(config, JobAccept(1, 0, dataset_digest=config.dataset_digest))
 
 
 def test_an_operation_without_a_deterministic_kernel_warns_instead_of_failing_the_file():

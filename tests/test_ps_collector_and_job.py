@@ -58,16 +58,16 @@ def test_stale_digests_are_ignored() -> None:
 
 @pytest.mark.parametrize("worker,changes,why", [
     (0, {"step": 6}, "future step"),
-    (0, {"step": "5"}, "integer step"),
+    (0, {"step": "5"}, "'step' must be an integer"),
     (0, {"file": 2}, "does not hold"),
     (2, {"file": 0}, "does not hold"),
-    (0, {"file": True}, "does not hold"),
+    (0, {"file": True}, "'file' must be an integer"),
     (0, {"digest": b"short"}, "32 bytes"),
     (0, {"digest": "x" * 32}, "32 bytes"),
     (0, {"loss": float("nan")}, "finite"),
     (0, {"loss": "0.5"}, "finite"),
-    (0, {"seconds": -1}, "non-negative"),
-    (0, {"seconds": None}, "non-negative"),
+    (0, {"seconds": -1}, "'seconds' must be in"),
+    (0, {"seconds": None}, "'seconds' must be a finite number"),
 ])
 def test_malformed_digests_are_rejected(worker: int, changes: dict, why: str) -> None:
     async def go() -> None:

@@ -134,7 +134,7 @@ def test_a_relay_cut_off_by_its_own_source_is_excused() -> None:
                                    {"worker": 1, "host": "", "port": 9, "wait": 1.0}])
 def test_malformed_relay_instructions_are_refused(relay: object) -> None:
     with pytest.raises(RelayError):
-        RelaySource.from_header({"relay": relay})
+        RelaySource.from_field(relay)
 
 
 # ---- the agents' relay hub over real TCP ------------------------------------------------------------------------

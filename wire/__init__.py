@@ -25,7 +25,8 @@ API (all importable from ``wire``)::
     encode_vector(array, codec=Codec.LZ4, level=1, *, chunk_elems=1<<20, shuffle=Shuffle.BYTE) -> EncodedVector
     decode_vector_into(encoded, dest, *, digest=True) -> bytes | None;  vector_digest(array) -> bytes
     Kind, Codec, Shuffle, Role, ROLE_SENDS, Limits, Timeouts, VECTOR_KINDS, encode_frame, parse_frame
-    errors: WireError(code) > ProtocolError > FrameError, LimitError, VectorError, RoleError; AuthError, HeaderError,
+    errors: WireError(code) > ProtocolError > FrameError, LimitError, VectorError, RoleError, MessageError(kind, field);
+            AuthError, HeaderError,
             WireTimeoutError, ConnectionClosed(reason, remote_code), RemoteError(remote_code, reason)
 
 Rules of use:
@@ -39,33 +40,42 @@ Rules of use:
 - To send one vector to many peers encode it once (``enc = await loop.run_in_executor(None, encode_vector, params,
   Codec.LZ4)``) and ``await conn.send(Kind.STEP, hdr, vector=enc)`` per peer; ``conn.send_vector`` encodes and sends.
 - Headers hold only str/int/float/bool/bytes/list/dict/None (no tuples, no numpy scalars).
+- Each message kind of the step has a dataclass with ``.header()`` and a ``parse_*`` that checks every field of an
+  untrusted header and raises only :class:`MessageError`: :mod:`wire.messages` (STEP, DIGESTS, FETCH, VECTOR, RELAY,
+  LEAVE, EVENT), :mod:`wire.job` (JOB offer and acceptance), :mod:`wire.sketch` (SKETCH). Receivers dispatch with one
+  ``match msg.kind`` and parse the header of the kind they got.
 - ``on_connection`` owns the connection: when it returns, the server closes it.
 
 PS <-> agent sketch::
 
     import numpy as np, wire
     from wire import Kind, Codec
+    from wire.messages import (DigestReport, FetchRequest, StepOrder, VectorReply, parse_digest_report,
+                               parse_fetch_request, parse_step_order)
 
     async def on_agent(conn: wire.Connection) -> None:          # PS side, one task per agent
         grad = np.empty(d, np.float32)                           # preallocated once, reused every step
-        reply = await conn.request(Kind.STEP, {"t": 0, "lr": 0.1}, vector=encoded_params, timeout=30)
-        digests = reply.header["digests"]                        # agent replied DIGESTS
-        vec = await conn.request(Kind.FETCH, {"t": 0, "file": 3})
-        if await vec.read_vector_into(grad) != digests[0]:
-            ...                                                  # this agent lied about file 3
+        await conn.send(Kind.STEP, StepOrder(0, 0.1, params_digest).header(), vector=encoded_params)
+        report = parse_digest_report((await conn.recv(timeout=30)).header)   # agent sent DIGESTS for one file
+        vec = await conn.request(Kind.FETCH, FetchRequest(0, report.file).header())
+        if await vec.read_vector_into(grad) != report.digest:
+            ...                                                  # this agent lied about that file
 
     server = await wire.serve("0.0.0.0", 0, on_agent, token=token)   # server.port; await server.close()
 
     conn = await wire.connect(host, port, token=token, role="agent", name="w0")   # agent side
     params = np.empty(d, np.float32)
     async for msg in conn:
-        if msg.kind is Kind.STEP:
-            await msg.read_vector_into(params, digest=False)
-            grads = compute(params)                              # off the loop
-            await conn.reply(msg, Kind.DIGESTS, {"digests": [wire.vector_digest(g) for g in grads]})
-        elif msg.kind is Kind.FETCH:
-            await conn.send_vector(Kind.VECTOR, {"file": msg.header["file"]}, grads[0], codec=Codec.LZ4,
-                                   reply_to=msg)
+        match msg.kind:
+            case Kind.STEP:
+                order = parse_step_order(msg.header)
+                await msg.read_vector_into(params, digest=False)
+                grad = compute(params)                           # off the loop
+                await conn.send(Kind.DIGESTS, DigestReport(order.step, 3, wire.vector_digest(grad), None, 0.1).header())
+            case Kind.FETCH:
+                fetch = parse_fetch_request(msg.header)
+                await conn.send_vector(Kind.VECTOR, VectorReply(fetch.step, fetch.file).header(), grad,
+                                       codec=Codec.LZ4, reply_to=msg)
 """
 from wire.auth import ROLE_SENDS, Role
 from wire.codec import Codec, EncodedVector, Shuffle, VectorDesc, decode_vector_into, encode_vector, vector_digest
@@ -77,6 +87,7 @@ from wire.errors import (
                          FrameError,
                          HeaderError,
                          LimitError,
+                         MessageError,
                          ProtocolError,
                          RemoteError,
                          RoleError,
@@ -92,7 +103,7 @@ __all__ = [
     "ROLE_SENDS", "Role", "Codec", "EncodedVector", "Shuffle", "VectorDesc", "decode_vector_into", "encode_vector",
     "vector_digest",
     "Connection", "Message", "Peer", "Timeouts", "DIGEST_NAME", "DIGEST_SIZE", "StreamingDigest", "digest_bytes",
-    "AuthError", "ConnectionClosed", "FrameError", "HeaderError", "LimitError", "ProtocolError", "RemoteError",
-    "RoleError", "VectorError", "WireError", "WireTimeoutError", "PROTOCOL_VERSION", "VECTOR_KINDS", "Frame", "Kind",
-    "Limits", "encode_frame", "parse_frame", "Server", "connect", "install_event_loop", "serve",
+    "AuthError", "ConnectionClosed", "FrameError", "HeaderError", "LimitError", "MessageError", "ProtocolError",
+    "RemoteError", "RoleError", "VectorError", "WireError", "WireTimeoutError", "PROTOCOL_VERSION", "VECTOR_KINDS",
+    "Frame", "Kind", "Limits", "encode_frame", "parse_frame", "Server", "connect", "install_event_loop", "serve",
 ]

@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from wire.autocodec import MIN_SAMPLE_BYTES, AutoCodec, is_loopback
-from wire.codec import Codec, EncodedVector, encode_vector
+from wire.codec import Codec, EncodedVector, VectorDesc, encode_vector
 from wire.errors import ConnectionClosed, ProtocolError, RemoteError, RoleError, WireError, WireTimeoutError
 from wire.frames import Frame, Kind, Limits, encode_frame
 from wire.message import Message, Peer, Timeouts
-from wire.reader import FrameReader
+from wire.reader import DiscardSink, FrameReader
 from wire.receive import VectorSink
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,34 @@ class Connection(asyncio.BufferedProtocol):
                 self.transport.abort()
         tasks = [t for t in [self._keepalive, *(s.task for s in self._sinks)] if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- what a received Message asks of its connection (wire.message) -----------------------------------------
+    def check_open(self) -> None:
+        """Raise :class:`ConnectionClosed` (saying why) once this connection is closed or closing."""
+        self._check_open()
+
+    async def receive_into(self, desc: VectorDesc, view: memoryview, *, digest: bool,
+                           progress: Callable[[int], None] | None = None) -> bytes | None:
+        """Receive the payload described by ``desc`` (the next bytes on the stream) into ``view`` (checked by
+        :func:`wire.codec.check_dest`); its BLAKE3-256 when ``digest``. Cancelling this call closes the connection
+        (half a payload is left on the stream)."""
+        self._check_open()
+        sink = VectorSink(desc, view, digest=digest, scratch=self._scratch, wake=self._pump, on_error=self._fail,
+                          progress=progress)
+        self._sinks.add(sink)
+        try:
+            self._attach(sink)
+            return await sink.result()
+        except asyncio.CancelledError:
+            self._shutdown(ConnectionClosed("vector receive cancelled"), code="cancelled")
+            raise
+        finally:
+            self._sinks.discard(sink)
+
+    def discard_payload(self, size: int) -> None:
+        """Skip the next ``size`` payload bytes of the stream (a message whose vector nobody reads)."""
+        if size:
+            self._attach(DiscardSink(size, self._discard_buf))
 
     def start(self) -> None:
         """Start heartbeats and the idle deadline (done by serve/connect after the handshake)."""

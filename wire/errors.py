@@ -37,6 +37,17 @@ class VectorError(ProtocolError, ValueError):
     code = "vector"
 
 
+class MessageError(ProtocolError, ValueError):
+    """A message whose header fields no honest peer would send: a field missing, of the wrong type, out of its bounds
+    or too long (:mod:`wire.messages`, :mod:`wire.job`). ``kind`` and ``field`` say which."""
+
+    code = "message"
+
+    def __init__(self, kind: str, field: str, why: str) -> None:
+        super().__init__(f"{kind.upper()} field {field!r} {why}")
+        self.kind, self.field = kind, field
+
+
 class RoleError(ProtocolError):
     """A message kind the peer's role may not send (e.g. an observer submitting a gradient)."""
 

@@ -1,17 +1,14 @@
 """What a connection hands its owner: :class:`Message`, plus the :class:`Timeouts` and :class:`Peer` it is made with."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from wire.codec import check_dest
 from wire.digest import digest_bytes
-from wire.errors import ConnectionClosed, VectorError
+from wire.errors import VectorError
 from wire.frames import Frame
-from wire.reader import DiscardSink
-from wire.receive import VectorSink
 
 if TYPE_CHECKING:
     from wire.conn import Connection
@@ -73,7 +70,7 @@ class Message:
             raise RuntimeError("vector already consumed")
         self._consumed = True
         conn = self._conn
-        conn._check_open()
+        conn.check_open()
         try:
             view = check_dest(self.vector, dest)
         except VectorError:
@@ -81,17 +78,7 @@ class Message:
             raise
         if self.vector.nbytes == 0:  # nothing on the wire to wait for
             return digest_bytes(b"") if digest else None
-        sink = VectorSink(self.vector, view, digest=digest, scratch=conn._scratch, wake=conn._pump,
-                          on_error=conn._fail, progress=progress)
-        conn._sinks.add(sink)
-        try:
-            conn._attach(sink)
-            return await sink.result()
-        except asyncio.CancelledError:
-            conn._shutdown(ConnectionClosed("vector receive cancelled"), code="cancelled")
-            raise
-        finally:
-            conn._sinks.discard(sink)
+        return await conn.receive_into(self.vector, view, digest=digest, progress=progress)
 
     def discard(self) -> None:
         """Skip this message's vector payload (no-op without one)."""
@@ -100,6 +87,4 @@ class Message:
             self._skip()
 
     def _skip(self) -> None:
-        size = sum(self.vector.sizes)  # type: ignore[union-attr]
-        if size:
-            self._conn._attach(DiscardSink(size, self._conn._discard_buf))
+        self._conn.discard_payload(sum(self.vector.sizes))  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ import numpy as np
 from shield_agent.adversary.base import Behaviour
 from shield_agent.adversary.params import Param, choice, whole
 from wire import Codec, ConnectionClosed, Kind
+from wire.messages import RelayComplaint, VectorReply
 
 if TYPE_CHECKING:
     from shield_agent.client import AgentSession
@@ -47,7 +48,7 @@ class RelayCorrupter(Behaviour):
         await store.filled(entry, entry.buffer.nbytes)
         payload = entry.buffer.copy()
         payload[len(payload) // 2] += np.float32(1.0)
-        await conn.send_vector(Kind.VECTOR, {"step": entry.step}, payload, codec=Codec.NONE, reply_to=msg)
+        await conn.send_vector(Kind.VECTOR, VectorReply(entry.step).header(), payload, codec=Codec.NONE, reply_to=msg)
 
 
 class RelayAccuser(Behaviour):
@@ -69,7 +70,7 @@ class RelayAccuser(Behaviour):
         log.info("step %d: accusing worker %d's relay %d times", step, source.worker, self.args["times"])
         for _ in range(self.args["times"]):
             try:
-                await session.conn.send(Kind.RELAY, {"step": step, "reason": self.args["reason"]})
+                await session.conn.send(Kind.RELAY, RelayComplaint(step, self.args["reason"]).header())
             except ConnectionClosed:
                 return
 

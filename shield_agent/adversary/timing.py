@@ -10,7 +10,8 @@ import numpy as np
 
 from shield_agent.adversary.base import Behaviour
 from shield_agent.adversary.params import Param, real, whole
-from wire import Codec, Kind, encode_frame, encode_vector
+from wire import Codec, Kind, MessageError, encode_frame, encode_vector
+from wire.messages import DigestReport, VectorReply, parse_fetch_request, parse_step_order
 
 if TYPE_CHECKING:
     from shield_agent.client import AgentSession
@@ -19,10 +20,14 @@ if TYPE_CHECKING:
 
 def _fetch_target(session: AgentSession, msg: Message) -> tuple[Any, int, int] | None:
     """(the session's current step work, step, file) when ``msg`` asks for a file computed here, else None."""
-    work, step, file = session.work, msg.header.get("step"), msg.header.get("file")
-    if work is None or work.step != step or file not in work.done:
+    try:
+        request = parse_fetch_request(msg.header)
+    except MessageError:
         return None
-    return work, step, file
+    work = session.work
+    if work is None or work.step != request.step or request.file not in work.done:
+        return None
+    return work, request.step, request.file
 
 
 class Trickle(Behaviour):
@@ -43,7 +48,7 @@ class Trickle(Behaviour):
             if payload is None:
                 return
             encoded = encode_vector(payload.copy(), Codec.NONE)
-        head = encode_frame(Kind.VECTOR, {"step": step, "file": file}, reply_to=msg.id, vector=encoded.desc)
+        head = encode_frame(Kind.VECTOR, VectorReply(step, file).header(), reply_to=msg.id, vector=encoded.desc)
         session.spawn(self._trickle(session.conn, head, bytes(encoded.chunks[0])))
 
     async def _trickle(self, conn: Any, head: bytes, payload: bytes) -> None:
@@ -150,11 +155,13 @@ class Flood(Behaviour):
 
     async def on_step(self, session: AgentSession, msg: Message) -> None:
         msg.discard()
-        step = msg.header.get("step")
+        try:
+            step = parse_step_order(msg.header).step
+        except MessageError:
+            return
         for i in range(self.args["count"]):
-            try:
-                await session.conn.send(Kind.DIGESTS, {"step": step, "file": 10_000 + i, "digest": b"\0" * 32,
-                                                       "loss": 0.0, "seconds": 0.0})
+            try:  # well-formed digests, for files it was never given
+                await session.conn.send(Kind.DIGESTS, DigestReport(step, 10_000 + i, b"\0" * 32, 0.0, 0.0).header())
                 await session.conn.send(Kind.HEARTBEAT)
             except Exception:
                 return
@@ -177,7 +184,7 @@ class WrongLength(Behaviour):
             if payload is None:
                 return
             short = np.ascontiguousarray(payload[:-1])
-            await session.conn.send_vector(Kind.VECTOR, {"step": step, "file": file}, short, codec=Codec.NONE,
+            await session.conn.send_vector(Kind.VECTOR, VectorReply(step, file).header(), short, codec=Codec.NONE,
                                            reply_to=msg)
 
 
@@ -204,9 +211,13 @@ class Replay(Behaviour):
         await session.honest_step(msg)
 
     async def on_fetch(self, session: AgentSession, msg: Message) -> None:
-        old = self.previous.get(msg.header.get("file"))  # type: ignore[arg-type]
-        if old is None:
+        try:
+            request = parse_fetch_request(msg.header)
+        except MessageError:
+            request = None
+        old = None if request is None else self.previous.get(request.file)
+        if request is None or old is None:
             await session.answer_fetch(msg)
             return
-        await session.conn.send_vector(Kind.VECTOR, {"step": msg.header.get("step"), "file": msg.header.get("file")},
-                                       old, codec=Codec.NONE, reply_to=msg)
+        await session.conn.send_vector(Kind.VECTOR, VectorReply(request.step, request.file).header(), old,
+                                       codec=Codec.NONE, reply_to=msg)

@@ -38,7 +38,8 @@ def _token(args: argparse.Namespace) -> str:
 
 
 async def _watch(host: str, port: int, token: str, publish) -> str:
-    from wire import ConnectionClosed, Kind, WireError, connect
+    from wire import ConnectionClosed, Kind, MessageError, WireError, connect
+    from wire.messages import parse_event
 
     try:
         conn = await connect(host, port, token=token, role="observer", name="watch")
@@ -47,13 +48,16 @@ async def _watch(host: str, port: int, token: str, publish) -> str:
     try:
         await conn.send(Kind.SUBSCRIBE, {})
         async for msg in conn:
-            event = msg.header.get("event")
-            if msg.kind is Kind.EVENT and isinstance(event, dict):
-                publish(event)
-                if event.get("kind") == "summary":
-                    return "the run ended"
-            else:
+            if msg.kind is not Kind.EVENT:
                 msg.discard()
+                continue
+            try:
+                event = parse_event(msg.header).event
+            except MessageError:
+                continue
+            publish(event)
+            if event.get("kind") == "summary":
+                return "the run ended"
         return f"the PS closed the connection ({conn.close_error})"
     except ConnectionClosed as exc:
         return f"the PS closed the connection ({exc})"

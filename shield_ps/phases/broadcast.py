@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.relay import Source
 from shield_ps.pool import AgentLink
 from wire import Codec, ConnectionClosed, EncodedVector, Kind, WireError, vector_digest
+from wire.messages import RelayInstruction, StepOrder
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class Broadcaster:
                 vector = encoded[link.worker]
                 self._start_send(link, step, lr, digest, vector, self._deadlines.transfer(sum(vector.desc.sizes)))
             else:
-                relay = {"worker": source.worker, "host": source.address[0], "port": source.address[1],
-                         "wait": round(source.depth * hop, 3)}
+                relay = RelayInstruction(source.worker, source.address[0], source.address[1],
+                                         round(source.depth * hop, 3))
                 self._start_send(link, step, lr, digest, None, self._deadlines.latency, relay)
             sent.append(link)
         if busy:
@@ -103,7 +103,7 @@ class Broadcaster:
         await self._send(link, step, lr, digest, encoded, self._deadlines.transfer(sum(encoded.desc.sizes)), None)
 
     def _start_send(self, link: AgentLink, step: int, lr: float, digest: bytes, vector: EncodedVector | None,
-                    budget: float, relay: dict[str, Any] | None = None) -> None:
+                    budget: float, relay: RelayInstruction | None = None) -> None:
         self._track(link, step, asyncio.get_running_loop().create_task(
             self._send(link, step, lr, digest, vector, budget, relay)))
 
@@ -132,10 +132,8 @@ class Broadcaster:
         return {worker: encodings[pick] for worker, pick in picks.items()}
 
     async def _send(self, link: AgentLink, step: int, lr: float, digest: bytes, encoded: EncodedVector | None,
-                    budget: float, relay: dict[str, Any] | None) -> None:
-        header: dict[str, Any] = {"step": step, "lr": lr, "params_digest": digest}
-        if relay is not None:
-            header["relay"] = relay
+                    budget: float, relay: RelayInstruction | None) -> None:
+        header = StepOrder(step, lr, digest, relay).header()
         try:
             started = time.perf_counter()
             await asyncio.wait_for(link.conn.send(Kind.STEP, header, vector=encoded), budget)

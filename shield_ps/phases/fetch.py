@@ -30,6 +30,7 @@ import numpy as np
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.pool import AgentLink
 from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
+from wire.messages import FetchRequest
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class Fetcher:
     async def _fetch_into(self, link: AgentLink, file: int, attempt: _Attempt) -> bytes | None:
         """FETCH ``file`` from ``link`` into the attempt's buffer; the payload's digest, or None if none came."""
         try:
-            msg = await link.conn.request(Kind.FETCH, {"step": self.step, "file": file}, timeout=None)
+            msg = await link.conn.request(Kind.FETCH, FetchRequest(self.step, file).header(), timeout=None)
         except (RemoteError, WireTimeoutError, ConnectionClosed, WireError) as exc:
             log.info("step %d: worker %d did not deliver file %d: %s", self.step, link.worker, file, exc)
             return None

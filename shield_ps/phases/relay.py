@@ -23,14 +23,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from wire.messages import RELAY_REASONS
+
 log = logging.getLogger(__name__)
 
 #: Steps a first complaint keeps the accused out of the inner nodes (and the accuser on direct sends).
 COOLDOWN_STEPS = 8
 #: The longest cooldown, steps.
 MAX_COOLDOWN_STEPS = 1024
-#: What an agent may say in RELAY (the REASONS of the agent's relay module).
-REASONS = frozenset({"corrupt", "stalled", "unreachable", "refused"})
+#: What an agent may say in RELAY (the protocol's :data:`wire.messages.RELAY_REASONS`).
+REASONS = frozenset(RELAY_REASONS)
 
 
 @dataclass(frozen=True)

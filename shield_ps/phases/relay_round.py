@@ -25,7 +25,6 @@ from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.relay import (
     COOLDOWN_STEPS,
     MAX_COOLDOWN_STEPS,
-    REASONS,
     RelayBook,
     RelayNode,
     Source,
@@ -34,6 +33,8 @@ from shield_ps.phases.relay import (
     slow_uplinks,
 )
 from shield_ps.pool import AgentLink
+from wire.errors import MessageError
+from wire.messages import parse_relay_complaint
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,13 @@ class RelayRound:
 
     def on_complaint(self, link: AgentLink, header: dict[str, Any], send_direct: Callable[[AgentLink, int], Any],
                      changed: Callable[[], None]) -> None:
-        """A RELAY from ``link``: its relay failed it in the step the header names."""
-        step, reason = header.get("step"), header.get("reason")
-        if not isinstance(reason, str) or reason not in REASONS or isinstance(step, bool) or not isinstance(step, int):
-            log.debug("ignoring RELAY from worker %d: %r", link.worker, header)
+        """A RELAY from ``link``: its relay failed it in the step the header names (a malformed one is ignored)."""
+        try:
+            complaint = parse_relay_complaint(header)
+        except MessageError as exc:
+            log.debug("ignoring RELAY from worker %d: %s", link.worker, exc)
             return
+        step, reason = complaint.step, complaint.reason
         if step == self.step:
             source = self.sources.get(link.worker)
             if source is None or link.worker in self._done:
