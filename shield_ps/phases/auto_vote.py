@@ -29,8 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from byzantine.sketch import SketchReply, agree, vote_sketches
 from byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.collector import StepCollector
@@ -62,13 +60,11 @@ class SplitResult:
 
 
 class AutoVote:
-    """Runs the auto vote of one step over the runner's fetcher and rows."""
+    """Runs the auto vote of one step over the fetcher (exact winners) and the split files (their groups)."""
 
-    def __init__(self, placement: Any, fetcher: Fetcher, sketches: SketchRound, rows: np.ndarray,
-                 start_fetch: Callable[[StepCollector, int, bytes], None], splits: SplitFiles) -> None:
+    def __init__(self, placement: Any, fetcher: Fetcher, sketches: SketchRound, splits: SplitFiles) -> None:
         self.placement = placement
-        self.fetcher, self.sketches, self.rows, self.splits = fetcher, sketches, rows, splits
-        self._start_fetch = start_fetch
+        self.fetcher, self.sketches, self.splits = fetcher, sketches, splits
         self.tolerance = 0.0
         self.last: dict[str, Any] = {}
         self.used: dict[int, list[tuple[tuple[int, ...], int]]] = {}  # split file -> payloads in its median
@@ -81,7 +77,7 @@ class AutoVote:
         exact = vote_digests(self.placement, replies)
         for file_vote in exact.files:
             if file_vote.winner is not None:
-                self._start_fetch(collector, file_vote.file, file_vote.winner)
+                self.fetcher.start_winner(file_vote.file, file_vote.winner, replies[file_vote.file])
         disputed = disputed_files(replies)
         self.last = {"disputed": len(disputed), "sketch_won": 0, "tolerance": self.tolerance}
         self.used, self.answers = {}, []
