@@ -100,3 +100,46 @@ def test_rows_are_views_and_compact_moves_the_won_rows_to_the_front() -> None:
     assert front.shape == (3, D) and np.shares_memory(front, buffers.rows)
     np.testing.assert_array_equal(front[:, 0], [7, 3, 4])
     np.testing.assert_array_equal(buffers.compact([0, 1, 2])[:, 0], [7, 3, 4])  # in place: nothing moves
+
+
+def test_the_digest_intake_starts_a_winners_fetch_itself_and_only_while_its_step_is_open() -> None:
+    """The gather's intake is wired to the fetcher at construction: the second equal digest of file 0 (r' = 2)
+    starts its fetch at once, from the intake, with the holders that committed it, asked in the fetcher's order;
+    without a fetcher to stream to (``--vote tolerant``) nothing starts; once closed, digests are ignored."""
+    import asyncio
+
+    from shield_ps.events import WorkerState
+    from shield_ps.phases.deadlines import Deadlines
+    from shield_ps.phases.fetch import Fetcher
+    from shield_ps.phases.gather import DigestIntake
+    from shield_ps.pool import AgentLink, WorkerPool
+
+    header = {"step": 0, "file": 0, "digest": b"d" * 32, "seconds": 0.01}
+
+    async def main(streaming: bool) -> tuple[list[list[int]], list[str], list[WorkerState]]:
+        asked: list[int] = []
+        fetches: list[list[int]] = []
+        deadlines = Deadlines(gather=60.0, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
+        fetcher = Fetcher(StepBuffers(1, D), deadlines, b"s" * 32, lambda worker: asked.append(worker),  # type: ignore[arg-type,func-returns-value]
+                          lambda link, why: None)
+        fetcher.begin(0)
+        links = [AgentLink(w, conn=None, name=f"w{w}", files=(0,)) for w in range(3)]  # type: ignore[arg-type]
+        violations: list[str] = []
+        pool = WorkerPool(((0,), (0,), (0,)), lambda *args, **kw: None)
+        intake = DigestIntake(1, 2, pool, lambda link, why: violations.append(why),
+                              stream_to=fetcher if streaming else None)
+        intake.open(0, links)
+        for worker in range(3):
+            intake.on_digest(links[worker], header)
+            await asyncio.sleep(0)  # a started fetch runs its first ask now (no holder is connected: it ends)
+            fetches.append(sorted(set(asked)))
+        intake.close()
+        intake.on_digest(links[0], {**header, "file": 7})  # the step is closed: not even checked
+        await fetcher.finish()
+        return fetches, violations, [link.state for link in links]
+
+    fetches, violations, states = asyncio.run(main(streaming=True))
+    assert fetches == [[], [0, 1], [0, 1]], fetches  # started at the second digest, its two committed holders
+    assert not violations and states == [WorkerState.DONE] * 3
+    fetches, _, _ = asyncio.run(main(streaming=False))
+    assert fetches == [[], [], []]
