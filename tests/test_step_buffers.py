@@ -143,3 +143,52 @@ def test_the_digest_intake_starts_a_winners_fetch_itself_and_only_while_its_step
     assert not violations and states == [WorkerState.DONE] * 3
     fetches, _, _ = asyncio.run(main(streaming=False))
     assert fetches == [[], [], []]
+
+
+def test_a_split_files_payload_fetched_in_an_earlier_round_keeps_its_buffer() -> None:
+    """A split file voted again (a liar left its group) may name a payload fetched in an earlier round of the same
+    step: the fetcher does not fetch it twice, so the split files must combine the buffer it was fetched into. Every
+    free spare is poisoned with NaN between the rounds: a payload read from any other buffer shows."""
+    import asyncio
+
+    import wire
+    from byzantine.sketch import DEFAULT_PARAMS
+    from byzantine.vote import FileVote, VoteResult
+    from shield_ps.phases.fetch import Fetcher
+    from shield_ps.phases.groups import SplitFiles
+    from tests.test_fetch_seams import FILE, STEP, _deadlines, _holders, _payload, honest
+    from tests.test_fetch_seams import D as WIRE_D
+
+    payload = _payload(11)
+    digest = wire.vector_digest(payload)
+    group = (0, 1, 2)
+    vote = VoteResult((FileVote(FILE, 0, group, (), ()),), 2)
+    replies = [{w: digest for w in group}]
+
+    async def main() -> list[np.ndarray]:
+        buffers = StepBuffers(1, WIRE_D)
+        rows = []
+        async with _holders([honest(payload)] * 3) as links:
+            fetcher = Fetcher(buffers, _deadlines(), b"s" * 32, links.get, lambda link, why: None)
+            splits = SplitFiles(fetcher, buffers, _deadlines(), 2, DEFAULT_PARAMS)
+            buffers.begin_step()
+            fetcher.begin(STEP)
+            try:
+                for _ in range(2):
+                    outcome = await asyncio.wait_for(
+                        splits.resolve(STEP, [FILE], vote, replies, [{}], b"seed", 0.1), 30)
+                    assert outcome.won == {FILE}, outcome
+                    rows.append(buffers.row(FILE).copy())
+                    buffers.row(FILE)[:] = 0
+                    spares = [buffers.borrow() for _ in range(buffers.spares)]
+                    for vector in spares:
+                        vector[:] = np.nan
+                        buffers.give_back(vector)
+            finally:
+                await fetcher.cancel()
+                splits.end_step()
+        return rows
+
+    first, second = asyncio.run(main())
+    assert first.tobytes() == payload.tobytes()
+    assert second.tobytes() == payload.tobytes(), "the second round combined a buffer the payload never reached"

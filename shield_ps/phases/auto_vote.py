@@ -181,6 +181,13 @@ class AutoVote:
     async def _resolve_split(self, step: int, split: list[int], replies: Sequence[Mapping[int, bytes]],
                              answers: list[dict[int, SketchReply]]) -> SplitResult:
         """Vote the split files on their sketches and take their groups' medians, at most r rounds."""
+        try:
+            return await self._split_rounds(step, split, replies, answers)
+        finally:
+            self.splits.end_step()
+
+    async def _split_rounds(self, step: int, split: list[int], replies: Sequence[Mapping[int, bytes]],
+                            answers: list[dict[int, SketchReply]]) -> SplitResult:
         result = SplitResult()
         excluded: set[int] = set()
         gone: dict[int, set[int]] = {}

@@ -8,6 +8,10 @@ their coordinate-wise median into the file's row, and checks every payload again
 its holder sent. So no single holder's payload decides a split file, and a Byzantine group member can move the row
 no further than the honest spread (docs/byzantine.md).
 
+Buffers: each payload of the step (a file and a digest) has one buffer, borrowed from the step's buffers when it is
+first named and kept until :meth:`SplitFiles.end_step`: the fetcher fetches a payload once per step, so a file voted
+again combines the buffer its earlier round fetched into (a fresh buffer would hold whatever was there before).
+
 Liveness: the phase waits until each file's fetched payloads cover r' of its group, then a hedge delay more for the
 rest (so a clean run takes every payload and is deterministic), and no longer: a holder that withholds its payload,
 even the only holder of its digest, costs the step one hedge delay and is reported ``slow``. Every fetch is bounded by
@@ -68,6 +72,8 @@ class SplitFiles:
                  params: SketchParams) -> None:
         self._fetcher, self._buffers, self._deadlines = fetcher, buffers, deadlines
         self._r_prime, self._params = r_prime, params
+        self._held: dict[tuple[int, bytes], np.ndarray] = {}  # (file, digest) -> its buffer, this step
+        self._cut: set[tuple[int, bytes]] = set()  # payloads whose fetch was cancelled: a copy may still land
 
     async def resolve(self, step: int, files: Sequence[int], vote: VoteResult[int],
                       replies: Sequence[Mapping[int, bytes]], answers: Sequence[Mapping[int, SketchReply]],
@@ -93,7 +99,10 @@ class SplitFiles:
             for worker in group:
                 by_digest.setdefault(replies[file][worker], []).append(worker)
             for digest, holders in sorted(by_digest.items()):
-                payload = _Payload(file, digest, tuple(sorted(holders)), self._buffers.borrow())
+                buffer = self._held.get((file, digest))
+                if buffer is None:
+                    buffer = self._held[(file, digest)] = self._buffers.borrow()
+                payload = _Payload(file, digest, tuple(sorted(holders)), buffer)
                 payload.task = self._fetcher.start_payload(file, digest, functools.partial(_same, payload.holders),
                                                            payload.buffer)
                 payloads.append(payload)
@@ -180,16 +189,20 @@ class SplitFiles:
             outcome.gone.setdefault(file, set()).add(worker)
 
     async def _release(self, payloads: list[_Payload]) -> None:
-        """Cancel the fetches still running and give every payload buffer back: one whose fetch was cancelled is
-        quarantined (its copy, in an executor thread, may still write into it this step)."""
-        cancelled = set()
+        """Cancel the fetches still running (their buffers stay held until :meth:`end_step`)."""
         for payload in payloads:
             if payload.task is not None and not payload.task.done():
                 payload.task.cancel()
-                cancelled.add(id(payload.buffer))
+                self._cut.add((payload.file, payload.digest))
         await asyncio.gather(*(p.task for p in payloads if p.task is not None), return_exceptions=True)
-        for payload in payloads:
-            if id(payload.buffer) in cancelled:
-                self._buffers.quarantine(payload.buffer)
+
+    def end_step(self) -> None:
+        """The step's split files are decided: every payload buffer goes back to the step's buffers (one whose fetch
+        was cancelled is quarantined: its copy, in an executor thread, may still write into it this step)."""
+        for key, buffer in self._held.items():
+            if key in self._cut:
+                self._buffers.quarantine(buffer)
             else:
-                self._buffers.give_back(payload.buffer)
+                self._buffers.give_back(buffer)
+        self._held.clear()
+        self._cut.clear()
