@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 import wire
+from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher, FetchReport, _Attempt, holder_order
 from shield_ps.pool import AgentLink
@@ -111,9 +112,10 @@ async def _fetch(answers: list[Callable], first: int, digest: bytes) -> tuple[Fe
     holder's transfer budget."""
     holders = tuple(range(len(answers)))
     violations: list[str] = []
-    rows = np.zeros((1, D), np.float32)
+    buffers = StepBuffers(1, D)
+    rows = buffers.rows
     async with _holders(answers) as links:
-        fetcher = Fetcher(rows, _deadlines(), _secret_asking_first(first, holders), links.get,
+        fetcher = Fetcher(buffers, _deadlines(), _secret_asking_first(first, holders), links.get,
                           lambda link, why: violations.append(f"{link.worker}: {why}"))
         fetcher.begin(STEP)
         fetcher.start(FILE, digest, lambda: holders)
@@ -162,7 +164,7 @@ def _receiving(received: int, receiving: bool = True) -> _Attempt:
 def test_pace_spares_the_hedge_only_when_every_running_attempt_keeps_pace() -> None:
     """Two attempts of one file run (a hedge was already sent): one keeps pace with the step's payloads, the other
     trickles, or has not started. The fetch is not keeping pace (the next holder must be asked) unless both do."""
-    fetcher = Fetcher(np.zeros((1, 8), np.float32), _deadlines(), b"s" * 32, lambda worker: None,
+    fetcher = Fetcher(StepBuffers(1, 8), _deadlines(), b"s" * 32, lambda worker: None,
                       lambda link, why: None)
     shared = [_receiving(40 << 20), _receiving(44 << 20), _receiving(36 << 20)]
     fetcher._receiving.update(shared)
@@ -185,10 +187,9 @@ def test_a_holder_a_hedge_overtook_is_asked_last_in_the_next_steps() -> None:
     payload = _payload(5)
 
     async def main() -> list[FetchReport]:
-        rows = np.zeros((1, D), np.float32)
         reports = []
         async with _holders([silent, honest(payload)]) as links:
-            fetcher = Fetcher(rows, _deadlines(), secret, links.get, lambda link, why: None)
+            fetcher = Fetcher(StepBuffers(1, D), _deadlines(), secret, links.get, lambda link, why: None)
             try:
                 for step in (STEP, STEP + 1):
                     fetcher.begin(step)

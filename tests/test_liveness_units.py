@@ -12,6 +12,7 @@ import wire
 from byzantine.aggregators import aggregate
 from shield_ps.events import effective_events
 from shield_ps.phases.accounting import StepAccount, Tally
+from shield_ps.phases.buffers import SPARES_OVER_F, StepBuffers
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import holder_order
 from wire import Kind
@@ -60,8 +61,9 @@ def test_the_ps_clips_around_the_previous_aggregate() -> None:
     plan = resolve_job(ServeConfig(scheme="mols", workers=15, replication=3, max_steps=2,
                                    aggregator="centered-clipping", cc_tau=0.5))
     X, truth = _alie_rows(n=plan.placement.f)
-    rows = np.empty_like(X)
-    step = Aggregation(plan, rows, ShortStep.SKIP)
+    buffers = StepBuffers(*X.shape)
+    rows = buffers.rows
+    step = Aggregation(plan, buffers, ShortStep.SKIP)
     np.copyto(rows, X)
     first = step.run(0, list(range(plan.placement.f)), ()).gradient
     assert first is not None and np.linalg.norm(first) <= 0.5 * (1 + 1e-5)  # from 0, one clipped move
@@ -266,14 +268,15 @@ def test_spare_buffers_kept_across_steps_are_bounded_by_the_files() -> None:
     from shield_ps.phases.fetch import Fetcher
 
     async def main() -> int:
-        rows = np.zeros((5, 8), np.float32)
+        buffers = StepBuffers(5, 8)
         deadlines = Deadlines(gather=60.0, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
-        fetcher = Fetcher(rows, deadlines, b"s" * 32, lambda worker: None, lambda link, why: None)
-        fetcher._quarantine.extend(np.zeros(8, np.float32) for _ in range(40))  # a step that hedged every file
-        fetcher.begin(1)
-        return len(fetcher._spares)
+        Fetcher(buffers, deadlines, b"s" * 32, lambda worker: None, lambda link, why: None)
+        for vector in [buffers.borrow() for _ in range(40)]:  # a step that hedged every file
+            buffers.quarantine(vector)
+        buffers.begin_step()
+        return buffers.spares
 
-    assert asyncio.run(main()) == 5 + 4
+    assert asyncio.run(main()) == 5 + SPARES_OVER_F
 
 
 def test_a_holder_whose_payload_keeps_pace_is_not_hedged() -> None:
@@ -284,9 +287,8 @@ def test_a_holder_whose_payload_keeps_pace_is_not_hedged() -> None:
         a.receiving, a.received, a.receiving_since = receiving, received, 0.0
         return a
 
-    rows = np.zeros((3, 8), np.float32)
     deadlines = Deadlines(gather=60.0, latency=10.0, min_bandwidth=10e6, hedge_factor=4.0, hedge_floor=0.25)
-    fetcher = Fetcher(rows, deadlines, b"s" * 32, lambda worker: None, lambda link, why: None)
+    fetcher = Fetcher(StepBuffers(3, 8), deadlines, b"s" * 32, lambda worker: None, lambda link, why: None)
     shared = [attempt(40 << 20), attempt(44 << 20), attempt(36 << 20)]  # the step's payloads, sharing the ingress
     fetcher._receiving.update(shared)
     assert fetcher._keeping_pace([shared[1]])  # as fast as the others: the PS's ingress is the limit

@@ -17,6 +17,7 @@ from shield_ps.config import ServeConfig
 from shield_ps.job import resolve_job
 from shield_ps.phases.aggregate import Aggregation, ShortStep
 from shield_ps.phases.audit import Candidate, candidates, pick
+from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.exclusion import FIRST_EXCLUSION_STEPS, MAX_EXCLUSION_STEPS, Exclusions
 from shield_ps.phases.relay import Source
@@ -118,8 +119,9 @@ def _plan(**changes: object):
 def test_proven_drops_lower_s_soundly_instead_of_skipping() -> None:
     plan = _plan()
     s = plan.aggregator_kwargs["s"]
-    rows = RNG.standard_normal((plan.placement.f, 8)).astype(np.float32)
-    aggregation = Aggregation(plan, rows, ShortStep.SKIP)
+    buffers = StepBuffers(plan.placement.f, 8)
+    buffers.rows[:] = RNG.standard_normal((plan.placement.f, 8)).astype(np.float32)
+    aggregation = Aggregation(plan, buffers, ShortStep.SKIP)
     n = 2 * s + 2  # one row short of multi-krum's n >= 2s + 3
     won = list(range(n))
     skipped = aggregation.run(0, won, (), proven=0)

@@ -13,8 +13,14 @@ counting from there.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from byzantine.groups import could_bias
+from shield_ps.phases.vote import VoteOutcome
 
 CATEGORIES = ("lying", "outvoted", "slow", "erased", "relay")
 TOTALS = ("files_corrupted", "files_dropped", "steps_skipped", "steps_lowered_s")
@@ -38,6 +44,33 @@ class StepAccount:
 
     def fields(self) -> dict[str, list[int]]:
         return {name: list(getattr(self, name)) for name in CATEGORIES}
+
+
+def real_corruption(outcome: VoteOutcome, replies: Sequence[Mapping[int, bytes]], byzantine: set[int],
+                    simulated: bool) -> set[int]:
+    """Files whose row a (known) Byzantine worker on the wire could have set: an exact winner every holder of whose
+    digest is Byzantine, or a group median at least half of whose inputs are Byzantine payloads."""
+    if simulated or not byzantine:
+        return set()
+    out = set()
+    for file in outcome.won:
+        used = outcome.used.get(file)
+        if used is not None:
+            if could_bias([w for _, w in used], [all(h in byzantine for h in holders) for holders, _ in used]):
+                out.add(file)
+            continue
+        holders = outcome.vote.files[file].holders
+        winner = outcome.vote.files[file].winner
+        committed = [w for w in holders if replies[file].get(w) == winner] if winner is not None else []
+        if committed and all(w in byzantine for w in committed):
+            out.add(file)
+    return out
+
+
+def honest_loss(losses: Mapping[int, list[float]], exclude: set[int]) -> float | None:
+    """The mean of the losses the workers not in ``exclude`` reported (None when there are none)."""
+    values = [loss for worker, reported in losses.items() if worker not in exclude for loss in reported]
+    return float(np.mean(values)) if values else None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from byzantine.aggregators import Aggregator, aggregate
 from byzantine.attacks import simulate_attack
 from byzantine.errors import AggregationError
 from shield_ps.job import JobPlan
+from shield_ps.phases.buffers import StepBuffers
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,16 @@ def largest_valid_s(aggregator: Aggregator, n: int, kwargs: dict[str, Any]) -> i
 class Aggregation:
     """Runs the attack simulation and the aggregator over a step's rows; holds centered clipping's centre."""
 
-    def __init__(self, plan: JobPlan, rows: np.ndarray, policy: ShortStep) -> None:
+    def __init__(self, plan: JobPlan, buffers: StepBuffers, policy: ShortStep) -> None:
         self.plan = plan
-        self._rows = rows
+        self._buffers = buffers
         self.policy = policy
         clipping = plan.aggregator is Aggregator.CENTERED_CLIPPING
-        self.center: np.ndarray | None = np.zeros(rows.shape[1], dtype=np.float32) if clipping else None
-        self._next_center: np.ndarray | None = np.zeros(rows.shape[1], dtype=np.float32) if clipping else None
+        self.center: np.ndarray | None = np.zeros(buffers.d, dtype=np.float32) if clipping else None
+        self._next_center: np.ndarray | None = np.zeros(buffers.d, dtype=np.float32) if clipping else None
 
     def run(self, step: int, won: list[int], byzantine: tuple[int, ...], proven: int = 0) -> AggregationOutcome:
-        """Blocking (run it in an executor): rows of ``won`` files are aggregated in place of ``rows``. ``proven``:
+        """Blocking (run it in an executor): the rows of ``won`` files are aggregated (compacted in place). ``proven``:
         dropped files with a proven Byzantine majority (each lowers s by one when the aggregator needs it)."""
         plan = self.plan
         corrupted, attack_outvoted = self._simulate_attack(won, byzantine)
@@ -110,10 +111,7 @@ class Aggregation:
                           f"aggregate them with s={s}")
                 return AggregationOutcome(None, "skip", s, corrupted, attack_outvoted, reason, simulated)
             action, s, kwargs["s"] = "lower-s", lowered, lowered
-        for position, file in enumerate(won):
-            if position != file:
-                self._rows[position] = self._rows[file]
-        gradient = aggregate(plan.aggregator, self._rows[:len(won)], check_finite_input=False, **kwargs)
+        gradient = aggregate(plan.aggregator, self._buffers.compact(won), check_finite_input=False, **kwargs)
         gradient = np.ascontiguousarray(gradient, dtype=np.float32)
         if self._next_center is not None:
             np.copyto(self._next_center, gradient)
@@ -128,11 +126,12 @@ class Aggregation:
         plan = self.plan
         if plan.attack is None or not byzantine or not won:
             return (), set()
+        rows = self._buffers.rows
         lost = sorted(set(range(plan.placement.f)) - set(won))
         if lost:  # rows without a winner: stand-ins for the attack's statistics, excluded afterwards
-            self._rows[lost] = self._rows[won].mean(axis=0)
+            rows[lost] = rows[won].mean(axis=0)
         z: float | Literal["auto"] = "auto" if plan.config.alie_z == "auto" else float(plan.config.alie_z)
-        result = simulate_attack(plan.attack, self._rows, plan.placement, byzantine, c=plan.config.attack_c, z=z,
+        result = simulate_attack(plan.attack, rows, plan.placement, byzantine, c=plan.config.attack_c, z=z,
                                  inplace=True)
         kept = set(won)
         return tuple(f for f in result.corrupted if f in kept), set(result.vote.disagreeing)

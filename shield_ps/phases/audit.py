@@ -26,6 +26,7 @@ import numpy as np
 
 from byzantine.sketch import SketchParams, SketchReply, check_payload
 from shield_ps.phases.fetch import Fetcher
+from shield_ps.phases.vote import VoteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,26 @@ class Audit:
         self.task: asyncio.Task[None] | None = None
         self.target: Candidate | None = None
         self.verdict: str | None = None  # "lying", "slow", "clean" or "moot" (its sketch disagreed or never came)
+
+    def begin(self, excusable: Mapping[int, set[int]], replies: Sequence[Mapping[int, bytes]], secret: bytes,
+              seed: bytes) -> None:
+        """After the vote: start fetching the payload of the candidate :func:`pick` names, if there is one."""
+        target = pick(candidates(excusable, replies), secret, seed)
+        if target is not None:
+            self.start(target)
+
+    async def conclude(self, grace: float, outcome: VoteOutcome, seed: bytes) -> tuple[set[int], set[int]]:
+        """Once the step's blame is final: the audit's verdict as (lying, slow) workers (both empty when nothing
+        was audited, or the candidate was clean or moot)."""
+        target = self.target
+        if self.task is None or target is None:
+            return set(), set()
+        absolved = target.worker in outcome.vote.files[target.file].holders
+        claimed = outcome.answers[target.file].get(target.worker) if outcome.answers else None
+        await self.settle(grace, claimed, absolved, seed)
+        if self.verdict == "lying":
+            return {target.worker}, set()
+        return (set(), {target.worker}) if self.verdict == "slow" else (set(), set())
 
     def start(self, target: Candidate) -> None:
         self.target, self.verdict = target, None

@@ -32,8 +32,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from byzantine.sketch import SketchReply, agree, vote_sketches
 from byzantine.vote import FileVote, VoteResult, vote_digests
 from shield_ps.classes import UNKNOWN_CLASS
@@ -66,13 +64,11 @@ class SplitResult:
 
 
 class AutoVote:
-    """Runs the auto vote of one step over the runner's fetcher and rows."""
+    """Runs the auto vote of one step over the fetcher (exact winners) and the split files (their groups)."""
 
-    def __init__(self, placement: Any, fetcher: Fetcher, sketches: SketchRound, rows: np.ndarray,
-                 start_fetch: Callable[[StepCollector, int, bytes], None], splits: SplitFiles) -> None:
+    def __init__(self, placement: Any, fetcher: Fetcher, sketches: SketchRound, splits: SplitFiles) -> None:
         self.placement = placement
-        self.fetcher, self.sketches, self.rows, self.splits = fetcher, sketches, rows, splits
-        self._start_fetch = start_fetch
+        self.fetcher, self.sketches, self.splits = fetcher, sketches, splits
         self.tolerance = 0.0
         self.last: dict[str, Any] = {}
         self.used: dict[int, list[tuple[tuple[int, ...], int]]] = {}  # split file -> payloads in its median
@@ -85,7 +81,7 @@ class AutoVote:
         exact = vote_digests(self.placement, replies)
         for file_vote in exact.files:
             if file_vote.winner is not None:
-                self._start_fetch(collector, file_vote.file, file_vote.winner)
+                self.fetcher.start_winner(file_vote.file, file_vote.winner, replies[file_vote.file])
         disputed = disputed_files(replies)
         self.last = {"disputed": len(disputed), "sketch_won": 0, "tolerance": self.tolerance}
         self.used, self.answers = {}, []
@@ -196,6 +192,13 @@ class AutoVote:
     async def _resolve_split(self, step: int, split: list[int], replies: Sequence[Mapping[int, bytes]],
                              answers: list[dict[int, SketchReply]]) -> SplitResult:
         """Vote the split files on their sketches and take their groups' medians, at most r rounds."""
+        try:
+            return await self._split_rounds(step, split, replies, answers)
+        finally:
+            self.splits.end_step()
+
+    async def _split_rounds(self, step: int, split: list[int], replies: Sequence[Mapping[int, bytes]],
+                            answers: list[dict[int, SketchReply]]) -> SplitResult:
         result = SplitResult()
         excluded: set[int] = set()
         gone: dict[int, set[int]] = {}

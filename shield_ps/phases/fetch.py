@@ -5,9 +5,10 @@ A file's fetch starts as soon as its winner is known (the streaming vote, :mod:`
 know before it votes whether, or when, it will be asked. The first holder is asked; if it has not delivered within
 the hedge delay, the next holder is asked as well, and so on; the first payload that hashes to the winning digest is
 kept and the other attempts are cancelled. Each attempt is bounded from the request to the last payload byte by
-``latency + bytes / min_bandwidth``. Every attempt lands in a spare buffer and the winner is copied into its file's
-row, so a loser whose payload is already arriving is not cut off (which would close its connection, and with it the
-agent's other fetches): it drains in the background, bounded by its own deadline, and its buffer is reused later.
+``latency + bytes / min_bandwidth``. Every attempt lands in a spare vector borrowed from the step's buffers
+(:class:`~shield_ps.phases.buffers.StepBuffers`) and the winner is copied into its file's row, so a loser whose payload
+is already arriving is not cut off (which would close its connection, and with it the agent's other fetches): it
+drains in the background, bounded by its own deadline, and its vector is lent again from the next step on.
 
 Outcomes per holder: **lying** (its payload does not hash to the digest it voted, or it broke the protocol), **slow**
 (it missed its deadline, or was overtaken by a hedge and did not deliver). An attempt cut at its deadline with its
@@ -21,12 +22,13 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 
+from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.pool import AgentLink
 from wire import ConnectionClosed, Kind, RemoteError, WireError, WireTimeoutError
@@ -54,6 +56,11 @@ def _copy_into(dest: np.ndarray, src: np.ndarray) -> None:
     """``np.copyto(dest, src)``, for an executor."""
     np.copyto(dest, src)
 
+
+def _committed(replies: Mapping[int, bytes], digest: bytes) -> tuple[int, ...]:
+    """The workers whose reply in ``replies`` (one file's, worker -> digest) is ``digest``, ascending."""
+    return tuple(sorted(w for w, d in replies.items() if d == digest))
+
 @dataclass
 class FetchReport:
     """What the fetches of one step found."""
@@ -74,16 +81,15 @@ class FetchReport:
 ASK_LAST_STEPS = 8
 #: A receiving attempt keeps pace (is not hedged) at this share of the median rate of the payloads arriving.
 _PACE = 0.5
-#: Spare buffers kept across steps beyond one per file (hedges that receive take more, for their step only).
-_SPARES_OVER_F = 4
 
 
 class _Attempt:
-    """One FETCH of one file from one holder, into the spare buffer ``dest`` (taken when its payload starts to
-    arrive: a holder that never answers holds no memory)."""
+    """One FETCH of one file from one holder, into ``dest``: a spare vector borrowed when its payload starts to
+    arrive (a holder that never answers holds no memory), or the caller's (``own``: never given back here)."""
 
     def __init__(self, worker: int, dest: np.ndarray | None = None) -> None:
         self.worker, self.dest = worker, dest
+        self.own = dest is not None  # the caller's buffer, not a borrowed spare
         self.task: asyncio.Task[bytes | None] | None = None
         self.started = time.monotonic()
         self.overtaken = False  # a hedge was sent because this one was not done in time
@@ -97,20 +103,18 @@ class _Attempt:
 
 
 class Fetcher:
-    """Runs the fetches of one step; ``rows[file]`` receives each verified payload."""
+    """Runs the fetches of one step; ``buffers.row(file)`` receives each verified payload."""
 
-    def __init__(self, rows: np.ndarray, deadlines: Deadlines, secret: bytes,
+    def __init__(self, buffers: StepBuffers, deadlines: Deadlines, secret: bytes,
                  link_of: Callable[[int], AgentLink | None],
                  on_violation: Callable[[AgentLink, str], None]) -> None:
-        self._rows = rows
-        self._d = rows.shape[1]
+        self._buffers = buffers
+        self._d = buffers.d
         self._deadlines = deadlines
         self._secret = secret
         self._link_of = link_of
         self._violation = on_violation
         self._zeros = np.zeros(self._d, dtype=np.float32)
-        self._spares: list[np.ndarray] = []
-        self._quarantine: list[np.ndarray] = []
         self._draining: set[asyncio.Task[bytes | None]] = set()
         self._receiving: set[_Attempt] = set()  # attempts whose payload is arriving, any file
         self._tasks: dict[int | tuple[int, bytes], asyncio.Task[None]] = {}
@@ -120,11 +124,8 @@ class Fetcher:
         self._ask_last: dict[int, int] = {}  # worker -> the step from which it is asked in its keyed turn again
 
     def begin(self, step: int) -> None:
-        """Start a new step (buffers of attempts cancelled last step are free again by now)."""
+        """Start a new step (the step's buffers have begun it: :meth:`StepBuffers.begin_step`)."""
         self.step = step
-        self._spares.extend(self._quarantine)
-        self._quarantine.clear()
-        del self._spares[len(self._rows) + _SPARES_OVER_F:]  # what a step of many hedges left behind goes back
         self._tasks.clear()
         self.report = FetchReport()
 
@@ -132,6 +133,12 @@ class Fetcher:
         """Fetch ``file`` (winning ``digest``) in the background; ``holders()`` lists its holders of that digest now."""
         if file not in self._tasks:
             self._tasks[file] = asyncio.get_running_loop().create_task(self._fetch_file(file, digest, holders))
+
+    def start_winner(self, file: int, digest: bytes, replies: Mapping[int, bytes]) -> None:
+        """Fetch ``file``, won by ``digest``, from its holders that committed it: ``replies`` is the file's
+        worker -> digest map of the step, read at each ask (holders that report later are asked too). The digest
+        gather calls this as soon as r' holders agree (the streaming vote), the votes for every winner."""
+        self.start(file, digest, functools.partial(_committed, replies, digest))
 
     def start_payload(self, file: int, digest: bytes, holders: Callable[[], tuple[int, ...]],
                       dest: np.ndarray) -> asyncio.Task[None]:
@@ -268,7 +275,7 @@ class Fetcher:
         codec = msg.vector.codec.value
         self.report.codecs[codec] = self.report.codecs.get(codec, 0) + 1
         if attempt.dest is None:
-            attempt.dest = self._spares.pop() if self._spares else np.empty(self._d, dtype=np.float32)
+            attempt.dest = self._buffers.borrow()
         attempt.receiving, attempt.receiving_since = True, time.monotonic()
         self._receiving.add(attempt)
         try:
@@ -303,7 +310,7 @@ class Fetcher:
 
     async def _accept(self, file: int, attempt: _Attempt, digest: bytes, dest: np.ndarray | None) -> None:
         loop = asyncio.get_running_loop()
-        row = self._rows[file] if dest is None else dest
+        row = self._buffers.row(file) if dest is None else dest
         await loop.run_in_executor(None, _copy_into, row, cast(np.ndarray, attempt.dest))  # accepted: it has one
         self._release(attempt)
         if await loop.run_in_executor(None, has_non_finite, row, self._zeros):
@@ -335,8 +342,8 @@ class Fetcher:
                 await attempt.task  # type: ignore[misc]
             except asyncio.CancelledError:
                 pass
-            if attempt.dest is not None:  # a cancelled decode may still write into it this step
-                self._quarantine.append(attempt.dest)
+            if attempt.dest is not None and not attempt.own:  # a cancelled decode may still write into it this step
+                self._buffers.quarantine(attempt.dest)
 
     def _overtaken_loser(self, worker: int) -> None:
         """A hedge overtook ``worker`` and it did not deliver: ``slow``, and asked last for ASK_LAST_STEPS steps."""
@@ -345,9 +352,9 @@ class Fetcher:
 
     def _drained(self, task: asyncio.Task[bytes | None], dest: np.ndarray) -> None:
         self._draining.discard(task)
-        self._quarantine.append(dest)
+        self._buffers.quarantine(dest)
 
     def _release(self, attempt: _Attempt) -> None:
-        """A finished attempt's spare buffer is free again."""
-        if attempt.dest is not None:
-            self._spares.append(attempt.dest)
+        """A finished attempt's spare vector is free again."""
+        if attempt.dest is not None and not attempt.own:
+            self._buffers.give_back(attempt.dest)

@@ -5,6 +5,12 @@ A worker that is still waiting for its parameters on the relay tree, or that was
 failed it, is *protected*: the grace is stretched to the end of its protection (:meth:`RelayRound.protected_until
 <shield_ps.phases.relay_round.RelayRound.protected_until>`), so an honest child of a stalling relay is not erased for
 the relay's fault. The workers still missing at the end are late: erased for the step and reported slow.
+
+The digests come in through :class:`DigestIntake`, wired at construction to what they feed: each DIGESTS message is
+checked and recorded by the step's :class:`~shield_ps.collector.StepCollector`, and as soon as a file has r' equal
+digests (the streaming vote) its fetch starts (:meth:`Fetcher.start_winner
+<shield_ps.phases.fetch.Fetcher.start_winner>`), so a gradient goes from the connection to the fetch without passing
+through the step.
 """
 from __future__ import annotations
 
@@ -14,15 +20,69 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
-from shield_ps.collector import StepCollector
+from shield_ps.collector import DigestRejected, StepCollector
+from shield_ps.events import WorkerState
 from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.fetch import Fetcher
+from shield_ps.pool import AgentLink, WorkerPool
 
 log = logging.getLogger(__name__)
 
 
 #: Steps whose typical digest time the straggler grace remembers.
 RECENT_STEPS = 8
+
+
+class DigestIntake:
+    """Where the agents' digests enter: one step's collector at a time, from before the broadcast to the end of the
+    gather. ``stream_to``: the fetcher that fetches each file as soon as its winner is known (None: no streaming
+    vote, as with ``--vote tolerant``, which fetches every replica after the gather)."""
+
+    def __init__(self, num_files: int, r_prime: int, pool: WorkerPool,
+                 on_violation: Callable[[AgentLink, str], None], *, stream_to: Fetcher | None) -> None:
+        self._num_files, self._r_prime = num_files, r_prime
+        self._pool, self._violation, self._stream_to = pool, on_violation, stream_to
+        self.collector: StepCollector | None = None  # the step's, while its digests are taken
+
+    def open(self, step: int, links: list[AgentLink]) -> StepCollector:
+        """Take ``step``'s digests from ``links`` (each owes those of its files) until :meth:`close`."""
+        self.collector = StepCollector(step, self._num_files, {link.worker: link.files for link in links},
+                                       r_prime=self._r_prime, on_winner=self._on_winner)
+        return self.collector
+
+    def close(self) -> None:
+        """Digests that come from now on are ignored (the gather is over, or the run is closing)."""
+        self.collector = None
+
+    def on_digest(self, link: AgentLink, header: dict[str, Any]) -> None:
+        """One DIGESTS message from ``link`` (its connection task calls this); a malformed one drops the agent."""
+        collector = self.collector
+        if collector is None:
+            return
+        try:
+            recorded = collector.add(link.worker, header)
+        except DigestRejected as exc:
+            self._violation(link, str(exc))
+            return
+        if recorded and collector.worker_done(link.worker):
+            self._pool.set_state(link, WorkerState.DONE, compute_s=collector.compute_s.get(link.worker))
+
+    def on_sent(self, link: AgentLink) -> None:
+        """The broadcast handed ``link`` its parameters: it computes, unless its digests are all in already."""
+        if self.collector is not None and not self.collector.worker_done(link.worker):
+            self._pool.set_state(link, WorkerState.COMPUTING)
+
+    def drop_worker(self, worker: int) -> None:
+        """``worker`` is gone (its agent was lost, or its STEP could not be sent): the gather stops waiting for it."""
+        if self.collector is not None:
+            self.collector.drop_worker(worker)
+
+    def _on_winner(self, file: int, digest: bytes, holders: tuple[int, ...]) -> None:
+        """The streaming vote: ``digest`` has r' holders, so it has won ``file``: fetch it now."""
+        if self.collector is not None and self._stream_to is not None:
+            self._stream_to.start_winner(file, digest, self.collector.replies[file])
 
 
 class Gather:

@@ -8,6 +8,10 @@ their coordinate-wise median into the file's row, and checks every payload again
 its holder sent. So no single holder's payload decides a split file, and a Byzantine group member can move the row
 no further than the honest spread (docs/byzantine.md).
 
+Buffers: each payload of the step (a file and a digest) has one buffer, borrowed from the step's buffers when it is
+first named and kept until :meth:`SplitFiles.end_step`: the fetcher fetches a payload once per step, so a file voted
+again combines the buffer its earlier round fetched into (a fresh buffer would hold whatever was there before).
+
 Liveness: the phase waits until each file's fetched payloads cover r' of its group, then a hedge delay more for the
 rest (so a clean run takes every payload and is deterministic), and no longer: a holder that withholds its payload,
 even the only holder of its digest, costs the step one hedge delay and is reported ``slow``. Every fetch is bounded by
@@ -27,14 +31,11 @@ import numpy as np
 from byzantine.groups import median_into, outliers
 from byzantine.sketch import SketchParams, SketchReply, check_payloads
 from byzantine.vote import VoteResult
+from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.deadlines import Deadlines
 from shield_ps.phases.fetch import Fetcher
 
 log = logging.getLogger(__name__)
-
-#: Payload buffers kept across steps (more are allocated for a step that needs them, then let go).
-_KEEP_BUFFERS = 12
-
 
 
 def _same(holders: tuple[int, ...]) -> tuple[int, ...]:
@@ -67,11 +68,12 @@ class _Payload:
 class SplitFiles:
     """Fetches, checks and combines the winning groups' payloads of one step's split files."""
 
-    def __init__(self, fetcher: Fetcher, rows: np.ndarray, deadlines: Deadlines, r_prime: int,
+    def __init__(self, fetcher: Fetcher, buffers: StepBuffers, deadlines: Deadlines, r_prime: int,
                  params: SketchParams) -> None:
-        self._fetcher, self._rows, self._deadlines = fetcher, rows, deadlines
+        self._fetcher, self._buffers, self._deadlines = fetcher, buffers, deadlines
         self._r_prime, self._params = r_prime, params
-        self._pool: list[np.ndarray] = []
+        self._held: dict[tuple[int, bytes], np.ndarray] = {}  # (file, digest) -> its buffer, this step
+        self._cut: set[tuple[int, bytes]] = set()  # payloads whose fetch was cancelled: a copy may still land
 
     async def resolve(self, step: int, files: Sequence[int], vote: VoteResult[int],
                       replies: Sequence[Mapping[int, bytes]], answers: Sequence[Mapping[int, SketchReply]],
@@ -84,11 +86,7 @@ class SplitFiles:
             fetched = self._settle(payloads, outcome)
             await self._combine(step, fetched, answers, seed, tolerance, outcome)
         finally:
-            for payload in payloads:
-                if payload.task is not None and not payload.task.done():
-                    payload.task.cancel()
-            await asyncio.gather(*(p.task for p in payloads if p.task is not None), return_exceptions=True)
-            self._release(payloads)
+            await self._release(payloads)
         return outcome
 
     # ---- fetching ---------------------------------------------------------------------------------------------
@@ -101,7 +99,10 @@ class SplitFiles:
             for worker in group:
                 by_digest.setdefault(replies[file][worker], []).append(worker)
             for digest, holders in sorted(by_digest.items()):
-                payload = _Payload(file, digest, tuple(sorted(holders)), self._buffer())
+                buffer = self._held.get((file, digest))
+                if buffer is None:
+                    buffer = self._held[(file, digest)] = self._buffers.borrow()
+                payload = _Payload(file, digest, tuple(sorted(holders)), buffer)
                 payload.task = self._fetcher.start_payload(file, digest, functools.partial(_same, payload.holders),
                                                            payload.buffer)
                 payloads.append(payload)
@@ -116,7 +117,7 @@ class SplitFiles:
             if not running:
                 return
             if grace_ends is None and self._quorum(payloads):
-                grace_ends = loop.time() + self._deadlines.hedge_delay(self._rows.shape[1] * 4)
+                grace_ends = loop.time() + self._deadlines.hedge_delay(self._buffers.nbytes)
             timeout = None if grace_ends is None else max(0.0, grace_ends - loop.time())
             done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
@@ -155,7 +156,7 @@ class SplitFiles:
             while got:
                 if sum(len(p.holders) for p in got) < self._r_prime:
                     break
-                row = self._rows[file]
+                row = self._buffers.row(file)
                 suspects = await loop.run_in_executor(None, self._median_and_outliers, got, row, tolerance, hiding)
                 if not suspects:
                     outcome.won.add(file)
@@ -187,11 +188,21 @@ class SplitFiles:
                 outcome.outvoted.setdefault(file, set()).add(worker)
             outcome.gone.setdefault(file, set()).add(worker)
 
-    # ---- buffers ----------------------------------------------------------------------------------------------
-    def _buffer(self) -> np.ndarray:
-        return self._pool.pop() if self._pool else np.empty(self._rows.shape[1], dtype=np.float32)
-
-    def _release(self, payloads: list[_Payload]) -> None:
+    async def _release(self, payloads: list[_Payload]) -> None:
+        """Cancel the fetches still running (their buffers stay held until :meth:`end_step`)."""
         for payload in payloads:
-            if len(self._pool) < _KEEP_BUFFERS:
-                self._pool.append(payload.buffer)
+            if payload.task is not None and not payload.task.done():
+                payload.task.cancel()
+                self._cut.add((payload.file, payload.digest))
+        await asyncio.gather(*(p.task for p in payloads if p.task is not None), return_exceptions=True)
+
+    def end_step(self) -> None:
+        """The step's split files are decided: every payload buffer goes back to the step's buffers (one whose fetch
+        was cancelled is quarantined: its copy, in an executor thread, may still write into it this step)."""
+        for key, buffer in self._held.items():
+            if key in self._cut:
+                self._buffers.quarantine(buffer)
+            else:
+                self._buffers.give_back(buffer)
+        self._held.clear()
+        self._cut.clear()

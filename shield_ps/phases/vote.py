@@ -26,6 +26,7 @@ import numpy as np
 from byzantine.sketch import SketchReply
 from byzantine.vote import VoteResult, vote_digests, vote_tolerant
 from shield_ps.collector import StepCollector
+from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.fetch import Fetcher, FetchReport
 from shield_ps.phases.names import Phase
 from shield_ps.pool import WorkerPool
@@ -63,8 +64,8 @@ def provable_drops(vote: VoteResult[Any], replies: Sequence[Mapping[int, Any]], 
 class ExactVote:
     """``--vote exact``: the streaming vote has usually started each winner's fetch; the rest start now."""
 
-    def __init__(self, placement: Any, fetcher: Fetcher, start_fetch: Any) -> None:
-        self.placement, self.fetcher, self._start_fetch = placement, fetcher, start_fetch
+    def __init__(self, placement: Any, fetcher: Fetcher) -> None:
+        self.placement, self.fetcher = placement, fetcher
 
     async def run(self, step: int, collector: StepCollector, times: dict[str, float]) -> VoteOutcome:
         mark = time.perf_counter()
@@ -73,7 +74,7 @@ class ExactVote:
         mark = time.perf_counter()
         for file_vote in vote.files:  # files decided by the streaming vote are already being fetched
             if file_vote.winner is not None:
-                self._start_fetch(collector, file_vote.file, file_vote.winner)
+                self.fetcher.start_winner(file_vote.file, file_vote.winner, collector.replies[file_vote.file])
         report = await self.fetcher.finish()
         times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
         if report.invalid:
@@ -87,8 +88,9 @@ class TolerantVote:
     """``--vote tolerant`` (mixed hardware, before the sketch vote existed): fetch every replica, vote on the vectors
     with ``--vote-rtol``. Ingress is f*r*d floats; each payload must still hash to its sender's own digest."""
 
-    def __init__(self, placement: Any, fetcher: Fetcher, pool: WorkerPool, rows: np.ndarray, rtol: float) -> None:
-        self.placement, self.fetcher, self.pool, self.rows, self.rtol = placement, fetcher, pool, rows, rtol
+    def __init__(self, placement: Any, fetcher: Fetcher, pool: WorkerPool, buffers: StepBuffers,
+                 rtol: float) -> None:
+        self.placement, self.fetcher, self.pool, self.buffers, self.rtol = placement, fetcher, pool, buffers, rtol
         self._replicas: dict[tuple[int, int], np.ndarray] = {}
 
     async def run(self, step: int, collector: StepCollector, times: dict[str, float]) -> VoteOutcome:
@@ -112,8 +114,8 @@ class TolerantVote:
         vote = await asyncio.get_running_loop().run_in_executor(None, lambda: vote_tolerant(
             self.placement, replicas, rtol=self.rtol))
         for file_vote in vote.files:
-            if file_vote.won:
-                self.rows[file_vote.file] = file_vote.winner
+            if file_vote.winner is not None:
+                self.buffers.put(file_vote.file, file_vote.winner)
         times[Phase.VOTE.value] = time.perf_counter() - mark
         finite = [{w: v for w, v in got.items() if np.isfinite(v).all()} for got in replicas]
         return VoteOutcome(vote, list(vote.files_won), report, provable_drops(vote, finite, self.placement.r))
@@ -121,5 +123,5 @@ class TolerantVote:
     def _replica_buffer(self, file: int, worker: int) -> np.ndarray:
         buffer = self._replicas.get((file, worker))
         if buffer is None:
-            buffer = self._replicas[(file, worker)] = np.empty(self.rows.shape[1], dtype=np.float32)
+            buffer = self._replicas[(file, worker)] = np.empty(self.buffers.d, dtype=np.float32)
         return buffer

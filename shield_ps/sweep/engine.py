@@ -39,6 +39,7 @@ from shield_ps.events import EventSink
 from shield_ps.job import JobPlan, resolve_job
 from shield_ps.optimizer import MomentumSGD
 from shield_ps.phases.accounting import StepAccount, Tally
+from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.names import TOTAL, Phase
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class InProcessRun:
             self.evaluator = Evaluator(config.network, config.dataset, data_dir, config.seed, threads=config.threads)
         except ShieldModelError as exc:
             raise ConfigError(str(exc)) from None
-        self.rows = np.empty((f, self.computer.num_params), dtype=np.float32)
-        self.aggregation = Aggregation(self.plan, self.rows, ShortStep(config.short_step))
+        self.buffers = StepBuffers(f, self.computer.num_params)
+        self.aggregation = Aggregation(self.plan, self.buffers, ShortStep(config.short_step))
         self.tally = Tally()
         self.stop_requested = False
 
@@ -151,7 +152,7 @@ class InProcessRun:
         for file in range(placement.f):
             if self.stop_requested:
                 raise Stop()
-            losses[file] = self.computer.file_gradient(optimizer.params, step, file, out=self.rows[file]).loss
+            losses[file] = self.computer.file_gradient(optimizer.params, step, file, out=self.buffers.row(file)).loss
         compute = time.perf_counter() - mark
         byzantine = plan.byzantine.at(step) if plan.byzantine is not None else ()
         mark = time.perf_counter()
