@@ -133,7 +133,7 @@ class ServeConfig:
         parse=flags.agg_threads, metavar="N", group=_R, operational=True)
     byzantine: int = flag(0, names=("--byzantine", "--worker-fail"), parse=non_negative_int, metavar="Q", group=_R)
     attack: Attack | None = flag(None, "none, " + ", ".join(a.value for a in Attack), names=("--attack", "--err-mode"),
-                                 parse=flags.attack_or_none, group=_R)
+                                 parse=flags.attack_or_none, none_as="none", group=_R)
     attack_c: float = flag(100.0, "attack constant c (default 100)", parse=float, group=_R)
     alie_z: str = flag("1.0", "ALIE z: a number (default 1.0, the original code's), or auto: ALIE's z_max for the "
                        "aggregator's f rows of which the corrupted files are Byzantine", parse=flags.alie_z, group=_R)
@@ -227,7 +227,7 @@ class ServeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: enums as their command-line strings (no attack: ``"none"``), tuples as lists."""
-        return {field.name: _plain(getattr(self, field.name), field.name) for field in dataclasses.fields(self)}
+        return {field.name: _plain(getattr(self, field.name), field) for field in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
@@ -260,19 +260,17 @@ class ServeConfig:
     @property
     def attack_name(self) -> str:
         """The attack as the command line and the events spell it (``none`` when there is none)."""
-        return _plain(self.attack, "attack")
+        return self.attack.value if self.attack is not None else "none"
 
 
-def _plain(value: Any, name: str) -> Any:
+def _plain(value: Any, field: dataclasses.Field[Any]) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
         return list(value)
     if isinstance(value, dict):
         return copy.deepcopy(value)
-    if value is None and name == "attack":
-        return NO_ATTACK
-    return value
+    return flag_of(field).none_as if value is None else value
 
 
 def default_of(name: str) -> Any:
@@ -280,10 +278,9 @@ def default_of(name: str) -> Any:
     return ServeConfig.__dataclass_fields__[name].default
 
 
-#: How the configuration spells "no simulated attack".
-NO_ATTACK = "none"
-_ENUM_FIELDS = tuple(f for f in dataclasses.fields(ServeConfig) if f.name in (
-    "scheme", "aggregator", "attack", "byzantine_gen", "detox_attack", "vote", "short_step"))
+#: The fields chosen from an enum (a string given for one is parsed by its flag's type).
+_ENUM_FIELDS = tuple(f for f in dataclasses.fields(ServeConfig)
+                     if isinstance(f.default, enum.Enum) or flag_of(f).none_as is not None)
 #: Fields that do not change the result of a step (``--resume`` may change them); everything else is hashed.
 OPERATIONAL_FIELDS = frozenset(f.name for f in dataclasses.fields(ServeConfig) if flag_of(f).operational)
 #: Fields added after runs were checkpointed: hashed only when set, so older checkpoints keep their hash.

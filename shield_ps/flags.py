@@ -37,7 +37,8 @@ class Flag:
     (default ``--field-name``); ``derived``: the
     flag's own default is None and the configuration derives the value (e.g. from the scheme); ``exclusive``: flags
     sharing this name are mutually exclusive; ``hashed_when_set``: a field added after runs were checkpointed, hashed
-    only when not None so that older checkpoints keep their hash."""
+    only when not None so that older checkpoints keep their hash; ``none_as``: how None is written out (an enum field
+    whose None is a choice of its own, like ``--attack none``)."""
 
     help: str | None = None
     cli: bool = False
@@ -52,6 +53,7 @@ class Flag:
     hashed_when_set: bool = False
     repeatable: bool = False
     switch: bool = False
+    none_as: str | None = None
 
 
 def flag(default: Any, help: str | None = None, *, parse: Parse | None = None, group: Group | None = None,
