@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from byzantine.aggregators import default_byzantine_count  # noqa: E402
 from byzantine.placement import build_placement  # noqa: E402
+from byzantine.vote import VoteMode  # noqa: E402
 from byzantine.worst_case import worst_case  # noqa: E402
 from shield_agent.adversary import parse_adversaries  # noqa: E402
 from shield_ps.config import ServeConfig  # noqa: E402
@@ -158,7 +159,7 @@ def fleet_slots(fleet: str, k: int) -> list[str | None]:
 
 def fleet_changes(fleet: str, scheme: str) -> dict[str, Any]:
     if fleet == "exact":
-        return {"vote": "exact"}
+        return {"vote": VoteMode.EXACT}
     if fleet == "drop":
         return dict(DROP[scheme])
     return {}

@@ -28,6 +28,7 @@ from byzantine.tolerance import (
     same_reply,
     tolerance_floor,
 )
+from byzantine.vote import VoteMode
 from shield_ps.errors import ShieldPSError
 from wire.errors import MessageError
 from wire.job import JobFingerprint, ProbeSpec, parse_job_fingerprint
@@ -145,7 +146,7 @@ class FleetClasses:
     start the agents outside a strict-majority class are excluded (:meth:`check_start`), and a later agent of
     another class is refused (:meth:`admit`)."""
 
-    def __init__(self, vote: str, d: int, override: float | None, emit: Any, set_tolerance: Any, *,
+    def __init__(self, vote: VoteMode, d: int, override: float | None, emit: Any, set_tolerance: Any, *,
                  quorum: int = 1) -> None:
         from byzantine.sketch import new_seed
 
@@ -174,7 +175,7 @@ class FleetClasses:
         if lie is not None:
             return lie
         known = set(self.registry.classes())
-        if self.vote == "exact" and self.started and known and fingerprint.class_id not in known:
+        if self.vote is VoteMode.EXACT and self.started and known and fingerprint.class_id not in known:
             return (f"--vote exact: this agent's determinism class {fingerprint.class_id} differs from the run's "
                     f"({', '.join(sorted(known))}); its digests could never agree (use --vote auto)")
         self.registry.add(fingerprint)
@@ -206,7 +207,7 @@ class FleetClasses:
         the run is refused (TrainingError)."""
         excluded: dict[int, str] = {}
         classes = self.registry.classes()
-        if self.vote == "exact" and len(classes) > 1:
+        if self.vote is VoteMode.EXACT and len(classes) > 1:
             excluded = self._exact_minorities(classes)
             for worker in excluded:
                 self.registry.remove(worker)
@@ -260,7 +261,7 @@ class FleetClasses:
         log.log(level, "%d determinism class(es): %s; sketch tolerance %.3g (vouched probe spread %.3g, with "
                 "unattested probes %.3g; cap %.3g)", len(classes), self.registry.describe(), self.tolerance,
                 decision.spread, decision.unattested_spread, decision.cap)
-        self._emit("classes", classes=classes, spread=decision.spread, tolerance=self.tolerance, vote=self.vote,
+        self._emit("classes", classes=classes, spread=decision.spread, tolerance=self.tolerance, vote=self.vote.value,
                    unattested=list(decision.unattested), unattested_spread=decision.unattested_spread,
                    cap=decision.cap, reference=self._reference_class())
 

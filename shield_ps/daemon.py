@@ -227,11 +227,11 @@ class PSDaemon:
 
     def _emit_job(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         c, p = self.config, self.plan.placement
-        self.sink.emit("job", vote=c.vote, vote_tol=c.vote_tol, scheme=p.scheme.value, workers=p.K, files=p.f,
+        self.sink.emit("job", vote=c.vote.value, vote_tol=c.vote_tol, scheme=p.scheme.value, workers=p.K, files=p.f,
                        replication=p.r, files_per_worker=p.l,
                        network=c.network, dataset=c.dataset, batch_size=self.plan.batch_size,
-                       aggregator=self.plan.aggregator.value, attack=c.attack, byzantine=c.byzantine,
-                       byzantine_gen=c.byzantine_gen, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                       aggregator=self.plan.aggregator.value, attack=c.attack_name, byzantine=c.byzantine,
+                       byzantine_gen=c.byzantine_gen.value, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                        start_step=start_step, seed=c.seed, config_hash=c.config_hash(), resumed=start_step > 0)
 
     def _record(self, outcome: StepOutcome, steps_per_epoch: int) -> None:

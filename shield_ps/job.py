@@ -13,10 +13,10 @@ from typing import Any
 
 from byzantine.aggregators import Aggregator, aggregator_params, default_byzantine_count, parse_aggregator
 from byzantine.attacks import Attack
-from byzantine.byzantine_sets import ByzantineSchedule, is_group_placement, make_schedule
+from byzantine.byzantine_sets import ByzantineChoice, ByzantineSchedule, is_group_placement, make_schedule
 from byzantine.errors import AggregationError, AttackError
 from byzantine.placement import Placement, Scheme, build_placement
-from shield_ps.config import ServeConfig
+from shield_ps.config import ServeConfig, ShortStep
 from shield_ps.errors import ConfigError
 from shield_ps.optimizer import Schedule
 from wire.job import JobOffer
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 #: Samples per file when ``--batch-size`` is not given.
 DEFAULT_SAMPLES_PER_FILE = 10
-NO_ATTACK = "none"
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,7 @@ class JobPlan:
 def resolve_job(config: ServeConfig) -> JobPlan:
     """Validate ``config`` and derive the run plan; raises ConfigError (or a subclass) naming what would work."""
     notes: list[str] = []
+    config.validate()
     placement = build_placement(config.scheme, config.workers, config.replication, config.rama_m)
     if (config.epochs is None) == (config.max_steps is None):
         raise ConfigError("give exactly one of --epochs or --max-steps")
@@ -115,20 +115,22 @@ def resolve_job(config: ServeConfig) -> JobPlan:
 
 
 def _resolve_attack(config: ServeConfig, placement: Placement) -> tuple[Attack | None, ByzantineSchedule | None]:
-    if config.attack == NO_ATTACK and config.byzantine > 0 and config.byzantine_gen == "fixed":
+    fixed_gen = config.byzantine_gen is ByzantineChoice.FIXED
+    if config.attack is None and config.byzantine > 0 and fixed_gen:
         # no simulation: the fixed workers are real Byzantine agents on the wire, named so that files_corrupted
         # counts the files they could set (shield_ps.step)
-        return None, make_schedule("fixed", placement, config.byzantine, seed=config.seed,
+        return None, make_schedule(ByzantineChoice.FIXED, placement, config.byzantine, seed=config.seed,
                                    fixed=list(config.fixed_byzantine))
-    if config.attack == NO_ATTACK or config.byzantine == 0:
-        if config.attack != NO_ATTACK:
-            log.warning("--attack %s with --byzantine 0: no worker is Byzantine", config.attack)
+    attack = config.attack
+    if attack is None or config.byzantine == 0:
+        if attack is not None:
+            log.warning("--attack %s with --byzantine 0: no worker is Byzantine", attack.value)
         return None, None
-    attack = Attack(config.attack)
     if config.alie_z != "auto" and not math.isfinite(float(config.alie_z)):
         raise AttackError(f"--alie-z must be a finite number or 'auto', got {config.alie_z}")
-    fixed = list(config.fixed_byzantine) if config.byzantine_gen == "fixed" else None
-    detox = config.detox_attack if config.byzantine_gen == "worst" and is_group_placement(placement) else None
+    fixed = list(config.fixed_byzantine) if fixed_gen else None
+    worst = config.byzantine_gen is ByzantineChoice.WORST
+    detox = config.detox_attack if worst and is_group_placement(placement) else None
     schedule = make_schedule(config.byzantine_gen, placement, config.byzantine, seed=config.seed, fixed=fixed,
                              detox_attack=detox)
     return attack, schedule
@@ -142,7 +144,7 @@ def _check_withholding(config: ServeConfig, placement: Placement, aggregator: Ag
     skipped and the run would fail. A simulated attack's Byzantine workers are the PS's own simulation and never
     withhold, so it is only warned about; ``--short-step lower-s`` accepts the risk explicitly."""
     q = config.byzantine
-    if q == 0 or config.short_step == "lower-s":
+    if q == 0 or config.short_step is ShortStep.LOWER_S:
         return
     droppable = default_byzantine_count(placement, q)
     left = placement.f - droppable

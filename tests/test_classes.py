@@ -8,6 +8,7 @@ from byzantine.errors import ByzantineConfigError
 from byzantine.sketch import DEFAULT_PARAMS, SketchReply, l2_norm, sketch
 from byzantine.tolerance import DEFAULT_CAP as TOLERANCE_CAP
 from byzantine.tolerance import Reference
+from byzantine.vote import VoteMode
 from shield_ps.classes import FingerprintError, FleetClasses, parse_fingerprint, probe_request, tolerance
 from shield_ps.errors import TrainingError
 
@@ -30,7 +31,7 @@ def _near(relative: float) -> np.ndarray:
 def test_fingerprints_group_into_classes_and_set_the_tolerance() -> None:
     emitted: list[tuple[str, dict]] = []
     tols: list[float] = []
-    fleet = FleetClasses("auto", 5000, None, lambda kind, **f: emitted.append((kind, f)), tols.append)
+    fleet = FleetClasses(VoteMode.AUTO, 5000, None, lambda kind, **f: emitted.append((kind, f)), tols.append)
     assert fleet.job_fields()["probe"] == probe_request(fleet.probe_seed)
     fleet.probe_seed = SEED
     assert fleet.admit(0, _reply(G, b"a" * 32, cpu_capability="AVX512")) is None
@@ -47,13 +48,13 @@ def test_fingerprints_group_into_classes_and_set_the_tolerance() -> None:
 
 
 def test_exact_vote_without_a_majority_class_is_refused_and_a_later_class_refused() -> None:
-    fleet = FleetClasses("exact", 5000, None, lambda *a, **k: None, lambda t: None)
+    fleet = FleetClasses(VoteMode.EXACT, 5000, None, lambda *a, **k: None, lambda t: None)
     fleet.admit(0, _reply(G, b"a" * 32, cpu_capability="AVX512"))
     fleet.admit(1, _reply(_near(1e-6), b"b" * 32, cpu_capability="AVX2"))
     with pytest.raises(TrainingError, match=r"2 determinism classes, none of them a majority.*cpu_capability=AVX2"
                                             r".*--vote auto"):
         fleet.check_start()
-    late = FleetClasses("exact", 5000, None, lambda *a, **k: None, lambda t: None)
+    late = FleetClasses(VoteMode.EXACT, 5000, None, lambda *a, **k: None, lambda t: None)
     late.admit(0, _reply(G, b"a" * 32))
     assert late.check_start() == {}
     assert "differs from the run's" in late.admit(1, _reply(G, b"b" * 32))
@@ -61,7 +62,7 @@ def test_exact_vote_without_a_majority_class_is_refused_and_a_later_class_refuse
 
 
 def test_exact_vote_excludes_a_minority_class_instead_of_failing_the_run() -> None:
-    fleet = FleetClasses("exact", 5000, None, lambda *a, **k: None, lambda t: None)
+    fleet = FleetClasses(VoteMode.EXACT, 5000, None, lambda *a, **k: None, lambda t: None)
     for worker in range(4):
         fleet.admit(worker, _reply(G, b"a" * 32, cpu_capability="AVX512"))
     fleet.admit(4, _reply(_near(1e-3), b"f" * 32, cpu_capability="AVX512"))  # a fake probe, the same environment
@@ -105,7 +106,7 @@ def test_an_agent_without_a_probe_is_of_unknown_class() -> None:
 def _fleet(quorum: int = 2, reference: Reference | None = None) -> tuple[FleetClasses, list[float], list[dict]]:
     tols: list[float] = []
     events: list[dict] = []
-    fleet = FleetClasses("auto", 5000, None, lambda kind, **f: events.append(f), tols.append, quorum=quorum)
+    fleet = FleetClasses(VoteMode.AUTO, 5000, None, lambda kind, **f: events.append(f), tols.append, quorum=quorum)
     fleet.probe_seed = SEED
     fleet.reference = reference
     return fleet, tols, events

@@ -68,7 +68,7 @@ _AXES = ("schemes", "aggregators", "attacks", "byzantine", "seeds")
 def register(sub: argparse._SubParsersAction) -> None:
     from byzantine.byzantine_sets import ByzantineChoice
     from shield_model.device import parse_device
-    from shield_ps.cli.serve import _agg_threads, _alie_z
+    from shield_ps.flags import agg_threads, alie_z
     from shield_ps.sweep.grid import Preset
     from shield_ps.sweep.runner import Engine
     from wire.cli import enum_choice
@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=parse_device, default="cpu",
                    help="where gradients are computed: cpu (default), cuda, cuda:N (the local agents' --device, or "
                    "the in-process engine's)")
-    p.add_argument("--agg-threads", type=_agg_threads, metavar="N", help="threads of each run's aggregation "
+    p.add_argument("--agg-threads", type=agg_threads, metavar="N", help="threads of each run's aggregation "
                    "(1..64; default: serve's, one per core, and 1 in-process; never changes the result)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is infeasible and the commands")
     p.add_argument("--no-plots", action="store_true", help="write the CSV and table only")
@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr-step", type=positive_int)
     g.add_argument("--max-steps", type=positive_int)
     g.add_argument("--eval-freq", type=positive_int)
-    g.add_argument("--alie-z", type=_alie_z, help="ALIE's z for 'alie' (a number, or auto: ALIE's z_max for the "
+    g.add_argument("--alie-z", type=alie_z, help="ALIE's z for 'alie' (a number, or auto: ALIE's z_max for the "
                    "aggregator's f rows and the corrupted ones)")
     g.add_argument("--no-controls", dest="controls", action="store_false", default=None,
                    help="do not add the q=0 control run of each scheme, aggregator and seed")

@@ -20,7 +20,6 @@ Centered clipping starts from the previous step's aggregate (Karimireddy, He and
 """
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,17 +29,11 @@ import numpy as np
 from byzantine.aggregators import Aggregator, aggregate
 from byzantine.attacks import simulate_attack
 from byzantine.errors import AggregationError
+from shield_ps.config import ShortStep as ShortStep  # declared with its flag; re-exported for the step
 from shield_ps.job import JobPlan
 from shield_ps.phases.buffers import StepBuffers
 
 log = logging.getLogger(__name__)
-
-
-class ShortStep(str, enum.Enum):
-    """What a step does when too few files survive for the aggregator's s (``--short-step``)."""
-
-    SKIP = "skip"
-    LOWER_S = "lower-s"
 
 
 @dataclass

@@ -15,7 +15,8 @@ import collections
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from shield_ps.config import ServeConfig, default_of
 
 #: Fetch durations remembered for the hedge delay (about two steps of a K = 35 cluster).
 _HISTORY = 128
@@ -41,19 +42,17 @@ class Deadlines:
     min_bandwidth: float  # bytes per second
     hedge_factor: float
     hedge_floor: float
-    relay_latency: float = 2.0
+    relay_latency: float = default_of("relay_latency")
     fetch_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
     send_rates: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
     _seeded: bool = False
 
     @classmethod
-    def from_config(cls, config: object) -> Deadlines:
-        def get(name: str) -> Any:
-            return getattr(config, name)
-
-        return cls(gather=float(get("gather_timeout")), latency=float(get("upload_timeout")),
-                   min_bandwidth=float(get("min_bandwidth")) * 1e6, hedge_factor=float(get("hedge_factor")),
-                   hedge_floor=float(get("hedge_floor")), relay_latency=float(getattr(config, "relay_latency", 2.0)))
+    def from_config(cls, config: ServeConfig) -> Deadlines:
+        """The deadlines of ``config``'s flags (``--min-bandwidth`` is in MB/s)."""
+        return cls(gather=config.gather_timeout, latency=config.upload_timeout,
+                   min_bandwidth=config.min_bandwidth * 1e6, hedge_factor=config.hedge_factor,
+                   hedge_floor=config.hedge_floor, relay_latency=config.relay_latency)
 
     def bandwidth(self, measured: float | None) -> float:
         """Bytes per second a transfer is given time at, from the median rate ``measured`` of recent transfers of

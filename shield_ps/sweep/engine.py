@@ -198,10 +198,10 @@ class InProcessRun:
 
     def _emit_job(self, sink: EventSink, total: int, start: int) -> None:
         c, p = self.config, self.plan.placement
-        sink.emit("job", vote=c.vote, vote_tol=c.vote_tol, scheme=p.scheme.value, workers=p.K, files=p.f,
+        sink.emit("job", vote=c.vote.value, vote_tol=c.vote_tol, scheme=p.scheme.value, workers=p.K, files=p.f,
                   replication=p.r, files_per_worker=p.l, network=c.network, dataset=c.dataset,
-                  batch_size=self.plan.batch_size, aggregator=self.plan.aggregator.value, attack=c.attack,
-                  byzantine=c.byzantine, byzantine_gen=c.byzantine_gen, total_steps=total,
+                  batch_size=self.plan.batch_size, aggregator=self.plan.aggregator.value, attack=c.attack_name,
+                  byzantine=c.byzantine, byzantine_gen=c.byzantine_gen.value, total_steps=total,
                   steps_per_epoch=self.computer.steps_per_epoch, start_step=start, seed=c.seed,
                   config_hash=c.config_hash(), resumed=start > 0, engine=ENGINE)
 
@@ -227,14 +227,14 @@ def read_config(path: Path) -> ServeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     from shield_model.device import parse_device
-    from shield_ps.cli.serve import _agg_threads
+    from shield_ps.flags import agg_threads
 
     parser = argparse.ArgumentParser(prog="python -m shield_ps.sweep.engine", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="the run's ServeConfig as JSON (train_dir is "
                         "the run directory)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     parser.add_argument("--device", type=parse_device, default="cpu", help="where gradients are computed")
-    parser.add_argument("--agg-threads", type=_agg_threads, metavar="N",
+    parser.add_argument("--agg-threads", type=agg_threads, metavar="N",
                         help="threads of the aggregation (default 1; never changes the result)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

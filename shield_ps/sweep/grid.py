@@ -24,9 +24,11 @@ import tomllib
 
 from byzantine.aggregators import Aggregator
 from byzantine.attacks import Attack
+from byzantine.byzantine_sets import ByzantineChoice
 from byzantine.placement import Scheme
 from shield_ps.config import ServeConfig
 from shield_ps.errors import SweepError
+from shield_ps.flags import attack_or_none
 
 NO_ATTACK = "none"
 #: ``alie:Z`` on the attack axis: ALIE with its own z (a number or ``auto``).
@@ -111,21 +113,23 @@ class RunSpec:
         g = self.grid
         attack, z = self.attack_and_z()
         return ServeConfig(
-            scheme=self.scheme.value, workers=g.workers, replication=self.replication,
+            scheme=self.scheme, workers=g.workers, replication=self.replication,
             rama_m=g.rama_m if self.scheme in (Scheme.RAMA_ONE, Scheme.RAMA_TWO) else None,
             network=g.network, dataset=g.dataset, data_dir=data_dir, batch_size=g.batch_size, lr=g.lr,
             momentum=g.momentum, gamma=g.gamma, lr_step=g.lr_step, max_steps=g.max_steps, eval_freq=g.eval_freq,
-            train_dir=train_dir, aggregator=self.aggregator.value, byzantine=self.q, attack=attack,
-            alie_z=z, byzantine_gen=g.byzantine_gen, seed=self.seed, local_agents=g.workers)
+            train_dir=train_dir, aggregator=self.aggregator, byzantine=self.q,
+            attack=attack_or_none(attack), alie_z=z, byzantine_gen=ByzantineChoice(g.byzantine_gen), seed=self.seed,
+            local_agents=g.workers)
 
     def serve_args(self) -> list[str]:
         """The ``shield-ps serve`` flags of this run (cluster, directory and view flags are the runner's)."""
         c = self.config()
-        args = ["--scheme", c.scheme, "--workers", str(c.workers), "--replication", str(c.replication),
+        named = c.to_dict()  # the enums as the command line spells them
+        args = ["--scheme", named["scheme"], "--workers", str(c.workers), "--replication", str(c.replication),
                 "--network", c.network, "--dataset", c.dataset, "--lr", repr(c.lr), "--momentum", repr(c.momentum),
                 "--gamma", repr(c.gamma), "--lr-step", str(c.lr_step), "--max-steps", str(c.max_steps),
-                "--eval-freq", str(c.eval_freq), "--aggregator", c.aggregator, "--byzantine", str(c.byzantine),
-                "--attack", c.attack, "--alie-z", c.alie_z, "--byzantine-gen", c.byzantine_gen,
+                "--eval-freq", str(c.eval_freq), "--aggregator", named["aggregator"], "--byzantine", str(c.byzantine),
+                "--attack", named["attack"], "--alie-z", c.alie_z, "--byzantine-gen", named["byzantine_gen"],
                 "--seed", str(c.seed)]
         if c.rama_m is not None:
             args += ["--rama-m", str(c.rama_m)]
