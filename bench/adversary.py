@@ -15,7 +15,8 @@ Small in-process clusters (tests/byzantine_zoo.py: the PS and every agent in thi
 
 Each scenario (issue #26's rows 1-8, then the relay and timing zoo) replaces some workers of its fleet by Byzantine
 agents, the first of them favoured by the fetch order (or made a relay, or a relay's child) through the run's secret,
-and is compared with its fleet's clean run: step time (median, and worst step) against the clean median, the
+and is compared with its fleet's clean run: step time (median, and worst step) against the clean median (over the
+fleet's clean runs before and after the scenarios; the two two-class fleets pooled), the
 parameters' shift ||p - p_clean|| / ||p_clean||, whether the run failed (exit status not 0, a step missing, or no
 update applied), the sketch vote's tolerance against the clean fleet's, and where the culprits were reported.
 
@@ -261,8 +262,6 @@ def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log
             "culprits": sorted(culprits), "steps": len(got.steps), "exit": got.exit_code,
             "failed": got.failed(steps),
             "median_s": got.median_s, "max_s": got.max_s,
-            "ratio": got.median_s / ref.median_s if got.median_s and ref.median_s else None,
-            "max_ratio": got.max_s / ref.median_s if got.max_s and ref.median_s else None,
             "shift": _shift(got.params, ref.params),
             "tolerance": got.tolerance, "clean_tolerance": ref.tolerance,
             "inflation": got.tolerance / ref.tolerance if got.tolerance and ref.tolerance else None,
@@ -276,8 +275,33 @@ def bench_scheme(scheme: str, steps: int, only: set[str] | None, root: Path, log
             "honest_blamed": {c: n for c, n in honest_blamed.items() if n},
         }
         rows.append(row)
+    baseline = _baselines(root / scheme, clean, fleets, neutral, base, scheme, k, log)
+    for row in rows:
+        ref_s = baseline.get(row["fleet"])
+        row["clean_median_s"] = ref_s
+        row["ratio"] = row["median_s"] / ref_s if row["median_s"] and ref_s else None
+        row["max_ratio"] = row["max_s"] / ref_s if row["max_s"] and ref_s else None
         log(_line(row, spread))
     return rows, spread
+
+
+def _baselines(root: Path, clean: dict[str, Outcome], fleets: list[str], neutral: bytes, base: dict[str, Any],
+               scheme: str, k: int, log: Callable[[str], None]) -> dict[str, float]:
+    """Each fleet's clean median step, over its clean run before the scenarios and another after them (the load of
+    a shared machine drifts over a bench's quarter hour; one clean run was 1.6x another of the same fleet), the
+    two two-class fleets pooled (they differ only in which workers are of which class)."""
+    totals: dict[str, list[float]] = {}
+    for fleet in fleets:
+        again = _run(root, f"clean-{fleet}-after", fleet_slots(fleet, k), neutral,
+                     {**base, **fleet_changes(fleet, scheme)})
+        totals[fleet] = [e["times"]["total"] for run in (clean[fleet], again) for e in run.steps]
+    pooled = totals.get("two", []) + totals.get("two-alt", [])
+    baseline = {fleet: statistics.median(pooled if fleet in ("two", "two-alt") else got)
+                for fleet, got in totals.items() if got}
+    for fleet, seconds in sorted(baseline.items()):
+        log(f"{scheme}: clean {fleet}: baseline median step {seconds:.2f} s over {len(totals[fleet])} steps "
+            "(before and after the scenarios)")
+    return baseline
 
 
 def _fmt(value: float | None, spec: str) -> str:
