@@ -45,7 +45,8 @@ def test_one_fake_probe_moves_the_tolerance_at_most_twofold(tmp_path: Path) -> N
 
 def test_a_stealth_probe_in_the_ps_own_class_is_refused(tmp_path: Path) -> None:
     # worker 8 runs the default kernels, as the PS does: its probe digest is the PS's own, its sketch a lie
-    result = run_cluster(tmp_path, slots=two_classes(w8="stealth-probe:0.04"), max_steps=2)
+    # the refused agent never joins: the PS starts without it after --join-timeout (120 s by default)
+    result = run_cluster(tmp_path, slots=two_classes(w8="stealth-probe:0.04"), max_steps=2, join_timeout=15.0)
     assert result.exit_code == 0 and len(result.of("step")) == 2
     classes = result.of("classes")[-1]
     assert 8 not in {w for c in classes["classes"] for w in c["workers"]}
