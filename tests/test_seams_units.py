@@ -187,8 +187,8 @@ def test_a_relayed_worker_is_protected_until_its_relay_wait_ends_then_a_grace_af
     until = relays.protected_until(2, 1.0)
     assert until is not None and until >= relays._started + 3 * hop
     relays.on_complaint(_link(2), {"step": 5, "reason": "stalled"}, lambda link, step: None, lambda: None)
-    after = relays.protected_until(2, 1.0)
-    assert after is not None and time.monotonic() <= after <= time.monotonic() + 1.0
+    after = relays.protected_until(2, 1.0)  # the direct send (one hop), then its compute (the allowance)
+    assert after is not None and time.monotonic() + hop <= after <= time.monotonic() + hop + 1.0
 
 
 def test_the_gather_waits_out_a_protected_worker_and_wakes_on_a_complaint() -> None:
@@ -306,7 +306,7 @@ def test_a_relayed_worker_that_wastes_its_protection_loses_it_for_a_while() -> N
     relays.sources = {2: Source(1, ("h", 2), 3)}
     assert relays.protected_until(2, 1.0) is not None
     relays.on_complaint(_link(2), {"step": relays.step, "reason": "stalled"}, lambda link, step: None, lambda: None)
-    relays.end_step({2})  # late after complaining: a real relay failure, no penalty
+    relays.end_step({2})  # late even after its complaint bought it a direct send and a compute: no longer excused
     relays.plan(7 + COOLDOWN_STEPS, [])
     relays.sources = {2: Source(1, ("h", 2), 3)}
-    assert relays.protected_until(2, 1.0) is not None
+    assert relays.protected_until(2, 1.0) is None  # a complaint then silence cannot hold every step

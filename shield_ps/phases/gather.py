@@ -118,7 +118,10 @@ class Gather:
                                          return_when=asyncio.FIRST_COMPLETED)
             if decided in done and complete not in done:
                 grace = self._grace(collector.finish_times)
-                await self._wait_grace(collector, complete, loop.time() + grace, deadline, grace, protected_until)
+                # a worker that complained of its relay computes after the PS's direct send: a typical digest time
+                allowance = grace + (min(self._typical) if self._typical else 0.0)
+                await self._wait_grace(collector, complete, loop.time() + grace, deadline, allowance,
+                                       protected_until)
         finally:
             complete.cancel()
             decided.cancel()
@@ -129,7 +132,7 @@ class Gather:
         return late
 
     async def _wait_grace(self, collector: StepCollector, complete: asyncio.Task[bool], grace_end: float,
-                          deadline: float, grace: float,
+                          deadline: float, allowance: float,
                           protected_until: Callable[[int, float], float | None]) -> None:
         """Until every digest is in, or the later of ``grace_end`` and the protection of each worker still missing
         (taken again whenever a protection moves or a worker finishes: a protected worker that has since sent its
@@ -141,7 +144,7 @@ class Gather:
             collector.worker_finished.clear()
             ends = [grace_end]
             for worker in collector.missing_workers():
-                until = protected_until(worker, grace)
+                until = protected_until(worker, allowance)
                 if until is not None:
                     ends.append(until + offset)
             end = min(max(ends), deadline)

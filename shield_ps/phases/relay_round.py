@@ -118,22 +118,25 @@ class RelayRound:
             self.book.complain(self.step, accuser, accused)
         return {accused for _, accused in pairs}
 
-    def protected_until(self, worker: int, grace: float) -> float | None:
-        """The monotonic time before which ``worker`` may not be erased as late: the end of its relay wait, or
-        ``grace`` after its complaint (None: not relayed, or not protected this step)."""
+    def protected_until(self, worker: int, allowance: float) -> float | None:
+        """The monotonic time before which ``worker`` may not be erased as late: the end of its relay wait, or, after
+        its complaint, one relay hop (the PS sends it the parameters directly) plus ``allowance`` (the gather's
+        typical digest time and grace: it computes its files then) (None: not relayed, or not protected this step).
+        A grace alone after the complaint left an honest child of a stalling relay no time to compute: erased."""
         if worker in self._complained_at:
-            return self._complained_at[worker] + grace
+            return self._complained_at[worker] + self._deadlines.relay_hop(self._nbytes) + allowance
         source = self.sources.get(worker)
         if source is None or self.step < self._unprotected_until.get(worker, 0):
             return None
         return self._started + source.depth * self._deadlines.relay_hop(self._nbytes) + self._deadlines.hedge_floor
 
     def end_step(self, late: set[int]) -> None:
-        """The step's late workers: one that was relayed, protected and never complained loses its protection for
-        ``COOLDOWN_STEPS * 2**(n-1)`` steps (n: such steps so far)."""
+        """The step's late workers: one that was relayed and protected, and still late (it never complained, or it
+        complained and then did not compute in the time its complaint bought it), loses its protection for
+        ``COOLDOWN_STEPS * 2**(n-1)`` steps (n: such steps so far): a complaint then silence cannot hold every step."""
         for worker in late:
             source = self.sources.get(worker)
-            if source is None or worker in self._complained_at or self.step < self._unprotected_until.get(worker, 0):
+            if source is None or self.step < self._unprotected_until.get(worker, 0):
                 continue
             n = self._abuses[worker] = self._abuses.get(worker, 0) + 1
             wait = min(MAX_COOLDOWN_STEPS, COOLDOWN_STEPS << min(n - 1, 16))
