@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from wire.errors import MessageError
@@ -45,6 +45,7 @@ class StepCollector:
         self.complete = asyncio.Event()
         self.all_decided = asyncio.Event()  # every file has its winner (the streaming vote)
         self.worker_finished = asyncio.Event()  # set each time a worker sends its last digest or is dropped
+        self.digest_in = asyncio.Event()  # set on every digest recorded and every worker dropped
         self._check_complete()
 
     def add(self, worker: int, header: dict[str, Any]) -> bool:
@@ -70,6 +71,7 @@ class StepCollector:
             self.losses.setdefault(worker, []).append(report.loss)
         self.compute_s[worker] = self.compute_s.get(worker, 0.0) + report.seconds
         missing.discard(file)
+        self.digest_in.set()
         if not missing:
             del self._missing[worker]
             self.finish_times.append(time.monotonic() - self._started)
@@ -95,7 +97,22 @@ class StepCollector:
         if self._missing.pop(worker, None):
             self.lost.add(worker)
             self.worker_finished.set()
+            self.digest_in.set()
         self._check_complete()
+
+    def undecided_owing(self, excused: Container[int] = ()) -> set[int]:
+        """The files without a winner that are still owed a digest by a worker not in ``excused`` and have fewer
+        than r' digests in (a file with r' digests in can be voted on those: the sketch vote needs r' agreeing; one
+        owed only by excused workers is voted without them)."""
+        if self._r_prime is None:
+            return {f for owed in self._missing.values() for f in owed}
+        owed_by = {f for w, owed in self._missing.items() if w not in excused for f in owed}
+        return {f for f in owed_by if f not in self.decided and len(self.replies[f]) < self._r_prime}
+
+    def waiting_on(self, excused: Container[int] = ()) -> set[int]:
+        """The workers not in ``excused`` still owing a digest of a file without a winner."""
+        return {w for w, owed in self._missing.items()
+                if w not in excused and any(f not in self.decided for f in owed)}
 
     def _check_decided(self, file: int, digest: bytes) -> None:
         if self._r_prime is None or file in self.decided:

@@ -102,6 +102,20 @@ def test_a_grinding_centre_that_withholds_its_payload_is_slow_and_the_step_goes_
     assert any(8 in e["slow"] for e in steps)
 
 
+def test_a_silent_agent_in_a_two_class_fleet_costs_a_grace_not_the_gather_deadline(tmp_path: Path) -> None:
+    """Worker 8 never sends a digest. Where its two co-holders are of different classes their digests disagree, so
+    its file had no winner until its digest came, and every step waited the whole gather deadline (60 s here, 120 s
+    by default). Now the file is voted on the two digests in (the sketch vote) after a straggler grace, then the
+    silent worker gets only the short digest grace for a while."""
+    result = run_cluster(tmp_path, slots=two_classes(w8="silent-digests"), max_steps=3, gather_timeout=60.0)
+    steps = result.of("step")
+    assert result.exit_code == 0 and len(steps) == 3
+    for e in steps:
+        assert e["times"]["compute"] < 30.0, e["times"]  # a relay wait at most (the silent agent may be a relay)
+        assert 8 in e["erased"] and 8 in e["slow"], e
+        assert e["files_won"] == PLACEMENT.f, e
+
+
 def test_a_non_centre_sketch_liar_is_caught_by_the_audit_and_excluded(tmp_path: Path) -> None:
     """The issue's row 5: a holder whose sketch agreed but whose payload the PS never needed was never caught. Here
     worker 0 is the only one of its class, so every file it holds has an exact winner of the other class and its

@@ -65,3 +65,31 @@ def test_the_round_ends_at_its_deadline_with_erasures() -> None:
         assert rnd.deadline(2, compute_s=5.0) == 0.3 + 10.0  # a slow compute phase stretches it
 
     asyncio.run(main())
+
+
+def test_sketches_that_only_decide_blame_are_asked_for_once_the_waited_ones_are_in() -> None:
+    """The split file's holders are asked first and alone; the files whose sketches only decide blame go out in a
+    second SKETCH once every answer the vote waits for is in (``settled``), so on a loaded fleet they do not hold
+    up the sketches the step waits for; the round returns without them, and they still count at close."""
+    async def main() -> None:
+        rnd = SketchRound(DEFAULT_PARAMS, F, D, 5.0, lambda w: _link(w), lambda link, why: None,
+                          grace=lambda times: 10.0)  # once decidable, a grace to the deadline: settled ends it
+        sent: list[tuple[int, tuple[int, ...]]] = []
+        loop = asyncio.get_running_loop()
+
+        async def send(link: AgentLink, request: object) -> None:
+            files = request.files  # type: ignore[attr-defined]
+            sent.append((link.worker, files))
+            if files == (0,):  # the agents answer the split file at once, the blame files never
+                loop.call_soon(rnd.on_answer, link, _answer(7, 0))
+
+        rnd._send = send  # type: ignore[method-assign]
+        started = loop.time()
+        answers = await rnd.run(7, {0: (0,), 1: (0,)}, settled=lambda a: {0, 1} <= a[0].keys(),
+                                later={0: (1,), 2: (1, 2)})
+        assert loop.time() - started < 2.5  # the round's deadline is 5 s: it did not wait for the blame files
+        assert sent[:2] == [(0, (0,)), (1, (0,))] and sorted(sent[2:]) == [(0, (1,)), (2, (1, 2))]
+        assert set(answers[0]) == {0, 1} and answers[1] == {}
+        assert rnd.close() == {0: {1}, 2: {1, 2}}
+
+    asyncio.run(main())

@@ -60,6 +60,7 @@ class SplitResult:
     slow: set[int] = field(default_factory=set)
     used: dict[int, list[tuple[tuple[int, ...], int]]] = field(default_factory=dict)
     recomputed: int = 0
+    unwaited: int = 0  # split payloads not waited for past quorum (shield_ps.phases.groups)
     provable: set[int] = field(default_factory=set)  # dropped at the first vote with every holder's sketch in
 
 
@@ -113,7 +114,7 @@ class AutoVote:
             files[file] = file_vote
         self.used = result.used
         self.last.update(sketch_won=len(result.won), split=len(split), recomputed=result.recomputed,
-                         proven_by_class=len(proven))
+                         proven_by_class=len(proven), unwaited=result.unwaited)
         outcome = await self._finish(exact, files, replies, result.slow, result)
         # the split files' groups and the remaining fetches
         times[Phase.PAYLOAD_FETCH.value] = time.perf_counter() - mark
@@ -165,15 +166,17 @@ class AutoVote:
                             split: list[int], excusable: Mapping[int, set[int]], times: dict[str, float]
                             ) -> list[dict[int, SketchReply]]:
         """Ask every holder of a split file, and for a file with an exact winner its excusable losers and the
-        winners (to compare with), for their sketches; waits only for the split files'."""
-        requests: dict[int, list[int]] = {}
+        winners (to compare with), for their sketches; waits only for the split files' (the others only decide
+        blame: they come in while the step goes on, until :meth:`_settle`)."""
         asked = {f: set(replies[f]) for f in split}
         for file, losers in excusable.items():
             if losers:  # the winners sketch too, to be compared with
                 asked[file] = set(exact.files[file].holders) | losers
+        requests: dict[int, list[int]] = {}  # the split files' sketches, waited for
+        later: dict[int, list[int]] = {}  # blame only: asked once the split files are settled
         for file, workers in asked.items():
             for worker in workers:
-                requests.setdefault(worker, []).append(file)
+                (requests if file in split else later).setdefault(worker, []).append(file)
         holders = self.placement.file_workers
         r_prime = self.placement.r_prime
 
@@ -181,9 +184,13 @@ class AutoVote:
             return all(vote_sketches([holders[f]], [answers[f]], self.tolerance, r_prime).files[0].won
                        for f in split)
 
+        def settled(answers: list[dict[int, SketchReply]]) -> bool:
+            return all(asked[f] <= answers[f].keys() for f in split)
+
         answers = await self.sketches.run(step, {w: tuple(fs) for w, fs in requests.items()},
                                           times.get(Phase.DIGEST_GATHER.value, 0.0),
-                                          decidable=decidable if split else None, wait=bool(split))
+                                          decidable=decidable if split else None, settled=settled if split else None,
+                                          wait=bool(split), later={w: tuple(fs) for w, fs in later.items()})
         for file in range(len(answers)):
             if file not in asked:
                 answers[file] = {}
@@ -232,6 +239,7 @@ class AutoVote:
         result.lying |= outcome.lying
         result.slow |= outcome.slow
         result.recomputed += outcome.recomputed
+        result.unwaited += outcome.unwaited
         excluded |= outcome.lying
         for file, workers in outcome.gone.items():
             gone.setdefault(file, set()).update(workers)

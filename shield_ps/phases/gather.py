@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 #: Steps whose typical digest time the straggler grace remembers.
 RECENT_STEPS = 8
 
+#: After a worker was late, the steps it is given only the short digest grace for a file that still lacks a winner.
+UNWAITED_STEPS = 8
+
 
 class DigestIntake:
     """Where the agents' digests enter: one step's collector at a time, from before the broadcast to the end of the
@@ -88,40 +91,64 @@ class DigestIntake:
 class Gather:
     """Waits for one step's digests; :meth:`changed` wakes it when a protection moved (a relay complaint).
 
-    The straggler grace (:meth:`Deadlines.digest_grace`) is taken from the fastest typical (median) digest time of
-    the last ``RECENT_STEPS`` steps, this one included: a step that one agent slowed (the children of a relay that
-    stalled got their parameters late, so the median moved) does not stretch its own grace or the next steps', which
-    let one silent relay cost a later step 20 s."""
+    The gather waits for every digest, but only until each file can be voted on what is in, then a grace:
+
+    - every file has its winner: the straggler grace (:meth:`Deadlines.digest_grace`, a share of the typical digest
+      time: a late digest can no longer change a winner);
+    - every file without a winner has r' digests in (the sketch vote can decide it on those), but a worker still owes
+      one: the hedge-like :meth:`Deadlines.straggler_grace` over the typical digest time, since the missing digest
+      may still give the file an exact winner. A worker late past it is erased and, for the next
+      :data:`UNWAITED_STEPS` steps, is given only the short digest grace (a file that only it still owes counts as
+      votable at once): one agent that withholds its digests where its two co-holders disagree (two determinism
+      classes) costs one such grace in ``UNWAITED_STEPS + 1`` steps, not the gather deadline every step. The window
+      does not grow, so an honest worker on a slower machine is waited for again after it.
+
+    The typical digest time is the fastest median of the last ``RECENT_STEPS`` steps, this one included: a step that
+    one agent slowed (the children of a relay that stalled got their parameters late, so the median moved) does not
+    stretch its own grace or the next steps', which let one silent relay cost a later step 20 s."""
 
     def __init__(self, deadlines: Deadlines) -> None:
         self._deadlines = deadlines
         self._changed = asyncio.Event()
         self._typical: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
+        self._unwaited: dict[int, int] = {}  # worker -> first step it is waited for past the digest grace again
 
-    def _grace(self, finish_times: list[float]) -> float:
+    def _typical_now(self, finish_times: list[float]) -> float:
+        """The typical digest time, this step's median (once, when the first grace starts) included."""
         if finish_times:
             self._typical.append(statistics.median(finish_times))
-        return self._deadlines.digest_grace(min(self._typical) if self._typical else 0.0)
+        return min(self._typical) if self._typical else 0.0
 
     def changed(self) -> None:
         self._changed.set()
+
+    def unwaited(self, step: int) -> set[int]:
+        """The workers given only the short digest grace at ``step`` (late in one of the last UNWAITED_STEPS)."""
+        return {w for w, until in self._unwaited.items() if until > step}
 
     async def run(self, step: int, collector: StepCollector,
                   protected_until: Callable[[int, float], float | None]) -> set[int]:
         """Returns the late workers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadlines.gather
+        cooled = self.unwaited(step)
         complete = loop.create_task(collector.complete.wait())
         decided = loop.create_task(collector.all_decided.wait())
         try:
-            done, _ = await asyncio.wait({complete, decided}, timeout=self._deadlines.gather,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if decided in done and complete not in done:
-                grace = self._grace(collector.finish_times)
+            await self._until_votable(collector, cooled, {complete, decided}, deadline)
+            if not complete.done():
+                typical = self._typical_now(collector.finish_times)
+                grace = self._deadlines.digest_grace(typical)
                 # a worker that complained of its relay computes after the PS's direct send: a typical digest time
-                allowance = grace + (min(self._typical) if self._typical else 0.0)
-                await self._wait_grace(collector, complete, loop.time() + grace, deadline, allowance,
-                                       protected_until)
+                allowance = grace + typical
+                grace_end = loop.time() + grace
+                if not decided.done() and collector.waiting_on(cooled):
+                    undecided = self._deadlines.straggler_grace([typical] if typical else collector.finish_times)
+                    await self._wait_grace(collector, {complete, decided}, loop.time() + undecided, deadline,
+                                           allowance, protected_until, enough=lambda: not collector.waiting_on(cooled))
+                    if decided.done():  # the missing digest gave the last file its winner: a grace from now
+                        grace_end = loop.time() + grace
+                await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protected_until)
         finally:
             complete.cancel()
             decided.cancel()
@@ -129,17 +156,37 @@ class Gather:
         if late:
             log.warning("step %d: workers %s had not sent their digests in %.1fs: erased for this step", step,
                         sorted(late), loop.time() - deadline + self._deadlines.gather)
+        for worker in late:
+            if self._unwaited.get(worker, 0) <= step:
+                self._unwaited[worker] = step + 1 + UNWAITED_STEPS
         return late
 
-    async def _wait_grace(self, collector: StepCollector, complete: asyncio.Task[bool], grace_end: float,
+    @staticmethod
+    async def _until_votable(collector: StepCollector, cooled: set[int], stop: set[asyncio.Task[bool]],
+                             deadline: float) -> None:
+        """Until a task of ``stop`` is done, or every file can be voted on the digests in, or ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while not any(task.done() for task in stop) and collector.undecided_owing(cooled):
+            collector.digest_in.clear()
+            arrived = loop.create_task(collector.digest_in.wait())
+            try:
+                done, _ = await asyncio.wait({*stop, arrived}, timeout=max(0.0, deadline - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+            if not done:
+                return
+
+    async def _wait_grace(self, collector: StepCollector, stop: set[asyncio.Task[bool]], grace_end: float,
                           deadline: float, allowance: float,
-                          protected_until: Callable[[int, float], float | None]) -> None:
-        """Until every digest is in, or the later of ``grace_end`` and the protection of each worker still missing
-        (taken again whenever a protection moves or a worker finishes: a protected worker that has since sent its
-        digests no longer holds the step)."""
+                          protected_until: Callable[[int, float], float | None],
+                          enough: Callable[[], bool] | None = None) -> None:
+        """Until a task of ``stop`` is done, or ``enough()`` holds, or the later of ``grace_end`` and the protection
+        of each worker still missing (taken again whenever a protection moves or a worker finishes: a protected
+        worker that has since sent its digests no longer holds the step)."""
         loop = asyncio.get_running_loop()
         offset = loop.time() - time.monotonic()
-        while True:
+        while enough is None or not enough():
             self._changed.clear()
             collector.worker_finished.clear()
             ends = [grace_end]
@@ -150,10 +197,10 @@ class Gather:
             end = min(max(ends), deadline)
             wakes = {loop.create_task(self._changed.wait()), loop.create_task(collector.worker_finished.wait())}
             try:
-                done, _ = await asyncio.wait({complete, *wakes}, timeout=max(0.0, end - loop.time()),
+                done, _ = await asyncio.wait({*stop, *wakes}, timeout=max(0.0, end - loop.time()),
                                              return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in wakes:
                     task.cancel()
-            if complete in done or not done:
+            if done & stop or not done:
                 return

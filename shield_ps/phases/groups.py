@@ -14,9 +14,13 @@ again combines the buffer its earlier round fetched into (a fresh buffer would h
 
 Liveness: the phase waits until each file's fetched payloads cover r' of its group, then a hedge delay more for the
 rest (so a clean run takes every payload and is deterministic), and no longer: a holder that withholds its payload,
-even the only holder of its digest, costs the step one hedge delay and is reported ``slow``. Every fetch is bounded by
-the fetcher's own deadlines. Cost: up to r payloads per split file instead of one (only split files: with two
-determinism classes and r = 3 every disputed file keeps an exact sub-majority and none is split).
+even the only holder of its digest, costs the step one hedge delay and is reported ``slow``. For the next
+:data:`UNWAITED_STEPS` steps its payloads get no such delay (the phase ends at quorum without them, and a holder that
+still did not deliver is ``slow`` again), so one that withholds every step costs one hedge delay in
+``UNWAITED_STEPS + 1`` steps, not one a step; the window does not grow, so an honest holder on a slower machine is
+waited for again after it. Every fetch is bounded by the fetcher's own deadlines. Cost: up to r payloads per split
+file instead of one (only split files: with two determinism classes and r = 3 every disputed file keeps an exact
+sub-majority and none is split, unless a Byzantine holder's digest breaks it).
 """
 from __future__ import annotations
 
@@ -33,9 +37,12 @@ from byzantine.sketch import SketchParams, SketchReply, check_payloads
 from byzantine.vote import VoteResult
 from shield_ps.phases.buffers import StepBuffers
 from shield_ps.phases.deadlines import Deadlines
-from shield_ps.phases.fetch import Fetcher
+from shield_ps.phases.fetch import ASK_LAST_STEPS, Fetcher
 
 log = logging.getLogger(__name__)
+
+#: After a holder withheld a split file's payload, its payloads are not waited for past quorum for this many steps.
+UNWAITED_STEPS = ASK_LAST_STEPS
 
 
 def _same(holders: tuple[int, ...]) -> tuple[int, ...]:
@@ -54,6 +61,7 @@ class GroupOutcome:
     outvoted: dict[int, set[int]] = field(default_factory=dict)  # file -> holders whose payload was an outlier
     used: dict[int, list[tuple[tuple[int, ...], int]]] = field(default_factory=dict)  # file -> (holders, weight)
     recomputed: int = 0  # sketches recomputed at the PS (outliers)
+    unwaited: int = 0  # payloads missing at quorum that were not waited for (their holders withheld one lately)
 
 
 @dataclass
@@ -74,6 +82,7 @@ class SplitFiles:
         self._r_prime, self._params = r_prime, params
         self._held: dict[tuple[int, bytes], np.ndarray] = {}  # (file, digest) -> its buffer, this step
         self._cut: set[tuple[int, bytes]] = set()  # payloads whose fetch was cancelled: a copy may still land
+        self._unwaited: dict[int, int] = {}  # worker -> first step its payloads are waited for past quorum again
 
     async def resolve(self, step: int, files: Sequence[int], vote: VoteResult[int],
                       replies: Sequence[Mapping[int, bytes]], answers: Sequence[Mapping[int, SketchReply]],
@@ -82,8 +91,8 @@ class SplitFiles:
         outcome = GroupOutcome()
         payloads = self._start(files, vote, replies)
         try:
-            await self._wait(payloads)
-            fetched = self._settle(payloads, outcome)
+            outcome.unwaited = await self._wait(payloads, step)
+            fetched = self._settle(payloads, outcome, step)
             await self._combine(step, fetched, answers, seed, tolerance, outcome)
         finally:
             await self._release(payloads)
@@ -108,20 +117,32 @@ class SplitFiles:
                 payloads.append(payload)
         return payloads
 
-    async def _wait(self, payloads: list[_Payload]) -> None:
-        """Until every fetch ended, or a hedge delay after each file's fetched payloads cover r' holders."""
+    async def _wait(self, payloads: list[_Payload], step: int) -> int:
+        """Until every fetch ended, or a hedge delay after each file's fetched payloads cover r' holders (at quorum
+        when every payload still missing is held only by holders not waited for this step); returns how many
+        payloads were missing at quorum and not waited for."""
         loop = asyncio.get_running_loop()
         grace_ends: float | None = None
         while True:
             running = {p.task for p in payloads if p.task is not None and not p.task.done()}
             if not running:
-                return
-            if grace_ends is None and self._quorum(payloads):
-                grace_ends = loop.time() + self._deadlines.hedge_delay(self._buffers.nbytes)
+                return 0
+            if self._quorum(payloads):
+                waited = {p.task for p in payloads if p.task in running and self._waited(p, step)}
+                if not waited:
+                    return len(running)
+                running = waited
+                if grace_ends is None:
+                    grace_ends = loop.time() + self._deadlines.hedge_delay(self._buffers.nbytes)
             timeout = None if grace_ends is None else max(0.0, grace_ends - loop.time())
             done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
-                return
+                return 0
+
+    def _waited(self, payload: _Payload, step: int) -> bool:
+        """Whether ``payload`` is worth a hedge delay past quorum: one of its holders has not withheld a payload in
+        the last UNWAITED_STEPS steps."""
+        return any(self._unwaited.get(w, 0) <= step for w in payload.holders)
 
     def _quorum(self, payloads: list[_Payload]) -> bool:
         weight: dict[int, int] = {}
@@ -131,8 +152,9 @@ class SplitFiles:
                 weight[payload.file] += len(payload.holders)
         return all(w >= self._r_prime for w in weight.values())
 
-    def _settle(self, payloads: list[_Payload], outcome: GroupOutcome) -> dict[int, list[_Payload]]:
-        """The payloads that arrived, per file; the holders of the others are slow and left out of a next vote."""
+    def _settle(self, payloads: list[_Payload], outcome: GroupOutcome, step: int) -> dict[int, list[_Payload]]:
+        """The payloads that arrived, per file; the holders of the others are slow and left out of a next vote (and,
+        when they were waited for, not waited for past quorum in the next UNWAITED_STEPS steps)."""
         fetched: dict[int, list[_Payload]] = {}
         for payload in payloads:
             fetched.setdefault(payload.file, [])
@@ -143,6 +165,9 @@ class SplitFiles:
                 outcome.lying.update(payload.holders)
             else:
                 outcome.slow.update(payload.holders)
+                for worker in payload.holders:
+                    if self._unwaited.get(worker, 0) <= step:
+                        self._unwaited[worker] = step + 1 + UNWAITED_STEPS
             outcome.gone.setdefault(payload.file, set()).update(payload.holders)
         return fetched
 

@@ -7,7 +7,10 @@ is an erasure for that file's sketch vote (its worker is reported), never a wait
 
 The round is decidable once the caller's ``decidable(answers)`` holds (the auto vote: every file that needs the
 sketch vote has a group of r' agreeing answers; files that an exact r' majority of digests already decided never hold
-the round up), or once more than half of the asked workers have answered everything. The grace is the gather's
+the round up), or once more than half of the asked workers have answered everything; it is over at once when the
+caller's ``settled(answers)`` holds (every answer its decision needs is in). Files whose sketches only decide blame
+are asked for in a second SKETCH once the wait is over, so they do not compete for the agents' cores with the ones
+waited for. The grace is the gather's
 straggler grace over the answer times (``max(hedge_floor, hedge_factor x median answer time)``), so one agent that
 never answers costs a step that grace, not the deadline. The deadline is
 ``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed long for its
@@ -50,11 +53,13 @@ class SketchRound:
         self.seed = b""
         self.answers: list[dict[int, SketchReply]] = [{} for _ in range(num_files)]
         self._expected: dict[int, set[int]] = {}
-        self._asked = 0
+        self._pool: dict[int, set[int]] = {}  # worker -> files: more than half of these answered makes it ready
         self._answer_times: list[float] = []
         self._started = 0.0
         self._decidable: Callable[[list[dict[int, SketchReply]]], bool] | None = None
+        self._settled: Callable[[list[dict[int, SketchReply]]], bool] | None = None
         self._done = asyncio.Event()
+        self._enough = asyncio.Event()  # the answers the caller waits for are in (the rest may linger)
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()  # set on every answer
         self._deadline_at = 0.0  # monotonic time the round's deadline passes
@@ -66,33 +71,49 @@ class SketchRound:
 
     async def run(self, step: int, requests: dict[int, tuple[int, ...]], compute_s: float = 0.0, *,
                   decidable: Callable[[list[dict[int, SketchReply]]], bool] | None = None,
-                  wait: bool = True) -> list[dict[int, SketchReply]]:
+                  settled: Callable[[list[dict[int, SketchReply]]], bool] | None = None,
+                  wait: bool = True, later: dict[int, tuple[int, ...]] | None = None) -> list[dict[int, SketchReply]]:
         """Reveal a fresh seed to the holders in ``requests`` (worker -> its disputed files) and collect their
-        sketches until complete, a grace after the round is decidable, or the deadline (with ``wait=False``: not at
-        all); returns per file worker -> reply, which keeps filling with answers that arrive later, until
-        :meth:`close`."""
+        sketches until complete, or ``settled(answers)`` holds (every answer the caller's decision needs is in: the
+        rest keep coming while the step goes on), or a grace after the round is decidable, or the deadline (with
+        ``wait=False``: not at all); returns per file worker -> reply, which keeps filling with answers that arrive
+        later, until :meth:`close`. ``later``: more files to sketch under the same seed, asked for only once the
+        wait is over (they decide nothing the caller waits for, so they do not compete with it for the agents'
+        cores); they count for :meth:`linger` and :meth:`close` like the others."""
         self.step, self.seed = step, new_seed()
         self.answers = [{} for _ in range(self._f)]
         self._expected = {w: set(files) for w, files in requests.items() if files}
-        self._asked, self._answer_times, self._decidable = len(self._expected), [], decidable
-        self._done, self._ready = asyncio.Event(), asyncio.Event()
+        for worker, files in (later or {}).items():
+            if files:
+                self._expected.setdefault(worker, set()).update(files)
+        first = {w: set(files) for w, files in requests.items() if files}
+        self._pool = first or {w: set(files) for w, files in self._expected.items()}  # the half-answered rule's
+        self._answer_times, self._decidable = [], decidable
+        self._settled = settled
+        self._done, self._ready, self._enough = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._started = started = time.monotonic()
         self.missing = {}
-        sends = []
-        for worker, files in sorted(self._expected.items()):
-            link = self._link_of(worker)
-            if link is None:
-                continue
-            request = SketchRequest(step, self.seed, tuple(sorted(files)), self.params.rows, self.params.width)
-            sends.append(self._send(link, request))
-        asked = {w: set(fs) for w, fs in self._expected.items()}
-        budget = self.deadline(max((len(f) for f in asked.values()), default=0), compute_s)
+        budget = self.deadline(max((len(f) for f in self._expected.values()), default=0), compute_s)
         self._deadline_at = started + budget
-        await asyncio.gather(*sends)
+        await self._ask(requests)
         self._check_done()
         if wait:
             await self._wait(step, budget - (time.monotonic() - started))
+        if later:
+            await self._ask(later)
         return self.answers
+
+    async def _ask(self, requests: dict[int, tuple[int, ...]]) -> None:
+        """Send each worker still expected one SKETCH for its files of ``requests`` not answered yet."""
+        sends = []
+        for worker, files in sorted(requests.items()):
+            link = self._link_of(worker)
+            wanted = tuple(sorted(set(files) & self._expected.get(worker, set())))
+            if link is None or not wanted:
+                continue
+            sends.append(self._send(link, SketchRequest(self.step, self.seed, wanted, self.params.rows,
+                                                        self.params.width)))
+        await asyncio.gather(*sends)
 
     async def linger(self, enough: Callable[[list[dict[int, SketchReply]]], bool] | None = None) -> None:
         """At the end of the step, for a round that was not waited for: until every answer is in or ``enough(answers)``
@@ -123,19 +144,24 @@ class SketchRound:
         return self.missing
 
     async def _wait(self, step: int, budget: float) -> None:
-        """Until every answer is in; or a grace after the round became decidable; or ``budget`` seconds."""
+        """Until every answer is in, or every answer the caller needs; or a grace after the round became decidable;
+        or ``budget`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, budget)
         done, ready = loop.create_task(self._done.wait()), loop.create_task(self._ready.wait())
+        enough = loop.create_task(self._enough.wait())
         try:
-            finished, _ = await asyncio.wait({done, ready}, timeout=max(0.0, deadline - loop.time()),
+            finished, _ = await asyncio.wait({done, ready, enough}, timeout=max(0.0, deadline - loop.time()),
                                              return_when=asyncio.FIRST_COMPLETED)
-            if ready in finished and done not in finished:
+            if ready in finished and not finished & {done, enough}:
                 grace = min(self._grace(self._answer_times), max(0.0, deadline - loop.time()))
-                await asyncio.wait({done}, timeout=grace)
+                await asyncio.wait({done, enough}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         finally:
             done.cancel()
             ready.cancel()
+            enough.cancel()
+        if self._enough.is_set():
+            return
         if self._expected and not self._done.is_set():
             log.info("step %d: no sketch yet from workers %s: erasures in the sketch vote of the undecided files",
                      step, sorted(self._expected))
@@ -184,9 +210,13 @@ class SketchRound:
         if not self._expected:
             self._done.set()
             return
+        if self._settled is not None and self._settled(self.answers):
+            self._enough.set()
         if self._ready.is_set():
             self._changed.set()
             return
-        if 2 * len(self._expected) < self._asked or (self._decidable is not None and self._decidable(self.answers)):
+        owing = sum(1 for w, files in self._pool.items() if any(w not in self.answers[f] for f in files)
+                    and w in self._expected)
+        if 2 * owing < len(self._pool) or (self._decidable is not None and self._decidable(self.answers)):
             self._ready.set()
             self._changed.set()
