@@ -125,13 +125,18 @@ SCENARIOS = [
     Scenario("fake-probe", "1", "two", last("fake-probe")),
     Scenario("stealth-probe", "1", "two", lambda k, p: {0: "stealth-probe"}),  # worker 0 stands for its class
     Scenario("3 hiders + fake-probe", "2", "two", minority(3, "hider:0.04 fake-probe")),
-    Scenario("3 hiders, worst set", "2", "two", worst(3, "hider:0.04 fake-probe"), shift_counts=False),
+    Scenario("3 hiders (worst set)", "2", "two", worst(3, "hider:0.04 fake-probe"), shift_counts=False),
     Scenario("silent-disputer", "3", "one", last("silent-disputer")),
+    # in a two-class fleet its files whose other holders are of different classes have no exact winner: they wait
+    # for what only it can give (its digest, its sketch)
+    Scenario("silent-disputer (two classes)", "3", "two", last("silent-disputer")),
+    Scenario("silent-digests (two classes)", "timing", "two", last("silent-digests")),
+    Scenario("delayed-digests (two classes)", "timing", "two", last("delayed-digests")),
     Scenario("grinding-centre", "4", "two", last("grinding-centre")),
     Scenario("sketch-liar centre", "5", "two", last("sketch-liar:0.01,centre")),
     Scenario("sketch-liar non-centre", "5", "two", last("sketch-liar:0.01,non-centre")),
     Scenario("droppers (q-1 co-holders)", "6", "drop", lambda k, p: {}, shift_counts=False),  # see _droppers
-    Scenario("fake-probe, --vote exact", "7", "exact", last("fake-probe")),
+    Scenario("fake-probe (--vote exact)", "7", "exact", last("fake-probe")),
     Scenario("relay-staller", "8", "one", last("relay-staller"), secret="relay"),
     Scenario("relay-corrupter", "relay", "one", last("relay-corrupter"), secret="relay"),
     Scenario("relay-accuser", "relay", "one", last("relay-accuser"), secret="accused"),

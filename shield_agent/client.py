@@ -289,6 +289,11 @@ class AgentSession:
                 return
             work.done.add(file)
             loss = result.loss if math.isfinite(result.loss) else None
+            delay = self.adversary.digest_delay(work.step, file)
+            if delay > 0:
+                await asyncio.sleep(delay)
+                if work.cancelled:
+                    return
             try:
                 await self.conn.send(Kind.DIGESTS, DigestReport(work.step, file, digest, loss,
                                                                 result.seconds).header())

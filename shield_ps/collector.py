@@ -42,6 +42,7 @@ class StepCollector:
         self._num_files = num_files
         self._started = time.monotonic()
         self.finish_times: list[float] = []  # seconds from the start to each worker's last expected digest
+        self.finished_at: dict[int, float] = {}  # worker -> monotonic time of its last expected digest
         self.complete = asyncio.Event()
         self.all_decided = asyncio.Event()  # every file has its winner (the streaming vote)
         self.worker_finished = asyncio.Event()  # set each time a worker sends its last digest or is dropped
@@ -74,7 +75,8 @@ class StepCollector:
         self.digest_in.set()
         if not missing:
             del self._missing[worker]
-            self.finish_times.append(time.monotonic() - self._started)
+            self.finished_at[worker] = time.monotonic()
+            self.finish_times.append(self.finished_at[worker] - self._started)
             self.worker_finished.set()
         self._check_complete()
         return True

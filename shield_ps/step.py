@@ -195,7 +195,7 @@ class StepRunner:
         present = {w for replies in collector.replies for w in replies}
         account = StepAccount.build(
             lying=lying, outvoted=set(vote.disagreeing) | (result.attack_outvoted & present),
-            slow=self._step_slow | report.slow | late | audit_slow | unanswered,
+            slow=self._step_slow | report.slow | late | self.gather.held | audit_slow | unanswered,
             erased=(set(range(plan.placement.K)) - {link.worker for link in links}) | collector.lost | late,
             relay=self.relays.blame())
         bytes_in, bytes_out = (now - before for now, before in zip(self._traffic(links), bytes_before, strict=False))

@@ -93,3 +93,59 @@ def test_sketches_that_only_decide_blame_are_asked_for_once_the_waited_ones_are_
         assert rnd.close() == {0: {1}, 2: {1, 2}}
 
     asyncio.run(main())
+
+
+def test_a_worker_that_left_a_sketch_unanswered_is_not_waited_for_in_the_next_rounds() -> None:
+    """Worker 2 never answers. The first round waits its grace for it (2 s here); the next UNWAITED_STEPS rounds end
+    as soon as the others are in, and lingering for its blame sketches ends at once; then it is waited for again."""
+    from shield_ps.phases.deadlines import UNWAITED_STEPS
+
+    async def main() -> list[float]:
+        rnd = SketchRound(DEFAULT_PARAMS, F, D, 20.0, lambda w: _link(w), lambda link, why: None,
+                          grace=lambda times: 2.0)
+        loop = asyncio.get_running_loop()
+
+        async def send(link: AgentLink, request: object) -> None:
+            if link.worker != 2:
+                for file in request.files:  # type: ignore[attr-defined]
+                    loop.call_soon(rnd.on_answer, link, _answer(request.step, file))  # type: ignore[attr-defined]
+
+        rnd._send = send  # type: ignore[method-assign]
+        waited = []
+        for step in (3, 4, 3 + UNWAITED_STEPS, 4 + UNWAITED_STEPS):
+            started = loop.time()
+            await rnd.run(step, {0: (0,), 1: (0,), 2: (0,)}, decidable=lambda a: len(a[0]) >= 2,
+                          later={2: (1,)})
+            await rnd.linger()
+            waited.append(loop.time() - started)
+            assert rnd.close() == {2: {0, 1}}
+        return waited
+
+    first, second, last_in_window, again = asyncio.run(main())
+    assert first >= 2.0 and again >= 2.0  # the grace of the split round, and lingering for worker 2's blame file
+    assert second < 1.5 and last_in_window < 1.5
+
+
+def test_a_round_that_cannot_be_decided_without_a_worker_still_waits_for_it() -> None:
+    """Not waiting for a worker that withheld lately applies only once the round is decidable: where its answer may
+    decide a file (here every answer is needed), the round still gives it the grace, so a worker noted by mistake
+    cannot make the step drop files."""
+    async def main() -> float:
+        rnd = SketchRound(DEFAULT_PARAMS, F, D, 20.0, lambda w: _link(w), lambda link, why: None,
+                          grace=lambda times: 1.0)
+        loop = asyncio.get_running_loop()
+
+        async def send(link: AgentLink, request: object) -> None:
+            if link.worker != 2:
+                for file in request.files:  # type: ignore[attr-defined]
+                    loop.call_soon(rnd.on_answer, link, _answer(request.step, file))  # type: ignore[attr-defined]
+
+        rnd._send = send  # type: ignore[method-assign]
+        requests = {0: (0,), 1: (0,), 2: (0,)}
+        await rnd.run(3, requests, decidable=lambda a: len(a[0]) >= 2)  # worker 2 waited for to the end: noted
+        rnd.close()
+        started = loop.time()
+        await rnd.run(4, requests, decidable=lambda a: len(a[0]) >= 3)
+        return loop.time() - started
+
+    assert asyncio.run(main()) >= 1.0

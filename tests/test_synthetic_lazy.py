@@ -202,7 +202,10 @@ def test_a_synthetic_run_with_every_lie_ends_as_with_stored_gradients(tmp_path: 
     parameters. Whether the forger is asked at step 0 or only at step 1 depends on which holders' digests arrive
     first (the fetch starts at r' agreeing digests), so the pair of runs is repeated until both proved it at the
     same step (at most three times; about one pair in five differs)."""
-    slots = [("sketch-liar:1e-3,centre,8",), ("forger",), ("scale:2",), ("deviator:2e-3",)] + [()] * 5
+    # worker 0 grinds 2 bits, not 8: 256 hashes of a 400 KB vector a file made it a slow committer, and a worker
+    # that holds a file without a winner past the short digest grace is given only that grace for the next steps
+    # (docs/liveness.md), so whether it was erased then depended on the machine's load, and the two paths differed
+    slots = [("sketch-liar:1e-3,centre,2",), ("forger",), ("scale:2",), ("deviator:2e-3",)] + [()] * 5
     changes = {"synthetic_d": 100_003, "vote_tol": 1e-4, "max_steps": 3, "eval_freq": 3, "seed": SEED}
     secret = secret_favouring(zoo_config(tmp_path, **changes), 1)
 

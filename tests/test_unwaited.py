@@ -15,10 +15,9 @@ from byzantine.sketch import DEFAULT_PARAMS
 from byzantine.vote import FileVote, VoteResult
 from shield_ps.collector import StepCollector
 from shield_ps.phases.buffers import StepBuffers
-from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.deadlines import UNWAITED_STEPS, Deadlines
 from shield_ps.phases.fetch import Fetcher
-from shield_ps.phases.gather import UNWAITED_STEPS, Gather
-from shield_ps.phases.groups import UNWAITED_STEPS as SPLIT_UNWAITED_STEPS
+from shield_ps.phases.gather import Gather
 from shield_ps.phases.groups import SplitFiles
 from tests.test_fetch_seams import FILE, _holders, silent
 from tests.test_fetch_seams import D as WIRE_D
@@ -65,7 +64,9 @@ def test_a_silent_holder_of_a_file_whose_other_holders_disagree_costs_a_grace_no
 
 def test_a_holder_whose_digest_comes_within_the_straggler_grace_is_waited_for() -> None:
     """The wait exists for honest stragglers: a third digest that comes a little after the two that disagree gives
-    the file its exact winner (the run stays a function of its seed), and nobody is late."""
+    the file its exact winner (the run stays a function of its seed), and nobody is late. But it held the step past
+    the short digest grace: an agent that does so on purpose every step (``delayed-digests``) gets only that grace
+    in the next UNWAITED_STEPS steps."""
     async def main() -> None:
         gather = Gather(_deadlines(hedge_floor=2.0))
         collector = StepCollector(0, 1, {0: (0,), 1: (0,), 2: (0,)}, r_prime=2)
@@ -80,6 +81,8 @@ def test_a_holder_whose_digest_comes_within_the_straggler_grace_is_waited_for() 
         late = await gather.run(0, collector, _unprotected)
         await task
         assert late == set() and collector.decided == {0: b"a" * 32}
+        # it held the step past the short grace: reported slow, and given only that grace for a while
+        assert gather.held == {2} and gather.unwaited(1) == {2}
 
     asyncio.run(main())
 
@@ -136,7 +139,7 @@ def test_a_lone_holder_that_withheld_its_payload_is_not_waited_for_in_the_next_s
         async with _holders([_echoing(payloads[0]), _echoing(payloads[1]), silent]) as links:
             fetcher = Fetcher(buffers, fetch_deadlines(), b"s" * 32, links.get, lambda link, why: None)
             splits = SplitFiles(fetcher, buffers, fetch_deadlines(), 2, DEFAULT_PARAMS)
-            for step in (10, 11, 10 + SPLIT_UNWAITED_STEPS, 11 + SPLIT_UNWAITED_STEPS):
+            for step in (10, 11, 10 + UNWAITED_STEPS, 11 + UNWAITED_STEPS):
                 buffers.begin_step()
                 fetcher.begin(step)
                 started = time.monotonic()
@@ -152,4 +155,4 @@ def test_a_lone_holder_that_withheld_its_payload_is_not_waited_for_in_the_next_s
 
     seen = asyncio.run(main())
     assert [(step, unwaited, slow) for step, unwaited, slow, _ in seen] == [
-        (10, 0, {2}), (11, 1, {2}), (10 + SPLIT_UNWAITED_STEPS, 1, {2}), (11 + SPLIT_UNWAITED_STEPS, 0, {2})]
+        (10, 0, {2}), (11, 1, {2}), (10 + UNWAITED_STEPS, 1, {2}), (11 + UNWAITED_STEPS, 0, {2})]

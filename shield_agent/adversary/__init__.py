@@ -26,6 +26,7 @@ from shield_agent.adversary.params import AdversaryError, read_args
 from shield_agent.adversary.probe import FakeProbe, StealthProbe
 from shield_agent.adversary.relaying import RelayAccuser, RelayCorrupter, RelayStaller
 from shield_agent.adversary.timing import (
+    DelayedDigests,
     DelayedFetch,
     Flood,
     ReconnectEveryStep,
@@ -65,6 +66,7 @@ class Name(str, enum.Enum):
     DELAYED_FETCH = "delayed-fetch"
     SLOW_STEP_READER = "slow-step-reader"
     SILENT_DIGESTS = "silent-digests"
+    DELAYED_DIGESTS = "delayed-digests"
     RECONNECT_EVERY_STEP = "reconnect-every-step"
     FLOOD = "flood"
     WRONG_LENGTH = "wrong-length"
@@ -93,6 +95,7 @@ BEHAVIOURS: dict[Name, type[Behaviour]] = {
     Name.DELAYED_FETCH: DelayedFetch,
     Name.SLOW_STEP_READER: SlowStepReader,
     Name.SILENT_DIGESTS: SilentDigests,
+    Name.DELAYED_DIGESTS: DelayedDigests,
     Name.RECONNECT_EVERY_STEP: ReconnectEveryStep,
     Name.FLOOD: Flood,
     Name.WRONG_LENGTH: WrongLength,
@@ -129,6 +132,8 @@ def hooks_of(behaviour: type[Behaviour]) -> list[str]:
             used.append(word)
     if behaviour.commit is not Behaviour.commit:
         used.append("commit")
+    if behaviour.digest_delay is not Behaviour.digest_delay:
+        used.append("digest")
     if behaviour.sketches_input or not behaviour.answers_sketch:
         used.append("sketch")
     if behaviour.claims("on_fetch") or behaviour.forges:

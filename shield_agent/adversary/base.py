@@ -76,6 +76,10 @@ class Behaviour:
     def commits(self) -> bool:
         return type(self).commit is not Behaviour.commit
 
+    def digest_delay(self, step: int, file: int) -> float:
+        """Seconds to hold the digest of ``file`` before sending it (0: at once, as an honest agent does)."""
+        return 0.0
+
     def forge(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The payload sent on FETCH instead of the committed vector (``forges`` behaviours only)."""
         return payload
@@ -180,6 +184,10 @@ class Adversary:
             behaviour.probe_gradient(gradient, step, file)
 
     # ---- compute ---------------------------------------------------------------------------------------------
+    def digest_delay(self, step: int, file: int) -> float:
+        """Seconds to hold the digest of ``file`` (the longest any behaviour asks; 0 for an honest agent)."""
+        return max((b.digest_delay(step, file) for b in self.behaviours), default=0.0)
+
     def commit(self, gradient: np.ndarray, step: int, file: int, worker: int, *,
                keep: dict[int, np.ndarray] | None = None, upto: int | None = None) -> np.ndarray:
         """Apply the commits in order, in place; with ``keep``, store a copy of the vector a sketch-liar sketches

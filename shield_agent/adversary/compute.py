@@ -86,7 +86,9 @@ class SilentDisputer(Behaviour):
     so each of its files is disputed although its other holders agree exactly.
 
     Expected of the PS: files with an exact r' winner never wait for sketches; the disputer is ``outvoted`` (or
-    ``slow``), never absolved, and costs no step more than 1.5x the clean median."""
+    ``slow``), never absolved, and costs no step more than 1.5x the clean median. In a two-class fleet, where its
+    file is split, the first step waits a straggler grace for its sketches and the next 8 steps do not wait for them
+    at all."""
 
     name = "silent-disputer"
     answers_sketch = False
@@ -101,8 +103,9 @@ class GrindingCentre(Behaviour):
     committed digest), then never answers FETCH. Needs a disputed file (a two-class fleet) to matter.
 
     Expected of the PS: the centre is chosen by something the agent cannot grind (keyed by the per-step seed revealed
-    after the commitment) and hedged when it alone holds its digest; the step costs at most 1.5x the clean median and
-    the grinder is ``slow``."""
+    after the commitment); the split file takes the median of its group's other payloads after a hedge delay the
+    first time, and at once for the next 8 steps (a withheld payload is not waited for again until then); the step
+    costs at most 1.5x the clean median and the grinder is ``slow``."""
 
     name = "grinding-centre"
     params = (Param("bits", whole(1, 16), 8, "an integer in 1..16", "digest bits ground (about 2^BITS hashes)"),)

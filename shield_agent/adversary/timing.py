@@ -125,12 +125,32 @@ class SlowStepReader(Behaviour):
 class SilentDigests(Behaviour):
     """Stays connected and takes every STEP, but never sends a digest.
 
-    Expected of the PS: once every file has its winner the gather ends after the straggler grace; ``slow``."""
+    Expected of the PS: once every file has its winner the gather ends after the short digest grace; ``slow`` and
+    ``erased``. In a two-class fleet, where a file whose two other holders disagree has no winner without it, the file
+    is voted on those two digests (the sketch vote) after a straggler grace the first time and the short grace for
+    the next 8 steps, never the gather deadline."""
 
     name = "silent-digests"
 
     async def on_step(self, session: AgentSession, msg: Message) -> None:
         msg.discard()
+
+
+class DelayedDigests(Behaviour):
+    """Computes honestly but holds each digest SECONDS before sending it (its files are computed one after another,
+    so its last digest comes about files x SECONDS late): in a two-class fleet, a file whose two other holders are
+    of different classes has no winner until its digest comes.
+
+    Expected of the PS: such a file waits a straggler grace for it (an honest straggler keeps the run a function of
+    its seed); a worker that held the step past the short digest grace is ``slow``, and for the next 8 steps it is
+    given only that grace (``erased`` when it misses it), so it costs about one straggler grace in nine steps; a
+    file that has its winner never waits for it."""
+
+    name = "delayed-digests"
+    params = (Param("seconds", real(0.0, 3600.0), 0.15, "seconds in [0, 3600]", "delay before each digest"),)
+
+    def digest_delay(self, step: int, file: int) -> float:
+        return float(self.args["seconds"])
 
 
 class ReconnectEveryStep(Behaviour):

@@ -144,11 +144,18 @@ class AutoVote:
         blame from the answers that came (their decision never waited for one). Returns the slow: excusable losers
         that sent no sketch, the winners of a file none of whose winners sketched, and the holders that never
         answered a sketch an undecided file needed (a lost digest with a sketch that disagrees is outvoted)."""
-        def resolved(answers: list[dict[int, SketchReply]]) -> bool:
-            return all(losers <= set(answers[f]) and any(w in answers[f] for w in exact.files[f].holders)
-                       for f, losers in excusable.items() if losers)
+        def needed(answers: list[dict[int, SketchReply]]) -> set[int]:
+            """The workers whose sketches blame still needs: each excusable loser's own, and every winner's of a file
+            none of whose winners has answered."""
+            need: set[int] = set()
+            for f, losers in excusable.items():
+                if losers:
+                    need |= losers - answers[f].keys()
+                    if not any(w in answers[f] for w in exact.files[f].holders):
+                        need |= set(exact.files[f].holders)
+            return need
 
-        await self.sketches.linger(resolved)
+        await self.sketches.linger(needed)
         missing = self.sketches.close()
         blamed = self._blamed(exact, replies, self.answers, excusable)
         files = list(outcome.vote.files)

@@ -31,6 +31,28 @@ STRAGGLER_SHARE = 0.5
 DIGEST_GRACE_FLOOR = 0.05
 #: A transfer is given time at this share of the median rate that recent transfers of its kind achieved.
 _RATE_SHARE = 0.5
+#: After a worker withheld what only it could give (a digest, a sketch, a payload), the steps it is not waited for
+#: past the others.
+UNWAITED_STEPS = 8
+
+
+class Unwaited:
+    """The workers not waited for past the others: each for ``UNWAITED_STEPS`` steps after it withheld what only
+    it could give. One that withholds every step costs one grace in ``UNWAITED_STEPS + 1`` steps, not one a step;
+    the window does not grow while it withholds in it, so an honest worker on a slower machine is waited for again
+    after it (docs/liveness.md)."""
+
+    def __init__(self) -> None:
+        self._until: dict[int, int] = {}  # worker -> first step it is waited for again
+
+    def note(self, worker: int, step: int) -> None:
+        """``worker`` withheld something at ``step`` (nothing changes while it is already not waited for)."""
+        if self._until.get(worker, 0) <= step:
+            self._until[worker] = step + 1 + UNWAITED_STEPS
+
+    def at(self, step: int) -> set[int]:
+        """The workers not waited for at ``step``."""
+        return {w for w, until in self._until.items() if until > step}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 
 from shield_ps.collector import DigestRejected, StepCollector
 from shield_ps.events import WorkerState
-from shield_ps.phases.deadlines import Deadlines
+from shield_ps.phases.deadlines import Deadlines, Unwaited
 from shield_ps.phases.fetch import Fetcher
 from shield_ps.pool import AgentLink, WorkerPool
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 #: Steps whose typical digest time the straggler grace remembers.
 RECENT_STEPS = 8
 
-#: After a worker was late, the steps it is given only the short digest grace for a file that still lacks a winner.
-UNWAITED_STEPS = 8
 
 
 class DigestIntake:
@@ -111,7 +110,8 @@ class Gather:
         self._deadlines = deadlines
         self._changed = asyncio.Event()
         self._typical: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
-        self._unwaited: dict[int, int] = {}  # worker -> first step it is waited for past the digest grace again
+        self._unwaited = Unwaited()  # late workers: only the short digest grace for a while
+        self.held: set[int] = set()  # the last run's workers that held a file without a winner past the short grace
 
     def _typical_now(self, finish_times: list[float]) -> float:
         """The typical digest time, this step's median (once, when the first grace starts) included."""
@@ -124,7 +124,7 @@ class Gather:
 
     def unwaited(self, step: int) -> set[int]:
         """The workers given only the short digest grace at ``step`` (late in one of the last UNWAITED_STEPS)."""
-        return {w for w, until in self._unwaited.items() if until > step}
+        return self._unwaited.at(step)
 
     async def run(self, step: int, collector: StepCollector,
                   protected_until: Callable[[int, float], float | None]) -> set[int]:
@@ -132,6 +132,7 @@ class Gather:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadlines.gather
         cooled = self.unwaited(step)
+        self.held = set()
         complete = loop.create_task(collector.complete.wait())
         decided = loop.create_task(collector.all_decided.wait())
         try:
@@ -143,9 +144,8 @@ class Gather:
                 allowance = grace + typical
                 grace_end = loop.time() + grace
                 if not decided.done() and collector.waiting_on(cooled):
-                    undecided = self._deadlines.straggler_grace([typical] if typical else collector.finish_times)
-                    await self._wait_grace(collector, {complete, decided}, loop.time() + undecided, deadline,
-                                           allowance, protected_until, enough=lambda: not collector.waiting_on(cooled))
+                    await self._wait_undecided(step, collector, cooled, {complete, decided}, grace, deadline,
+                                               allowance, protected_until)
                     if decided.done():  # the missing digest gave the last file its winner: a grace from now
                         grace_end = loop.time() + grace
                 await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protected_until)
@@ -157,9 +157,31 @@ class Gather:
             log.warning("step %d: workers %s had not sent their digests in %.1fs: erased for this step", step,
                         sorted(late), loop.time() - deadline + self._deadlines.gather)
         for worker in late:
-            if self._unwaited.get(worker, 0) <= step:
-                self._unwaited[worker] = step + 1 + UNWAITED_STEPS
+            self._unwaited.note(worker, step)
         return late
+
+    async def _wait_undecided(self, step: int, collector: StepCollector, cooled: set[int],
+                              stop: set[asyncio.Task[bool]], grace: float, deadline: float, allowance: float,
+                              protected_until: Callable[[int, float], float | None]) -> None:
+        """Every file can be voted, but some file without a winner is still owed a digest that may give it one: wait
+        the hedge-like straggler grace for it (an honest straggler keeps the run a function of its seed), until no
+        worker outside ``cooled`` owes such a file. A worker that held the step past the short digest grace, or never
+        came, is given only that grace for the next UNWAITED_STEPS steps (one that came is in :attr:`held`, reported
+        ``slow``): an agent that delays its digests to just under the straggler grace costs one in
+        UNWAITED_STEPS + 1 steps."""
+        loop = asyncio.get_running_loop()
+        holding = collector.waiting_on(cooled)
+        short_end = time.monotonic() + grace
+        typical = min(self._typical) if self._typical else 0.0
+        undecided = self._deadlines.straggler_grace([typical] if typical else collector.finish_times)
+        await self._wait_grace(collector, stop, loop.time() + undecided, deadline, allowance, protected_until,
+                               enough=lambda: not collector.waiting_on(cooled))
+        for worker in holding:
+            finished = collector.finished_at.get(worker, math.inf)
+            if finished > short_end:
+                self._unwaited.note(worker, step)
+                if finished < math.inf:
+                    self.held.add(worker)
 
     @staticmethod
     async def _until_votable(collector: StepCollector, cooled: set[int], stop: set[asyncio.Task[bool]],

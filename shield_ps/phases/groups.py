@@ -36,13 +36,10 @@ from byzantine.groups import median_into, outliers
 from byzantine.sketch import SketchParams, SketchReply, check_payloads
 from byzantine.vote import VoteResult
 from shield_ps.phases.buffers import StepBuffers
-from shield_ps.phases.deadlines import Deadlines
-from shield_ps.phases.fetch import ASK_LAST_STEPS, Fetcher
+from shield_ps.phases.deadlines import Deadlines, Unwaited
+from shield_ps.phases.fetch import Fetcher
 
 log = logging.getLogger(__name__)
-
-#: After a holder withheld a split file's payload, its payloads are not waited for past quorum for this many steps.
-UNWAITED_STEPS = ASK_LAST_STEPS
 
 
 def _same(holders: tuple[int, ...]) -> tuple[int, ...]:
@@ -82,7 +79,7 @@ class SplitFiles:
         self._r_prime, self._params = r_prime, params
         self._held: dict[tuple[int, bytes], np.ndarray] = {}  # (file, digest) -> its buffer, this step
         self._cut: set[tuple[int, bytes]] = set()  # payloads whose fetch was cancelled: a copy may still land
-        self._unwaited: dict[int, int] = {}  # worker -> first step its payloads are waited for past quorum again
+        self._unwaited = Unwaited()  # holders that withheld a payload: their payloads not waited for past quorum
 
     async def resolve(self, step: int, files: Sequence[int], vote: VoteResult[int],
                       replies: Sequence[Mapping[int, bytes]], answers: Sequence[Mapping[int, SketchReply]],
@@ -142,7 +139,7 @@ class SplitFiles:
     def _waited(self, payload: _Payload, step: int) -> bool:
         """Whether ``payload`` is worth a hedge delay past quorum: one of its holders has not withheld a payload in
         the last UNWAITED_STEPS steps."""
-        return any(self._unwaited.get(w, 0) <= step for w in payload.holders)
+        return not set(payload.holders) <= self._unwaited.at(step)
 
     def _quorum(self, payloads: list[_Payload]) -> bool:
         weight: dict[int, int] = {}
@@ -166,8 +163,7 @@ class SplitFiles:
             else:
                 outcome.slow.update(payload.holders)
                 for worker in payload.holders:
-                    if self._unwaited.get(worker, 0) <= step:
-                        self._unwaited[worker] = step + 1 + UNWAITED_STEPS
+                    self._unwaited.note(worker, step)
             outcome.gone.setdefault(payload.file, set()).update(payload.holders)
         return fetched
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from byzantine.sketch import SketchParams, SketchReply, new_seed
+from shield_ps.phases.deadlines import Unwaited
 from shield_ps.pool import AgentLink
 from wire import ConnectionClosed, Kind, WireError
 from wire.sketch import SketchHeaderError, SketchRequest, parse_sketch_answer
@@ -64,6 +65,7 @@ class SketchRound:
         self._changed = asyncio.Event()  # set on every answer
         self._deadline_at = 0.0  # monotonic time the round's deadline passes
         self.missing: dict[int, set[int]] = {}  # worker -> files it did not answer in time (last round)
+        self._unwaited = Unwaited()  # workers that left a sketch unanswered: not waited for for a while
         self.bytes_requested = 0
 
     def deadline(self, files_per_worker: int, compute_s: float = 0.0) -> float:
@@ -115,24 +117,28 @@ class SketchRound:
                                                         self.params.width)))
         await asyncio.gather(*sends)
 
-    async def linger(self, enough: Callable[[list[dict[int, SketchReply]]], bool] | None = None) -> None:
-        """At the end of the step, for a round that was not waited for: until every answer is in or ``enough(answers)``
-        holds, waiting as :meth:`run` would have (until more than half of the asked workers have answered everything,
-        then a straggler grace; never past the round's deadline). The files they concern were decided without them;
-        the answers only decide who is blamed."""
+    async def linger(self, needed: Callable[[list[dict[int, SketchReply]]], set[int]] | None = None) -> None:
+        """At the end of the step, for the answers that were not waited for: until ``needed(answers)`` (the workers
+        whose answers are still needed; default: every worker still expected) is empty, waiting as :meth:`run` would
+        have (until more than half of the asked workers have answered everything, then a straggler grace; never past
+        the round's deadline). The files they concern were decided without them; the answers only decide who is
+        blamed. A needed worker still missing at the end of the grace is not waited for in the next
+        UNWAITED_STEPS steps (nor is lingering, when only such workers are needed)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, self._deadline_at - time.monotonic())
         grace_end: float | None = None
-        while self._expected and not (enough is not None and enough(self.answers)):
+        while self._expected:
+            need = set(self._expected) if needed is None else needed(self.answers) & set(self._expected)
+            if need <= self._unwaited.at(self.step):
+                return
             if grace_end is None and self._ready.is_set():
                 grace_end = loop.time() + self._grace(self._answer_times)
             end = min(deadline, grace_end) if grace_end is not None else deadline
-            if loop.time() >= end:
-                return
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), end - loop.time())
+                await asyncio.wait_for(self._changed.wait(), max(0.0, end - loop.time()))
             except asyncio.TimeoutError:
+                self._note({w: self._expected[w] for w in need if w in self._expected})
                 return
 
     def close(self) -> dict[int, set[int]]:
@@ -162,9 +168,18 @@ class SketchRound:
             enough.cancel()
         if self._enough.is_set():
             return
+        self._note({w: files for w, files in self._pool.items() if w in self._expected})
         if self._expected and not self._done.is_set():
             log.info("step %d: no sketch yet from workers %s: erasures in the sketch vote of the undecided files",
                      step, sorted(self._expected))
+
+    def _note(self, owing: dict[int, set[int]]) -> None:
+        """The workers of ``owing`` that still owe one of its files were waited for to the end: for the next
+        UNWAITED_STEPS steps no round waits for them (their missing answers are erasures, their blame files ``slow``).
+        A worker whose answers nobody waited for (blame settled by the others) is not noted."""
+        for worker, files in owing.items():
+            if worker in self._expected and any(worker not in self.answers[f] for f in files):
+                self._unwaited.note(worker, self.step)
 
     async def _send(self, link: AgentLink, request: SketchRequest) -> None:
         try:
@@ -210,13 +225,17 @@ class SketchRound:
         if not self._expected:
             self._done.set()
             return
-        if self._settled is not None and self._settled(self.answers):
+        owing = {w for w, files in self._pool.items()
+                 if w in self._expected and any(w not in self.answers[f] for f in files)}
+        decidable = self._decidable is not None and self._decidable(self.answers)
+        # every answer waited for is in; or the round is decidable and the rest is owed only by workers that were
+        # waited for to the end lately (an undecidable round still waits for them: their answers may decide it)
+        if (self._settled is not None and self._settled(self.answers)) or (
+                decidable and owing <= self._unwaited.at(self.step)):
             self._enough.set()
         if self._ready.is_set():
             self._changed.set()
             return
-        owing = sum(1 for w, files in self._pool.items() if any(w not in self.answers[f] for f in files)
-                    and w in self._expected)
-        if 2 * owing < len(self._pool) or (self._decidable is not None and self._decidable(self.answers)):
+        if 2 * len(owing) < len(self._pool) or decidable:
             self._ready.set()
             self._changed.set()
