@@ -42,9 +42,10 @@ async def run_agent(options: AgentOptions, session_type: type[AgentSession] = Ag
     watcher = _start_spot_watcher(options)
     refusals = _Refusals(options.max_refusals)
     errors = _SlotErrors()
+    over = _RunOver()
     try:
-        codes = await asyncio.gather(*(_run_slot(options, slot, host, hub, watcher, refusals, errors, session_type)
-                                       for slot in range(options.workers)))
+        codes = await asyncio.gather(*(_run_slot(options, slot, host, hub, watcher, refusals, errors, session_type,
+                                                 over) for slot in range(options.workers)))
     finally:
         await hub.close()
         await asyncio.get_running_loop().run_in_executor(None, host.shutdown)
@@ -69,6 +70,28 @@ class _Refusals:
             self.error = JoinRefused(f"{address} refused our authentication {times} ({exc}); check --token or "
                                      "--token-file against the PS's token")
         return self.error is not None
+
+
+class _RunOver:
+    """Set by the first slot the PS tells that the run ended (completed, interrupted, failed): the process's other
+    slots stop too, even one whose connection the PS's shutdown closed before it could say so (it would otherwise
+    reconnect to a PS that is gone, with backoff, for ever)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.code = 0
+
+    def end(self, code: int) -> None:
+        if not self.event.is_set():
+            self.code = code
+            self.event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the run ends meanwhile."""
+        try:
+            await asyncio.wait_for(self.event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
 
 class _SlotErrors:
@@ -102,11 +125,15 @@ async def _start_relay(options: AgentOptions) -> RelayHub:
 async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
                     watcher: SpotWatcher | None,
                     refusals: _Refusals, errors: _SlotErrors,
-                    session_type: type[AgentSession] = AgentSession) -> int:
-    """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed."""
+                    session_type: type[AgentSession] = AgentSession, over: _RunOver | None = None) -> int:
+    """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed (until another slot of the
+    process hears that the run ended)."""
     address = f"{options.host}:{options.port}"
     backoff = 0.5
+    over = over or _RunOver()
     while refusals.error is None:
+        if over.event.is_set():
+            return over.code
         try:
             conn = await connect(options.host, options.port, token=options.token, role="agent",
                                  name=options.slot_name(slot))
@@ -118,7 +145,7 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
                 log.error("cannot join %s: %s", address, exc)
                 return 1
             log.warning("cannot join %s (%s); retrying in %.1fs", address, exc, backoff)
-            await asyncio.sleep(backoff * (1 + random.random() / 4))
+            await over.sleep(backoff * (1 + random.random() / 4))
             backoff = min(backoff * 2, options.max_backoff)
             continue
         refusals.count, backoff = 0, 0.5
@@ -139,7 +166,10 @@ async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: Re
                 await asyncio.gather(leaver, return_exceptions=True)
             await conn.close("agent leaving")
         if session.finished or (watcher is not None and watcher.event.is_set()):
-            return _ended(session, conn.known_peer.id)
+            code = _ended(session, conn.known_peer.id)
+            if session.end_reason is not None:
+                over.end(code)
+            return code
         refused = getattr(conn.close_error, "remote_code", None)
         if refused in FINAL_REFUSALS:
             log.error("the PS refused this agent: %s", getattr(conn.close_error, "reason", conn.close_error))
