@@ -171,7 +171,7 @@ class StepRunner:
         with _timed(times, Phase.BROADCAST, started):
             await self._broadcast(step, lr, links)
         with _timed(times, Phase.DIGEST_GATHER):
-            late = await self.gather.run(step, collector, self.relays.protected_until)
+            late = await self.gather.run(step, collector, self.relays.protected_until, self.relays.complained)
             self.relays.end_step(late)
             self.intake.close()
             self._mark_late(late)

@@ -156,3 +156,43 @@ def test_a_lone_holder_that_withheld_its_payload_is_not_waited_for_in_the_next_s
     seen = asyncio.run(main())
     assert [(step, unwaited, slow) for step, unwaited, slow, _ in seen] == [
         (10, 0, {2}), (11, 1, {2}), (10 + UNWAITED_STEPS, 1, {2}), (11 + UNWAITED_STEPS, 0, {2})]
+
+
+def test_a_protected_worker_that_did_not_complain_and_came_late_held_the_step() -> None:
+    """Worker 2 is protected for its relay wait (30 s here), so the gather waits for it past the grace. If it never
+    complained of its relay it had its parameters, and the wait was only for its own delay (``delayed-digests``
+    on a relayed worker held every step up to its relay wait): it is ``held`` and, for the next UNWAITED_STEPS
+    steps, not protected at all. A worker that complained (an honest child of a stalling relay) is not."""
+    async def main(complained: bool) -> tuple[set[int], set[int], set[int]]:
+        gather = Gather(_deadlines())
+        collector = StepCollector(0, 1, {0: (0,), 1: (0,), 2: (0,)}, r_prime=2)
+        collector.add(0, _digest(0, 0, b"a"))
+        collector.add(1, _digest(0, 0, b"a"))  # the file has its winner: a short grace, stretched by the protection
+        protected = time.monotonic() + 30.0
+
+        async def delayed() -> None:
+            await asyncio.sleep(0.5)  # past the short grace (0.05 s here), inside the protection
+            collector.add(2, _digest(0, 0, b"a"))
+
+        task = asyncio.get_running_loop().create_task(delayed())
+        late = await gather.run(0, collector, lambda w, allowance: protected if w == 2 else None,
+                                lambda w: complained and w == 2)
+        await task
+        held, cooled_next = late | gather.held, gather.unwaited(1)
+        if complained:
+            return held, cooled_next, set()
+        # the next step: is it still protected?
+        collector = StepCollector(1, 1, {0: (0,), 1: (0,), 2: (0,)}, r_prime=2)
+        collector.add(0, _digest(1, 0, b"a"))
+        collector.add(1, _digest(1, 0, b"a"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        next_late = await asyncio.wait_for(
+            gather.run(1, collector, lambda w, allowance: time.monotonic() + 30.0 if w == 2 else None), 60)
+        assert loop.time() - started < GATHER_DEADLINE / 2  # its protection (30 s) no longer holds the step
+        return held, cooled_next, next_late
+
+    held, unwaited, next_late = asyncio.run(main(complained=False))
+    assert held == {2} and unwaited == {2} and next_late == {2}  # no protection in its window: late at the grace
+    held, unwaited, _ = asyncio.run(main(complained=True))
+    assert held == set() and unwaited == set()

@@ -144,7 +144,8 @@ class DelayedDigests(Behaviour):
     Expected of the PS: such a file waits a straggler grace for it (an honest straggler keeps the run a function of
     its seed); a worker that held the step past the short digest grace is ``slow``, and for the next 8 steps it is
     given only that grace (``erased`` when it misses it), so it costs about one straggler grace in nine steps; a
-    file that has its winner never waits for it."""
+    file that has its winner never waits for it. On the relay tree, its relay protection does not cover its delay:
+    a relayed worker that never complained and delivered after the grace is treated the same way."""
 
     name = "delayed-digests"
     params = (Param("seconds", real(0.0, 3600.0), 0.15, "seconds in [0, 3600]", "delay before each digest"),)

@@ -127,12 +127,22 @@ class Gather:
         return self._unwaited.at(step)
 
     async def run(self, step: int, collector: StepCollector,
-                  protected_until: Callable[[int, float], float | None]) -> set[int]:
-        """Returns the late workers."""
+                  protected_until: Callable[[int, float], float | None],
+                  complained: Callable[[int], bool] = lambda worker: False) -> set[int]:
+        """Returns the late workers. ``protected_until``: the relay protection of a worker (:class:`RelayRound
+        <shield_ps.phases.relay_round.RelayRound>`); none for a worker not waited for this step. A protected worker
+        that did not complain of its relay and delivered after the grace held the step under a protection it did not
+        need (it had its parameters): it is ``held`` and not waited for in the next UNWAITED_STEPS steps."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadlines.gather
         cooled = self.unwaited(step)
         self.held = set()
+        relay_protection = protected_until
+
+        def protection(worker: int, allowance: float) -> float | None:
+            return None if worker in cooled else relay_protection(worker, allowance)
+
+        grace_over = math.inf  # monotonic time the last grace ended, before any protection stretched it
         complete = loop.create_task(collector.complete.wait())
         decided = loop.create_task(collector.all_decided.wait())
         try:
@@ -145,10 +155,11 @@ class Gather:
                 grace_end = loop.time() + grace
                 if not decided.done() and collector.waiting_on(cooled):
                     await self._wait_undecided(step, collector, cooled, {complete, decided}, grace, deadline,
-                                               allowance, protected_until)
+                                               allowance, protection)
                     if decided.done():  # the missing digest gave the last file its winner: a grace from now
                         grace_end = loop.time() + grace
-                await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protected_until)
+                grace_over = grace_end - loop.time() + time.monotonic()
+                await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protection)
         finally:
             complete.cancel()
             decided.cancel()
@@ -158,6 +169,10 @@ class Gather:
                         sorted(late), loop.time() - deadline + self._deadlines.gather)
         for worker in late:
             self._unwaited.note(worker, step)
+        for worker, finished in collector.finished_at.items():
+            if finished > grace_over and not complained(worker) and worker not in self.held:
+                self.held.add(worker)
+                self._unwaited.note(worker, step)
         return late
 
     async def _wait_undecided(self, step: int, collector: StepCollector, cooled: set[int],

@@ -118,6 +118,10 @@ class RelayRound:
             self.book.complain(self.step, accuser, accused)
         return {accused for _, accused in pairs}
 
+    def complained(self, worker: int) -> bool:
+        """Whether ``worker`` complained of its relay this step (its lateness is its relay's fault)."""
+        return worker in self._complained_at
+
     def protected_until(self, worker: int, allowance: float) -> float | None:
         """The monotonic time before which ``worker`` may not be erased as late: the end of its relay wait, or, after
         its complaint, one relay hop (the PS sends it the parameters directly) plus ``allowance`` (the gather's
