@@ -125,12 +125,11 @@ async def _start_relay(options: AgentOptions) -> RelayHub:
 async def _run_slot(options: AgentOptions, slot: int, host: ComputeHost, hub: RelayHub,
                     watcher: SpotWatcher | None,
                     refusals: _Refusals, errors: _SlotErrors,
-                    session_type: type[AgentSession] = AgentSession, over: _RunOver | None = None) -> int:
+                    session_type: type[AgentSession], over: _RunOver) -> int:
     """One worker slot: join, serve until LEAVE, reconnect with backoff when allowed (until another slot of the
     process hears that the run ended)."""
     address = f"{options.host}:{options.port}"
     backoff = 0.5
-    over = over or _RunOver()
     while refusals.error is None:
         if over.event.is_set():
             return over.code

@@ -41,7 +41,6 @@ class StepCollector:
         self._on_winner = on_winner
         self._num_files = num_files
         self._started = time.monotonic()
-        self.finish_times: list[float] = []  # seconds from the start to each worker's last expected digest
         self.finished_at: dict[int, float] = {}  # worker -> monotonic time of its last expected digest
         self.complete = asyncio.Event()
         self.all_decided = asyncio.Event()  # every file has its winner (the streaming vote)
@@ -76,7 +75,6 @@ class StepCollector:
         if not missing:
             del self._missing[worker]
             self.finished_at[worker] = time.monotonic()
-            self.finish_times.append(self.finished_at[worker] - self._started)
             self.worker_finished.set()
         self._check_complete()
         return True
@@ -101,6 +99,11 @@ class StepCollector:
             self.worker_finished.set()
             self.digest_in.set()
         self._check_complete()
+
+    @property
+    def finish_times(self) -> list[float]:
+        """Seconds from the start to each finished worker's last expected digest, in the order they finished."""
+        return [at - self._started for at in self.finished_at.values()]
 
     def undecided_owing(self, excused: Container[int] = ()) -> set[int]:
         """The files without a winner that are still owed a digest by a worker not in ``excused`` and have fewer

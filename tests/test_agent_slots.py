@@ -92,3 +92,30 @@ def test_concurrent_slots_match_a_one_worker_process_bit_for_bit() -> None:
     assert host.threads == 2
     for key, digest in results:
         assert digest == reference[key], f"slot digest of {key} differs from the one-worker process"
+
+
+def test_a_slot_reconnecting_to_a_gone_ps_stops_once_another_slot_heard_the_run_ended() -> None:
+    """The PS's shutdown may close one slot's connection before it says the run ended: that slot sees a lost PS and
+    reconnects with backoff. Once another slot of the process heard the end, it stops with that slot's exit code,
+    instead of retrying a PS that is gone for ever (a hand-started agent never exited)."""
+    import asyncio
+    import socket
+
+    from shield_agent.job import AgentOptions
+    from shield_agent.slots import _Refusals, _run_slot, _RunOver, _SlotErrors
+
+    with socket.socket() as probe:  # a port nothing listens on: every join is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> int:
+        options = AgentOptions("127.0.0.1", port, "t" * 32, str(MNIST_DIR), max_backoff=0.5)
+        over = _RunOver()
+        slot = asyncio.get_running_loop().create_task(
+            _run_slot(options, 0, None, None, None, _Refusals(3), _SlotErrors(), None, over))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)  # it has been refused and is backing off
+        assert not slot.done()
+        over.end(1)  # another slot heard "interrupted"
+        return await asyncio.wait_for(slot, 30)
+
+    assert asyncio.run(main()) == 1

@@ -95,22 +95,30 @@ def test_sketches_that_only_decide_blame_are_asked_for_once_the_waited_ones_are_
     asyncio.run(main())
 
 
+def _round_silent_worker(silent: int, grace: float) -> SketchRound:
+    """A round (latency 20 s, the given straggler grace) whose agents answer every file they are asked for at once,
+    except ``silent``, which never answers."""
+    rnd = SketchRound(DEFAULT_PARAMS, F, D, 20.0, lambda w: _link(w), lambda link, why: None,
+                      grace=lambda times: grace)
+
+    async def send(link: AgentLink, request: object) -> None:
+        if link.worker != silent:
+            for file in request.files:  # type: ignore[attr-defined]
+                asyncio.get_running_loop().call_soon(rnd.on_answer, link,
+                                                     _answer(request.step, file))  # type: ignore[attr-defined]
+
+    rnd._send = send  # type: ignore[method-assign]
+    return rnd
+
+
 def test_a_worker_that_left_a_sketch_unanswered_is_not_waited_for_in_the_next_rounds() -> None:
     """Worker 2 never answers. The first round waits its grace for it (2 s here); the next UNWAITED_STEPS rounds end
     as soon as the others are in, and lingering for its blame sketches ends at once; then it is waited for again."""
     from shield_ps.phases.deadlines import UNWAITED_STEPS
 
     async def main() -> list[float]:
-        rnd = SketchRound(DEFAULT_PARAMS, F, D, 20.0, lambda w: _link(w), lambda link, why: None,
-                          grace=lambda times: 2.0)
+        rnd = _round_silent_worker(2, grace=2.0)
         loop = asyncio.get_running_loop()
-
-        async def send(link: AgentLink, request: object) -> None:
-            if link.worker != 2:
-                for file in request.files:  # type: ignore[attr-defined]
-                    loop.call_soon(rnd.on_answer, link, _answer(request.step, file))  # type: ignore[attr-defined]
-
-        rnd._send = send  # type: ignore[method-assign]
         waited = []
         for step in (3, 4, 3 + UNWAITED_STEPS, 4 + UNWAITED_STEPS):
             started = loop.time()
@@ -131,16 +139,8 @@ def test_a_round_that_cannot_be_decided_without_a_worker_still_waits_for_it() ->
     decide a file (here every answer is needed), the round still gives it the grace, so a worker noted by mistake
     cannot make the step drop files."""
     async def main() -> float:
-        rnd = SketchRound(DEFAULT_PARAMS, F, D, 20.0, lambda w: _link(w), lambda link, why: None,
-                          grace=lambda times: 1.0)
+        rnd = _round_silent_worker(2, grace=1.0)
         loop = asyncio.get_running_loop()
-
-        async def send(link: AgentLink, request: object) -> None:
-            if link.worker != 2:
-                for file in request.files:  # type: ignore[attr-defined]
-                    loop.call_soon(rnd.on_answer, link, _answer(request.step, file))  # type: ignore[attr-defined]
-
-        rnd._send = send  # type: ignore[method-assign]
         requests = {0: (0,), 1: (0,), 2: (0,)}
         await rnd.run(3, requests, decidable=lambda a: len(a[0]) >= 2)  # worker 2 waited for to the end: noted
         rnd.close()

@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 RECENT_STEPS = 8
 
 
-
 class DigestIntake:
     """Where the agents' digests enter: one step's collector at a time, from before the broadcast to the end of the
     gather. ``stream_to``: the fetcher that fetches each file as soon as its winner is known (None: no streaming
@@ -137,10 +136,8 @@ class Gather:
         deadline = loop.time() + self._deadlines.gather
         cooled = self.unwaited(step)
         self.held = set()
-        relay_protection = protected_until
-
         def protection(worker: int, allowance: float) -> float | None:
-            return None if worker in cooled else relay_protection(worker, allowance)
+            return None if worker in cooled else protected_until(worker, allowance)
 
         grace_over = math.inf  # monotonic time the last grace ended, before any protection stretched it
         complete = loop.create_task(collector.complete.wait())
@@ -154,7 +151,7 @@ class Gather:
                 allowance = grace + typical
                 grace_end = loop.time() + grace
                 if not decided.done() and collector.waiting_on(cooled):
-                    await self._wait_undecided(step, collector, cooled, {complete, decided}, grace, deadline,
+                    await self._wait_undecided(step, collector, cooled, {complete, decided}, typical, deadline,
                                                allowance, protection)
                     if decided.done():  # the missing digest gave the last file its winner: a grace from now
                         grace_end = loop.time() + grace
@@ -176,7 +173,7 @@ class Gather:
         return late
 
     async def _wait_undecided(self, step: int, collector: StepCollector, cooled: set[int],
-                              stop: set[asyncio.Task[bool]], grace: float, deadline: float, allowance: float,
+                              stop: set[asyncio.Task[bool]], typical: float, deadline: float, allowance: float,
                               protected_until: Callable[[int, float], float | None]) -> None:
         """Every file can be voted, but some file without a winner is still owed a digest that may give it one: wait
         the hedge-like straggler grace for it (an honest straggler keeps the run a function of its seed), until no
@@ -186,9 +183,8 @@ class Gather:
         UNWAITED_STEPS + 1 steps."""
         loop = asyncio.get_running_loop()
         holding = collector.waiting_on(cooled)
-        short_end = time.monotonic() + grace
-        typical = min(self._typical) if self._typical else 0.0
-        undecided = self._deadlines.straggler_grace([typical] if typical else collector.finish_times)
+        short_end = time.monotonic() + self._deadlines.digest_grace(typical)
+        undecided = self._deadlines.straggler_grace([typical])
         await self._wait_grace(collector, stop, loop.time() + undecided, deadline, allowance, protected_until,
                                enough=lambda: not collector.waiting_on(cooled))
         for worker in holding:

@@ -119,13 +119,14 @@ class SplitFiles:
         when every payload still missing is held only by holders not waited for this step); returns how many
         payloads were missing at quorum and not waited for."""
         loop = asyncio.get_running_loop()
+        unwaited = self._unwaited.at(step)  # a payload is waited for past quorum while one holder is not in here
         grace_ends: float | None = None
         while True:
             running = {p.task for p in payloads if p.task is not None and not p.task.done()}
             if not running:
                 return 0
             if self._quorum(payloads):
-                waited = {p.task for p in payloads if p.task in running and self._waited(p, step)}
+                waited = {p.task for p in payloads if p.task in running and not set(p.holders) <= unwaited}
                 if not waited:
                     return len(running)
                 running = waited
@@ -135,11 +136,6 @@ class SplitFiles:
             done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 return 0
-
-    def _waited(self, payload: _Payload, step: int) -> bool:
-        """Whether ``payload`` is worth a hedge delay past quorum: one of its holders has not withheld a payload in
-        the last UNWAITED_STEPS steps."""
-        return not set(payload.holders) <= self._unwaited.at(step)
 
     def _quorum(self, payloads: list[_Payload]) -> bool:
         weight: dict[int, int] = {}

@@ -84,11 +84,11 @@ class SketchRound:
         cores); they count for :meth:`linger` and :meth:`close` like the others."""
         self.step, self.seed = step, new_seed()
         self.answers = [{} for _ in range(self._f)]
-        self._expected = {w: set(files) for w, files in requests.items() if files}
+        first = {w: set(files) for w, files in requests.items() if files}
+        self._expected = {w: set(files) for w, files in first.items()}
         for worker, files in (later or {}).items():
             if files:
                 self._expected.setdefault(worker, set()).update(files)
-        first = {w: set(files) for w, files in requests.items() if files}
         self._pool = first or {w: set(files) for w, files in self._expected.items()}  # the half-answered rule's
         self._answer_times, self._decidable = [], decidable
         self._settled = settled
@@ -224,6 +224,9 @@ class SketchRound:
     def _check_done(self) -> None:
         if not self._expected:
             self._done.set()
+            return
+        if self._ready.is_set() and self._enough.is_set():  # nothing below can change: no vote on every answer
+            self._changed.set()
             return
         owing = {w for w, files in self._pool.items()
                  if w in self._expected and any(w not in self.answers[f] for f in files)}
