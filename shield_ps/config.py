@@ -179,6 +179,11 @@ class ServeConfig:
     hedge_floor: float = flag(
         0.25, "never hedge, nor end the gather's straggler grace, sooner (seconds, default 0.25)",
         parse=positive_float, group=_X, operational=True)
+    digest_grace_floor: float = flag(
+        0.05, "the least the gather waits for the last digests once every file can be voted (seconds, default 0.05); "
+        "a worker later than this grace where its file has no winner is given only this grace for the next 8 steps: "
+        "raise it on a loaded host whose scheduling noise exceeds it", parse=positive_float, group=_X,
+        operational=True)
     streaming_vote: bool = flag(
         True, "on (default): fetch a file's winning payload as soon as r' equal digests are in, while others still "
         "compute; off: after every digest is in (the serial step, for comparison)", parse=flags.on_off,

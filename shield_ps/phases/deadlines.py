@@ -27,8 +27,6 @@ _HISTORY = 128
 UNMEASURED_SLACK = 20.0
 #: After every file has its winner, the gather waits this share of the typical digest time more for the rest.
 STRAGGLER_SHARE = 0.5
-#: The least straggler grace of the gather, in seconds.
-DIGEST_GRACE_FLOOR = 0.05
 #: A transfer is given time at this share of the median rate that recent transfers of its kind achieved.
 _RATE_SHARE = 0.5
 #: After a worker withheld what only it could give (a digest, a sketch, a payload), the steps it is not waited for
@@ -65,6 +63,7 @@ class Deadlines:
     hedge_factor: float
     hedge_floor: float
     relay_latency: float = default_of("relay_latency")
+    digest_grace_floor: float = default_of("digest_grace_floor")
     fetch_times: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
     send_rates: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=_HISTORY))
     _seeded: bool = False
@@ -74,7 +73,8 @@ class Deadlines:
         """The deadlines of ``config``'s flags (``--min-bandwidth`` is in MB/s)."""
         return cls(gather=config.gather_timeout, latency=config.upload_timeout,
                    min_bandwidth=config.min_bandwidth * 1e6, hedge_factor=config.hedge_factor,
-                   hedge_floor=config.hedge_floor, relay_latency=config.relay_latency)
+                   hedge_floor=config.hedge_floor, relay_latency=config.relay_latency,
+                   digest_grace_floor=config.digest_grace_floor)
 
     def bandwidth(self, measured: float | None) -> float:
         """Bytes per second a transfer is given time at, from the median rate ``measured`` of recent transfers of
@@ -124,11 +124,11 @@ class Deadlines:
 
     def digest_grace(self, typical: float) -> float:
         """Once every file has its winner, how much longer the gather waits for the workers still missing:
-        ``max(DIGEST_GRACE_FLOOR, STRAGGLER_SHARE * typical)``. Their digests can no longer change a winner, so
+        ``max(digest_grace_floor, STRAGGLER_SHARE * typical)``. Their digests can no longer change a winner, so
         the wait only spares a worker a little slower than the rest a ``slow`` report; every worker pays it, every
         step that one agent stays silent, so it is a share of the typical time, not a multiple of it, and its floor
-        is the event loop's scheduling noise, not the hedge floor."""
-        return max(DIGEST_GRACE_FLOOR, STRAGGLER_SHARE * typical)
+        is the event loop's scheduling noise (``--digest-grace-floor``), not the hedge floor."""
+        return max(self.digest_grace_floor, STRAGGLER_SHARE * typical)
 
     def record_fetch(self, seconds: float) -> None:
         if self._seeded:  # real fetch times replace the broadcast's

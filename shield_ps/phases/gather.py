@@ -183,8 +183,9 @@ class Gather:
         UNWAITED_STEPS + 1 steps."""
         loop = asyncio.get_running_loop()
         holding = collector.waiting_on(cooled)
-        short_end = time.monotonic() + self._deadlines.digest_grace(typical)
-        undecided = self._deadlines.straggler_grace([typical])
+        short = self._deadlines.digest_grace(typical)
+        short_end = time.monotonic() + short
+        undecided = max(short, self._deadlines.straggler_grace([typical]))
         await self._wait_grace(collector, stop, loop.time() + undecided, deadline, allowance, protected_until,
                                enough=lambda: not collector.waiting_on(cooled))
         for worker in holding:
