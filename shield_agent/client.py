@@ -48,7 +48,7 @@ from wire.messages import (
     parse_leave,
     parse_step_order,
 )
-from wire.sketch import SketchHeaderError, parse_sketch_request
+from wire.sketch import SketchHeaderError, SketchRequest, parse_sketch_request
 
 if TYPE_CHECKING:
     from shield_agent.synthetic_slot import LazyFiles
@@ -88,6 +88,8 @@ class AgentSession:
         self.adversary = Adversary(options.adversary)
         self._sketched: dict[int, np.ndarray] = {}  # a sketch-liar's: what it sketches instead of what it committed
         self._spawned: set[asyncio.Task[None]] = set()
+        self._sketching: set[asyncio.Task[None]] = set()  # SKETCH answers being computed (they read this step's
+        # gradients: the next step's computation waits for them)
         self.finished = False
         self.end_reason: str | None = None  # what the PS's LEAVE said
         self.plugin_fields: dict[str, str] = {}  # this copy's plug-in digests, for the JOB reply
@@ -100,9 +102,9 @@ class AgentSession:
                     break
         finally:
             await self._cancel_relay()
-            for task in list(self._spawned):
+            for task in list(self._spawned | self._sketching):
                 task.cancel()
-            await asyncio.gather(*self._spawned, return_exceptions=True)
+            await asyncio.gather(*self._spawned, *self._sketching, return_exceptions=True)
             if self._work is not None:
                 self._work.cancelled = True
                 if self._work.task is not None:
@@ -121,7 +123,7 @@ class AgentSession:
             case Kind.FETCH:
                 await self._on_fetch(msg)
             case Kind.SKETCH:
-                await self._on_sketch(msg)
+                self._on_sketch(msg)
             case Kind.LEAVE:
                 try:
                     self.end_reason = parse_leave(msg.header).reason
@@ -270,6 +272,7 @@ class AgentSession:
         previous = self._work
         if previous is not None and previous.task is not None:
             await asyncio.gather(previous.task, return_exceptions=True)
+        await self._sketches_done()
         work = _StepWork(step)
         work.task = asyncio.get_running_loop().create_task(self._compute(work, params))
         self._work = work
@@ -382,8 +385,10 @@ class AgentSession:
         return self._work is work and not work.cancelled
 
 
-    async def _on_sketch(self, msg: Message) -> None:
-        """The step's revealed seed: sketch the named files we computed (one SKETCH each, as DIGESTS)."""
+    def _on_sketch(self, msg: Message) -> None:
+        """The step's revealed seed: sketch the named files we computed (one SKETCH each, as DIGESTS), in the
+        background, so that a FETCH that follows (the PS fetches a split file's payloads while the blame sketches
+        it asked for are computed) is served meanwhile instead of after them."""
         work, job = self._work, self.job
         if job is None:
             raise ComputeError("SKETCH before JOB")
@@ -396,6 +401,18 @@ class AgentSession:
             return
         if not self.adversary.answers_sketch:
             return
+        task = asyncio.get_running_loop().create_task(self._answer_sketch(work, request))
+        self._sketching.add(task)
+
+    async def _sketches_done(self) -> None:
+        """Wait for the SKETCH answers being computed; one that failed ends the session, as it would have when
+        answered in line."""
+        tasks, self._sketching = self._sketching, set()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+
+    async def _answer_sketch(self, work: _StepWork, request: SketchRequest) -> None:
         loop = asyncio.get_running_loop()
         if self._lazy is not None:  # synthetic: regenerated one file at a time
             done = [f for f in request.files if f in work.done]
