@@ -149,3 +149,30 @@ def test_a_round_that_cannot_be_decided_without_a_worker_still_waits_for_it() ->
         return loop.time() - started
 
     assert asyncio.run(main()) >= 1.0
+
+
+def test_lingering_for_the_blame_sketches_is_timed_from_their_own_request() -> None:
+    """The blame sketches go out once the split file is settled and are computed while the PS fetches its payloads
+    (a loaded fleet's agents take longer than the grace for them). Lingering gives them the straggler grace only once
+    more than half of the workers asked for them have answered, not from the first round's readiness: answers that
+    come after that grace are still in, and no honest worker is noted (nor reported) for them."""
+    async def main() -> dict[int, set[int]]:
+        rnd = SketchRound(DEFAULT_PARAMS, F, D, 20.0, lambda w: _link(w), lambda link, why: None,
+                          grace=lambda times: 0.1)
+        loop = asyncio.get_running_loop()
+
+        async def send(link: AgentLink, request: object) -> None:
+            files = request.files  # type: ignore[attr-defined]
+            delay = 0.0 if files == (0,) else 0.5  # the split file at once, the blame files after five graces
+            for file in files:
+                loop.call_later(delay, rnd.on_answer, link, _answer(7, file))
+
+        rnd._send = send  # type: ignore[method-assign]
+        await rnd.run(7, {0: (0,), 1: (0,)}, settled=lambda a: {0, 1} <= a[0].keys(),
+                      decidable=lambda a: len(a[0]) >= 2, later={2: (1,), 3: (1,), 4: (1, 2)})
+        await rnd.linger()
+        missing = rnd.close()
+        assert rnd._unwaited.at(8) == set()
+        return missing
+
+    assert asyncio.run(main()) == {}

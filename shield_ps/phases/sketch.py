@@ -10,7 +10,7 @@ sketch vote has a group of r' agreeing answers; files that an exact r' majority 
 the round up), or once more than half of the asked workers have answered everything; it is over at once when the
 caller's ``settled(answers)`` holds (every answer its decision needs is in). Files whose sketches only decide blame
 are asked for in a second SKETCH once the wait is over, so they do not compete for the agents' cores with the ones
-waited for. The grace is the gather's
+waited for; lingering for them at the step's end times its grace from their own answers. The grace is the gather's
 straggler grace over the answer times (``max(hedge_floor, hedge_factor x median answer time)``), so one agent that
 never answers costs a step that grace, not the deadline. The deadline is
 ``latency + max(files x d / SKETCH_RATE, 2 x the step's compute phase)``: a loaded agent that needed long for its
@@ -57,6 +57,9 @@ class SketchRound:
         self._pool: dict[int, set[int]] = {}  # worker -> files: more than half of these answered makes it ready
         self._answer_times: list[float] = []
         self._started = 0.0
+        self._later: dict[int, set[int]] = {}  # the second SKETCH's workers -> files (blame only)
+        self._later_times: list[float] = []  # seconds from the second SKETCH to each of its workers' last answer
+        self._later_started = 0.0
         self._decidable: Callable[[list[dict[int, SketchReply]]], bool] | None = None
         self._settled: Callable[[list[dict[int, SketchReply]]], bool] | None = None
         self._done = asyncio.Event()
@@ -91,6 +94,7 @@ class SketchRound:
                 self._expected.setdefault(worker, set()).update(files)
         self._pool = first or {w: set(files) for w, files in self._expected.items()}  # the half-answered rule's
         self._answer_times, self._decidable = [], decidable
+        self._later = {}
         self._settled = settled
         self._done, self._ready, self._enough = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._started = started = time.monotonic()
@@ -101,6 +105,8 @@ class SketchRound:
         self._check_done()
         if wait:
             await self._wait(step, budget - (time.monotonic() - started))
+        self._later = {w: set(files) for w, files in (later or {}).items() if files}
+        self._later_times, self._later_started = [], time.monotonic()
         if later:
             await self._ask(later)
         return self.answers
@@ -131,8 +137,8 @@ class SketchRound:
             need = set(self._expected) if needed is None else needed(self.answers) & set(self._expected)
             if need <= self._unwaited.at(self.step):
                 return
-            if grace_end is None and self._ready.is_set():
-                grace_end = loop.time() + self._grace(self._answer_times)
+            if grace_end is None and self._lingering_ready():
+                grace_end = loop.time() + self._grace(self._later_times if self._later else self._answer_times)
             end = min(deadline, grace_end) if grace_end is not None else deadline
             self._changed.clear()
             try:
@@ -140,6 +146,17 @@ class SketchRound:
             except asyncio.TimeoutError:
                 self._note({w: self._expected[w] for w in need if w in self._expected})
                 return
+
+    def _lingering_ready(self) -> bool:
+        """The straggler grace of :meth:`linger` may start: more than half of the workers asked in the second
+        SKETCH have answered all of it (its answers are computed after the first's, often while the PS fetches:
+        timed from their own request, not from the first's readiness), or, without a second SKETCH, the round is
+        ready."""
+        if not self._later:
+            return self._ready.is_set()
+        owing = {w for w, files in self._later.items()
+                 if w in self._expected and any(w not in self.answers[f] for f in files)}
+        return 2 * len(owing) < len(self._later)
 
     def close(self) -> dict[int, set[int]]:
         """Stop collecting this round's answers; returns (and keeps in :attr:`missing`) worker -> the files it did
@@ -215,6 +232,8 @@ class SketchRound:
         if not expected:
             del self._expected[link.worker]
             self._answer_times.append(time.monotonic() - self._started)
+            if link.worker in self._later:
+                self._later_times.append(time.monotonic() - self._later_started)
         self._check_done()
 
     def drop_worker(self, worker: int) -> None:
