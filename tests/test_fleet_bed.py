@@ -42,10 +42,11 @@ def _workers_at(cluster: BedCluster, address: str) -> set[int]:
 
 
 def test_an_agent_behind_a_slow_uplink_is_hedged_around_and_the_run_goes_on(bed: FleetBed, tmp_path: Path) -> None:
-    """One agent's uplink is 1 Mbit/s (its vectors take ~0.6 s where the others' take milliseconds, and it trickles
-    them through a 130 ms RTT): whenever it is the first holder asked for a file, the next holder is asked too, and
-    every file of every step is won."""
-    slow = Link(up="1mbit", down="1gbit", delay=0.125)
+    """One agent's uplink is 0.5 Mbit/s (its vectors take ~1.2 s where the others' take milliseconds, and it
+    trickles them through a 130 ms RTT): whenever it is the first holder asked for a file, the next holder is asked
+    too, and every file of every step is won. (At 1 Mbit/s, ~0.6 s a vector, a loaded machine's fetch times made the
+    hedge delay, 4x their median, longer than its fetch: it was not hedged, nor reported slow, until the last step.)"""
+    slow = Link(up="500kbit", down="1gbit", delay=0.125)
     cluster = _cluster(bed, tmp_path, [FAST, FAST, slow], [7, 7, 1], steps=8)
     steps = cluster.wait_done(timeout=400)
     assert len(steps) == 8
