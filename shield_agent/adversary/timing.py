@@ -125,11 +125,10 @@ class SlowStepReader(Behaviour):
 class SilentDigests(Behaviour):
     """Stays connected and takes every STEP, but never sends a digest.
 
-    Expected of the PS: once every file has its winner the gather ends after the short digest grace the first time,
-    and at once for the next 8 steps (it is not waited for); ``slow`` and ``erased``. In a two-class fleet, where a
-    file whose two other holders disagree has no winner without it, the file is voted on those two digests (the
-    sketch vote) after a straggler grace the first time and at once for the next 8 steps, never after the gather
-    deadline."""
+    Expected of the PS: once every file has its winner the gather ends after the short digest grace; ``slow`` and
+    ``erased``. In a two-class fleet, where a file whose two other holders disagree has no winner without it, the file
+    is voted on those two digests (the sketch vote) after a straggler grace the first time and the short grace for
+    the next 8 steps, never the gather deadline."""
 
     name = "silent-digests"
 
@@ -144,8 +143,7 @@ class DelayedDigests(Behaviour):
 
     Expected of the PS: such a file waits a straggler grace for it (an honest straggler keeps the run a function of
     its seed); a worker that held the step past the short digest grace is ``slow``, and for the next 8 steps it is
-    not waited for once the files can be voted (``erased`` when it is not in by then), so it costs about one
-    straggler grace in nine steps; a
+    given only that grace (``erased`` when it misses it), so it costs about one straggler grace in nine steps; a
     file that has its winner never waits for it. On the relay tree, its relay protection does not cover its delay:
     a relayed worker that never complained and delivered after the grace is treated the same way."""
 
