@@ -96,11 +96,10 @@ class Gather:
     - every file without a winner has r' digests in (the sketch vote can decide it on those), but a worker still owes
       one: the hedge-like :meth:`Deadlines.straggler_grace` over the typical digest time, since the missing digest
       may still give the file an exact winner. A worker late past it is erased and, for the next
-      :data:`UNWAITED_STEPS` steps, is not waited for once the files can be voted (a file that only it still owes
-      counts as votable at once; the short grace ends as soon as only such workers are missing): one agent that
-      withholds its digests where its two co-holders disagree (two determinism classes) costs one such grace in
-      ``UNWAITED_STEPS + 1`` steps, not the gather deadline every step. The window does not grow, so an honest
-      worker on a slower machine is waited for again after it.
+      :data:`UNWAITED_STEPS` steps, is given only the short digest grace (a file that only it still owes counts as
+      votable at once): one agent that withholds its digests where its two co-holders disagree (two determinism
+      classes) costs one such grace in ``UNWAITED_STEPS + 1`` steps, not the gather deadline every step. The window
+      does not grow, so an honest worker on a slower machine is waited for again after it.
 
     The typical digest time is the fastest median of the last ``RECENT_STEPS`` steps, this one included: a step that
     one agent slowed (the children of a relay that stalled got their parameters late, so the median moved) does not
@@ -110,7 +109,7 @@ class Gather:
         self._deadlines = deadlines
         self._changed = asyncio.Event()
         self._typical: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
-        self._unwaited = Unwaited()  # late workers: not waited for past the others for a while
+        self._unwaited = Unwaited()  # late workers: only the short digest grace for a while
         self.held: set[int] = set()  # the last run's workers that held a file without a winner past the short grace
 
     def _typical_now(self, finish_times: list[float]) -> float:
@@ -123,7 +122,7 @@ class Gather:
         self._changed.set()
 
     def unwaited(self, step: int) -> set[int]:
-        """The workers not waited for past the others at ``step`` (late in one of the last UNWAITED_STEPS)."""
+        """The workers given only the short digest grace at ``step`` (late in one of the last UNWAITED_STEPS)."""
         return self._unwaited.at(step)
 
     async def run(self, step: int, collector: StepCollector,
@@ -157,8 +156,7 @@ class Gather:
                     if decided.done():  # the missing digest gave the last file its winner: a grace from now
                         grace_end = loop.time() + grace
                 grace_over = grace_end - loop.time() + time.monotonic()
-                await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protection,
-                                       enough=lambda: set(collector.missing_workers()) <= cooled)
+                await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protection)
         finally:
             complete.cancel()
             decided.cancel()
@@ -180,7 +178,7 @@ class Gather:
         """Every file can be voted, but some file without a winner is still owed a digest that may give it one: wait
         the hedge-like straggler grace for it (an honest straggler keeps the run a function of its seed), until no
         worker outside ``cooled`` owes such a file. A worker that held the step past the short digest grace, or never
-        came, is not waited for in the next UNWAITED_STEPS steps (one that came is in :attr:`held`, reported
+        came, is given only that grace for the next UNWAITED_STEPS steps (one that came is in :attr:`held`, reported
         ``slow``): an agent that delays its digests to just under the straggler grace costs one in
         UNWAITED_STEPS + 1 steps."""
         loop = asyncio.get_running_loop()
