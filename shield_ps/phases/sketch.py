@@ -154,9 +154,12 @@ class SketchRound:
         ready."""
         if not self._later:
             return self._ready.is_set()
-        owing = {w for w, files in self._later.items()
-                 if w in self._expected and any(w not in self.answers[f] for f in files)}
-        return 2 * len(owing) < len(self._later)
+        return 2 * len(self._owing(self._later)) < len(self._later)
+
+    def _owing(self, pool: dict[int, set[int]]) -> set[int]:
+        """The workers of ``pool`` still expected that have not answered one of their files of it."""
+        return {w for w, files in pool.items()
+                if w in self._expected and any(w not in self.answers[f] for f in files)}
 
     def close(self) -> dict[int, set[int]]:
         """Stop collecting this round's answers; returns (and keeps in :attr:`missing`) worker -> the files it did
@@ -247,8 +250,7 @@ class SketchRound:
         if self._ready.is_set() and self._enough.is_set():  # nothing below can change: no vote on every answer
             self._changed.set()
             return
-        owing = {w for w, files in self._pool.items()
-                 if w in self._expected and any(w not in self.answers[f] for f in files)}
+        owing = self._owing(self._pool)
         decidable = self._decidable is not None and self._decidable(self.answers)
         # every answer waited for is in; or the round is decidable and the rest is owed only by workers that were
         # waited for to the end lately (an undecidable round still waits for them: their answers may decide it)
