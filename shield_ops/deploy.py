@@ -183,6 +183,18 @@ def alive_script(role: str) -> str:
             f"{{ echo '{role} exited:'; tail -n 15 logs/{role}.log; exit 3; }}")
 
 
+def ended_ps_exit_script(wait_s: float) -> str:
+    """Wait up to ``wait_s`` for a PS whose current run has ended (its last ``job`` or ``summary`` event is a
+    summary) to exit: it writes its summary a moment before it exits, and an ``up`` in that moment would take the
+    ending PS for a running one. Exits 0 at once when the PS is gone or its run has not ended."""
+    metrics = '"$d/metrics.jsonl"'
+    return (f"{ALIVE}cd {HOME_ROOT} 2>/dev/null || exit 0; {CURRENT_RUN}p=$(cat ps.pid 2>/dev/null); "
+            "alive \"$p\" || exit 0; "
+            f"grep -sE '\"kind\": ?\"(job|summary)\"' {metrics} | tail -n 1 | grep -qE '\"kind\": ?\"summary\"' "
+            f"|| exit 0; i=0; while alive \"$p\" && [ $i -lt {max(1, round(wait_s * 5))} ]; do sleep 0.2; "
+            "i=$((i+1)); done; true")
+
+
 async def start_daemon(conn: asyncssh.SSHClientConnection, role: str, args: list[str]) -> bool:
     """True when started now, False when it was already running."""
     result = await run(conn, daemon_script(role, args), what=f"starting {role}")

@@ -192,6 +192,8 @@ async def _ps_run_dir(ctx: Bringing, conn: asyncssh.SSHClientConnection, node: N
 
 async def _start_ps(ctx: Bringing, node: Node) -> None:
     cfg, conn, host = ctx.cfg, ctx.conns["ps"], resolve(node).cluster_host
+    await run(conn, deploy.ended_ps_exit_script(cfg.start_timeout), timeout=cfg.start_timeout + 30,
+              what="waiting for a PS whose run ended to exit")
     running = await run(conn, deploy.alive_script("ps"), check=False, what="checking the PS")
     if running.exit_status == 0:
         if ctx.opts.resume_from:
