@@ -181,7 +181,7 @@ class ServeConfig:
         parse=positive_float, group=_X, operational=True)
     digest_grace_floor: float = flag(
         0.05, "the least the gather waits for the last digests once every file can be voted (seconds, default 0.05); "
-        "a worker later than this grace where its file has no winner is given only this grace for the next 8 steps: "
+        "a worker late for a step is waited for only this long for the next 8 steps, once it alone is missing: "
         "raise it on a loaded host whose scheduling noise exceeds it", parse=positive_float, group=_X,
         operational=True)
     streaming_vote: bool = flag(

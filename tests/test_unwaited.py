@@ -112,6 +112,41 @@ def test_a_worker_owing_only_decided_files_does_not_hold_the_wait_for_an_undecid
     asyncio.run(main())
 
 
+def test_once_only_workers_not_waited_for_are_missing_the_gather_ends_at_the_grace_floor() -> None:
+    """Worker 2 was late lately (not waited for); worker 3 is not. Every file has its exact winner, and the typical
+    digest time is 40 s here, so the short digest grace is 20 s. While worker 3 is missing, the gather waits that
+    grace for it; once it is in and only worker 2 is missing, it ends at the floor (0.05 s): a silent or slow agent
+    used to cost every step half the typical digest time (1.54x the clean step on MOLS K=15, issue 26)."""
+    async def main() -> None:
+        gather = Gather(_deadlines())
+        gather.unwaited(0)
+        gather._unwaited.note(2, 0)
+        loop = asyncio.get_running_loop()
+        for late_worker_3 in (False, True):
+            step = 2 if late_worker_3 else 1
+            collector = StepCollector(step, 2, {0: (0, 1), 1: (0, 1), 2: (0,), 3: (1,)}, r_prime=2)
+            collector._started -= 40.0  # the step began 40 s ago: every digest took 40 s
+            for worker in (0, 1):
+                collector.add(worker, _digest(step, 0, b"a"))
+                collector.add(worker, _digest(step, 1, b"c"))
+            if not late_worker_3:
+                collector.add(3, _digest(step, 1, b"c"))
+            assert collector.all_decided.is_set()
+
+            async def worker_3(collector: StepCollector = collector, step: int = step) -> None:
+                await asyncio.sleep(0.3)
+                collector.add(3, _digest(step, 1, b"c"))
+
+            started = loop.time()
+            task = loop.create_task(worker_3()) if late_worker_3 else None
+            late = await gather.run(step, collector, _unprotected)
+            if task is not None:
+                await task
+            assert late == {2} and loop.time() - started < GATHER_DEADLINE / 4, (step, loop.time() - started)
+
+    asyncio.run(main())
+
+
 # ---- the split files -----------------------------------------------------------------------------------------------
 def _echoing(payload: np.ndarray) -> Callable:
     """A holder that answers every FETCH with ``payload`` for the step it was asked about."""

@@ -92,7 +92,8 @@ class Gather:
     The gather waits for every digest, but only until each file can be voted on what is in, then a grace:
 
     - every file has its winner: the straggler grace (:meth:`Deadlines.digest_grace`, a share of the typical digest
-      time: a late digest can no longer change a winner);
+      time: a late digest can no longer change a winner), or only its floor once every worker still missing is one
+      not waited for (below);
     - every file without a winner has r' digests in (the sketch vote can decide it on those), but a worker still owes
       one: the hedge-like :meth:`Deadlines.straggler_grace` over the typical digest time, since the missing digest
       may still give the file an exact winner. A worker late past it is erased and, for the next
@@ -149,14 +150,15 @@ class Gather:
                 grace = self._deadlines.digest_grace(typical)
                 # a worker that complained of its relay computes after the PS's direct send: a typical digest time
                 allowance = grace + typical
-                grace_end = loop.time() + grace
+                grace_start = loop.time()
                 if not decided.done() and collector.waiting_on(cooled):
                     await self._wait_undecided(step, collector, cooled, {complete, decided}, typical, deadline,
                                                allowance, protection)
                     if decided.done():  # the missing digest gave the last file its winner: a grace from now
-                        grace_end = loop.time() + grace
-                grace_over = grace_end - loop.time() + time.monotonic()
-                await self._wait_grace(collector, {complete}, grace_end, deadline, allowance, protection)
+                        grace_start = loop.time()
+                grace_over = grace_start + grace - loop.time() + time.monotonic()
+                await self._wait_grace(collector, {complete}, self._grace_end(collector, cooled, grace_start, grace),
+                                       deadline, allowance, protection)
         finally:
             complete.cancel()
             decided.cancel()
@@ -172,6 +174,18 @@ class Gather:
                 self._unwaited.note(worker, step)
         return late
 
+    def _grace_end(self, collector: StepCollector, cooled: set[int], start: float,
+                   grace: float) -> Callable[[], float]:
+        """When the grace that began at ``start`` ends: after ``grace``, or after only the digest grace's floor once
+        every worker still missing is one not waited for (late in one of the last UNWAITED_STEPS steps). A worker
+        that stays silent, or that reads its STEP slowly every step, so costs each step the floor rather than a share
+        of the typical digest time: that share was up to half a step where computing a gradient is most of one."""
+        floor = self._deadlines.digest_grace_floor
+
+        def end() -> float:
+            return start + (floor if set(collector.missing_workers()) <= cooled else grace)
+        return end
+
     async def _wait_undecided(self, step: int, collector: StepCollector, cooled: set[int],
                               stop: set[asyncio.Task[bool]], typical: float, deadline: float, allowance: float,
                               protected_until: Callable[[int, float], float | None]) -> None:
@@ -186,7 +200,8 @@ class Gather:
         short = self._deadlines.digest_grace(typical)
         short_end = time.monotonic() + short
         undecided = max(short, self._deadlines.straggler_grace([typical]))
-        await self._wait_grace(collector, stop, loop.time() + undecided, deadline, allowance, protected_until,
+        undecided_end = loop.time() + undecided
+        await self._wait_grace(collector, stop, lambda: undecided_end, deadline, allowance, protected_until,
                                enough=lambda: not collector.waiting_on(cooled))
         for worker in holding:
             finished = collector.finished_at.get(worker, math.inf)
@@ -211,11 +226,11 @@ class Gather:
             if not done:
                 return
 
-    async def _wait_grace(self, collector: StepCollector, stop: set[asyncio.Task[bool]], grace_end: float,
+    async def _wait_grace(self, collector: StepCollector, stop: set[asyncio.Task[bool]], grace_end: Callable[[], float],
                           deadline: float, allowance: float,
                           protected_until: Callable[[int, float], float | None],
                           enough: Callable[[], bool] | None = None) -> None:
-        """Until a task of ``stop`` is done, or ``enough()`` holds, or the later of ``grace_end`` and the protection
+        """Until a task of ``stop`` is done, or ``enough()`` holds, or the later of ``grace_end()`` and the protection
         of each worker still missing (taken again whenever a protection moves or a worker finishes: a protected
         worker that has since sent its digests no longer holds the step)."""
         loop = asyncio.get_running_loop()
@@ -223,7 +238,7 @@ class Gather:
         while enough is None or not enough():
             self._changed.clear()
             collector.worker_finished.clear()
-            ends = [grace_end]
+            ends = [grace_end()]
             for worker in collector.missing_workers():
                 until = protected_until(worker, allowance)
                 if until is not None:
