@@ -125,7 +125,8 @@ class SlowStepReader(Behaviour):
 class SilentDigests(Behaviour):
     """Stays connected and takes every STEP, but never sends a digest.
 
-    Expected of the PS: once every file has its winner the gather ends after the short digest grace; ``slow`` and
+    Expected of the PS: once every file has its winner the gather ends after the short digest grace, and in the 8
+    steps after one it missed, once it alone is missing, after ``--digest-grace-floor`` (0.05 s); ``slow`` and
     ``erased``. In a two-class fleet, where a file whose two other holders disagree has no winner without it, the file
     is voted on those two digests (the sketch vote) after a straggler grace the first time and the short grace for
     the next 8 steps, never the gather deadline."""
