@@ -15,7 +15,6 @@ relays this process takes vectors from.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from shield_agent.adversary import HONEST, Adversary
+from shield_agent.relay_store import RelayAborted, RelayEntry, RelayStore
 from shield_model.errors import ComputeError
 from wire import (
     AuthError,
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 
 #: The longest wait a STEP header or a relay request may ask for, seconds.
 MAX_WAIT_S = MAX_RELAY_WAIT_S
-#: Steps whose vectors a store keeps (a slot's two parameter buffers).
-_KEPT_STEPS = 2
 #: Why a relay failed, as the RELAY message to the PS says it.
 REASONS = RELAY_REASONS
 #: Seconds a relay we could not connect to is presumed unreachable (doubling with each failed probe, up to the max).
@@ -98,128 +96,6 @@ class RelaySource:
             return cls.from_instruction(parse_relay_instruction(relay))
         except MessageError as exc:
             raise RelayError(f"malformed relay instruction in STEP: {exc}") from None
-
-
-class RelayAborted(Exception):
-    """The vector being forwarded failed upstream (wrong digest, or its receive ended early)."""
-
-
-@dataclass(eq=False)
-class RelayEntry:
-    """A step's vector in this process: being received into ``buffer`` (``filled`` bytes so far), received and
-    checked against ``digest`` (``done``), or failed."""
-
-    step: int
-    digest: bytes
-    buffer: np.ndarray
-    filled: int = 0
-    state: str = "filling"  # "done", "failed"
-
-
-class RelayStore:
-    """The parameter vectors of this process's slots, by step, and who is still reading each buffer.
-
-    A vector is offered as soon as its receive starts, so a relay forwards each chunk as it arrives (cut-through): a
-    tree of depth k then costs about one transfer plus k chunk times, not k transfers. Only a receive that ends with
-    the right digest becomes ``done``; sibling slots take only those, and every receiver checks the digest itself.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[int, RelayEntry] = {}
-        self._readers: dict[int, set[asyncio.Task[None]]] = {}  # id(buffer) -> the sends reading it
-        self._waiters: list[asyncio.Future[None]] = []
-        self.local_workers: set[int] = set()
-
-    def _changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def _change(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        await waiter
-
-    def joined(self, worker: int) -> None:
-        self.local_workers.add(worker)
-        self._changed()
-
-    def left(self, worker: int) -> None:
-        self.local_workers.discard(worker)
-        self._changed()
-
-    def begin(self, step: int, digest: bytes, buffer: np.ndarray) -> RelayEntry:
-        """A slot starts receiving ``step``'s vector into ``buffer``; report on the entry with :meth:`progress` and
-        :meth:`finish`. It is offered to others unless another slot already offers that step."""
-        entry = RelayEntry(step, digest, buffer)
-        current = self._entries.get(step)
-        if current is None or current.state == "failed":
-            self._entries[step] = entry
-            for old in sorted(self._entries)[:-_KEPT_STEPS]:
-                del self._entries[old]
-            self._changed()
-        return entry
-
-    def progress(self, entry: RelayEntry, nbytes: int) -> None:
-        entry.filled = max(entry.filled, nbytes)
-        self._changed()
-
-    def finish(self, entry: RelayEntry, ok: bool) -> None:
-        """The receive ended: with the right digest (``ok``), or not (whoever forwards it is cut off)."""
-        entry.state = "done" if ok else "failed"
-        if ok:
-            entry.filled = entry.buffer.nbytes
-        self._changed()
-
-    async def get(self, step: int, digest: bytes, timeout: float, *, complete: bool = False,
-                  while_connected: bool = False) -> RelayEntry | None:
-        """``step``'s entry with ``digest`` once it is offered (``complete``: once received and checked); None
-        after ``timeout`` seconds, or (``while_connected``) as soon as no slot of this process is connected to the
-        PS, since then none will receive it (the asker turns to the PS at once instead of at the end of its wait)."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    entry = self._entries.get(step)
-                    if (entry is not None and entry.digest == digest and entry.state != "failed"
-                            and (entry.state == "done" or not complete)):
-                        return entry
-                    if while_connected and not self.local_workers:
-                        return None
-                    await self._change()
-        except TimeoutError:
-            return None
-
-    async def filled(self, entry: RelayEntry, nbytes: int) -> None:
-        """Return once ``entry``'s first ``nbytes`` bytes are in place; :class:`RelayAborted` if it failed."""
-        while entry.filled < nbytes:
-            if entry.state == "failed":
-                raise RelayAborted(f"the vector of step {entry.step} failed upstream")
-            await self._change()
-
-    @contextlib.contextmanager
-    def reading(self, buffer: np.ndarray, send: asyncio.Task[None]) -> Any:
-        """``send`` is sending ``buffer`` to another agent (its owner cancels it before overwriting the buffer)."""
-        readers = self._readers.setdefault(id(buffer), set())
-        readers.add(send)
-        try:
-            yield buffer
-        finally:
-            readers.discard(send)
-            if not readers:
-                del self._readers[id(buffer)]
-            self._changed()
-
-    async def reclaim(self, buffer: np.ndarray) -> None:
-        """Before overwriting ``buffer`` (with the step after next): withdraw it and cancel the sends still reading
-        it, so an agent that reads slowly never holds up our step; each such send is two steps old."""
-        for step, entry in list(self._entries.items()):
-            if entry.buffer is buffer:
-                del self._entries[step]
-        for send in self._readers.get(id(buffer), ()):
-            send.cancel()
-        while id(buffer) in self._readers:
-            await self._change()
 
 
 class RelayHub:

@@ -31,7 +31,8 @@ from shield_agent.adversary.params import AdversaryError, Param
 
 if TYPE_CHECKING:
     from shield_agent.client import AgentSession
-    from shield_agent.relay import RelayEntry, RelaySource, RelayStore
+    from shield_agent.relay import RelaySource
+    from shield_agent.relay_store import RelayEntry, RelayStore
     from wire import Connection, Message
 
 #: The takeover hooks: a behaviour claims one by overriding the method.

@@ -15,7 +15,8 @@ from wire.messages import RelayComplaint, VectorReply
 
 if TYPE_CHECKING:
     from shield_agent.client import AgentSession
-    from shield_agent.relay import RelayEntry, RelaySource, RelayStore
+    from shield_agent.relay import RelaySource
+    from shield_agent.relay_store import RelayEntry, RelayStore
     from wire import Connection, Message
 
 log = logging.getLogger(__name__)
