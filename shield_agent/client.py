@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -305,16 +304,17 @@ class AgentSession:
 
     async def _file_digest(self, work: _StepWork, params: np.ndarray, file: int) -> tuple[Any, bytes]:
         """Compute ``file`` into its gradient buffer (then what a Byzantine agent commits to instead) and digest it."""
-        loop = asyncio.get_running_loop()
-        out = self._grads[file]
-        result = await loop.run_in_executor(self._executor, self.computer.file_gradient, params, work.step,
-                                            file, out)
+        assert self.job is not None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._computed, params, work.step, file, self._grads[file], self.job.worker)
+
+    def _computed(self, params: np.ndarray, step: int, file: int, out: np.ndarray, worker: int) -> tuple[Any, bytes]:
+        """In the compute pool, in one task: the gradient, what a Byzantine agent commits to instead, its digest (a
+        hop back to the event loop between them cost every step a wait for the loop, once per hop and file)."""
+        result = self.computer.file_gradient(params, step, file, out)
         if self.adversary.commits:
-            assert self.job is not None
-            await loop.run_in_executor(self._executor, functools.partial(
-                self.adversary.commit, out, work.step, file, self.job.worker, keep=self._sketched))
-        digest = await loop.run_in_executor(self._executor, digest_bytes, out.data.cast("B"))
-        return result, digest
+            self.adversary.commit(out, step, file, worker, keep=self._sketched)
+        return result, digest_bytes(out.data.cast("B"))
 
     async def _on_fetch(self, msg: Message) -> None:
         taker = self.adversary.takes("on_fetch")
